@@ -1,0 +1,60 @@
+"""napari-maskalign: align drifting image stacks while part of every image stands still.
+
+The public API is imported lazily so that ``import napari_maskalign`` pulls in
+neither napari, Qt, magicgui nor vispy (nor even scipy): the napari plugin
+machinery, the command line and plain Python scripts all start fast.
+
+Public names
+------------
+phase_cross_correlation
+    Drop-in replacement for ``skimage.registration.phase_cross_correlation``
+    (same signature and return value) that is faster and refines masked
+    registration to subpixel precision.
+register_stack
+    Register every frame of a stack against a reference (frame, image, mean,
+    previous frame or iterative template).
+apply_shifts
+    Apply per-frame shifts to a stack (eager or dask-lazy).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "phase_cross_correlation": "napari_maskalign.engine",
+    "register_stack": "napari_maskalign.engine",
+    "iter_register_stack": "napari_maskalign.engine",
+    "apply_shifts": "napari_maskalign.engine",
+    "RegistrationResult": "napari_maskalign.engine",
+    "valid_from_ignore": "napari_maskalign.engine",
+    "make_beam_block_stack": "napari_maskalign._sample_data",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._sample_data import make_beam_block_stack
+    from .engine import (
+        RegistrationResult,
+        apply_shifts,
+        iter_register_stack,
+        phase_cross_correlation,
+        register_stack,
+        valid_from_ignore,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_maskalign' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
