@@ -20,15 +20,18 @@ from ._masks import (
 from ._pcc import phase_cross_correlation
 from ._result import Progress, RegistrationResult
 from ._shift import apply_shifts
-from ._stack import iter_register_stack, register_stack
+from ._stack import FrameRegistrar, FrameResult, flag_outliers, iter_register_stack, register_stack
 
 __all__ = [
+    "FrameRegistrar",
+    "FrameResult",
     "MaskedCorrelator",
     "PhaseCorrelator",
     "Progress",
     "RegistrationResult",
     "apply_shifts",
     "check_valid_mask",
+    "flag_outliers",
     "grow_ignore",
     "iter_register_stack",
     "phase_cross_correlation",

@@ -1,0 +1,436 @@
+"""Correlators: everything that depends only on the reference is computed once.
+
+:class:`PhaseCorrelator`
+    Phase (or plain) cross-correlation of real images with ``rfftn``,
+    upsampled with the half-spectrum matrix-multiply DFT.
+:class:`MaskedCorrelator`
+    Padfield's masked normalized cross-correlation (2012). Against a fixed
+    reference and a static moving mask every term built from the reference
+    and the masks is constant; per frame only the masked frame and its square
+    are transformed forward and three products transformed back (5 real
+    FFTs). Every term is an inverse transform of a product of held spectra,
+    so each can be sampled on a fine grid around the whole-pixel peak: true
+    subpixel masked registration.
+
+Both give shifts in scikit-image's convention: the shift that registers the
+moving image onto the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ._fft import (
+    default_workers,
+    fast_shape,
+    half_spectrum_weights,
+    irfftn,
+    real_dtype_for,
+    rfftn,
+    upsampled_real,
+)
+
+__all__ = ["CorrelationPeak", "MaskedCorrelator", "PhaseCorrelator"]
+
+
+@dataclass
+class CorrelationPeak:
+    """One registration: shift, quality in [0, 1] and optional preview window."""
+
+    shift: np.ndarray
+    quality: float
+    peak_value: complex | float = 0.0
+    xcorr: np.ndarray | None = None
+
+
+def _window(surface: np.ndarray, radius: int) -> np.ndarray:
+    """Window of a circular correlation surface, zero shift at its centre."""
+    idx = np.ix_(*[np.arange(-radius, radius + 1) % n for n in surface.shape])
+    return np.ascontiguousarray(surface[idx], dtype=np.float32)
+
+
+def _region(upsample_factor: float) -> tuple[int, float]:
+    region = int(np.ceil(upsample_factor * 1.5))
+    return region, float(np.trunc(region / 2.0))
+
+
+class PhaseCorrelator:
+    """Unmasked cross-correlation of real images against a fixed reference.
+
+    Parameters
+    ----------
+    reference : ndarray
+        Real reference image (any dimensionality).
+    normalization : {"phase", None}
+        ``"phase"`` whitens the cross-power spectrum (scikit-image's default);
+        ``None`` keeps the plain cross-correlation, better for smooth images
+        such as diffraction patterns.
+    upsample_factor : float
+        Shifts are refined to ``1/upsample_factor`` pixel.
+    zero_mean : bool
+        Drop the DC term (correlate mean-subtracted images). The stack engine
+        uses this so the quality is a correlation coefficient; the scikit-image
+        compatible function does not.
+    max_shift : float, optional
+        Only peaks with ``|shift| <= max_shift`` along every axis are accepted.
+    workers : int, optional
+        Threads for scipy.fft.
+    """
+
+    def __init__(
+        self,
+        reference,
+        *,
+        normalization="phase",
+        upsample_factor=1,
+        zero_mean=False,
+        max_shift=None,
+        workers=None,
+    ):
+        if normalization not in ("phase", None):
+            raise ValueError("normalization must be either phase or None")
+        ref = np.asarray(reference)
+        self.dtype = real_dtype_for(ref)
+        self.shape = ref.shape
+        self.normalization = normalization
+        self.upsample_factor = float(upsample_factor)
+        self.zero_mean = zero_mean
+        self.max_shift = max_shift
+        self.workers = default_workers(workers)
+        self._ref_f = rfftn(ref.astype(self.dtype, copy=False), self.shape, self.workers)
+        self._w = half_spectrum_weights(self.shape[-1], self.dtype)
+        if zero_mean:
+            self._ref_f.flat[0] = 0
+        self.ref_energy = self._energy(self._ref_f)
+        self._allowed = None
+        if max_shift is not None:
+            self._allowed = self._shift_box(max_shift)
+
+    def _energy(self, spec: np.ndarray) -> float:
+        """Sum of |F|^2 over the full spectrum, from the half spectrum."""
+        return float(np.sum((spec.real**2 + spec.imag**2) * self._w, dtype=np.float64))
+
+    def _shift_box(self, max_shift):
+        ms = np.broadcast_to(np.asarray(max_shift, dtype=float), (len(self.shape),))
+        return _outer_and([np.abs(np.fft.fftfreq(n) * n) <= m for n, m in zip(self.shape, ms)])
+
+    def register(self, moving, *, xcorr_radius=None, moving_spectrum=None) -> CorrelationPeak:
+        """Register ``moving`` onto the reference."""
+        shape = self.shape
+        if moving_spectrum is None:
+            mov = np.asarray(moving).astype(self.dtype, copy=False)
+            mov_f = rfftn(mov, shape, self.workers)
+        else:
+            mov_f = moving_spectrum
+        if self.zero_mean:
+            mov_f.flat[0] = 0
+        mov_energy = self._energy(mov_f)
+        raw = self._ref_f * mov_f.conj()
+        if self.normalization == "phase":
+            eps = np.finfo(raw.real.dtype).eps
+            product = raw / np.maximum(np.abs(raw), 100 * eps)
+        else:
+            product = raw
+        cc = irfftn(product, shape, self.workers)
+        search = np.abs(cc)
+        if self._allowed is not None:
+            search = np.where(self._allowed, search, -1.0)
+        maxima = np.unravel_index(int(np.argmax(search)), shape)
+        shift = np.array(maxima, dtype=np.float64)
+        midpoints = np.array([np.fix(n / 2) for n in shape])
+        shift[shift > midpoints] -= np.array(shape)[shift > midpoints]
+        size = float(np.prod(shape))
+        peak = float(cc[maxima]) * size  # unnormalized, like scikit-image's upsampled peak
+        if self.upsample_factor > 1:
+            u = self.upsample_factor
+            shift = np.round(shift * u) / u
+            region, dftshift = _region(u)
+            starts = shift - dftshift / u
+            fine = upsampled_real(product[None], shape, starts, region, u)[0]
+            fmax = np.unravel_index(int(np.argmax(np.abs(fine))), fine.shape)
+            peak = float(fine[fmax]) * size
+            shift = shift + (np.array(fmax, dtype=np.float64) - dftshift) / u
+        for ax, n in enumerate(shape):
+            if n == 1:
+                shift[ax] = 0.0
+        # quality: plain normalized correlation at the found shift
+        amp = self.ref_energy * mov_energy
+        if self.normalization is None:
+            raw_peak = peak
+        else:
+            raw_peak = self._evaluate(raw, shift) * size
+        quality = float(np.clip(raw_peak / np.sqrt(amp), 0.0, 1.0)) if amp > 0 else 0.0
+        window = None
+        if xcorr_radius is not None:
+            surface = cc / np.sqrt(amp) * size if (amp > 0 and self.normalization is None) else cc
+            window = _window(surface, xcorr_radius)
+        out = CorrelationPeak(shift=shift, quality=quality, peak_value=peak, xcorr=window)
+        out.ref_energy, out.mov_energy = self.ref_energy, mov_energy
+        return out
+
+    def _evaluate(self, spectrum: np.ndarray, shift: np.ndarray) -> float:
+        """The real inverse transform of ``spectrum`` at one (fractional) position."""
+        return float(upsampled_real(spectrum[None], self.shape, np.asarray(shift), 1, 1.0).ravel()[0])
+
+
+class MaskedCorrelator:
+    """Masked normalized cross-correlation against a fixed reference.
+
+    Parameters
+    ----------
+    reference : ndarray
+        Reference image.
+    reference_mask : ndarray of bool
+        True on the reference's valid pixels.
+    moving_mask : ndarray of bool
+        True on the moving images' valid pixels (static across frames).
+    overlap_ratio : float
+        Shifts whose overlap of valid pixels is below this fraction of the
+        largest overlap are rejected (as in scikit-image).
+    upsample_factor : float
+        Shifts refined to ``1/upsample_factor`` pixel (scikit-image cannot).
+    max_shift : float, optional
+        Bound on ``|shift|`` per axis; also shrinks the FFT size to
+        ``N + max_shift`` instead of ``2N - 1``.
+    shrink : bool
+        Choose the FFT size from what ``overlap_ratio`` (and ``max_shift``)
+        can accept, computed once from the masks, instead of always ``2N-1``.
+    taper : float, optional
+        Width in pixels of a smooth (sin^2) ramp that turns the binary masks
+        into weights falling to zero at mask and frame edges. The weighted
+        form of Padfield's NCC is a weighted Pearson correlation; without hard
+        edges its terms interpolate cleanly between pixels, which is what
+        subpixel refinement needs. Default: 4 pixels when
+        ``upsample_factor > 1``, none (binary masks, exactly scikit-image's
+        whole-pixel result) otherwise.
+    workers : int, optional
+        Threads for scipy.fft.
+    """
+
+    def __init__(
+        self,
+        reference,
+        reference_mask,
+        moving_mask=None,
+        *,
+        moving_shape=None,
+        overlap_ratio=0.3,
+        upsample_factor=1,
+        max_shift=None,
+        shrink=True,
+        taper=None,
+        workers=None,
+        dtype=None,
+    ):
+        ref = np.asarray(reference)
+        ref_mask = np.asarray(reference_mask, dtype=bool)
+        mov_mask = ref_mask if moving_mask is None else np.asarray(moving_mask, dtype=bool)
+        self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
+        self.ref_shape = ref.shape
+        self.mov_shape = tuple(moving_shape) if moving_shape is not None else mov_mask.shape
+        self.upsample_factor = float(upsample_factor)
+        self.overlap_ratio = float(overlap_ratio)
+        self.workers = default_workers(workers)
+        self.eps = float(np.finfo(self.dtype).eps)
+        if taper is None:
+            taper = 4.0 if self.upsample_factor > 1 else 0.0
+        self.taper = float(taper)
+        self.mov_mask = mov_mask
+        ref_w = soft_weights(ref_mask, self.taper)
+        mov_w = soft_weights(mov_mask, self.taper)
+        self._mov_w = mov_w
+
+        if max_shift is not None:
+            self._max_shift = np.broadcast_to(np.asarray(max_shift, dtype=float), (ref.ndim,))
+        else:
+            self._max_shift = None
+        self.offset = (np.array(self.mov_shape) - np.array(self.ref_shape)) / 2.0
+        full = tuple(a + b - 1 for a, b in zip(self.ref_shape, self.mov_shape))
+        pad = fast_shape(full)
+        geo = self._geometry(pad, ref_w, mov_w, limit=None, max_overlap=None)
+        if not geo["allowed"].any():
+            raise ValueError(
+                "no shift is allowed: the valid pixels of the two masks never overlap enough "
+                "for this overlap_ratio / max_shift"
+            )
+        if shrink and self.ref_shape == self.mov_shape:
+            # the largest |d| per axis that can be accepted sets the FFT size:
+            # N + reach instead of 2N - 1
+            reach = []
+            for ax, d in enumerate(geo["d_axes"]):
+                other = tuple(i for i in range(ref.ndim) if i != ax)
+                on_axis = geo["allowed"].any(axis=other) if other else geo["allowed"]
+                reach.append(int(np.nanmax(np.abs(d[on_axis]))))
+            small = fast_shape(tuple(n + r for n, r in zip(self.ref_shape, reach)))
+            if np.prod(small) < np.prod(pad):
+                pad = small
+                geo = self._geometry(pad, ref_w, mov_w, limit=reach, max_overlap=geo["max_overlap"])
+        self.pad = pad
+        self._mask_f_ref = geo["mask_f_ref"]
+        self._mask_f_mov = geo["mask_f_mov"]
+        self.allowed = geo["allowed"]
+        self.overlap = np.fmax(geo["overlap"], self.eps)
+        self.max_overlap = geo["max_overlap"]
+        self._d_axes = geo["d_axes"]
+
+        ref_valid_vals = ref[ref_mask]
+        if not np.all(np.isfinite(ref_valid_vals)):
+            raise ValueError(
+                "the reference image has NaN or inf values on valid pixels; mask them out "
+                "(reference_mask=False there)"
+            )
+        dt = self.dtype
+        f = np.where(ref_mask, ref, 0).astype(dt, copy=False)
+        self._ref_f = rfftn(f * ref_w, pad, self.workers)
+        self._ref2_f = rfftn(f * f * ref_w, pad, self.workers)
+        cm = self._mask_f_mov.conj()
+        # constant terms: overlap sums of the reference under the moving mask
+        self._const_products = np.stack([cm * self._mask_f_ref, cm * self._ref_f, cm * self._ref2_f])
+        sum_f = irfftn(self._const_products[1], pad, self.workers)
+        sum_ff = irfftn(self._const_products[2], pad, self.workers)
+        self._sum_f = sum_f
+        self._den_f = np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0)
+        self.ref_contrast = bool(np.ptp(ref_valid_vals) > 0) if ref_valid_vals.size else False
+
+    # -- geometry --------------------------------------------------------
+    def _geometry(self, pad, ref_mask, mov_mask, limit, max_overlap):
+        """Mask spectra, overlap counts and accepted displacements at FFT size ``pad``."""
+        dt = self.dtype
+        mask_f_ref = rfftn(ref_mask.astype(dt), pad, self.workers)
+        mask_f_mov = rfftn(mov_mask.astype(dt), pad, self.workers)
+        overlap = irfftn(mask_f_mov.conj() * mask_f_ref, pad, self.workers)
+        if self.taper == 0:
+            overlap = np.round(overlap)  # binary masks: counts of pixels
+        d_axes = [
+            self._displacements(n, -(m - 1), r - 1, None if limit is None else limit[ax])
+            for ax, (n, r, m) in enumerate(zip(pad, self.ref_shape, self.mov_shape))
+        ]
+        finite = _outer_and([np.isfinite(d) for d in d_axes])
+        if max_overlap is None:
+            max_overlap = float(overlap[finite].max()) if finite.any() else 0.0
+        allowed = finite & (overlap >= self.overlap_ratio * max_overlap) & (overlap > 0)
+        if self._max_shift is not None:
+            box = [
+                np.nan_to_num(np.abs(d + o), nan=np.inf) <= m
+                for d, o, m in zip(d_axes, self.offset, self._max_shift)
+            ]
+            allowed &= _outer_and(box)
+        return {
+            "mask_f_ref": mask_f_ref,
+            "mask_f_mov": mask_f_mov,
+            "overlap": overlap,
+            "d_axes": d_axes,
+            "allowed": allowed,
+            "max_overlap": max_overlap,
+        }
+
+    @staticmethod
+    def _displacements(n, lo, hi, limit=None):
+        """Displacement d at each circular index of an FFT of length ``n``.
+
+        ``moving(x)`` is compared with ``reference(x + d)``; the full
+        correlation covers ``lo <= d <= hi``. Index k holds d = k or d = k - n;
+        indices holding neither (or beyond ``limit``) are NaN. The FFT sizes
+        used here never let two displacements share an index.
+        """
+        k = np.arange(n, dtype=float)
+        d1_ok = k <= hi
+        d2 = k - n
+        d2_ok = d2 >= lo
+        if limit is not None:
+            d1_ok &= k <= limit
+            d2_ok &= -d2 <= limit
+        return np.where(d1_ok, k, np.where(d2_ok, d2, np.nan))
+
+    # -- per frame -------------------------------------------------------
+    def _terms(self, mov):
+        """Per-frame spectra and whole-pixel NCC surface."""
+        pad, w = self.pad, self.workers
+        m = np.where(self.mov_mask, mov, 0).astype(self.dtype, copy=False)
+        mw = m * self._mov_w
+        mf = rfftn(mw, pad, w).conj()
+        m2f = rfftn(m * mw, pad, w).conj()
+        prods = np.stack([mf * self._mask_f_ref, m2f * self._mask_f_ref, mf * self._ref_f])
+        sum_m = irfftn(prods[0], pad, w)
+        sum_mm = irfftn(prods[1], pad, w)
+        sum_mf = irfftn(prods[2], pad, w)
+        return prods, sum_m, sum_mm, sum_mf
+
+    @staticmethod
+    def _ncc(sum_mf, sum_m, sum_f, sum_mm, den_f, overlap, eps, tol_scale=None):
+        num = sum_mf - sum_m * sum_f / overlap
+        den_m = np.fmax(sum_mm - sum_m * sum_m / overlap, 0.0)
+        den = np.sqrt(den_f * den_m)
+        tol = 1e3 * eps * (np.max(np.abs(den)) if tol_scale is None else tol_scale)
+        out = np.zeros_like(den)
+        ok = den > tol
+        out[ok] = num[ok] / den[ok]
+        return np.clip(out, -1.0, 1.0, out=out), den
+
+    def register(self, moving, *, xcorr_radius=None) -> CorrelationPeak:
+        mov = np.asarray(moving)
+        if mov.shape != self.mov_shape:
+            raise ValueError(
+                f"moving image has shape {mov.shape}, expected {self.mov_shape}"
+            )
+        vals = mov[self.mov_mask]
+        if not np.all(np.isfinite(vals)):
+            raise ValueError(
+                "the moving image has NaN or inf values on valid pixels; mask them out "
+                "(moving_mask=False there)"
+            )
+        prods, sum_m, sum_mm, sum_mf = self._terms(mov)
+        ncc, den = self._ncc(sum_mf, sum_m, self._sum_f, sum_mm, self._den_f, self.overlap, self.eps)
+        ncc[~self.allowed] = 0.0
+        best = ncc.max()
+        ties = np.argwhere(ncc == best)
+        d_ties = np.array(
+            [[self._d_axes[ax][i] for ax, i in enumerate(t)] for t in ties], dtype=float
+        )
+        d = np.nanmean(d_ties, axis=0)
+        quality = float(max(best, 0.0))
+        if self.upsample_factor > 1 and len(ties) == 1:
+            d, quality = self._refine(d, prods, tol_scale=float(np.max(np.abs(den))))
+        shift = d + self.offset
+        window = _window(ncc, xcorr_radius) if xcorr_radius is not None else None
+        return CorrelationPeak(shift=shift, quality=quality, peak_value=float(best), xcorr=window)
+
+    def _refine(self, d0, prods, tol_scale):
+        """Sample every NCC term on a fine grid around the whole-pixel peak."""
+        u = self.upsample_factor
+        region, dftshift = _region(u)
+        starts = np.asarray(d0, dtype=float) - dftshift / u
+        spectra = np.concatenate([self._const_products, prods])
+        vals = upsampled_real(spectra, self.pad, starts, region, u).astype(np.float64)
+        overlap, sum_f, sum_ff, sum_m, sum_mm, sum_mf = vals
+        overlap = np.fmax(overlap, self.eps)
+        den_f = np.fmax(sum_ff - sum_f * sum_f / overlap, 0.0)
+        ncc, _ = self._ncc(sum_mf, sum_m, sum_f, sum_mm, den_f, overlap, self.eps, tol_scale)
+        # stay where whole-pixel search allowed: overlap threshold on the fine grid
+        ncc[overlap < self.overlap_ratio * self.max_overlap] = -1.0
+        peak = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+        d = starts + np.array(peak, dtype=float) / u
+        return d, float(max(ncc[peak], 0.0))
+
+
+def soft_weights(valid: np.ndarray, taper: float) -> np.ndarray:
+    """Binary valid mask -> weights ramping 0..1 over ``taper`` pixels from
+    every invalid pixel and from the frame edge (float64; binary if taper is 0)."""
+    valid = np.asarray(valid, dtype=bool)
+    if taper <= 0:
+        return valid.astype(np.float64)
+    padded = np.pad(valid, 1, constant_values=False)
+    dist = ndi.distance_transform_edt(padded)[tuple(slice(1, -1) for _ in range(valid.ndim))]
+    return np.sin(0.5 * np.pi * np.minimum(dist / taper, 1.0)) ** 2
+
+
+def _outer_and(flags):
+    """Broadcast per-axis boolean vectors to their n-dimensional AND."""
+    nd = len(flags)
+    out = np.ones(tuple(len(f) for f in flags), dtype=bool)
+    for ax, f in enumerate(flags):
+        out &= np.asarray(f, dtype=bool).reshape([-1 if i == ax else 1 for i in range(nd)])
+    return out
