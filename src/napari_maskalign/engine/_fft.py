@@ -88,8 +88,8 @@ def upsampled_real(
 
     Parameters
     ----------
-    spectra : complex array, shape (m, *half_shape)
-        ``m`` half spectra (``rfftn`` layout over the last ``ndim`` axes).
+    spectra : complex array of shape (m, *half_shape), or a sequence of m
+        half spectra (``rfftn`` layout).
     full_shape : tuple of int
         The real-space (padded) shape of the signals.
     starts : array, shape (ndim,)
@@ -107,11 +107,10 @@ def upsampled_real(
         transform's ``1/size`` normalization).
     """
     ndim = len(full_shape)
-    cdtype = spectra.dtype
+    cdtype = spectra[0].dtype
     rdtype = np.float32 if cdtype == np.complex64 else np.float64
     steps = np.arange(region, dtype=np.float64) / float(upsample_factor)
-    data = spectra
-    # contract the last (half) axis first, then the others from the back
+    kernels = []
     for ax in range(ndim - 1, -1, -1):
         n_full = full_shape[ax]
         if ax == ndim - 1:
@@ -122,8 +121,12 @@ def upsampled_real(
         kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, pos))
         if ax == ndim - 1:
             kernel *= half_spectrum_weights(n_full)[:, None]
-        kernel = kernel.astype(cdtype, copy=False)
-        # data[..., k] @ kernel[k, j] -> moves the new axis to the end
-        data = np.moveaxis(np.tensordot(data, kernel, axes=([data.ndim - ndim + ax], [0])), -1, data.ndim - ndim + ax)
+        kernels.append((ax, kernel.astype(cdtype, copy=False)))
+    out = np.empty((len(spectra),) + (region,) * ndim, dtype=rdtype)
     scale = 1.0 / float(np.prod(full_shape))
-    return (data.real * scale).astype(rdtype, copy=False)
+    for i, data in enumerate(spectra):
+        # contract the last (half) axis first (the largest saving), then the others
+        for ax, kernel in kernels:
+            data = np.moveaxis(np.tensordot(data, kernel, axes=([ax], [0])), -1, ax)
+        out[i] = data.real * scale
+    return out

@@ -1,0 +1,151 @@
+"""Engine speed and accuracy against scikit-image, measured in the same run.
+
+    python benchmarks/bench_engine.py [--frames 12] [--size 512] [--markdown]
+
+Per frame, against frame 0 of a synthetic beam-block stack (rings, Bragg
+spots, a static rod + disk beam block, Poisson noise). scikit-image is called
+in a loop over the same frames; napari-maskalign runs ``register_stack`` (the
+reference/mask work is done once per stack and is included in its time).
+Times are medians of repeated runs, divided by the frame count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import scipy.fft as sfft
+from skimage.registration import phase_cross_correlation as sk_pcc
+
+from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
+from napari_maskalign.engine._fft import fast_shape
+
+
+def _timed(fn, repeats):
+    times = []
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _sk_loop(stack, **kw):
+    ref = stack[0]
+    return np.array([sk_pcc(ref, f, **kw)[0] for f in stack])
+
+
+def _err(shifts, truth):
+    """Median and max over frames (excluding the reference) of the per-axis error."""
+    e = np.abs(np.asarray(shifts) - truth)[1:]
+    return float(np.median(e)), float(e.max())
+
+
+def fft_floor(shape, n_ffts, repeats, dtype=np.float32):
+    x = np.random.default_rng(0).random(shape).astype(dtype)
+    workers = os.cpu_count()
+
+    def run():
+        for _ in range(n_ffts):
+            sfft.rfftn(x, s=shape, workers=workers)
+
+    return _timed(run, repeats)[0]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--counts", type=float, default=400.0, help="Poisson counts at the brightest ring")
+    p.add_argument("--no-1024", action="store_true", help="skip the 1024x1024 row")
+    args = p.parse_args(argv)
+
+    n, size, rep = args.frames, args.size, args.repeats
+    synth = make_beam_block_stack(n, (size, size), counts=args.counts, max_drift=4.0, seed=2)
+    stack, valid, truth = synth.stack, synth.valid, synth.expected_shifts()
+    noblock = make_beam_block_stack(n, (size, size), counts=args.counts, max_drift=4.0, seed=2, beam_block=False)
+
+    rows = []
+
+    def row(name, t_sk, t_ours, acc_sk="", acc_ours="", note=""):
+        ratio = f"{t_sk / t_ours:.1f}x" if (t_sk and t_ours) else ""
+        rows.append((name, f"{t_sk * 1e3:.1f}" if t_sk else "-", f"{t_ours * 1e3:.2f}", ratio, acc_sk, acc_ours, note))
+
+    # scikit-image baselines
+    t_sk_masked, sk_masked = _timed(lambda: _sk_loop(stack, reference_mask=valid), rep)
+    t_sk_masked /= n
+    t_sk_up, sk_up = _timed(lambda: _sk_loop(stack, upsample_factor=20), rep)
+    t_sk_up /= n
+    t_sk_up_none, sk_up_none = _timed(lambda: _sk_loop(stack, upsample_factor=20, normalization=None), rep)
+    t_sk_up_none /= n
+
+    def ours(**kw):
+        return _timed(lambda: register_stack(stack, **kw).shifts, rep)
+
+    t, sh = ours(mask=valid)
+    row("masked, whole pixel, full search", t_sk_masked, t / n,
+        "%.3f" % _err(sk_masked, truth)[0], "%.3f" % _err(sh, truth)[0], "same shifts as skimage: %s" % np.array_equal(sh, sk_masked))
+    t, sh = ours(mask=valid, max_shift=32)
+    row("masked, whole pixel, max_shift=32", t_sk_masked, t / n, "", "%.3f" % _err(sh, truth)[0])
+    t, sh = ours(mask=valid, upsample_factor=20)
+    masked_up_err = _err(sh, truth)
+    row("masked, upsample 20 (vs skimage whole-pixel masked)", t_sk_masked, t / n,
+        "", "%.3f" % masked_up_err[0], "skimage cannot upsample masked")
+    t, sh = ours(mask=valid, upsample_factor=20, max_shift=32)
+    row("masked, upsample 20, max_shift=32", t_sk_masked, t / n, "", "%.3f" % _err(sh, truth)[0])
+    t, sh = ours(upsample_factor=20, normalization="phase")
+    row("unmasked, upsample 20, phase", t_sk_up, t / n,
+        "%.3f" % _err(sk_up, truth)[0], "%.3f" % _err(sh, truth)[0], "locks onto the beam block")
+    t, sh = ours(upsample_factor=20, normalization=None)
+    row("unmasked, upsample 20, normalization=None", t_sk_up_none, t / n,
+        "%.3f" % _err(sk_up_none, truth)[0], "%.3f" % _err(sh, truth)[0])
+    # the drop-in function, pair by pair (no reuse of the reference)
+    t, _ = _timed(lambda: [phase_cross_correlation(stack[0], f, upsample_factor=20) for f in stack], rep)
+    row("drop-in phase_cross_correlation, upsample 20", t_sk_up, t / n, "", "")
+    t, _ = _timed(lambda: [phase_cross_correlation(stack[0], f, reference_mask=valid) for f in stack], rep)
+    row("drop-in phase_cross_correlation, masked", t_sk_masked, t / n, "", "")
+
+    # accuracy: masked on the beam-block stack vs unmasked on the same pattern without block
+    nb = register_stack(noblock.stack, upsample_factor=20, normalization=None).shifts
+    nb_err = _err(nb, truth)
+
+    # FFT floors
+    full_pad = fast_shape((2 * size - 1,) * 2)
+    bounded_pad = fast_shape((size + 32,) * 2)
+    floor_full = fft_floor(full_pad, 5, rep)
+    floor_bounded = fft_floor(bounded_pad, 5, rep)
+    rows.append((f"FFT floor: 5 real FFTs at {full_pad[0]}x{full_pad[1]} (full search)", "-", f"{floor_full * 1e3:.2f}", "", "", "", ""))
+    rows.append((f"FFT floor: 5 real FFTs at {bounded_pad[0]}x{bounded_pad[1]} (max_shift=32)", "-", f"{floor_bounded * 1e3:.2f}", "", "", "", ""))
+
+    if not args.no_1024:
+        big = make_beam_block_stack(4, (1024, 1024), counts=args.counts, max_drift=4.0, seed=3)
+        t_sk_big, _ = _timed(lambda: _sk_loop(big.stack, reference_mask=big.valid), 1)
+        t_big, _ = _timed(lambda: register_stack(big.stack, mask=big.valid).shifts, 1)
+        row("1024x1024 masked, whole pixel, full search", t_sk_big / 4, t_big / 4)
+        t_big, _ = _timed(lambda: register_stack(big.stack, mask=big.valid, upsample_factor=20).shifts, 1)
+        row("1024x1024 masked, upsample 20", t_sk_big / 4, t_big / 4)
+
+    print(f"# napari-maskalign engine benchmark: {n} frames of {size}x{size} float32, Poisson counts {args.counts:g}")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}")
+    print("# times: ms per frame (median of %d runs); ratio = scikit-image / ours; error: median per-axis |shift - truth| in px" % rep)
+    header = ("case", "skimage ms", "ours ms", "speed-up", "skimage err", "ours err", "note")
+    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    print("| " + line + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    print()
+    print(f"accuracy: masked upsample 20 on the beam-block stack: median {masked_up_err[0]:.4f} px, max {masked_up_err[1]:.4f} px;")
+    print(f"          unmasked upsample 20 on the same pattern without a beam block: median {nb_err[0]:.4f} px, max {nb_err[1]:.4f} px;")
+    print(f"          ratio masked / unmasked-no-block: {masked_up_err[0] / max(nb_err[0], 1e-12):.2f}")
+
+
+if __name__ == "__main__":
+    main()
