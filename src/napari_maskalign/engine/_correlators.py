@@ -115,14 +115,21 @@ class PhaseCorrelator:
         self.zero_mean = zero_mean
         self.max_shift = max_shift
         self.workers = default_workers(workers)
-        self._ref_f = rfftn(ref.astype(self.dtype, copy=False), self.shape, self.workers)
         self._w = half_spectrum_weights(self.shape[-1], self.dtype)
-        if zero_mean:
-            self._ref_f.flat[0] = 0
-        self.ref_energy = self._energy(self._ref_f)
+        self.set_reference(ref)
         self._allowed = None
         if max_shift is not None:
             self._allowed = self._shift_box(max_shift)
+
+    def set_reference(self, reference) -> None:
+        """Swap in a new reference image of the same shape."""
+        ref = np.asarray(reference)
+        if ref.shape != self.shape:
+            raise ValueError(f"reference has shape {ref.shape}, expected {self.shape}")
+        self._ref_f = rfftn(ref.astype(self.dtype, copy=False), self.shape, self.workers)
+        if self.zero_mean:
+            self._ref_f.flat[0] = 0
+        self.ref_energy = self._energy(self._ref_f)
 
     def _energy(self, spec: np.ndarray) -> float:
         """Sum of |F|^2 over the full spectrum, from the half spectrum."""
@@ -299,24 +306,36 @@ class MaskedCorrelator:
         self.max_overlap = geo["max_overlap"]
         self._d_axes = geo["d_axes"]
 
-        ref_valid_vals = ref[ref_mask]
+        self.ref_mask = ref_mask
+        self._ref_w = ref_w.astype(self.dtype)
+        dt = self.dtype
+        self.overlap = self.overlap.astype(dt, copy=False)
+        self._inv_overlap = (1.0 / self.overlap).astype(dt)
+        self._cm = self._mask_f_mov.conj()
+        self.set_reference(ref)
+
+    def set_reference(self, reference) -> None:
+        """Swap in a new reference image with the same mask: only the terms
+        that depend on the reference's pixels are recomputed (2 forward and
+        2 inverse FFTs), the mask geometry is kept."""
+        ref = np.asarray(reference)
+        if ref.shape != self.ref_shape:
+            raise ValueError(f"reference has shape {ref.shape}, expected {self.ref_shape}")
+        ref_valid_vals = ref[self.ref_mask]
         if not np.all(np.isfinite(ref_valid_vals)):
             raise ValueError(
                 "the reference image has NaN or inf values on valid pixels; mask them out "
                 "(reference_mask=False there)"
             )
-        dt = self.dtype
-        f = np.where(ref_mask, ref, 0).astype(dt, copy=False)
-        fw = (f * ref_w).astype(dt, copy=False)
+        dt, pad, cm = self.dtype, self.pad, self._cm
+        f = np.where(self.ref_mask, ref, 0).astype(dt, copy=False)
+        fw = f * self._ref_w
         self._ref_f = rfftn(fw, pad, self.workers)
         self._ref2_f = rfftn(fw * f, pad, self.workers)
-        cm = self._mask_f_mov.conj()
         # constant terms: overlap sums of the reference under the moving mask
         self._const_products = (cm * self._mask_f_ref, cm * self._ref_f, cm * self._ref2_f)
         sum_f = irfftn(self._const_products[1], pad, self.workers)
         sum_ff = irfftn(self._const_products[2], pad, self.workers)
-        self.overlap = self.overlap.astype(dt, copy=False)
-        self._inv_overlap = (1.0 / self.overlap).astype(dt)
         self._mean_f = (sum_f / self.overlap).astype(dt)
         self._den_f = np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt)
         self._fine_cache = {}

@@ -78,12 +78,10 @@ class FrameRegistrar:
         if self.masked:
             valid = np.asarray(valid_mask, dtype=bool)
             ref_valid = valid if reference_mask is None else np.asarray(reference_mask, bool)
-            ref_valid = ref_valid & np.isfinite(ref)
             check_valid_mask(ref_valid, self.shape, "reference's valid area")
-            vals = ref[ref_valid]
-            if vals.max() == vals.min():
-                raise ValueError("the reference has no contrast: all its valid pixels are equal")
             self.valid = valid
+            self.ref_valid = ref_valid
+            self._check_reference(ref)
             self._corr = MaskedCorrelator(
                 ref,
                 ref_valid,
@@ -96,13 +94,9 @@ class FrameRegistrar:
                 dtype=self.dtype,
             )
         else:
-            if not np.all(np.isfinite(ref)):
-                raise ValueError(
-                    "the reference has NaN or inf pixels: give a mask that excludes them"
-                )
-            if ref.max() == ref.min():
-                raise ValueError("the reference has no contrast: all its pixels are equal")
             self.valid = None
+            self.ref_valid = None
+            self._check_reference(ref)
             self._corr = PhaseCorrelator(
                 ref,
                 normalization=normalization,
@@ -111,6 +105,26 @@ class FrameRegistrar:
                 max_shift=max_shift,
                 workers=workers,
             )
+
+    def _check_reference(self, ref):
+        vals = ref[self.ref_valid] if self.masked else ref
+        if not np.all(np.isfinite(vals)):
+            where = "valid pixels" if self.masked else "pixels"
+            raise ValueError(
+                f"the reference has NaN or inf {where}: paint them into the mask"
+            )
+        if vals.max() == vals.min():
+            raise ValueError("the reference has no contrast: all its valid pixels are equal")
+
+    def set_reference(self, reference_image) -> None:
+        """Register against a new reference of the same shape (same mask): the
+        mask geometry and FFT sizes are kept, only the reference's spectra are
+        recomputed. Used by the "previous" mode."""
+        ref = np.asarray(reference_image).astype(self.dtype, copy=False)
+        if ref.shape != self.shape:
+            raise ValueError(f"the reference has shape {ref.shape}, expected {self.shape}")
+        self._check_reference(ref)
+        self._corr.set_reference(ref)
 
     @property
     def fft_shape(self) -> tuple[int, ...]:
@@ -136,7 +150,10 @@ class FrameRegistrar:
             )
         if vals.size == 0 or vals.max() == vals.min():
             return self._empty()
-        peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
+        if self.masked:
+            peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius, checked=True)
+        else:
+            peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
         return FrameResult(np.asarray(peak.shift, dtype=np.float64), float(peak.quality), peak.xcorr)
 
     def register_block(self, block) -> np.ndarray:
@@ -347,21 +364,18 @@ def iter_register_stack(
         acc = np.zeros(ndim) if previous_shift is None else np.asarray(previous_shift, float)
         if acc.shape != (ndim,):
             raise ValueError(f"previous_shift must have {ndim} values, got {acc.shape}")
-        prev = _frame(stack, start - 1 if start else 0, dtype)
+        registrar = FrameRegistrar(_frame(stack, start - 1 if start else 0, dtype), **make)
         for k, i in enumerate(frames):
             cur = _frame(stack, i, dtype)
-            if i == 0:
-                r = FrameResult(np.zeros(ndim), 1.0, None)
-                if radius:
-                    r = FrameRegistrar(cur, **make).register(cur)
-                    r.shift = np.zeros(ndim)
-            else:
-                r = FrameRegistrar(prev, **make).register(cur)
+            r = registrar.register(cur)
+            if i == 0:  # the first frame is the origin of the chain
+                r.shift = np.zeros(ndim)
             acc = acc + r.shift
             shifts[k], quality[k] = acc, r.quality
             if xcorr is not None:
                 xcorr[k] = r.xcorr
-            prev = cur
+            if i + 1 < n:
+                registrar.set_reference(cur)
             yield Progress(k + 1, count, i, acc.copy(), quality[k])
     else:  # template
         yield from _template(stack, n, dtype, valid, make, template_iterations, shifts, quality, xcorr)
