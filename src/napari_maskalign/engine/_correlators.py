@@ -69,6 +69,9 @@ def refine_two_stage(on_grid, d0, upsample_factor):
     if u1 == u:
         return d1, v1
     half = int(np.ceil(u / u1))
+    # keep the fine grid on multiples of 1/u (as scikit-image's): a 1/4 px
+    # coarse peak is off that grid whenever 4 does not divide u (5, 10, 50...)
+    d1 = np.round(np.asarray(d1) * u) / u
     return on_grid(d1 - half / u, 2 * half + 1, u)
 
 
