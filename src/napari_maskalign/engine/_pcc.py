@@ -10,7 +10,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ._correlators import MaskedCorrelator, PhaseCorrelator
-from ._fft import default_workers, real_dtype_for
+from ._fft import default_workers
 
 __all__ = ["phase_cross_correlation"]
 
@@ -21,6 +21,17 @@ _NAN_MESSAGE = (
     "reference_mask=~np.isnan(reference_image), "
     "moving_mask=~np.isnan(moving_image))"
 )
+
+
+def _compat_dtype(*images) -> np.dtype:
+    """scikit-image's working precision: float32 only when every input is
+    float16/float32 (complex64), float64 otherwise -- integers and bools
+    included (the stack engine keeps small integers in float32 for speed; the
+    drop-in must return what scikit-image returns)."""
+    for im in images:
+        if np.asarray(im).dtype.char not in "efF":
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
 
 
 def _error(cc_max, src_amp, target_amp):
@@ -92,7 +103,9 @@ def _masked(reference_image, moving_image, reference_mask, moving_mask, overlap_
             raise ValueError("Image sizes must match their respective mask sizes.")
     if np.iscomplexobj(reference_image) or np.iscomplexobj(moving_image):
         raise ValueError("complex-valued images are not supported with masks")
-    dtype = real_dtype_for(reference_image, moving_image)
+    dtype = _compat_dtype(reference_image, moving_image)
+    reference_image = reference_image.astype(dtype, copy=False)
+    moving_image = moving_image.astype(dtype, copy=False)
     corr = MaskedCorrelator(
         reference_image,
         reference_mask,
@@ -211,6 +224,9 @@ def phase_cross_correlation(
 
 def _real(reference, moving, upsample_factor, normalization):
     """Real images: real FFTs, half spectra, matrix-multiply DFT refinement."""
+    dtype = _compat_dtype(reference, moving)
+    reference = reference.astype(dtype, copy=False)
+    moving = moving.astype(dtype, copy=False)
     corr = PhaseCorrelator(reference, normalization=normalization, upsample_factor=upsample_factor)
     peak = corr.register(moving)
     float_dtype = corr.dtype
