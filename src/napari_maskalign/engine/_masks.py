@@ -115,6 +115,9 @@ def suggest_beam_block(
     mean = frames.mean(axis=0)
     ndim = mean.ndim
     dark = brightest <= darkness * float(np.median(mean))
+    # fill first: light leaking through the block's centre (the direct beam)
+    # leaves a bright hole whose thin rim the opening would otherwise cut open
+    dark = ndi.binary_fill_holes(dark)
     dark = ndi.binary_opening(dark, structure=_ball(1, ndim))
     dark = ndi.binary_fill_holes(dark)
     labels, n_lab = ndi.label(dark)
