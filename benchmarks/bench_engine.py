@@ -90,21 +90,21 @@ def main(argv=None):
 
     t, sh = ours(mask=valid)
     row("masked, whole pixel, full search", t_sk_masked, t / n,
-        "%.3f" % _err(sk_masked, truth)[0], "%.3f" % _err(sh, truth)[0], "same shifts as skimage: %s" % np.array_equal(sh, sk_masked))
+        f"{_err(sk_masked, truth)[0]:.3f}", f"{_err(sh, truth)[0]:.3f}", f"same shifts as skimage: {np.array_equal(sh, sk_masked)}")
     t, sh = ours(mask=valid, max_shift=32)
-    row("masked, whole pixel, max_shift=32", t_sk_masked, t / n, "", "%.3f" % _err(sh, truth)[0])
+    row("masked, whole pixel, max_shift=32", t_sk_masked, t / n, "", f"{_err(sh, truth)[0]:.3f}")
     t, sh = ours(mask=valid, upsample_factor=20)
     masked_up_err = _err(sh, truth)
     row("masked, upsample 20 (vs skimage whole-pixel masked)", t_sk_masked, t / n,
-        "", "%.3f" % masked_up_err[0], "skimage cannot upsample masked")
+        "", f"{masked_up_err[0]:.3f}", "skimage cannot upsample masked")
     t, sh = ours(mask=valid, upsample_factor=20, max_shift=32)
-    row("masked, upsample 20, max_shift=32", t_sk_masked, t / n, "", "%.3f" % _err(sh, truth)[0])
+    row("masked, upsample 20, max_shift=32", t_sk_masked, t / n, "", f"{_err(sh, truth)[0]:.3f}")
     t, sh = ours(upsample_factor=20, normalization="phase")
     row("unmasked, upsample 20, phase", t_sk_up, t / n,
-        "%.3f" % _err(sk_up, truth)[0], "%.3f" % _err(sh, truth)[0], "locks onto the beam block")
+        f"{_err(sk_up, truth)[0]:.3f}", f"{_err(sh, truth)[0]:.3f}", "locks onto the beam block")
     t, sh = ours(upsample_factor=20, normalization=None)
     row("unmasked, upsample 20, normalization=None", t_sk_up_none, t / n,
-        "%.3f" % _err(sk_up_none, truth)[0], "%.3f" % _err(sh, truth)[0])
+        f"{_err(sk_up_none, truth)[0]:.3f}", f"{_err(sh, truth)[0]:.3f}")
     # the drop-in function, pair by pair (no reuse of the reference)
     t, _ = _timed(lambda: [phase_cross_correlation(stack[0], f, upsample_factor=20) for f in stack], rep)
     row("drop-in phase_cross_correlation, upsample 20", t_sk_up, t / n, "", "")
@@ -133,7 +133,7 @@ def main(argv=None):
 
     print(f"# napari-maskalign engine benchmark: {n} frames of {size}x{size} float32, Poisson counts {args.counts:g}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}")
-    print("# times: ms per frame (median of %d runs); ratio = scikit-image / ours; error: median per-axis |shift - truth| in px" % rep)
+    print(f"# times: ms per frame (median of {rep} runs); ratio = scikit-image / ours; error: median per-axis |shift - truth| in px")
     header = ("case", "skimage ms", "ours ms", "speed-up", "skimage err", "ours err", "note")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths))

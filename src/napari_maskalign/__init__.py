@@ -34,7 +34,17 @@ _LAZY = {
     "make_beam_block_stack": "napari_maskalign._sample_data",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "RegistrationResult",
+    "__version__",
+    "apply_shifts",
+    "iter_register_stack",
+    "make_beam_block_stack",
+    "phase_cross_correlation",
+    "register_stack",
+    "valid_from_ignore",
+]
+assert set(__all__) == {"__version__", *_LAZY}
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._sample_data import make_beam_block_stack
