@@ -171,6 +171,10 @@ class FrameRegistrar:
 # validation
 
 
+def _is_dask(stack) -> bool:
+    return type(stack).__module__.startswith("dask.") and hasattr(stack, "to_delayed")
+
+
 def _frame(stack, i, dtype) -> np.ndarray:
     f = stack[int(i)]
     if hasattr(f, "compute"):
@@ -353,13 +357,27 @@ def iter_register_stack(
         else:
             ref_img = _mean_frame(stack, reference_range, n, dtype)
         registrar = FrameRegistrar(ref_img, **make)
-        total = count
-        for k, i in enumerate(frames):
-            r = registrar.register(_frame(stack, i, dtype))
-            shifts[k], quality[k] = r.shift, r.quality
-            if xcorr is not None:
-                xcorr[k] = r.xcorr
-            yield Progress(k + 1, total, i, shifts[k].copy(), quality[k])
+        if _is_dask(stack):
+            # one task per frame chunk, on whatever dask scheduler is active
+            # (a dask.distributed Client included); results arrive per chunk
+            from ._dask import iter_register_chunks
+
+            done = 0
+            for idx, c_shifts, c_quality, c_xcorr in iter_register_chunks(stack, registrar, start):
+                for j, i in enumerate(idx):
+                    k = int(i) - start
+                    shifts[k], quality[k] = c_shifts[j], c_quality[j]
+                    if xcorr is not None:
+                        xcorr[k] = c_xcorr[j]
+                    done += 1
+                    yield Progress(done, count, int(i), shifts[k].copy(), quality[k])
+        else:
+            for k, i in enumerate(frames):
+                r = registrar.register(_frame(stack, i, dtype))
+                shifts[k], quality[k] = r.shift, r.quality
+                if xcorr is not None:
+                    xcorr[k] = r.xcorr
+                yield Progress(k + 1, count, i, shifts[k].copy(), quality[k])
     elif mode == "previous":
         acc = np.zeros(ndim) if previous_shift is None else np.asarray(previous_shift, float)
         if acc.shape != (ndim,):
