@@ -35,7 +35,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -466,7 +465,9 @@ def describe_stack(stack, source=None) -> dict:
         out["chunking"] = stack.chunking
     elif isinstance(stack, np.memmap):
         suffix = "" if source is None else Path(os.fspath(source)).suffix.lower()
-        out["kind"] = "multi-page TIFF (memory-mapped)" if suffix in TIFF_SUFFIXES else ".npy (memory-mapped)"
+        out["kind"] = (
+            "multi-page TIFF (memory-mapped)" if suffix in TIFF_SUFFIXES else ".npy (memory-mapped)"
+        )
         out["chunking"] = "contiguous, memory-mapped"
     elif hasattr(stack, "chunks") and not isinstance(stack, np.ndarray):
         chunks = stack.chunks
@@ -572,9 +573,11 @@ def atomic_write_text(path, text: str, *, durable: bool = True) -> None:
     """
     path = Path(os.fspath(path))
     folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    # a random name opened exclusively (not mkstemp: its files are private, 0600,
+    # and the result should get the usual permissions)
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with open(tmp, "x", newline="") as f:
             f.write(text)
             f.flush()
             if durable:
@@ -716,11 +719,11 @@ def _number(text: str, line: int, column: str, name: str, allow_nan: bool = Fals
     try:
         value = float(text.strip())
     except ValueError:
-        raise ValueError(
-            f"line {line} of {name}: {column} {text!r} is not a number"
-        ) from None
+        raise ValueError(f"line {line} of {name}: {column} {text!r} is not a number") from None
     if not allow_nan and not math.isfinite(value):
-        raise ValueError(f"line {line} of {name}: {column} is {text.strip()}, expected a finite number")
+        raise ValueError(
+            f"line {line} of {name}: {column} is {text.strip()}, expected a finite number"
+        )
     return value
 
 
@@ -867,7 +870,9 @@ class StackWriter:
         if self.path.exists():
             if not self.overwrite:
                 self.abort()
-                raise FileExistsError(f"the output {self.path} appeared while writing; not replaced")
+                raise FileExistsError(
+                    f"the output {self.path} appeared while writing; not replaced"
+                )
             old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(self.path, old)
         os.replace(self.tmp, self.path)
