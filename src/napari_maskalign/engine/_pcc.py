@@ -282,8 +282,9 @@ def _complex(reference, moving, upsample_factor, space, normalization):
     else:
         u = np.array(upsample_factor, dtype=float_dtype)
         shift = np.round(shift * u) / u
-        region = int(np.ceil(upsample_factor * 1.5))
-        dftshift = np.trunc(region / 2.0)
+        region_size = np.ceil(u * 1.5)  # in float_dtype, as scikit-image: a
+        dftshift = np.trunc(region_size / 2.0)  # float64 here made complex64 input return float64
+        region = int(region_size)
         fine = _upsampled_dft(product.conj(), region, u, dftshift - shift * u).conj()
         fmax = np.unravel_index(int(np.argmax(np.abs(fine))), fine.shape)
         cc_max = fine[fmax]
