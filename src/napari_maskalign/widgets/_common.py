@@ -146,6 +146,13 @@ def find_result_layer(viewer, source: str | None) -> Layer | None:
     return layer if result_meta(layer) is not None else None
 
 
+def same_layer(a: Layer | None, b: Layer | None) -> bool:
+    """Identity of layers, also through the proxies napari hands to plugins (``is`` fails there)."""
+    if a is None or b is None:
+        return a is b
+    return bool(a == b)
+
+
 def is_output_layer(layer: Layer) -> bool:
     meta = layer.metadata.get(META)
     return isinstance(meta, dict) and "role" in meta
@@ -253,7 +260,7 @@ class LayerCombo(ComboBox):
     def select(self, layer: Layer | None) -> bool:
         """Choose ``layer`` if it is among the choices."""
         for _, value in self._layer_choices():
-            if value is layer:
+            if same_layer(value, layer):
                 self.value = layer
                 return True
         return False
@@ -288,6 +295,34 @@ class Connections:
         if (emitter, callback) in self._pairs:
             self._pairs.remove((emitter, callback))
             emitter.disconnect(callback)
+
+
+def fixed_height(widget):
+    """Keep a form at its natural height (dock areas would squash it otherwise)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    widget.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+    return widget
+
+
+def wrap_label(text: str = ""):
+    """A word-wrapped QLabel that claims the height its wrapped text needs.
+
+    Plain word-wrapped labels report a one-line minimum height, and a dock
+    area then squashes the form below them.
+    """
+    from qtpy.QtWidgets import QLabel
+
+    class _WrapLabel(QLabel):
+        def resizeEvent(self, event):
+            super().resizeEvent(event)
+            height = self.heightForWidth(self.width())
+            if height > 0 and height != self.minimumHeight():
+                self.setMinimumHeight(height)
+
+    label = _WrapLabel(text)
+    label.setWordWrap(True)
+    return label
 
 
 def layer_list_events(viewer) -> list:

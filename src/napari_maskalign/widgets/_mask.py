@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QFileDialog, QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QGridLayout, QPushButton, QVBoxLayout, QWidget
 
 from napari_maskalign.engine import (
     grow_ignore,
@@ -27,6 +27,7 @@ from ._common import (
     Connections,
     LayerCombo,
     explain,
+    fixed_height,
     frame_shape,
     layer_list_events,
     layer_named,
@@ -34,6 +35,7 @@ from ._common import (
     notify_error,
     notify_info,
     stack_problem,
+    wrap_label,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -129,8 +131,7 @@ class MaskWidget(QWidget):
             widgets=[self.image_combo, self.mask_combo, self.pixels, self.darkness], labels=True
         )
 
-        help_label = QLabel(HELP)
-        help_label.setWordWrap(True)
+        help_label = wrap_label(HELP)
         help_label.setObjectName("maskalign_help")
 
         self.new_button = QPushButton("New mask + paint")
@@ -176,7 +177,7 @@ class MaskWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(help_label)
-        layout.addWidget(self.form.native)
+        layout.addWidget(fixed_height(self.form.native))
         layout.addLayout(grid)
         layout.addStretch(1)
 

@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
 from napari_maskalign.engine import (
@@ -35,6 +35,7 @@ from ._common import (
     current_frame,
     display_props,
     explain,
+    fixed_height,
     frame_shape,
     is_output_layer,
     iter_align,
@@ -48,6 +49,7 @@ from ._common import (
     start_worker,
     upsert_layer,
     wants_lazy,
+    wrap_label,
     xcorr_name,
 )
 
@@ -253,7 +255,7 @@ class RegisterWidget(QWidget):
             labels=True,
         )
         more = QCollapsible("More options")
-        more.addWidget(self.more_form.native)
+        more.addWidget(fixed_height(self.more_form.native))
 
         self.run_button = QPushButton("Run")
         self.run_button.setToolTip("Register every frame (in the background: napari stays usable).")
@@ -270,11 +272,10 @@ class RegisterWidget(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%p%")
-        self.status = QLabel("Choose a stack (and its mask) and click Run.")
-        self.status.setWordWrap(True)
+        self.status = wrap_label("Choose a stack (and its mask) and click Run.")
 
         layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
+        layout.addWidget(fixed_height(self.form.native))
         layout.addWidget(more)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)

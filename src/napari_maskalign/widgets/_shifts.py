@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -47,6 +48,7 @@ from ._common import (
     display_props,
     explain,
     find_result_layer,
+    fixed_height,
     frame_shape,
     go_to_frame,
     is_output_layer,
@@ -56,11 +58,13 @@ from ._common import (
     notify_error,
     notify_info,
     result_meta,
+    same_layer,
     source_of,
     stack_problem,
     start_worker,
     upsert_layer,
     wants_lazy,
+    wrap_label,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,7 +123,8 @@ class ShiftsWidget(QWidget):
             "selecting that layer (or its xcorr preview) chooses the stack here.",
         )
         self.target_combo = LayerCombo(
-            v, Image, keep=not_output, label="apply to",
+            v, Image, keep=lambda layer: not_output(layer)
+            and not same_layer(layer, self.stack_combo.value), label="apply to",
             tooltip="Another layer with the same frames (another channel, the raw data) to "
             "align with these shifts, as '<layer> aligned'.",
         )
@@ -147,26 +152,34 @@ class ShiftsWidget(QWidget):
         csv_row.addWidget(self.export_button)
         csv_row.addWidget(self.import_button)
 
-        # edit one frame
-        edit = QGridLayout()
+        # edit one frame: "frame [n]" / "y [..] x [..]" / [Set] [Interpolate]
+        edit_box = QGroupBox("Edit one frame's shift")
+        edit = QGridLayout(edit_box)
         edit.addWidget(QLabel("frame"), 0, 0)
         self.frame_spin = QSpinBox()
-        self.frame_spin.setToolTip("The frame to edit (follows the slider).")
+        self.frame_spin.setToolTip("The frame to edit (follows the slider; click the plot too).")
         self.frame_spin.valueChanged.connect(self._show_frame_values)
-        edit.addWidget(self.frame_spin, 0, 1)
+        edit.addWidget(self.frame_spin, 0, 1, 1, 3)
         self.shift_spins: dict[str, QDoubleSpinBox] = {}
         self._shift_labels: dict[str, QLabel] = {}
-        for col, axis in enumerate(("z", "y", "x")):
-            label = QLabel(f"shift {axis}")
+        spins_row = QHBoxLayout()
+        for axis in ("z", "y", "x"):
+            label = QLabel(f"{axis}")
             spin = QDoubleSpinBox()
             spin.setRange(-1e5, 1e5)
             spin.setDecimals(3)
             spin.setSingleStep(0.1)
-            spin.setToolTip(f"Shift of this frame along {axis}, in pixels.")
-            edit.addWidget(label, 1, col)
-            edit.addWidget(spin, 2, col)
+            spin.setSuffix(" px")
+            spin.setToolTip(
+                f"Shift of this frame along {axis}, in pixels: the shift that moves the frame "
+                "onto the reference."
+            )
+            spins_row.addWidget(label)
+            spins_row.addWidget(spin, 1)
             self.shift_spins[axis] = spin
             self._shift_labels[axis] = label
+        edit.addWidget(QLabel("shift"), 1, 0)
+        edit.addLayout(spins_row, 1, 1, 1, 3)
         self.set_button = QPushButton("Set shift")
         self.set_button.setToolTip("Use the shift typed above for this frame and re-align it.")
         self.set_button.clicked.connect(lambda _c=False: self.set_frame_shift())
@@ -176,29 +189,35 @@ class ShiftsWidget(QWidget):
             "frame whose registration failed) and re-align it."
         )
         self.interp_button.clicked.connect(lambda _c=False: self.interpolate_frame())
-        edit.addWidget(self.set_button, 0, 2)
-        edit.addWidget(self.interp_button, 3, 0, 1, 3)
+        edit_row = QHBoxLayout()
+        edit_row.addWidget(self.set_button)
+        edit_row.addWidget(self.interp_button)
+        edit.addLayout(edit_row, 2, 0, 1, 4)
 
-        self.apply_button = QPushButton("Apply shifts to layer")
+        self.apply_button = QPushButton("Apply shifts")
         self.apply_button.setToolTip(
             "Align the 'apply to' layer with these shifts as a new layer '<layer> aligned'."
         )
         self.apply_button.clicked.connect(lambda _c=False: self.apply_to_layer())
+        apply_box = QGroupBox("Apply these shifts to another layer")
+        apply_layout = QVBoxLayout(apply_box)
 
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrap_label("")
 
         layout = QVBoxLayout(self)
-        layout.addWidget(Container(widgets=[self.stack_combo], labels=True).native)
+        self._stack_form = Container(widgets=[self.stack_combo], labels=True)
+        self._target_form = Container(widgets=[self.target_combo], labels=True)
+        layout.addWidget(fixed_height(self._stack_form.native))
         layout.addWidget(self.canvas, 1)
         layout.addLayout(csv_row)
-        layout.addLayout(edit)
-        layout.addWidget(Container(widgets=[self.target_combo], labels=True).native)
-        layout.addWidget(self.apply_button)
+        layout.addWidget(fixed_height(edit_box))
+        apply_layout.addWidget(fixed_height(self._target_form.native))
+        apply_layout.addWidget(self.apply_button)
+        layout.addWidget(fixed_height(apply_box))
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
 
@@ -243,11 +262,12 @@ class ShiftsWidget(QWidget):
             self.stack_combo.select(source)
 
     def _on_stack_changed(self, _value=None) -> None:
+        self.target_combo.reset_choices()
         self._rebind()
 
     def _rebind(self) -> None:
         layer = self.result_layer()
-        if layer is not self._bound:
+        if not same_layer(layer, self._bound):
             if self._bound is not None:
                 self._conns.disconnect(self._bound.events.metadata, self._on_result_changed)
             self._bound = layer
