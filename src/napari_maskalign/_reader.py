@@ -27,7 +27,7 @@ def _frame_source(path):
         if len(paths) == 1:
             return _frame_source(paths[0])
         if all(_is_tiff(p) and os.path.isfile(p) for p in paths):
-            return paths
+            return list_frame_files(paths)  # natural order, whatever order they came in
         return None
     text = os.fspath(path)
     if is_glob(text) and not os.path.exists(text):

@@ -69,8 +69,10 @@ AXIS_NAMES = "zyx"
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders numbers by value: ``frame_2`` before ``frame_10``."""
-    parts = re.split(r"(\d+)", os.fspath(name))
-    return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts)
+    text = os.fspath(name)
+    parts = re.split(r"(\d+)", text)
+    # numbers by value, text without case; the exact name breaks ties last
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts), text
 
 
 def is_glob(path) -> bool:
