@@ -181,7 +181,11 @@ class PhaseCorrelator:
 
             def on_grid(starts, region, u):
                 fine = upsampled_real((product,), shape, starts, region, u)[0]
-                at = np.unravel_index(int(np.argmax(np.abs(fine))), fine.shape)
+                search = np.abs(fine)
+                box = _inside_box(starts, region, u, self.max_shift)
+                if box is not None:  # the refinement must not leave the max_shift box
+                    search = np.where(box, search, -1.0)
+                at = np.unravel_index(int(np.argmax(search)), fine.shape)
                 return starts + np.array(at, dtype=np.float64) / u, float(fine[at])
 
             shift, value = refine_two_stage(on_grid, shift, self.upsample_factor)
@@ -483,6 +487,9 @@ class MaskedCorrelator:
         np.clip(ncc, -1.0, 1.0, out=ncc)
         # stay where the whole-pixel search was allowed: overlap threshold on the fine grid
         ncc[overlap < self.overlap_ratio * self.max_overlap] = -1.0
+        box = _inside_box(starts, region, u, self._max_shift, self.offset)
+        if box is not None:  # ... and inside the max_shift box
+            ncc[~box] = -1.0
         peak = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
         return starts + np.array(peak, dtype=float) / u, float(max(ncc[peak], 0.0))
 
@@ -504,6 +511,21 @@ def soft_weights(valid: np.ndarray, taper: float) -> np.ndarray:
     padded = np.pad(valid, 1, constant_values=False)
     dist = ndi.distance_transform_edt(padded)[tuple(slice(1, -1) for _ in range(valid.ndim))]
     return np.sin(0.5 * np.pi * np.minimum(dist / taper, 1.0)) ** 2
+
+
+def _inside_box(starts, region, u, max_shift, offset=0.0):
+    """Points of a fine grid (``region`` per axis from ``starts``, step ``1/u``)
+    whose shift (grid position + ``offset``) is within ``max_shift`` on every
+    axis; None when there is no bound."""
+    if max_shift is None:
+        return None
+    nd = len(starts)
+    ms = np.broadcast_to(np.asarray(max_shift, dtype=float), (nd,))
+    off = np.broadcast_to(np.asarray(offset, dtype=float), (nd,))
+    steps = np.arange(region) / float(u)
+    return _outer_and(
+        [np.abs(s + steps + o) <= m + 1e-9 for s, o, m in zip(np.asarray(starts, float), off, ms)]
+    )
 
 
 def _outer_and(flags):

@@ -392,7 +392,9 @@ def iter_register_stack(
             shifts[k], quality[k] = acc, r.quality
             if xcorr is not None:
                 xcorr[k] = r.xcorr
-            if i + 1 < n:
+            if i + 1 < n and _has_contrast(cur, valid):
+                # a frame without contrast (quality 0) cannot be a reference:
+                # the next frame is registered against the last one that can
                 registrar.set_reference(cur)
             yield Progress(k + 1, count, i, acc.copy(), quality[k])
     else:  # template
@@ -405,6 +407,11 @@ def iter_register_stack(
     return RegistrationResult(
         shifts=final, quality=quality, outliers=outliers, raw_shifts=raw, xcorr=xcorr, params=params
     )
+
+
+def _has_contrast(frame, valid) -> bool:
+    vals = frame if valid is None else frame[valid]
+    return vals.size > 0 and bool(vals.max() > vals.min())
 
 
 def _parse_reference(reference, n, frame_shape):
