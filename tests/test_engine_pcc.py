@@ -542,6 +542,7 @@ def test_error_shape_mismatch():
     _both_raise("same shape", a, a[:30])
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["reference", "moving"])
 def test_error_nonfinite_without_mask(bad, where):
@@ -553,6 +554,7 @@ def test_error_nonfinite_without_mask(bad, where):
         _both_raise("NaN values found", a, b, upsample_factor=u)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_error_nan_in_fourier_space_input():
     rng = np.random.default_rng(30)
     fa = np.fft.fftn(smooth(rng, (32, 32)))
