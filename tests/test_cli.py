@@ -1,0 +1,375 @@
+"""The ``maskalign`` command: register / apply / info on real files, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_maskalign import io
+from napari_maskalign._sample_data import make_beam_block_stack
+from napari_maskalign.cli import build_parser, main
+from napari_maskalign.engine import apply_shifts, register_stack
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return make_beam_block_stack(N, (64, 64), max_drift=3.0, seed=5)
+
+
+@pytest.fixture
+def run(tmp_path, sample):
+    """A folder of single-frame TIFFs and a painted mask PNG (255 = beam block)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for i, f in enumerate(sample.stack):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    Image.fromarray(sample.beam_block.astype(np.uint8) * 255).save(tmp_path / "block.png")
+    return tmp_path
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def csv_rows(path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+# ----------------------------------------------------------------------------
+# help and info
+
+
+def test_help_states_the_mask_convention(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["register", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NONZERO MARKS PIXELS TO IGNORE" in text
+    assert "--invert-mask" in text and "nonzero marks the valid pixels" in text
+    assert "--resume" in text and "--scheduler ADDRESS" in text and "--workers N" in text
+    assert "frame_2 before frame_10" in text
+
+
+def test_info_describes_a_folder(run, capsys):
+    assert cli("info", run / "run") == 0
+    out = capsys.readouterr().out
+    assert "folder of TIFF frames" in out
+    assert "frames       16" in out
+    assert "frame shape  64x64" in out
+    assert "float32" in out and "one file per frame" in out
+    assert "frame_15.tif" in out
+
+
+# ----------------------------------------------------------------------------
+# register and apply
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_register_writes_shifts_and_aligned_stack(run, sample, capsys, suffix):
+    shifts_csv, out = run / "shifts.csv", run / f"aligned{suffix}"
+    rc = cli("register", run / "run", "--mask", run / "block.png", "--shifts", shifts_csv,
+             "--output", out)  # fmt: skip
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no progress bar when stderr is not a terminal
+    assert "registered 16 of 16 frames (64x64, float32)" in captured.out
+    assert "shift: median" in captured.out and "outliers: none flagged" in captured.out
+
+    shifts, quality = io.read_shifts_csv(shifts_csv, n_frames=N, ndim=2)
+    expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20)
+    np.testing.assert_array_equal(shifts, expected.raw_shifts)  # the engine's numbers, exactly
+    np.testing.assert_array_equal(quality, expected.quality)
+    assert np.abs(shifts - sample.expected_shifts()).max() < 0.1
+
+    aligned = io.open_stack(out)
+    if suffix == ".zarr":
+        assert aligned.chunks == (1, 64, 64)
+    np.testing.assert_array_equal(np.asarray(aligned[:]), apply_shifts(sample.stack, shifts))
+    settings = json.loads((run / "shifts.csv.json").read_text())["registration"]
+    assert settings["frames"] == N and settings["upsample"] == 20
+
+
+def test_apply_saved_shifts_to_other_data(run, sample, capsys):
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "s.csv") == 0
+    other = run / "other.npy"
+    np.save(other, sample.stack * 2 + 1)
+    assert cli("apply", other, "--shifts", run / "s.csv", "--output", run / "o.tif",
+               "--method", "fourier") == 0  # fmt: skip
+    shifts, _ = io.read_shifts_csv(run / "s.csv")
+    np.testing.assert_allclose(
+        io.open_stack(run / "o.tif"),
+        apply_shifts(sample.stack * 2 + 1, shifts, method="fourier"),
+    )
+    assert "aligned 16 frames" in capsys.readouterr().out
+
+
+def test_outliers_are_listed_in_the_summary(run, sample, capsys):
+    noise = np.random.default_rng(0).poisson(400, (64, 64)).astype(np.float32)
+    tifffile.imwrite(run / "run" / "frame_9.tif", noise)
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "s.csv") == 0
+    out = capsys.readouterr().out
+    assert "outliers: 1 frame(s) flagged" in out and out.rstrip().split("\n")[-2].endswith(": 9")
+
+
+# ----------------------------------------------------------------------------
+# errors: one line, non-zero exit, nothing written
+
+
+def _mixed(run):
+    tifffile.imwrite(run / "run" / "frame_16.tif", np.zeros((8, 8), np.float32))
+
+
+def _wrong_mask(run):
+    np.save(run / "block.npy", np.zeros((10, 10), np.uint8))
+
+
+def _all_masked(run):
+    np.save(run / "block.npy", np.ones((64, 64), np.uint8))
+
+
+def _existing_output(run):
+    (run / "out.zarr").mkdir()
+
+
+def _unreadable_frame(run):
+    (run / "run" / "frame_3.tif").write_bytes(b"garbage")
+
+
+@pytest.mark.parametrize(
+    ("prepare", "argv", "message"),
+    [
+        (None, ["register", "{run}/nope", "--shifts", "{run}/s.csv"], "no such file or folder"),
+        (None, ["register", "{run}/nope/*.tif", "--shifts", "{run}/s.csv"], "no files match"),
+        (_unreadable_frame, ["register", "{run}/run", "--shifts", "{run}/s.csv"], "frame_3.tif"),
+        (_mixed, ["register", "{run}/run", "--shifts", "{run}/s.csv"], "frames have mixed shapes"),
+        (_wrong_mask, ["register", "{run}/run", "--mask", "{run}/block.npy", "--shifts", "{run}/s.csv"],
+         r"has shape \(10, 10\) but one frame has shape \(64, 64\)"),
+        (_all_masked, ["register", "{run}/run", "--mask", "{run}/block.npy", "--shifts", "{run}/s.csv"],
+         "masks every pixel.*--invert-mask"),
+        (None, ["register", "{run}/run", "--mask", "{run}/none.png", "--shifts", "{run}/s.csv"],
+         "no such mask file"),
+        (_existing_output, ["register", "{run}/run", "--shifts", "{run}/s.csv", "--output", "{run}/out.zarr"],
+         "exists; use --overwrite"),
+        (None, ["register", "{run}/run", "--shifts", "{run}/s.csv", "--output", "{run}/out.h5"],
+         "end the name with .zarr"),
+        (None, ["register", "{run}/run", "--shifts", "{run}/s.csv", "--reference", "40"],
+         "out of range"),
+        (None, ["register", "{run}/run", "--shifts", "{run}/s.csv", "--reference", "template", "--resume"],
+         "cannot be resumed"),
+        (None, ["register", "{run}/run", "--shifts", "{run}/s.csv", "--resume", "--overwrite"],
+         "choose one"),
+        (None, ["apply", "{run}/run", "--shifts", "{run}/short.csv", "--output", "{run}/o.tif"],
+         "has 3 rows but the stack has 16 frames"),
+        (None, ["apply", "{run}/run", "--shifts", "{run}/3d.csv", "--output", "{run}/o.tif"],
+         "frames are 2D"),
+    ],
+)  # fmt: skip
+def test_errors_are_plain_and_exit_non_zero(run, capsys, prepare, argv, message):
+    io.write_shifts_csv(run / "short.csv", np.zeros((3, 2)), np.ones(3))
+    io.write_shifts_csv(run / "3d.csv", np.zeros((N, 3)), np.ones(N))
+    if prepare:
+        prepare(run)
+    before = sorted(p.name for p in run.iterdir())
+    rc = main([a.format(run=run) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("maskalign ") and "error:" in err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, err), err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
+def test_existing_shifts_need_overwrite(run, capsys):
+    argv = ["register", run / "run", "--shifts", run / "s.csv"]
+    assert cli(*argv) == 0
+    assert cli(*argv) == 1
+    assert "s.csv exists; use --overwrite" in capsys.readouterr().err
+    assert cli(*argv, "--overwrite") == 0
+
+
+def test_failed_output_leaves_no_file(run, monkeypatch):
+    import napari_maskalign.engine as engine
+
+    real, calls = engine.apply_shifts, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("simulated failure while writing the aligned stack")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "apply_shifts", failing)
+    with pytest.raises(MemoryError):
+        cli("register", run / "run", "--shifts", run / "s.csv", "--output", run / "a.zarr",
+            "--chunk-frames", "4")  # fmt: skip
+    assert not (run / "a.zarr").exists()
+    assert io.stale_partials(run / "a.zarr") == []
+    assert csv_rows(run / "s.csv") == N  # the shifts are kept: --resume only writes the output
+
+
+# ----------------------------------------------------------------------------
+# resume
+
+
+@pytest.mark.parametrize("reference", ["0", "previous"])
+def test_resume_from_a_partial_table_gives_the_same_shifts(run, reference, capsys):
+    common = ["--mask", run / "block.png", "--reference", reference]
+    assert cli("register", run / "run", *common, "--shifts", run / "full.csv") == 0
+    assert cli("register", run / "run", *common, "--shifts", run / "part.csv") == 0
+    # as a killed run leaves it: the first 7 rows
+    lines = (run / "part.csv").read_text().splitlines(keepends=True)
+    (run / "part.csv").write_text("".join(lines[:8]))
+    capsys.readouterr()
+    assert cli("register", run / "run", *common, "--shifts", run / "part.csv", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "registered 9 of 16 frames" in out and "resumed at frame 7" in out
+    assert (run / "part.csv").read_text() == (run / "full.csv").read_text()
+
+
+def test_resume_refuses_other_settings(run, capsys):
+    assert cli("register", run / "run", "--shifts", run / "s.csv", "--upsample", "10") == 0
+    rc = cli("register", run / "run", "--shifts", run / "s.csv", "--upsample", "20", "--resume")
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "different settings" in err and "upsample: earlier 10.0, now 20.0" in err
+    (run / "s.csv.json").unlink()
+    assert (
+        cli("register", run / "run", "--shifts", run / "s.csv", "--upsample", "10", "--resume") == 1
+    )
+    assert "run's parameters" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_has_nothing_to_do(run, capsys):
+    argv = ["register", run / "run", "--shifts", run / "s.csv", "--output", run / "a.tif"]
+    assert cli(*argv) == 0
+    assert cli(*argv, "--resume") == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def _cycled_frames(folder, n, shape, seed):
+    """n frames on disk, cycling through 8 rendered ones (rendering n is slow)."""
+    s = make_beam_block_stack(8, shape, max_drift=3.0, seed=seed)
+    folder.mkdir()
+    for i in range(n):
+        tifffile.imwrite(folder / f"frame_{i}.tif", s.stack[i % 8])
+    np.save(folder.parent / "block.npy", s.beam_block.astype(np.uint8))
+    return folder
+
+
+def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    n = 200
+    frames = _cycled_frames(tmp_path / "run", n, (256, 256), seed=6)
+    args = ["register", str(frames), "--mask", str(tmp_path / "block.npy"),
+            "--output", str(tmp_path / "aligned.zarr")]  # fmt: skip
+    shifts_csv = tmp_path / "shifts.csv"
+    cmd = [sys.executable, "-m", "napari_maskalign.cli", *args, "--shifts", str(shifts_csv)]
+    proc = subprocess.Popen(
+        [*cmd, "--save-interval", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while csv_rows(shifts_csv) < 40:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no rows appeared"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done, _ = io.read_shifts_csv(shifts_csv)  # whatever moment the kill hit, the table is whole
+    assert 40 <= len(done) < n
+    assert not (tmp_path / "aligned.zarr").exists()
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"registered {n - len(done)} of {n} frames" in resumed.stdout
+    assert f"resumed at frame {len(done)}" in resumed.stdout
+
+    reference = tmp_path / "uninterrupted.csv"
+    args[-1] = str(tmp_path / "uninterrupted.zarr")
+    assert main([*args, "--shifts", str(reference)]) == 0
+    assert shifts_csv.read_text() == reference.read_text()
+    np.testing.assert_array_equal(
+        io.open_stack(tmp_path / "aligned.zarr")[:],
+        io.open_stack(tmp_path / "uninterrupted.zarr")[:],
+    )
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+# ----------------------------------------------------------------------------
+# memory and clusters
+
+
+# The child reports its own peak resident memory: VmHWM of /proc/self/status,
+# the high-water mark of this process image. (getrusage's ru_maxrss would not
+# do: Linux carries it over from the parent across fork + exec, so it would
+# report the test process's size.)
+CHILD = """
+import sys
+from napari_maskalign.cli import main
+rc = main(sys.argv[1:])
+with open("/proc/self/status") as f:
+    hwm = [ln for ln in f if ln.startswith("VmHWM:")][0].split()[1]
+print("PEAK_KIB", hwm, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def _peak_rss_mib(argv) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("PEAK_KIB")][-1]
+    return int(line.split()[1]) / 1024  # Linux reports KiB
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)"
+)
+def test_memory_does_not_grow_with_frame_count(tmp_path):
+    """4x the frames (90 MiB more pixels) must not raise the peak resident memory."""
+    small, large = 30, 120
+    frames = _cycled_frames(tmp_path / "run", large, (512, 512), seed=7)
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(small):
+        os.link(frames / f"frame_{i}.tif", few / f"frame_{i}.tif")
+    peaks = {}
+    for name, folder in (("small", few), ("large", frames)):
+        peaks[name] = _peak_rss_mib(
+            ["register", folder, "--mask", tmp_path / "block.npy", "--max-shift", "8",
+             "--shifts", tmp_path / f"{name}.csv", "--output", tmp_path / f"{name}.zarr"]
+        )  # fmt: skip
+    extra_pixels_mib = (large - small) * 512 * 512 * 4 / 2**20
+    growth = peaks["large"] - peaks["small"]
+    assert growth < 0.2 * extra_pixels_mib, (peaks, extra_pixels_mib)
+    assert peaks["large"] < 500, peaks
+
+
+def test_cli_on_a_local_cluster_matches_in_process(run, capsys):
+    common = ["register", run / "run", "--mask", run / "block.png"]
+    assert cli(*common, "--shifts", run / "local.csv") == 0
+    assert cli(*common, "--shifts", run / "cluster.csv", "--workers", "2", "--chunk-frames", "5",
+               "--output", run / "a.zarr") == 0  # fmt: skip
+    local, _ = io.read_shifts_csv(run / "local.csv")
+    cluster, _ = io.read_shifts_csv(run / "cluster.csv")
+    np.testing.assert_allclose(cluster, local, rtol=0, atol=1e-9)
+    assert io.open_stack(run / "a.zarr").shape == (N, 64, 64)
+    assert cli(*common, "--shifts", run / "p.csv", "--workers", "2", "--reference", "previous") == 1
+    assert "cannot be split across a cluster" in capsys.readouterr().err
