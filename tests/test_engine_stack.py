@@ -554,3 +554,31 @@ def test_inputs_are_not_modified():
     np.testing.assert_array_equal(stack, before[0])
     np.testing.assert_array_equal(mask, before[1])
     np.testing.assert_array_equal(ref_img, before[2])
+
+
+def test_a_frame_that_cannot_be_registered_is_always_flagged():
+    # unmasked, with quality spread wide enough that the robust default
+    # threshold would fall below zero: the constant frame must still be flagged
+    synth = make_beam_block_stack(10, (64, 64), seed=4, counts=20)
+    stack = synth.stack.copy()
+    stack[3] = 7.0
+    stack[6] = np.random.default_rng(0).random((64, 64)).astype(np.float32) * 50
+    result = register_stack(stack, upsample_factor=4)
+    assert result.quality[3] == 0.0
+    assert result.outliers[3]
+
+
+def test_resume_previous_after_a_constant_frame_uses_the_last_frame_with_contrast():
+    synth = make_beam_block_stack(8, (64, 64), seed=5)
+    stack = synth.stack.copy()
+    stack[4] = 0.0  # a blank frame just before the resume point
+    full = register_stack(stack, reference="previous", mask=synth.valid, upsample_factor=10)
+    tail = register_stack(
+        stack,
+        reference="previous",
+        mask=synth.valid,
+        upsample_factor=10,
+        start=5,
+        previous_shift=full.raw_shifts[4],
+    )
+    np.testing.assert_allclose(tail.raw_shifts, full.raw_shifts[5:])

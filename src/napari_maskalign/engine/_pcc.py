@@ -183,8 +183,12 @@ def phase_cross_correlation(
     -----
     For real images the subpixel refinement samples the real-valued
     cross-correlation (the half-spectrum form), where scikit-image samples
-    the modulus of a complex one whose Nyquist terms are taken one-sided; the
-    two agree to within one ``1/upsample_factor`` step, usually exactly.
+    the modulus of a complex one whose Nyquist terms are taken one-sided.
+    Whole-pixel results are identical. Subpixel results agree exactly in most
+    cases (measured: 96-100% with ``normalization=None``; 89-99.5% with
+    "phase" up to ``upsample_factor=20``) and otherwise differ by one
+    ``1/upsample_factor`` step; with "phase" at factors of 50 and more a few
+    percent differ by two or three steps (0.04 px at most in our tests).
     """
     if upsample_factor < 1:
         raise ValueError(f"upsample_factor must be at least 1, got {upsample_factor}")

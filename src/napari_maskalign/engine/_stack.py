@@ -232,9 +232,9 @@ def _check_params(upsample_factor, max_shift, overlap_ratio, normalization):
 def flag_outliers(shifts, quality, *, max_jump=None, min_quality=None) -> np.ndarray:
     """Flag frames whose quality or shift jump is implausible.
 
-    A frame is flagged when its quality is below ``min_quality`` (default:
-    6 robust standard deviations below the median quality, and at most 0.5
-    of it), or when its shift departs from the median of its neighbours
+    A frame is flagged when its quality is 0 (it could not be registered),
+    below ``min_quality`` (default: 6 robust standard deviations below the
+    median quality, and at most 0.5 of it), or when its shift departs from the median of its neighbours
     (5-frame window) by more than ``max_jump`` pixels (default: 6 robust
     standard deviations of those departures, at least 1 pixel).
     """
@@ -248,7 +248,8 @@ def flag_outliers(shifts, quality, *, max_jump=None, min_quality=None) -> np.nda
         med = np.median(quality)
         mad = 1.4826 * np.median(np.abs(quality - med))
         min_quality = min(med - 6 * mad, 0.5 * med)
-    flagged |= quality < min_quality
+    # a frame that could not be registered at all (quality 0) is always flagged
+    flagged |= (quality < min_quality) | (quality <= 0)
     if n >= 3:
         pad = np.pad(shifts, ((2, 2), (0, 0)), mode="edge")
         windows = np.stack([pad[i : i + n] for i in range(5)])
@@ -382,7 +383,13 @@ def iter_register_stack(
         acc = np.zeros(ndim) if previous_shift is None else np.asarray(previous_shift, float)
         if acc.shape != (ndim,):
             raise ValueError(f"previous_shift must have {ndim} values, got {acc.shape}")
-        registrar = FrameRegistrar(_frame(stack, start - 1 if start else 0, dtype), **make)
+        # the chain's reference: the last frame before `start` that has contrast
+        first = start - 1 if start else 0
+        ref0 = _frame(stack, first, dtype)
+        while first > 0 and not _has_contrast(ref0, valid):
+            first -= 1
+            ref0 = _frame(stack, first, dtype)
+        registrar = FrameRegistrar(ref0, **make)
         for k, i in enumerate(frames):
             cur = _frame(stack, i, dtype)
             r = registrar.register(cur)
