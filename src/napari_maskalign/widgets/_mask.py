@@ -190,11 +190,17 @@ class MaskWidget(QWidget):
     def _refresh_choices(self, _event=None) -> None:
         self.image_combo.reset_choices()
         self.mask_combo.reset_choices()
+        if self.mask_combo.value is None:
+            self._pick_mask()
 
-    def _on_image_changed(self, _value=None) -> None:
+    def _pick_mask(self) -> None:
+        """Choose ``<image> mask`` when it exists."""
         image = self.image_combo.value
         if image is not None:
             self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
+
+    def _on_image_changed(self, _value=None) -> None:
+        self._pick_mask()
 
     def _image(self) -> Image:
         image = self.image_combo.value

@@ -7,13 +7,14 @@ the beam block and are ignored; the engine gets ``valid_from_ignore(mask)``.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
-from napari.layers import Image, Labels
-from qtpy.QtCore import Signal
+from napari.layers import Image, Labels, Points
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -127,6 +128,8 @@ class RegisterWidget(QWidget):
         self.last_result: RegistrationResult | None = None
         self.last_outcome: str | None = None  # "done", "cancelled", "failed"
         self._yields = 0
+        self._worker_done = True
+        self._publishing = False
         self._conns = Connections(self)
         self._build()
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
@@ -287,6 +290,14 @@ class RegisterWidget(QWidget):
     def _refresh_choices(self, _event=None) -> None:
         self.image_combo.reset_choices()
         self.mask_combo.reset_choices()
+        if self.mask_combo.value is None:
+            self._pick_mask()
+
+    def _pick_mask(self) -> None:
+        """Choose ``<image> mask`` when it exists."""
+        image = self.image_combo.value
+        if image is not None:
+            self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
 
     def _on_image_changed(self, _value=None) -> None:
         image = self.image_combo.value
@@ -294,8 +305,7 @@ class RegisterWidget(QWidget):
         for spin in (self.ref_frame, self.range_first, self.range_last):
             spin.max = max(n - 1, 0)
         self.range_last.value = max(n - 1, 0)
-        if image is not None:
-            self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
+        self._pick_mask()
 
     def _on_reference_changed(self, _value=None) -> None:
         mode = self.reference.value
@@ -371,6 +381,8 @@ class RegisterWidget(QWidget):
             interpolate_outliers=bool(self.interpolate.value),
             return_xcorr=preview,
             xcorr_radius=int(self.radius.value),
+            # leave a core to the event loop: the viewer stays responsive
+            workers=max(1, (os.cpu_count() or 2) - 1),
             **reference,
         )
         fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
@@ -412,6 +424,7 @@ class RegisterWidget(QWidget):
         self.job = job
         self.last_outcome = None
         self._yields = 0
+        self._worker_done = False
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, job.total)
@@ -459,12 +472,35 @@ class RegisterWidget(QWidget):
     def _on_returned(self, value) -> None:
         result, aligned = value
         try:
-            self.publish(self.job, result, aligned)
+            steps = self.publish_steps(self.job, result, aligned)
         except (ValueError, MemoryError) as exc:
-            self.last_outcome = "failed"
-            self.status.setText(f"Failed: {explain(exc)}")
-            notify_error(WHAT, explain(exc))
+            self._fail(exc)
             return
+        self._publishing = True
+        self._next_step(steps, result)
+
+    def _next_step(self, steps: list, result: RegistrationResult) -> None:
+        """Publish one layer per event-loop turn, so the viewer never stalls for long."""
+        try:
+            steps.pop(0)()
+        except (ValueError, MemoryError) as exc:  # pragma: no cover - checked up front
+            self._publishing = False
+            self._fail(exc)
+            self._maybe_finish()
+            return
+        if steps:
+            QTimer.singleShot(0, functools.partial(self._next_step, steps, result))
+            return
+        self._publishing = False
+        self._announce(result)
+        self._maybe_finish()
+
+    def _fail(self, exc) -> None:
+        self.last_outcome = "failed"
+        self.status.setText(f"Failed: {explain(exc)}")
+        notify_error(WHAT, explain(exc))
+
+    def _announce(self, result: RegistrationResult) -> None:
         self.last_result = result
         self.last_outcome = "done"
         mag = np.linalg.norm(result.shifts, axis=1)
@@ -478,9 +514,7 @@ class RegisterWidget(QWidget):
         notify_info(f"'{aligned_name(self.job.source)}': {text}")
 
     def _on_errored(self, exc) -> None:
-        self.last_outcome = "failed"
-        self.status.setText(f"Failed: {explain(exc)}")
-        notify_error(WHAT, explain(exc))
+        self._fail(exc)
 
     def _on_aborted(self) -> None:
         self.last_outcome = "cancelled"
@@ -488,6 +522,13 @@ class RegisterWidget(QWidget):
         notify_info("Registration cancelled: no layer was changed.")
 
     def _on_finished(self) -> None:
+        self._worker_done = True
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        """End the run once the worker is done and every output layer is published."""
+        if not self._worker_done or self._publishing:
+            return
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
@@ -498,7 +539,23 @@ class RegisterWidget(QWidget):
     # -- results --------------------------------------------------------------
 
     def publish(self, job: RegisterJob, result: RegistrationResult, aligned) -> None:
-        """Create or update the output layers (main thread only)."""
+        """Create or update the output layers at once (main thread only)."""
+        for step in self.publish_steps(job, result, aligned):
+            step()
+
+    def publish_steps(self, job: RegisterJob, result: RegistrationResult, aligned) -> list:
+        """The output-layer updates, one callable per layer (main thread only).
+
+        Name clashes are checked first, so a run that cannot publish changes nothing.
+        """
+        names = [aligned_name(job.source), xcorr_name(job.source), peak_name(job.source)]
+        for name, cls in zip(names, (Image, Image, Points)):
+            layer = layer_named(self.viewer, name)
+            if layer is not None and not isinstance(layer, cls):
+                raise ValueError(
+                    f"a {type(layer).__name__} layer named '{name}' is in the way of the "
+                    "output: rename or delete it"
+                )
         ndim = result.ndim
         meta = {
             "role": "aligned",
@@ -512,23 +569,32 @@ class RegisterWidget(QWidget):
             "reference": job.reference_label,
             "mask": job.mask_name,
             "params": dict(result.params),
+            "align": dict(job.align_kwargs),
             "model": result.model,
             "edited": [],
         }
-        out = upsert_layer(
-            self.viewer, aligned_name(job.source), aligned, metadata={META: meta}, **job.props
-        )
-        xname, pname = xcorr_name(job.source), peak_name(job.source)
-        if result.xcorr is not None:
-            self._publish_xcorr(job, result)
-        else:  # a stale preview would contradict the new shifts
-            for name in (xname, pname):
+        box: dict = {}
+
+        def add_aligned():
+            box["out"] = upsert_layer(
+                self.viewer, names[0], aligned, metadata={META: meta}, **job.props
+            )
+
+        def drop_stale_preview():  # a stale preview would contradict the new shifts
+            for name in names[1:]:
                 layer = layer_named(self.viewer, name)
                 if layer is not None and META in layer.metadata:
                     self.viewer.layers.remove(layer)
-        self.viewer.layers.selection.active = out
 
-    def _publish_xcorr(self, job: RegisterJob, result: RegistrationResult) -> None:
+        def select():
+            self.viewer.layers.selection.active = box["out"]
+
+        if result.xcorr is None:
+            return [add_aligned, drop_stale_preview, select]
+        xcorr_step, peak_step = self._xcorr_steps(job, result)
+        return [add_aligned, xcorr_step, peak_step, select]
+
+    def _xcorr_steps(self, job: RegisterJob, result: RegistrationResult) -> tuple:
         xc = result.xcorr
         ndim = result.ndim
         radius = (xc.shape[1] - 1) // 2
@@ -547,10 +613,13 @@ class RegisterWidget(QWidget):
         if hi <= lo:
             hi = lo + 1.0
         xmeta = {META: {"role": "xcorr", "source": job.source, "radius": radius}}
-        upsert_layer(
-            self.viewer, xcorr_name(job.source), xc, metadata=xmeta, scale=scale,
-            translate=translate, colormap="viridis", contrast_limits=(lo, hi),
-        )
+
+        def xcorr_step():
+            upsert_layer(
+                self.viewer, xcorr_name(job.source), xc, metadata=xmeta, scale=scale,
+                translate=translate, colormap="viridis", contrast_limits=(lo, hi),
+            )
+
         # the measured peak of each frame: centre + the shift found in that window
         raw = np.asarray(result.raw_shifts, float)
         if result.params.get("reference") == "previous":
@@ -560,11 +629,15 @@ class RegisterWidget(QWidget):
         points = np.column_stack([np.arange(result.n_frames), radius + peak])
         colors = np.where(result.outliers[:, None], [[1.0, 0.25, 0.25, 1.0]], [[0.0, 1.0, 1.0, 1.0]])
         pmeta = {META: {"role": "xcorr peak", "source": job.source}}
-        upsert_layer(
-            self.viewer, peak_name(job.source), points, kind="points", metadata=pmeta,
-            scale=scale, translate=translate, size=max(1.5, width / 12), symbol="cross",
-            face_color=colors, border_width=0, out_of_slice_display=False,
-        )
+
+        def peak_step():
+            upsert_layer(
+                self.viewer, peak_name(job.source), points, kind="points", metadata=pmeta,
+                scale=scale, translate=translate, size=max(1.5, width / 12), symbol="cross",
+                face_color=colors, border_width=0, out_of_slice_display=False,
+            )
+
+        return xcorr_step, peak_step
 
 
 def _quit_worker(box: dict, *_) -> None:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from napari.layers import Image
 from napari.utils.theme import get_theme
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -98,6 +98,7 @@ class ShiftsWidget(QWidget):
         self.worker = None
         self.last_outcome: str | None = None
         self._bound = None  # the aligned layer whose metadata we listen to
+        self._refresh_pending = False
         self._vlines: list = []
         self._axes: list = []
         self._conns = Connections(self)
@@ -111,6 +112,7 @@ class ShiftsWidget(QWidget):
         self.stack_combo.changed.connect(self._on_stack_changed)
         self._on_active()
         self._on_stack_changed()
+        self.refresh()
 
     # -- layout -------------------------------------------------------------
 
@@ -257,8 +259,11 @@ class ShiftsWidget(QWidget):
         active = self.viewer.layers.selection.active
         if active is None:
             return
-        source = layer_named(self.viewer, source_of(active) or "")
-        if source is not None:
+        # follow the selection only to stacks that have shifts: selecting (or adding) a
+        # plain layer, e.g. a channel to apply the shifts to, keeps the plot as it is
+        name = source_of(active)
+        source = layer_named(self.viewer, name or "")
+        if source is not None and find_result_layer(self.viewer, name) is not None:
             self.stack_combo.select(source)
 
     def _on_stack_changed(self, _value=None) -> None:
@@ -269,13 +274,25 @@ class ShiftsWidget(QWidget):
         layer = self.result_layer()
         if not same_layer(layer, self._bound):
             if self._bound is not None:
-                self._conns.disconnect(self._bound.events.metadata, self._on_result_changed)
+                self._conns.disconnect(self._bound.events.metadata, self._schedule_refresh)
             self._bound = layer
             if layer is not None:
-                self._conns.connect(layer.events.metadata, self._on_result_changed)
-        self._on_result_changed()
+                self._conns.connect(layer.events.metadata, self._schedule_refresh)
+        self._schedule_refresh()
 
-    def _on_result_changed(self, _event=None) -> None:
+    def _schedule_refresh(self, _event=None) -> None:
+        """Refresh once on the next event-loop turn, however many events arrive now."""
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            QTimer.singleShot(0, self._deferred_refresh)
+
+    def _deferred_refresh(self) -> None:
+        if self._refresh_pending:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Redraw the plot and update the controls from the current result."""
+        self._refresh_pending = False
         meta = self.result()
         n = len(meta["shifts"]) if meta else 0
         ndim = np.asarray(meta["shifts"]).shape[1] if meta else 2
@@ -563,7 +580,7 @@ class ShiftsWidget(QWidget):
         def finished():
             self.worker = None
             self.progress_bar.setVisible(False)
-            self._on_result_changed()
+            self.refresh()
             self.job_finished.emit()
 
         n = int(data.shape[0])
@@ -576,7 +593,7 @@ class ShiftsWidget(QWidget):
             total=0 if lazy else n, desc=desc,
             yielded=yielded, returned=returned, errored=errored, finished=finished,
         )
-        self._on_result_changed()  # disables the buttons while it runs
+        self.refresh()  # disables the buttons while it runs
         return self.worker
 
     # -- editing one frame ----------------------------------------------------------
@@ -648,6 +665,7 @@ class ShiftsWidget(QWidget):
             layer.refresh()
         else:
             layer.data = data
+        self.refresh()
         self.status.setText(
             f"Frame {frame}: shift set to {', '.join(f'{v:.3f}' for v in shifts[frame])} px."
         )

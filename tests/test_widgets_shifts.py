@@ -1,0 +1,243 @@
+"""Shifts widget: the plot, slider sync, CSV export/import, per-frame edits, apply to a layer."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from matplotlib.backend_bases import MouseEvent
+from napari.utils.theme import get_theme
+
+from napari_maskalign.engine import apply_shifts
+from napari_maskalign.widgets import RegisterWidget, ShiftsWidget
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def registered(qtbot, loaded_model):
+    """The loaded ViewerModel after a registration against frame 0."""
+    reg = RegisterWidget(loaded_model)
+    qtbot.addWidget(reg)
+    reg.reference.value = "index"
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    assert reg.last_outcome == "done"
+    return loaded_model
+
+
+@pytest.fixture
+def widget(qtbot, registered):
+    w = ShiftsWidget(registered)
+    qtbot.addWidget(w)
+    return w
+
+
+def meta_of(viewer, name="stack aligned"):
+    return viewer.layers[name].metadata["maskalign"]
+
+
+def wait_job(qtbot, w, call):
+    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
+        worker = call()
+        assert worker is not None
+    return w.last_outcome
+
+
+def test_empty_state_says_what_to_do(qtbot, viewer_model):
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert w.result() is None
+    texts = [t.get_text() for t in w.figure.texts]
+    assert any("No shifts" in t for t in texts)
+    assert not w.export_button.isEnabled()
+
+
+def test_plot_shows_shifts_quality_and_outliers(qtbot, widget, registered):
+    assert widget.stack_combo.value == registered.layers["stack"]
+    meta = meta_of(registered)
+    ax_shift, ax_quality = widget._axes
+    lines = [line for line in ax_shift.get_lines() if line.get_label().startswith("shift")]
+    assert [line.get_label() for line in lines] == ["shift y", "shift x"]
+    for line, column in zip(lines, meta["shifts"].T):
+        np.testing.assert_allclose(line.get_ydata(), column)
+    np.testing.assert_allclose(ax_quality.get_lines()[0].get_ydata(), meta["quality"])
+    assert ax_quality.get_xlabel() == "frame" and "shift" in ax_shift.get_ylabel()
+
+    # flag frame 4 as an outlier: the plot marks it and says so in the legend
+    layer = registered.layers["stack aligned"]
+    outliers = meta["outliers"].copy()
+    outliers[4] = True
+    layer.metadata = {**layer.metadata, "maskalign": {**meta, "outliers": outliers}}
+    widget.refresh()
+    labels = [t.get_text() for t in widget._axes[0].get_legend().get_texts()]
+    assert "outlier (1)" in labels
+
+
+def test_plot_follows_a_rerun(qtbot, widget, registered):
+    reg = RegisterWidget(registered)
+    qtbot.addWidget(reg)
+    reg.reference.value = "index"
+    reg.ref_frame.value = 10
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    qtbot.waitUntil(lambda: not widget._refresh_pending, timeout=5000)
+    line = widget._axes[0].get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), meta_of(registered)["shifts"][:, 0])
+    assert line.get_ydata()[10] == 0.0
+
+
+def test_vertical_line_follows_the_slider(widget, registered):
+    registered.dims.set_current_step(0, 7)
+    for line in widget._vlines:
+        assert list(line.get_xdata()) == [7, 7]
+    assert widget.frame_spin.value() == 7
+    shift7 = meta_of(registered)["shifts"][7]
+    assert widget.shift_spins["y"].value() == pytest.approx(shift7[0], abs=1e-3)
+    assert widget.shift_spins["x"].value() == pytest.approx(shift7[1], abs=1e-3)
+    assert not widget.shift_spins["z"].isVisibleTo(widget)
+
+
+def test_click_on_the_plot_jumps_to_that_frame(widget, registered):
+    widget.canvas.draw()
+    ax = widget._axes[1]
+    x, y = ax.transData.transform((12.2, np.mean(ax.get_ylim())))
+    event = MouseEvent("button_press_event", widget.canvas, x, y, button=1)
+    widget.canvas.callbacks.process("button_press_event", event)
+    assert registered.dims.current_step[0] == 12
+
+
+def test_theme_follows_the_viewer(widget, registered):
+    from matplotlib.colors import to_hex
+
+    registered.theme = "light"
+    assert to_hex(widget.figure.get_facecolor()) == get_theme("light").background.as_hex()
+    registered.theme = "dark"
+    assert to_hex(widget.figure.get_facecolor()) == get_theme("dark").background.as_hex()
+
+
+def test_selecting_an_output_layer_chooses_its_stack(qtbot, registered, small_stack):
+    w = ShiftsWidget(registered)
+    qtbot.addWidget(w)
+    registered.add_image(small_stack.stack[:5], name="unrelated")
+    w.stack_combo.value = registered.layers["unrelated"]
+    registered.layers.selection.active = registered.layers["stack xcorr"]
+    assert w.stack_combo.value == registered.layers["stack"]
+    # selecting a layer without shifts keeps the plot on the registered stack
+    registered.layers.selection.active = registered.layers["unrelated"]
+    assert w.stack_combo.value == registered.layers["stack"]
+
+
+def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered):
+    path = widget.export_csv(tmp_path / "shifts.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "shift_y", "shift_x", "quality"]
+    assert len(rows) == 21
+    meta = meta_of(registered)
+    np.testing.assert_allclose(np.array(rows[1:], float)[:, 1:3], meta["shifts"])
+
+    registered.layers.remove("stack xcorr peak")
+    registered.layers.remove("stack xcorr")
+    registered.layers.remove("stack aligned")
+    assert widget.result() is None
+    assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
+    imported = meta_of(registered)
+    np.testing.assert_allclose(imported["shifts"], meta["shifts"])
+    np.testing.assert_allclose(imported["quality"], meta["quality"])
+    aligned = registered.layers["stack aligned"]
+    np.testing.assert_allclose(
+        aligned.data, apply_shifts(registered.layers["stack"].data, meta["shifts"]), equal_nan=True
+    )
+    assert widget.result() is not None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("frame,shift_y,shift_x,quality\n0,0,0,1\n1,0.5,0.5,1\n", ["2 rows", "20 frames"]),
+        ("frame,shift_z,shift_y,shift_x,quality\n" + "".join(f"{i},0,0,0,1\n" for i in range(20)),
+         ["z, y, x", "2D"]),
+        ("frame,dy,dx\n" + "".join(f"{i},0,0\n" for i in range(20)), ["shift_y"]),
+        ("frame,shift_y,shift_x,quality\n" + "".join(f"{i},0,{'abc' if i == 3 else 0},1\n"
+                                                     for i in range(20)), ["'abc'", "not a number"]),
+    ],
+    ids=["frame-count", "3d-columns", "no-shift-columns", "not-a-number"],
+)
+def test_import_checks_the_table_against_the_stack(tmp_path, widget, registered, notes, content,
+                                                   words):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    before = meta_of(registered)["shifts"].copy()
+    assert widget.import_csv(path) is None
+    msg = notes()[-1]
+    assert "Traceback" not in msg
+    for word in words:
+        assert word in msg, msg
+    np.testing.assert_array_equal(meta_of(registered)["shifts"], before)
+
+
+def test_apply_to_another_layer(qtbot, widget, registered):
+    registered.add_image(registered.layers["stack"].data * 3.0, name="channel 2")
+    widget.target_combo.reset_choices()
+    target = registered.layers["channel 2"]
+    widget.target_combo.value = target
+    assert wait_job(qtbot, widget, widget.apply_to_layer) == "done"
+    out = registered.layers["channel 2 aligned"]
+    np.testing.assert_allclose(
+        out.data, 3.0 * registered.layers["stack aligned"].data, rtol=1e-5, atol=1e-6,
+        equal_nan=True,
+    )
+    meta = out.metadata["maskalign"]
+    assert meta["source"] == "channel 2" and meta["shifts_from"] == "stack"
+    np.testing.assert_array_equal(target.data, registered.layers["stack"].data * 3.0)
+
+
+def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
+    registered.add_image(np.zeros((10, 128, 128), np.float32), name="ten frames")
+    registered.add_image(np.zeros((20, 64, 64), np.float32), name="binned")
+    assert widget.apply_to_layer(registered.layers["ten frames"]) is None
+    assert "10 frames" in notes()[-1] and "20 frames" in notes()[-1]
+    assert widget.apply_to_layer(registered.layers["binned"]) is None
+    assert "frames of shape (64, 64)" in notes()[-1]
+    assert "ten frames aligned" not in registered.layers
+    assert "binned aligned" not in registered.layers
+
+
+def test_set_and_interpolate_one_frame(widget, registered):
+    source = registered.layers["stack"].data
+    aligned = registered.layers["stack aligned"]
+    assert widget.set_frame_shift(5, [1.25, -0.5])
+    meta = meta_of(registered)
+    np.testing.assert_allclose(meta["shifts"][5], [1.25, -0.5])
+    assert meta["edited"] == [5]
+    np.testing.assert_allclose(
+        aligned.data[5], apply_shifts(source[5:6], np.array([[1.25, -0.5]]))[0], equal_nan=True
+    )
+    # the spin boxes edit the frame too
+    widget.frame_spin.setValue(6)
+    widget.shift_spins["y"].setValue(0.5)
+    widget.shift_spins["x"].setValue(0.25)
+    assert widget.set_frame_shift()
+    np.testing.assert_allclose(meta_of(registered)["shifts"][6], [0.5, 0.25])
+
+    assert widget.interpolate_frame(5)
+    shifts = meta_of(registered)["shifts"]
+    np.testing.assert_allclose(shifts[5], (shifts[4] + shifts[6]) / 2)
+    np.testing.assert_allclose(
+        aligned.data[5], apply_shifts(source[5:6], shifts[5:6])[0], equal_nan=True
+    )
+
+
+def test_editing_errors_are_plain(qtbot, tmp_path, widget, registered, notes):
+    from napari.components import ViewerModel
+
+    assert not widget.set_frame_shift(99, [0, 0])
+    assert "frame 99 does not exist" in notes()[-1].lower()
+    empty = ShiftsWidget(ViewerModel())
+    qtbot.addWidget(empty)
+    assert empty.export_csv(tmp_path / "never.csv") is None
+    assert not (tmp_path / "never.csv").exists()
+    assert "no shifts" in notes()[-1].lower()
+    assert all("Traceback" not in m for m in notes())
