@@ -11,7 +11,7 @@ import tifffile
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.engine import FrameRegistrar, register_stack
-from napari_maskalign.engine._dask import active_client, iter_register_chunks
+from napari_maskalign.engine._dask import _local_groups, active_client, iter_register_chunks
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +35,56 @@ def test_chunks_on_local_scheduler_match_in_process(sample):
     expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20)
     stack = da.from_array(sample.stack, chunks=(5, 64, 64))
     out = list(iter_register_chunks(stack, registrar_for(sample)))
-    assert [f.tolist() for f, *_ in out] == [list(range(5)), list(range(5, 10)), [10, 11]]
+    assert sorted(np.concatenate([f for f, *_ in out]).tolist()) == list(range(12))
     shifts, quality = collect(out, 12, 2)
     np.testing.assert_array_equal(shifts, expected.raw_shifts)
     np.testing.assert_array_equal(quality, expected.quality)
     assert np.abs(shifts - sample.expected_shifts()).max() < 0.1
 
 
+def test_local_groups_are_whole_chunks_of_about_target_frames():
+    groups = list(_local_groups((5,) * 8, 0, 16))
+    assert groups == [(0, 20), (20, 40)]
+    assert list(_local_groups((1,) * 40, 7, 16)) == [(7, 23), (23, 39), (39, 40)]
+    assert list(_local_groups((50, 50), 10, 16)) == [(10, 50), (50, 100)]
+    assert list(_local_groups((3,), 0, 16)) == [(0, 3)]
+
+
+def test_one_frame_chunks_are_read_in_groups(sample, tmp_path, monkeypatch):
+    """A folder of frames (one chunk per file) costs one dask compute per ~16 frames."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(40):
+        tifffile.imwrite(folder / f"f{i}.tif", sample.stack[i % 12])
+    lazy = io.as_dask(io.open_stack(folder), frames_per_chunk=1)
+    computes = []
+    real = da.Array.compute
+
+    def counting(self, **kw):
+        computes.append(self.shape[0])
+        return real(self, **kw)
+
+    monkeypatch.setattr(da.Array, "compute", counting)
+    out = list(iter_register_chunks(lazy, registrar_for(sample), start=2))
+    assert computes == [16, 16, 6]
+    assert [len(f) for f, *_ in out] == [16, 16, 6]
+    shifts, _ = collect(out, 40, 2)
+    expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20).raw_shifts
+    np.testing.assert_array_equal(shifts[2:], expected[np.arange(2, 40) % 12])
+
+
 def test_start_skips_done_frames_and_xcorr_comes_back(sample):
     stack = da.from_array(sample.stack, chunks=(4, 32, 64))  # split frames are made whole
     out = list(iter_register_chunks(stack, registrar_for(sample, xcorr_radius=3), start=6))
-    assert [f.tolist() for f, *_ in out] == [[6, 7], [8, 9, 10, 11]]
-    assert out[1][3].shape == (4, 7, 7) and out[1][3].dtype == np.float32
-    # the correlation window peaks near the frame's shift
-    frame, shift, window = 8, out[1][1][0], out[1][3][0]
-    peak = np.array(np.unravel_index(np.argmax(window), window.shape)) - 3
-    assert np.all(np.abs(peak - shift) <= 1), (frame, peak, shift)
+    frames = np.concatenate([f for f, *_ in out])
+    assert frames.tolist() == list(range(6, 12))
+    windows = np.concatenate([x for *_, x in out])
+    shifts = np.concatenate([s for _, s, _, _ in out])
+    assert windows.shape == (6, 7, 7) and windows.dtype == np.float32
+    # each correlation window peaks within a pixel of the frame's shift
+    for shift, window in zip(shifts, windows):
+        peak = np.array(np.unravel_index(np.argmax(window), window.shape)) - 3
+        assert np.all(np.abs(peak - shift) <= 1), (peak, shift)
 
 
 def test_bad_calls(sample):
@@ -71,7 +105,7 @@ def test_local_scheduler_is_used_without_a_client(sample):
         out = list(
             iter_register_chunks(da.from_array(sample.stack, chunks=6), registrar_for(sample))
         )
-    assert len(out) == 2
+    assert [len(f) for f, *_ in out] == [12]  # two chunks of 6, read as one group
 
 
 def test_local_cluster_with_two_worker_processes_matches_in_process(sample, tmp_path):
