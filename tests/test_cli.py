@@ -192,6 +192,14 @@ def test_errors_are_plain_and_exit_non_zero(run, capsys, prepare, argv, message)
     assert sorted(p.name for p in run.iterdir()) == before  # nothing written
 
 
+def test_unquoted_glob_is_explained(run, capsys):
+    files = [str(run / "run" / f"frame_{i}.tif") for i in (0, 1, 10, 2)]
+    assert cli("register", *files, "--shifts", run / "s.csv") == 2
+    err = capsys.readouterr().err
+    assert "got 4 inputs" in err and "quoted glob" in err
+    assert not (run / "s.csv").exists()
+
+
 def test_existing_shifts_need_overwrite(run, capsys):
     argv = ["register", run / "run", "--shifts", run / "s.csv"]
     assert cli(*argv) == 0

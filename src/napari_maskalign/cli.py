@@ -137,6 +137,15 @@ def _fill(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number or nan, got {text!r}") from None
 
 
+def _many_inputs(inputs: list[str]) -> str:
+    folder = os.path.dirname(inputs[0]) or "."
+    return (
+        f"got {len(inputs)} inputs ({inputs[0]}, {inputs[1]}, ...): give one stack. For frame "
+        f"files, give their folder ({folder}) or a quoted glob such as '{folder}/*.tif' so that "
+        "maskalign expands it (the shell's order puts frame_10 before frame_2)"
+    )
+
+
 def _open_input(source: str):
     from .io import open_stack
 
@@ -782,9 +791,9 @@ def _add_commands(sub) -> None:
     reg = sub.add_parser(
         "register",
         help="register every frame onto a reference; write the shifts (and an aligned stack)",
-        description="Register every frame of a stack onto a reference frame, ignoring the\n"
-        "masked pixels (the beam block), with subpixel precision. Memory stays bounded by a\n"
-        "few frames whatever the stack's length.",
+        description="Register every frame of a stack onto a reference frame, ignoring the masked\n"
+        "pixels (the beam block), with subpixel precision. Memory stays bounded by a few\n"
+        "frames whatever the stack's length.",
         epilog=EPILOG_REGISTER,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -911,7 +920,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "input", None) and all(os.path.exists(e) for e in extra):
+            # the shell expanded an unquoted glob into many INPUTs
+            print(
+                f"maskalign {args.command}: error: {_many_inputs([args.input, *extra])}",
+                file=sys.stderr,
+            )
+            return 2
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -481,7 +481,8 @@ def describe_stack(stack, source=None) -> dict:
             out["chunking"] = "chunks of " + " x ".join(str(c) for c in chunks)
             comp = getattr(stack, "compressors", None) or getattr(stack, "compressor", None)
             if comp:
-                out["compression"] = str(comp)
+                codecs = comp if isinstance(comp, (tuple, list)) else (comp,)
+                out["compression"] = ", ".join(str(c) for c in codecs)
     else:
         out["kind"] = "in-memory array"
         out["chunking"] = "none (in memory)"
