@@ -112,3 +112,20 @@ def test_napari_opens_the_folder_as_one_lazy_layer(frames_dir, sample):
     assert [layer.name for layer in layers] == ["run_7"]
     assert isinstance(layers[0].data, da.Array)
     assert layers[0].data.shape == sample.stack.shape
+
+
+def test_the_lazy_layer_registers_and_aligns_without_loading(frames_dir, sample, reads):
+    """What the Register widget does with the layer: the engine's dask path, a lazy aligned copy."""
+    from napari_maskalign.engine import apply_shifts, register_stack
+
+    data = get_reader(str(frames_dir))(str(frames_dir))[0][0]
+    result = register_stack(data, mask=sample.valid, upsample_factor=20)
+    expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20)
+    np.testing.assert_array_equal(result.shifts, expected.shifts)
+    reads.clear()
+    aligned = apply_shifts(data, result.shifts)
+    assert isinstance(aligned, da.Array) and reads == []  # nothing read until a frame is shown
+    np.testing.assert_array_equal(
+        aligned[4].compute(), apply_shifts(sample.stack[4:5], result.shifts[4:5])[0]
+    )
+    assert reads == ["img4.tiff"]
