@@ -175,6 +175,24 @@ def _is_dask(stack) -> bool:
     return type(stack).__module__.startswith("dask.") and hasattr(stack, "to_delayed")
 
 
+def _iter_frames(stack, start, stop, dtype, group_bytes=32 * 2**20):
+    """Frames ``start..stop-1`` in order, one at a time.
+
+    A dask stack is read in groups of frames (up to ``group_bytes``), since
+    every dask compute costs time in proportion to the array's chunk count
+    (a folder of 100,000 files is 100,000 chunks); others frame by frame.
+    """
+    if not _is_dask(stack):
+        for i in range(start, stop):
+            yield _frame(stack, i, dtype)
+        return
+    frame_bytes = max(1, int(np.prod(stack.shape[1:])) * np.dtype(stack.dtype).itemsize)
+    group = int(max(1, min(64, group_bytes // frame_bytes)))
+    for a in range(start, stop, group):
+        block = np.asarray(stack[a : min(a + group, stop)].compute(), dtype=dtype)
+        yield from block
+
+
 def _frame(stack, i, dtype) -> np.ndarray:
     f = stack[int(i)]
     if hasattr(f, "compute"):
@@ -373,8 +391,8 @@ def iter_register_stack(
                     done += 1
                     yield Progress(done, count, int(i), shifts[k].copy(), quality[k])
         else:
-            for k, i in enumerate(frames):
-                r = registrar.register(_frame(stack, i, dtype))
+            for k, (i, frame) in enumerate(zip(frames, _iter_frames(stack, start, n, dtype))):
+                r = registrar.register(frame)
                 shifts[k], quality[k] = r.shift, r.quality
                 if xcorr is not None:
                     xcorr[k] = r.xcorr
@@ -390,8 +408,7 @@ def iter_register_stack(
             first -= 1
             ref0 = _frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, **make)
-        for k, i in enumerate(frames):
-            cur = _frame(stack, i, dtype)
+        for k, (i, cur) in enumerate(zip(frames, _iter_frames(stack, start, n, dtype))):
             r = registrar.register(cur)
             if i == 0:  # the first frame is the origin of the chain
                 r.shift = np.zeros(ndim)
@@ -451,10 +468,9 @@ def _mean_frame(stack, reference_range, n, dtype):
         raise ValueError(
             f"reference_range must be (first, stop) with 0 <= first < stop <= {n}, got {reference_range}"
         )
-    acc = None
-    for i in range(a, b):
-        f = _frame(stack, i, np.float64)
-        acc = f if acc is None else acc + f
+    acc = np.zeros(tuple(stack.shape[1:]))
+    for f in _iter_frames(stack, a, b, np.float64):
+        acc += f
     return (acc / (b - a)).astype(dtype)
 
 
@@ -474,8 +490,7 @@ def _template(stack, n, dtype, valid, make, iterations, shifts, quality, xcorr):
         acc = np.zeros(template.shape)
         weight = np.zeros(template.shape)
         stage = "registering to the mean" if p == 0 else f"refining template {p}/{passes - 1}"
-        for i in range(n):
-            frame = _frame(stack, i, dtype)
+        for i, frame in enumerate(_iter_frames(stack, 0, n, dtype)):
             r = registrar.register(frame)
             shifts[i], quality[i] = r.shift, r.quality
             if xcorr is not None:
