@@ -154,7 +154,10 @@ class FrameRegistrar:
             peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius, checked=True)
         else:
             peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
-        return FrameResult(np.asarray(peak.shift, dtype=np.float64), float(peak.quality), peak.xcorr)
+        # grid positions are sums of 1/upsample_factor steps: round away the
+        # float dust (0.09999999999999998) so shift tables read as measured
+        shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
+        return FrameResult(shift, float(peak.quality), peak.xcorr)
 
     def register_block(self, block) -> np.ndarray:
         """Register a block of frames; rows of ``[shift..., quality]``."""
