@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import dask.array as da
@@ -229,7 +230,7 @@ def test_cancel_stops_within_one_frame(qtbot, viewer_model, small_stack, monkeyp
 
 def test_event_loop_keeps_ticking_during_a_run(qtbot, make_napari_viewer):
     """200 frames of 512x512, masked, subpixel: no main-thread stall over 100 ms."""
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import Qt, QTimer
 
     synth = make_beam_block_stack(n_frames=20, shape=(512, 512), seed=4)
     stack = np.concatenate([synth.stack] * 10)  # 200 frames
@@ -241,21 +242,32 @@ def test_event_loop_keeps_ticking_during_a_run(qtbot, make_napari_viewer):
     w.reference.value = "index"
     w.max_shift.value = 8
 
+    # A fresh viewer still owes the interpreter a full garbage collection of its own
+    # start-up objects (60-120 ms on this kind of machine), which would fire at whatever
+    # allocates next. Settle it first, as in a session that has been open a while; the run
+    # itself leaves almost nothing behind for the collector.
+    gc.collect()
     ticks: list[float] = []
     timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     qtbot.wait(50)
+    start = time.perf_counter()
     with qtbot.waitSignal(w.run_finished, timeout=120_000):
         w.run()
     qtbot.wait(50)
     timer.stop()
     assert w.last_outcome == "done"
-    assert "big aligned" in viewer.layers
-    gaps = np.diff(ticks)
+    assert "big aligned" in viewer.layers and "big xcorr peak" in viewer.layers
     assert len(ticks) > 50
-    assert gaps.max() < 0.1, f"event loop stalled {gaps.max() * 1000:.0f} ms"
+    gaps = np.diff(ticks)
+    worst = int(np.argmax(gaps))
+    assert gaps[worst] < 0.1, (
+        f"event loop stalled {gaps[worst] * 1000:.0f} ms, {ticks[worst] - start:.2f} s into "
+        f"a {ticks[-1] - start:.1f} s run"
+    )
 
 
 # -- plain-word errors; nothing half-done --------------------------------------------

@@ -325,6 +325,14 @@ def wrap_label(text: str = ""):
     return label
 
 
+def mask_colormap():
+    """Every painted label in one bright colour that stands out on dark and on magma-like
+    images; unpainted pixels transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "#00e5ff", 0: "transparent"})
+
+
 def layer_list_events(viewer) -> list:
     ev = viewer.layers.events
     return [ev.inserted, ev.removed, ev.moved, ev.reordered, ev.renamed]

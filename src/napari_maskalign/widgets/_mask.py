@@ -31,6 +31,7 @@ from ._common import (
     frame_shape,
     layer_list_events,
     layer_named,
+    mask_colormap,
     mask_name,
     notify_error,
     notify_info,
@@ -92,6 +93,7 @@ class MaskWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self.setMinimumWidth(340)
         self._conns = Connections(self)
 
         self.image_combo = LayerCombo(
@@ -242,6 +244,7 @@ class MaskWidget(QWidget):
                 scale=tuple(image.scale)[k:],
                 translate=tuple(image.translate)[k:],
                 opacity=0.5,
+                colormap=mask_colormap(),
             )
         self.mask_combo.reset_choices()
         self.mask_combo.select(layer)

@@ -124,6 +124,7 @@ class RegisterWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._box: dict = {"worker": None}  # shared with the destroyed-slot
+        self.setMinimumWidth(340)
         self.job: RegisterJob | None = None
         self.last_result: RegistrationResult | None = None
         self.last_outcome: str | None = None  # "done", "cancelled", "failed"
@@ -207,7 +208,7 @@ class RegisterWidget(QWidget):
         )
 
         self.normalization = ComboBox(
-            choices=[("none (smooth images)", "none"), ("phase (sharp textures)", "phase")],
+            choices=[("none (smooth)", "none"), ("phase (textured)", "phase")],
             value="none", label="normalization",
             tooltip="Without a mask only. 'none' suits smooth images such as diffraction "
             "patterns; 'phase' whitens the spectrum, which helps on sharp, textured images "
@@ -236,7 +237,8 @@ class RegisterWidget(QWidget):
         )
         self.radius = SpinBox(
             value=16, min=2, max=128, label="preview radius (px)",
-            tooltip="The preview covers shifts from -radius to +radius pixels.",
+            tooltip="The preview covers shifts from -radius to +radius pixels (at most the "
+            "max shift, beyond which nothing is searched).",
         )
         self.method = ComboBox(
             choices=[("spline (cubic)", "spline"), ("Fourier", "fourier")], value="spline",
@@ -250,6 +252,10 @@ class RegisterWidget(QWidget):
             tooltip="What aligned frames hold where no data came from (the strip uncovered by "
             "the shift). NaN marks it as no data (sums and means then show it).",
         )
+        # 0 means "decide for me": say so in the box instead of showing 0.00
+        for spin, text in ((self.max_shift, "no limit"), (self.min_quality, "automatic"),
+                           (self.max_jump, "automatic")):
+            spin.native.setSpecialValueText(text)
         self.more_form = Container(
             widgets=[
                 self.normalization, self.min_quality, self.max_jump, self.interpolate,
@@ -257,7 +263,7 @@ class RegisterWidget(QWidget):
             ],
             labels=True,
         )
-        more = QCollapsible("More options")
+        self.more = more = QCollapsible("More options")
         more.addWidget(fixed_height(self.more_form.native))
 
         self.run_button = QPushButton("Run")
@@ -370,17 +376,21 @@ class RegisterWidget(QWidget):
             check_valid_mask(valid, shape, what=f"mask '{mask_layer.name}'")
         reference, label = self._reference(image, n)
         preview = bool(self.preview.value)
+        max_shift = float(self.max_shift.value) or None
+        radius = int(self.radius.value)
+        if max_shift is not None:  # beyond max_shift the surface is not computed
+            radius = max(1, min(radius, int(np.ceil(max_shift))))
         reg_kwargs = dict(
             mask=valid,
             upsample_factor=int(self.upsample.value),
-            max_shift=float(self.max_shift.value) or None,
+            max_shift=max_shift,
             overlap_ratio=float(self.overlap.value),
             normalization=None if self.normalization.value == "none" else "phase",
             min_quality=float(self.min_quality.value) or None,
             max_jump=float(self.max_jump.value) or None,
             interpolate_outliers=bool(self.interpolate.value),
             return_xcorr=preview,
-            xcorr_radius=int(self.radius.value),
+            xcorr_radius=radius,
             # leave a core to the event loop: the viewer stays responsive
             workers=max(1, (os.cpu_count() or 2) - 1),
             **reference,
@@ -489,7 +499,9 @@ class RegisterWidget(QWidget):
             self._maybe_finish()
             return
         if steps:
-            QTimer.singleShot(0, functools.partial(self._next_step, steps, result))
+            # a real (1 ms) timer, not a zero-timer: zero-timers run back to back before
+            # other timers and input, which would glue the steps into one long stall
+            QTimer.singleShot(1, functools.partial(self._next_step, steps, result))
             return
         self._publishing = False
         self._announce(result)
@@ -503,13 +515,20 @@ class RegisterWidget(QWidget):
     def _announce(self, result: RegistrationResult) -> None:
         self.last_result = result
         self.last_outcome = "done"
-        mag = np.linalg.norm(result.shifts, axis=1)
+        good = ~result.outliers
+        mag = np.linalg.norm(result.shifts[good] if good.any() else result.shifts, axis=1)
         n_out = int(result.outliers.sum())
         text = (
             f"Done: {result.n_frames} frames against {self.job.reference_label}; largest shift "
-            f"{mag.max():.2f} px, median quality {np.median(result.quality):.2f}, "
-            f"{n_out} outlier{'s' if n_out != 1 else ''}."
+            f"{mag.max():.2f} px, median quality {np.median(result.quality):.2f}"
         )
+        if n_out:
+            text += (
+                f"; {n_out} outlier frame{'s' if n_out != 1 else ''} flagged (not counted in "
+                "the largest shift; see the Shifts plot)."
+            )
+        else:
+            text += "; no outliers."
         self.status.setText(text)
         notify_info(f"'{aligned_name(self.job.source)}': {text}")
 

@@ -95,10 +95,12 @@ class ShiftsWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self.setMinimumWidth(340)
         self.worker = None
         self.last_outcome: str | None = None
         self._bound = None  # the aligned layer whose metadata we listen to
         self._refresh_pending = False
+        self._draw_pending = False
         self._vlines: list = []
         self._axes: list = []
         self._conns = Connections(self)
@@ -110,6 +112,7 @@ class ShiftsWidget(QWidget):
         self._conns.connect(napari_viewer.dims.events.current_step, self._on_dims)
         self._conns.connect(napari_viewer.events.theme, self._on_theme)
         self.stack_combo.changed.connect(self._on_stack_changed)
+        self.target_combo.changed.connect(self._update_buttons)
         self._on_active()
         self._on_stack_changed()
         self.refresh()
@@ -127,6 +130,7 @@ class ShiftsWidget(QWidget):
         self.target_combo = LayerCombo(
             v, Image, keep=lambda layer: not_output(layer)
             and not same_layer(layer, self.stack_combo.value), label="apply to",
+            none_label="(choose a layer)",
             tooltip="Another layer with the same frames (another channel, the raw data) to "
             "align with these shifts, as '<layer> aligned'.",
         )
@@ -154,34 +158,30 @@ class ShiftsWidget(QWidget):
         csv_row.addWidget(self.export_button)
         csv_row.addWidget(self.import_button)
 
-        # edit one frame: "frame [n]" / "y [..] x [..]" / [Set] [Interpolate]
+        # edit one frame: frame, one shift per axis, [Set shift] [Interpolate]
         edit_box = QGroupBox("Edit one frame's shift")
         edit = QGridLayout(edit_box)
         edit.addWidget(QLabel("frame"), 0, 0)
         self.frame_spin = QSpinBox()
         self.frame_spin.setToolTip("The frame to edit (follows the slider; click the plot too).")
         self.frame_spin.valueChanged.connect(self._show_frame_values)
-        edit.addWidget(self.frame_spin, 0, 1, 1, 3)
+        edit.addWidget(self.frame_spin, 0, 1)
         self.shift_spins: dict[str, QDoubleSpinBox] = {}
         self._shift_labels: dict[str, QLabel] = {}
-        spins_row = QHBoxLayout()
-        for axis in ("z", "y", "x"):
-            label = QLabel(f"{axis}")
+        for row, axis in enumerate(("z", "y", "x"), start=1):
+            label = QLabel(f"shift {axis} (px)")
             spin = QDoubleSpinBox()
             spin.setRange(-1e5, 1e5)
             spin.setDecimals(3)
             spin.setSingleStep(0.1)
-            spin.setSuffix(" px")
             spin.setToolTip(
                 f"Shift of this frame along {axis}, in pixels: the shift that moves the frame "
                 "onto the reference."
             )
-            spins_row.addWidget(label)
-            spins_row.addWidget(spin, 1)
+            edit.addWidget(label, row, 0)
+            edit.addWidget(spin, row, 1)
             self.shift_spins[axis] = spin
             self._shift_labels[axis] = label
-        edit.addWidget(QLabel("shift"), 1, 0)
-        edit.addLayout(spins_row, 1, 1, 1, 3)
         self.set_button = QPushButton("Set shift")
         self.set_button.setToolTip("Use the shift typed above for this frame and re-align it.")
         self.set_button.clicked.connect(lambda _c=False: self.set_frame_shift())
@@ -194,7 +194,7 @@ class ShiftsWidget(QWidget):
         edit_row = QHBoxLayout()
         edit_row.addWidget(self.set_button)
         edit_row.addWidget(self.interp_button)
-        edit.addLayout(edit_row, 2, 0, 1, 4)
+        edit.addLayout(edit_row, 4, 0, 1, 2)
 
         self.apply_button = QPushButton("Apply shifts")
         self.apply_button.setToolTip(
@@ -284,11 +284,28 @@ class ShiftsWidget(QWidget):
         """Refresh once on the next event-loop turn, however many events arrive now."""
         if not self._refresh_pending:
             self._refresh_pending = True
-            QTimer.singleShot(0, self._deferred_refresh)
+            QTimer.singleShot(1, self._deferred_refresh)
 
     def _deferred_refresh(self) -> None:
         if self._refresh_pending:
-            self.refresh()
+            try:
+                self.refresh()
+            except RuntimeError:  # the widget was closed in the meantime
+                self._refresh_pending = False
+
+    def _request_draw(self) -> None:
+        """Render the figure once on a coming event-loop turn (our own draw_idle, which
+        tolerates the widget being closed before it runs)."""
+        if not self._draw_pending:
+            self._draw_pending = True
+            QTimer.singleShot(1, self._draw_now)
+
+    def _draw_now(self) -> None:
+        self._draw_pending = False
+        try:
+            self.canvas.draw()
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
 
     def refresh(self) -> None:
         """Redraw the plot and update the controls from the current result."""
@@ -301,12 +318,17 @@ class ShiftsWidget(QWidget):
             self.shift_spins[axis].setVisible(shown)
             self._shift_labels[axis].setVisible(shown)
         self.frame_spin.setRange(0, max(n - 1, 0))
-        for w in (self.export_button, self.set_button, self.interp_button, self.apply_button,
-                  self.frame_spin):
-            w.setEnabled(meta is not None and self.worker is None)
-        self.import_button.setEnabled(self.stack_layer() is not None and self.worker is None)
+        self._update_buttons()
         self.draw()
         self._on_dims()
+
+    def _update_buttons(self, _value=None) -> None:
+        idle = self.worker is None
+        has = self.result() is not None and idle
+        for w in (self.export_button, self.set_button, self.interp_button, self.frame_spin):
+            w.setEnabled(has)
+        self.import_button.setEnabled(self.stack_layer() is not None and idle)
+        self.apply_button.setEnabled(has and self.target_combo.value is not None)
 
     def _frame_layer(self):
         return self.stack_layer() or self.result_layer()
@@ -319,7 +341,7 @@ class ShiftsWidget(QWidget):
         for line in self._vlines:
             line.set_xdata([frame, frame])
         if self._vlines:
-            self.canvas.draw_idle()
+            self._request_draw()
         if self.result() is not None:
             self.frame_spin.setValue(frame)
             self._show_frame_values()
@@ -373,7 +395,7 @@ class ShiftsWidget(QWidget):
                 f"No shifts for {what} yet.\nRegister it (Register stack)\nor import a shift CSV.",
                 ha="center", va="center", color=c["text"], fontsize=10,
             )
-            self.canvas.draw_idle()
+            self._request_draw()
             return
         shifts = np.asarray(meta["shifts"], float)
         raw = np.asarray(meta.get("raw_shifts", shifts), float)
@@ -411,12 +433,13 @@ class ShiftsWidget(QWidget):
         if not finite_q.any():
             ax_q.text(0.5, 0.5, "no quality values", transform=ax_q.transAxes, ha="center",
                       va="center", color=c["text"])
+        self._pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"])
         ax_s.set_ylabel("shift (px)")
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         ref = meta.get("reference")
         ax_s.set_title(
-            f"{meta.get('source', '')}: {n} frames" + (f", reference {ref}" if ref else ""),
+            f"{meta.get('source', '')}" + (f" vs {ref}" if ref else ""),
             fontsize=9, color=c["text"], loc="left",
         )
         legend = ax_s.legend(fontsize=8, loc="best", frameon=True, ncols=2)
@@ -437,7 +460,43 @@ class ShiftsWidget(QWidget):
             ax.set_xlim(-0.5, n - 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             self._vlines.append(ax.axvline(0, color=c["current"], lw=1.5, alpha=0.9))
-        self.canvas.draw_idle()
+        self._request_draw()
+
+    @staticmethod
+    def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
+        """Scale the shift axis to the good frames; pin wild outliers to its edge, labelled.
+
+        One failed frame 12 px off would otherwise squash a drift of a few pixels
+        into a flat line.
+        """
+        good = ~outliers
+        if not outliers.any() or not good.any():
+            return
+        values = np.concatenate([shifts[good].ravel(), raw[good].ravel()])
+        lo, hi = float(values.min()), float(values.max())
+        pad = max(0.15 * (hi - lo), 0.3)
+        lo, hi = lo - pad, hi + pad
+        wild = np.concatenate([shifts[outliers].ravel(), raw[outliers].ravel()])
+        if wild.min() >= lo and wild.max() <= hi:
+            return
+        ax.set_ylim(lo, hi)
+        edge = 0.04 * (hi - lo)
+        names = axis_names(shifts.shape[1])
+        for f in frames[outliers]:
+            for up in (True, False):
+                off = [
+                    f"{a} {v:+.1f}"
+                    for a, v in zip(names, shifts[f])
+                    if (v > hi if up else v < lo)
+                ]
+                if not off:
+                    continue
+                y = hi - edge if up else lo + edge
+                ax.plot([f], [y], "^" if up else "v", color=OUTLIER_COLOR, ms=7, clip_on=False)
+                ax.annotate("\n".join(off), (f, y), xytext=(5, 0), textcoords="offset points",
+                            color=OUTLIER_COLOR, fontsize=7, va="top" if up else "bottom",
+                            bbox={"boxstyle": "round,pad=0.2", "fc": background,
+                                  "ec": "none", "alpha": 0.85})
 
     def _on_click(self, event) -> None:
         if event.inaxes not in self._axes or event.xdata is None:
@@ -513,7 +572,7 @@ class ShiftsWidget(QWidget):
         target = self.target_combo.value if target is None else target
         try:
             _, meta = self._require_result()
-            problem = stack_problem(target, "layer to apply the shifts to")
+            problem = stack_problem(target, "other layer")
             if problem:
                 raise ValueError(problem)
             shifts = np.asarray(meta["shifts"])
