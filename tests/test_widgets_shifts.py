@@ -241,3 +241,15 @@ def test_editing_errors_are_plain(qtbot, tmp_path, widget, registered, notes):
     assert not (tmp_path / "never.csv").exists()
     assert "no shifts" in notes()[-1].lower()
     assert all("Traceback" not in m for m in notes())
+
+
+def test_import_over_a_registration_drops_its_stale_preview(qtbot, tmp_path, widget, registered):
+    rows = "".join(f"{i},0.5,-0.25,1.0\n" for i in range(20))
+    path = tmp_path / "flat.csv"
+    path.write_text("frame,shift_y,shift_x,quality\n" + rows)
+    aligned = registered.layers["stack aligned"]
+    assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
+    assert registered.layers["stack aligned"] == aligned  # updated in place
+    np.testing.assert_allclose(meta_of(registered)["shifts"], np.tile([0.5, -0.25], (20, 1)))
+    names = [layer.name for layer in registered.layers]
+    assert "stack xcorr" not in names and "stack xcorr peak" not in names

@@ -487,6 +487,7 @@ class RegisterWidget(QWidget):
             self._fail(exc)
             return
         self._publishing = True
+        self.cancel_button.setEnabled(False)  # the result is in: nothing left to cancel
         self._next_step(steps, result)
 
     def _next_step(self, steps: list, result: RegistrationResult) -> None:
@@ -606,7 +607,8 @@ class RegisterWidget(QWidget):
                     self.viewer.layers.remove(layer)
 
         def select():
-            self.viewer.layers.selection.active = box["out"]
+            if box["out"] in self.viewer.layers:  # unless removed in the meantime
+                self.viewer.layers.selection.active = box["out"]
 
         if result.xcorr is None:
             return [add_aligned, drop_stale_preview, select]
