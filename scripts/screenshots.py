@@ -9,7 +9,7 @@ nearly empty "beam dump" frame so the outlier flagging shows):
 * ``register_widget.png``  -- the Register stack widget after a run, aligned stack and preview;
 * ``xcorr_preview.png``    -- the cross-correlation preview of one frame with its peak marked;
 * ``shifts_widget.png``    -- the Shifts widget: shifts, quality, the flagged outlier;
-* ``overview.png``         -- all three widgets docked.
+* ``overview.png``         -- all three widgets docked, after the run.
 
 Everything goes through the widgets' public methods, as a user's clicks would.
 """
@@ -81,6 +81,8 @@ def main(argv=None) -> int:
     def only(*names):
         for name, dock in docks.items():
             dock.setVisible(name in names)
+        settle(200)
+        viewer.window.resize(*WINDOW)  # back to the shot size (three docks need more)
         settle(400)
 
     def shoot(name):
@@ -115,6 +117,14 @@ def main(argv=None) -> int:
         raise SystemExit(f"the registration ended: {reg_w.last_outcome}")
     mask.visible = False
     image.visible = False
+    viewer.dims.set_current_step(0, 12)
+    viewer.reset_view()
+
+    # everything at once (before the single-widget shots change the docks' sizes)
+    only(*docks)
+    shoot("overview.png")
+
+    only("Register stack")
     reg_w.more.expand(animate=False)  # show every option once
     viewer.dims.set_current_step(0, 12)
     viewer.reset_view()
@@ -136,12 +146,6 @@ def main(argv=None) -> int:
     viewer.dims.set_current_step(0, 20)
     viewer.reset_view()
     shoot("shifts_widget.png")
-
-    # 5. everything at once
-    only(*docks)
-    viewer.dims.set_current_step(0, 12)
-    viewer.reset_view()
-    shoot("overview.png")
 
     viewer.close()
     return 0
