@@ -396,3 +396,20 @@ def test_output_format_from_name():
     assert io.output_format("x.tiff") == "tiff"
     with pytest.raises(ValueError, match="end the name with .zarr"):
         io.output_format("x.h5")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif", ".png"])
+def test_write_mask_round_trips_and_leaves_no_temporary_file(tmp_path, sample, suffix):
+    painted = sample.beam_block.astype(np.uint8) * 3  # any nonzero label means "ignore"
+    out = io.write_mask(tmp_path / f"block{suffix}", painted)
+    back = io.read_mask(out)
+    np.testing.assert_array_equal(back != 0, sample.beam_block)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"block{suffix}"]
+
+
+def test_write_mask_refuses_unknown_formats_and_3d_png(tmp_path, sample):
+    with pytest.raises(ValueError, match="use .npy, .tif/.tiff or .png"):
+        io.write_mask(tmp_path / "block.jpg", sample.beam_block)
+    with pytest.raises(ValueError, match="2D images only"):
+        io.write_mask(tmp_path / "block.png", np.zeros((2, 4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []

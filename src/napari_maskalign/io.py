@@ -539,6 +539,45 @@ def read_mask(path) -> np.ndarray:
     return mask
 
 
+def write_mask(path, mask) -> Path:
+    """Write a mask (nonzero = ignore, as painted) as .npy, .tif/.tiff (0/1) or .png (0/255).
+
+    Written to a temporary file in the destination folder and renamed when
+    complete, so a mask file is never half-written. PNG holds 2D masks only.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    suffix = path.suffix.lower()
+    from .engine import valid_from_ignore
+
+    if suffix not in MASK_SUFFIXES:
+        raise ValueError(f"cannot save masks as '{path.name}': use .npy, .tif/.tiff or .png")
+    ignore = (~valid_from_ignore(mask)).astype(np.uint8)
+    if suffix == ".png" and ignore.ndim != 2:
+        raise ValueError("a PNG holds 2D images only: save a 3D mask as .npy or .tif")
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
+    try:
+        if suffix == ".npy":
+            with open(tmp, "xb") as f:
+                np.save(f, ignore, allow_pickle=False)
+        elif suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            tifffile.imwrite(tmp, ignore)
+        else:
+            from PIL import Image
+
+            Image.fromarray(ignore * np.uint8(255)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
 def read_valid_mask(path, frame_shape=None, *, invert: bool = False) -> np.ndarray:
     """Read a mask file and return the engine's valid mask (True = use the pixel).
 

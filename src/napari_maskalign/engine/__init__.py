@@ -20,7 +20,14 @@ from ._masks import (
 from ._pcc import phase_cross_correlation
 from ._result import Progress, RegistrationResult
 from ._shift import apply_shifts
-from ._stack import FrameRegistrar, FrameResult, flag_outliers, iter_register_stack, register_stack
+from ._stack import (
+    FrameRegistrar,
+    FrameResult,
+    flag_outliers,
+    interpolate_flagged,
+    iter_register_stack,
+    register_stack,
+)
 
 __all__ = [
     "FrameRegistrar",
@@ -33,6 +40,7 @@ __all__ = [
     "check_valid_mask",
     "flag_outliers",
     "grow_ignore",
+    "interpolate_flagged",
     "iter_register_stack",
     "phase_cross_correlation",
     "register_stack",

@@ -21,7 +21,7 @@ from napari_maskalign.engine import (
     suggest_beam_block,
     valid_from_ignore,
 )
-from napari_maskalign.io import read_mask
+from napari_maskalign.io import read_mask, write_mask
 
 from ._common import (
     Connections,
@@ -42,7 +42,6 @@ from ._common import (
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-MASK_SUFFIXES = (".npy", ".tif", ".tiff", ".png")  # as napari_maskalign.io reads
 _FILE_FILTER = "Masks (*.npy *.tif *.tiff *.png)"
 WHAT = "Beam-block mask"
 
@@ -55,28 +54,6 @@ HELP = (
 
 # ----------------------------------------------------------------------------
 # mask files (Qt-free); reading is napari_maskalign.io.read_mask
-
-
-def write_mask_file(path, mask) -> Path:
-    """Write a mask (nonzero = ignore) as .npy or .tif (0/1) or .png (0/255, 2D only)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in MASK_SUFFIXES:
-        raise ValueError(f"cannot save masks as '{path.name}': use .npy, .tif/.tiff or .png")
-    ignore = (~valid_from_ignore(mask)).astype(np.uint8)
-    if suffix == ".npy":
-        np.save(path, ignore, allow_pickle=False)
-    elif suffix in (".tif", ".tiff"):
-        import tifffile
-
-        tifffile.imwrite(path, ignore)
-    else:
-        if ignore.ndim != 2:
-            raise ValueError("a PNG holds 2D images only: save a 3D mask as .npy or .tif")
-        from PIL import Image as PILImage
-
-        PILImage.fromarray(ignore * np.uint8(255)).save(path)
-    return path
 
 
 # ----------------------------------------------------------------------------
@@ -332,7 +309,7 @@ class MaskWidget(QWidget):
             if not path:
                 return None
         try:
-            out = write_mask_file(path, np.asarray(layer.data))
+            out = write_mask(path, np.asarray(layer.data))
         except (ValueError, OSError) as exc:
             notify_error(WHAT, explain(exc))
             return None

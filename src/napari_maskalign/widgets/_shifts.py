@@ -34,8 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_maskalign.engine import apply_shifts, flag_outliers
-from napari_maskalign.engine._stack import interpolate_flagged
+from napari_maskalign.engine import apply_shifts, flag_outliers, interpolate_flagged
 from napari_maskalign.io import as_dask, read_shifts_csv, write_shifts_csv
 
 from ._common import (
