@@ -37,15 +37,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from .widgets._common import mask_colormap
+
     viewer = napari.Viewer(title="napari-maskalign demo")
-    viewer.open_sample(PLUGIN, "beam_block")
+    # wide enough for the image beside three docked widgets
+    viewer.window.resize(1600, 1000)
+    layers = viewer.open_sample(PLUGIN, "beam_block")
+    for layer in layers:
+        if layer.name.endswith(" mask"):
+            layer.colormap = mask_colormap()  # the same bright colour the mask widget paints
     for name in WIDGETS:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)
     # the image stays selected so the widgets start on it
-    viewer.layers.selection.active = viewer.layers[0]
-    if args.screenshot:
-        from qtpy.QtWidgets import QApplication
+    viewer.layers.selection.active = layers[0]
+    from qtpy.QtWidgets import QApplication
 
+    QApplication.processEvents()
+    viewer.reset_view()  # fit the image to the canvas left beside the docks
+    if args.screenshot:
         for _ in range(5):
             QApplication.processEvents()
         viewer.screenshot(args.screenshot, canvas_only=False)
