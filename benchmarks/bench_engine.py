@@ -1,6 +1,6 @@
 """Engine speed and accuracy against scikit-image, measured in the same run.
 
-    python benchmarks/bench_engine.py [--frames 12] [--size 512] [--markdown]
+    python benchmarks/bench_engine.py [--frames 24] [--size 512] [--markdown]
 
 Per frame, against frame 0 of a synthetic beam-block stack (rings, Bragg
 spots, a static rod + disk beam block, Poisson noise). scikit-image is called
@@ -59,7 +59,7 @@ def fft_floor(shape, n_ffts, repeats, dtype=np.float32):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--frames", type=int, default=24)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--counts", type=float, default=400.0, help="Poisson counts at the brightest ring")

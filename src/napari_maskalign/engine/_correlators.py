@@ -399,11 +399,13 @@ class MaskedCorrelator:
         return np.where(d1_ok, k, np.where(d2_ok, d2, np.nan))
 
     # -- per frame -------------------------------------------------------
-    def _terms(self, mov):
+    def _terms(self, mov, finite=None):
         """Per-frame spectra (conjugated products) and their inverse transforms."""
         pad, w = self.pad, self.workers
         mov = mov.astype(self.dtype, copy=False)
-        if not np.isfinite(mov).all():  # NaN/inf under the mask is ignored
+        if finite is None:
+            finite = bool(np.isfinite(mov).all())
+        if not finite:  # NaN/inf under the mask is ignored
             mov = np.where(self.mov_mask, mov, 0)
         mw = mov * self._mov_w
         mf = rfftn(mw, pad, w)
@@ -412,7 +414,9 @@ class MaskedCorrelator:
         m2f = rfftn(mw, pad, w)
         np.conjugate(m2f, out=m2f)
         prods = (mf * self._mask_f_ref, m2f * self._mask_f_ref, mf * self._ref_f)
-        sums = [irfftn(p, pad, w) for p in prods]
+        # the products are temporaries unless subpixel refinement samples them again
+        keep = self.upsample_factor > 1
+        sums = [irfftn(p, pad, w, overwrite=not keep) for p in prods]
         return prods, sums
 
     def _whole_pixel_ncc(self, sum_m, sum_mm, sum_mf):
@@ -434,7 +438,7 @@ class MaskedCorrelator:
         np.clip(ncc, -1.0, 1.0, out=ncc)
         return ncc, den_max
 
-    def register(self, moving, *, xcorr_radius=None, checked=False) -> CorrelationPeak:
+    def register(self, moving, *, xcorr_radius=None, checked=False, finite=None) -> CorrelationPeak:
         mov = np.asarray(moving)
         if mov.shape != self.mov_shape:
             raise ValueError(f"moving image has shape {mov.shape}, expected {self.mov_shape}")
@@ -443,7 +447,7 @@ class MaskedCorrelator:
                 "the moving image has NaN or inf values on valid pixels; mask them out "
                 "(moving_mask=False there)"
             )
-        prods, (sum_m, sum_mm, sum_mf) = self._terms(mov)
+        prods, (sum_m, sum_mm, sum_mf) = self._terms(mov, finite)
         ncc, den_max = self._whole_pixel_ncc(sum_m, sum_mm, sum_mf)
         flat = int(np.argmax(ncc))
         best = ncc.flat[flat]

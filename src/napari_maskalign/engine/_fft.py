@@ -49,8 +49,9 @@ def rfftn(x: np.ndarray, shape, workers: int) -> np.ndarray:
     return sfft.rfftn(x, s=shape, workers=workers)
 
 
-def irfftn(x: np.ndarray, shape, workers: int) -> np.ndarray:
-    return sfft.irfftn(x, s=shape, workers=workers)
+def irfftn(x: np.ndarray, shape, workers: int, overwrite: bool = False) -> np.ndarray:
+    """Inverse real FFT; ``overwrite=True`` lets it destroy a temporary input (saves a copy)."""
+    return sfft.irfftn(x, s=shape, workers=workers, overwrite_x=overwrite)
 
 
 def half_spectrum_weights(full_last: int, dtype=np.float64) -> np.ndarray:

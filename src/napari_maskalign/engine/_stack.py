@@ -142,16 +142,28 @@ class FrameRegistrar:
         if frame.shape != self.shape:
             raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
         frame = frame.astype(self.dtype, copy=False)
-        vals = frame[self.valid] if self.masked else frame
-        finite = np.isfinite(vals)
-        if not finite.all():
-            raise ValueError(
-                "a frame has NaN or inf pixels outside the mask: paint them into the mask"
-            )
-        if vals.size == 0 or vals.max() == vals.min():
+        all_finite = bool(np.isfinite(frame).all())
+        if self.masked:
+            # min/max over the valid pixels without copying them out
+            if not all_finite and not np.isfinite(frame[self.valid]).all():
+                raise ValueError(
+                    "a frame has NaN or inf pixels outside the mask: paint them into the mask"
+                )
+            src = frame if all_finite else np.where(self.valid, frame, 0)
+            hi = np.max(src, where=self.valid, initial=-np.inf)
+            lo = np.min(src, where=self.valid, initial=np.inf)
+        else:
+            if not all_finite:
+                raise ValueError(
+                    "a frame has NaN or inf pixels: give a mask that excludes them"
+                )
+            hi, lo = frame.max(), frame.min()
+        if not hi > lo:
             return self._empty()
         if self.masked:
-            peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius, checked=True)
+            peak = self._corr.register(
+                frame, xcorr_radius=self.xcorr_radius, checked=True, finite=all_finite
+            )
         else:
             peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
         # grid positions are sums of 1/upsample_factor steps: round away the
