@@ -1,6 +1,6 @@
 """Engine speed and accuracy against scikit-image, measured in the same run.
 
-    python benchmarks/bench_engine.py [--frames 24] [--size 512] [--markdown]
+    python benchmarks/bench_engine.py [--frames 24] [--size 512] [--repeats 3] [--no-1024]
 
 Per frame, against frame 0 of a synthetic beam-block stack (rings, Bragg
 spots, a static rod + disk beam block, Poisson noise). scikit-image is called

@@ -528,7 +528,26 @@ def _template(stack, n, dtype, valid, make, iterations, shifts, quality, xcorr):
     return None
 
 
-def register_stack(stack, **kwargs) -> RegistrationResult:
+def register_stack(
+    stack,
+    *,
+    reference=0,
+    mask=None,
+    upsample_factor=1,
+    max_shift=None,
+    overlap_ratio=0.3,
+    normalization=None,
+    reference_range=None,
+    template_iterations=2,
+    max_jump=None,
+    min_quality=None,
+    interpolate_outliers=False,
+    return_xcorr=False,
+    xcorr_radius=16,
+    start=0,
+    previous_shift=None,
+    workers=None,
+) -> RegistrationResult:
     """Register every frame of a stack against a reference.
 
     Parameters
@@ -585,7 +604,25 @@ def register_stack(stack, **kwargs) -> RegistrationResult:
     -------
     RegistrationResult
     """
-    gen = iter_register_stack(stack, **kwargs)
+    gen = iter_register_stack(
+        stack,
+        reference=reference,
+        mask=mask,
+        upsample_factor=upsample_factor,
+        max_shift=max_shift,
+        overlap_ratio=overlap_ratio,
+        normalization=normalization,
+        reference_range=reference_range,
+        template_iterations=template_iterations,
+        max_jump=max_jump,
+        min_quality=min_quality,
+        interpolate_outliers=interpolate_outliers,
+        return_xcorr=return_xcorr,
+        xcorr_radius=xcorr_radius,
+        start=start,
+        previous_shift=previous_shift,
+        workers=workers,
+    )
     while True:
         try:
             next(gen)
