@@ -28,6 +28,7 @@ Aligned stacks
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -554,9 +555,7 @@ def write_mask(path, mask) -> Path:
     ignore = (~valid_from_ignore(mask)).astype(np.uint8)
     if suffix == ".png" and ignore.ndim != 2:
         raise ValueError("a PNG holds 2D images only: save a 3D mask as .npy or .tif")
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp = folder / f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}"
-    try:
+    with replacing(path, suffix=f".tmp{suffix}") as tmp:
         if suffix == ".npy":
             with open(tmp, "xb") as f:
                 np.save(f, ignore, allow_pickle=False)
@@ -568,13 +567,6 @@ def write_mask(path, mask) -> Path:
             from PIL import Image
 
             Image.fromarray(ignore * np.uint8(255)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 
@@ -607,23 +599,20 @@ def shift_columns(ndim: int) -> list[str]:
     return [f"shift_{a}" for a in AXIS_NAMES[-ndim:]]
 
 
-def atomic_write_text(path, text: str, *, durable: bool = True) -> None:
-    """Write ``text`` to a temporary file in the destination folder, then rename it.
+@contextlib.contextmanager
+def replacing(path, suffix: str = ".tmp"):
+    """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success.
 
     Readers see either the old file or the new one, never a half-written one,
-    even if the process is killed mid-write.
+    even if the process is killed mid-write; on an error the temporary file
+    is removed. (A random name, not mkstemp: its files are private, 0600, and
+    the result should get the usual permissions.)
     """
     path = Path(os.fspath(path))
     folder = path.parent if str(path.parent) else Path(".")
-    # a random name opened exclusively (not mkstemp: its files are private, 0600,
-    # and the result should get the usual permissions)
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}"
     try:
-        with open(tmp, "x", newline="") as f:
-            f.write(text)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -631,6 +620,15 @@ def atomic_write_text(path, text: str, *, durable: bool = True) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to a temporary file in the destination folder, then rename it."""
+    with replacing(path) as tmp, open(tmp, "x", newline="") as f:
+        f.write(text)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
 
 
 def format_shifts_csv(shifts, quality, frames=None) -> str:

@@ -275,6 +275,23 @@ def _disconnect_all(pairs: list) -> None:
     pairs.clear()
 
 
+class PicksMask:
+    """For widgets with an ``image_combo`` and a ``mask_combo``: offer the
+    current layers and pick ``<image> mask`` whenever it exists."""
+
+    def _refresh_choices(self, _event=None) -> None:
+        self.image_combo.reset_choices()
+        self.mask_combo.reset_choices()
+        if self.mask_combo.value is None:
+            self._pick_mask()
+
+    def _pick_mask(self) -> None:
+        """Choose ``<image> mask`` when it exists."""
+        image = self.image_combo.value
+        if image is not None:
+            self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
+
+
 class Connections:
     """Viewer event connections of a widget, dropped when the widget is destroyed."""
 

@@ -26,6 +26,7 @@ from napari_maskalign.io import read_mask, write_mask
 from ._common import (
     Connections,
     LayerCombo,
+    PicksMask,
     explain,
     fixed_height,
     frame_shape,
@@ -59,7 +60,7 @@ HELP = (
 # ----------------------------------------------------------------------------
 
 
-class MaskWidget(QWidget):
+class MaskWidget(PicksMask, QWidget):
     """Make the beam-block mask for a stack.
 
     Painted pixels (nonzero) are ignored by registration. The mask is a
@@ -165,18 +166,6 @@ class MaskWidget(QWidget):
         self._on_image_changed()
 
     # -- state ------------------------------------------------------------
-
-    def _refresh_choices(self, _event=None) -> None:
-        self.image_combo.reset_choices()
-        self.mask_combo.reset_choices()
-        if self.mask_combo.value is None:
-            self._pick_mask()
-
-    def _pick_mask(self) -> None:
-        """Choose ``<image> mask`` when it exists."""
-        image = self.image_combo.value
-        if image is not None:
-            self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
 
     def _on_image_changed(self, _value=None) -> None:
         self._pick_mask()

@@ -31,6 +31,7 @@ from ._common import (
     AlignProgress,
     Connections,
     LayerCombo,
+    PicksMask,
     aligned_name,
     axis_names,
     current_frame,
@@ -42,7 +43,6 @@ from ._common import (
     iter_align,
     layer_list_events,
     layer_named,
-    mask_name,
     notify_error,
     notify_info,
     peak_name,
@@ -108,7 +108,7 @@ def register_job(stack, reg_kwargs: dict, align_kwargs: dict, lazy: bool):
     return result, aligned
 
 
-class RegisterWidget(QWidget):
+class RegisterWidget(PicksMask, QWidget):
     """Register a stack against a reference, with an optional beam-block mask.
 
     Mask convention: nonzero (painted) pixels are ignored. Results appear as
@@ -292,18 +292,6 @@ class RegisterWidget(QWidget):
         layout.addStretch(1)
 
     # -- reacting to the viewer -------------------------------------------
-
-    def _refresh_choices(self, _event=None) -> None:
-        self.image_combo.reset_choices()
-        self.mask_combo.reset_choices()
-        if self.mask_combo.value is None:
-            self._pick_mask()
-
-    def _pick_mask(self) -> None:
-        """Choose ``<image> mask`` when it exists."""
-        image = self.image_combo.value
-        if image is not None:
-            self.mask_combo.select(layer_named(self.viewer, mask_name(image.name)))
 
     def _on_image_changed(self, _value=None) -> None:
         image = self.image_combo.value
