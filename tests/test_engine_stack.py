@@ -582,3 +582,29 @@ def test_resume_previous_after_a_constant_frame_uses_the_last_frame_with_contras
         previous_shift=full.raw_shifts[4],
     )
     np.testing.assert_allclose(tail.raw_shifts, full.raw_shifts[5:])
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_frames_registered_in_parallel_give_the_same_result(masked):
+    synth = make_beam_block_stack(9, (64, 64), seed=6)
+    kw = dict(mask=synth.valid if masked else None, upsample_factor=20, return_xcorr=True)
+    one = register_stack(synth.stack, workers=1, **kw)
+    two = register_stack(synth.stack, workers=2, **kw)
+    np.testing.assert_array_equal(one.shifts, two.shifts)
+    np.testing.assert_array_equal(one.quality, two.quality)
+    np.testing.assert_array_equal(one.xcorr, two.xcorr)
+
+
+def test_cancelling_a_parallel_run_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    synth = make_beam_block_stack(8, (64, 64), seed=7)
+    gen = iter_register_stack(synth.stack, mask=synth.valid, upsample_factor=4, workers=2)
+    first = next(gen)
+    assert first.frame == 0
+    gen.close()  # what a GUI cancel does
+    assert blas_threads() == before

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._correlators import MaskedCorrelator, PhaseCorrelator
-from ._fft import real_dtype_for
+from ._fft import default_workers, real_dtype_for
 from ._masks import check_valid_mask
 from ._result import Progress, RegistrationResult
 
@@ -126,6 +127,10 @@ class FrameRegistrar:
         self._check_reference(ref)
         self._corr.set_reference(ref)
 
+    def set_workers(self, workers) -> None:
+        """Threads each FFT may use (1 when frames are registered in parallel)."""
+        self._corr.workers = default_workers(workers)
+
     @property
     def fft_shape(self) -> tuple[int, ...]:
         return tuple(self._corr.pad) if self.masked else tuple(self.shape)
@@ -184,6 +189,27 @@ class FrameRegistrar:
 
 # ----------------------------------------------------------------------------
 # validation
+
+
+def _in_threads(fn, items, threads):
+    """``map(fn, items)`` on ``threads`` threads, in order, at most
+    ``threads + 1`` items in flight (memory stays bounded). Closing the
+    generator cancels what has not started; exceptions reach the caller."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="maskalign") as pool:
+        pending = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def _is_dask(stack) -> bool:
@@ -406,12 +432,26 @@ def iter_register_stack(
                     done += 1
                     yield Progress(done, count, int(i), shifts[k].copy(), quality[k])
         else:
-            for k, (i, frame) in enumerate(zip(frames, _iter_frames(stack, start, n, dtype))):
-                r = registrar.register(frame)
-                shifts[k], quality[k] = r.shift, r.quality
-                if xcorr is not None:
-                    xcorr[k] = r.xcorr
-                yield Progress(k + 1, count, i, shifts[k].copy(), quality[k])
+            threads = default_workers(workers)
+            frames_in = _iter_frames(stack, start, n, dtype)
+            with contextlib.ExitStack() as scope:
+                if threads > 1 and count > 1:
+                    # frames are independent against a fixed reference: register
+                    # `threads` frames at once, each with single-threaded FFTs and
+                    # BLAS (two threads calling a threaded BLAS contend), so the
+                    # elementwise work between FFTs runs in parallel too
+                    from threadpoolctl import threadpool_limits
+
+                    scope.enter_context(threadpool_limits(limits=1, user_api="blas"))
+                    registrar.set_workers(1)
+                    results = _in_threads(registrar.register, frames_in, threads)
+                else:
+                    results = map(registrar.register, frames_in)
+                for k, (i, r) in enumerate(zip(frames, results)):
+                    shifts[k], quality[k] = r.shift, r.quality
+                    if xcorr is not None:
+                        xcorr[k] = r.xcorr
+                    yield Progress(k + 1, count, i, shifts[k].copy(), quality[k])
     elif mode == "previous":
         acc = np.zeros(ndim) if previous_shift is None else np.asarray(previous_shift, float)
         if acc.shape != (ndim,):
