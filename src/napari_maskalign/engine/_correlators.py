@@ -149,10 +149,12 @@ class PhaseCorrelator:
             mov = np.asarray(moving).astype(self.dtype, copy=False)
             mov_f = rfftn(mov, shape, self.workers)
             # Parseval: the spectrum's energy from one pass over the image
-            flat = mov.ravel().astype(np.float64)
-            mov_energy = float(flat @ flat)
-            if self.zero_mean:
-                mov_energy -= float(flat.sum()) ** 2 / flat.size
+            # (the stack engine, zero_mean, only needs it for the quality score:
+            # float32 BLAS is plenty; the drop-in's error metric keeps float64)
+            flat = mov.ravel() if self.zero_mean else mov.ravel().astype(np.float64)
+            mov_energy = float(np.dot(flat, flat))
+            if self.zero_mean:  # the frame's sum is the spectrum's DC bin
+                mov_energy -= float(mov_f.flat[0].real) ** 2 / flat.size
             mov_energy *= flat.size
         else:
             mov_f = moving_spectrum
@@ -161,10 +163,15 @@ class PhaseCorrelator:
             mov_f.flat[0] = 0
         if mov_energy is None:
             mov_energy = self._energy(mov_f)
-        raw = self._ref_f * mov_f.conj()
+        if moving_spectrum is None:  # our own temporary: conjugate in place
+            raw = np.multiply(self._ref_f, np.conjugate(mov_f, out=mov_f), out=mov_f)
+        else:
+            raw = self._ref_f * mov_f.conj()
         if self.normalization == "phase":
             eps = np.finfo(raw.real.dtype).eps
-            product = raw / np.maximum(np.abs(raw), 100 * eps)
+            mag = np.abs(raw)
+            np.maximum(mag, 100 * eps, out=mag)
+            product = np.divide(raw, mag, out=np.empty_like(raw))
         else:
             product = raw
         cc = irfftn(product, shape, self.workers)

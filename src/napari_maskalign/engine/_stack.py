@@ -147,8 +147,8 @@ class FrameRegistrar:
         if frame.shape != self.shape:
             raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
         frame = frame.astype(self.dtype, copy=False)
-        all_finite = bool(np.isfinite(frame).all())
         if self.masked:
+            all_finite = bool(np.isfinite(frame).all())
             # min/max over the valid pixels without copying them out
             if not all_finite and not np.isfinite(frame[self.valid]).all():
                 raise ValueError(
@@ -158,11 +158,11 @@ class FrameRegistrar:
             hi = np.max(src, where=self.valid, initial=-np.inf)
             lo = np.min(src, where=self.valid, initial=np.inf)
         else:
-            if not all_finite:
+            hi, lo = frame.max(), frame.min()  # NaN and inf show up in these
+            if not (np.isfinite(hi) and np.isfinite(lo)):
                 raise ValueError(
                     "a frame has NaN or inf pixels: give a mask that excludes them"
                 )
-            hi, lo = frame.max(), frame.min()
         if not hi > lo:
             return self._empty()
         if self.masked:
