@@ -381,3 +381,17 @@ def test_cli_on_a_local_cluster_matches_in_process(run, capsys):
     assert io.open_stack(run / "a.zarr").shape == (N, 64, 64)
     assert cli(*common, "--shifts", run / "p.csv", "--workers", "2", "--reference", "previous") == 1
     assert "cannot be split across a cluster" in capsys.readouterr().err
+
+
+def test_apply_with_a_truncated_frame_is_one_line_and_writes_nothing(run, capsys):
+    """The frame's header is whole (the stack opens) but its pixels end early."""
+    io.write_shifts_csv(run / "s.csv", np.zeros((N, 2)), np.ones(N))
+    path = run / "run" / "frame_3.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    before = sorted(p.name for p in run.iterdir())
+    assert cli("apply", run / "run", "--shifts", run / "s.csv", "--output", run / "o.tif") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("maskalign apply: error: cannot write") and "frame_3.tif" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == before

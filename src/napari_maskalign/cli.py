@@ -254,17 +254,22 @@ def _write_aligned(stack, shifts, out: Path, args, *, dask_stack=None, attrs=Non
     # locally one frame at a time: as fast as blocks, and memory stays flat (blocks
     # of 16 frames added 60-80 MiB of allocator churn when compressing to zarr)
     block = args.chunk_frames if lazy is not None else 1
-    with (
-        StackWriter(out, stack.shape, out_dtype, overwrite=args.overwrite, attrs=attrs) as writer,
-        _progress(n, 0, "writing") as bar,
-    ):
-        for lo, hi in iter_blocks(n, block):
-            if lazy is not None:
-                aligned = lazy[lo:hi].compute()
-            else:
-                aligned = apply_shifts(np.asarray(stack[lo:hi]), shifts[lo:hi], **kw)
-            writer.write(aligned)
-            bar.update(hi - lo)
+    try:
+        with (
+            StackWriter(out, stack.shape, out_dtype, overwrite=args.overwrite, attrs=attrs) as writer,
+            _progress(n, 0, "writing") as bar,
+        ):
+            for lo, hi in iter_blocks(n, block):
+                if lazy is not None:
+                    aligned = lazy[lo:hi].compute()
+                else:
+                    aligned = apply_shifts(np.asarray(stack[lo:hi]), shifts[lo:hi], **kw)
+                writer.write(aligned)
+                bar.update(hi - lo)
+    except (ValueError, OSError) as exc:
+        # a frame that cannot be read (a truncated file) or an output that cannot
+        # be written (disk full): the writer has removed its temporary file
+        raise CLIError(f"cannot write {out}: {exc}") from None
 
 
 def _fmt_bytes(n: int) -> str:
