@@ -160,9 +160,7 @@ def _open_input(source: str):
 
     try:
         return open_stack(source)
-    except FileNotFoundError as exc:
-        raise CLIError(f"cannot read the input: {exc}") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # FileNotFoundError included
         raise CLIError(f"cannot read the input: {exc}") from None
 
 
@@ -589,11 +587,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     else:
         _check_output(args.shifts, args.overwrite, args.input, "shifts file")
         out = _check_output(args.output, args.overwrite, args.input)
-        if out is not None and args.overwrite:
+        stale = [] if out is None else stale_partials(out)
+        if stale and args.overwrite:
             _remove_stale(out)
-        elif out is not None and stale_partials(out):
+        elif stale:
             print(
-                f"note: {stale_partials(out)[0]} is the unfinished output of an earlier run that "
+                f"note: {stale[0]} is the unfinished output of an earlier run that "
                 "was stopped; --resume or --overwrite removes it",
                 file=sys.stderr,
             )
@@ -662,15 +661,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _remove_stale(out: Path) -> None:
-    import shutil
-
-    from .io import stale_partials
+    from .io import _remove, stale_partials
 
     for stale in stale_partials(out):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
+        _remove(stale)
         print(f"removed the unfinished output of an earlier run: {stale}", file=sys.stderr)
 
 
