@@ -356,11 +356,11 @@ class _ShiftSaver:
         return int(not_done[0]) if not_done.size else len(self.done)
 
     def maybe_save(self, force: bool = False) -> None:
+        # called after every frame: the clock first, the O(n) scan only when due
+        if not force and time.monotonic() - self._last < max(self.interval, 10 * self._last_cost):
+            return
         k = self.prefix()
         if k == self.saved and not force:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < max(self.interval, 10 * self._last_cost):
             return
         from .io import write_json_atomic, write_shifts_csv
 
