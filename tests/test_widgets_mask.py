@@ -64,6 +64,27 @@ def test_new_mask_for_3d_frames(qtbot, viewer_model):
     assert w.new_mask().data.shape == (6, 32, 40)
 
 
+def test_single_2d_image_gets_a_mask(qtbot, viewer_model):
+    viewer_model.add_image(np.zeros((48, 40), np.float32), name="flat")
+    w = MaskWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert w.new_mask().data.shape == (48, 40)
+
+
+def test_2d_pyramid_is_refused_in_plain_words(qtbot, viewer_model, notes):
+    """Only the 2D-stack rule is relaxed for single images, not the multiscale one."""
+    rng = np.random.default_rng(0)
+    viewer_model.add_image([rng.random((64, 64)), rng.random((32, 32))], name="pyr",
+                           multiscale=True)
+    w = MaskWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert w.new_mask() is None
+    assert w.suggest_mask() is None
+    assert [layer.name for layer in viewer_model.layers] == ["pyr"]
+    msgs = notes()
+    assert len(msgs) == 2 and all("multiscale" in m for m in msgs)
+
+
 def test_no_image_is_a_plain_error(widget, viewer_model, notes):
     assert widget.new_mask() is None
     assert len(viewer_model.layers) == 0

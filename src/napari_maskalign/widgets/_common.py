@@ -82,8 +82,13 @@ def frame_shape(layer: Layer) -> tuple[int, ...]:
     return shape[1:] if len(shape) >= 3 else shape
 
 
-def stack_problem(layer: Layer | None, what: str = "image layer") -> str | None:
-    """Why ``layer`` cannot be registered as a stack, in plain words; None if it can."""
+def stack_problem(
+    layer: Layer | None, what: str = "image layer", *, single_frame_ok: bool = False
+) -> str | None:
+    """Why ``layer`` cannot be registered as a stack, in plain words; None if it can.
+
+    With ``single_frame_ok`` a plain 2D image passes too (it can still have a mask).
+    """
     if layer is None:
         return f"there is no {what} to work on: open or choose a stack of frames first"
     if not isinstance(layer, Image):
@@ -96,12 +101,12 @@ def stack_problem(layer: Layer | None, what: str = "image layer") -> str | None:
     if layer.rgb:
         return f"'{layer.name}' is an RGB image; split it into channels and register one of them"
     shape = tuple(layer.data.shape)
-    if len(shape) == 2:
+    if len(shape) == 2 and not single_frame_ok:
         return (
             f"'{layer.name}' is a single 2D image, not a stack: registration needs frames "
             "along the first axis"
         )
-    if len(shape) not in (3, 4):
+    if len(shape) not in (2, 3, 4):
         return (
             f"'{layer.name}' has {len(shape)} dimensions {shape}; expected a stack of 2D or 3D "
             "frames (3 or 4 dimensions, frames first)"

@@ -172,9 +172,7 @@ class MaskWidget(PicksMask, QWidget):
 
     def _image(self) -> Image:
         image = self.image_combo.value
-        problem = stack_problem(image)
-        if problem and image is not None and image.ndim == 2 and not image.rgb:
-            problem = None  # a single 2D image can have a mask too
+        problem = stack_problem(image, single_frame_ok=True)
         if problem:
             raise ValueError(problem)
         return image
