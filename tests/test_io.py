@@ -109,6 +109,8 @@ def test_folder_reads_one_file_per_frame(frames_dir, sample, monkeypatch):
     np.testing.assert_array_equal(np.asarray(stack), sample.stack)
     with pytest.raises(IndexError, match="out of range"):
         stack[12]
+    with pytest.raises(IndexError, match="frame 12 is out of range"):
+        stack[[1, 12]]  # an index list is checked too (it used to wrap to frame 0)
 
 
 def test_frame_sequence_pickles_as_file_names(frames_dir, sample):

@@ -181,11 +181,15 @@ class _LazyArrayMixin:
             else:
                 key, rest = key[0], key[1:]
         n = self.shape[0]
-        if isinstance(key, (int, np.integer)):
-            i = int(key)
+
+        def frame_index(i) -> int:
+            i = int(i)
             if not -n <= i < n:
                 raise IndexError(f"frame {i} is out of range: the stack has {n} frames")
-            frame = self._read(i % n)
+            return i % n
+
+        if isinstance(key, (int, np.integer)):
+            frame = self._read(frame_index(key))
             return frame[rest] if rest else frame
         if isinstance(key, slice):
             idx = range(*key.indices(n))
@@ -195,7 +199,7 @@ class _LazyArrayMixin:
             arr = np.asarray(key)
             if arr.dtype == bool:
                 arr = np.flatnonzero(arr)
-            idx = [int(i) % n for i in arr.ravel()]
+            idx = [frame_index(i) for i in arr.ravel()]
         out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
         for j, i in enumerate(idx):
             out[j] = self._read(i)
