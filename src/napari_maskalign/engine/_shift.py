@@ -6,6 +6,8 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ._correlators import _outer_and
+
 __all__ = ["apply_shifts", "shift_frame"]
 
 METHODS = ("spline", "fourier")
@@ -17,10 +19,7 @@ def _inside(shape, shift) -> np.ndarray:
     for n, s in zip(shape, shift):
         src = np.arange(n) - s  # output pixel x samples the input at x - s
         flags.append((src >= -1e-6) & (src <= n - 1 + 1e-6))
-    out = np.ones(shape, bool)
-    for ax, f in enumerate(flags):
-        out &= f.reshape([-1 if i == ax else 1 for i in range(len(shape))])
-    return out
+    return _outer_and(flags)
 
 
 def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan) -> np.ndarray:
