@@ -335,8 +335,7 @@ class MaskedCorrelator:
         ref = np.asarray(reference)
         if ref.shape != self.ref_shape:
             raise ValueError(f"reference has shape {ref.shape}, expected {self.ref_shape}")
-        ref_valid_vals = ref[self.ref_mask]
-        if not np.all(np.isfinite(ref_valid_vals)):
+        if not np.all(np.isfinite(ref[self.ref_mask])):
             raise ValueError(
                 "the reference image has NaN or inf values on valid pixels; mask them out "
                 "(reference_mask=False there)"
@@ -353,7 +352,6 @@ class MaskedCorrelator:
         self._mean_f = (sum_f / self.overlap).astype(dt)
         self._den_f = np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt)
         self._fine_cache = {}
-        self.ref_contrast = bool(np.ptp(ref_valid_vals) > 0) if ref_valid_vals.size else False
 
     # -- geometry --------------------------------------------------------
     def _geometry(self, pad, ref_mask, mov_mask, limit, max_overlap):
