@@ -539,6 +539,8 @@ def _template(stack, n, dtype, valid, make, iterations, shifts, quality, xcorr):
     total = passes * n
     template = _mean_frame(stack, None, n, dtype)
     template_valid = valid
+    # each frame's weight in the next template: its valid pixels (all without a mask)
+    w = np.ones(template.shape) if valid is None else valid.astype(np.float64)
     done = 0
     for p in range(passes):
         registrar = FrameRegistrar(template, reference_mask=template_valid, **make)
@@ -551,7 +553,6 @@ def _template(stack, n, dtype, valid, make, iterations, shifts, quality, xcorr):
             if xcorr is not None:
                 xcorr[i] = r.xcorr
             if p < passes - 1:
-                w = np.ones(template.shape) if valid is None else valid.astype(np.float64)
                 acc += shift_frame(np.where(w > 0, frame, 0) * w, r.shift, fill_value=0.0)
                 weight += shift_frame(w, r.shift, fill_value=0.0)
             done += 1
@@ -564,8 +565,6 @@ def _template(stack, n, dtype, valid, make, iterations, shifts, quality, xcorr):
                 template_valid = None if template_valid.all() else template_valid
                 if template_valid is not None:
                     make = {**make, "valid_mask": np.ones(template.shape, bool)}
-            # centre the gauge: shifts relative to the average position
-    return None
 
 
 def register_stack(
