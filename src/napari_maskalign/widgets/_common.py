@@ -163,6 +163,29 @@ def is_output_layer(layer: Layer) -> bool:
     return isinstance(meta, dict) and "role" in meta
 
 
+def check_output_name(viewer, name: str, cls: type) -> Layer | None:
+    """The layer ``name`` an output of type ``cls`` would update, or None.
+
+    Raises ``ValueError`` in plain words if a layer of another type holds the name.
+    """
+    existing = layer_named(viewer, name)
+    if existing is not None and not isinstance(existing, cls):
+        raise ValueError(
+            f"a {type(existing).__name__} layer named '{name}' is in the way of the output: "
+            "rename or delete it"
+        )
+    return existing
+
+
+def drop_preview(viewer, source: str) -> None:
+    """Remove the ``<source> xcorr`` preview layers we made (a stale preview would
+    contradict new shifts); layers of the same name that we did not make stay."""
+    for name in (xcorr_name(source), peak_name(source)):
+        layer = layer_named(viewer, name)
+        if layer is not None and META in layer.metadata:
+            viewer.layers.remove(layer)
+
+
 def upsert_layer(viewer, name: str, data, kind: str = "image", **props) -> Layer:
     """Update layer ``name`` in place (a re-run) or add it.
 
@@ -170,13 +193,7 @@ def upsert_layer(viewer, name: str, data, kind: str = "image", **props) -> Layer
     new result. If the number of dimensions changed, the layer is replaced at
     the same position.
     """
-    cls = {"image": Image, "points": Points}[kind]
-    existing = layer_named(viewer, name)
-    if existing is not None and not isinstance(existing, cls):
-        raise ValueError(
-            f"a {type(existing).__name__} layer named '{name}' is in the way of the output: "
-            "rename or delete it"
-        )
+    existing = check_output_name(viewer, name, {"image": Image, "points": Points}[kind])
     ndim = np.ndim(data) if kind != "points" else np.shape(data)[1]
     if existing is not None and existing.ndim == ndim:
         meta = props.pop("metadata", None)

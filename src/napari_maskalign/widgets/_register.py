@@ -34,15 +34,16 @@ from ._common import (
     PicksMask,
     aligned_name,
     axis_names,
+    check_output_name,
     current_frame,
     display_props,
+    drop_preview,
     explain,
     fixed_height,
     frame_shape,
     is_output_layer,
     iter_align,
     layer_list_events,
-    layer_named,
     notify_error,
     notify_info,
     peak_name,
@@ -558,12 +559,7 @@ class RegisterWidget(PicksMask, QWidget):
         """
         names = [aligned_name(job.source), xcorr_name(job.source), peak_name(job.source)]
         for name, cls in zip(names, (Image, Image, Points)):
-            layer = layer_named(self.viewer, name)
-            if layer is not None and not isinstance(layer, cls):
-                raise ValueError(
-                    f"a {type(layer).__name__} layer named '{name}' is in the way of the "
-                    "output: rename or delete it"
-                )
+            check_output_name(self.viewer, name, cls)
         ndim = result.ndim
         meta = {
             "role": "aligned",
@@ -588,18 +584,12 @@ class RegisterWidget(PicksMask, QWidget):
                 self.viewer, names[0], aligned, metadata={META: meta}, **job.props
             )
 
-        def drop_stale_preview():  # a stale preview would contradict the new shifts
-            for name in names[1:]:
-                layer = layer_named(self.viewer, name)
-                if layer is not None and META in layer.metadata:
-                    self.viewer.layers.remove(layer)
-
         def select():
             if box["out"] in self.viewer.layers:  # unless removed in the meantime
                 self.viewer.layers.selection.active = box["out"]
 
         if result.xcorr is None:
-            return [add_aligned, drop_stale_preview, select]
+            return [add_aligned, functools.partial(drop_preview, self.viewer, job.source), select]
         xcorr_step, peak_step = self._xcorr_steps(job, result)
         return [add_aligned, xcorr_step, peak_step, select]
 

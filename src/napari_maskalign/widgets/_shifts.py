@@ -45,6 +45,7 @@ from ._common import (
     axis_names,
     current_frame,
     display_props,
+    drop_preview,
     explain,
     find_result_layer,
     fixed_height,
@@ -56,7 +57,6 @@ from ._common import (
     layer_named,
     notify_error,
     notify_info,
-    peak_name,
     result_meta,
     same_layer,
     source_of,
@@ -65,7 +65,6 @@ from ._common import (
     upsert_layer,
     wants_lazy,
     wrap_label,
-    xcorr_name,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -565,7 +564,7 @@ class ShiftsWidget(QWidget):
             "edited": [],
         }
         return self._start_align(
-            stack, meta, f"Applying imported shifts to '{stack.name}'", drop_preview=True
+            stack, meta, f"Applying imported shifts to '{stack.name}'", stale_preview=True
         )
 
     # -- another layer --------------------------------------------------------------
@@ -607,7 +606,7 @@ class ShiftsWidget(QWidget):
         }
         return self._start_align(target, new, f"Applying shifts to '{target.name}'")
 
-    def _start_align(self, stack: Image, meta: dict, desc: str, drop_preview: bool = False):
+    def _start_align(self, stack: Image, meta: dict, desc: str, stale_preview: bool = False):
         if self.worker is not None:
             notify_error(WHAT, "another job is still running: wait for it to finish")
             return None
@@ -626,11 +625,8 @@ class ShiftsWidget(QWidget):
                 self.last_outcome = "failed"
                 notify_error(WHAT, explain(exc))
                 return
-            if drop_preview:  # the preview measured other shifts: it would contradict these
-                for stale in (xcorr_name(stack.name), peak_name(stack.name)):
-                    old = layer_named(self.viewer, stale)
-                    if old is not None and META in old.metadata:
-                        self.viewer.layers.remove(old)
+            if stale_preview:  # the preview measured other shifts: it would contradict these
+                drop_preview(self.viewer, stack.name)
             self.last_outcome = "done"
             self.stack_combo.select(stack)
             self.viewer.layers.selection.active = layer
