@@ -84,12 +84,16 @@ def _lattice_points(ndim: int, spacing: float, radius: float, angle: float):
     return pts[keep], r[keep]
 
 
-def _render(shape, centre, spots, spot_r, half, sigma_spot):
-    """The noiseless pattern, centred at ``centre`` (continuous coordinates)."""
-    ndim = len(shape)
+def _centred_grids(shape, centre):
+    """Sparse per-axis pixel offsets from ``centre`` and the distance to it."""
     axes = [np.arange(n, dtype=np.float64) - c for n, c in zip(shape, centre)]
     grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-    r = np.sqrt(sum(g * g for g in grids))
+    return grids, np.sqrt(sum(g * g for g in grids))
+
+
+def _render(shape, centre, spots, spot_r, half, sigma_spot):
+    """The noiseless pattern, centred at ``centre`` (continuous coordinates)."""
+    _, r = _centred_grids(shape, centre)
     # detector pedestal plus diffuse inelastic background
     img = 0.08 + 0.2 * np.exp(-r / (0.5 * half))
     for frac, width, amp in ((0.22, 0.012, 1.0), (0.36, 0.015, 0.7), (0.5, 0.02, 0.45),
@@ -108,15 +112,13 @@ def _render(shape, centre, spots, spot_r, half, sigma_spot):
         local = np.meshgrid(*[np.arange(a, b) - q for a, b, q in zip(lo, hi, pos)], indexing="ij", sparse=True)
         d2 = sum(g * g for g in local)
         img[sl] += 0.8 * np.exp(-pr / half) * np.exp(-0.5 * d2 / sigma_spot**2)
-    return img if ndim else img
+    return img
 
 
 def _beam_block(shape, centre, half):
     """Rod from the detector edge to the centre plus a disk over the direct beam."""
     ndim = len(shape)
-    axes = [np.arange(n, dtype=np.float64) - c for n, c in zip(shape, centre)]
-    grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-    r = np.sqrt(sum(g * g for g in grids))
+    grids, r = _centred_grids(shape, centre)
     disk = r <= 0.1 * half + 2
     u = np.ones(ndim) / np.sqrt(ndim)  # rod direction: towards the far corner
     u[0] = 0.6
