@@ -83,6 +83,10 @@ def test_glob_and_list_open_the_matching_frames(frames_dir, sample):
     files = [str(frames_dir / f"img{i}.tiff") for i in (3, 2, 9)]
     data, kwargs, _ = get_reader(files)(files)[0]
     np.testing.assert_array_equal(data.compute(), sample.stack[[2, 3, 9]])
+    # a folder handed over in a one-element list is named and described as the folder
+    data, kwargs, _ = get_reader([str(frames_dir)])([str(frames_dir)])[0]
+    assert data.shape == sample.stack.shape
+    assert kwargs["name"] == "run_7" and kwargs["metadata"]["maskalign_source"] == str(frames_dir)
 
 
 def test_mixed_frame_shapes_fail_when_opening(frames_dir):

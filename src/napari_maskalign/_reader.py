@@ -62,6 +62,8 @@ def _layer_name(path) -> str:
 
 def read_frames(path):
     """Open the frames as one lazy image layer (a dask array, one chunk per file)."""
+    if isinstance(path, (list, tuple)) and len(path) == 1:
+        path = path[0]  # a folder or glob in a list stands for itself, as in _frame_source
     source = _frame_source(path)
     if source is None:
         raise ValueError(f"{path} is not a folder, glob or list of TIFF frames")
