@@ -74,6 +74,16 @@ def test_folder_glob_and_list_give_natural_order(frames_dir):
     assert io.list_frame_files(shuffled) == [files[i] for i in (0, 2, 5, 11)]
 
 
+def test_folder_with_glob_characters_in_its_name(tmp_path, sample):
+    folder = tmp_path / "run[1]"
+    folder.mkdir()
+    for i, f in enumerate(sample.stack[:3]):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    files = io.list_frame_files(str(folder))  # the folder itself, not the pattern run[1]
+    assert [os.path.basename(f) for f in files] == ["frame_0.tif", "frame_1.tif", "frame_2.tif"]
+    np.testing.assert_array_equal(io.open_stack(str(folder))[2], sample.stack[2])
+
+
 def test_folder_ignores_other_files(frames_dir):
     (frames_dir / "notes.txt").write_text("beam current 3 nA")
     assert len(io.list_frame_files(frames_dir)) == 12

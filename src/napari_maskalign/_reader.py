@@ -30,7 +30,7 @@ def _frame_source(path):
             return list_frame_files(paths)  # natural order, whatever order they came in
         return None
     text = os.fspath(path)
-    if is_glob(text) and not os.path.exists(text):
+    if is_glob(text):
         try:
             return list_frame_files(text)
         except (OSError, ValueError):

@@ -386,9 +386,9 @@ def _run_params(args, stack, valid) -> dict:
     mask_digest = None
     if valid is not None:
         mask_digest = hashlib.sha256(np.packbits(valid).tobytes()).hexdigest()
-    source = (
-        args.input if is_glob_text(args.input) else str(Path(args.input).expanduser().resolve())
-    )
+    from .io import is_glob
+
+    source = args.input if is_glob(args.input) else str(Path(args.input).expanduser().resolve())
     return {
         "input": source,
         "frames": int(stack.shape[0]),
@@ -401,12 +401,6 @@ def _run_params(args, stack, valid) -> dict:
         "max_shift": args.max_shift,
         "overlap_ratio": args.overlap_ratio,
     }
-
-
-def is_glob_text(text: str) -> bool:
-    from .io import is_glob
-
-    return is_glob(text) and not os.path.exists(text)
 
 
 def _sidecar(shifts_path: Path) -> Path:

@@ -77,7 +77,9 @@ def natural_key(name: str) -> tuple:
 
 
 def is_glob(path) -> bool:
-    return isinstance(path, str) and any(c in path for c in "*?[")
+    """A text with glob characters that is not itself an existing path (a folder
+    may be called ``run[1]``)."""
+    return isinstance(path, str) and any(c in path for c in "*?[") and not os.path.exists(path)
 
 
 def _is_tiff(path: str) -> bool:
@@ -387,7 +389,7 @@ def open_stack(source, *, check_shapes: bool = True):
     if isinstance(source, (list, tuple)):
         return FrameSequence(list_frame_files(source), check_shapes=check_shapes)
     text = os.fspath(source)
-    if is_glob(text) and not os.path.exists(text):
+    if is_glob(text):
         return FrameSequence(list_frame_files(text), check_shapes=check_shapes)
     path = Path(text).expanduser()
     if not path.exists():
