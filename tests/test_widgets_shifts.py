@@ -253,3 +253,28 @@ def test_import_over_a_registration_drops_its_stale_preview(qtbot, tmp_path, wid
     np.testing.assert_allclose(meta_of(registered)["shifts"], np.tile([0.5, -0.25], (20, 1)))
     names = [layer.name for layer in registered.layers]
     assert "stack xcorr" not in names and "stack xcorr peak" not in names
+
+
+def test_editing_a_lazy_aligned_stack_keeps_it_lazy(qtbot, viewer_model, small_stack):
+    import dask.array as da
+
+    viewer_model.add_image(da.from_array(small_stack.stack, chunks=(1, 128, 128)), name="big")
+    reg = RegisterWidget(viewer_model)
+    qtbot.addWidget(reg)
+    reg.reference.value = "index"
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    assert reg.last_outcome == "done"
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.stack_combo.value = viewer_model.layers["big"]
+    assert w.set_frame_shift(3, [1.25, -0.5])
+    aligned = viewer_model.layers["big aligned"]
+    assert isinstance(aligned.data, da.Array)
+    shifts = meta_of(viewer_model, "big aligned")["shifts"]
+    np.testing.assert_allclose(shifts[3], [1.25, -0.5])
+    for i in (2, 3):  # the edited frame and a neighbour both follow the stored shifts
+        np.testing.assert_allclose(
+            np.asarray(aligned.data[i]), apply_shifts(small_stack.stack[i : i + 1], shifts[i : i + 1])[0],
+            equal_nan=True,
+        )

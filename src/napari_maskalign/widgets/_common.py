@@ -401,6 +401,16 @@ def wants_lazy(data) -> bool:
     return int(np.prod(data.shape)) * max(4, np.dtype(data.dtype).itemsize) > LAZY_BYTES
 
 
+def align_frame(stack, shifts, i: int, **kwargs) -> np.ndarray:
+    """Frame ``i`` of the aligned stack, computed now (also for one edited frame)."""
+    return apply_shifts(np.asarray(stack[i : i + 1]), shifts[i : i + 1], **kwargs)[0]
+
+
+def align_lazy(stack, shifts, **kwargs):
+    """The whole aligned stack as a lazy dask array (nothing is computed yet)."""
+    return apply_shifts(as_dask(stack), shifts, **kwargs)
+
+
 def iter_align(stack, shifts, *, lazy: bool, **kwargs):
     """Apply ``shifts`` with the engine, yielding :class:`AlignProgress` per frame.
 
@@ -408,14 +418,14 @@ def iter_align(stack, shifts, *, lazy: bool, **kwargs):
     lazy dask array at once when ``lazy`` (nothing is computed then).
     """
     if lazy:
-        return apply_shifts(as_dask(stack), shifts, **kwargs)
+        return align_lazy(stack, shifts, **kwargs)
     n = stack.shape[0]
     out = None
     for i in range(n):
-        frame = apply_shifts(np.asarray(stack[i : i + 1]), shifts[i : i + 1], **kwargs)
+        frame = align_frame(stack, shifts, i, **kwargs)
         if out is None:
-            out = np.empty((n, *frame.shape[1:]), frame.dtype)
-        out[i] = frame[0]
+            out = np.empty((n, *frame.shape), frame.dtype)
+        out[i] = frame
         yield AlignProgress(i + 1, n)
     return out
 

@@ -34,13 +34,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_maskalign.engine import apply_shifts, flag_outliers, interpolate_flagged
-from napari_maskalign.io import as_dask, read_shifts_csv, write_shifts_csv
+from napari_maskalign.engine import flag_outliers, interpolate_flagged
+from napari_maskalign.io import read_shifts_csv, write_shifts_csv
 
 from ._common import (
     META,
     Connections,
     LayerCombo,
+    align_frame,
+    align_lazy,
     aligned_name,
     axis_names,
     current_frame,
@@ -74,6 +76,11 @@ WHAT = "Shifts"
 AXIS_COLORS = {"z": "#9ccc65", "y": "#ffb74d", "x": "#4fc3f7"}
 OUTLIER_COLOR = "#ff5252"
 _CSV_FILTER = "Shift tables (*.csv)"
+
+
+def align_kwargs(meta: dict) -> dict:
+    """How a result's aligned stack is made (a CSV import has no choice of its own yet)."""
+    return dict(meta.get("align", {"method": "spline", "fill_value": np.nan}))
 
 
 def align_job(stack, shifts, lazy: bool, kwargs: dict):
@@ -612,7 +619,7 @@ class ShiftsWidget(QWidget):
             return None
         data = stack.data
         lazy = wants_lazy(data)
-        kwargs = dict(meta.get("align", {"method": "spline", "fill_value": np.nan}))
+        kwargs = align_kwargs(meta)
         meta = {**meta, "align": kwargs}
         props = display_props(stack)
         name = aligned_name(stack.name)
@@ -709,14 +716,12 @@ class ShiftsWidget(QWidget):
                 f"the source layer '{meta['source']}' is gone or has changed, so the frame "
                 "cannot be re-aligned; open it again under that name"
             )
-        kwargs = dict(meta.get("align", {"method": "spline", "fill_value": np.nan}))
+        kwargs = align_kwargs(meta)
         data = layer.data
         if isinstance(data, np.ndarray):
-            new = apply_shifts(np.asarray(source.data[frame : frame + 1]),
-                               shifts[frame : frame + 1], **kwargs)
-            data[frame] = new[0]
+            data[frame] = align_frame(source.data, shifts, frame, **kwargs)
         else:  # lazy: rebuild the (cheap) graph with the new shifts
-            data = apply_shifts(as_dask(source.data), shifts, **kwargs)
+            data = align_lazy(source.data, shifts, **kwargs)
         outliers = np.array(meta["outliers"], bool)
         outliers[frame] = False
         edited = sorted({*meta.get("edited", []), int(frame)})
