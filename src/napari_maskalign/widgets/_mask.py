@@ -53,13 +53,6 @@ HELP = (
 )
 
 
-# ----------------------------------------------------------------------------
-# mask files (Qt-free); reading is napari_maskalign.io.read_mask
-
-
-# ----------------------------------------------------------------------------
-
-
 class MaskWidget(PicksMask, QWidget):
     """Make the beam-block mask for a stack.
 

@@ -547,11 +547,6 @@ class RegisterWidget(PicksMask, QWidget):
 
     # -- results --------------------------------------------------------------
 
-    def publish(self, job: RegisterJob, result: RegistrationResult, aligned) -> None:
-        """Create or update the output layers at once (main thread only)."""
-        for step in self.publish_steps(job, result, aligned):
-            step()
-
     def publish_steps(self, job: RegisterJob, result: RegistrationResult, aligned) -> list:
         """The output-layer updates, one callable per layer (main thread only).
 
