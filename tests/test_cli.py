@@ -395,3 +395,24 @@ def test_apply_with_a_truncated_frame_is_one_line_and_writes_nothing(run, capsys
     assert err.startswith("maskalign apply: error: cannot write") and "frame_3.tif" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_outputs_never_replace_the_mask_or_land_in_the_input_folder(tmp_path, capsys):
+    synth = make_beam_block_stack(4, (32, 32), seed=3)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(synth.stack):
+        tifffile.imwrite(frames / f"frame_{i}.tif", f)
+    mask = tmp_path / "block.npy"
+    np.save(mask, synth.beam_block.astype(np.uint8))
+    before = mask.read_bytes()
+    rc = main(["register", str(frames), "--mask", str(mask), "--shifts", str(mask), "--overwrite"])
+    assert rc == 1
+    assert "is the mask itself" in capsys.readouterr().err
+    assert mask.read_bytes() == before
+    rc = main(
+        ["register", str(frames), "--shifts", str(tmp_path / "s.csv"), "--output", str(frames / "al.tif")]
+    )
+    assert rc == 1
+    assert "inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i}.tif" for i in range(4)]

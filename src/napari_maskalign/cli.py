@@ -164,8 +164,11 @@ def _open_input(source: str):
         raise CLIError(f"cannot read the input: {exc}") from None
 
 
-def _check_output(path: str | None, overwrite: bool, source: str, what: str = "output"):
-    """Fail early (before hours of work) on an output that cannot be written."""
+def _check_output(
+    path: str | None, overwrite: bool, source: str, what: str = "output", mask: str | None = None
+):
+    """Fail early (before hours of work) on an output that cannot be written, or that
+    would overwrite an input (the stack, the mask) or land inside an input folder."""
     if path is None:
         return None
     from .io import output_format
@@ -178,8 +181,16 @@ def _check_output(path: str | None, overwrite: bool, source: str, what: str = "o
             raise CLIError(str(exc)) from None
     if not p.parent.is_dir():
         raise CLIError(f"the folder of the {what} {p} does not exist")
-    if p.resolve() == Path(source).expanduser().resolve():
-        raise CLIError(f"the {what} {p} is the input itself; input files are never modified")
+    inputs = [("input", source)] + ([("mask", mask)] if mask else [])
+    for name, q in inputs:
+        if p.resolve() == Path(q).expanduser().resolve():
+            raise CLIError(f"the {what} {p} is the {name} itself; input files are never modified")
+    src = Path(source).expanduser()
+    if src.is_dir() and src.resolve() in p.resolve().parents:
+        raise CLIError(
+            f"the {what} {p} is inside the input folder {src}: it would be read as a frame "
+            "next time; write it elsewhere"
+        )
     if p.exists() and not overwrite:
         raise CLIError(f"the {what} {p} exists; use --overwrite to replace it")
     return p
@@ -565,13 +576,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
     params = _run_params(args, stack, valid)
 
     if args.resume:
-        _check_output(args.shifts, True, args.input, "shifts file")
+        _check_output(args.shifts, True, args.input, "shifts file", mask=args.mask)
         for tmp in shifts_path.parent.glob(f".{glob.escape(shifts_path.name)}.*.tmp"):
             tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
         done_shifts, done_quality = _resume_state(args, shifts_path, params, n, ndim)
         out = Path(args.output).expanduser() if args.output else None
         if out is not None:
-            _check_output(args.output, True, args.input)
+            _check_output(args.output, True, args.input, mask=args.mask)
             if out.exists():
                 if len(done_shifts) == n:
                     print(f"nothing to do: {args.shifts} has all {n} frames and {out} exists")
@@ -579,8 +590,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 raise CLIError(f"the output {out} exists; use --overwrite to replace it")
             _remove_stale(out)
     else:
-        _check_output(args.shifts, args.overwrite, args.input, "shifts file")
-        out = _check_output(args.output, args.overwrite, args.input)
+        _check_output(args.shifts, args.overwrite, args.input, "shifts file", mask=args.mask)
+        out = _check_output(args.output, args.overwrite, args.input, mask=args.mask)
         stale = [] if out is None else stale_partials(out)
         if stale and args.overwrite:
             _remove_stale(out)

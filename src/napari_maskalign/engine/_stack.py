@@ -599,8 +599,10 @@ def register_stack(
         in ``reference_range``; ``"previous"``: each frame against the one
         before, shifts accumulated to the first frame; ``"template"``:
         register to the mean, average the aligned frames, register again
-        (``template_iterations`` times) -- for noisy data. Template shifts are
-        relative to the template's (average) position.
+        (``template_iterations`` times) -- for noisy data. Template shifts
+        register each frame onto the final template; they are not re-centred,
+        but since the first template is the plain mean of the frames, they sit
+        near the frames' average position rather than near frame 0.
     mask : ndarray of bool, optional
         True on valid pixels (engine convention), one frame's shape; static
         over the stack. A painted beam-block mask (nonzero = ignore) converts
