@@ -79,8 +79,9 @@ class MaskWidget(PicksMask, QWidget):
             Labels,
             none_label="(no mask yet)",
             label="mask",
-            tooltip="The mask layer that Load, Save, Invert, Grow, Shrink and Clear act on. "
-            "Nonzero (painted) pixels are ignored by registration.",
+            tooltip="The mask layer that Save, Invert, Grow, Shrink and Clear act on (New, "
+            "Suggest and Load fill '<image> mask' and choose it here). Nonzero (painted) pixels "
+            "are ignored by registration.",
         )
         self.pixels = SpinBox(
             value=3,
