@@ -278,3 +278,20 @@ def test_editing_a_lazy_aligned_stack_keeps_it_lazy(qtbot, viewer_model, small_s
             np.asarray(aligned.data[i]), apply_shifts(small_stack.stack[i : i + 1], shifts[i : i + 1])[0],
             equal_nan=True,
         )
+
+
+def test_closing_the_widget_during_a_job_stops_it_quietly(qtbot, tmp_path, viewer_model):
+    """No slot may reach the deleted widget (pytest-qt fails on exceptions in Qt callbacks)."""
+    viewer_model.add_image(np.random.default_rng(0).random((300, 128, 128)).astype(np.float32),
+                           name="s")
+    path = tmp_path / "s.csv"
+    path.write_text("frame,shift_y,shift_x,quality\n"
+                    + "".join(f"{i},0.5,0.5,1\n" for i in range(300)))
+    w = ShiftsWidget(viewer_model)
+    w.stack_combo.value = viewer_model.layers["s"]
+    worker = w.import_csv(path)
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        w.deleteLater()
+    assert worker.abort_requested
+    assert "s aligned" not in viewer_model.layers

@@ -440,17 +440,25 @@ def start_worker(
     errored: Callable | None = None,
     aborted: Callable | None = None,
     finished: Callable | None = None,
+    owner=None,
 ):
     """Run generator ``job`` in a napari worker with a progress bar in the activity dock.
 
     The slots run in the main thread (Qt queues the signals), so they are the
-    only place that touches layers or widgets.
+    only place that touches layers or widgets. When the QWidget ``owner`` is
+    destroyed, the worker is told to stop and the slots are no longer called
+    (signals already queued would otherwise reach a deleted widget).
     """
     from napari.qt.threading import create_worker
 
     worker = create_worker(
         job, *args, _progress={"total": int(total), "desc": desc}, _ignore_errors=True
     )
+    alive = [True]
+
+    def guarded(slot):
+        return lambda *a: slot(*a) if alive[0] else None
+
     for name, slot in (
         ("yielded", yielded),
         ("returned", returned),
@@ -459,6 +467,23 @@ def start_worker(
         ("finished", finished),
     ):
         if slot is not None:
-            getattr(worker, name).connect(slot)
+            getattr(worker, name).connect(guarded(slot) if owner is not None else slot)
+    if owner is not None:
+        # a partial of plain objects (no bound method) still runs while the owner dies
+        gone = functools.partial(_owner_gone, alive, worker)
+        owner.destroyed.connect(gone)
+        worker.finished.connect(functools.partial(_forget_owner, owner, gone))
     worker.start()
     return worker
+
+
+def _owner_gone(alive: list, worker, *_) -> None:
+    alive[0] = False
+    worker.quit()
+
+
+def _forget_owner(owner, gone) -> None:
+    try:
+        owner.destroyed.disconnect(gone)
+    except (RuntimeError, TypeError):  # the owner is already gone
+        pass

@@ -124,7 +124,7 @@ class RegisterWidget(PicksMask, QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self._box: dict = {"worker": None}  # shared with the destroyed-slot
+        self.worker = None  # the running napari worker, or None
         self.setMinimumWidth(340)
         self.job: RegisterJob | None = None
         self.last_result: RegistrationResult | None = None
@@ -140,16 +140,6 @@ class RegisterWidget(PicksMask, QWidget):
         self.preview.changed.connect(self._on_preview_changed)
         self._on_image_changed()
         self._on_reference_changed()
-        self.destroyed.connect(functools.partial(_quit_worker, self._box))
-
-    @property
-    def worker(self):
-        """The running napari worker, or None."""
-        return self._box["worker"]
-
-    @worker.setter
-    def worker(self, value) -> None:
-        self._box["worker"] = value
 
     # -- layout -----------------------------------------------------------
 
@@ -442,6 +432,7 @@ class RegisterWidget(PicksMask, QWidget):
             errored=self._on_errored,
             aborted=self._on_aborted,
             finished=self._on_finished,
+            owner=self,
         )
         return self.worker
 
@@ -632,10 +623,3 @@ class RegisterWidget(PicksMask, QWidget):
             )
 
         return xcorr_step, peak_step
-
-
-def _quit_worker(box: dict, *_) -> None:
-    """Stop a running worker when its widget is destroyed."""
-    worker = box.get("worker")
-    if worker is not None:
-        worker.quit()

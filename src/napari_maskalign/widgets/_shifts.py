@@ -661,7 +661,7 @@ class ShiftsWidget(QWidget):
         self.worker = start_worker(
             align_job, data, np.asarray(meta["shifts"], float), lazy, kwargs,
             total=0 if lazy else n, desc=desc,
-            yielded=yielded, returned=returned, errored=errored, finished=finished,
+            yielded=yielded, returned=returned, errored=errored, finished=finished, owner=self,
         )
         self.refresh()  # disables the buttons while it runs
         return self.worker
