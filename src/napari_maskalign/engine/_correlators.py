@@ -44,6 +44,10 @@ class CorrelationPeak:
     quality: float
     peak_value: complex | float = 0.0
     xcorr: np.ndarray | None = None
+    # spectral energies of reference and moving image (unmasked correlation
+    # only): scikit-image's error metric is computed from them
+    ref_energy: float = 0.0
+    mov_energy: float = 0.0
 
 
 def _window(surface: np.ndarray, radius: int) -> np.ndarray:
@@ -211,9 +215,14 @@ class PhaseCorrelator:
         if xcorr_radius is not None:
             surface = cc / np.sqrt(amp) * size if (amp > 0 and self.normalization is None) else cc
             window = _window(surface, xcorr_radius)
-        out = CorrelationPeak(shift=shift, quality=quality, peak_value=peak, xcorr=window)
-        out.ref_energy, out.mov_energy = self.ref_energy, mov_energy
-        return out
+        return CorrelationPeak(
+            shift=shift,
+            quality=quality,
+            peak_value=peak,
+            xcorr=window,
+            ref_energy=self.ref_energy,
+            mov_energy=mov_energy,
+        )
 
     def _evaluate(self, spectrum: np.ndarray, shift: np.ndarray) -> float:
         """The real inverse transform of ``spectrum`` at one (fractional) position."""
