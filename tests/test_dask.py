@@ -10,8 +10,9 @@ import tifffile
 
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
-from napari_maskalign.engine import FrameRegistrar, register_stack
-from napari_maskalign.engine._dask import _local_groups, active_client, iter_register_chunks
+from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, register_stack
+from napari_maskalign.engine._dask import active_client, iter_register_chunks
+from napari_maskalign.engine._frames import frame_groups, iter_frames
 
 
 @pytest.fixture(scope="module")
@@ -20,34 +21,33 @@ def sample():
 
 
 def registrar_for(sample, **kw):
-    return FrameRegistrar(sample.stack[0], valid_mask=sample.valid, upsample_factor=20, **kw)
+    return FrameRegistrar(sample.stack[0], sample.valid, RegistrationOptions(upsample_factor=20, **kw))
 
 
 def collect(chunks, n, ndim):
     shifts = np.full((n, ndim), np.nan)
     quality = np.full(n, np.nan)
-    for frames, s, q, _ in chunks:
-        shifts[frames], quality[frames] = s, q
+    for frames, records in chunks:
+        shifts[frames] = [r.shift for r in records]
+        quality[frames] = [r.quality for r in records]
     return shifts, quality
 
 
-def test_chunks_on_local_scheduler_match_in_process(sample):
+def test_dask_on_the_local_scheduler_matches_numpy(sample):
     expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20)
     stack = da.from_array(sample.stack, chunks=(5, 64, 64))
-    out = list(iter_register_chunks(stack, registrar_for(sample)))
-    assert sorted(np.concatenate([f for f, *_ in out]).tolist()) == list(range(12))
-    shifts, quality = collect(out, 12, 2)
-    np.testing.assert_array_equal(shifts, expected.raw_shifts)
-    np.testing.assert_array_equal(quality, expected.quality)
-    assert np.abs(shifts - sample.expected_shifts()).max() < 0.1
+    result = register_stack(stack, mask=sample.valid, upsample_factor=20)
+    np.testing.assert_array_equal(result.raw_shifts, expected.raw_shifts)
+    np.testing.assert_array_equal(result.quality, expected.quality)
+    assert np.abs(result.shifts - sample.expected_shifts()).max() < 0.1
 
 
-def test_local_groups_are_whole_chunks_of_about_target_frames():
-    groups = list(_local_groups((5,) * 8, 0, 16))
-    assert groups == [(0, 20), (20, 40)]
-    assert list(_local_groups((1,) * 40, 7, 16)) == [(7, 23), (23, 39), (39, 40)]
-    assert list(_local_groups((50, 50), 10, 16)) == [(10, 50), (50, 100)]
-    assert list(_local_groups((3,), 0, 16)) == [(0, 3)]
+def test_frame_groups_are_whole_chunks_of_about_target_frames():
+    assert list(frame_groups((5,) * 8, 0, 16)) == [(0, 20), (20, 40)]
+    assert list(frame_groups((1,) * 40, 7, 16)) == [(7, 23), (23, 39), (39, 40)]
+    assert list(frame_groups((50, 50), 10, 16)) == [(10, 50), (50, 100)]
+    assert list(frame_groups((3,), 0, 16)) == [(0, 3)]
+    assert list(frame_groups((1,) * 40, 7, 16, stop=30)) == [(7, 23), (23, 30)]
 
 
 def test_one_frame_chunks_are_read_in_groups(sample, tmp_path, monkeypatch):
@@ -61,28 +61,28 @@ def test_one_frame_chunks_are_read_in_groups(sample, tmp_path, monkeypatch):
     real = da.Array.compute
 
     def counting(self, **kw):
-        computes.append(self.shape[0])
+        if self.ndim == 3:  # groups of frames (the reference frame is read on its own)
+            computes.append(self.shape[0])
         return real(self, **kw)
 
     monkeypatch.setattr(da.Array, "compute", counting)
-    out = list(iter_register_chunks(lazy, registrar_for(sample), start=2))
+    assert len(list(iter_frames(lazy, 2, 40))) == 38
     assert computes == [16, 16, 6]
-    assert [len(f) for f, *_ in out] == [16, 16, 6]
-    shifts, _ = collect(out, 40, 2)
+    computes.clear()
+    result = register_stack(lazy, mask=sample.valid, upsample_factor=20, start=2)
+    assert computes == [16, 16, 6]
     expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20).raw_shifts
-    np.testing.assert_array_equal(shifts[2:], expected[np.arange(2, 40) % 12])
+    np.testing.assert_array_equal(result.raw_shifts, expected[np.arange(2, 40) % 12])
 
 
 def test_start_skips_done_frames_and_xcorr_comes_back(sample):
     stack = da.from_array(sample.stack, chunks=(4, 32, 64))  # split frames are made whole
-    out = list(iter_register_chunks(stack, registrar_for(sample, xcorr_radius=3), start=6))
-    frames = np.concatenate([f for f, *_ in out])
-    assert frames.tolist() == list(range(6, 12))
-    windows = np.concatenate([x for *_, x in out])
-    shifts = np.concatenate([s for _, s, _, _ in out])
-    assert windows.shape == (6, 7, 7) and windows.dtype == np.float32
+    r = register_stack(stack, mask=sample.valid, upsample_factor=20, start=6,
+                       return_xcorr=True, xcorr_radius=3)
+    assert r.n_frames == 6
+    assert r.xcorr.shape == (6, 7, 7) and r.xcorr.dtype == np.float32
     # each correlation window peaks within a pixel of the frame's shift
-    for shift, window in zip(shifts, windows):
+    for shift, window in zip(r.shifts, r.xcorr):
         peak = np.array(np.unravel_index(np.argmax(window), window.shape)) - 3
         assert np.all(np.abs(peak - shift) <= 1), (peak, shift)
 
@@ -90,22 +90,20 @@ def test_start_skips_done_frames_and_xcorr_comes_back(sample):
 def test_bad_calls(sample):
     reg = registrar_for(sample)
     with pytest.raises(TypeError, match="dask array"):
-        next(iter_register_chunks(sample.stack, reg))
+        next(iter_register_chunks(sample.stack, reg, client=None))
     with pytest.raises(ValueError, match="start must be"):
-        next(iter_register_chunks(da.from_array(sample.stack), reg, start=12))
+        next(iter_register_chunks(da.from_array(sample.stack), reg, client=None, start=12))
     other = da.zeros((3, 32, 32), chunks=(1, 32, 32))
     with pytest.raises(ValueError, match=r"frames have shape \(32, 32\)"):
-        next(iter_register_chunks(other, reg))
+        next(iter_register_chunks(other, reg, client=None))
 
 
 def test_local_scheduler_is_used_without_a_client(sample):
     assert active_client() is None
     with dask.config.set(scheduler="synchronous"):
         assert active_client() is None
-        out = list(
-            iter_register_chunks(da.from_array(sample.stack, chunks=6), registrar_for(sample))
-        )
-    assert [len(f) for f, *_ in out] == [12]  # two chunks of 6, read as one group
+        r = register_stack(da.from_array(sample.stack, chunks=6), mask=sample.valid)
+    assert r.n_frames == 12
 
 
 def test_local_cluster_with_two_worker_processes_matches_in_process(sample, tmp_path):
@@ -130,8 +128,8 @@ def test_local_cluster_with_two_worker_processes_matches_in_process(sample, tmp_
     ):
         assert active_client() is client
         with distributed.get_task_stream(client) as stream:
-            out = list(iter_register_chunks(lazy, registrar_for(sample, workers=1)))
-        assert sorted(len(f) for f, *_ in out) == [4, 4, 4]
+            out = list(iter_register_chunks(lazy, registrar_for(sample, workers=1), client))
+        assert sorted(len(f) for f, _ in out) == [4, 4, 4]
         ran = [t for t in stream.data if "register-chunk" in str(t["key"])]
         assert len(ran) == 3  # one task per chunk, run by the cluster's workers
         assert {t["worker"] for t in ran} <= set(client.scheduler_info()["workers"])

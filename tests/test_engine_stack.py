@@ -16,6 +16,7 @@ from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.engine import (
     FrameRegistrar,
     Progress,
+    RegistrationOptions,
     RegistrationResult,
     flag_outliers,
     iter_register_stack,
@@ -36,14 +37,11 @@ def integer_drift(n, seed=0, high=4):
     return d
 
 
-def run(gen):
-    """Drain a generator; return (progress list, returned value)."""
-    progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            return progress, stop.value
+def run(r):
+    """Drain a registration run; return (progress list, result)."""
+    progress = list(r)
+    assert len(progress) == r.total  # the run says up front how many steps it takes
+    return progress, r.result
 
 
 def assert_same_result(a: RegistrationResult, b: RegistrationResult):
@@ -236,7 +234,7 @@ def test_frame_registrar_max_shift_subpixel_stays_inside():
     """The subpixel refinement must not walk out of the max_shift box."""
     s = synth(2, drift=np.array([[0, 0], [3.4, -3.45]]), beam_block=False)
     for mask in (None, np.ones(SHAPE, bool)):
-        reg = FrameRegistrar(s.stack[0], valid_mask=mask, max_shift=3, upsample_factor=20)
+        reg = FrameRegistrar(s.stack[0], mask, RegistrationOptions(max_shift=3, upsample_factor=20))
         shift = reg.register(s.stack[1]).shift
         assert np.all(np.abs(shift) <= 3 + 1e-9), shift
         np.testing.assert_allclose(np.abs(shift), [3, 3], atol=0.05 + 1e-9)
@@ -281,7 +279,7 @@ def test_constant_frame_gets_quality_zero(reference, masked):
 
 def test_constant_frame_registrar_returns_empty_result():
     s = synth(2)
-    reg = FrameRegistrar(s.stack[0], valid_mask=s.valid, xcorr_radius=3)
+    reg = FrameRegistrar(s.stack[0], s.valid, RegistrationOptions(return_xcorr=True, xcorr_radius=3))
     out = reg.register(np.full(SHAPE, 5.0, np.float32))
     assert out.quality == 0.0
     np.testing.assert_array_equal(out.shift, [0, 0])
@@ -422,6 +420,48 @@ def test_generator_yields_progress_per_frame_and_returns_result():
     assert_same_result(result, register_stack(s.stack, mask=s.valid, upsample_factor=10))
 
 
+def test_the_result_is_the_value_of_yield_from_and_of_run():
+    """A caller's own generator gets the result with `yield from` (no StopIteration loop)."""
+    s = synth(4, noise="poisson")
+
+    def job():
+        result = yield from iter_register_stack(s.stack, mask=s.valid, upsample_factor=10)
+        return result
+
+    gen, steps = job(), 0
+    try:
+        while True:
+            next(gen)
+            steps += 1
+    except StopIteration as stop:
+        via_yield_from = stop.value
+    assert steps == 4
+    assert_same_result(via_yield_from, iter_register_stack(s.stack, mask=s.valid, upsample_factor=10).run())
+
+
+def test_options_object_and_keywords_give_the_same_run():
+    s = synth(5)
+    opts = RegistrationOptions(upsample_factor=10, max_shift=6)
+    a = iter_register_stack(s.stack, mask=s.valid, options=opts).run()
+    b = register_stack(s.stack, mask=s.valid, upsample_factor=10, max_shift=6)
+    c = iter_register_stack(s.stack, mask=s.valid, options=opts, reference=2).run()
+    assert_same_result(a, b)
+    assert c.params["reference"] == 2 and c.params["max_shift"] == 6
+
+
+def test_peaks_are_the_correlation_peaks_of_each_comparison():
+    """With reference="previous" the peak is the step from the frame before (where the
+    preview window peaks); against a fixed reference it is the shift itself."""
+    s = synth(6, noise="poisson")
+    fixed = register_stack(s.stack, mask=s.valid, upsample_factor=20)
+    np.testing.assert_array_equal(fixed.peaks, fixed.raw_shifts)
+    chain = register_stack(s.stack, mask=s.valid, upsample_factor=20, reference="previous")
+    np.testing.assert_allclose(np.cumsum(chain.peaks, axis=0), chain.raw_shifts, atol=1e-9)
+    steps = s.expected_shifts()[1:] - s.expected_shifts()[:-1]
+    np.testing.assert_allclose(chain.peaks[1:], steps, atol=0.15)
+    np.testing.assert_array_equal(chain.peaks[0], [0, 0])
+
+
 def test_result_fields():
     s = synth(5)
     r = register_stack(s.stack, mask=s.valid, upsample_factor=4)
@@ -437,15 +477,14 @@ def test_result_fields():
 def test_frame_registrar_is_picklable():
     s = synth(3, noise="poisson")
     for mask in (s.valid, None):
-        reg = FrameRegistrar(s.stack[0], valid_mask=mask, upsample_factor=20, xcorr_radius=3)
+        opts = RegistrationOptions(upsample_factor=20, return_xcorr=True, xcorr_radius=3)
+        reg = FrameRegistrar(s.stack[0], mask, opts)
         clone = pickle.loads(pickle.dumps(reg))
         a, b = reg.register(s.stack[2]), clone.register(s.stack[2])
         np.testing.assert_array_equal(a.shift, b.shift)
+        np.testing.assert_array_equal(a.peak, a.shift)
         assert a.quality == b.quality
         np.testing.assert_array_equal(a.xcorr, b.xcorr)
-        block = reg.register_block(s.stack)
-        assert block.shape == (3, 3)
-        np.testing.assert_array_equal(block[2, :2], a.shift)
 
 
 # ---------------------------------------------------------------------------
@@ -496,9 +535,8 @@ def _bad_cases():
 def test_bad_input_raises_value_error(match, kwargs):
     kwargs = dict(kwargs)
     stack = kwargs.pop("stack", synth(4).stack)
-    gen = iter_register_stack(stack, **kwargs)
     with pytest.raises(ValueError, match=match):
-        next(gen)
+        next(iter_register_stack(stack, **kwargs))
     with pytest.raises(ValueError, match=match):
         register_stack(stack, **kwargs)
 
@@ -521,9 +559,8 @@ def test_nonfinite_frame_outside_the_mask_raises_when_reached():
 def test_bad_input_never_yields_first():
     """Errors in the arguments come before any progress (a GUI shows no half-run)."""
     s = synth(4)
-    gen = iter_register_stack(s.stack, mask=s.valid, reference="mean", reference_range=(2, 1))
-    with pytest.raises(ValueError):
-        next(gen)
+    with pytest.raises(ValueError):  # already when the run is made: nothing is read
+        iter_register_stack(s.stack, mask=s.valid, reference="mean", reference_range=(2, 1))
 
 
 # ---------------------------------------------------------------------------

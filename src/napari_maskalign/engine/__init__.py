@@ -3,13 +3,19 @@
 * :func:`phase_cross_correlation` -- drop-in for scikit-image's, faster, with
   subpixel masked registration;
 * :func:`register_stack` / :func:`iter_register_stack` -- a whole stack
-  against a reference, in a bounded-memory stream;
+  against a reference, in a bounded-memory stream; the settings as one
+  :class:`RegistrationOptions`;
 * :func:`apply_shifts` -- aligned copies (numpy or lazy dask);
 * mask helpers, with the one conversion between painted masks (nonzero =
   ignore) and engine masks (True = valid): :func:`valid_from_ignore`.
+
+The algorithms are Padfield's masked normalized cross-correlation (2012) and
+the matrix-multiply DFT of Guizar-Sicairos et al. (2008); the References of
+:func:`register_stack` give their DOIs.
 """
 
-from ._correlators import MaskedCorrelator, PhaseCorrelator
+from ._correlators import PhaseCorrelator
+from ._masked import MaskedCorrelator
 from ._masks import (
     check_valid_mask,
     grow_ignore,
@@ -17,26 +23,26 @@ from ._masks import (
     suggest_beam_block,
     valid_from_ignore,
 )
+from ._options import RegistrationOptions
+from ._outliers import flag_outliers, interpolate_flagged
 from ._pcc import phase_cross_correlation
-from ._result import Progress, RegistrationResult
-from ._shift import apply_shifts
-from ._stack import (
-    FrameRegistrar,
-    FrameResult,
-    flag_outliers,
-    interpolate_flagged,
-    iter_register_stack,
-    register_stack,
-)
+from ._registrar import FrameRegistrar
+from ._result import FrameRecord, Progress, RegistrationResult, build_result
+from ._shift import aligned_dtype, apply_shifts
+from ._stack import RegistrationRun, iter_register_stack, register_stack
 
 __all__ = [
+    "FrameRecord",
     "FrameRegistrar",
-    "FrameResult",
     "MaskedCorrelator",
     "PhaseCorrelator",
     "Progress",
+    "RegistrationOptions",
     "RegistrationResult",
+    "RegistrationRun",
+    "aligned_dtype",
     "apply_shifts",
+    "build_result",
     "check_valid_mask",
     "flag_outliers",
     "grow_ignore",

@@ -16,7 +16,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "check_mask",
     "check_valid_mask",
+    "finite_where_valid",
     "grow_ignore",
     "shrink_ignore",
     "suggest_beam_block",
@@ -60,6 +62,33 @@ def check_valid_mask(valid: np.ndarray, frame_shape: tuple[int, ...], what: str 
         raise ValueError(f"the {what} masks every pixel: nothing is left to register")
     if n_valid < 4:
         raise ValueError(f"the {what} leaves only {n_valid} valid pixels: too few to register")
+
+
+def check_mask(mask, frame_shape: tuple[int, ...]) -> np.ndarray | None:
+    """An engine mask argument checked: None, or a boolean valid mask of one frame."""
+    if mask is None:
+        return None
+    valid = np.asarray(mask)
+    if valid.dtype != bool:
+        raise ValueError(
+            "mask must be a boolean array with True on valid pixels (engine convention); "
+            "convert a painted mask (nonzero = ignore) with valid_from_ignore()"
+        )
+    check_valid_mask(valid, frame_shape)
+    return valid
+
+
+def finite_where_valid(image: np.ndarray, valid: np.ndarray, message: str) -> np.ndarray:
+    """``image`` with NaN or inf under the mask (``valid`` False) set to 0.
+
+    Raises ``ValueError(message)`` when a valid pixel is NaN or inf. Returns
+    ``image`` itself (no copy) when every pixel is finite.
+    """
+    if np.isfinite(image).all():
+        return image
+    if not np.isfinite(image[valid]).all():
+        raise ValueError(message)
+    return np.where(valid, image, 0)
 
 
 def _ball(radius: int, ndim: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Result and progress types of the stack engine."""
+"""The engine's records: one per frame, one progress step, one result per run."""
 
 from __future__ import annotations
 
@@ -7,26 +7,76 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Progress", "RegistrationResult"]
+from ._outliers import flag_outliers, interpolate_flagged
+
+__all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """The registration of one frame: the one per-frame record of the engine.
+
+    Attributes
+    ----------
+    shift : ndarray, shape (ndim,)
+        Shift that registers the frame onto the run's reference
+        (scikit-image's sign convention). With ``reference="previous"`` the
+        accumulated shift to the first frame.
+    quality : float
+        Match quality in [0, 1]; 0 for a frame that cannot be registered.
+    peak : ndarray, shape (ndim,)
+        Where the correlation peaked against the reference the frame was
+        compared with: the position of the peak in :attr:`xcorr` relative to
+        the window's centre. Equals ``shift`` except with
+        ``reference="previous"``, where it is the step from the frame before.
+    xcorr : ndarray or None
+        The correlation window around zero shift (when asked for).
+    """
+
+    shift: np.ndarray
+    quality: float
+    peak: np.ndarray
+    xcorr: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Yielded by :func:`iter_register_stack` after every frame.
+    """Yielded by a registration run after every frame.
 
     ``done`` counts frame registrations finished out of ``total`` (template
     refinement registers every frame more than once, so ``total`` may exceed
-    the number of frames). ``frame`` is the index just registered, ``shift``
-    and ``quality`` its result in the pass under way, ``stage`` a short text
-    for a progress bar ("registering", "refining template 1/2", ...).
+    the number of frames). ``frame`` is the index just registered and
+    ``record`` its result in the pass under way; ``stage`` is a short text for
+    a progress bar ("registering", "refining template 1/2", ...).
     """
 
     done: int
     total: int
     frame: int
-    shift: np.ndarray
-    quality: float
+    record: FrameRecord
     stage: str = "registering"
+
+    @property
+    def shift(self) -> np.ndarray:
+        return self.record.shift
+
+    @property
+    def quality(self) -> float:
+        return self.record.quality
+
+
+def shift_transforms(shifts) -> np.ndarray:
+    """Homogeneous matrices ``(n, ndim + 1, ndim + 1)`` of pure shifts.
+
+    Data-axis (row, col) order, as napari's ``affine``: each maps a pixel
+    coordinate of a moving frame to the reference coordinate where that
+    content belongs, ``[[1, 0, sy], [0, 1, sx], [0, 0, 1]]`` in 2D.
+    """
+    shifts = np.asarray(shifts, dtype=float)
+    n, ndim = shifts.shape
+    out = np.broadcast_to(np.eye(ndim + 1), (n, ndim + 1, ndim + 1)).copy()
+    out[:, :ndim, ndim] = shifts
+    return out
 
 
 @dataclass
@@ -49,21 +99,24 @@ class RegistrationResult:
         Frames whose quality or shift jump is implausible.
     raw_shifts : ndarray, shape (n_frames, ndim)
         Shifts as measured, before any outlier interpolation.
+    peaks : ndarray, shape (n_frames, ndim)
+        Each frame's correlation peak against the image it was compared with
+        (see :attr:`FrameRecord.peak`): where the peak sits in its
+        :attr:`xcorr` window, relative to the centre.
     xcorr : ndarray, shape (n_frames, *window), or None
         The correlation surface around each frame's peak, zero shift at the
         window's centre (only when requested).
     params : dict
-        The parameters the registration ran with.
+        The settings the registration ran with.
     model : str
-        The transform model. Only ``"translation"`` exists today; the field is
-        here so that rotation/scale (log-polar) can be added later without
-        changing the result's shape for translation users.
+        The transform model: ``"translation"``.
     """
 
     shifts: np.ndarray
     quality: np.ndarray
     outliers: np.ndarray
     raw_shifts: np.ndarray
+    peaks: np.ndarray | None = None
     xcorr: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
     model: str = "translation"
@@ -76,6 +129,12 @@ class RegistrationResult:
     def ndim(self) -> int:
         return int(self.shifts.shape[1])
 
+    @property
+    def transforms(self) -> np.ndarray:
+        """Per-frame homogeneous matrices ``(n_frames, ndim + 1, ndim + 1)``, napari's
+        ``affine`` convention: moving-frame pixel -> reference coordinate."""
+        return shift_transforms(self.shifts)
+
     def __repr__(self) -> str:  # keep it short: arrays can be long
         mag = np.linalg.norm(self.shifts, axis=1) if self.n_frames else np.zeros(0)
         return (
@@ -84,3 +143,35 @@ class RegistrationResult:
             f"max |shift|={mag.max() if mag.size else 0:.3f} px, "
             f"outliers={int(self.outliers.sum())}, model={self.model!r})"
         )
+
+
+def build_result(
+    raw_shifts,
+    quality,
+    options,
+    *,
+    peaks=None,
+    xcorr=None,
+    params: dict | None = None,
+) -> RegistrationResult:
+    """A result from a table of measured shifts: outliers flagged with the
+    options' thresholds and, if asked for, interpolated.
+
+    The engine ends every run here; the workflow ends a resumed run here
+    too, over the whole table (earlier frames included).
+    """
+    raw = np.asarray(raw_shifts, dtype=float)
+    quality = np.asarray(quality, dtype=float)
+    outliers = flag_outliers(
+        raw, quality, max_jump=options.max_jump, min_quality=options.min_quality
+    )
+    shifts = interpolate_flagged(raw, outliers) if options.interpolate_outliers else raw.copy()
+    return RegistrationResult(
+        shifts=shifts,
+        quality=quality,
+        outliers=outliers,
+        raw_shifts=raw,
+        peaks=raw.copy() if peaks is None else np.asarray(peaks, dtype=float),
+        xcorr=xcorr,
+        params={**options.describe(), **(params or {})},
+    )

@@ -6,11 +6,18 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._correlators import _outer_and
+from ._correlators import outer_and
 
-__all__ = ["apply_shifts", "shift_frame"]
+__all__ = ["aligned_dtype", "apply_shifts", "shift_frame"]
 
 METHODS = ("spline", "fourier")
+
+
+def aligned_dtype(dtype) -> np.dtype:
+    """The dtype of an aligned copy: float inputs keep theirs, others become float32
+    (shifting interpolates, and pixels from outside the field become NaN)."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.kind == "f" else np.dtype(np.float32)
 
 
 def _inside(shape, shift) -> np.ndarray:
@@ -19,14 +26,14 @@ def _inside(shape, shift) -> np.ndarray:
     for n, s in zip(shape, shift):
         src = np.arange(n) - s  # output pixel x samples the input at x - s
         flags.append((src >= -1e-6) & (src <= n - 1 + 1e-6))
-    return _outer_and(flags)
+    return outer_and(flags)
 
 
 def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan) -> np.ndarray:
     """Shift one frame by ``shift`` (pixels, per axis); outside pixels get ``fill_value``."""
     frame = np.asarray(frame)
     shift = np.asarray(shift, dtype=float)
-    out_dtype = frame.dtype if frame.dtype.kind == "f" else np.dtype(np.float32)
+    out_dtype = aligned_dtype(frame.dtype)
     work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
     if not np.any(shift):
         out = work.astype(out_dtype, copy=True)
@@ -118,9 +125,8 @@ def apply_shifts(
     aligned : ndarray or dask array
     valid : ndarray or dask array of bool (only with ``return_valid``)
     """
-    dtype = np.dtype(stack.dtype)
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
-    out_dtype = dtype if dtype.kind == "f" else np.dtype(np.float32)
+    out_dtype = aligned_dtype(stack.dtype)
     frame_shape = tuple(stack.shape[1:])
     base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
     kw = dict(method=method, order=order, fill_value=fill_value)

@@ -1,0 +1,98 @@
+"""Reading frames from any stack: the one rule for dask arrays and for grouping reads.
+
+A stack is anything with ``shape``, ``dtype`` and per-frame indexing: numpy
+(memory-mapped or not), zarr, the lazy file stacks of :mod:`napari_maskalign.io`
+or dask. Dask stacks are read in groups of whole chunks, since every dask
+compute costs time in proportion to the array's chunk count (a folder of
+100,000 files is 100,000 chunks: one compute per frame would make a long
+stack quadratic); everything else is read frame by frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+__all__ = [
+    "GROUP_BYTES",
+    "GROUP_FRAMES",
+    "check_stack",
+    "frame_groups",
+    "group_target",
+    "is_dask",
+    "iter_frames",
+    "read_frame",
+]
+
+#: dask stacks are read in groups of whole chunks of at least this many frames ...
+GROUP_FRAMES = 16
+#: ... but fewer when frames are large
+GROUP_BYTES = 32 * 2**20
+
+
+def is_dask(stack) -> bool:
+    """Whether ``stack`` is a dask array (without importing dask)."""
+    return type(stack).__module__.startswith("dask.") and hasattr(stack, "to_delayed")
+
+
+def check_stack(stack):
+    """``(stack, shape)`` for a stack of 2D or 3D frames; ``ValueError`` in plain words."""
+    if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__") or not hasattr(
+        stack, "dtype"
+    ):
+        stack = np.asarray(stack)
+    shape = tuple(int(s) for s in stack.shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"expected a stack of 2D or 3D frames (frames along the first axis), got an "
+            f"array of shape {shape}"
+        )
+    if shape[0] < 1:
+        raise ValueError("the stack has no frames")
+    if any(n < 2 for n in shape[1:]):
+        raise ValueError(f"frames of shape {shape[1:]} are too small to register")
+    dt = np.dtype(stack.dtype)
+    if dt.kind not in "biuf":
+        raise ValueError(f"cannot register images of dtype {dt}: expected real numbers")
+    return stack, shape
+
+
+def group_target(frame_shape, dtype) -> int:
+    """Frames per read group: ``GROUP_FRAMES``, fewer for frames above ``GROUP_BYTES / 16``."""
+    frame_bytes = max(1, int(np.prod(frame_shape)) * np.dtype(dtype).itemsize)
+    return int(max(1, min(GROUP_FRAMES, GROUP_BYTES // frame_bytes)))
+
+
+def frame_groups(chunks0, start: int, target: int, stop: int | None = None):
+    """``(lo, hi)`` frame ranges from ``start`` to ``stop``: whole chunks (``chunks0``
+    are the chunk lengths along the frame axis), at least ``target`` frames each."""
+    edges = np.cumsum(chunks0)
+    n = int(edges[-1]) if len(edges) else 0
+    stop = n if stop is None else min(int(stop), n)
+    lo = start
+    while lo < stop:
+        k = int(np.searchsorted(edges, lo + target, side="left"))
+        hi = int(edges[k]) if k < len(edges) else n
+        hi = min(hi, stop)
+        yield lo, hi
+        lo = hi
+
+
+def read_frame(stack, i: int, dtype=None) -> np.ndarray:
+    """Frame ``i`` as a numpy array (of ``dtype`` if given)."""
+    f = stack[int(i)]
+    if hasattr(f, "compute"):
+        f = f.compute()
+    return np.asarray(f, dtype=dtype)
+
+
+def iter_frames(stack, start: int, stop: int, dtype=None) -> Iterator[np.ndarray]:
+    """Frames ``start..stop-1`` in order, one at a time (dask: read in groups)."""
+    if not is_dask(stack):
+        for i in range(start, stop):
+            yield read_frame(stack, i, dtype)
+        return
+    target = group_target(stack.shape[1:], stack.dtype)
+    for lo, hi in frame_groups(stack.chunks[0], start, target, stop):
+        yield from np.asarray(stack[lo:hi].compute(), dtype=dtype)

@@ -1,0 +1,150 @@
+"""Registering single frames against one reference: checks once, one record per frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._correlators import PhaseCorrelator
+from ._fft import default_workers, real_dtype_for
+from ._masked import MaskedCorrelator
+from ._masks import check_valid_mask
+from ._options import RegistrationOptions
+from ._result import FrameRecord
+
+__all__ = ["FrameRegistrar", "has_contrast"]
+
+
+def has_contrast(frame, valid=None) -> bool:
+    """Whether ``frame`` can serve as a reference: not constant on its valid pixels."""
+    vals = frame if valid is None else frame[valid]
+    return vals.size > 0 and bool(vals.max() > vals.min())
+
+
+class FrameRegistrar:
+    """Registers single frames against one reference; picklable.
+
+    Everything that depends only on the reference and the mask (their FFTs,
+    the overlap of valid pixels, the accepted shifts, the FFT size) is
+    computed here once. This is where frames and the reference are checked:
+    the correlators below trust what they get.
+
+    Parameters
+    ----------
+    reference_image : ndarray
+        The image frames are registered onto.
+    valid_mask : ndarray of bool, optional
+        True on pixels to use (engine convention; a painted beam-block mask,
+        nonzero = ignore, converts with ``valid_from_ignore``). The same static
+        mask applies to the reference and to every frame. None: plain phase
+        correlation of whole frames.
+    options : RegistrationOptions, optional
+        The settings (upsample factor, max shift, overlap ratio,
+        normalization, workers, correlation window); defaults if omitted.
+    reference_mask : ndarray of bool, optional
+        A different valid mask for the reference (template refinement uses
+        this); defaults to ``valid_mask``.
+    dtype : numpy dtype, optional
+        Working precision (default: float32 for small inputs, else float64).
+    """
+
+    def __init__(
+        self,
+        reference_image,
+        valid_mask=None,
+        options: RegistrationOptions | None = None,
+        *,
+        reference_mask=None,
+        dtype=None,
+    ):
+        opts = RegistrationOptions() if options is None else options
+        ref = np.asarray(reference_image)
+        self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
+        ref = ref.astype(self.dtype, copy=False)
+        self.shape = ref.shape
+        self.xcorr_radius = opts.xcorr_radius if opts.return_xcorr else None
+        self.masked = valid_mask is not None
+        if self.masked:
+            valid = np.asarray(valid_mask, dtype=bool)
+            ref_valid = valid if reference_mask is None else np.asarray(reference_mask, bool)
+            check_valid_mask(ref_valid, self.shape, "reference's valid area")
+            self.valid, self.ref_valid = valid, ref_valid
+            self._check_reference(ref)
+            self._corr = MaskedCorrelator(
+                ref,
+                ref_valid,
+                valid,
+                overlap_ratio=opts.overlap_ratio,
+                upsample_factor=opts.upsample_factor,
+                max_shift=opts.max_shift,
+                shrink=True,
+                workers=opts.workers,
+                dtype=self.dtype,
+            )
+        else:
+            self.valid = self.ref_valid = None
+            self._check_reference(ref)
+            self._corr = PhaseCorrelator(
+                ref,
+                normalization=opts.normalization,
+                upsample_factor=opts.upsample_factor,
+                zero_mean=True,
+                max_shift=opts.max_shift,
+                workers=opts.workers,
+            )
+
+    def _check_reference(self, ref):
+        vals = ref[self.ref_valid] if self.masked else ref
+        if not np.all(np.isfinite(vals)):
+            where = "valid pixels" if self.masked else "pixels"
+            raise ValueError(f"the reference has NaN or inf {where}: paint them into the mask")
+        if not has_contrast(vals):
+            raise ValueError("the reference has no contrast: all its valid pixels are equal")
+
+    def set_reference(self, reference_image) -> None:
+        """Register against a new reference of the same shape (same mask): the
+        mask geometry and FFT sizes are kept, only the reference's spectra are
+        recomputed. Used by the "previous" mode."""
+        ref = np.asarray(reference_image).astype(self.dtype, copy=False)
+        if ref.shape != self.shape:
+            raise ValueError(f"the reference has shape {ref.shape}, expected {self.shape}")
+        self._check_reference(ref)
+        self._corr.set_reference(ref)
+
+    def set_workers(self, workers) -> None:
+        """Threads each FFT may use (1 when frames are registered in parallel)."""
+        self._corr.workers = default_workers(workers)
+
+    def _empty(self) -> FrameRecord:
+        window = None
+        if self.xcorr_radius is not None:
+            window = np.zeros((2 * self.xcorr_radius + 1,) * len(self.shape), np.float32)
+        zero = np.zeros(len(self.shape))
+        return FrameRecord(zero, 0.0, zero, window)
+
+    def register(self, frame) -> FrameRecord:
+        """Register one frame; a frame without contrast gets quality 0, shift 0."""
+        frame = np.asarray(frame)
+        if frame.shape != self.shape:
+            raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
+        frame = frame.astype(self.dtype, copy=False)
+        if self.masked:
+            if not np.isfinite(frame).all():
+                # min/max over the valid pixels without copying them out
+                if not np.isfinite(frame[self.valid]).all():
+                    raise ValueError(
+                        "a frame has NaN or inf pixels outside the mask: paint them into the mask"
+                    )
+                frame = np.where(self.valid, frame, 0)
+            hi = np.max(frame, where=self.valid, initial=-np.inf)
+            lo = np.min(frame, where=self.valid, initial=np.inf)
+        else:
+            hi, lo = frame.max(), frame.min()  # NaN and inf show up in these
+            if not (np.isfinite(hi) and np.isfinite(lo)):
+                raise ValueError("a frame has NaN or inf pixels: give a mask that excludes them")
+        if not hi > lo:
+            return self._empty()
+        peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
+        # grid positions are sums of 1/upsample_factor steps: round away the
+        # float dust (0.09999999999999998) so shift tables read as measured
+        shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
+        return FrameRecord(shift, float(peak.quality), shift, peak.xcorr)
