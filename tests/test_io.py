@@ -393,7 +393,7 @@ def test_writer_failure_leaves_nothing(tmp_path, sample, suffix):
 def test_writer_replaces_only_with_overwrite(tmp_path, sample):
     out = tmp_path / "a.tif"
     out.write_bytes(b"old")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="exists and overwrite was not asked for"):
         io.StackWriter(out, sample.stack.shape, np.float32)
     with io.StackWriter(out, sample.stack.shape, np.float32, overwrite=True) as w:
         w.write(sample.stack[:6])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import FrameSequence, _is_tiff, _is_zarr_dir, as_dask, is_glob, list_frame_files
+from .io import FrameSequence, as_dask, is_glob, is_tiff_name, is_zarr_dir, list_frame_files
 
 __all__ = ["get_reader", "read_frames"]
 
@@ -26,7 +26,7 @@ def _frame_source(path):
         paths = [os.fspath(p) for p in path]
         if len(paths) == 1:
             return _frame_source(paths[0])
-        if all(_is_tiff(p) and os.path.isfile(p) for p in paths):
+        if all(is_tiff_name(p) and os.path.isfile(p) for p in paths):
             return list_frame_files(paths)  # natural order, whatever order they came in
         return None
     text = os.fspath(path)
@@ -36,10 +36,10 @@ def _frame_source(path):
         except (OSError, ValueError):
             return None
     p = Path(text)
-    if not p.is_dir() or _is_zarr_dir(p):
+    if not p.is_dir() or is_zarr_dir(p):
         return None
     with os.scandir(p) as entries:
-        if not any(e.is_file() and _is_tiff(e.name) for e in entries):
+        if not any(e.is_file() and is_tiff_name(e.name) for e in entries):
             return None
     return p
 

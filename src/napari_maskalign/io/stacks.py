@@ -1,0 +1,470 @@
+"""Stacks on disk, opened without loading them.
+
+:func:`open_stack` opens a multi-page TIFF (memory-mapped when the file
+allows it, else read page by page), a folder or glob of single-frame TIFFs (a
+:class:`FrameSequence` that reads one file per frame, in natural order:
+``frame_2`` before ``frame_10``), a ``.npy`` file (memory-mapped) or a zarr
+array. Every result has ``shape``, ``dtype`` and per-frame indexing, which is
+all the engine needs; :func:`as_dask` turns any of them into a lazy dask
+array.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..engine._frames import is_dask
+
+__all__ = [
+    "FrameSequence",
+    "TiffPages",
+    "as_dask",
+    "describe_stack",
+    "is_glob",
+    "is_tiff_name",
+    "is_zarr_dir",
+    "list_frame_files",
+    "natural_key",
+    "open_stack",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------
+# file lists
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders numbers by value: ``frame_2`` before ``frame_10``."""
+    text = os.fspath(name)
+    parts = re.split(r"(\d+)", text)
+    # numbers by value, text without case; the exact name breaks ties last
+    return tuple((0, int(p)) if p.isdigit() else (1, p.lower()) for p in parts), text
+
+
+def is_glob(path) -> bool:
+    """A text with glob characters that is not itself an existing path (a folder
+    may be called ``run[1]``)."""
+    return isinstance(path, str) and any(c in path for c in "*?[") and not os.path.exists(path)
+
+
+def is_tiff_name(path: str) -> bool:
+    """Whether a file name ends in .tif or .tiff (any case)."""
+    return path.lower().endswith(TIFF_SUFFIXES)
+
+
+def is_zarr_dir(path: Path) -> bool:
+    """Whether ``path`` is a zarr store (a folder named .zarr or holding zarr metadata)."""
+    return path.is_dir() and (
+        path.suffix.lower() == ".zarr"
+        or any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+    )
+
+
+def list_frame_files(source) -> list[str]:
+    """The TIFF files of a folder, a glob pattern or a list, in natural order.
+
+    Raises ``FileNotFoundError`` when the folder does not exist or nothing
+    matches, ``ValueError`` when the folder holds no TIFF files.
+    """
+    if isinstance(source, (list, tuple)):
+        files = [os.fspath(p) for p in source]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise FileNotFoundError(f"no such file: {missing[0]}")
+        what = "the list of files"
+    elif is_glob(os.fspath(source)):
+        pattern = os.path.expanduser(os.fspath(source))
+        files = [f for f in glob.glob(pattern) if os.path.isfile(f)]
+        if not files:
+            raise FileNotFoundError(f"no files match {pattern!r}")
+        what = f"the files matching {pattern!r}"
+    else:
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {folder}")
+        files = [str(p) for p in folder.iterdir() if p.is_file() and is_tiff_name(p.name)]
+        if not files:
+            raise ValueError(f"the folder {folder} contains no .tif/.tiff files")
+        return sorted(files, key=natural_key)
+    not_tiff = [f for f in files if not is_tiff_name(f)]
+    if not_tiff:
+        raise ValueError(
+            f"{what} include files that are not TIFFs (e.g. {os.path.basename(not_tiff[0])}); "
+            "a stack of frames is read from .tif/.tiff files only"
+        )
+    return sorted(files, key=natural_key)
+
+
+# ----------------------------------------------------------------------------
+# lazy stacks
+
+
+def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """Drop leading length-1 axes of a single-frame file (e.g. (1, Y, X) -> (Y, X))."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def _tiff_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            series = tf.series[0]
+            return _frame_shape(series.shape), np.dtype(series.dtype)
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as a TIFF image: {exc}") from exc
+
+
+class _LazyArrayMixin:
+    """Indexing on top of ``_read(i) -> frame``: ints, slices, index lists, tuples."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            if not key:
+                key = slice(None)
+            else:
+                key, rest = key[0], key[1:]
+        n = self.shape[0]
+
+        def frame_index(i) -> int:
+            i = int(i)
+            if not -n <= i < n:
+                raise IndexError(f"frame {i} is out of range: the stack has {n} frames")
+            return i % n
+
+        if isinstance(key, (int, np.integer)):
+            frame = self._read(frame_index(key))
+            return frame[rest] if rest else frame
+        if isinstance(key, slice):
+            idx = range(*key.indices(n))
+        elif key is Ellipsis:
+            idx, rest = range(n), (Ellipsis, *rest)
+        else:
+            arr = np.asarray(key)
+            if arr.dtype == bool:
+                arr = np.flatnonzero(arr)
+            idx = [frame_index(i) for i in arr.ravel()]
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        for j, i in enumerate(idx):
+            out[j] = self._read(i)
+        return out[(slice(None), *rest)] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class FrameSequence(_LazyArrayMixin):
+    """A stack whose frames are single-frame TIFF files, read one file per access.
+
+    Looks like a read-only array of shape ``(n_files, *frame_shape)``:
+    ``seq[i]`` reads file ``i``; slices and index lists read the files they
+    cover. Picklable (it holds only the file names), so dask workers can read
+    frames themselves. With ``check_shapes`` (default) every file's header is
+    read once (about 0.1 ms per file) so that frames of mixed shapes or dtypes
+    are reported before any work starts; without it, a frame of the wrong
+    shape raises ``ValueError`` when it is read.
+    """
+
+    kind = "folder of TIFF frames"
+
+    def __init__(self, files: Sequence[str], *, check_shapes: bool = True):
+        files = [os.fspath(f) for f in files]
+        if not files:
+            raise ValueError("no frame files given")
+        self.files = files
+        frame_shape, dtype = _tiff_header(files[0])
+        if check_shapes:
+            for f in files[1:]:
+                s, d = _tiff_header(f)
+                if s != frame_shape:
+                    raise ValueError(
+                        f"frames have mixed shapes: {os.path.basename(f)} is {s} but "
+                        f"{os.path.basename(files[0])} is {frame_shape}; every frame of a "
+                        "stack must have the same shape"
+                    )
+                if d != dtype:
+                    raise ValueError(
+                        f"frames have mixed data types: {os.path.basename(f)} is {d} but "
+                        f"{os.path.basename(files[0])} is {dtype}"
+                    )
+        self.frame_shape = frame_shape
+        self.dtype = dtype
+        self.shape = (len(files), *frame_shape)
+
+    def _read(self, i: int) -> np.ndarray:
+        import tifffile
+
+        path = self.files[i]
+        try:
+            frame = tifffile.imread(path)
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise ValueError(f"cannot read frame {i} from {path}: {exc}") from exc
+        if frame.size != math.prod(self.frame_shape):
+            raise ValueError(
+                f"frame {i} ({os.path.basename(path)}) has shape {frame.shape}, expected "
+                f"{self.frame_shape} like the first frame"
+            )
+        return frame.reshape(self.frame_shape).astype(self.dtype, copy=False)
+
+    @property
+    def chunking(self) -> str:
+        return "one file per frame"
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameSequence({len(self.files)} files, frame shape {self.frame_shape}, "
+            f"{self.dtype}, first {os.path.basename(self.files[0])!r})"
+        )
+
+
+class TiffPages(_LazyArrayMixin):
+    """A multi-page TIFF that cannot be memory-mapped (e.g. compressed), read page by page.
+
+    Frame ``i`` is the ``i``-th group of pages of the file's first series. The
+    file handle is opened on first use and reopened after unpickling.
+    """
+
+    kind = "multi-page TIFF (read page by page)"
+
+    def __init__(self, path: str):
+        import tifffile
+
+        self.path = os.fspath(path)
+        with tifffile.TiffFile(self.path) as tf:
+            series = tf.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            self.dtype = np.dtype(series.dtype)
+            page = series.pages[0] if len(series.pages) else None
+            page_shape = tuple(page.shape) if page is not None else shape[1:]
+            comp = getattr(page, "compression", None)
+            self.compression = str(getattr(comp, "name", comp)).lower()
+        if len(shape) < 3:
+            raise ValueError(f"{self.path} holds a single image of shape {shape}, not a stack")
+        self.shape = shape
+        frame_size = math.prod(shape[1:])
+        page_size = math.prod(page_shape)
+        if frame_size % page_size:
+            raise ValueError(
+                f"cannot split {self.path} into frames: pages of shape {page_shape} do not "
+                f"tile frames of shape {shape[1:]}"
+            )
+        self.pages_per_frame = frame_size // page_size
+        self._tf = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_tf"] = None
+        return state
+
+    def _read(self, i: int) -> np.ndarray:
+        import tifffile
+
+        if self._tf is None:
+            self._tf = tifffile.TiffFile(self.path)
+        k = self.pages_per_frame
+        key = list(range(i * k, (i + 1) * k)) if k > 1 else i * k
+        data = self._tf.series[0].asarray(key=key)
+        return np.asarray(data).reshape(self.shape[1:])
+
+    @property
+    def chunking(self) -> str:
+        per = "page" if self.pages_per_frame == 1 else f"{self.pages_per_frame} pages"
+        return f"one {per} per frame, compression {self.compression}"
+
+    def __repr__(self) -> str:
+        return f"TiffPages({self.path!r}, shape {self.shape}, {self.dtype})"
+
+    def close(self):
+        if self._tf is not None:
+            self._tf.close()
+            self._tf = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def _open_zarr(path: Path):
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise ValueError(f"cannot open {path} as a zarr array: {exc}") from exc
+    if hasattr(node, "shape"):
+        return node
+    arrays = sorted(name for name, _ in node.arrays())
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    if not arrays:
+        raise ValueError(f"the zarr group {path} contains no arrays")
+    raise ValueError(
+        f"the zarr group {path} contains several arrays ({', '.join(arrays)}); give one of "
+        f"them, e.g. {path / arrays[0]}"
+    )
+
+
+def open_stack(source, *, check_shapes: bool = True):
+    """Open a stack without loading it.
+
+    Parameters
+    ----------
+    source : str, path or list of paths
+        * a multi-page TIFF -> ``numpy.memmap`` when uncompressed and
+          contiguous, else :class:`TiffPages` (page by page);
+        * a folder of single-frame TIFFs, a glob pattern (``"run/frame_*.tif"``)
+          or a list of TIFF files -> :class:`FrameSequence`, natural order;
+        * a ``.npy`` file -> ``numpy.memmap`` (``allow_pickle=False``);
+        * a zarr array (a ``.zarr`` folder, or a group holding one array).
+    check_shapes : bool
+        For frame files: read every header first and report mixed shapes.
+
+    Returns
+    -------
+    An array-like of shape ``(n_frames, *frame_shape)`` with ``dtype`` and
+    per-frame indexing. Raises ``FileNotFoundError`` for a missing input and
+    ``ValueError`` (plain words) for one that cannot be read as a stack.
+    """
+    if isinstance(source, (list, tuple)):
+        return FrameSequence(list_frame_files(source), check_shapes=check_shapes)
+    text = os.fspath(source)
+    if is_glob(text):
+        return FrameSequence(list_frame_files(text), check_shapes=check_shapes)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if is_zarr_dir(path):
+        stack = _open_zarr(path)
+    elif path.is_dir():
+        return FrameSequence(list_frame_files(path), check_shapes=check_shapes)
+    elif path.suffix.lower() == ".npy":
+        try:
+            stack = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"cannot read {path} as a .npy array: {exc}") from exc
+    elif is_tiff_name(path.name):
+        stack = _open_multipage_tiff(path)
+    else:
+        raise ValueError(
+            f"cannot read {path.name}: expected a multi-page TIFF, a folder or glob of TIFF "
+            "frames, a .npy file or a zarr array"
+        )
+    if len(stack.shape) < 3:
+        raise ValueError(
+            f"{path} holds a single image of shape {tuple(stack.shape)}, not a stack of frames"
+        )
+    return stack
+
+
+def _open_multipage_tiff(path: Path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            n_series = len(tf.series)
+            shape = tuple(tf.series[0].shape) if n_series else ()
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path} as a TIFF: {exc}") from exc
+    if len(shape) < 3:
+        raise ValueError(
+            f"{path} holds a single image of shape {shape}, not a stack; to read a folder of "
+            "single-frame TIFFs, give the folder or a glob pattern"
+        )
+    try:
+        return tifffile.memmap(str(path), mode="r")
+    except ValueError:  # compressed or not contiguous
+        return TiffPages(str(path))
+
+
+def as_dask(stack, frames_per_chunk: int = 1):
+    """A lazy dask array over any stack from :func:`open_stack` (or a numpy/zarr array).
+
+    Frames are whole in every chunk; ``frames_per_chunk`` frames along the
+    first axis. A dask array is rechunked to that layout.
+    """
+    import dask.array as da
+
+    k = max(1, int(frames_per_chunk))
+    frame = tuple(stack.shape[1:])
+    if is_dask(stack):
+        return stack.rechunk((k, *frame))
+    meta = np.empty((0,) * len(stack.shape), dtype=stack.dtype)
+    return da.from_array(stack, chunks=(k, *frame), asarray=True, fancy=False, meta=meta)
+
+
+def describe_stack(stack, source=None) -> dict:
+    """Shape, dtype, frame count, storage and chunking of an opened stack (for ``info``)."""
+    shape = tuple(int(s) for s in stack.shape)
+    dtype = np.dtype(stack.dtype)
+    out = {
+        "source": None if source is None else os.fspath(source),
+        "frames": shape[0],
+        "frame_shape": shape[1:],
+        "dtype": str(dtype),
+        "size_bytes": math.prod(shape) * dtype.itemsize,
+    }
+    if isinstance(stack, FrameSequence):
+        out["kind"] = stack.kind
+        out["chunking"] = stack.chunking
+        out["first_file"] = stack.files[0]
+        out["last_file"] = stack.files[-1]
+    elif isinstance(stack, TiffPages):
+        out["kind"] = stack.kind
+        out["chunking"] = stack.chunking
+    elif isinstance(stack, np.memmap):
+        suffix = "" if source is None else Path(os.fspath(source)).suffix.lower()
+        out["kind"] = (
+            "multi-page TIFF (memory-mapped)" if suffix in TIFF_SUFFIXES else ".npy (memory-mapped)"
+        )
+        out["chunking"] = "contiguous, memory-mapped"
+    elif is_dask(stack):
+        out["kind"] = "dask array"
+        out["chunking"] = "chunks of " + " x ".join(str(max(c)) for c in stack.chunks)
+    elif hasattr(stack, "chunks") and not isinstance(stack, np.ndarray):
+        out["kind"] = "zarr array"
+        out["chunking"] = "chunks of " + " x ".join(str(c) for c in stack.chunks)
+        comp = getattr(stack, "compressors", None) or getattr(stack, "compressor", None)
+        if comp:
+            codecs = comp if isinstance(comp, (tuple, list)) else (comp,)
+            out["compression"] = ", ".join(str(c) for c in codecs)
+    else:
+        out["kind"] = "in-memory array"
+        out["chunking"] = "none (in memory)"
+    return out

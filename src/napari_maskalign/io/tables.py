@@ -1,0 +1,164 @@
+"""Shift tables (CSV): one row per frame.
+
+Columns ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D frames),
+``quality``; scikit-image's sign convention (the shift that registers the
+frame onto the reference). Written atomically, floats at full precision.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .writers import atomic_write_text
+
+__all__ = ["AXIS_NAMES", "format_shifts_csv", "read_shifts_csv", "shift_columns", "write_shifts_csv"]
+
+AXIS_NAMES = "zyx"
+
+
+def shift_columns(ndim: int) -> list[str]:
+    """``["shift_y", "shift_x"]`` for 2D frames, ``["shift_z", "shift_y", "shift_x"]`` for 3D."""
+    if not 1 <= ndim <= len(AXIS_NAMES):
+        raise ValueError(f"frames must have 1 to {len(AXIS_NAMES)} dimensions, got {ndim}")
+    return [f"shift_{a}" for a in AXIS_NAMES[-ndim:]]
+
+
+def format_shifts_csv(shifts, quality, frames=None) -> str:
+    shifts = np.asarray(shifts, dtype=float)
+    if shifts.ndim != 2:
+        raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
+    n, ndim = shifts.shape
+    quality = np.full(n, np.nan) if quality is None else np.asarray(quality, dtype=float)
+    if quality.shape != (n,):
+        raise ValueError(f"quality must have one value per frame ({n}), got {quality.shape}")
+    frames = np.arange(n) if frames is None else np.asarray(frames, dtype=int)
+    if frames.shape != (n,):
+        raise ValueError(f"frames must have one index per row ({n}), got {frames.shape}")
+    lines = [",".join(["frame", *shift_columns(ndim), "quality"])]
+    # repr() is the shortest text that reads back to the same float: a resumed
+    # run continues from exactly the numbers it wrote
+    for f, row, q in zip(frames.tolist(), shifts.tolist(), quality.tolist()):
+        # (+ 0.0 turns -0.0 into 0.0)
+        lines.append(",".join([str(f), *(repr(v + 0.0) for v in row), repr(q + 0.0)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True) -> None:
+    """Write a shift table atomically (temporary file in the same folder, then rename).
+
+    Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
+    frames), ``quality``. Shifts follow scikit-image's convention: the shift
+    that registers each frame onto the reference. Floats are written with
+    full precision (they read back exactly).
+    """
+    atomic_write_text(path, format_shifts_csv(shifts, quality, frames), durable=durable)
+
+
+def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
+    """Read a shift table written by :func:`write_shifts_csv` (or by hand).
+
+    Columns are found by name: ``frame``, ``shift_y``, ``shift_x`` (and
+    ``shift_z`` for 3D frames), optional ``quality`` (NaN when absent);
+    other columns are ignored. Rows must count frames ``0, 1, 2, ...`` in
+    order.
+
+    Parameters
+    ----------
+    n_frames : int, optional
+        Require exactly this many rows (one per frame of the stack).
+    ndim : int, optional
+        Require shifts for frames of this many dimensions.
+
+    Returns
+    -------
+    shifts : ndarray, shape (n_rows, ndim)
+    quality : ndarray, shape (n_rows,)
+
+    Raises ``ValueError`` in plain words for a table that does not fit.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such shifts file: {path}")
+    name = path.name
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"the shifts file {name} is empty")
+    header = [h.strip().lower() for h in rows[0]]
+    if "frame" not in header:
+        raise ValueError(
+            f"the shifts file {name} has no 'frame' column; expected columns "
+            f"frame, {', '.join(shift_columns(ndim or 2))}, quality (found: {', '.join(header)})"
+        )
+    found = [a for a in AXIS_NAMES if f"shift_{a}" in header]
+    if ndim is None:
+        if "shift_y" not in header or "shift_x" not in header:
+            raise ValueError(
+                f"the shifts file {name} needs columns shift_y and shift_x (and shift_z for 3D "
+                f"frames); found: {', '.join(header)}"
+            )
+        ndim = 3 if "shift_z" in header else 2
+    cols = shift_columns(ndim)
+    missing = [c for c in cols if c not in header]
+    if missing:
+        raise ValueError(
+            f"the shifts file {name} lacks column(s) {', '.join(missing)} for {ndim}D frames "
+            f"(it has shifts along {', '.join(found) or 'no axis'})"
+        )
+    extra = [a for a in found if f"shift_{a}" not in cols]
+    if extra:
+        raise ValueError(
+            f"the shifts file {name} has shifts along {', '.join(found)} but the frames are "
+            f"{ndim}D ({', '.join(cols)})"
+        )
+    idx_frame = header.index("frame")
+    idx_shift = [header.index(c) for c in cols]
+    idx_q = header.index("quality") if "quality" in header else None
+    body = rows[1:]
+    shifts = np.empty((len(body), ndim))
+    quality = np.full(len(body), np.nan)
+    for r, row in enumerate(body):
+        line = r + 2
+        if len(row) < len(header):
+            raise ValueError(f"line {line} of {name} has {len(row)} values, expected {len(header)}")
+        try:
+            frame = int(row[idx_frame].strip())
+        except ValueError:
+            raise ValueError(
+                f"line {line} of {name}: frame {row[idx_frame]!r} is not a whole number"
+            ) from None
+        if frame != r:
+            raise ValueError(
+                f"line {line} of {name} is for frame {frame}, expected frame {r}: rows must "
+                "list frames 0, 1, 2, ... in order"
+            )
+        for k, c in enumerate(idx_shift):
+            shifts[r, k] = _number(row[c], line, cols[k], name)
+        if idx_q is not None and row[idx_q].strip():
+            quality[r] = _number(row[idx_q], line, "quality", name, allow_nan=True)
+    if not np.all(np.isfinite(shifts)):
+        bad = int(np.argwhere(~np.isfinite(shifts))[0, 0])
+        raise ValueError(f"the shifts file {name} has a NaN or infinite shift for frame {bad}")
+    if n_frames is not None and len(body) != n_frames:
+        raise ValueError(
+            f"the shifts file {name} has {len(body)} rows but the stack has {n_frames} frames; "
+            "it must have one row per frame"
+        )
+    return shifts, quality
+
+
+def _number(text: str, line: int, column: str, name: str, allow_nan: bool = False) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"line {line} of {name}: {column} {text!r} is not a number") from None
+    if not allow_nan and not math.isfinite(value):
+        raise ValueError(
+            f"line {line} of {name}: {column} is {text.strip()}, expected a finite number"
+        )
+    return value

@@ -1,0 +1,240 @@
+"""Writing without half-written files.
+
+:func:`replacing` gives a temporary name in the destination folder and
+renames it when the write succeeds; :class:`StackWriter` writes zarr (one
+frame per chunk) or TIFF under a temporary name and renames it when
+complete, so an output never exists half-written under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .stacks import TIFF_SUFFIXES
+
+__all__ = [
+    "StackWriter",
+    "atomic_write_text",
+    "iter_blocks",
+    "output_format",
+    "partial_name",
+    "remove_path",
+    "replacing",
+    "stale_partials",
+    "write_json_atomic",
+]
+
+
+@contextlib.contextmanager
+def replacing(path, suffix: str = ".tmp"):
+    """Yield a temporary path in ``path``'s folder; rename it to ``path`` on success.
+
+    Readers see either the old file or the new one, never a half-written one,
+    even if the process is killed mid-write; on an error the temporary file
+    is removed. (A random name, not mkstemp: its files are private, 0600, and
+    the result should get the usual permissions.)
+    """
+    path = Path(os.fspath(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path, text: str, *, durable: bool = True) -> None:
+    """Write ``text`` to a temporary file in the destination folder, then rename it."""
+    with replacing(path) as tmp, open(tmp, "x", newline="") as f:
+        f.write(text)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+
+
+def output_format(path) -> str:
+    """``"zarr"`` or ``"tiff"`` from the output name; ``ValueError`` otherwise."""
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix == ".zarr":
+        return "zarr"
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    raise ValueError(
+        f"cannot tell the output format from {Path(os.fspath(path)).name!r}: end the name "
+        "with .zarr (chunked, one frame per chunk) or .tif/.tiff"
+    )
+
+
+def partial_name(path, token: str | None = None) -> Path:
+    """The temporary name an output is written under before it is renamed."""
+    path = Path(os.fspath(path))
+    return path.with_name(f".{path.name}.partial-{token or uuid.uuid4().hex[:8]}")
+
+
+def stale_partials(path) -> list[Path]:
+    """Unfinished outputs left by earlier runs that were killed (``.NAME.partial-*``)."""
+    path = Path(os.fspath(path))
+    folder = path.parent if str(path.parent) else Path(".")
+    return sorted(folder.glob(f".{glob.escape(path.name)}.partial-*"))
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a whole folder (our own temporary outputs only)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class StackWriter:
+    """Write a stack frame by frame under a temporary name; rename it when complete.
+
+    ``.zarr`` outputs are chunked one frame per chunk; ``.tif``/``.tiff``
+    outputs are one uncompressed multi-page TIFF (BigTIFF above 2 GB) that
+    :func:`open_stack` memory-maps. Frames must be written in order. Use as a
+    context manager: leaving the block normally renames the finished file to
+    its final name (replacing an existing one only with ``overwrite=True``);
+    an exception removes the temporary file.
+
+    Parameters
+    ----------
+    path : str or path
+        Final name.
+    shape, dtype
+        Of the whole stack.
+    overwrite : bool
+        Replace an existing output (only once the new one is complete).
+    attrs : dict, optional
+        JSON-serializable metadata (zarr attributes; TIFF image description).
+    """
+
+    def __init__(self, path, shape, dtype, *, overwrite: bool = False, attrs: dict | None = None):
+        self.path = Path(os.fspath(path)).expanduser()
+        self.format = output_format(self.path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.overwrite = overwrite
+        self.attrs = dict(attrs or {})
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"the output {self.path} exists and overwrite was not asked for")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"the output folder {self.path.parent} does not exist")
+        self.tmp = partial_name(self.path)
+        self.written = 0
+        self._tw = None
+        self._z = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+    def open(self):
+        if self.format == "zarr":
+            import zarr
+
+            self._z = zarr.open_array(
+                str(self.tmp),
+                mode="w-",
+                shape=self.shape,
+                chunks=(1, *self.shape[1:]),
+                dtype=self.dtype,
+                fill_value=np.nan if self.dtype.kind == "f" else 0,
+            )
+            if self.attrs:
+                self._z.attrs.update(self.attrs)
+        else:
+            import tifffile
+
+            big = math.prod(self.shape) * self.dtype.itemsize > 2**31
+            self._tw = tifffile.TiffWriter(str(self.tmp), bigtiff=big)
+        return self
+
+    def write(self, block) -> None:
+        """Append frames (one frame, or a block of frames along the first axis)."""
+        block = np.asarray(block, dtype=self.dtype)
+        if block.shape == self.shape[1:]:
+            block = block[None]
+        if block.shape[1:] != self.shape[1:]:
+            raise ValueError(f"frames of shape {block.shape[1:]} do not fit {self.shape[1:]}")
+        lo, hi = self.written, self.written + block.shape[0]
+        if hi > self.shape[0]:
+            raise ValueError(f"too many frames: the output holds {self.shape[0]}")
+        if self._z is not None:
+            self._z[lo:hi] = block
+        else:
+            for j, frame in enumerate(block):
+                if lo + j == 0:
+                    # tifffile keeps the series' shape in a JSON description
+                    self._tw.write(frame, contiguous=True, metadata=dict(self.attrs))
+                else:
+                    self._tw.write(frame, contiguous=True)
+        self.written = hi
+
+    def commit(self) -> Path:
+        if self.written != self.shape[0]:
+            self.abort()
+            raise RuntimeError(
+                f"only {self.written} of {self.shape[0]} frames were written to {self.path}"
+            )
+        if self._tw is not None:
+            self._tw.close()
+            self._tw = None
+        self._z = None
+        old = None
+        if self.path.exists():
+            if not self.overwrite:
+                self.abort()
+                raise FileExistsError(
+                    f"the output {self.path} appeared while writing; not replaced"
+                )
+            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            remove_path(old)
+        return self.path
+
+    def abort(self) -> None:
+        if self._tw is not None:
+            try:
+                self._tw.close()
+            except Exception:
+                pass
+            self._tw = None
+        self._z = None
+        if self.tmp.exists():
+            remove_path(self.tmp)
+
+
+def write_json_atomic(path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def iter_blocks(n: int, size: int, start: int = 0) -> Iterable[tuple[int, int]]:
+    """``(lo, hi)`` ranges covering ``start..n`` in steps of ``size``."""
+    size = max(1, int(size))
+    for lo in range(start, n, size):
+        yield lo, min(n, lo + size)
