@@ -97,7 +97,7 @@ def test_register_writes_shifts_and_aligned_stack(run, sample, capsys, suffix):
         assert aligned.chunks == (1, 64, 64)
     np.testing.assert_array_equal(np.asarray(aligned[:]), apply_shifts(sample.stack, shifts))
     settings = json.loads((run / "shifts.csv.json").read_text())["registration"]
-    assert settings["frames"] == N and settings["upsample"] == 20
+    assert settings["frames"] == N and settings["upsample_factor"] == 20
 
 
 def test_apply_saved_shifts_to_other_data(run, sample, capsys):
@@ -209,9 +209,9 @@ def test_existing_shifts_need_overwrite(run, capsys):
 
 
 def test_failed_output_leaves_no_file(run, monkeypatch):
-    import napari_maskalign.engine as engine
+    import napari_maskalign.workflow.align as align
 
-    real, calls = engine.apply_shifts, []
+    real, calls = align.apply_shifts, []
 
     def failing(*a, **k):
         calls.append(1)
@@ -219,7 +219,7 @@ def test_failed_output_leaves_no_file(run, monkeypatch):
             raise MemoryError("simulated failure while writing the aligned stack")
         return real(*a, **k)
 
-    monkeypatch.setattr(engine, "apply_shifts", failing)
+    monkeypatch.setattr(align, "apply_shifts", failing)
     with pytest.raises(MemoryError):
         cli("register", run / "run", "--shifts", run / "s.csv", "--output", run / "a.zarr",
             "--chunk-frames", "4")  # fmt: skip
@@ -252,7 +252,7 @@ def test_resume_refuses_other_settings(run, capsys):
     rc = cli("register", run / "run", "--shifts", run / "s.csv", "--upsample", "20", "--resume")
     assert rc == 1
     err = capsys.readouterr().err
-    assert "different settings" in err and "upsample: earlier 10.0, now 20.0" in err
+    assert "different settings" in err and "upsample_factor: earlier 10.0, now 20.0" in err
     (run / "s.csv.json").unlink()
     assert (
         cli("register", run / "run", "--shifts", run / "s.csv", "--upsample", "10", "--resume") == 1
@@ -371,6 +371,7 @@ def test_memory_does_not_grow_with_frame_count(tmp_path):
 
 
 def test_cli_on_a_local_cluster_matches_in_process(run, capsys):
+    pytest.importorskip("distributed", reason="--workers needs dask.distributed")
     common = ["register", run / "run", "--mask", run / "block.png"]
     assert cli(*common, "--shifts", run / "local.csv") == 0
     assert cli(*common, "--shifts", run / "cluster.csv", "--workers", "2", "--chunk-frames", "5",

@@ -1,0 +1,304 @@
+"""The ``maskalign`` command's parser: arguments, their types and help texts.
+
+The handlers live in :mod:`napari_maskalign.cli`; this module only turns the
+command line into an ``argparse.Namespace``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+MASK_HELP = (
+    "mask file (.npy, .tif/.tiff or .png) of one frame's shape: NONZERO MARKS PIXELS TO "
+    "IGNORE (the beam block, as painted in napari); zero marks pixels to use. Use "
+    "--invert-mask for files where nonzero marks the valid pixels instead"
+)
+INPUT_HELP = (
+    "the stack: a multi-page TIFF, a folder of single-frame TIFFs, a quoted glob such as "
+    "'run/frame_*.tif' (frames in natural order: frame_2 before frame_10), a .npy file "
+    "(memory-mapped) or a zarr array"
+)
+OUTPUT_HELP = (
+    "aligned stack to write: NAME.zarr (chunked one frame per chunk) or NAME.tif (multi-page "
+    "TIFF); written under a temporary name and renamed when complete"
+)
+
+
+def _reference(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if text in ("mean", "previous", "template"):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected a frame number or one of mean, previous, template; got {text!r}"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def _number(lo: float | None = None, hi: float | None = None, *, open_hi: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and value < lo:
+            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {value:g}")
+        if hi is not None and (value >= hi if open_hi else value > hi):
+            raise argparse.ArgumentTypeError(
+                f"expected a number {'<' if open_hi else '<='} {hi}, got {value:g}"
+            )
+        return value
+
+    return parse
+
+
+def _range(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(t) for t in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected FIRST:STOP (frame numbers, STOP excluded), got {text!r}"
+        ) from None
+    return a, b
+
+
+def _fill(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or nan, got {text!r}") from None
+
+
+def many_inputs(inputs: list[str]) -> str:
+    folder = os.path.dirname(inputs[0]) or "."
+    return (
+        f"got {len(inputs)} inputs ({inputs[0]}, {inputs[1]}, ...): give one stack. For frame "
+        f"files, give their folder ({folder}) or a quoted glob such as '{folder}/*.tif' so that "
+        "maskalign expands it (the shell's order puts frame_10 before frame_2)"
+    )
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("aligned output")
+    g.add_argument(
+        "--method",
+        choices=("spline", "fourier"),
+        default="spline",
+        help="how frames are shifted: spline interpolation (default) or Fourier shift",
+    )
+    g.add_argument(
+        "--order",
+        type=int,
+        default=3,
+        choices=range(6),
+        metavar="0-5",
+        help="spline order (default 3)",
+    )
+    g.add_argument(
+        "--fill",
+        type=_fill,
+        default=float("nan"),
+        metavar="VALUE",
+        help="value of pixels shifted in from outside the frame (default nan); integer "
+        "input gives float32 output",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (only once the new ones are complete)",
+    )
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dask cluster (optional)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the frame chunks on an existing dask.distributed cluster, e.g. "
+        "tcp://10.0.0.5:8786 (its workers must see the same files)",
+    )
+    x.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="start a local dask cluster of N worker processes for this run",
+    )
+    g.add_argument(
+        "--chunk-frames",
+        type=_positive_int,
+        default=16,
+        metavar="K",
+        help="frames per task on a cluster (default 16)",
+    )
+
+
+EPILOG_REGISTER = """\
+Shifts file: one row per frame, columns frame, shift_y, shift_x, quality (3D frames add
+shift_z before shift_y): the shift that registers each frame onto the reference
+(scikit-image's convention: apply it to the frame to align it). It is rewritten atomically as frames finish, next to a
+SHIFTS.csv.json file holding the run's settings, so a run that is killed can be continued
+with --resume and ends with the same shifts as an uninterrupted run.
+
+examples:
+  maskalign register run/ --mask beam_block.png --shifts shifts.csv --output aligned.zarr
+  maskalign register 'run/frame_*.tif' --mask block.npy --max-shift 20 --shifts s.csv --resume
+  maskalign register stack.tif --mask valid.tif --invert-mask --workers 4 --shifts s.csv
+"""
+
+
+def _command(sub, name: str, help: str, description: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that reads one stack (INPUT)."""
+    p = sub.add_parser(name, help=help, description=description, **kwargs)
+    p.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    return p
+
+
+def _add_commands(sub) -> None:
+    _command(
+        sub, "info",
+        help="describe a stack: kind, frame count, frame shape, dtype, size, chunking",
+        description="Describe a stack without loading it: what it is, how many frames of "
+        "which shape and dtype, its size and how it is chunked on disk.",
+    )
+
+    reg = _command(
+        sub, "register",
+        help="register every frame onto a reference; write the shifts (and an aligned stack)",
+        description="Register every frame of a stack onto a reference frame, ignoring the masked\n"
+        "pixels (the beam block), with subpixel precision. Memory stays bounded by a few\n"
+        "frames whatever the stack's length.",
+        epilog=EPILOG_REGISTER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    reg.add_argument("--mask", metavar="MASK", help=MASK_HELP + " (default: no mask)")
+    reg.add_argument(
+        "--invert-mask",
+        action="store_true",
+        help="the mask file marks VALID pixels with nonzero (default: nonzero = ignore)",
+    )
+    reg.add_argument(
+        "--reference",
+        type=_reference,
+        default=0,
+        metavar="REF",
+        help="a frame number (default 0; negative counts from the end), 'mean' (mean of the "
+        "frames in --reference-range), 'previous' (each frame onto the one before, "
+        "accumulated) or 'template' (iterative refinement; cannot be resumed)",
+    )
+    reg.add_argument(
+        "--reference-range",
+        type=_range,
+        metavar="FIRST:STOP",
+        help="frames averaged for --reference mean (default: all)",
+    )
+    reg.add_argument(
+        "--upsample",
+        type=_number(1),
+        default=20.0,
+        metavar="U",
+        help="subpixel precision 1/U pixel (default 20)",
+    )
+    reg.add_argument(
+        "--max-shift",
+        type=_number(0),
+        metavar="N",
+        help="largest shift to look for, in pixels per axis (faster when given)",
+    )
+    reg.add_argument(
+        "--overlap-ratio",
+        type=_number(0, 1, open_hi=True),
+        default=0.3,
+        metavar="R",
+        help="masked registration: reject shifts whose overlap of "
+        "valid pixels is below R of the largest (default 0.3)",
+    )
+    reg.add_argument(
+        "--max-jump",
+        type=_number(0),
+        metavar="PX",
+        help="flag frames whose shift jumps more than PX from their neighbours "
+        "(default: from the run's statistics)",
+    )
+    reg.add_argument(
+        "--min-quality",
+        type=_number(0, 1),
+        metavar="Q",
+        help="flag frames whose match quality is below Q (default: from the run's statistics)",
+    )
+    reg.add_argument(
+        "--shifts", required=True, metavar="SHIFTS.csv", help="shifts file to write (see below)"
+    )
+    reg.add_argument("--output", metavar="OUT", help=OUTPUT_HELP + " (default: shifts only)")
+    reg.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the frames already in SHIFTS.csv "
+        "(same input and settings)",
+    )
+    reg.add_argument(
+        "--save-interval",
+        type=_number(0),
+        default=1.0,
+        metavar="SECONDS",
+        help="rewrite the shifts file at most this often while registering (default 1)",
+    )
+    _add_output_options(reg)
+    _add_cluster_options(reg)
+
+    app = _command(
+        sub, "apply",
+        help="apply saved shifts to a stack and write the aligned stack",
+        description="Apply the shifts of a shifts file (from 'maskalign register' or the "
+        "napari widgets) to a stack, e.g. another detector channel of the same run.",
+    )
+    app.add_argument(
+        "--shifts",
+        required=True,
+        metavar="SHIFTS.csv",
+        help="one row per frame: frame, shift_y, shift_x[, quality] (shift_z too for 3D frames)",
+    )
+    app.add_argument("--output", required=True, metavar="OUT", help=OUTPUT_HELP)
+    _add_output_options(app)
+    _add_cluster_options(app)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskalign",
+        description=(
+            "Align drifting image stacks while part of every image stands still "
+            "(a beam block, a scale bar, a dead detector region)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="open napari with a synthetic drifting beam-block stack, its mask and the widgets",
+        description="Open napari with the built-in sample stack, its beam-block mask and the "
+        "plugin's dock widgets, ready to register.",
+    )
+    demo.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="save a screenshot of the window to PNG and exit instead of staying open",
+    )
+    _add_commands(sub)
+    return parser
+
+

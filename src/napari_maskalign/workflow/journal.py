@@ -1,0 +1,182 @@
+"""The shift table of a run on disk, written as frames finish, and resuming it.
+
+A long run writes its shifts table (``SHIFTS.csv``) while it goes, next to a
+settings file (``SHIFTS.csv.json``) that says what decided those shifts: the
+input, its frame count, shape and dtype, the mask's digest and the
+registration options' :meth:`~napari_maskalign.engine.RegistrationOptions.fingerprint`.
+A run that is killed leaves a table that is always a valid prefix (frames
+``0..k-1``, written atomically), and :func:`resume_rows` continues it only
+when the settings match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..io import is_glob, read_shifts_csv, write_json_atomic, write_shifts_csv
+
+__all__ = ["ShiftJournal", "resume_rows", "run_settings", "sidecar_path"]
+
+
+def sidecar_path(shifts_path) -> Path:
+    """The settings file next to a shifts table: ``NAME.csv.json``."""
+    p = Path(os.fspath(shifts_path))
+    return p.with_name(p.name + ".json")
+
+
+def run_settings(source, stack, valid, options) -> dict:
+    """What decides a run's shifts, JSON-serializable: a resumed run must match it.
+
+    ``source`` is the input as given (a glob stays a pattern, a path becomes
+    absolute); ``valid`` the engine mask (True = valid) or None.
+    """
+    digest = None
+    if valid is not None:
+        digest = hashlib.sha256(np.packbits(np.asarray(valid, bool)).tobytes()).hexdigest()
+    text = os.fspath(source)
+    return {
+        "input": text if is_glob(text) else str(Path(text).expanduser().resolve()),
+        "frames": int(stack.shape[0]),
+        "frame_shape": [int(s) for s in stack.shape[1:]],
+        "dtype": str(np.dtype(stack.dtype)),
+        "mask_sha256": digest,
+        **options.fingerprint(),
+    }
+
+
+def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int):
+    """The rows an earlier run with the same settings left in ``shifts_path``.
+
+    Returns ``(shifts, quality)`` (empty when there is no table yet). Raises
+    ``ValueError`` in plain words when the table cannot be continued: its
+    settings file is missing or unreadable, the settings differ (each
+    difference is named), or the table does not fit the input.
+    """
+    path = Path(os.fspath(shifts_path))
+    side = sidecar_path(path)
+    if not path.exists():
+        return np.zeros((0, ndim)), np.zeros(0)
+    if not side.exists():
+        raise ValueError(
+            f"cannot resume: {side.name} (the run's parameters) is missing next to "
+            f"{path.name}; was it written by 'maskalign register'?"
+        )
+    try:
+        saved = json.loads(side.read_text())["registration"]
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise ValueError(f"cannot resume: {side} is not readable ({exc})") from None
+    diffs = [
+        f"{k}: earlier {saved.get(k)!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume: {path.name} was made with different settings ("
+            + "; ".join(diffs)
+            + ")"
+        )
+    try:
+        shifts, quality = read_shifts_csv(path, ndim=ndim)
+    except ValueError as exc:
+        raise ValueError(f"cannot resume from {path}: {exc}") from None
+    if len(shifts) > n_frames:
+        raise ValueError(
+            f"cannot resume: {path.name} has {len(shifts)} rows but the input has {n_frames} frames"
+        )
+    return shifts, quality
+
+
+class ShiftJournal:
+    """Keeps the shifts of a run and rewrites the table atomically as frames arrive.
+
+    Only the leading run of finished frames is written (frames ``0..k-1``),
+    so a file left by a killed run is always a valid prefix to resume from,
+    even when frames finish out of order (a dask cluster). The file is
+    rewritten at most every ``interval`` seconds, and never more often than
+    10x the time the last rewrite took, so saving costs a bounded fraction of
+    the run however long the table grows.
+
+    Parameters
+    ----------
+    path : path
+        The shifts table (CSV).
+    n_frames, ndim : int
+        The stack's frame count and frame dimensionality.
+    settings : dict
+        What decides the shifts (see :func:`run_settings`); written to the
+        settings file before the first rows.
+    interval : float
+        Seconds between rewrites at most; 0 rewrites whenever the finished
+        prefix grew (every frame).
+    note : dict, optional
+        More to keep in the settings file (e.g. the output's name).
+    """
+
+    def __init__(self, path, n_frames: int, ndim: int, settings: dict, *, interval: float = 1.0,
+                 note: dict | None = None):
+        self.path = Path(os.fspath(path))
+        self.sidecar = sidecar_path(self.path)
+        self.info = {
+            "registration": settings,
+            **(note or {}),
+            "note": "parameters of the maskalign register run that wrote "
+            f"{self.path.name}; --resume continues only a run with the same registration settings",
+        }
+        self.shifts = np.zeros((n_frames, ndim))
+        self.quality = np.zeros(n_frames)
+        self.done = np.zeros(n_frames, bool)
+        self.interval = float(interval)
+        self.saved = 0  # rows on disk
+        self.writes = 0
+        self._started = False
+        self._last = time.monotonic()
+        self._last_cost = 0.0
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.done)
+
+    def preload(self, shifts, quality) -> None:
+        """Rows already on disk from an earlier run (frames ``0..k-1``)."""
+        k = len(shifts)
+        self.shifts[:k], self.quality[:k], self.done[:k] = shifts, quality, True
+        self.saved = k
+
+    def record(self, frames, shifts, quality) -> None:
+        """Frames that finished (any order)."""
+        self.shifts[frames], self.quality[frames], self.done[frames] = shifts, quality, True
+
+    def prefix(self) -> int:
+        """How many leading frames are finished: what may be written."""
+        not_done = np.flatnonzero(~self.done)
+        return int(not_done[0]) if not_done.size else self.n_frames
+
+    def save(self, force: bool = False) -> None:
+        """Rewrite the table with the finished prefix, if due (or ``force``)."""
+        # called after every frame: the clock first, the O(n) scan only when due
+        if not force and self.interval > 0 and (
+            time.monotonic() - self._last < max(self.interval, 10 * self._last_cost)
+        ):
+            return
+        k = self.prefix()
+        if k == self.saved and not force:
+            return
+        if not self._started:
+            # first save of this run: the settings file goes first, and a table
+            # left by an earlier run (overwrite) goes, so that a table never sits
+            # next to the settings of another run
+            if self.saved == 0 and self.path.exists():
+                self.path.unlink()
+            write_json_atomic(self.sidecar, self.info)
+            self._started = True
+        t0 = time.perf_counter()
+        write_shifts_csv(self.path, self.shifts[:k], self.quality[:k])
+        self._last_cost = time.perf_counter() - t0
+        self.writes += 1
+        self._last = time.monotonic()
+        self.saved = k
