@@ -108,13 +108,14 @@ def main(argv=None) -> int:
     reg_w.max_shift.value = 12
     from qtpy.QtCore import QEventLoop
 
-    loop = QEventLoop()
+    loop, outcome = QEventLoop(), []
+    reg_w.run_finished.connect(outcome.append)
     reg_w.run_finished.connect(loop.quit)
     if reg_w.run() is None:
         raise SystemExit("the registration did not start")
     loop.exec()
-    if reg_w.last_outcome != "done":
-        raise SystemExit(f"the registration ended: {reg_w.last_outcome}")
+    if outcome != ["done"]:
+        raise SystemExit(f"the registration ended: {outcome}")
     mask.visible = False
     image.visible = False
     viewer.dims.set_current_step(0, 12)

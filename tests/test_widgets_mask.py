@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+pytest.importorskip("napari", reason="the widget tests need napari: pip install -e '.[test]'")
+pytest.importorskip("magicgui", reason="the widget tests need magicgui: pip install -e '.[test]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip install -e '.[test]'")
+
 from napari.layers import Labels
 
 from napari_maskalign.engine import grow_ignore, shrink_ignore

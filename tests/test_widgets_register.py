@@ -8,11 +8,16 @@ import time
 import dask.array as da
 import numpy as np
 import pytest
+
+pytest.importorskip("napari", reason="the widget tests need napari: pip install -e '.[test]'")
+pytest.importorskip("magicgui", reason="the widget tests need magicgui: pip install -e '.[test]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip install -e '.[test]'")
+
 from napari.layers import Image, Points
 
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.engine import apply_shifts
-from napari_maskalign.widgets import RegisterWidget, _common, _register
+from napari_maskalign.widgets import RegisterWidget, _layers, _register
 
 RUN_TIMEOUT_MS = 60_000
 
@@ -24,11 +29,12 @@ def widget(qtbot, loaded_model):
     return w
 
 
-def run_and_wait(qtbot, w, timeout=RUN_TIMEOUT_MS):
-    with qtbot.waitSignal(w.run_finished, timeout=timeout):
+def run_and_wait(qtbot, w, timeout=RUN_TIMEOUT_MS) -> str:
+    """Run and wait for the end; the outcome ("done", "cancelled", "failed")."""
+    with qtbot.waitSignal(w.run_finished, timeout=timeout) as blocker:
         worker = w.run()
         assert worker is not None, "run() refused to start"
-    return w
+    return blocker.args[0]
 
 
 def relative_truth(synth, ref):
@@ -51,11 +57,11 @@ def test_run_publishes_aligned_and_xcorr(qtbot, widget, loaded_model, small_stac
     worker = widget.run()
     assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
     assert widget.run() is None  # a second click while running does nothing
-    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS):
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
         pass
     assert worker is not None and widget.worker is None
     assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
-    assert widget.last_outcome == "done"
+    assert blocker.args == ["done"]
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40  # 20 + 20 frames
 
     names = [layer.name for layer in loaded_model.layers]
@@ -120,8 +126,7 @@ def test_other_references(qtbot, widget, loaded_model, small_stack, mode):
     widget.reference.value = mode
     widget.range_first.value, widget.range_last.value = 2, 11
     widget.iterations.value = 1
-    run_and_wait(qtbot, widget)
-    assert widget.last_outcome == "done"
+    assert run_and_wait(qtbot, widget) == "done"
     shifts = loaded_model.layers["stack aligned"].metadata["maskalign"]["shifts"]
     truth = relative_truth(small_stack, 0)
     # every reference gives the same drift up to a constant offset
@@ -149,8 +154,7 @@ def test_3d_frames(qtbot, viewer_model):
     qtbot.addWidget(w)
     w.reference.value = "index"
     w.radius.value = 4
-    run_and_wait(qtbot, w)
-    assert w.last_outcome == "done"
+    assert run_and_wait(qtbot, w) == "done"
     meta = viewer_model.layers["vol aligned"].metadata["maskalign"]
     assert meta["shifts"].shape == (5, 3) and meta["axes"] == ("z", "y", "x")
     assert np.abs(meta["shifts"] - synth.expected_shifts(0)).max() < 0.2
@@ -177,7 +181,7 @@ def test_dask_input_gives_a_lazy_aligned_stack(qtbot, viewer_model, small_stack)
 
 
 def test_stacks_over_the_memory_threshold_stay_lazy(qtbot, widget, loaded_model, monkeypatch):
-    monkeypatch.setattr(_common, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(_layers, "LAZY_BYTES", 1000)
     widget.reference.value = "index"
     run_and_wait(qtbot, widget)
     assert isinstance(loaded_model.layers["stack aligned"].data, da.Array)
@@ -215,13 +219,13 @@ def test_cancel_stops_within_one_frame(qtbot, viewer_model, small_stack, monkeyp
             at_cancel.append(len(produced))
             w.cancel()
 
-    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS):
+    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
         w.run()
         w.worker.yielded.connect(cancel_after_three)
     assert at_cancel, "the run ended before it could be cancelled"
     assert len(produced) - at_cancel[0] <= 1  # at most the frame under way
     assert len(produced) < 400
-    assert w.last_outcome == "cancelled"
+    assert blocker.args == ["cancelled"]
     assert [layer.name for layer in viewer_model.layers] == ["long", "long mask"]
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
     assert w.progress_bar.value() == 0
@@ -255,11 +259,11 @@ def test_event_loop_keeps_ticking_during_a_run(qtbot, make_napari_viewer):
     timer.start()
     qtbot.wait(50)
     start = time.perf_counter()
-    with qtbot.waitSignal(w.run_finished, timeout=120_000):
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as blocker:
         w.run()
     qtbot.wait(50)
     timer.stop()
-    assert w.last_outcome == "done"
+    assert blocker.args == ["done"]
     assert "big aligned" in viewer.layers and "big xcorr peak" in viewer.layers
     assert len(ticks) > 50
     gaps = np.diff(ticks)
@@ -339,9 +343,7 @@ def test_error_raised_by_the_engine_in_the_worker(qtbot, viewer_model, notes):
     w = RegisterWidget(viewer_model)
     qtbot.addWidget(w)
     w.reference.value = "index"
-    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS):
-        w.run()
-    assert w.last_outcome == "failed"
+    assert run_and_wait(qtbot, w) == "failed"
     msg = notes()[-1]
     assert "no contrast" in msg and "Traceback" not in msg
     assert [layer.name for layer in viewer_model.layers] == ["blank"]

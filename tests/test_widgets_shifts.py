@@ -6,6 +6,11 @@ import csv
 
 import numpy as np
 import pytest
+
+pytest.importorskip("napari", reason="the widget tests need napari: pip install -e '.[test]'")
+pytest.importorskip("magicgui", reason="the widget tests need magicgui: pip install -e '.[test]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip install -e '.[test]'")
+
 from matplotlib.backend_bases import MouseEvent
 from napari.utils.theme import get_theme
 
@@ -21,9 +26,9 @@ def registered(qtbot, loaded_model):
     reg = RegisterWidget(loaded_model)
     qtbot.addWidget(reg)
     reg.reference.value = "index"
-    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS) as blocker:
         reg.run()
-    assert reg.last_outcome == "done"
+    assert blocker.args == ["done"]
     return loaded_model
 
 
@@ -38,18 +43,24 @@ def meta_of(viewer, name="stack aligned"):
     return viewer.layers[name].metadata["maskalign"]
 
 
-def wait_job(qtbot, w, call):
-    with qtbot.waitSignal(w.job_finished, timeout=TIMEOUT_MS):
-        worker = call()
-        assert worker is not None
-    return w.last_outcome
+def wait_job(qtbot, w, call) -> str:
+    """Start a job of the widget and wait for its end: "done" or "failed"."""
+    outcome = []
+    worker = call()
+    assert worker is not None
+    worker.returned.connect(lambda _value: outcome.append("done"))
+    worker.errored.connect(lambda _exc: outcome.append("failed"))
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+    return outcome[0] if outcome else "cancelled"
 
 
 def test_empty_state_says_what_to_do(qtbot, viewer_model):
     w = ShiftsWidget(viewer_model)
     qtbot.addWidget(w)
     assert w.result() is None
-    texts = [t.get_text() for t in w.figure.texts]
+    texts = [t.get_text() for t in w.plot.figure.texts]
     assert any("No shifts" in t for t in texts)
     assert not w.export_button.isEnabled()
 
@@ -57,7 +68,7 @@ def test_empty_state_says_what_to_do(qtbot, viewer_model):
 def test_plot_shows_shifts_quality_and_outliers(qtbot, widget, registered):
     assert widget.stack_combo.value == registered.layers["stack"]
     meta = meta_of(registered)
-    ax_shift, ax_quality = widget._axes
+    ax_shift, ax_quality = widget.plot.axes_list
     lines = [line for line in ax_shift.get_lines() if line.get_label().startswith("shift")]
     assert [line.get_label() for line in lines] == ["shift y", "shift x"]
     for line, column in zip(lines, meta["shifts"].T):
@@ -71,7 +82,7 @@ def test_plot_shows_shifts_quality_and_outliers(qtbot, widget, registered):
     outliers[4] = True
     layer.metadata = {**layer.metadata, "maskalign": {**meta, "outliers": outliers}}
     widget.refresh()
-    labels = [t.get_text() for t in widget._axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in widget.plot.axes_list[0].get_legend().get_texts()]
     assert "outlier (1)" in labels
 
 
@@ -83,14 +94,14 @@ def test_plot_follows_a_rerun(qtbot, widget, registered):
     with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
         reg.run()
     qtbot.waitUntil(lambda: not widget._refresh_pending, timeout=5000)
-    line = widget._axes[0].get_lines()[0]
+    line = widget.plot.axes_list[0].get_lines()[0]
     np.testing.assert_allclose(line.get_ydata(), meta_of(registered)["shifts"][:, 0])
     assert line.get_ydata()[10] == 0.0
 
 
 def test_vertical_line_follows_the_slider(widget, registered):
     registered.dims.set_current_step(0, 7)
-    for line in widget._vlines:
+    for line in widget.plot._vlines:
         assert list(line.get_xdata()) == [7, 7]
     assert widget.frame_spin.value() == 7
     shift7 = meta_of(registered)["shifts"][7]
@@ -100,11 +111,11 @@ def test_vertical_line_follows_the_slider(widget, registered):
 
 
 def test_click_on_the_plot_jumps_to_that_frame(widget, registered):
-    widget.canvas.draw()
-    ax = widget._axes[1]
+    widget.plot.draw()
+    ax = widget.plot.axes_list[1]
     x, y = ax.transData.transform((12.2, np.mean(ax.get_ylim())))
-    event = MouseEvent("button_press_event", widget.canvas, x, y, button=1)
-    widget.canvas.callbacks.process("button_press_event", event)
+    event = MouseEvent("button_press_event", widget.plot, x, y, button=1)
+    widget.plot.callbacks.process("button_press_event", event)
     assert registered.dims.current_step[0] == 12
 
 
@@ -112,9 +123,9 @@ def test_theme_follows_the_viewer(widget, registered):
     from matplotlib.colors import to_hex
 
     registered.theme = "light"
-    assert to_hex(widget.figure.get_facecolor()) == get_theme("light").background.as_hex()
+    assert to_hex(widget.plot.figure.get_facecolor()) == get_theme("light").background.as_hex()
     registered.theme = "dark"
-    assert to_hex(widget.figure.get_facecolor()) == get_theme("dark").background.as_hex()
+    assert to_hex(widget.plot.figure.get_facecolor()) == get_theme("dark").background.as_hex()
 
 
 def test_selecting_an_output_layer_chooses_its_stack(qtbot, registered, small_stack):
@@ -262,9 +273,9 @@ def test_editing_a_lazy_aligned_stack_keeps_it_lazy(qtbot, viewer_model, small_s
     reg = RegisterWidget(viewer_model)
     qtbot.addWidget(reg)
     reg.reference.value = "index"
-    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS) as blocker:
         reg.run()
-    assert reg.last_outcome == "done"
+    assert blocker.args == ["done"]
     w = ShiftsWidget(viewer_model)
     qtbot.addWidget(w)
     w.stack_combo.value = viewer_model.layers["big"]

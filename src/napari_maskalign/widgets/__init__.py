@@ -11,8 +11,9 @@ registration ignores (the beam block).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 _LAZY = {
     "MaskWidget": "napari_maskalign.widgets._mask",
@@ -28,13 +29,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._shifts import ShiftsWidget
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'napari_maskalign.widgets' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QFileDialog, QGridLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QGridLayout, QVBoxLayout
 
 from napari_maskalign.engine import (
     grow_ignore,
@@ -24,27 +24,21 @@ from napari_maskalign.engine import (
 from napari_maskalign.io import read_mask, write_mask
 
 from ._common import (
-    Connections,
+    DockWidget,
     LayerCombo,
     PicksMask,
-    explain,
     fixed_height,
-    frame_shape,
     layer_list_events,
-    layer_named,
     mask_colormap,
-    mask_name,
-    notify_error,
     notify_info,
-    stack_problem,
     wrap_label,
 )
+from ._layers import frame_shape, layer_named, mask_name, stack_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 _FILE_FILTER = "Masks (*.npy *.tif *.tiff *.png)"
-WHAT = "Beam-block mask"
 
 HELP = (
     "<b>Paint the beam block</b> (and anything else that stays put while the pattern "
@@ -53,7 +47,7 @@ HELP = (
 )
 
 
-class MaskWidget(PicksMask, QWidget):
+class MaskWidget(PicksMask, DockWidget):
     """Make the beam-block mask for a stack.
 
     Painted pixels (nonzero) are ignored by registration. The mask is a
@@ -61,11 +55,10 @@ class MaskWidget(PicksMask, QWidget):
     the image.
     """
 
+    WHAT = "Beam-block mask"
+
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer
-        self.setMinimumWidth(340)
-        self._conns = Connections(self)
+        super().__init__(napari_viewer)
 
         self.image_combo = LayerCombo(
             napari_viewer,
@@ -108,45 +101,45 @@ class MaskWidget(PicksMask, QWidget):
         help_label = wrap_label(HELP)
         help_label.setObjectName("maskalign_help")
 
-        self.new_button = QPushButton("New mask + paint")
-        self.new_button.setToolTip(
+        b = self.button
+        self.new_button = b(
+            "New mask + paint",
             "Create an empty mask the size of one frame (or pick the existing '<image> mask'), "
-            "select it and switch to the paint brush."
+            "select it and switch to the paint brush.",
+            self.new_mask,
         )
-        self.suggest_button = QPushButton("Suggest from stack")
-        self.suggest_button.setToolTip(
+        self.suggest_button = b(
+            "Suggest from stack",
             "Guess the beam block from the stack: pixels that stay dark in every frame while the "
-            "pattern moves. A starting point: correct it with the brush and eraser."
+            "pattern moves. A starting point: correct it with the brush and eraser.",
+            self.suggest_mask,
         )
-        self.load_button = QPushButton("Load…")
-        self.load_button.setToolTip(
+        self.load_button = b(
+            "Load…",
             "Load a mask from .npy, .tif/.tiff or .png: nonzero pixels are ignored. It must "
-            "have the shape of one frame."
+            "have the shape of one frame.",
+            self.load_mask,
         )
-        self.save_button = QPushButton("Save…")
-        self.save_button.setToolTip("Save the mask as .npy or .tif (0/1) or .png (0/255).")
-        self.invert_button = QPushButton("Invert")
-        self.invert_button.setToolTip("Swap ignored and used pixels.")
-        self.grow_button = QPushButton("Grow")
-        self.grow_button.setToolTip("Grow the ignored region by 'pixels' (safety margin).")
-        self.shrink_button = QPushButton("Shrink")
-        self.shrink_button.setToolTip("Shrink the ignored region by 'pixels'.")
-        self.clear_button = QPushButton("Clear")
-        self.clear_button.setToolTip("Unpaint everything: every pixel is used again.")
+        self.save_button = b(
+            "Save…", "Save the mask as .npy or .tif (0/1) or .png (0/255).", self.save_mask
+        )
+        self.invert_button = b("Invert", "Swap ignored and used pixels.", self.invert_mask)
+        self.grow_button = b(
+            "Grow", "Grow the ignored region by 'pixels' (safety margin).", self.grow_mask
+        )
+        self.shrink_button = b(
+            "Shrink", "Shrink the ignored region by 'pixels'.", self.shrink_mask
+        )
+        self.clear_button = b(
+            "Clear", "Unpaint everything: every pixel is used again.", self.clear_mask
+        )
 
         grid = QGridLayout()
         buttons = [
-            (self.new_button, self.new_mask),
-            (self.suggest_button, self.suggest_mask),
-            (self.load_button, self.load_mask),
-            (self.save_button, self.save_mask),
-            (self.grow_button, self.grow_mask),
-            (self.shrink_button, self.shrink_mask),
-            (self.invert_button, self.invert_mask),
-            (self.clear_button, self.clear_mask),
+            self.new_button, self.suggest_button, self.load_button, self.save_button,
+            self.grow_button, self.shrink_button, self.invert_button, self.clear_button,
         ]
-        for k, (button, slot) in enumerate(buttons):
-            button.clicked.connect(lambda _checked=False, s=slot: s())
+        for k, button in enumerate(buttons):
             grid.addWidget(button, k // 2, k % 2)
 
         layout = QVBoxLayout(self)
@@ -223,7 +216,7 @@ class MaskWidget(PicksMask, QWidget):
             image = self._image()
             layer = self._mask_layer_for(image)
         except ValueError as exc:
-            notify_error(WHAT, explain(exc))
+            self.report(exc)
             return None
         self._start_painting(layer, frame_shape(image))
         return layer
@@ -238,7 +231,7 @@ class MaskWidget(PicksMask, QWidget):
             )
             layer = self._mask_layer_for(image, ignore)
         except (ValueError, MemoryError) as exc:
-            notify_error(WHAT, explain(exc))
+            self.report(exc)
             return None
         n = int(np.count_nonzero(ignore))
         if n == 0:
@@ -256,10 +249,9 @@ class MaskWidget(PicksMask, QWidget):
 
     def load_mask(self, path: str | Path | None = None) -> Labels | None:
         """Load a mask file (nonzero = ignore) into ``<image> mask``."""
+        path = self.ask_path(path, "Load beam-block mask", _FILE_FILTER)
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Load beam-block mask", "", _FILE_FILTER)
-            if not path:
-                return None
+            return None
         try:
             image = self._image()
             ignore = (~valid_from_ignore(read_mask(path))).astype(np.uint8)
@@ -271,30 +263,22 @@ class MaskWidget(PicksMask, QWidget):
                 )
             layer = self._mask_layer_for(image, ignore)
         except (ValueError, OSError) as exc:
-            notify_error(WHAT, explain(exc))
+            self.report(exc)
             return None
         notify_info(f"Loaded the mask from {Path(path).name} into '{layer.name}'.")
         return layer
 
     def save_mask(self, path: str | Path | None = None) -> Path | None:
         """Save the chosen mask layer (nonzero = ignore)."""
-        try:
-            layer = self._mask()
-        except ValueError as exc:
-            notify_error(WHAT, explain(exc))
+        layer = self.attempt(self._mask)
+        if layer is None:
             return None
+        path = self.ask_path(path, "Save beam-block mask", _FILE_FILTER, f"{layer.name}.tif")
         if path is None:
-            path, _ = QFileDialog.getSaveFileName(
-                self, "Save beam-block mask", f"{layer.name}.tif", _FILE_FILTER
-            )
-            if not path:
-                return None
-        try:
-            out = write_mask(path, np.asarray(layer.data))
-        except (ValueError, OSError) as exc:
-            notify_error(WHAT, explain(exc))
             return None
-        notify_info(f"Saved '{layer.name}' to {out}.")
+        out = self.write_file(path, lambda p: write_mask(p, np.asarray(layer.data)))
+        if out is not None:
+            notify_info(f"Saved '{layer.name}' to {out}.")
         return out
 
     def _edit(self, how) -> Labels | None:
@@ -303,7 +287,7 @@ class MaskWidget(PicksMask, QWidget):
             data = np.asarray(layer.data)
             layer.data = how(data).astype(data.dtype)
         except ValueError as exc:
-            notify_error(WHAT, explain(exc))
+            self.report(exc)
             return None
         return layer
 

@@ -7,78 +7,53 @@ the beam block and are ignored; the engine gets ``valid_from_ignore(mask)``.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 from napari.layers import Image, Labels, Points
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 
 from napari_maskalign.engine import (
     Progress,
     RegistrationResult,
+    RegistrationRun,
     check_valid_mask,
-    iter_register_stack,
     valid_from_ignore,
 )
+from napari_maskalign.workflow import AlignProgress, iter_align
 
 from ._common import (
-    META,
-    AlignProgress,
-    Connections,
+    DockWidget,
     LayerCombo,
     PicksMask,
-    aligned_name,
-    axis_names,
-    check_output_name,
-    current_frame,
-    display_props,
-    drop_preview,
     explain,
     fixed_height,
+    layer_list_events,
+    notify_info,
+    start_worker,
+    wrap_label,
+)
+from ._layers import (
+    aligned_name,
+    check_output_name,
+    display_props,
+    drop_preview,
     frame_shape,
     is_output_layer,
-    iter_align,
-    layer_list_events,
-    notify_error,
-    notify_info,
     peak_name,
     stack_problem,
-    start_worker,
     upsert_layer,
     wants_lazy,
-    wrap_label,
     xcorr_name,
 )
+from ._model import AlignedResult
+from ._preview import preview_steps
+from ._register_form import RegisterForm
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-
-WHAT = "Register stack"
-
-REFERENCES = [
-    ("current frame (slider)", "current"),
-    ("frame number", "index"),
-    ("mean of frames", "mean"),
-    ("previous frame", "previous"),
-    ("template refinement", "template"),
-]
-REFERENCE_TIP = (
-    "What every frame is aligned to.\n"
-    "• current frame: the frame the slider shows when you click Run.\n"
-    "• frame number: a frame you pick.\n"
-    "• mean of frames: the average of a range of frames (less noisy than one frame).\n"
-    "• previous frame: each frame to the one before, adding up the steps; follows slow "
-    "changes of the pattern, but small errors add up.\n"
-    "• template refinement: align to the mean, average the aligned frames, align again; "
-    "best for very noisy frames, takes a few passes."
-)
-FILLS = [("NaN (no data)", "nan"), ("0", "zero"), ("nearest edge pixel", "edge")]
-
 
 @dataclass
 class RegisterJob:
@@ -86,30 +61,36 @@ class RegisterJob:
 
     source: str
     stack: Any
-    n_frames: int
-    frame_shape: tuple[int, ...]
-    reg_kwargs: dict
+    run: RegistrationRun
     align_kwargs: dict
     lazy: bool
-    total: int
     reference_label: str
     props: dict = field(default_factory=dict)
     mask_name: str | None = None
 
+    @property
+    def n_frames(self) -> int:
+        return self.run.n_frames
 
-def register_job(stack, reg_kwargs: dict, align_kwargs: dict, lazy: bool):
+    @property
+    def total(self) -> int:
+        """Progress steps: every registration, then every frame shifted (unless lazy)."""
+        return self.run.total + (0 if self.lazy else self.n_frames)
+
+
+def register_job(job: RegisterJob):
     """The worker's generator (no Qt): register, then apply the shifts.
 
     Yields the engine's :class:`Progress` after every frame registration, then
     an :class:`AlignProgress` after every frame shifted (none when the aligned
     stack is lazy); returns ``(RegistrationResult, aligned)``.
     """
-    result = yield from iter_register_stack(stack, **reg_kwargs)
-    aligned = yield from iter_align(stack, result.shifts, lazy=lazy, **align_kwargs)
+    result = yield from job.run
+    aligned = yield from iter_align(job.stack, result.shifts, lazy=job.lazy, **job.align_kwargs)
     return result, aligned
 
 
-class RegisterWidget(PicksMask, QWidget):
+class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     """Register a stack against a reference, with an optional beam-block mask.
 
     Mask convention: nonzero (painted) pixels are ignored. Results appear as
@@ -118,28 +99,23 @@ class RegisterWidget(PicksMask, QWidget):
     frame's peak, zero shift at the centre) with ``<image> xcorr peak``.
     """
 
-    #: emitted (main thread) when a run ends: finished, cancelled or failed
-    run_finished = Signal()
+    #: emitted (main thread) when a run ends, with "done", "cancelled" or "failed"
+    run_finished = Signal(str)
+
+    WHAT = "Register stack"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.worker = None  # the running napari worker, or None
-        self.setMinimumWidth(340)
         self.job: RegisterJob | None = None
-        self.last_result: RegistrationResult | None = None
-        self.last_outcome: str | None = None  # "done", "cancelled", "failed"
+        self._outcome = "failed"  # of the run under way: "done", "cancelled" or "failed"
         self._yields = 0
         self._worker_done = True
         self._publishing = False
-        self._conns = Connections(self)
         self._build()
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
         self.image_combo.changed.connect(self._on_image_changed)
-        self.reference.changed.connect(self._on_reference_changed)
-        self.preview.changed.connect(self._on_preview_changed)
         self._on_image_changed()
-        self._on_reference_changed()
 
     # -- layout -----------------------------------------------------------
 
@@ -161,109 +137,15 @@ class RegisterWidget(PicksMask, QWidget):
             "covers one frame. Without a mask the whole frame counts, and anything that does "
             "not move (a beam block, a dead region) pulls the result towards zero shift.",
         )
-        self.reference = ComboBox(choices=REFERENCES, value="current", label="reference",
-                                  tooltip=REFERENCE_TIP)
-        self.ref_frame = SpinBox(value=0, min=0, max=0, label="frame",
-                                 tooltip="The frame every frame is aligned to.")
-        self.range_first = SpinBox(value=0, min=0, max=0, label="from frame",
-                                   tooltip="First frame of the mean (included).")
-        self.range_last = SpinBox(value=0, min=0, max=0, label="to frame",
-                                  tooltip="Last frame of the mean (included).")
-        self.iterations = SpinBox(value=2, min=1, max=10, label="passes",
-                                  tooltip="How many times the template is rebuilt from the "
-                                  "aligned frames. 2 is usually enough.")
-        self.upsample = SpinBox(
-            value=20, min=1, max=1000, label="precision 1/",
-            tooltip="Shifts are found to 1/this of a pixel: 1 = whole pixels, 20 = 0.05 px. "
-            "Higher values cost a little time per frame.",
-        )
-        self.max_shift = FloatSpinBox(
-            value=0.0, min=0.0, max=100000.0, step=1.0, label="max shift (px)",
-            tooltip="The largest drift to look for, in pixels along each axis; 0 = no limit. "
-            "Set it a little above the drift you expect: far-off false matches are then "
-            "impossible, and masked registration runs faster.",
-        )
-        self.overlap = FloatSpinBox(
-            value=0.3, min=0.0, max=0.95, step=0.05, label="min overlap",
-            tooltip="With a mask: ignore shifts at which a frame and the reference share less "
-            "than this fraction of their unmasked pixels (matches on a thin sliver of overlap "
-            "are unreliable).",
-        )
-        self.form = Container(
-            widgets=[
-                self.image_combo, self.mask_combo, self.reference, self.ref_frame,
-                self.range_first, self.range_last, self.iterations, self.upsample,
-                self.max_shift, self.overlap,
-            ],
-            labels=True,
-        )
+        self._build_form([self.image_combo, self.mask_combo])
 
-        self.normalization = ComboBox(
-            choices=[("none (smooth)", "none"), ("phase (textured)", "phase")],
-            value="none", label="normalization",
-            tooltip="Without a mask only. 'none' suits smooth images such as diffraction "
-            "patterns; 'phase' whitens the spectrum, which helps on sharp, textured images "
-            "but is unreliable on smooth ones.",
+        self.run_button = self.button(
+            "Run", "Register every frame (in the background: napari stays usable).", self.run
         )
-        self.min_quality = FloatSpinBox(
-            value=0.0, min=0.0, max=1.0, step=0.05, label="min quality",
-            tooltip="Frames whose match quality (0-1, the correlation at the peak) is below "
-            "this are flagged as outliers. 0 = decide from the run itself.",
+        self.cancel_button = self.button(
+            "Cancel", "Stop after the frame being registered; nothing is changed.", self.cancel
         )
-        self.max_jump = FloatSpinBox(
-            value=0.0, min=0.0, max=100000.0, step=0.5, label="max jump (px)",
-            tooltip="Frames whose shift jumps more than this many pixels away from their "
-            "neighbours are flagged as outliers. 0 = decide from the run itself.",
-        )
-        self.interpolate = CheckBox(
-            value=False, text="replace outliers by interpolation",
-            tooltip="Use, for flagged frames, the shift interpolated from good neighbours "
-            "(the measured shift is kept too and shown in the Shifts plot).",
-        )
-        self.preview = CheckBox(
-            value=True, text="cross-correlation preview",
-            tooltip="Also show '<image> xcorr': for each frame the correlation around its "
-            "peak, zero shift at the centre, the found peak marked. A sharp single peak "
-            "means a trustworthy shift.",
-        )
-        self.radius = SpinBox(
-            value=16, min=2, max=128, label="preview radius (px)",
-            tooltip="The preview covers shifts from -radius to +radius pixels (at most the "
-            "max shift, beyond which nothing is searched).",
-        )
-        self.method = ComboBox(
-            choices=[("spline (cubic)", "spline"), ("Fourier", "fourier")], value="spline",
-            label="shift with",
-            tooltip="How the aligned frames are made. Cubic spline: local, no wrap-around. "
-            "Fourier: exact for smooth (band-limited) images, but what leaves one edge "
-            "comes back at the other.",
-        )
-        self.fill = ComboBox(
-            choices=FILLS, value="nan", label="outside pixels",
-            tooltip="What aligned frames hold where no data came from (the strip uncovered by "
-            "the shift). NaN marks it as no data (sums and means then show it).",
-        )
-        # 0 means "decide for me": say so in the box instead of showing 0.00
-        for spin, text in ((self.max_shift, "no limit"), (self.min_quality, "automatic"),
-                           (self.max_jump, "automatic")):
-            spin.native.setSpecialValueText(text)
-        self.more_form = Container(
-            widgets=[
-                self.normalization, self.min_quality, self.max_jump, self.interpolate,
-                self.preview, self.radius, self.method, self.fill,
-            ],
-            labels=True,
-        )
-        self.more = more = QCollapsible("More options")
-        more.addWidget(fixed_height(self.more_form.native))
-
-        self.run_button = QPushButton("Run")
-        self.run_button.setToolTip("Register every frame (in the background: napari stays usable).")
-        self.run_button.clicked.connect(lambda _checked=False: self.run())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop after the frame being registered; nothing is changed.")
         self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(lambda _checked=False: self.cancel())
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -276,7 +158,7 @@ class RegisterWidget(PicksMask, QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(fixed_height(self.form.native))
-        layout.addWidget(more)
+        layout.addWidget(self.more)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
@@ -286,52 +168,8 @@ class RegisterWidget(PicksMask, QWidget):
 
     def _on_image_changed(self, _value=None) -> None:
         image = self.image_combo.value
-        n = int(image.data.shape[0]) if image is not None and image.ndim >= 3 else 1
-        for spin in (self.ref_frame, self.range_first, self.range_last):
-            spin.max = max(n - 1, 0)
-        self.range_last.value = max(n - 1, 0)
+        self._set_frame_count(int(image.data.shape[0]) if image is not None and image.ndim >= 3 else 1)
         self._pick_mask()
-
-    def _on_reference_changed(self, _value=None) -> None:
-        mode = self.reference.value
-        self.ref_frame.visible = mode == "index"
-        self.range_first.visible = mode == "mean"
-        self.range_last.visible = mode == "mean"
-        self.iterations.visible = mode == "template"
-
-    def _on_preview_changed(self, _value=None) -> None:
-        self.radius.enabled = bool(self.preview.value)
-
-    # -- building a job (main thread, plain-word checks) --------------------
-
-    def _reference(self, image: Image, n: int) -> tuple[dict, str]:
-        mode = self.reference.value
-        if mode == "current":
-            index = current_frame(self.viewer, image)
-            return {"reference": index}, f"frame {index} (current)"
-        if mode == "index":
-            index = int(self.ref_frame.value)
-            if not 0 <= index < n:
-                raise ValueError(f"reference frame {index} does not exist: the stack has {n} frames")
-            return {"reference": index}, f"frame {index}"
-        if mode == "mean":
-            first, last = int(self.range_first.value), int(self.range_last.value)
-            if not 0 <= first <= last < n:
-                raise ValueError(
-                    f"the frame range {first}-{last} for the mean is not within the stack's "
-                    f"frames 0-{n - 1}, or 'from' is after 'to'"
-                )
-            return (
-                {"reference": "mean", "reference_range": (first, last + 1)},
-                f"mean of frames {first}-{last}",
-            )
-        if mode == "previous":
-            return {"reference": "previous"}, "previous frame"
-        iterations = int(self.iterations.value)
-        return (
-            {"reference": "template", "template_iterations": iterations},
-            f"template ({iterations} passes)",
-        )
 
     def prepare(self) -> RegisterJob:
         """Check the inputs and capture a job; raises ``ValueError`` in plain words."""
@@ -339,8 +177,6 @@ class RegisterWidget(PicksMask, QWidget):
         problem = stack_problem(image)
         if problem:
             raise ValueError(problem)
-        stack = image.data
-        n = int(stack.shape[0])
         shape = frame_shape(image)
         mask_layer = self.mask_combo.value
         valid = None
@@ -353,41 +189,14 @@ class RegisterWidget(PicksMask, QWidget):
                 )
             valid = valid_from_ignore(ignore)  # painted (nonzero) = ignore -> True = valid
             check_valid_mask(valid, shape, what=f"mask '{mask_layer.name}'")
-        reference, label = self._reference(image, n)
-        preview = bool(self.preview.value)
-        max_shift = float(self.max_shift.value) or None
-        radius = int(self.radius.value)
-        if max_shift is not None:  # beyond max_shift the surface is not computed
-            radius = max(1, min(radius, int(np.ceil(max_shift))))
-        reg_kwargs = dict(
-            mask=valid,
-            upsample_factor=int(self.upsample.value),
-            max_shift=max_shift,
-            overlap_ratio=float(self.overlap.value),
-            normalization=None if self.normalization.value == "none" else "phase",
-            min_quality=float(self.min_quality.value) or None,
-            max_jump=float(self.max_jump.value) or None,
-            interpolate_outliers=bool(self.interpolate.value),
-            return_xcorr=preview,
-            xcorr_radius=radius,
-            # leave a core to the event loop: the viewer stays responsive
-            workers=max(1, (os.cpu_count() or 2) - 1),
-            **reference,
-        )
+        options, label = self.options(image)
         fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
-        align_kwargs = dict(method=self.method.value, fill_value=fill)
-        lazy = wants_lazy(stack)
-        passes = reference.get("template_iterations", 0) + 1 if reference["reference"] == "template" else 1
-        total = n * passes + (0 if lazy else n)
         return RegisterJob(
             source=image.name,
-            stack=stack,
-            n_frames=n,
-            frame_shape=shape,
-            reg_kwargs=reg_kwargs,
-            align_kwargs=align_kwargs,
-            lazy=lazy,
-            total=total,
+            stack=image.data,
+            run=RegistrationRun(image.data, options, mask=valid),
+            align_kwargs=dict(method=self.method.value, fill_value=fill),
+            lazy=wants_lazy(image.data),
             reference_label=label,
             props=display_props(image),
             mask_name=None if mask_layer is None else mask_layer.name,
@@ -406,12 +215,11 @@ class RegisterWidget(PicksMask, QWidget):
         try:
             job = self.prepare()
         except ValueError as exc:
-            self.last_outcome = "failed"
             self.status.setText(f"Not started: {explain(exc)}")
-            notify_error(WHAT, explain(exc))
+            self.report(exc)
             return None
         self.job = job
-        self.last_outcome = None
+        self._outcome = "failed"
         self._yields = 0
         self._worker_done = False
         self.run_button.setEnabled(False)
@@ -421,10 +229,7 @@ class RegisterWidget(PicksMask, QWidget):
         self.status.setText(f"Registering {job.n_frames} frames of '{job.source}'…")
         self.worker = start_worker(
             register_job,
-            job.stack,
-            job.reg_kwargs,
-            job.align_kwargs,
-            job.lazy,
+            job,
             total=job.total,
             desc=f"Registering '{job.source}'",
             yielded=self._on_yielded,
@@ -489,13 +294,12 @@ class RegisterWidget(PicksMask, QWidget):
         self._maybe_finish()
 
     def _fail(self, exc) -> None:
-        self.last_outcome = "failed"
+        self._outcome = "failed"
         self.status.setText(f"Failed: {explain(exc)}")
-        notify_error(WHAT, explain(exc))
+        self.report(exc)
 
     def _announce(self, result: RegistrationResult) -> None:
-        self.last_result = result
-        self.last_outcome = "done"
+        self._outcome = "done"
         good = ~result.outliers
         mag = np.linalg.norm(result.shifts[good] if good.any() else result.shifts, axis=1)
         n_out = int(result.outliers.sum())
@@ -517,7 +321,7 @@ class RegisterWidget(PicksMask, QWidget):
         self._fail(exc)
 
     def _on_aborted(self) -> None:
-        self.last_outcome = "cancelled"
+        self._outcome = "cancelled"
         self.status.setText("Cancelled: no layer was changed.")
         notify_info("Registration cancelled: no layer was changed.")
 
@@ -532,9 +336,9 @@ class RegisterWidget(PicksMask, QWidget):
         self.worker = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        if self.last_outcome != "done":
+        if self._outcome != "done":
             self.progress_bar.setValue(0)
-        self.run_finished.emit()
+        self.run_finished.emit(self._outcome)
 
     # -- results --------------------------------------------------------------
 
@@ -546,28 +350,15 @@ class RegisterWidget(PicksMask, QWidget):
         names = [aligned_name(job.source), xcorr_name(job.source), peak_name(job.source)]
         for name, cls in zip(names, (Image, Image, Points)):
             check_output_name(self.viewer, name, cls)
-        ndim = result.ndim
-        meta = {
-            "role": "aligned",
-            "source": job.source,
-            "shifts": np.asarray(result.shifts, float),
-            "quality": np.asarray(result.quality, float),
-            "outliers": np.asarray(result.outliers, bool),
-            "raw_shifts": np.asarray(result.raw_shifts, float),
-            "axes": axis_names(ndim),
-            "frame_shape": tuple(job.frame_shape),
-            "reference": job.reference_label,
-            "mask": job.mask_name,
-            "params": dict(result.params),
-            "align": dict(job.align_kwargs),
-            "model": result.model,
-            "edited": [],
-        }
+        model = AlignedResult.from_registration(
+            result, source=job.source, frame_shape=job.run.frame_shape,
+            reference=job.reference_label, mask=job.mask_name, align=job.align_kwargs,
+        )
         box: dict = {}
 
         def add_aligned():
             box["out"] = upsert_layer(
-                self.viewer, names[0], aligned, metadata={META: meta}, **job.props
+                self.viewer, names[0], aligned, metadata=model.to_metadata(), **job.props
             )
 
         def select():
@@ -576,50 +367,5 @@ class RegisterWidget(PicksMask, QWidget):
 
         if result.xcorr is None:
             return [add_aligned, functools.partial(drop_preview, self.viewer, job.source), select]
-        xcorr_step, peak_step = self._xcorr_steps(job, result)
-        return [add_aligned, xcorr_step, peak_step, select]
-
-    def _xcorr_steps(self, job: RegisterJob, result: RegistrationResult) -> tuple:
-        xc = result.xcorr
-        ndim = result.ndim
-        radius = (xc.shape[1] - 1) // 2
-        width = xc.shape[1]
-        # place the preview just right of the image, half a frame high
-        frame_scale = np.asarray(job.props["scale"][-ndim:], float)
-        frame_origin = np.asarray(job.props["translate"][-ndim:], float)
-        extent = frame_scale * np.asarray(job.frame_shape)
-        k = 0.5 * float(extent[-2 if ndim >= 2 else -1]) / width
-        origin = frame_origin.copy()
-        origin[-1] += extent[-1] + 0.05 * extent[-1]
-        scale = (job.props["scale"][0], *(k,) * ndim)
-        translate = (job.props["translate"][0], *origin)
-        finite = xc[np.isfinite(xc)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi <= lo:
-            hi = lo + 1.0
-        xmeta = {META: {"role": "xcorr", "source": job.source, "radius": radius}}
-
-        def xcorr_step():
-            upsert_layer(
-                self.viewer, xcorr_name(job.source), xc, metadata=xmeta, scale=scale,
-                translate=translate, colormap="viridis", contrast_limits=(lo, hi),
-            )
-
-        # the measured peak of each frame: centre + the shift found in that window
-        raw = np.asarray(result.raw_shifts, float)
-        if result.params.get("reference") == "previous":
-            peak = np.diff(raw, axis=0, prepend=np.zeros((1, ndim)))
-        else:
-            peak = raw
-        points = np.column_stack([np.arange(result.n_frames), radius + peak])
-        colors = np.where(result.outliers[:, None], [[1.0, 0.25, 0.25, 1.0]], [[0.0, 1.0, 1.0, 1.0]])
-        pmeta = {META: {"role": "xcorr peak", "source": job.source}}
-
-        def peak_step():
-            upsert_layer(
-                self.viewer, peak_name(job.source), points, kind="points", metadata=pmeta,
-                scale=scale, translate=translate, size=max(1.5, width / 12), symbol="cross",
-                face_color=colors, border_width=0, out_of_slice_display=False,
-            )
-
-        return xcorr_step, peak_step
+        return [add_aligned, *preview_steps(self.viewer, job.source, result, job.props,
+                                            job.run.frame_shape), select]

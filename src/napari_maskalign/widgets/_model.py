@@ -1,0 +1,136 @@
+"""A registration result as an ``<image> aligned`` layer carries it: typed, one place.
+
+The Register dock makes it from the engine's result, the Shifts dock from an
+imported CSV or an edit; both read it back with
+:meth:`AlignedResult.from_layer`. In ``layer.metadata`` it is a plain
+dictionary under the key ``"maskalign"`` (:data:`META`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AXIS_NAMES", "META", "AlignedResult", "axis_names"]
+
+#: key of the per-layer result dictionary in ``layer.metadata``
+META = "maskalign"
+
+AXIS_NAMES = ("z", "y", "x")
+
+
+def axis_names(ndim: int) -> tuple[str, ...]:
+    return AXIS_NAMES[-ndim:]
+
+
+def _default_align() -> dict:
+    return {"method": "spline", "fill_value": np.nan}
+
+
+@dataclass(frozen=True)
+class AlignedResult:
+    """Shifts of a stack and how its aligned copy was made.
+
+    Attributes
+    ----------
+    source : str
+        The name of the stack layer the shifts are for.
+    shifts, raw_shifts : ndarray, shape (n_frames, ndim)
+        Shifts in use (after edits and interpolation) and as measured.
+    quality : ndarray, shape (n_frames,)
+        Match quality (NaN where unknown, e.g. an imported table without it).
+    outliers : ndarray of bool, shape (n_frames,)
+        Flagged frames.
+    frame_shape : tuple of int
+        The shape of the frames the shifts were measured on.
+    reference : str
+        What the frames were registered to, in words.
+    mask : str or None
+        The mask layer's name, if one was used.
+    params : dict
+        The settings of the run (or where an imported table came from).
+    align : dict
+        How the aligned copy is made (``apply_shifts`` keywords).
+    model : str
+        The transform model.
+    edited : tuple of int
+        Frames whose shift was set by hand.
+    shifts_from : str or None
+        For a layer aligned with another stack's shifts: that stack's name.
+    """
+
+    source: str
+    shifts: np.ndarray
+    quality: np.ndarray
+    outliers: np.ndarray
+    raw_shifts: np.ndarray
+    frame_shape: tuple[int, ...]
+    reference: str = ""
+    mask: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    align: dict[str, Any] = field(default_factory=_default_align)
+    model: str = "translation"
+    edited: tuple[int, ...] = ()
+    shifts_from: str | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return int(len(self.shifts))
+
+    @property
+    def ndim(self) -> int:
+        return int(np.shape(self.shifts)[1])
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        return axis_names(self.ndim)
+
+    def replace(self, **changes) -> AlignedResult:
+        return dataclasses.replace(self, **changes)
+
+    # -- to and from layers ---------------------------------------------------
+    @classmethod
+    def from_registration(cls, result, *, source: str, frame_shape, reference: str,
+                          mask: str | None, align: dict) -> AlignedResult:
+        """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`."""
+        return cls(
+            source=source,
+            shifts=np.asarray(result.shifts, float),
+            quality=np.asarray(result.quality, float),
+            outliers=np.asarray(result.outliers, bool),
+            raw_shifts=np.asarray(result.raw_shifts, float),
+            frame_shape=tuple(int(s) for s in frame_shape),
+            reference=reference,
+            mask=mask,
+            params=dict(result.params),
+            align=dict(align),
+            model=result.model,
+        )
+
+    def to_metadata(self) -> dict:
+        """``{META: {...}}`` for ``layer.metadata`` (plain values, role "aligned")."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["edited"] = list(self.edited)
+        return {META: {"role": "aligned", "axes": self.axes, **d}}
+
+    @classmethod
+    def from_layer(cls, layer) -> AlignedResult | None:
+        """The result an output layer carries, or None (no layer, or no shifts on it)."""
+        if layer is None:
+            return None
+        meta = layer.metadata.get(META)
+        if not isinstance(meta, dict) or "shifts" not in meta:
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in meta.items() if k in known}
+        shifts = np.asarray(d["shifts"], float)
+        d["shifts"] = shifts
+        d["raw_shifts"] = np.asarray(d.get("raw_shifts", shifts), float)
+        d["quality"] = np.asarray(d.get("quality", np.full(len(shifts), np.nan)), float)
+        d["outliers"] = np.asarray(d.get("outliers", np.zeros(len(shifts), bool)), bool)
+        d["frame_shape"] = tuple(d.get("frame_shape", ()))
+        d["edited"] = tuple(int(i) for i in d.get("edited", ()))
+        return cls(**d)

@@ -1,0 +1,196 @@
+"""The shift plot: a matplotlib canvas that follows napari's theme and frame slider.
+
+:class:`ShiftPlot` draws an :class:`~._model.AlignedResult` (shift per axis
+and match quality against frame, outliers and edits marked), keeps a line on
+the current frame and reports clicks as frame numbers. The Shifts dock only
+hands it results; it holds no data of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from napari.utils.theme import get_theme
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
+
+from ._model import AlignedResult, axis_names
+
+AXIS_COLORS = {"z": "#9ccc65", "y": "#ffb74d", "x": "#4fc3f7"}
+OUTLIER_COLOR = "#ff5252"
+
+
+class ShiftPlot(FigureCanvasQTAgg):
+    """Shifts and quality against frame.
+
+    Parameters
+    ----------
+    on_frame : callable, optional
+        Called with a frame number when the user clicks the plot.
+    """
+
+    def __init__(self, on_frame: Callable[[int], None] | None = None):
+        self.figure = Figure(figsize=(4.2, 3.6), layout="constrained")
+        super().__init__(self.figure)
+        self.setMinimumHeight(260)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.setToolTip("Click a point to show that frame.")
+        self._on_frame = on_frame
+        self._vlines: list = []
+        self.axes_list: list = []
+        self._draw_pending = False
+        self.colors: dict[str, str] = {}
+        self.mpl_connect("button_press_event", self._on_click)
+        self.set_theme("dark")
+
+    # -- theme, frame line, clicks ---------------------------------------------
+    def set_theme(self, theme_id: str) -> None:
+        try:
+            theme = get_theme(theme_id)
+        except (KeyError, ValueError):  # e.g. an unknown custom theme id
+            theme = get_theme("dark")
+        self.colors = {
+            "background": theme.background.as_hex(),
+            "canvas": theme.foreground.as_hex(),
+            "text": theme.text.as_hex(),
+            "grid": theme.primary.as_hex(),
+            "line": theme.highlight.as_hex(),
+            "current": theme.current.as_hex(),
+        }
+        self.figure.set_facecolor(self.colors["background"])
+
+    def set_frame(self, frame: int) -> None:
+        """Move the current-frame line."""
+        for line in self._vlines:
+            line.set_xdata([frame, frame])
+        if self._vlines:
+            self.request_draw()
+
+    def _on_click(self, event) -> None:
+        if event.inaxes not in self.axes_list or event.xdata is None or self._on_frame is None:
+            return
+        self._on_frame(int(round(event.xdata)))
+
+    def request_draw(self) -> None:
+        """Render once on a coming event-loop turn (our own draw_idle, which tolerates
+        the widget being closed before it runs)."""
+        if not self._draw_pending:
+            self._draw_pending = True
+            QTimer.singleShot(1, self._draw_now)
+
+    def _draw_now(self) -> None:
+        self._draw_pending = False
+        try:
+            self.draw()
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
+
+    # -- content ------------------------------------------------------------------
+    def show_message(self, text: str) -> None:
+        fig, c = self.figure, self.colors
+        fig.clear()
+        fig.set_facecolor(c["background"])
+        self._vlines, self.axes_list = [], []
+        fig.text(0.5, 0.5, text, ha="center", va="center", color=c["text"], fontsize=10)
+        self.request_draw()
+
+    def show_result(self, res: AlignedResult) -> None:
+        """Draw the shifts of ``res``."""
+        c, fig = self.colors, self.figure
+        fig.clear()
+        fig.set_facecolor(c["background"])
+        self._vlines = []
+        shifts, raw, quality = res.shifts, res.raw_shifts, res.quality
+        outliers, edited = res.outliers, np.asarray(res.edited, int)
+        n, ndim = shifts.shape
+        frames = np.arange(n)
+        ax_s, ax_q = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
+        self.axes_list = [ax_s, ax_q]
+        marker = "o" if n <= 200 else None
+        for name, column, rcol in zip(axis_names(ndim), shifts.T, raw.T):
+            ax_s.plot(frames, column, marker=marker, ms=3, lw=1.3, color=AXIS_COLORS[name],
+                      label=f"shift {name}")
+            changed = outliers & ~np.isclose(rcol, column)
+            if changed.any():  # interpolated outliers: show what was measured
+                ax_s.plot(frames[changed], rcol[changed], "x", color=OUTLIER_COLOR, ms=6)
+        if outliers.any():
+            for column in shifts.T:
+                ax_s.plot(frames[outliers], column[outliers], "o", ms=8, mfc="none",
+                          mec=OUTLIER_COLOR, mew=1.5)
+            ax_s.plot([], [], "o", ms=8, mfc="none", mec=OUTLIER_COLOR, mew=1.5,
+                      label=f"outlier ({int(outliers.sum())})")
+        if edited.size:
+            for column in shifts.T:
+                ax_s.plot(edited, column[edited], "D", ms=6, mfc="none", mec=c["text"])
+            ax_s.plot([], [], "D", ms=6, mfc="none", mec=c["text"], label="edited")
+        finite_q = np.isfinite(quality)
+        ax_q.plot(frames[finite_q], quality[finite_q], marker=marker, ms=3, lw=1.3,
+                  color=c["text"])
+        if (outliers & finite_q).any():
+            sel = outliers & finite_q
+            ax_q.plot(frames[sel], quality[sel], "o", ms=8, mfc="none", mec=OUTLIER_COLOR,
+                      mew=1.5)
+        if not finite_q.any():
+            ax_q.text(0.5, 0.5, "no quality values", transform=ax_q.transAxes, ha="center",
+                      va="center", color=c["text"])
+        _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"])
+        ax_s.set_ylabel("shift (px)")
+        ax_q.set_ylabel("quality")
+        ax_q.set_xlabel("frame")
+        title = res.source + (f" vs {res.reference}" if res.reference else "")
+        ax_s.set_title(title, fontsize=9, color=c["text"], loc="left")
+        legend = ax_s.legend(fontsize=8, loc="best", frameon=True, ncols=2)
+        legend.get_frame().set_facecolor(c["canvas"])
+        legend.get_frame().set_edgecolor(c["grid"])
+        for text in legend.get_texts():
+            text.set_color(c["text"])
+        for ax in self.axes_list:
+            ax.set_facecolor(c["canvas"])
+            ax.tick_params(colors=c["text"], labelsize=8)
+            ax.xaxis.label.set_color(c["text"])
+            ax.yaxis.label.set_color(c["text"])
+            ax.yaxis.label.set_fontsize(9)
+            ax.xaxis.label.set_fontsize(9)
+            for spine in ax.spines.values():
+                spine.set_color(c["grid"])
+            ax.grid(True, color=c["grid"], lw=0.6, alpha=0.8)
+            ax.set_xlim(-0.5, n - 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            self._vlines.append(ax.axvline(0, color=c["current"], lw=1.5, alpha=0.9))
+        self.request_draw()
+
+
+def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
+    """Scale the shift axis to the good frames; pin wild outliers to its edge, labelled.
+
+    One failed frame 12 px off would otherwise squash a drift of a few pixels
+    into a flat line.
+    """
+    good = ~outliers
+    if not outliers.any() or not good.any():
+        return
+    values = np.concatenate([shifts[good].ravel(), raw[good].ravel()])
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.15 * (hi - lo), 0.3)
+    lo, hi = lo - pad, hi + pad
+    wild = np.concatenate([shifts[outliers].ravel(), raw[outliers].ravel()])
+    if wild.min() >= lo and wild.max() <= hi:
+        return
+    ax.set_ylim(lo, hi)
+    edge = 0.04 * (hi - lo)
+    names = axis_names(shifts.shape[1])
+    for f in frames[outliers]:
+        for up in (True, False):
+            off = [f"{a} {v:+.1f}" for a, v in zip(names, shifts[f]) if (v > hi if up else v < lo)]
+            if not off:
+                continue
+            y = hi - edge if up else lo + edge
+            ax.plot([f], [y], "^" if up else "v", color=OUTLIER_COLOR, ms=7, clip_on=False)
+            ax.annotate("\n".join(off), (f, y), xytext=(5, 0), textcoords="offset points",
+                        color=OUTLIER_COLOR, fontsize=7, va="top" if up else "bottom",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": background,
+                              "ec": "none", "alpha": 0.85})
