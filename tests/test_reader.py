@@ -96,7 +96,8 @@ def test_mixed_frame_shapes_fail_when_opening(frames_dir):
 
 
 def test_napari_opens_the_folder_as_one_lazy_layer(frames_dir, sample):
-    import npe2
+    pytest.importorskip("napari", reason="opening through napari needs napari")
+    npe2 = pytest.importorskip("npe2", reason="opening through napari needs npe2")
     from napari.components import ViewerModel
 
     pm = npe2.PluginManager.instance()

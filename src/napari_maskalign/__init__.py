@@ -19,8 +19,9 @@ apply_shifts
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,12 +30,14 @@ _LAZY = {
     "register_stack": "napari_maskalign.engine",
     "iter_register_stack": "napari_maskalign.engine",
     "apply_shifts": "napari_maskalign.engine",
+    "RegistrationOptions": "napari_maskalign.engine",
     "RegistrationResult": "napari_maskalign.engine",
     "valid_from_ignore": "napari_maskalign.engine",
     "make_beam_block_stack": "napari_maskalign._sample_data",
 }
 
 __all__ = [
+    "RegistrationOptions",
     "RegistrationResult",
     "__version__",
     "apply_shifts",
@@ -49,6 +52,7 @@ assert set(__all__) == {"__version__", *_LAZY}
 if TYPE_CHECKING:  # pragma: no cover
     from ._sample_data import make_beam_block_stack
     from .engine import (
+        RegistrationOptions,
         RegistrationResult,
         apply_shifts,
         iter_register_stack,
@@ -58,13 +62,4 @@ if TYPE_CHECKING:  # pragma: no cover
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'napari_maskalign' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
