@@ -16,13 +16,9 @@ from magicgui.widgets import Container
 from napari.layers import Image
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QDoubleSpinBox,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
-    QSpinBox,
     QVBoxLayout,
 )
 
@@ -40,6 +36,7 @@ from ._common import (
     start_worker,
     wrap_label,
 )
+from ._edit import FrameEditBox
 from ._layers import (
     aligned_name,
     current_frame,
@@ -135,44 +132,11 @@ class ShiftsWidget(DockWidget):
         csv_row.addWidget(self.export_button)
         csv_row.addWidget(self.import_button)
 
-        # edit one frame: frame, one shift per axis, [Set shift] [Interpolate]
-        edit_box = QGroupBox("Edit one frame's shift")
-        edit = QGridLayout(edit_box)
-        edit.addWidget(QLabel("frame"), 0, 0)
-        self.frame_spin = QSpinBox()
-        self.frame_spin.setToolTip("The frame to edit (follows the slider; click the plot too).")
-        self.frame_spin.valueChanged.connect(self._show_frame_values)
-        edit.addWidget(self.frame_spin, 0, 1)
-        self.shift_spins: dict[str, QDoubleSpinBox] = {}
-        self._shift_labels: dict[str, QLabel] = {}
-        for row, axis in enumerate(("z", "y", "x"), start=1):
-            label = QLabel(f"shift {axis} (px)")
-            spin = QDoubleSpinBox()
-            spin.setRange(-1e5, 1e5)
-            spin.setDecimals(3)
-            spin.setSingleStep(0.1)
-            spin.setToolTip(
-                f"Shift of this frame along {axis}, in pixels: the shift that moves the frame "
-                "onto the reference."
-            )
-            edit.addWidget(label, row, 0)
-            edit.addWidget(spin, row, 1)
-            self.shift_spins[axis] = spin
-            self._shift_labels[axis] = label
-        self.set_button = b(
-            "Set shift", "Use the shift typed above for this frame and re-align it.",
-            self.set_frame_shift,
-        )
-        self.interp_button = b(
-            "Interpolate",
-            "Replace this frame's shift by interpolating between its good neighbours (for a "
-            "frame whose registration failed) and re-align it.",
-            self.interpolate_frame,
-        )
-        edit_row = QHBoxLayout()
-        edit_row.addWidget(self.set_button)
-        edit_row.addWidget(self.interp_button)
-        edit.addLayout(edit_row, 4, 0, 1, 2)
+        self.edit_box = FrameEditBox(self._show_frame_values, self.set_frame_shift,
+                                     self.interpolate_frame)
+        box = self.edit_box
+        self.frame_spin, self.shift_spins = box.frame_spin, box.shift_spins
+        self.set_button, self.interp_button = box.set_button, box.interp_button
 
         self.apply_button = b(
             "Apply shifts",
@@ -194,7 +158,7 @@ class ShiftsWidget(DockWidget):
         layout.addWidget(fixed_height(self._stack_form.native))
         layout.addWidget(self.plot, 1)
         layout.addLayout(csv_row)
-        layout.addWidget(fixed_height(edit_box))
+        layout.addWidget(fixed_height(self.edit_box))
         apply_layout.addWidget(fixed_height(self._target_form.native))
         apply_layout.addWidget(self.apply_button)
         layout.addWidget(fixed_height(apply_box))
@@ -276,10 +240,7 @@ class ShiftsWidget(DockWidget):
         self._refresh_pending = False
         res = self.result()
         ndim = res.ndim if res else 2
-        for axis in ("z", "y", "x"):
-            shown = axis in axis_names(ndim)
-            self.shift_spins[axis].setVisible(shown)
-            self._shift_labels[axis].setVisible(shown)
+        self.edit_box.show_axes(axis_names(ndim))
         self.frame_spin.setRange(0, max((res.n_frames if res else 0) - 1, 0))
         self._update_buttons()
         if res is None:
