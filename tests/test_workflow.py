@@ -13,6 +13,7 @@ from napari_maskalign.engine import FrameRecord, Progress, RegistrationOptions, 
 from napari_maskalign.workflow import (
     ShiftJournal,
     iter_align,
+    iter_mean,
     register_to_journal,
     resume_rows,
     run_settings,
@@ -215,3 +216,99 @@ def test_iter_align_and_write_aligned_give_the_engine_numbers(tmp_path, sample):
     steps = list(write_aligned(out, sample.stack, shifts))
     assert steps[-1].done == N
     np.testing.assert_array_equal(np.asarray(io.open_stack(out)[:]), expected)
+
+
+# ----------------------------------------------------------------------------
+# the masked mean and the beam block as missing data
+
+
+@pytest.fixture(scope="module")
+def clean():
+    """Noiseless frames with a static beam block, and the same pattern without the block."""
+    kw = dict(n_frames=10, shape=(96, 96), max_drift=4.0, noise=None, seed=3)
+    return make_beam_block_stack(**kw), make_beam_block_stack(**kw, beam_block=False)
+
+
+def drain(gen):
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        return steps, stop.value
+
+
+def test_aligned_frames_carry_the_block_as_nan_where_it_lands(clean):
+    from napari_maskalign.engine import apply_shifts
+
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    _, (aligned, data) = drain(iter_align(synth.stack, shifts, valid=synth.valid, return_data=True))
+    _, expected_data = apply_shifts(synth.stack, shifts, valid_mask=synth.valid, return_valid=True)
+    np.testing.assert_array_equal(data, expected_data)
+    assert np.isnan(aligned[~data]).all() and np.isfinite(aligned[data]).all()
+    # the block lands elsewhere in every frame: frames with different shifts differ in where
+    moved = np.abs(shifts[1:] - shifts[0]).max(axis=1) >= 1
+    assert any((np.isnan(aligned[i + 1]) != np.isnan(aligned[0])).any() for i in np.flatnonzero(moved))
+
+
+def test_the_masked_mean_has_no_darkening_beside_the_block(clean):
+    synth, free = clean
+    shifts = synth.expected_shifts()
+    truth = free.stack[0]  # the pattern at the reference position, nothing in front of it
+    steps, masked = drain(iter_mean(synth.stack, shifts, valid=synth.valid))
+    assert [s.done for s in steps] == list(range(1, 11)) and steps[-1].stage == "averaging"
+    _, naive = drain(iter_mean(synth.stack, shifts))  # the block averaged in as pixels
+    # pixels the block hid in some frames but not all: where it moved
+    edge = (masked.count > 0) & (masked.count < naive.count)
+    assert edge.sum() > 50
+    err_masked = np.abs(masked.mean[edge] - truth[edge]) / truth.max()
+    err_naive = np.abs(naive.mean[edge] - truth[edge]) / truth.max()
+    assert np.median(err_naive) > 10 * np.median(err_masked), (
+        np.median(err_naive), np.median(err_masked))
+    inside = masked.count == 0  # behind the block in every frame
+    assert inside.any() and np.isnan(masked.mean[inside]).all()
+    assert masked.frames == 10 and masked.count.max() == 10
+
+
+def test_the_mean_skips_excluded_frames_and_reads_lazy_stacks_the_same(clean):
+    import dask.array as da
+
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    exclude = np.zeros(10, bool)
+    exclude[[2, 7]] = True
+    _, eager = drain(iter_mean(synth.stack, shifts, valid=synth.valid, exclude=exclude))
+    lazy_stack = da.from_array(synth.stack, chunks=(3, 96, 96))
+    _, lazy = drain(iter_mean(lazy_stack, shifts, valid=synth.valid, exclude=exclude, block=4))
+    assert eager.frames == 8 and eager.count.max() == 8
+    np.testing.assert_allclose(lazy.mean, eager.mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(lazy.count, eager.count)
+
+
+def test_integer_output_keeps_the_type_and_gives_the_data_area(clean):
+    synth, _ = clean
+    counts = np.clip(synth.stack, 0, 65535).astype(np.uint16)
+    shifts = synth.expected_shifts()
+    _, (as_float, data) = drain(iter_align(counts, shifts, valid=synth.valid, return_data=True))
+    _, as_int = drain(iter_align(counts, shifts, valid=synth.valid, integer=True))
+    assert as_float.dtype == np.float32 and as_int.dtype == np.uint16
+    np.testing.assert_array_equal(as_int[data], np.clip(np.rint(as_float[data]), 0, 65535))
+    assert (as_int[~data] == 0).all()
+
+
+def test_write_aligned_accumulates_the_same_mean_in_one_pass(tmp_path, clean):
+    from napari_maskalign.workflow import MeanAccumulator
+
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    acc = MeanAccumulator(synth.stack.shape[1:])
+    exclude = np.zeros(10, bool)
+    exclude[4] = True
+    list(write_aligned(tmp_path / "a.tif", synth.stack, shifts, valid=synth.valid, mean=acc,
+                       exclude=exclude))
+    _, direct = drain(iter_mean(synth.stack, shifts, valid=synth.valid, exclude=exclude))
+    in_one_pass = acc.result()
+    np.testing.assert_allclose(in_one_pass.mean, direct.mean, rtol=1e-6, equal_nan=True)
+    written = np.asarray(io.open_stack(tmp_path / "a.tif")[:])
+    assert np.isnan(written).any()  # the block, as missing data

@@ -7,6 +7,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ._correlators import outer_and
+from ._frames import is_dask
 
 __all__ = ["aligned_dtype", "apply_shifts", "shift_frame"]
 
@@ -131,7 +132,7 @@ def apply_shifts(
     base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
     kw = dict(method=method, order=order, fill_value=fill_value)
 
-    if hasattr(stack, "map_blocks") and hasattr(stack, "chunks"):
+    if is_dask(stack):
         import dask.array as da
 
         stack = stack.rechunk({i: -1 for i in range(1, stack.ndim)})

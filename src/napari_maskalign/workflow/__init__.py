@@ -12,19 +12,31 @@ and the engine; a setting walks from either face to the engine in one
 :class:`~napari_maskalign.engine.RegistrationOptions`.
 """
 
-from .align import AlignProgress, align_frame, align_lazy, iter_align, write_aligned
+from .align import (
+    AlignProgress,
+    MaskedMean,
+    MeanAccumulator,
+    align_frame,
+    align_lazy,
+    iter_align,
+    iter_mean,
+    write_aligned,
+)
 from .journal import ShiftJournal, resume_rows, run_settings, sidecar_path
 from .paths import check_output_path
 from .run import dask_client, register_to_journal
 
 __all__ = [
     "AlignProgress",
+    "MaskedMean",
+    "MeanAccumulator",
     "ShiftJournal",
     "align_frame",
     "align_lazy",
     "check_output_path",
     "dask_client",
     "iter_align",
+    "iter_mean",
     "register_to_journal",
     "resume_rows",
     "run_settings",

@@ -1,9 +1,18 @@
-"""Shifts -> aligned frames: in memory, lazily (dask) or into a file, with progress.
+"""Shifts -> aligned frames and their masked mean: in memory, lazily (dask) or into a file.
 
-Both faces use these: the napari widgets make ``<image> aligned`` layers with
-:func:`iter_align` (or :func:`align_lazy` for stacks that do not fit in
-memory), the ``maskalign`` command writes files with :func:`write_aligned`.
-The shifting itself is :func:`napari_maskalign.engine.apply_shifts`.
+Both faces use these: the napari widgets make ``<image> aligned`` and
+``<image> mean`` layers with :func:`iter_align` and :func:`iter_mean` (or
+:func:`align_lazy` for stacks that do not fit in memory), the ``maskalign``
+command writes files with :func:`write_aligned`, which can accumulate the
+mean in the same pass. The shifting itself is
+:func:`napari_maskalign.engine.apply_shifts`.
+
+Pixels that are not data after alignment -- shifted in from outside the
+field of view, or ignored by the mask (the beam block, hot pixels), which
+lands elsewhere in every frame once the frame is moved -- are NaN in float
+output. Integer output (``integer=True``: rounded and clipped to the input's
+type) cannot hold NaN; the valid area is then returned beside the frames.
+The mean averages each pixel over the frames that saw it.
 """
 
 from __future__ import annotations
@@ -15,7 +24,16 @@ import numpy as np
 from ..engine import aligned_dtype, apply_shifts
 from ..io import StackWriter, as_dask, iter_blocks
 
-__all__ = ["AlignProgress", "align_frame", "align_lazy", "iter_align", "write_aligned"]
+__all__ = [
+    "AlignProgress",
+    "MaskedMean",
+    "MeanAccumulator",
+    "align_frame",
+    "align_lazy",
+    "iter_align",
+    "iter_mean",
+    "write_aligned",
+]
 
 
 @dataclass(frozen=True)
@@ -27,59 +45,200 @@ class AlignProgress:
     stage: str = "applying shifts"
 
 
-def align_frame(stack, shifts, i: int, **kwargs) -> np.ndarray:
-    """Frame ``i`` of the aligned stack, computed now (also for one edited frame)."""
-    return apply_shifts(np.asarray(stack[i : i + 1]), shifts[i : i + 1], **kwargs)[0]
+@dataclass(frozen=True)
+class MaskedMean:
+    """The mean of aligned frames over the frames that saw each pixel.
+
+    Attributes
+    ----------
+    mean : ndarray, float32 or float64 (the aligned frames' type)
+        Each pixel averaged over the frames in which it was valid data; NaN
+        where no frame was.
+    count : ndarray of int32
+        How many frames saw each pixel.
+    frames : int
+        How many frames were averaged (excluded ones not counted).
+    """
+
+    mean: np.ndarray
+    count: np.ndarray
+    frames: int
 
 
-def align_lazy(stack, shifts, **kwargs):
-    """The whole aligned stack as a lazy dask array (nothing is computed yet)."""
-    return apply_shifts(as_dask(stack), shifts, **kwargs)
+class MeanAccumulator:
+    """Sums aligned frames and their valid pixels one block at a time (float64)."""
+
+    def __init__(self, frame_shape, dtype=np.float32):
+        self.total = np.zeros(tuple(frame_shape), np.float64)
+        self.count = np.zeros(tuple(frame_shape), np.int32)
+        self.frames = 0
+        self.dtype = np.dtype(dtype)
+
+    def add(self, aligned: np.ndarray, valid: np.ndarray) -> None:
+        """Add frames (a block along the first axis) and where each holds data."""
+        for frame, ok in zip(aligned, valid):
+            self.total += np.where(ok, frame, 0.0)
+            self.count += ok
+            self.frames += 1
+
+    def result(self) -> MaskedMean:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
+        return MaskedMean(mean.astype(self.dtype), self.count.copy(), self.frames)
 
 
-def _aligned_blocks(stack, shifts, block: int, lazy=None, **kwargs):
-    """``(lo, hi, aligned frames lo..hi-1)`` in order; from ``lazy`` (a dask graph of
-    the aligned stack) when given, else computed here from ``stack``."""
-    for lo, hi in iter_blocks(int(stack.shape[0]), block):
+def _as_input_type(frames: np.ndarray, valid: np.ndarray, dtype) -> np.ndarray:
+    """Aligned float frames as the input's integer (or bool) type: rounded, clipped,
+    0 where there is no data."""
+    dtype = np.dtype(dtype)
+    out = np.where(valid, frames, 0)
+    if dtype.kind == "b":
+        return out > 0.5
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+
+
+def output_dtype(stack_dtype, integer: bool) -> np.dtype:
+    """The aligned frames' type: the input's with ``integer`` (for integer input), else
+    :func:`~napari_maskalign.engine.aligned_dtype` (float)."""
+    dt = np.dtype(stack_dtype)
+    return dt if integer and dt.kind in "biu" else aligned_dtype(dt)
+
+
+def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: int = 1,
+                  lazy=None, **kwargs):
+    """``(lo, hi, aligned, data)`` for frames ``lo..hi-1``, in order.
+
+    ``aligned``: float frames (:func:`~napari_maskalign.engine.aligned_dtype`),
+    NaN where ``valid`` (the engine mask of one frame: True = valid) ignores a
+    pixel once the frame is moved, and, with the default fill value, outside
+    the field. ``data``: where they hold real data (inside the field and
+    valid), when ``need_data`` or a mask asks for it; else None. ``lazy``: the
+    same frames as a dask array, aligned by dask (e.g. on a cluster).
+    ``kwargs`` go to :func:`~napari_maskalign.engine.apply_shifts`."""
+    n = int(stack.shape[0])
+    want = need_data or valid is not None
+    if lazy is not None:
+        graph = apply_shifts(lazy, shifts, valid_mask=valid, return_valid=want, **kwargs)
+        aligned_all, data_all = graph if want else (graph, None)
+    for lo, hi in iter_blocks(n, block):
         if lazy is not None:
-            yield lo, hi, lazy[lo:hi].compute()
+            aligned = aligned_all[lo:hi].compute()
+            data = None if data_all is None else data_all[lo:hi].compute()
         else:
-            yield lo, hi, apply_shifts(np.asarray(stack[lo:hi]), shifts[lo:hi], **kwargs)
+            frames = np.asarray(stack[lo:hi])
+            out = apply_shifts(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
+            aligned, data = out if want else (out, None)
+        if valid is not None:
+            aligned[~data] = np.nan  # the block (and hot pixels) where they land
+        yield lo, hi, aligned, data
 
 
-def iter_align(stack, shifts, *, lazy: bool = False, **kwargs):
+def _converted(aligned, data, dtype):
+    return aligned if np.dtype(dtype).kind == "f" else _as_input_type(aligned, data, dtype)
+
+
+def align_frame(stack, shifts, i: int, *, valid=None, integer: bool = False, **kwargs) -> np.ndarray:
+    """Frame ``i`` of the aligned stack, computed now (also for one edited frame)."""
+    dtype = output_dtype(stack.dtype, integer)
+    _, _, aligned, data = next(_float_blocks(stack[i : i + 1], shifts[i : i + 1], valid=valid,
+                                             need_data=dtype.kind != "f", **kwargs))
+    return _converted(aligned, data, dtype)[0]
+
+
+def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data: bool = False,
+               **kwargs):
+    """The whole aligned stack as a lazy dask array (nothing is computed yet); with
+    ``return_data`` also where it holds data, lazily."""
+    import dask.array as da
+
+    aligned, data = apply_shifts(as_dask(stack), shifts, valid_mask=valid, return_valid=True,
+                                 **kwargs)
+    out_dtype = output_dtype(stack.dtype, integer)
+    if out_dtype.kind != "f":
+        aligned = da.map_blocks(_as_input_type, aligned, data, out_dtype, dtype=out_dtype)
+    elif valid is not None:
+        aligned = da.where(data, aligned, np.nan)
+    return (aligned, data) if return_data else aligned
+
+
+def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool = False,
+               return_data: bool = False, **kwargs):
     """Apply ``shifts``, yielding :class:`AlignProgress` per frame.
 
     Returns the aligned stack (the value of ``yield from``): a numpy array,
-    or at once a lazy dask array when ``lazy`` (nothing is computed then).
-    ``kwargs`` go to :func:`~napari_maskalign.engine.apply_shifts`.
+    or at once a lazy dask array when ``lazy`` (nothing is computed then);
+    with ``return_data``, ``(aligned, data)`` where ``data`` says which
+    pixels of each aligned frame are real data (what integer output needs
+    beside it). ``valid`` is the engine mask (NaN where it lands), ``integer`` keeps an
+    integer input's type (rounded, clipped, 0 where there is no data).
     """
     if lazy:
-        return align_lazy(stack, shifts, **kwargs)
+        return align_lazy(stack, shifts, valid=valid, integer=integer, return_data=return_data,
+                          **kwargs)
     n = int(stack.shape[0])
-    out = np.empty(tuple(stack.shape), aligned_dtype(stack.dtype))
-    for lo, hi, aligned in _aligned_blocks(stack, shifts, 1, **kwargs):
-        out[lo:hi] = aligned
+    out = np.empty(tuple(stack.shape), output_dtype(stack.dtype, integer))
+    data_out = np.empty(tuple(stack.shape), bool) if return_data else None
+    need = return_data or out.dtype.kind != "f"
+    for lo, hi, aligned, data in _float_blocks(stack, shifts, valid=valid, need_data=need, **kwargs):
+        out[lo:hi] = _converted(aligned, data, out.dtype)
+        if data_out is not None:
+            data_out[lo:hi] = data
         yield AlignProgress(hi, n)
-    return out
+    return (out, data_out) if return_data else out
+
+
+def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, **kwargs):
+    """The masked mean of the aligned frames, yielding :class:`AlignProgress` per block.
+
+    Each pixel is averaged over the frames in which it is data after
+    alignment (see :func:`_float_blocks`); frames where ``exclude`` is
+    True (e.g. the flagged outliers) are skipped. Memory holds a block of
+    frames and two frame-sized sums, whatever the stack's length, so a lazy
+    stack is averaged without loading it. Returns a :class:`MaskedMean`.
+    """
+    n = int(stack.shape[0])
+    skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
+    if skip.shape != (n,):
+        raise ValueError(f"exclude must have one flag per frame ({n}), got shape {skip.shape}")
+    keep = np.flatnonzero(~skip)
+    acc = MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
+    done = 0
+    for lo, hi in iter_blocks(len(keep), block):
+        idx = keep[lo:hi]
+        frames = np.stack([np.asarray(stack[int(i)]) for i in idx])
+        for _, _, aligned, data in _float_blocks(frames, shifts[idx], valid=valid, need_data=True,
+                                                 block=len(idx), **kwargs):
+            acc.add(aligned, data)
+        done = hi
+        yield AlignProgress(done, len(keep), "averaging")
+    return acc.result()
 
 
 def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict | None = None,
-                  dask_stack=None, chunk_frames: int = 16, **kwargs):
+                  dask_stack=None, chunk_frames: int = 16, valid=None, integer: bool = False,
+                  mean: MeanAccumulator | None = None, exclude=None, **kwargs):
     """Write the aligned stack to ``path`` (.zarr or .tif); a generator of progress.
 
     The file is written under a temporary name and renamed when complete; on
     any error it is removed. With ``dask_stack`` (the same frames as a dask
     array, e.g. on a cluster) the frames are aligned by dask in blocks of
     ``chunk_frames``; otherwise here, one frame at a time (memory stays
-    flat). Returns the path written.
+    flat). With ``mean``, every frame not flagged in ``exclude`` is also
+    added to that accumulator in the same pass. Returns the path written.
     """
     n = int(stack.shape[0])
-    lazy = apply_shifts(dask_stack, shifts, **kwargs) if dask_stack is not None else None
-    block = chunk_frames if lazy is not None else 1
-    dtype = aligned_dtype(stack.dtype)
+    skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
+    block = chunk_frames if dask_stack is not None else 1
+    dtype = output_dtype(stack.dtype, integer)
     with StackWriter(path, stack.shape, dtype, overwrite=overwrite, attrs=attrs) as writer:
-        for _lo, hi, aligned in _aligned_blocks(stack, shifts, block, lazy, **kwargs):
-            writer.write(aligned)
+        for lo, hi, aligned, data in _float_blocks(
+            stack, shifts, valid=valid, need_data=mean is not None or dtype.kind != "f",
+            block=block, lazy=dask_stack, **kwargs
+        ):
+            if mean is not None:
+                keep = ~skip[lo:hi]
+                mean.add(aligned[keep], data[keep])
+            writer.write(_converted(aligned, data, dtype))
             yield AlignProgress(hi, n, "writing")
     return writer.path
