@@ -95,7 +95,11 @@ def test_register_writes_shifts_and_aligned_stack(run, sample, capsys, suffix):
     aligned = io.open_stack(out)
     if suffix == ".zarr":
         assert aligned.chunks == (1, 64, 64)
-    np.testing.assert_array_equal(np.asarray(aligned[:]), apply_shifts(sample.stack, shifts))
+    # the beam block is missing data (NaN) where it lands in each aligned frame
+    expected, data = apply_shifts(sample.stack, shifts, valid_mask=sample.valid, return_valid=True)
+    expected[~data] = np.nan
+    np.testing.assert_array_equal(np.asarray(aligned[:]), expected)
+    assert "hot pixels: ignored 0 hot or dead pixels (found in the stack)" in captured.out
     settings = json.loads((run / "shifts.csv.json").read_text())["registration"]
     assert settings["frames"] == N and settings["upsample_factor"] == 20
 
@@ -417,3 +421,37 @@ def test_outputs_never_replace_the_mask_or_land_in_the_input_folder(tmp_path, ca
     assert rc == 1
     assert "inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i}.tif" for i in range(4)]
+
+
+def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsys):
+    """A drifting folder whose detector has static hot pixels, only the block painted."""
+    synth = make_beam_block_stack(10, (96, 96), max_drift=4.0, seed=8)
+    stack = synth.stack.copy()
+    rng = np.random.default_rng(1)
+    hot = np.zeros(synth.valid.shape, bool)
+    hot.flat[rng.choice(np.flatnonzero(synth.valid), 60, replace=False)] = True
+    stack[:, hot] += 20 * stack.max()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for i, f in enumerate(stack):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    np.save(tmp_path / "block.npy", synth.beam_block.astype(np.uint8))
+    np.save(tmp_path / "hot.npy", hot.astype(np.uint8))
+    common = ["register", folder, "--mask", tmp_path / "block.npy", "--upsample", "20"]
+    truth = synth.expected_shifts()
+    errors = {}
+    for name, extra in (("auto", []), ("off", ["--hot-pixels", "off"]),
+                        ("file", ["--hot-pixels", tmp_path / "hot.npy"])):
+        assert cli(*common, *extra, "--shifts", tmp_path / f"{name}.csv") == 0
+        out = capsys.readouterr().out
+        shifts, _ = io.read_shifts_csv(tmp_path / f"{name}.csv")
+        errors[name] = np.median(np.abs(shifts - truth)[1:])
+        if name == "auto":
+            assert "hot pixels: ignored 60 hot or dead pixels (found in the stack)" in out
+        elif name == "file":
+            assert "hot pixels: ignored 60 hot or dead pixels (given)" in out
+        else:
+            assert "hot pixels" not in out
+    assert errors["off"] > 1.0 and errors["auto"] < 0.05 and errors["file"] < 0.05
+    rc = cli(*common, "--hot-pixels", tmp_path / "nope.npy", "--shifts", tmp_path / "x.csv")
+    assert rc == 1 and "no file" in capsys.readouterr().err

@@ -209,3 +209,22 @@ def test_suggest_with_nothing_dark_says_so(qtbot, viewer_model, notes):
     layer = w.suggest_mask()
     assert not layer.data.any()
     assert "No beam block found" in notes()[-1]
+
+
+def test_suggest_paints_hot_pixels_with_their_own_label(qtbot, viewer_model, small_stack, notes):
+    stack = small_stack.stack.copy()
+    spots = [(20, 20), (20, 100), (100, 20)]  # away from the block (and its margin)
+    assert all(small_stack.valid[p] for p in spots)
+    for p in spots:
+        stack[(slice(None), *p)] = 50 * stack.max()
+    viewer_model.add_image(stack, name="s")
+    w = MaskWidget(viewer_model)
+    qtbot.addWidget(w)
+    layer = w.suggest_mask()
+    assert sorted(map(tuple, np.argwhere(layer.data == 2))) == spots
+    assert (layer.data[small_stack.beam_block] == 1).mean() > 0.95
+    assert "3 hot or dead pixels (label 2" in notes()[-1] and "check it" in notes()[-1]
+    # they are ignored like the block: a run with this mask does not see them
+    from napari_maskalign.engine import valid_from_ignore
+
+    assert not valid_from_ignore(layer.data)[tuple(np.transpose(spots))].any()

@@ -79,7 +79,10 @@ def test_run_publishes_aligned_and_xcorr(qtbot, widget, loaded_model, small_stac
     err = np.abs(meta["shifts"] - relative_truth(small_stack, 0))
     assert err.max() < 0.1, err.max()
     assert meta["quality"].shape == (20,) and meta["outliers"].dtype == bool
-    expected = apply_shifts(source.data, meta["shifts"])
+    # the block (the mask) is missing data where it lands in every aligned frame
+    expected, data = apply_shifts(source.data, meta["shifts"], valid_mask=small_stack.valid,
+                                  return_valid=True)
+    expected[~data] = np.nan
     np.testing.assert_allclose(aligned.data, expected, equal_nan=True)
 
     xcorr = loaded_model.layers["stack xcorr"]
@@ -174,10 +177,10 @@ def test_dask_input_gives_a_lazy_aligned_stack(qtbot, viewer_model, small_stack)
     assert isinstance(aligned.data, da.Array)
     assert w.progress_bar.maximum() == 20  # no eager shifting pass
     shifts = aligned.metadata["maskalign"]["shifts"]
-    np.testing.assert_allclose(
-        np.asarray(aligned.data[3]), apply_shifts(small_stack.stack[3:4], shifts[3:4])[0],
-        equal_nan=True,
-    )
+    expected, data = apply_shifts(small_stack.stack[3:4], shifts[3:4],
+                                  valid_mask=small_stack.valid, return_valid=True)
+    expected[~data] = np.nan  # the block, where it lands
+    np.testing.assert_allclose(np.asarray(aligned.data[3]), expected[0], equal_nan=True)
 
 
 def test_stacks_over_the_memory_threshold_stay_lazy(qtbot, widget, loaded_model, monkeypatch):
@@ -348,3 +351,27 @@ def test_error_raised_by_the_engine_in_the_worker(qtbot, viewer_model, notes):
     assert "no contrast" in msg and "Traceback" not in msg
     assert [layer.name for layer in viewer_model.layers] == ["blank"]
     assert w.run_button.isEnabled()
+
+
+def test_hot_pixels_are_ignored_by_default_and_counted(qtbot, viewer_model, small_stack):
+    stack = small_stack.stack.copy()
+    rng = np.random.default_rng(2)
+    hot = np.zeros(small_stack.valid.shape, bool)
+    hot.flat[rng.choice(np.flatnonzero(small_stack.valid), 40, replace=False)] = True
+    stack[:, hot] += 20 * stack.max()
+    viewer_model.add_image(stack, name="hot")
+    viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="hot mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.reference.value = "index"
+    assert w.hot_pixels.value is True  # on by default
+    assert run_and_wait(qtbot, w) == "done"
+    assert "Ignored 40 hot or dead pixels" in w.status.text()
+    aligned = viewer_model.layers["hot aligned"]
+    meta = aligned.metadata["maskalign"]
+    assert np.abs(meta["shifts"] - relative_truth(small_stack, 0)).max() < 0.1
+    assert np.isnan(aligned.data[0][hot]).all()  # ignored pixels are missing data
+    w.hot_pixels.value = False
+    assert run_and_wait(qtbot, w) == "done"
+    locked = viewer_model.layers["hot aligned"].metadata["maskalign"]["shifts"]
+    assert np.abs(locked).max() < 0.5 < np.abs(relative_truth(small_stack, 0)).max()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ class OutOfOrderRun:
         self.shifts, self.quality = table()
         self.total = N - start
         self.frames = [f for f in self.order if f >= start]
-        self.result = None
+        self.result = SimpleNamespace(valid_mask=None, hot_pixels=None)
 
     def __iter__(self):
         for done, f in enumerate(self.frames, 1):

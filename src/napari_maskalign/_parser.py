@@ -188,6 +188,14 @@ def _add_commands(sub) -> None:
     )
     reg.add_argument("--mask", metavar="MASK", help=MASK_HELP + " (default: no mask)")
     reg.add_argument(
+        "--hot-pixels",
+        default="auto",
+        metavar="auto|off|FILE",
+        help="static outlier pixels (hot, dead, stuck, saturated) to ignore on top of --mask: "
+        "'auto' (default) finds them in the stack, 'off' uses the mask alone, or a mask FILE "
+        "whose nonzero pixels are the hot pixels",
+    )
+    reg.add_argument(
         "--invert-mask",
         action="store_true",
         help="the mask file marks VALID pixels with nonzero (default: nonzero = ignore)",

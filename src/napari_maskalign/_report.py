@@ -1,11 +1,13 @@
-"""Progress of the ``maskalign`` command: a bar on a terminal."""
+"""What the ``maskalign`` command tells the user: progress on a terminal, the run's summary."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-__all__ = ["follow"]
+import numpy as np
+
+__all__ = ["follow", "summary"]
 
 
 def follow(steps, desc: str, initial: int = 0):
@@ -39,3 +41,28 @@ def follow(steps, desc: str, initial: int = 0):
     finally:
         if bar is not None:
             bar.close()
+
+
+def summary(result, *, start: int, seconds: float, shape, dtype, shifts_path) -> None:
+    n = result.n_frames
+    mag = np.linalg.norm(result.raw_shifts, axis=1)
+    done = n - start
+    rate = done / seconds if seconds > 0 else float("inf")
+    quality = result.quality
+    lines = [
+        f"registered {done} of {n} frames ({'x'.join(str(int(s)) for s in shape)}, {dtype}) in {seconds:.1f} s "
+        f"({rate:.1f} frames/s)" + (f"; resumed at frame {start}" if start else ""),
+        f"shift: median {np.median(mag):.3f} px, max {mag.max():.3f} px (frame {int(mag.argmax())}); "
+        f"quality: median {np.median(quality):.3f}, min {quality.min():.3f}",
+    ]
+    if result.hot_pixels is not None:
+        found = "found in the stack" if result.params.get("hot_pixels") == "auto" else "given"
+        lines.append(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels ({found})")
+    flagged = np.flatnonzero(result.outliers)
+    if flagged.size:
+        shown = ", ".join(map(str, flagged[:20])) + (", ..." if flagged.size > 20 else "")
+        lines.append(f"outliers: {flagged.size} frame(s) flagged (low quality or a jump): {shown}")
+    else:
+        lines.append("outliers: none flagged")
+    lines.append(f"shifts: {shifts_path}")
+    print("\n".join(lines))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._parser import build_parser, many_inputs
-from ._report import follow
+from ._report import follow, summary
 
 __all__ = ["build_parser", "main"]
 
@@ -126,7 +126,20 @@ def _options(args):
             overlap_ratio=args.overlap_ratio,
             max_jump=args.max_jump,
             min_quality=args.min_quality,
+            hot_pixels=_hot_pixels(args.hot_pixels),
         )
+
+
+def _hot_pixels(value: str):
+    """'auto', 'off', or the hot pixels of a mask file (nonzero = hot, to ignore)."""
+    if value in ("auto", "off"):
+        return value
+    from .io import read_mask
+
+    try:
+        return read_mask(value) != 0
+    except FileNotFoundError:
+        raise CLIError(f"--hot-pixels takes auto, off or a mask file; there is no file {value}") from None
 
 
 def _read_mask(args, frame_shape):
@@ -146,28 +159,6 @@ def _read_mask(args, frame_shape):
                 "pixels with nonzero, add --invert-mask"
             )
         raise CLIError(f"{exc}{hint}") from None
-
-
-def _summary(result, *, start: int, seconds: float, shape, dtype, shifts_path) -> None:
-    n = result.n_frames
-    mag = np.linalg.norm(result.raw_shifts, axis=1)
-    done = n - start
-    rate = done / seconds if seconds > 0 else float("inf")
-    quality = result.quality
-    lines = [
-        f"registered {done} of {n} frames ({_fmt_shape(shape)}, {dtype}) in {seconds:.1f} s "
-        f"({rate:.1f} frames/s)" + (f"; resumed at frame {start}" if start else ""),
-        f"shift: median {np.median(mag):.3f} px, max {mag.max():.3f} px (frame {int(mag.argmax())}); "
-        f"quality: median {np.median(quality):.3f}, min {quality.min():.3f}",
-    ]
-    flagged = np.flatnonzero(result.outliers)
-    if flagged.size:
-        shown = ", ".join(map(str, flagged[:20])) + (", ..." if flagged.size > 20 else "")
-        lines.append(f"outliers: {flagged.size} frame(s) flagged (low quality or a jump): {shown}")
-    else:
-        lines.append("outliers: none flagged")
-    lines.append(f"shifts: {shifts_path}")
-    print("\n".join(lines))
 
 
 def _remove_stale(out: Path) -> None:
@@ -237,16 +228,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
             steps = register_to_journal(stack, journal, options, mask=valid, client=client,
                                         chunk_frames=args.chunk_frames)
             result = follow(steps, "registering", initial=start if options.mode != "template" else 0)
-            _summary(result, start=start, seconds=time.perf_counter() - t0, shape=frame_shape,
+            summary(result, start=start, seconds=time.perf_counter() - t0, shape=frame_shape,
                      dtype=np.dtype(stack.dtype), shifts_path=args.shifts)
             if out is not None:
                 t1 = time.perf_counter()
                 lazy = None if client is None else _cluster_frames(stack, args)
                 with _plain_errors(f"cannot write {out}: "):
-                    follow(write_aligned(out, stack, result.shifts, overwrite=args.overwrite,
-                                          attrs=_attrs(args, settings["input"]), dask_stack=lazy,
-                                          chunk_frames=args.chunk_frames, **_align_kwargs(args)),
-                            "writing")
+                    follow(write_aligned(out, stack, result.shifts, valid=result.valid_mask,
+                                         overwrite=args.overwrite,
+                                         attrs=_attrs(args, settings["input"]), dask_stack=lazy,
+                                         chunk_frames=args.chunk_frames, **_align_kwargs(args)),
+                           "writing")
                 print(f"aligned: {out} ({time.perf_counter() - t1:.1f} s)")
     except KeyboardInterrupt:
         if steps is not None:

@@ -15,6 +15,7 @@ the matrix-multiply DFT of Guizar-Sicairos et al. (2008); the References of
 """
 
 from ._correlators import PhaseCorrelator
+from ._hotpixels import find_static_outliers, mask_with_outliers
 from ._masked import MaskedCorrelator
 from ._masks import (
     check_valid_mask,
@@ -44,10 +45,12 @@ __all__ = [
     "apply_shifts",
     "build_result",
     "check_valid_mask",
+    "find_static_outliers",
     "flag_outliers",
     "grow_ignore",
     "interpolate_flagged",
     "iter_register_stack",
+    "mask_with_outliers",
     "phase_cross_correlation",
     "register_stack",
     "shrink_ignore",

@@ -89,6 +89,11 @@ class RegistrationOptions:
         Radius of that window (at least 1).
     workers : int, optional
         Threads (default: all cores).
+    hot_pixels : {"auto", "off"} or ndarray of bool
+        Static outlier pixels (hot, dead, stuck, saturated) to ignore on top
+        of the mask: ``"auto"`` (default) finds them in the stack with
+        :func:`find_static_outliers`; ``"off"`` leaves the mask alone; a
+        boolean array of one frame's shape names them (True = ignore).
     """
 
     reference: Any = 0
@@ -104,6 +109,7 @@ class RegistrationOptions:
     return_xcorr: bool = False
     xcorr_radius: int = 16
     workers: int | None = None
+    hot_pixels: Any = "auto"
 
     def __post_init__(self):
         def put(name, value):
@@ -142,6 +148,7 @@ class RegistrationOptions:
             raise ValueError(f"xcorr_radius must be at least 1, got {self.xcorr_radius!r}")
         if self.workers is not None and (not _is_index(self.workers) or self.workers < 1):
             raise ValueError(f"workers must be a whole number of at least 1, got {self.workers!r}")
+        put("hot_pixels", _check_hot_pixels(self.hot_pixels))
         put("interpolate_outliers", bool(self.interpolate_outliers))
         put("return_xcorr", bool(self.return_xcorr))
 
@@ -190,6 +197,11 @@ class RegistrationOptions:
                 f"the reference image has shape {self.reference.shape} but one frame has "
                 f"shape {tuple(frame_shape)}"
             )
+        if not isinstance(self.hot_pixels, str) and self.hot_pixels.shape != tuple(frame_shape):
+            raise ValueError(
+                f"the hot_pixels mask has shape {self.hot_pixels.shape} but one frame has "
+                f"shape {tuple(frame_shape)}"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values (an explicit reference image shows as "image")."""
@@ -200,6 +212,8 @@ class RegistrationOptions:
             out["reference"] = int(self.reference)
         if self.mode != "template":
             out["template_iterations"] = None
+        if not isinstance(self.hot_pixels, str):
+            out["hot_pixels"] = "mask"
         return out
 
     def fingerprint(self) -> dict[str, Any]:
@@ -210,19 +224,37 @@ class RegistrationOptions:
         """
         d = self.describe()
         if self.mode == "image":
-            ref = np.ascontiguousarray(self.reference)
-            d["reference"] = "image sha256:" + hashlib.sha256(
-                str(ref.dtype).encode() + str(ref.shape).encode() + ref.tobytes()
-            ).hexdigest()
+            d["reference"] = "image sha256:" + _digest(self.reference)
+        if not isinstance(self.hot_pixels, str):
+            d["hot_pixels"] = "mask sha256:" + _digest(self.hot_pixels)
         keep = (
             "reference", "reference_range", "upsample_factor", "max_shift",
-            "overlap_ratio", "normalization", "template_iterations",
+            "overlap_ratio", "normalization", "template_iterations", "hot_pixels",
         )
         out = {k: d[k] for k in keep}
         for k in ("reference_range", "max_shift"):
             if isinstance(out[k], tuple):
                 out[k] = list(out[k])
         return out
+
+
+def _digest(arr) -> str:
+    arr = np.ascontiguousarray(arr)
+    return hashlib.sha256(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()).hexdigest()
+
+
+def _check_hot_pixels(value):
+    if isinstance(value, str):
+        if value not in ("auto", "off"):
+            raise ValueError(f"hot_pixels must be 'auto', 'off' or a boolean mask, got {value!r}")
+        return value
+    arr = np.asarray(value)
+    if arr.dtype != bool or arr.ndim not in (2, 3):
+        raise ValueError(
+            "hot_pixels must be 'auto', 'off' or a boolean mask of one frame (True = pixel to "
+            f"ignore), got {'an array of ' + str(arr.dtype) if arr.ndim else repr(value)}"
+        )
+    return arr
 
 
 def _check_names(settings: dict) -> None:

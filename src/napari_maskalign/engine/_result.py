@@ -110,6 +110,14 @@ class RegistrationResult:
         The settings the registration ran with.
     model : str
         The transform model: ``"translation"``.
+    hot_pixels : ndarray of bool or None
+        Static outlier pixels (hot, dead, stuck, saturated) that were ignored
+        on top of the mask (found with ``hot_pixels="auto"`` or given); None
+        with ``hot_pixels="off"``.
+    valid_mask : ndarray of bool or None
+        The mask registration used (True = valid): the given mask without the
+        hot pixels; None when every pixel was used. Aligning with it makes
+        the ignored pixels NaN where they land.
     """
 
     shifts: np.ndarray
@@ -120,6 +128,13 @@ class RegistrationResult:
     xcorr: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
     model: str = "translation"
+    hot_pixels: np.ndarray | None = None
+    valid_mask: np.ndarray | None = None
+
+    @property
+    def n_hot_pixels(self) -> int:
+        """How many static outlier pixels were ignored on top of the mask."""
+        return 0 if self.hot_pixels is None else int(np.count_nonzero(self.hot_pixels))
 
     @property
     def n_frames(self) -> int:
@@ -141,7 +156,8 @@ class RegistrationResult:
             f"RegistrationResult(n_frames={self.n_frames}, ndim={self.ndim}, "
             f"median |shift|={np.median(mag) if mag.size else 0:.3f} px, "
             f"max |shift|={mag.max() if mag.size else 0:.3f} px, "
-            f"outliers={int(self.outliers.sum())}, model={self.model!r})"
+            f"outliers={int(self.outliers.sum())}, hot pixels={self.n_hot_pixels}, "
+            f"model={self.model!r})"
         )
 
 
@@ -153,6 +169,8 @@ def build_result(
     peaks=None,
     xcorr=None,
     params: dict | None = None,
+    hot_pixels=None,
+    valid_mask=None,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
@@ -174,4 +192,6 @@ def build_result(
         peaks=raw.copy() if peaks is None else np.asarray(peaks, dtype=float),
         xcorr=xcorr,
         params={**options.describe(), **(params or {})},
+        hot_pixels=hot_pixels,
+        valid_mask=valid_mask,
     )

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._fft import default_workers, real_dtype_for
 from ._frames import check_stack, is_dask, iter_frames, read_frame
+from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._registrar import FrameRegistrar, has_contrast
@@ -138,6 +139,9 @@ class RegistrationRun:
     # -- the steps --------------------------------------------------------------
     def _run(self):
         opts = self.options
+        # static outliers (hot, dead pixels) join the mask before any registrar is made
+        given = self.valid
+        self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
         table = _Table(count, len(self.frame_shape), radius)
@@ -153,7 +157,10 @@ class RegistrationRun:
             opts,
             peaks=table.peaks,
             xcorr=table.xcorr,
-            params={"masked": self.valid is not None, "start": self.start, "n_frames": self.n_frames},
+            params={"masked": given is not None, "start": self.start, "n_frames": self.n_frames,
+                    "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+            hot_pixels=hot,
+            valid_mask=self.valid,
         )
 
     def _reference_image(self) -> np.ndarray:

@@ -220,12 +220,18 @@ def wrap_label(text: str = ""):
     return label
 
 
+#: the label "Suggest from stack" paints hot, dead and saturated pixels with
+HOT_LABEL = 2
+
+
 def mask_colormap():
-    """Every painted label in one bright colour that stands out on dark and on magma-like
-    images; unpainted pixels transparent."""
+    """Painted labels in one bright colour that stands out on dark and on magma-like
+    images, hot pixels (label 2) in magenta; unpainted pixels transparent."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: "#00e5ff", 0: "transparent"})
+    return DirectLabelColormap(
+        color_dict={None: "#00e5ff", 0: "transparent", HOT_LABEL: "#ff3df5"}
+    )
 
 
 def layer_list_events(viewer) -> list:

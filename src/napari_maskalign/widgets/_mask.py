@@ -16,6 +16,7 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import QGridLayout, QVBoxLayout
 
 from napari_maskalign.engine import (
+    find_static_outliers,
     grow_ignore,
     shrink_ignore,
     suggest_beam_block,
@@ -24,6 +25,7 @@ from napari_maskalign.engine import (
 from napari_maskalign.io import read_mask, write_mask
 
 from ._common import (
+    HOT_LABEL,
     DockWidget,
     LayerCombo,
     PicksMask,
@@ -226,24 +228,29 @@ class MaskWidget(PicksMask, DockWidget):
         try:
             image = self._image()
             data = image.data if image.ndim > 2 else image.data[None]
-            ignore = suggest_beam_block(
+            block = suggest_beam_block(
                 data, darkness=float(self.darkness.value), margin=int(self.pixels.value)
             )
+            # hot, dead and saturated pixels stand still too: their own label, to tell apart
+            hot = find_static_outliers(data, valid=block == 0)
+            ignore = np.where(hot, HOT_LABEL, block).astype(np.uint8)
             layer = self._mask_layer_for(image, ignore)
         except (ValueError, MemoryError) as exc:
             self.report(exc)
             return None
-        n = int(np.count_nonzero(ignore))
-        if n == 0:
-            notify_info(
-                "No beam block found: no pixel stays dark in every frame. Raise 'darkness' or "
-                "paint the block by hand."
+        n, n_hot = int(np.count_nonzero(block)), int(np.count_nonzero(hot))
+        found = (
+            "No beam block found: no pixel stays dark in every frame. Raise 'darkness' or "
+            "paint the block by hand."
+            if n == 0
+            else f"Suggested a beam block of {n} pixels ({100 * n / block.size:.1f}% of a frame)"
+        )
+        if n_hot:
+            found += (
+                f"{'' if n == 0 else ' and'} {n_hot} hot or dead pixels (label {HOT_LABEL}, "
+                "magenta)"
             )
-        else:
-            notify_info(
-                f"Suggested a beam block of {n} pixels ({100 * n / ignore.size:.1f}% of a frame): "
-                "check it and correct it with the brush."
-            )
+        notify_info(found + (": check it and correct it with the brush." if n or n_hot else ""))
         self._start_painting(layer, frame_shape(image))
         return layer
 

@@ -60,6 +60,10 @@ class AlignedResult:
         Frames whose shift was set by hand.
     shifts_from : str or None
         For a layer aligned with another stack's shifts: that stack's name.
+    valid : ndarray of bool or None
+        The mask registration used (True = valid; the painted mask without the
+        hot pixels): those pixels are missing data (NaN) in the aligned copy,
+        where they land.
     """
 
     source: str
@@ -75,6 +79,7 @@ class AlignedResult:
     model: str = "translation"
     edited: tuple[int, ...] = ()
     shifts_from: str | None = None
+    valid: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -108,6 +113,7 @@ class AlignedResult:
             params=dict(result.params),
             align=dict(align),
             model=result.model,
+            valid=result.valid_mask,
         )
 
     def to_metadata(self) -> dict:

@@ -86,7 +86,9 @@ def register_job(job: RegisterJob):
     stack is lazy); returns ``(RegistrationResult, aligned)``.
     """
     result = yield from job.run
-    aligned = yield from iter_align(job.stack, result.shifts, lazy=job.lazy, **job.align_kwargs)
+    # the pixels registration ignored (the block, hot pixels) are missing data where they land
+    aligned = yield from iter_align(job.stack, result.shifts, lazy=job.lazy,
+                                    valid=result.valid_mask, **job.align_kwargs)
     return result, aligned
 
 
@@ -314,6 +316,8 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             )
         else:
             text += "; no outliers."
+        if result.n_hot_pixels:
+            text += f" Ignored {result.n_hot_pixels} hot or dead pixels."
         self.status.setText(text)
         notify_info(f"'{aligned_name(self.job.source)}': {text}")
 

@@ -68,6 +68,12 @@ MAIN = [
         tooltip="With a mask: ignore shifts at which a frame and the reference share less "
         "than this fraction of their unmasked pixels (matches on a thin sliver of overlap "
         "are unreliable).")),
+    ("hot_pixels", CheckBox, dict(
+        value=True, text="ignore hot and dead pixels",
+        tooltip="Find the detector's hot, dead, stuck and saturated pixels in the stack (single "
+        "pixels that stand out from their neighbours in every frame) and ignore them like the "
+        "beam block. They stand still, so left in they pull every frame towards zero shift. "
+        "Bragg spots and rings move and are not touched.")),
 ]
 
 #: the controls under "More options"
@@ -199,6 +205,7 @@ class RegisterForm:
             interpolate_outliers=bool(self.interpolate.value),
             return_xcorr=bool(self.preview.value),
             xcorr_radius=radius,
+            hot_pixels="auto" if self.hot_pixels.value else "off",
             # leave a core to the event loop: the viewer stays responsive
             workers=max(1, (os.cpu_count() or 2) - 1),
             **reference,

@@ -409,7 +409,7 @@ class ShiftsWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.status.setText(desc + "…")
         self.worker = start_worker(
-            align_job, data, res.shifts, lazy, res.align,
+            align_job, data, res.shifts, lazy, {**res.align, "valid": res.valid},
             total=0 if lazy else n, desc=desc,
             yielded=yielded, returned=returned, errored=errored, finished=finished, owner=self,
         )
@@ -467,9 +467,9 @@ class ShiftsWidget(DockWidget):
             )
         data = layer.data
         if isinstance(data, np.ndarray):
-            data[frame] = align_frame(source.data, shifts, frame, **res.align)
+            data[frame] = align_frame(source.data, shifts, frame, valid=res.valid, **res.align)
         else:  # lazy: rebuild the (cheap) graph with the new shifts
-            data = align_lazy(source.data, shifts, **res.align)
+            data = align_lazy(source.data, shifts, valid=res.valid, **res.align)
         outliers = res.outliers.copy()
         outliers[frame] = False
         edited = tuple(sorted({*res.edited, int(frame)}))

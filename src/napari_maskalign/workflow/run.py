@@ -14,7 +14,7 @@ import contextlib
 
 import numpy as np
 
-from ..engine import RegistrationRun, build_result
+from ..engine import RegistrationRun, build_result, mask_with_outliers
 from ..io import as_dask
 
 __all__ = ["dask_client", "register_to_journal"]
@@ -86,12 +86,15 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     """
     n = journal.n_frames
     start = journal.saved
-    run_options = options
-    if start < n:
+    if start == n:  # nothing left to register; the outputs still need the mask it used
+        used, hot = mask_with_outliers(stack, mask, options.hot_pixels)
+    else:
+        run_stack, run_options = stack, options
         if client is not None:
-            stack, run_options = cluster_stack(stack, options, client, chunk_frames)
+            run_stack, run_options = cluster_stack(stack, options, client, chunk_frames)
         previous = journal.shifts[start - 1] if options.mode == "previous" and start else None
-        run = RegistrationRun(stack, run_options, mask=mask, start=start, previous_shift=previous)
+        run = RegistrationRun(run_stack, run_options, mask=mask, start=start,
+                              previous_shift=previous)
         template = options.mode == "template"
         try:
             for p in run:
@@ -104,10 +107,14 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         finally:
             if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                 journal.save(force=True)
+        used, hot = run.result.valid_mask, run.result.hot_pixels
     journal.save(force=True)
     return build_result(
         journal.shifts,
         journal.quality,
         options,
-        params={"masked": mask is not None, "start": start, "n_frames": n},
+        params={"masked": mask is not None, "start": start, "n_frames": n,
+                "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+        hot_pixels=hot,
+        valid_mask=used,
     )
