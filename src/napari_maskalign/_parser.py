@@ -49,6 +49,7 @@ def _positive_int(text: str) -> int:
 
 
 def _number(lo: float | None = None, hi: float | None = None, *, open_hi: bool = False):
+    """A finite number in [lo, hi] (or [lo, hi)); the message says the range."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -56,6 +57,8 @@ def _number(lo: float | None = None, hi: float | None = None, *, open_hi: bool =
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and hi is not None and not open_hi and not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number from {lo:g} to {hi:g}, got {text}")
         if lo is not None and value < lo:
             raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {value:g}")
         if hi is not None and (value >= hi if open_hi else value > hi):
@@ -114,13 +117,39 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
         type=_fill,
         default=float("nan"),
         metavar="VALUE",
-        help="value of pixels shifted in from outside the frame (default nan); integer "
-        "input gives float32 output",
+        help="value of pixels shifted in from outside the frame (default nan)",
     )
     g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace existing outputs (only once the new ones are complete)",
+    )
+    _add_issue12_outputs(g)
+
+
+def _add_issue12_outputs(g) -> None:
+    """The mean, the output type and the log (issue 12)."""
+    g.add_argument(
+        "--mean",
+        metavar="MEAN.tif",
+        help="also write the masked mean of the aligned frames (.tif/.tiff or .npy): each pixel "
+        "averaged over the frames that saw it (the block and pixels shifted in from outside "
+        "are left out; NaN where no frame saw it), its frame count beside it in "
+        "MEAN_count.tif; needs no --output, reads every frame once",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "input"),
+        default="float32",
+        help="type of the aligned output: float32 (default; NaN where there is no data) or "
+        "input (an integer input's type, rounded and clipped; where there is no data is then "
+        "written beside it as OUT_mask, nonzero = no data)",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal; otherwise a plain line at least every 10 s, "
+        "for logs)",
     )
 
 
@@ -160,6 +189,34 @@ examples:
   maskalign register 'run/frame_*.tif' --mask block.npy --max-shift 20 --shifts s.csv --resume
   maskalign register stack.tif --mask valid.tif --invert-mask --workers 4 --shifts s.csv
 """
+
+
+def _add_issue12_register(reg) -> None:
+    """Normalization, outliers, the drift plot (issue 12)."""
+    reg.add_argument(
+        "--normalization",
+        choices=("none", "phase"),
+        default="none",
+        help="without a mask: plain cross-correlation (none, default: best for smooth images "
+        "such as diffraction patterns) or phase correlation (phase, scikit-image's default)",
+    )
+    reg.add_argument(
+        "--interpolate-outliers",
+        action="store_true",
+        help="align flagged frames with shifts interpolated from their good neighbours (the "
+        "shifts file keeps the measured shifts)",
+    )
+    reg.add_argument(
+        "--mean-with-outliers",
+        action="store_true",
+        help="average flagged frames into --mean too (default: left out)",
+    )
+    reg.add_argument(
+        "--plot",
+        metavar="PLOT.png",
+        help="save the drift plot: shifts and quality against frame, outliers marked "
+        "(.png, .pdf or .svg)",
+    )
 
 
 def _command(sub, name: str, help: str, description: str, **kwargs) -> argparse.ArgumentParser:
@@ -209,10 +266,10 @@ def _add_commands(sub) -> None:
     )
     reg.add_argument(
         "--upsample",
-        type=_number(1),
+        type=_number(1, 1000),
         default=20.0,
         metavar="U",
-        help="subpixel precision 1/U pixel (default 20)",
+        help="subpixel precision 1/U pixel, 1 to 1000 (default 20)",
     )
     reg.add_argument(
         "--max-shift",
@@ -241,6 +298,7 @@ def _add_commands(sub) -> None:
         metavar="Q",
         help="flag frames whose match quality is below Q (default: from the run's statistics)",
     )
+    _add_issue12_register(reg)
     reg.add_argument(
         "--shifts", required=True, metavar="SHIFTS.csv", help="shifts file to write (see below)"
     )
@@ -273,7 +331,11 @@ def _add_commands(sub) -> None:
         metavar="SHIFTS.csv",
         help="one row per frame: frame, shift_y, shift_x[, quality] (shift_z too for 3D frames)",
     )
-    app.add_argument("--output", required=True, metavar="OUT", help=OUTPUT_HELP)
+    app.add_argument("--output", metavar="OUT", help=OUTPUT_HELP + " (or only --mean)")
+    app.add_argument("--mask", metavar="MASK", help=MASK_HELP + "; its pixels are NaN in the "
+                     "aligned output and left out of the mean (default: no mask)")
+    app.add_argument("--invert-mask", action="store_true",
+                     help="the mask file marks VALID pixels with nonzero")
     _add_output_options(app)
     _add_cluster_options(app)
 
@@ -286,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(a beam block, a scale bar, a dead detector region)."
         ),
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"maskalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",

@@ -69,11 +69,19 @@ def is_zarr_dir(path: Path) -> bool:
     )
 
 
-def list_frame_files(source) -> list[str]:
+def _without(files: list[str], exclude) -> list[str]:
+    """``files`` less those that are the same file as one in ``exclude`` (a mask kept
+    beside the frames is not a frame)."""
+    drop = {Path(os.fspath(e)).expanduser().resolve() for e in exclude if e is not None}
+    return [f for f in files if Path(f).resolve() not in drop] if drop else files
+
+
+def list_frame_files(source, exclude=()) -> list[str]:
     """The TIFF files of a folder, a glob pattern or a list, in natural order.
 
-    Raises ``FileNotFoundError`` when the folder does not exist or nothing
-    matches, ``ValueError`` when the folder holds no TIFF files.
+    Files in ``exclude`` (e.g. the mask, saved in the frames' folder) are
+    left out. Raises ``FileNotFoundError`` when the folder does not exist or
+    nothing matches, ``ValueError`` when the folder holds no TIFF files.
     """
     if isinstance(source, (list, tuple)):
         files = [os.fspath(p) for p in source]
@@ -92,9 +100,13 @@ def list_frame_files(source) -> list[str]:
         if not folder.is_dir():
             raise FileNotFoundError(f"no such folder: {folder}")
         files = [str(p) for p in folder.iterdir() if p.is_file() and is_tiff_name(p.name)]
+        files = _without(files, exclude)
         if not files:
             raise ValueError(f"the folder {folder} contains no .tif/.tiff files")
         return sorted(files, key=natural_key)
+    files = _without(files, exclude)
+    if not files:
+        raise FileNotFoundError(f"{what} hold no frames besides the mask")
     not_tiff = [f for f in files if not is_tiff_name(f)]
     if not_tiff:
         raise ValueError(
@@ -330,6 +342,9 @@ def _open_zarr(path: Path):
         raise ValueError(f"cannot open {path} as a zarr array: {exc}") from exc
     if hasattr(node, "shape"):
         return node
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:  # OME-Zarr: the full-resolution level
+        return node[multiscales[0]["datasets"][0]["path"]]
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
         return node[arrays[0]]
@@ -341,7 +356,7 @@ def _open_zarr(path: Path):
     )
 
 
-def open_stack(source, *, check_shapes: bool = True):
+def open_stack(source, *, check_shapes: bool = True, exclude=()):
     """Open a stack without loading it.
 
     Parameters
@@ -355,6 +370,9 @@ def open_stack(source, *, check_shapes: bool = True):
         * a zarr array (a ``.zarr`` folder, or a group holding one array).
     check_shapes : bool
         For frame files: read every header first and report mixed shapes.
+    exclude : paths
+        For frame files: files that are not frames (the mask file kept in
+        the frames' folder).
 
     Returns
     -------
@@ -362,18 +380,16 @@ def open_stack(source, *, check_shapes: bool = True):
     per-frame indexing. Raises ``FileNotFoundError`` for a missing input and
     ``ValueError`` (plain words) for one that cannot be read as a stack.
     """
-    if isinstance(source, (list, tuple)):
-        return FrameSequence(list_frame_files(source), check_shapes=check_shapes)
+    if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
+        return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
     text = os.fspath(source)
-    if is_glob(text):
-        return FrameSequence(list_frame_files(text), check_shapes=check_shapes)
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if is_zarr_dir(path):
         stack = _open_zarr(path)
     elif path.is_dir():
-        return FrameSequence(list_frame_files(path), check_shapes=check_shapes)
+        return FrameSequence(list_frame_files(path, exclude), check_shapes=check_shapes)
     elif path.suffix.lower() == ".npy":
         try:
             stack = np.load(path, mmap_mode="r", allow_pickle=False)
