@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PLOT_SUFFIXES", "save_drift_plot"]
+__all__ = ["PLOT_SUFFIXES", "drift_figure", "save_drift_plot"]
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 _COLORS = {"z": "tab:green", "y": "tab:orange", "x": "tab:blue"}
@@ -26,9 +26,6 @@ def save_drift_plot(path, result, *, title: str = "") -> Path:
     The format follows the suffix (.png, .pdf or .svg); the file is written
     under a temporary name and renamed when complete. Returns the path.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from .io import replacing
 
     path = Path(os.fspath(path)).expanduser()
@@ -36,6 +33,17 @@ def save_drift_plot(path, result, *, title: str = "") -> Path:
     if suffix not in PLOT_SUFFIXES:
         raise ValueError(f"cannot tell the plot's format from {path.name!r}: end it with "
                          + ", ".join(PLOT_SUFFIXES))
+    fig = drift_figure(result, title=title)
+    with replacing(path, suffix=f".tmp{suffix}") as tmp:
+        fig.savefig(tmp, dpi=120, format=suffix[1:])
+    return path
+
+
+def drift_figure(result, *, title: str = ""):
+    """The drift plot as a matplotlib ``Figure`` (Agg canvas, no pyplot, no display)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     shifts, raw = np.asarray(result.shifts), np.asarray(result.raw_shifts)
     quality, flagged = np.asarray(result.quality), np.asarray(result.outliers, bool)
     frames = np.arange(len(shifts))
@@ -62,6 +70,4 @@ def save_drift_plot(path, result, *, title: str = "") -> Path:
     bottom.set_ylabel("quality")
     bottom.set_xlabel("frame")
     bottom.grid(alpha=0.3)
-    with replacing(path, suffix=f".tmp{suffix}") as tmp:
-        fig.savefig(tmp, dpi=120, format=suffix[1:])
-    return path
+    return fig

@@ -128,11 +128,16 @@ def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+_NO_IMAGE = "no image found in it (a damaged or truncated file, or not a TIFF)"
+
+
 def _tiff_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
+            if not tf.series or not tf.series[0].shape:
+                raise ValueError(_NO_IMAGE)
             series = tf.series[0]
             return _frame_shape(series.shape), np.dtype(series.dtype)
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
@@ -414,10 +419,11 @@ def _open_multipage_tiff(path: Path):
 
     try:
         with tifffile.TiffFile(str(path)) as tf:
-            n_series = len(tf.series)
-            shape = tuple(tf.series[0].shape) if n_series else ()
-    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+            shape = tuple(tf.series[0].shape) if tf.series else ()
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
         raise ValueError(f"cannot read {path} as a TIFF: {exc}") from exc
+    if not shape:
+        raise ValueError(f"cannot read {path} as a TIFF: {_NO_IMAGE}")
     if len(shape) < 3:
         raise ValueError(
             f"{path} holds a single image of shape {shape}, not a stack; to read a folder of "

@@ -52,7 +52,11 @@ def cluster_guard(client):
     try:
         yield
     except cluster_errors() as exc:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        try:
+            text = str(exc)
+        except Exception:  # KilledWorker's text needs the worker it lost
+            text = ""
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         raise ClusterLost(f"the dask cluster was lost ({detail})") from exc
 
 
