@@ -54,10 +54,10 @@ def _open_input(source: str, mask=None):
 
 def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dict:
     """Every output checked together, before any work (see workflow.paths)."""
-    from .io import output_format
+    from .io import output_format, source_file
     from .workflow import check_mean_name, check_outputs
 
-    inputs = {"input": args.input, "mask": getattr(args, "mask", None)}
+    inputs = {"input": source_file(args.input), "mask": getattr(args, "mask", None)}
     try:
         if outputs.get("output") is not None:
             output_format(outputs["output"])

@@ -26,7 +26,6 @@ __all__ = [
     "FrameSequence",
     "TiffPages",
     "as_dask",
-    "describe_stack",
     "is_glob",
     "is_tiff_name",
     "is_zarr_dir",
@@ -388,6 +387,11 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
     if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
         return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
     text = os.fspath(source)
+    from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
+
+    detector = open_detector_stack(text)
+    if detector is not None:
+        return detector
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -405,7 +409,8 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
     else:
         raise ValueError(
             f"cannot read {path.name}: expected a multi-page TIFF, a folder or glob of TIFF "
-            "frames, a .npy file or a zarr array"
+            "frames, a .npy file, a zarr array, an HDF5 dataset (FILE.h5:/path), .mrc/.mrcs, "
+            ".dm3/.dm4 or .mib"
         )
     if len(stack.shape) < 3:
         raise ValueError(
@@ -449,44 +454,3 @@ def as_dask(stack, frames_per_chunk: int = 1):
         return stack.rechunk((k, *frame))
     meta = np.empty((0,) * len(stack.shape), dtype=stack.dtype)
     return da.from_array(stack, chunks=(k, *frame), asarray=True, fancy=False, meta=meta)
-
-
-def describe_stack(stack, source=None) -> dict:
-    """Shape, dtype, frame count, storage and chunking of an opened stack (for ``info``)."""
-    shape = tuple(int(s) for s in stack.shape)
-    dtype = np.dtype(stack.dtype)
-    out = {
-        "source": None if source is None else os.fspath(source),
-        "frames": shape[0],
-        "frame_shape": shape[1:],
-        "dtype": str(dtype),
-        "size_bytes": math.prod(shape) * dtype.itemsize,
-    }
-    if isinstance(stack, FrameSequence):
-        out["kind"] = stack.kind
-        out["chunking"] = stack.chunking
-        out["first_file"] = stack.files[0]
-        out["last_file"] = stack.files[-1]
-    elif isinstance(stack, TiffPages):
-        out["kind"] = stack.kind
-        out["chunking"] = stack.chunking
-    elif isinstance(stack, np.memmap):
-        suffix = "" if source is None else Path(os.fspath(source)).suffix.lower()
-        out["kind"] = (
-            "multi-page TIFF (memory-mapped)" if suffix in TIFF_SUFFIXES else ".npy (memory-mapped)"
-        )
-        out["chunking"] = "contiguous, memory-mapped"
-    elif is_dask(stack):
-        out["kind"] = "dask array"
-        out["chunking"] = "chunks of " + " x ".join(str(max(c)) for c in stack.chunks)
-    elif hasattr(stack, "chunks") and not isinstance(stack, np.ndarray):
-        out["kind"] = "zarr array"
-        out["chunking"] = "chunks of " + " x ".join(str(c) for c in stack.chunks)
-        comp = getattr(stack, "compressors", None) or getattr(stack, "compressor", None)
-        if comp:
-            codecs = comp if isinstance(comp, (tuple, list)) else (comp,)
-            out["compression"] = ", ".join(str(c) for c in codecs)
-    else:
-        out["kind"] = "in-memory array"
-        out["chunking"] = "none (in memory)"
-    return out

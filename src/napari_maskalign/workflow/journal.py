@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import is_glob, read_shifts_csv, write_json_atomic, write_shifts_csv
+from ..io import is_glob, read_shifts_csv, source_file, write_json_atomic, write_shifts_csv
 
 __all__ = ["ShiftJournal", "continue_run", "resume_rows", "run_settings", "sidecar_path"]
 
@@ -41,8 +41,9 @@ def run_settings(source, stack, valid, options) -> dict:
     if valid is not None:
         digest = hashlib.sha256(np.packbits(np.asarray(valid, bool)).tobytes()).hexdigest()
     text = os.fspath(source)
+    file = source_file(text)  # run.h5:/entry/data: the file resolved, the dataset kept
     return {
-        "input": text if is_glob(text) else str(Path(text).expanduser().resolve()),
+        "input": text if is_glob(text) else str(Path(file).expanduser().resolve()) + text[len(file):],
         "frames": int(stack.shape[0]),
         "frame_shape": [int(s) for s in stack.shape[1:]],
         "dtype": str(np.dtype(stack.dtype)),
