@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
@@ -22,20 +21,15 @@ from napari_maskalign.engine import apply_shifts, register_stack
 N = 16
 
 
-@pytest.fixture(scope="module")
-def sample():
-    return make_beam_block_stack(N, (64, 64), max_drift=3.0, seed=5)
+@pytest.fixture
+def sample(cli_sample):
+    return cli_sample
 
 
 @pytest.fixture
-def run(tmp_path, sample):
-    """A folder of single-frame TIFFs and a painted mask PNG (255 = beam block)."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for i, f in enumerate(sample.stack):
-        tifffile.imwrite(folder / f"frame_{i}.tif", f)
-    Image.fromarray(sample.beam_block.astype(np.uint8) * 255).save(tmp_path / "block.png")
-    return tmp_path
+def run(cli_run):
+    """A folder of single-frame TIFFs (run/) and a painted mask PNG (block.png)."""
+    return cli_run
 
 
 def cli(*args) -> int:

@@ -27,19 +27,10 @@ LINE = re.compile(
 )
 
 
-@pytest.fixture(scope="module")
-def sample():
-    return make_beam_block_stack(N, (64, 64), max_drift=3.0, seed=5)
-
-
 @pytest.fixture
-def run(tmp_path, sample):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for i, f in enumerate(sample.stack):
-        tifffile.imwrite(folder / f"frame_{i}.tif", f)
-    Image.fromarray(sample.beam_block.astype(np.uint8) * 255).save(tmp_path / "block.png")
-    return tmp_path
+def run(cli_run):
+    """A folder of single-frame TIFFs (run/) and a painted mask PNG (block.png)."""
+    return cli_run
 
 
 @pytest.fixture
@@ -110,7 +101,7 @@ def test_quiet_silences_the_progress_lines(run, capsys, fake_clock):
     assert np.load(run / "m_count.npy").max() == N
 
 
-def test_mean_leaves_out_outliers_unless_asked(run, sample, capsys):
+def test_mean_leaves_out_outliers_unless_asked(run, cli_sample, capsys):
     noise = np.random.default_rng(0).poisson(400, (64, 64)).astype(np.float32)
     tifffile.imwrite(run / "run" / "frame_9.tif", noise)
     common = ["register", run / "run", "--mask", run / "block.png", "--quiet"]
@@ -122,7 +113,7 @@ def test_mean_leaves_out_outliers_unless_asked(run, sample, capsys):
 
 
 def test_interpolated_outliers_align_the_output_and_the_table_keeps_what_was_measured(
-    run, sample, capsys
+    run, cli_sample, capsys
 ):
     noise = np.random.default_rng(0).poisson(400, (64, 64)).astype(np.float32)
     tifffile.imwrite(run / "run" / "frame_9.tif", noise)
@@ -135,21 +126,21 @@ def test_interpolated_outliers_align_the_output_and_the_table_keeps_what_was_mea
     used = interpolate_flagged(measured, flags)
     assert not np.allclose(used[9], measured[9])
     stack = io.open_stack(run / "run")
-    expected, data = apply_shifts(stack[9:10], used[9:10], valid_mask=sample.valid,
+    expected, data = apply_shifts(stack[9:10], used[9:10], valid_mask=cli_sample.valid,
                                   return_valid=True)  # fmt: skip
     expected[~data] = np.nan
     np.testing.assert_array_equal(io.open_stack(run / "a.tif")[9], expected[0])
 
 
-def test_integer_output_keeps_the_type_with_its_no_data_mask_beside_it(run, sample, capsys):
-    counts = np.clip(sample.stack, 0, 65535).astype(np.uint16)
+def test_integer_output_keeps_the_type_with_its_no_data_mask_beside_it(run, cli_sample, capsys):
+    counts = np.clip(cli_sample.stack, 0, 65535).astype(np.uint16)
     np.save(run / "counts.npy", counts)
-    io.write_shifts_csv(run / "s.csv", sample.expected_shifts(), np.ones(N))
+    io.write_shifts_csv(run / "s.csv", cli_sample.expected_shifts(), np.ones(N))
     assert cli("apply", run / "counts.npy", "--shifts", run / "s.csv", "--mask", run / "block.png",
                "--output", run / "a.tif", "--dtype", "input", "--quiet") == 0  # fmt: skip
     out, nodata = io.open_stack(run / "a.tif"), io.open_stack(run / "a_mask.tif")
     assert out.dtype == np.uint16 and nodata.dtype == np.uint8
-    aligned, data = apply_shifts(counts, sample.expected_shifts(), valid_mask=sample.valid,
+    aligned, data = apply_shifts(counts, cli_sample.expected_shifts(), valid_mask=cli_sample.valid,
                                  return_valid=True)  # fmt: skip
     np.testing.assert_array_equal(nodata[:] != 0, ~data)
     np.testing.assert_array_equal(out[:][data], np.clip(np.rint(aligned[data]), 0, 65535))
