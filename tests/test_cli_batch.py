@@ -23,7 +23,8 @@ from napari_maskalign.engine import apply_shifts, interpolate_flagged
 
 N = 16
 LINE = re.compile(
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (registering|writing|averaging): (\d+) of (\d+) frames"
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (registering|writing|averaging): "
+    r"(?:starting|(\d+) of (\d+) frames)"
 )
 
 
@@ -69,8 +70,9 @@ def test_folder_mask_mean_shifts_with_stderr_to_a_log(tmp_path, capsys, fake_clo
     log = capsys.readouterr().err.splitlines()
     parsed = [LINE.match(ln) for ln in log]
     assert all(parsed), log
-    reg = [(int(m[2]), ln) for m, ln in zip(parsed, log) if m[1] == "registering"]
-    assert len(reg) >= 5 and reg[0][0] == 0 and reg[-1][0] == N  # lines while it runs
+    assert log[0].endswith("registering: starting")
+    reg = [(int(m[2]), ln) for m, ln in zip(parsed, log) if m[1] == "registering" and m[2]]
+    assert len(reg) >= 5 and reg[0][0] == 1 and reg[-1][0] == N  # lines while it runs
     assert [d for d, _ in reg] == sorted(d for d, _ in reg)
     assert any(re.search(r"\(\d+\.\d%\), [\d.]+ frames/s, \d+s left$", ln) for _, ln in reg)
     assert any(m[1] == "averaging" for m in parsed)

@@ -1,10 +1,11 @@
 """What the ``maskalign`` command shows: progress, summaries, stack descriptions.
 
 Progress goes to stderr: a bar on a terminal; plain lines when stderr is a
-file or a pipe (``2> log``, ``nohup``, a batch scheduler), one at the start
-of each stage, one at least every :data:`INTERVAL` seconds while it runs
-(from a small heartbeat thread, so a slow frame or a slow start is visible
-too) and one at its end; nothing with ``--quiet``. A log line reads::
+file or a pipe (``2> log``, ``nohup``, a batch scheduler), one when each
+stage starts and one with its first frame, one at least every
+:data:`INTERVAL` seconds while it runs (from a small heartbeat thread, so a
+slow frame or a slow start is visible too) and one at its end; nothing with
+``--quiet``. A log line reads::
 
     2026-03-05 14:02:11 registering: 120 of 1000 frames (12.0%), 8.31 frames/s, 1m46s left
 
@@ -49,46 +50,62 @@ class LogLines:
     """Plain progress lines for a log file: start, at least every ``interval`` s, end.
 
     ``update(done)`` is called as frames finish (``done`` counts frames done
-    earlier, ``initial``, too); ``tick()`` from a heartbeat prints the same
-    state again when a line is due although no frame finished. The rate and
-    the time left count only this run's frames.
+    earlier, ``initial``, too); ``tick()`` from a heartbeat prints the state
+    again when a line is due although no frame finished (a slow frame, or
+    the work before the first one). Without ``total`` the stage is
+    "starting" until the first ``update`` brings it. The rate and the time
+    left count this run's frames since the first one reported.
     """
 
-    def __init__(self, desc: str, total: int, initial: int = 0, *, stream=None,
+    def __init__(self, desc: str, total: int | None = None, initial: int = 0, *, stream=None,
                  clock=None, wall=None, interval: float | None = None):
-        self.desc, self.total, self.initial = desc, int(total), int(initial)
+        self.desc, self.initial = desc, int(initial)
         self.stream = sys.stderr if stream is None else stream
         self.clock = clock or CLOCK
         self.wall = wall or WALL
         self.interval = INTERVAL if interval is None else float(interval)
-        self.done = self.initial
+        self.total, self.done = None, self.initial
         self._lock = threading.Lock()
-        self.t0 = self.clock()
-        self._last = self.t0
+        self.started = self._last = self.clock()
+        self.t0, self.first = None, self.initial  # when counting began, and from what
+        if total is None:
+            self._emit(f"{self.desc}: starting")
+        else:
+            self._begin(int(total), self.started)
+
+    def _begin(self, total: int, now: float) -> None:
+        self.total, self.t0, self.first = total, now, self.done
         earlier = f" ({self.initial} done earlier)" if self.initial else ""
         self._emit(f"{self.desc}: {self.done} of {self.total} frames{earlier}")
+        self._last = now
 
     def _emit(self, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.wall()))
         print(f"{stamp} {text}", file=self.stream, flush=True)
 
     def _state(self, now: float) -> str:
+        if self.total is None:
+            return f"{self.desc}: starting, {format_duration(now - self.started)} since the start"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         text = f"{self.desc}: {self.done} of {self.total} frames ({pct:.1f}%)"
-        new, spent = self.done - self.initial, now - self.t0
+        new, spent = self.done - self.first, now - self.t0
         if new > 0 and spent > 0:
             rate = new / spent
             text += f", {rate:.3g} frames/s, {format_duration((self.total - self.done) / rate)} left"
         else:
-            text += f", {format_duration(spent)} since the start, no frame finished yet"
+            text += (f", {format_duration(now - self.started)} since the start, "
+                     "no frame finished since")
         return text
 
-    def update(self, done: int, stage: str | None = None) -> None:
+    def update(self, done: int, stage: str | None = None, total: int | None = None) -> None:
         with self._lock:
             self.done = int(done)
             if stage and stage != self.desc:
                 self.desc = stage
-            self._maybe_emit()
+            if self.total is None and total is not None:
+                self._begin(int(total), self.clock())
+            else:
+                self._maybe_emit()
 
     def tick(self) -> None:
         with self._lock:
@@ -102,7 +119,7 @@ class LogLines:
 
     def close(self) -> None:
         with self._lock:
-            spent = self.clock() - self.t0
+            spent = self.clock() - self.started
             new = self.done - self.initial
             rate = f" ({new / spent:.3g} frames/s)" if new > 0 and spent > 0 else ""
             self._emit(f"{self.desc}: {self.done} of {self.total} frames, "
@@ -116,27 +133,25 @@ def heartbeat(lines: LogLines, stop, interval: float) -> None:
 
 
 class _Lines:
-    """LogLines started on the first step, with a heartbeat thread while it lives."""
+    """LogLines for one stage, with a heartbeat thread while it lives (from the start:
+    the work before the first frame, e.g. a mean reference, shows too)."""
 
     def __init__(self, desc: str, initial: int):
-        self.desc, self.initial = desc, initial
-        self.lines = None
+        self.initial = initial
+        # due a little early and checked twenty times per interval: no gap exceeds it
+        self.lines = LogLines(desc, None, initial, interval=0.9 * INTERVAL)
         self.stop = threading.Event()
+        threading.Thread(target=heartbeat, args=(self.lines, self.stop, INTERVAL / 20),
+                         daemon=True, name="maskalign-progress").start()
 
     def update(self, p) -> None:
-        if self.lines is None:
-            # due a little early and checked twenty times per interval: no gap exceeds it
-            self.lines = LogLines(self.desc, self.initial + p.total, self.initial,
-                                  interval=0.9 * INTERVAL)
-            beat = threading.Thread(target=heartbeat, args=(self.lines, self.stop, INTERVAL / 20),
-                                    daemon=True, name="maskalign-progress")
-            beat.start()
         stage = getattr(p, "stage", None)
-        self.lines.update(self.initial + p.done, None if stage == "registering" else stage)
+        self.lines.update(self.initial + p.done, None if stage == "registering" else stage,
+                          total=self.initial + p.total)
 
     def close(self, finished: bool) -> None:
         self.stop.set()
-        if self.lines is not None and finished:
+        if finished and self.lines.total is not None:
             self.lines.close()
 
 
