@@ -203,8 +203,8 @@ def test_open_stack_errors(tmp_path, sample):
     tifffile.imwrite(tmp_path / "one.tif", sample.stack[0])
     with pytest.raises(ValueError, match="single image"):
         io.open_stack(tmp_path / "one.tif")
-    (tmp_path / "data.h5").write_bytes(b"")
-    with pytest.raises(ValueError, match="cannot read data.h5"):
+    (tmp_path / "data.h5").write_bytes(b"")  # HDF5 is read (with h5py), but this is empty
+    with pytest.raises(ValueError, match=r"cannot read .*data\.h5"):
         io.open_stack(tmp_path / "data.h5")
 
 

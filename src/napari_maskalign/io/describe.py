@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine._frames import is_dask
+from .detectors import DetectorStack
 from .stacks import TIFF_SUFFIXES, FrameSequence, TiffPages
 
 __all__ = ["describe_stack"]
@@ -25,7 +26,7 @@ def describe_stack(stack, source=None) -> dict:
         "dtype": str(dtype),
         "size_bytes": math.prod(shape) * dtype.itemsize,
     }
-    if hasattr(stack, "info"):  # the detector formats
+    if isinstance(stack, DetectorStack):
         out.update(stack.info())
     elif isinstance(stack, (FrameSequence, TiffPages)):
         out["kind"], out["chunking"] = stack.kind, stack.chunking
