@@ -18,11 +18,13 @@ MASK_HELP = (
 INPUT_HELP = (
     "the stack: a multi-page TIFF, a folder of single-frame TIFFs, a quoted glob such as "
     "'run/frame_*.tif' (frames in natural order: frame_2 before frame_10), a .npy file "
-    "(memory-mapped) or a zarr array"
+    "(memory-mapped), a zarr array, an HDF5 dataset as FILE.h5:/path/in/file, .mrc/.mrcs, "
+    ".dm3/.dm4 or .mib (extras hdf5, mrc, rsciio)"
 )
 OUTPUT_HELP = (
-    "aligned stack to write: NAME.zarr (chunked one frame per chunk) or NAME.tif (multi-page "
-    "TIFF); written under a temporary name and renamed when complete"
+    "aligned stack to write: NAME.zarr (OME-Zarr with named axes, one frame per chunk) or "
+    "NAME.tif (multi-page TIFF); the mask's pixels are NaN where they land; written under a "
+    "temporary name and renamed when complete"
 )
 
 
@@ -188,6 +190,7 @@ examples:
   maskalign register run/ --mask beam_block.png --shifts shifts.csv --output aligned.zarr
   maskalign register 'run/frame_*.tif' --mask block.npy --max-shift 20 --shifts s.csv --resume
   maskalign register stack.tif --mask valid.tif --invert-mask --workers 4 --shifts s.csv
+  maskalign register run.h5:/entry/data --mask block.png --shifts s.csv --mean mean.tif 2> log
 """
 
 
