@@ -74,7 +74,7 @@ def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dic
         raise CLIError(str(exc)) from None
 
 
-def _output_paths(args, shifts=None) -> dict:
+def _output_paths(args, stack, shifts=None) -> dict:
     """What a run writes, by what it is (None: not asked for)."""
     from .workflow import aligned_mask_path, count_path, sidecar_path
 
@@ -82,7 +82,7 @@ def _output_paths(args, shifts=None) -> dict:
     paths = {"shifts file": shifts, "shifts settings file": shifts and sidecar_path(shifts),
              "output": out, "mean": mean, "mean's frame count": mean and count_path(mean),
              "plot": getattr(args, "plot", None)}
-    if out is not None and args.dtype == "input":
+    if out is not None and args.dtype == "input" and np.dtype(stack.dtype).kind in "biu":
         paths["output mask"] = aligned_mask_path(out)
     return paths
 
@@ -169,7 +169,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         options.check_for(n, frame_shape)
     valid = _read_mask(args, frame_shape)
     settings = run_settings(args.input, stack, valid, options)
-    wanted = _output_paths(args, args.shifts)  # --resume: continue_run decides on existing ones
+    wanted = _output_paths(args, stack, args.shifts)  # --resume: continue_run decides
     paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
                            if args.resume else ("shifts settings file",))
     shifts_path, out = paths["shifts file"], paths.get("output")
@@ -274,7 +274,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
     valid = _read_mask(args, stack.shape[1:])
-    paths = _check_outputs(args, _output_paths(args), overwrite=args.overwrite)
+    paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
             _write_outputs(args, stack, shifts, paths, valid, client, None, args.input)
