@@ -14,6 +14,26 @@ def small_stack():
     return make_beam_block_stack(n_frames=20, shape=(128, 128), seed=5)
 
 
+@pytest.fixture(scope="session")
+def cli_sample():
+    """16 frames of 64x64 for the command-line tests (test_cli, test_cli_batch)."""
+    return make_beam_block_stack(16, (64, 64), max_drift=3.0, seed=5)
+
+
+@pytest.fixture
+def cli_run(tmp_path, cli_sample):
+    """tmp_path with run/ (a folder of single-frame TIFFs) and block.png (255 = beam block)."""
+    import tifffile
+    from PIL import Image
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for i, f in enumerate(cli_sample.stack):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    Image.fromarray(cli_sample.beam_block.astype(np.uint8) * 255).save(tmp_path / "block.png")
+    return tmp_path
+
+
 @pytest.fixture
 def viewer_model(qtbot):
     """A napari ViewerModel (no canvas, no window) for widget tests."""

@@ -139,3 +139,27 @@ def test_local_cluster_with_two_worker_processes_matches_in_process(sample, tmp_
     np.testing.assert_allclose(shifts, expected.raw_shifts, rtol=0, atol=1e-9)
     np.testing.assert_allclose(quality, expected.quality, rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.shifts, expected.shifts, rtol=0, atol=1e-9)
+
+
+def test_earlier_chunks_are_asked_for_first(sample, monkeypatch):
+    """The saved shifts are the finished prefix of frames: with the scheduler's own order
+    (which ran chunk 0 last) a run that lost its cluster would have saved nothing."""
+    distributed = pytest.importorskip("distributed")
+    lazy = da.from_array(sample.stack, chunks=(3, 48, 40))
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                 dashboard_address=":0") as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        asked, real = [], client.compute
+
+        def compute(task, **kwargs):
+            asked.append((str(task.key), kwargs.get("priority")))
+            return real(task, **kwargs)
+
+        monkeypatch.setattr(client, "compute", compute)
+        out = list(iter_register_chunks(lazy, registrar_for(sample, workers=1), client))
+    assert len(out) == 4
+    assert [key.rsplit("-", 1)[1] for key, _ in asked] == ["0", "1", "2", "3"]
+    priorities = [p for _, p in asked]
+    assert priorities == sorted(priorities, reverse=True) and len(set(priorities)) == 4

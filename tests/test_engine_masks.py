@@ -194,3 +194,17 @@ def test_suggest_beam_block_on_dask_and_nan():
 def test_suggest_beam_block_rejects_an_empty_stack():
     with pytest.raises(ValueError, match="no frames"):
         suggest_beam_block(np.zeros((0, 16, 16)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (None, "got None"),
+        (np.array(["a", "b"]), "numbers or booleans.*<U1"),
+        (np.array([None, 1], dtype=object), "numbers or booleans.*object"),
+        (np.array(1), "single value"),
+    ],
+)
+def test_valid_from_ignore_refuses_what_is_not_a_mask(bad, message):
+    with pytest.raises(ValueError, match=message):
+        valid_from_ignore(bad)

@@ -718,3 +718,46 @@ def test_property_masked_subpixel_shift_recovered(seed, dy, dx):
     shift, _, _ = pcc(ref, mov, reference_mask=~block, upsample_factor=20)
     np.testing.assert_allclose(shift, [-dy, -dx], atol=0.1)
 
+
+
+@pytest.mark.parametrize("factor", [1e6, 1001, float("inf"), float("nan"), 0.5, -3])
+def test_absurd_or_non_finite_upsample_factors_are_refused_with_the_range(factor):
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 32, 32))
+    for kwargs in ({}, {"reference_mask": np.ones((32, 32), bool)}):
+        with pytest.raises(ValueError, match=r"from 1 \(whole pixels\) to 1000"):
+            pcc(a, b, upsample_factor=factor, **kwargs)
+
+
+def test_zero_dimensional_images_are_a_plain_error():
+    with pytest.raises(ValueError, match="reference image is a single value"):
+        pcc(np.float64(1.0), np.float64(2.0))
+    with pytest.raises(ValueError, match="moving image is a single value"):
+        pcc(np.ones(4), np.float64(2.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_error_and_phasediff_are_numpy_floats_like_scikit_image(dtype):
+    rng = np.random.default_rng(2)
+    a = rng.random((32, 32)).astype(dtype)
+    b = np.roll(a, (2, -3), axis=(0, 1))
+    for upsample in (1, 10):
+        ours = pcc(a, b, upsample_factor=upsample)
+        theirs = sk_pcc(a, b, upsample_factor=upsample)
+        for mine, ref in zip(ours[1:], theirs[1:]):
+            assert isinstance(mine, np.floating) and type(mine) is type(ref), (mine, ref)
+
+
+def test_empty_image_warnings_point_at_the_caller_in_scikit_images_order():
+    import warnings
+
+    image = np.random.default_rng(3).random((32, 32))
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1
+        shift, error, phasediff = pcc(image, image * 0, disambiguate=True)
+    assert [r.filename for r in records] == [__file__, __file__]
+    assert [r.lineno for r in records] == [line, line]
+    assert "Could not determine real-space shift" in str(records[0].message)
+    assert "Could not determine RMS error" in str(records[1].message)
+    assert np.isnan(error) and phasediff == 0.0

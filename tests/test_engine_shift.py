@@ -244,3 +244,19 @@ def test_inputs_are_not_modified():
     np.testing.assert_array_equal(stack, copies[0])
     np.testing.assert_array_equal(shifts, copies[1])
     np.testing.assert_array_equal(valid, copies[2])
+
+
+def test_apply_shifts_refuses_complex_frames_instead_of_dropping_the_imaginary_part():
+    stack = np.ones((2, 8, 8), complex)
+    with pytest.raises(ValueError, match="real-valued frames.*complex128.*real and imaginary"):
+        apply_shifts(stack, np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="real-valued frames.*<U1"):
+        apply_shifts(np.full((2, 4, 4), "a"), np.zeros((2, 2)))
+
+
+def test_apply_shifts_takes_a_list_of_frames():
+    rng = np.random.default_rng(0)
+    f0, f1 = rng.random((2, 16, 16))
+    shifts = np.array([[0.0, 0.0], [1.5, -2.0]])
+    np.testing.assert_array_equal(apply_shifts([f0, f1], shifts),
+                                  apply_shifts(np.stack([f0, f1]), shifts))

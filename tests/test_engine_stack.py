@@ -645,3 +645,9 @@ def test_cancelling_a_parallel_run_restores_blas_threads():
     assert first.frame == 0
     gen.close()  # what a GUI cancel does
     assert blas_threads() == before
+
+
+def test_reference_true_is_a_plain_error_not_a_shape_complaint():
+    synth = make_beam_block_stack(3, (32, 32), seed=1)
+    with pytest.raises(ValueError, match="reference must be a frame index.*got True"):
+        register_stack(synth.stack, reference=True)

@@ -203,8 +203,8 @@ def test_open_stack_errors(tmp_path, sample):
     tifffile.imwrite(tmp_path / "one.tif", sample.stack[0])
     with pytest.raises(ValueError, match="single image"):
         io.open_stack(tmp_path / "one.tif")
-    (tmp_path / "data.h5").write_bytes(b"")
-    with pytest.raises(ValueError, match="cannot read data.h5"):
+    (tmp_path / "data.h5").write_bytes(b"")  # HDF5 is read (with h5py), but this is empty
+    with pytest.raises(ValueError, match=r"cannot read .*data\.h5"):
         io.open_stack(tmp_path / "data.h5")
 
 
@@ -425,3 +425,61 @@ def test_write_mask_refuses_unknown_formats_and_3d_png(tmp_path, sample):
     with pytest.raises(ValueError, match="2D images only"):
         io.write_mask(tmp_path / "block.png", np.zeros((2, 4, 4), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------
+# files that are not what their name says: one message naming the file
+
+
+GARBAGE_TIFF = b"II*\x00" + bytes(range(7, 207))  # a TIFF signature, then no valid header
+
+
+def test_a_tiff_with_a_garbage_header_is_named(tmp_path, frames_dir):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(GARBAGE_TIFF)
+    with pytest.raises(ValueError, match=r"cannot read .*bad\.tif as a TIFF: no image found"):
+        io.open_stack(bad)
+    with pytest.raises(ValueError, match=r"cannot read the mask .*bad\.tif: no image found"):
+        io.read_mask(bad)
+    (frames_dir / "frame_5.tif").write_bytes(GARBAGE_TIFF)
+    with pytest.raises(ValueError, match=r"frame_5\.tif as a TIFF image: no image found"):
+        io.open_stack(frames_dir)
+
+
+def test_a_pickled_mask_is_named_and_explained(tmp_path):
+    path = tmp_path / "block.npy"
+    np.save(path, np.array([{"block": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"cannot read the mask .*block\.npy: it holds Python "
+                                         r"objects \(a pickle\)"):
+        io.read_mask(path)
+
+
+def test_a_binary_shifts_file_is_named(tmp_path):
+    path = tmp_path / "shifts.csv"
+    path.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ValueError, match=r"shifts file shifts\.csv is not a text CSV file"):
+        io.read_shifts_csv(path)
+    path.write_bytes(b"frame,shift_y,shift_x\n0,\x00,1\n")
+    with pytest.raises(ValueError, match=r"shifts\.csv"):  # a NUL byte: named too
+        io.read_shifts_csv(path)
+
+
+def test_a_shifts_file_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "excel.csv"
+    io.write_shifts_csv(path, [[0.0, 0.0], [1.25, -2.5]], [1.0, 0.9])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    shifts, quality = io.read_shifts_csv(path, n_frames=2, ndim=2)
+    np.testing.assert_array_equal(shifts, [[0.0, 0.0], [1.25, -2.5]])
+    np.testing.assert_array_equal(quality, [1.0, 0.9])
+
+
+def test_the_mask_in_the_frames_folder_is_not_a_frame(frames_dir, sample):
+    mask = frames_dir / "block.tif"
+    tifffile.imwrite(mask, sample.beam_block.astype(np.uint8))
+    with pytest.raises(ValueError, match="mixed"):
+        io.open_stack(frames_dir)  # without being told, the mask would be a frame
+    stack = io.open_stack(frames_dir, exclude=[mask])
+    assert stack.shape == sample.stack.shape and "block.tif" not in " ".join(stack.files)
+    pattern = str(frames_dir / "*.tif")
+    assert io.open_stack(pattern, exclude=[str(mask)]).shape == sample.stack.shape
+    np.testing.assert_array_equal(io.open_stack(frames_dir, exclude=[mask])[3], sample.stack[3])

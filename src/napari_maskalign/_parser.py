@@ -18,11 +18,13 @@ MASK_HELP = (
 INPUT_HELP = (
     "the stack: a multi-page TIFF, a folder of single-frame TIFFs, a quoted glob such as "
     "'run/frame_*.tif' (frames in natural order: frame_2 before frame_10), a .npy file "
-    "(memory-mapped) or a zarr array"
+    "(memory-mapped), a zarr array, an HDF5 dataset as FILE.h5:/path/in/file, .mrc/.mrcs, "
+    ".dm3/.dm4 or .mib (extras hdf5, mrc, rsciio)"
 )
 OUTPUT_HELP = (
-    "aligned stack to write: NAME.zarr (chunked one frame per chunk) or NAME.tif (multi-page "
-    "TIFF); written under a temporary name and renamed when complete"
+    "aligned stack to write: NAME.zarr (OME-Zarr with named axes, one frame per chunk) or "
+    "NAME.tif (multi-page TIFF); the mask's pixels are NaN where they land; written under a "
+    "temporary name and renamed when complete"
 )
 
 
@@ -49,6 +51,7 @@ def _positive_int(text: str) -> int:
 
 
 def _number(lo: float | None = None, hi: float | None = None, *, open_hi: bool = False):
+    """A finite number in [lo, hi] (or [lo, hi)); the message says the range."""
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -56,6 +59,8 @@ def _number(lo: float | None = None, hi: float | None = None, *, open_hi: bool =
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and hi is not None and not open_hi and not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected a number from {lo:g} to {hi:g}, got {text}")
         if lo is not None and value < lo:
             raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {value:g}")
         if hi is not None and (value >= hi if open_hi else value > hi):
@@ -114,13 +119,39 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
         type=_fill,
         default=float("nan"),
         metavar="VALUE",
-        help="value of pixels shifted in from outside the frame (default nan); integer "
-        "input gives float32 output",
+        help="value of pixels shifted in from outside the frame (default nan)",
     )
     g.add_argument(
         "--overwrite",
         action="store_true",
         help="replace existing outputs (only once the new ones are complete)",
+    )
+    _add_issue12_outputs(g)
+
+
+def _add_issue12_outputs(g) -> None:
+    """The mean, the output type and the log (issue 12)."""
+    g.add_argument(
+        "--mean",
+        metavar="MEAN.tif",
+        help="also write the masked mean of the aligned frames (.tif/.tiff or .npy): each pixel "
+        "averaged over the frames that saw it (the block and pixels shifted in from outside "
+        "are left out; NaN where no frame saw it), its frame count beside it in "
+        "MEAN_count.tif; needs no --output, reads every frame once",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=("float32", "input"),
+        default="float32",
+        help="type of the aligned output: float32 (default; NaN where there is no data) or "
+        "input (an integer input's type, rounded and clipped; where there is no data is then "
+        "written beside it as OUT_mask, nonzero = no data)",
+    )
+    g.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal; otherwise a plain line at least every 10 s, "
+        "for logs)",
     )
 
 
@@ -159,7 +190,36 @@ examples:
   maskalign register run/ --mask beam_block.png --shifts shifts.csv --output aligned.zarr
   maskalign register 'run/frame_*.tif' --mask block.npy --max-shift 20 --shifts s.csv --resume
   maskalign register stack.tif --mask valid.tif --invert-mask --workers 4 --shifts s.csv
+  maskalign register run.h5:/entry/data --mask block.png --shifts s.csv --mean mean.tif 2> log
 """
+
+
+def _add_issue12_register(reg) -> None:
+    """Normalization, outliers, the drift plot (issue 12)."""
+    reg.add_argument(
+        "--normalization",
+        choices=("none", "phase"),
+        default="none",
+        help="without a mask: plain cross-correlation (none, default: best for smooth images "
+        "such as diffraction patterns) or phase correlation (phase, scikit-image's default)",
+    )
+    reg.add_argument(
+        "--interpolate-outliers",
+        action="store_true",
+        help="align flagged frames with shifts interpolated from their good neighbours (the "
+        "shifts file keeps the measured shifts)",
+    )
+    reg.add_argument(
+        "--mean-with-outliers",
+        action="store_true",
+        help="average flagged frames into --mean too (default: left out)",
+    )
+    reg.add_argument(
+        "--plot",
+        metavar="PLOT.png",
+        help="save the drift plot: shifts and quality against frame, outliers marked "
+        "(.png, .pdf or .svg)",
+    )
 
 
 def _command(sub, name: str, help: str, description: str, **kwargs) -> argparse.ArgumentParser:
@@ -217,10 +277,10 @@ def _add_commands(sub) -> None:
     )
     reg.add_argument(
         "--upsample",
-        type=_number(1),
+        type=_number(1, 1000),
         default=20.0,
         metavar="U",
-        help="subpixel precision 1/U pixel (default 20)",
+        help="subpixel precision 1/U pixel, 1 to 1000 (default 20)",
     )
     reg.add_argument(
         "--max-shift",
@@ -249,6 +309,7 @@ def _add_commands(sub) -> None:
         metavar="Q",
         help="flag frames whose match quality is below Q (default: from the run's statistics)",
     )
+    _add_issue12_register(reg)
     reg.add_argument(
         "--shifts", required=True, metavar="SHIFTS.csv", help="shifts file to write (see below)"
     )
@@ -281,7 +342,11 @@ def _add_commands(sub) -> None:
         metavar="SHIFTS.csv",
         help="one row per frame: frame, shift_y, shift_x[, quality] (shift_z too for 3D frames)",
     )
-    app.add_argument("--output", required=True, metavar="OUT", help=OUTPUT_HELP)
+    app.add_argument("--output", metavar="OUT", help=OUTPUT_HELP + " (or only --mean)")
+    app.add_argument("--mask", metavar="MASK", help=MASK_HELP + "; its pixels are NaN in the "
+                     "aligned output and left out of the mean (default: no mask)")
+    app.add_argument("--invert-mask", action="store_true",
+                     help="the mask file marks VALID pixels with nonzero")
     _add_output_options(app)
     _add_cluster_options(app)
 
@@ -294,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
             "(a beam block, a scale bar, a dead detector region)."
         ),
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"maskalign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",

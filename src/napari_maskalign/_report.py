@@ -1,56 +1,251 @@
-"""What the ``maskalign`` command tells the user: progress on a terminal, the run's summary."""
+"""What the ``maskalign`` command shows: progress, summaries, stack descriptions.
+
+Progress goes to stderr: a bar on a terminal; plain lines when stderr is a
+file or a pipe (``2> log``, ``nohup``, a batch scheduler), one when each
+stage starts and one with its first frame, one at least every
+:data:`INTERVAL` seconds while it runs (from a small heartbeat thread, so a
+slow frame or a slow start is visible too) and one at its end; nothing with
+``--quiet``. A log line reads::
+
+    2026-03-05 14:02:11 registering: 120 of 1000 frames (12.0%), 8.31 frames/s, 1m46s left
+
+The clocks are module attributes (:data:`CLOCK` for durations, :data:`WALL`
+for the time stamps) so that tests replace them instead of waiting.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 
-__all__ = ["follow", "summary"]
+__all__ = ["LogLines", "follow", "format_duration", "info_rows", "summary_lines"]
+
+#: seconds between two progress lines in a log, at most (while the run goes on)
+INTERVAL = 10.0
+#: the clock durations and rates are measured with
+CLOCK = time.monotonic
+#: the clock of the time stamps
+WALL = time.time
 
 
-def follow(steps, desc: str, initial: int = 0):
-    """Drive a workflow generator, showing its progress on a terminal; return its value.
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``: short enough for a log line."""
+    if not np.isfinite(seconds):
+        return "?"
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+class LogLines:
+    """Plain progress lines for a log file: start, at least every ``interval`` s, end.
+
+    ``update(done)`` is called as frames finish (``done`` counts frames done
+    earlier, ``initial``, too); ``tick()`` from a heartbeat prints the state
+    again when a line is due although no frame finished (a slow frame, or
+    the work before the first one). Without ``total`` the stage is
+    "starting" until the first ``update`` brings it. The rate and the time
+    left count this run's frames since the first one reported.
+    """
+
+    def __init__(self, desc: str, total: int | None = None, initial: int = 0, *, stream=None,
+                 clock=None, wall=None, interval: float | None = None):
+        self.desc, self.initial = desc, int(initial)
+        self.stream = sys.stderr if stream is None else stream
+        self.clock = clock or CLOCK
+        self.wall = wall or WALL
+        self.interval = INTERVAL if interval is None else float(interval)
+        self.total, self.done = None, self.initial
+        self._lock = threading.Lock()
+        self.started = self._last = self.clock()
+        self.t0, self.first = None, self.initial  # when counting began, and from what
+        if total is None:
+            self._emit(f"{self.desc}: starting")
+        else:
+            self._begin(int(total), self.started)
+
+    def _begin(self, total: int, now: float) -> None:
+        self.total, self.t0, self.first = total, now, self.done
+        earlier = f" ({self.initial} done earlier)" if self.initial else ""
+        self._emit(f"{self.desc}: {self.done} of {self.total} frames{earlier}")
+        self._last = now
+
+    def _emit(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.wall()))
+        print(f"{stamp} {text}", file=self.stream, flush=True)
+
+    def _state(self, now: float) -> str:
+        if self.total is None:
+            return f"{self.desc}: starting, {format_duration(now - self.started)} since the start"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        text = f"{self.desc}: {self.done} of {self.total} frames ({pct:.1f}%)"
+        new, spent = self.done - self.first, now - self.t0
+        if new > 0 and spent > 0:
+            rate = new / spent
+            text += f", {rate:.3g} frames/s, {format_duration((self.total - self.done) / rate)} left"
+        else:
+            text += (f", {format_duration(now - self.started)} since the start, "
+                     "no frame finished since")
+        return text
+
+    def update(self, done: int, stage: str | None = None, total: int | None = None) -> None:
+        with self._lock:
+            self.done = int(done)
+            if stage and stage != self.desc:
+                self.desc = stage
+            if self.total is None and total is not None:
+                self._begin(int(total), self.clock())
+            else:
+                self._maybe_emit()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._maybe_emit()
+
+    def _maybe_emit(self) -> None:
+        now = self.clock()
+        if now - self._last >= self.interval:
+            self._emit(self._state(now))
+            self._last = now
+
+    def close(self) -> None:
+        with self._lock:
+            spent = self.clock() - self.started
+            new = self.done - self.initial
+            rate = f" ({new / spent:.3g} frames/s)" if new > 0 and spent > 0 else ""
+            self._emit(f"{self.desc}: {self.done} of {self.total} frames, "
+                       f"{new} in {format_duration(spent)}{rate}")
+
+
+def heartbeat(lines: LogLines, stop, interval: float) -> None:
+    """Call ``lines.tick()`` every ``interval`` s until ``stop.wait`` returns True."""
+    while not stop.wait(interval):
+        lines.tick()
+
+
+class _Lines:
+    """LogLines for one stage, with a heartbeat thread while it lives (from the start:
+    the work before the first frame, e.g. a mean reference, shows too)."""
+
+    def __init__(self, desc: str, initial: int):
+        self.initial = initial
+        # due a little early and checked twenty times per interval: no gap exceeds it
+        self.lines = LogLines(desc, None, initial, interval=0.9 * INTERVAL)
+        self.stop = threading.Event()
+        threading.Thread(target=heartbeat, args=(self.lines, self.stop, INTERVAL / 20),
+                         daemon=True, name="maskalign-progress").start()
+
+    def update(self, p) -> None:
+        stage = getattr(p, "stage", None)
+        self.lines.update(self.initial + p.done, None if stage == "registering" else stage,
+                          total=self.initial + p.total)
+
+    def close(self, finished: bool) -> None:
+        self.stop.set()
+        if finished and self.lines.total is not None:
+            self.lines.close()
+
+
+class _Bar:
+    def __init__(self, desc: str, initial: int):
+        self.desc, self.initial, self.bar = desc, initial, None
+
+    def update(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            try:  # a pseudo-terminal without a size would get a bar zero columns wide
+                sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+            except (OSError, ValueError, AttributeError):
+                sized = False
+            self.bar = tqdm(total=self.initial + p.total, initial=self.initial, desc=self.desc,
+                            unit="frame", file=sys.stderr, dynamic_ncols=sized,
+                            ncols=None if sized else 100, smoothing=0.1)
+        stage = getattr(p, "stage", self.desc)
+        if stage not in (self.desc, "registering") and self.bar.desc != stage:
+            self.bar.set_description(stage)
+        self.bar.update(self.initial + p.done - self.bar.n)
+
+    def close(self, finished: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def follow(steps, desc: str, initial: int = 0, *, quiet: bool = False):
+    """Drive a workflow generator, showing its progress on stderr; return its value.
 
     Each step has ``done`` and ``total`` (of this generator, after ``initial``
-    frames already done) and maybe a ``stage``. The bar is silent when stderr
-    is not a terminal.
+    frames already done) and maybe a ``stage``. A bar on a terminal, plain
+    lines (see :class:`LogLines`) otherwise, nothing when ``quiet``.
     """
-    from tqdm import tqdm
-
-    try:  # a pseudo-terminal without a size would get a bar zero columns wide
-        sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
-    except (OSError, ValueError, AttributeError):
-        sized = False
-    bar = None
+    shown = None if quiet else (_Bar if sys.stderr.isatty() else _Lines)(desc, initial)
+    finished = False
     try:
         while True:
             try:
                 p = next(steps)
             except StopIteration as stop:
+                finished = True
                 return stop.value
-            if bar is None:
-                bar = tqdm(total=initial + p.total, initial=initial, desc=desc, unit="frame",
-                           file=sys.stderr, disable=not sys.stderr.isatty(), dynamic_ncols=sized,
-                           ncols=None if sized else 100, smoothing=0.1)
-            stage = getattr(p, "stage", desc)
-            if stage not in (desc, "registering") and bar.desc != stage:
-                bar.set_description(stage)
-            bar.update(initial + p.done - bar.n)
+            if shown is not None:
+                shown.update(p)
     finally:
-        if bar is not None:
-            bar.close()
+        if shown is not None:
+            shown.close(finished)
 
 
-def summary(result, *, start: int, seconds: float, shape, dtype, shifts_path) -> None:
+# ----------------------------------------------------------------------------
+# summaries
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def fmt_shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def info_rows(d: dict, source) -> list[tuple[str, str]]:
+    """The rows ``maskalign info`` prints for :func:`~napari_maskalign.io.describe_stack`."""
+    rows = [
+        ("input", str(source)),
+        ("kind", d["kind"]),
+        ("frames", str(d["frames"])),
+        ("frame shape", fmt_shape(d["frame_shape"])),
+        ("dtype", d["dtype"]),
+        ("size", fmt_bytes(d["size_bytes"])),
+        ("chunking", d["chunking"]),
+    ]
+    for key in ("compression", "dataset", "pixel size", "first_file", "last_file"):
+        if key in d:
+            rows.append((key.replace("_", " "), str(d[key])))
+    return rows
+
+
+def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_path,
+                  interpolated: bool = False) -> list[str]:
+    """What ``maskalign register`` prints when the shifts are done."""
     n = result.n_frames
     mag = np.linalg.norm(result.raw_shifts, axis=1)
     done = n - start
     rate = done / seconds if seconds > 0 else float("inf")
     quality = result.quality
     lines = [
-        f"registered {done} of {n} frames ({'x'.join(str(int(s)) for s in shape)}, {dtype}) in {seconds:.1f} s "
+        f"registered {done} of {n} frames ({fmt_shape(shape)}, {dtype}) in {seconds:.1f} s "
         f"({rate:.1f} frames/s)" + (f"; resumed at frame {start}" if start else ""),
         f"shift: median {np.median(mag):.3f} px, max {mag.max():.3f} px (frame {int(mag.argmax())}); "
         f"quality: median {np.median(quality):.3f}, min {quality.min():.3f}",
@@ -62,7 +257,10 @@ def summary(result, *, start: int, seconds: float, shape, dtype, shifts_path) ->
     if flagged.size:
         shown = ", ".join(map(str, flagged[:20])) + (", ..." if flagged.size > 20 else "")
         lines.append(f"outliers: {flagged.size} frame(s) flagged (low quality or a jump): {shown}")
+        if interpolated:
+            lines.append("outliers: their shifts are interpolated from good neighbours for the "
+                         "aligned output (the shifts file keeps the measured ones)")
     else:
         lines.append("outliers: none flagged")
     lines.append(f"shifts: {shifts_path}")
-    print("\n".join(lines))
+    return lines

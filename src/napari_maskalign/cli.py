@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
+import logging
 import os
 import sys
 import time
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._parser import build_parser, many_inputs
-from ._report import follow, summary
+from ._report import follow, info_rows, summary_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -45,65 +45,52 @@ def _plain_errors(prefix: str = ""):
         raise CLIError(f"{prefix}{exc}") from None
 
 
-def _open_input(source: str):
+def _open_input(source: str, mask=None):
     from .io import open_stack
 
     with _plain_errors("cannot read the input: "):
-        return open_stack(source)
+        return open_stack(source, exclude=[mask] if mask else ())
 
 
-def _check_output(path, overwrite: bool, args, what: str = "output"):
-    """Fail early (before hours of work) on an output that cannot be written, or that
-    would overwrite an input (the stack, the mask) or land inside an input folder."""
-    if path is None:
-        return None
-    from .io import output_format
-    from .workflow import check_output_path
+def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dict:
+    """Every output checked together, before any work (see workflow.paths)."""
+    from .io import output_format, source_file
+    from .workflow import check_mean_name, check_outputs
 
-    inputs = {"input": args.input, "mask": getattr(args, "mask", None)}
+    inputs = {"input": source_file(args.input), "mask": getattr(args, "mask", None)}
     try:
-        if what == "output":
-            output_format(path)
-        return check_output_path(path, overwrite=overwrite, inputs=inputs, what=what)
+        if outputs.get("output") is not None:
+            output_format(outputs["output"])
+        if outputs.get("mean") is not None:
+            check_mean_name(outputs["mean"])
+        plot = outputs.get("plot")
+        if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"cannot tell the plot's format from {Path(plot).name!r}: end the "
+                             "name with .png, .pdf or .svg")
+        return check_outputs(outputs, inputs=inputs, overwrite=overwrite, may_exist=may_exist)
     except FileExistsError as exc:
         raise CLIError(f"{exc}; use --overwrite to replace it") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+def _output_paths(args, stack, shifts=None) -> dict:
+    """What a run writes, by what it is (None: not asked for)."""
+    from .workflow import aligned_mask_path, count_path, sidecar_path
 
-
-def _fmt_shape(shape) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-# ----------------------------------------------------------------------------
-# info
+    out, mean = args.output, args.mean
+    paths = {"shifts file": shifts, "shifts settings file": shifts and sidecar_path(shifts),
+             "output": out, "mean": mean, "mean's frame count": mean and count_path(mean),
+             "plot": getattr(args, "plot", None)}
+    if out is not None and args.dtype == "input" and np.dtype(stack.dtype).kind in "biu":
+        paths["output mask"] = aligned_mask_path(out)
+    return paths
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from .io import describe_stack
 
-    d = describe_stack(_open_input(args.input), args.input)
-    rows = [
-        ("input", args.input),
-        ("kind", d["kind"]),
-        ("frames", str(d["frames"])),
-        ("frame shape", _fmt_shape(d["frame_shape"])),
-        ("dtype", d["dtype"]),
-        ("size", _fmt_bytes(d["size_bytes"])),
-        ("chunking", d["chunking"]),
-    ]
-    if "compression" in d:
-        rows.append(("compression", d["compression"]))
-    if "first_file" in d:
-        rows += [("first file", d["first_file"]), ("last file", d["last_file"])]
+    rows = info_rows(describe_stack(_open_input(args.input), args.input), args.input)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -124,8 +111,10 @@ def _options(args):
             upsample_factor=args.upsample,
             max_shift=args.max_shift,
             overlap_ratio=args.overlap_ratio,
+            normalization=None if args.normalization == "none" else args.normalization,
             max_jump=args.max_jump,
             min_quality=args.min_quality,
+            interpolate_outliers=args.interpolate_outliers,
             hot_pixels=_hot_pixels(args.hot_pixels),
         )
 
@@ -172,16 +161,14 @@ def _remove_stale(out: Path) -> None:
 def _cmd_register(args: argparse.Namespace) -> int:
     from .io import stale_partials
     from .workflow import (
+        ClusterLost,
         ShiftJournal,
+        continue_run,
         dask_client,
         register_to_journal,
-        resume_rows,
         run_settings,
-        write_aligned,
     )
 
-    if args.resume and args.overwrite:
-        raise CLIError("--resume continues an earlier run and --overwrite discards it: choose one")
     options = _options(args)
     if args.resume and options.mode == "template":
         raise CLIError(
@@ -189,28 +176,29 @@ def _cmd_register(args: argparse.Namespace) -> int:
             "are final only at the very end and cannot be resumed; run without --resume (the "
             "shifts file is then written once, when the run completes)"
         )
-    stack = _open_input(args.input)
+    stack = _open_input(args.input, args.mask)
     n, frame_shape = int(stack.shape[0]), tuple(int(s) for s in stack.shape[1:])
     with _plain_errors():
         options.check_for(n, frame_shape)
     valid = _read_mask(args, frame_shape)
     settings = run_settings(args.input, stack, valid, options)
-    shifts_path = Path(args.shifts).expanduser()
-    out = _check_output(args.output, args.overwrite or args.resume, args)
-    _check_output(args.shifts, args.overwrite or args.resume, args, "shifts file")
+    wanted = _output_paths(args, stack, args.shifts)  # --resume: continue_run decides
+    paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
+                           if args.resume else ("shifts settings file",))
+    shifts_path, out = paths["shifts file"], paths.get("output")
     done = (np.zeros((0, len(frame_shape))), np.zeros(0))
     if args.resume:
-        for tmp in shifts_path.parent.glob(f".{glob.escape(shifts_path.name)}.*.tmp"):
-            tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
+        others = {k: v for k, v in paths.items() if k not in ("shifts file", "shifts settings file")}
         try:
-            done = resume_rows(shifts_path, settings, n, len(frame_shape))
+            done, nothing = continue_run(shifts_path, settings, n, len(frame_shape), outputs=others,
+                                         overwrite=args.overwrite)
+        except FileExistsError as exc:
+            raise CLIError(f"{exc}; add --overwrite to replace it") from None
         except ValueError as exc:
-            raise CLIError(f"{exc}; use --overwrite to start over") from None
-        if out is not None and out.exists():
-            if len(done[0]) == n:
-                print(f"nothing to do: {args.shifts} has all {n} frames and {out} exists")
-                return 0
-            raise CLIError(f"the output {out} exists; use --overwrite to replace it")
+            raise CLIError(f"{exc}; use --overwrite without --resume to start over") from None
+        if nothing:
+            print(f"nothing to do: {args.shifts} has all {n} frames and every output exists")
+            return 0
     if out is not None and stale_partials(out):
         if args.overwrite or args.resume:
             _remove_stale(out)
@@ -218,7 +206,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
             print(f"note: {stale_partials(out)[0]} is the unfinished output of an earlier run that "
                   "was stopped; --resume or --overwrite removes it", file=sys.stderr)
     journal = ShiftJournal(shifts_path, n, len(frame_shape), settings, interval=args.save_interval,
-                           note={"output": None if out is None else str(out)})
+                           note={"output": None if out is None else str(out),
+                                 "mean": None if args.mean is None else str(paths["mean"])})
     journal.preload(*done)
     start = journal.saved
     steps = None
@@ -227,40 +216,57 @@ def _cmd_register(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()  # a cluster's start-up is not registration time
             steps = register_to_journal(stack, journal, options, mask=valid, client=client,
                                         chunk_frames=args.chunk_frames)
-            result = follow(steps, "registering", initial=start if options.mode != "template" else 0)
-            summary(result, start=start, seconds=time.perf_counter() - t0, shape=frame_shape,
-                     dtype=np.dtype(stack.dtype), shifts_path=args.shifts)
-            if out is not None:
-                t1 = time.perf_counter()
-                lazy = None if client is None else _cluster_frames(stack, args)
-                with _plain_errors(f"cannot write {out}: "):
-                    follow(write_aligned(out, stack, result.shifts, valid=result.valid_mask,
-                                         overwrite=args.overwrite,
-                                         attrs=_attrs(args, settings["input"]), dask_stack=lazy,
-                                         chunk_frames=args.chunk_frames, **_align_kwargs(args)),
-                           "writing")
-                print(f"aligned: {out} ({time.perf_counter() - t1:.1f} s)")
+            result = follow(steps, "registering", initial=start if options.mode != "template" else 0,
+                            quiet=args.quiet)
+            print("\n".join(summary_lines(
+                result, start=start, seconds=time.perf_counter() - t0, shape=frame_shape,
+                dtype=np.dtype(stack.dtype), shifts_path=args.shifts,
+                interpolated=options.interpolate_outliers)))
+            if args.plot:
+                from ._drift_plot import save_drift_plot
+
+                with _plain_errors(f"cannot write the plot {args.plot}: "):
+                    save_drift_plot(paths["plot"], result, title=str(args.input))
+                print(f"plot: {args.plot}")
+            exclude = None if args.mean_with_outliers else result.outliers
+            # the mask registration used (the painted one without the hot pixels): NaN in outputs
+            _write_outputs(args, stack, result.shifts, paths, result.valid_mask, client, exclude,
+                           settings["input"])
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
         print(f"\ninterrupted: {journal.saved} of {n} frames are saved in {shifts_path}; "
               "run the same command with --resume to continue", file=sys.stderr)
         return 130
+    except ClusterLost as exc:
+        raise CLIError(f"{exc}: {journal.saved} of {n} frames are saved in {shifts_path}; run the "
+                       "same command with --resume to continue") from None
     return 0
 
 
-def _cluster_frames(stack, args):
-    from .io import as_dask
+def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -> None:
+    """The aligned stack and/or the mean, in one pass (register and apply)."""
+    from .workflow import write_outputs
 
-    return as_dask(stack, args.chunk_frames)
+    out, mean = paths.get("output"), paths.get("mean")
+    if out is None and mean is None:
+        return
+    t1 = time.perf_counter()
+    lazy = None
+    if client is not None:
+        from .io import as_dask
 
-
-def _attrs(args, source) -> dict:
-    return {"maskalign": {"shifts": str(args.shifts), "input": str(source)}}
-
-
-def _align_kwargs(args) -> dict:
-    return {"method": args.method, "order": args.order, "fill_value": args.fill}
+        lazy = as_dask(stack, args.chunk_frames)
+    with _plain_errors(f"cannot write {out or mean}: "):
+        written = follow(write_outputs(
+            stack, shifts, output=out, mean=mean, valid=valid, exclude=exclude,
+            integer=args.dtype == "input", overwrite=args.overwrite,
+            attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source)}},
+            dask_stack=lazy, chunk_frames=args.chunk_frames, method=args.method, order=args.order,
+            fill_value=args.fill), "writing" if out is not None else "averaging", quiet=args.quiet)
+    for what, path in written.items():
+        print(f"{what}: {path}")
+    print(f"outputs written in {time.perf_counter() - t1:.1f} s")
 
 
 # ----------------------------------------------------------------------------
@@ -269,9 +275,9 @@ def _align_kwargs(args) -> dict:
 
 def _cmd_apply(args: argparse.Namespace) -> int:
     from .io import read_shifts_csv
-    from .workflow import dask_client, write_aligned
+    from .workflow import ClusterLost, dask_client
 
-    stack = _open_input(args.input)
+    stack = _open_input(args.input, args.mask)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
     try:
         shifts, _ = read_shifts_csv(args.shifts, n_frames=n, ndim=ndim)
@@ -279,20 +285,19 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
         raise CLIError(f"the shifts do not fit the input: {exc}") from None
-    out = _check_output(args.output, args.overwrite, args)
-    t0 = time.perf_counter()
+    if args.output is None and args.mean is None:
+        raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
+    valid = _read_mask(args, stack.shape[1:])
+    paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
-            lazy = None if client is None else _cluster_frames(stack, args)
-            with _plain_errors(f"cannot write {out}: "):
-                follow(write_aligned(out, stack, shifts, overwrite=args.overwrite,
-                                      attrs=_attrs(args, args.input), dask_stack=lazy,
-                                      chunk_frames=args.chunk_frames, **_align_kwargs(args)),
-                        "writing")
+            _write_outputs(args, stack, shifts, paths, valid, client, None, args.input)
     except KeyboardInterrupt:
         print("\ninterrupted: no output was written", file=sys.stderr)
         return 130
-    print(f"aligned {n} frames in {time.perf_counter() - t0:.1f} s: {out}")
+    except ClusterLost as exc:
+        raise CLIError(f"{exc}; no output was written") from None
+    print(f"aligned {n} frames")
     return 0
 
 
@@ -306,6 +311,7 @@ HANDLERS = {"demo": _cmd_demo, "info": _cmd_info, "register": _cmd_register, "ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("tifffile").addHandler(logging.NullHandler())  # our messages name the file
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

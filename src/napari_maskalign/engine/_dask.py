@@ -99,7 +99,9 @@ def iter_register_chunks(
 
     from distributed import as_completed
 
-    futures = client.compute(tasks)
+    # earlier chunks first (the scheduler's own order ran chunk 0 last): the saved table is
+    # the finished prefix, so a run that loses its cluster keeps what finished
+    futures = [client.compute(t, priority=len(tasks) - i) for i, t in enumerate(tasks)]
     index = {f.key: i for i, f in enumerate(futures)}
     finished: set = set()
     try:

@@ -43,9 +43,17 @@ def valid_from_ignore(ignore, *, invert: bool = False) -> np.ndarray:
     valid : ndarray of bool
         True on pixels registration may use.
     """
+    if ignore is None:
+        raise ValueError("a mask is needed here, got None (pass no mask instead of a None mask)")
     arr = np.asarray(ignore)
     if arr.dtype.kind == "c":
         raise ValueError("a mask must be real-valued, got a complex array")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"a mask must hold numbers or booleans (nonzero = ignore), got {arr.dtype} values"
+        )
+    if arr.ndim == 0:
+        raise ValueError("a mask must be an image (one frame's shape), got a single value")
     nonzero = arr != 0
     return nonzero if invert else ~nonzero
 

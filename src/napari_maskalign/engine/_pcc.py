@@ -13,6 +13,7 @@ from ._correlators import PhaseCorrelator
 from ._fft import default_workers
 from ._masked import MaskedCorrelator
 from ._masks import finite_where_valid
+from ._options import check_upsample_factor
 
 __all__ = ["phase_cross_correlation"]
 
@@ -164,7 +165,9 @@ def phase_cross_correlation(
     moving_image : array
         Image to register, same dimensionality as ``reference_image``.
     upsample_factor : int, optional
-        Register to within ``1 / upsample_factor`` of a pixel.
+        Register to within ``1 / upsample_factor`` of a pixel; from 1 to 1000
+        (``ValueError`` otherwise: finer grids cost memory with the square of
+        the factor and say nothing more about real frames).
     space : {"real", "fourier"}, optional
         "fourier" means the inputs are already FFTs (case insensitive). Not
         used with masks.
@@ -187,9 +190,9 @@ def phase_cross_correlation(
     -------
     shift : ndarray
         Shift that registers ``moving_image`` onto ``reference_image``.
-    error : float
+    error : numpy floating
         Translation invariant normalized RMS error (NaN with masks).
-    phasediff : float
+    phasediff : numpy floating
         Global phase difference of the images (NaN with masks).
 
     Notes
@@ -208,8 +211,12 @@ def phase_cross_correlation(
     Padfield (2012) for the masked correlation and Guizar-Sicairos et al.
     (2008) for the matrix-multiply DFT; the DOIs are in :func:`register_stack`.
     """
-    if upsample_factor < 1:
-        raise ValueError(f"upsample_factor must be at least 1, got {upsample_factor}")
+    check_upsample_factor(upsample_factor)  # 1..MAX_UPSAMPLE: 1e6 would need terabytes
+    for which, image in (("reference", reference_image), ("moving", moving_image)):
+        if np.ndim(image) == 0:
+            raise ValueError(
+                f"the {which} image is a single value (0-d); images need at least one dimension"
+            )
     if reference_mask is not None or moving_mask is not None:
         shift = _masked(
             reference_image, moving_image, reference_mask, moving_mask, overlap_ratio, upsample_factor
@@ -231,9 +238,11 @@ def phase_cross_correlation(
     if real_input:
         if not (np.all(np.isfinite(reference_image)) and np.all(np.isfinite(moving_image))):
             raise ValueError(_NAN_MESSAGE)
-        shift, error, phasediff = _real(reference_image, moving_image, upsample_factor, normalization)
+        shift, cc_max, src_amp, target_amp = _real(
+            reference_image, moving_image, upsample_factor, normalization
+        )
     else:
-        shift, error, phasediff = _complex(
+        shift, cc_max, src_amp, target_amp = _complex(
             reference_image, moving_image, upsample_factor, space, normalization
         )
     if disambiguate:
@@ -241,6 +250,11 @@ def phase_cross_correlation(
         if space != "real":
             ref, mov = sfft.ifftn(ref), sfft.ifftn(mov)
         shift = _disambiguate(ref, mov, shift)
+    # as scikit-image: the error after disambiguation (so their warnings come in its
+    # order, both pointing at the caller), both values numpy floats of the shift's type
+    ftype = np.asarray(shift).dtype.type
+    error = ftype(_error(cc_max, src_amp, target_amp))
+    phasediff = ftype(np.arctan2(np.imag(cc_max), np.real(cc_max)))
     return shift, error, phasediff
 
 
@@ -262,9 +276,7 @@ def _real(reference, moving, upsample_factor, normalization):
         cc_max = peak.peak_value
     if not (np.isfinite(cc_max) and np.isfinite(src_amp) and np.isfinite(target_amp)):
         raise ValueError(_NAN_MESSAGE)
-    error = _error(cc_max, src_amp, target_amp)
-    phasediff = float(np.arctan2(0.0, cc_max))
-    return shift, float(error), phasediff
+    return shift, cc_max, src_amp, target_amp
 
 
 def _upsampled_dft(data, region, upsample_factor, offsets):
@@ -316,5 +328,4 @@ def _complex(reference, moving, upsample_factor, space, normalization):
             shift[ax] = 0
     if np.isnan(cc_max) or np.isnan(src_amp) or np.isnan(tgt_amp):
         raise ValueError(_NAN_MESSAGE)
-    phasediff = float(np.arctan2(cc_max.imag, cc_max.real))
-    return shift, _error(cc_max, src_amp, tgt_amp), phasediff
+    return shift, cc_max, src_amp, tgt_amp

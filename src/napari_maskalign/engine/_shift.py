@@ -100,8 +100,9 @@ def apply_shifts(
     Parameters
     ----------
     stack : array, shape (n_frames, *frame_shape)
-        numpy (or memory-mapped) arrays give a numpy result; a dask array
-        gives a lazy dask array computed frame chunk by frame chunk.
+        numpy (or memory-mapped) arrays, or a list of frames, give a numpy
+        result; a dask array gives a lazy dask array computed frame chunk by
+        frame chunk. Real numbers only (complex input is refused).
     shifts : array, shape (n_frames, ndim)
         Shift per frame in scikit-image's convention (what
         :func:`register_stack` returns): applying it aligns the frame.
@@ -126,6 +127,13 @@ def apply_shifts(
     aligned : ndarray or dask array
     valid : ndarray or dask array of bool (only with ``return_valid``)
     """
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):  # a list of frames
+        stack = np.asarray(stack)
+    if np.dtype(stack.dtype).kind not in "biuf":
+        raise ValueError(
+            f"apply_shifts needs real-valued frames (integers or floats), got {stack.dtype}"
+            + ("; shift the real and imaginary parts separately" if stack.dtype.kind == "c" else "")
+        )
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
     out_dtype = aligned_dtype(stack.dtype)
     frame_shape = tuple(stack.shape[1:])

@@ -2,6 +2,9 @@
 
 * :mod:`.stacks` -- :func:`open_stack` and :func:`as_dask`: TIFF (multi-page,
   or a folder or glob of frames), ``.npy``, zarr; lazily, frame by frame;
+* :mod:`.detectors` -- HDF5 (``FILE.h5:/dataset``), MRC/MRCS, Gatan
+  DM3/DM4 and Merlin MIB through h5py, mrcfile and RosettaSciIO (extras);
+* :mod:`.describe` -- :func:`describe_stack` for ``maskalign info``;
 * :mod:`.masks` -- mask files, where **nonzero marks pixels to ignore** (the
   beam block, as painted in napari); :func:`read_valid_mask` converts to the
   engine's True = valid, once;
@@ -13,13 +16,14 @@ Errors are ``ValueError`` (or ``FileNotFoundError``) in plain words that
 name the file.
 """
 
+from .describe import describe_stack
+from .detectors import DETECTOR_SUFFIXES, open_detector_stack, source_file
 from .masks import MASK_SUFFIXES, read_mask, read_valid_mask, write_mask
 from .stacks import (
     TIFF_SUFFIXES,
     FrameSequence,
     TiffPages,
     as_dask,
-    describe_stack,
     is_glob,
     is_tiff_name,
     is_zarr_dir,
@@ -42,6 +46,7 @@ from .writers import (
 
 __all__ = [
     "AXIS_NAMES",
+    "DETECTOR_SUFFIXES",
     "MASK_SUFFIXES",
     "TIFF_SUFFIXES",
     "FrameSequence",
@@ -57,6 +62,7 @@ __all__ = [
     "iter_blocks",
     "list_frame_files",
     "natural_key",
+    "open_detector_stack",
     "open_stack",
     "output_format",
     "partial_name",
@@ -66,6 +72,7 @@ __all__ = [
     "remove_path",
     "replacing",
     "shift_columns",
+    "source_file",
     "stale_partials",
     "write_json_atomic",
     "write_mask",

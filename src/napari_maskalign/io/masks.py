@@ -57,11 +57,20 @@ def read_mask(path) -> np.ndarray:
             raise ValueError(
                 f"cannot read the mask {path.name}: expected a .npy, .tif/.tiff or .png file"
             )
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if str(path) in str(exc) or path.name in str(exc):
+            raise
+        if "allow_pickle" in str(exc):  # np.load refuses object arrays, which need pickle
+            raise ValueError(f"cannot read the mask {path}: it holds Python objects (a pickle), "
+                             "not an array of numbers; save the mask with numpy as numbers, "
+                             "e.g. np.save(path, mask.astype(np.uint8))") from None
+        raise ValueError(f"cannot read the mask {path}: {exc}") from exc
     except Exception as exc:
         raise ValueError(f"cannot read the mask {path}: {exc}") from exc
     mask = np.asarray(mask)
+    if mask.size == 0:
+        raise ValueError(f"cannot read the mask {path}: no image found in it (a damaged or "
+                         "truncated file?)")
     if mask.dtype.kind not in "biuf":
         raise ValueError(f"the mask {path.name} holds {mask.dtype} values, expected numbers")
     while mask.ndim > 2 and mask.shape[0] == 1:

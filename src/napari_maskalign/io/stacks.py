@@ -26,7 +26,6 @@ __all__ = [
     "FrameSequence",
     "TiffPages",
     "as_dask",
-    "describe_stack",
     "is_glob",
     "is_tiff_name",
     "is_zarr_dir",
@@ -69,11 +68,19 @@ def is_zarr_dir(path: Path) -> bool:
     )
 
 
-def list_frame_files(source) -> list[str]:
+def _without(files: list[str], exclude) -> list[str]:
+    """``files`` less those that are the same file as one in ``exclude`` (a mask kept
+    beside the frames is not a frame)."""
+    drop = {Path(os.fspath(e)).expanduser().resolve() for e in exclude if e is not None}
+    return [f for f in files if Path(f).resolve() not in drop] if drop else files
+
+
+def list_frame_files(source, exclude=()) -> list[str]:
     """The TIFF files of a folder, a glob pattern or a list, in natural order.
 
-    Raises ``FileNotFoundError`` when the folder does not exist or nothing
-    matches, ``ValueError`` when the folder holds no TIFF files.
+    Files in ``exclude`` (e.g. the mask, saved in the frames' folder) are
+    left out. Raises ``FileNotFoundError`` when the folder does not exist or
+    nothing matches, ``ValueError`` when the folder holds no TIFF files.
     """
     if isinstance(source, (list, tuple)):
         files = [os.fspath(p) for p in source]
@@ -92,9 +99,13 @@ def list_frame_files(source) -> list[str]:
         if not folder.is_dir():
             raise FileNotFoundError(f"no such folder: {folder}")
         files = [str(p) for p in folder.iterdir() if p.is_file() and is_tiff_name(p.name)]
+        files = _without(files, exclude)
         if not files:
             raise ValueError(f"the folder {folder} contains no .tif/.tiff files")
         return sorted(files, key=natural_key)
+    files = _without(files, exclude)
+    if not files:
+        raise FileNotFoundError(f"{what} hold no frames besides the mask")
     not_tiff = [f for f in files if not is_tiff_name(f)]
     if not_tiff:
         raise ValueError(
@@ -116,11 +127,16 @@ def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+_NO_IMAGE = "no image found in it (a damaged or truncated file, or not a TIFF)"
+
+
 def _tiff_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
+            if not tf.series or not tf.series[0].shape:
+                raise ValueError(_NO_IMAGE)
             series = tf.series[0]
             return _frame_shape(series.shape), np.dtype(series.dtype)
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as exc:
@@ -330,6 +346,9 @@ def _open_zarr(path: Path):
         raise ValueError(f"cannot open {path} as a zarr array: {exc}") from exc
     if hasattr(node, "shape"):
         return node
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:  # OME-Zarr: the full-resolution level
+        return node[multiscales[0]["datasets"][0]["path"]]
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
         return node[arrays[0]]
@@ -341,7 +360,7 @@ def _open_zarr(path: Path):
     )
 
 
-def open_stack(source, *, check_shapes: bool = True):
+def open_stack(source, *, check_shapes: bool = True, exclude=()):
     """Open a stack without loading it.
 
     Parameters
@@ -355,6 +374,9 @@ def open_stack(source, *, check_shapes: bool = True):
         * a zarr array (a ``.zarr`` folder, or a group holding one array).
     check_shapes : bool
         For frame files: read every header first and report mixed shapes.
+    exclude : paths
+        For frame files: files that are not frames (the mask file kept in
+        the frames' folder).
 
     Returns
     -------
@@ -362,18 +384,21 @@ def open_stack(source, *, check_shapes: bool = True):
     per-frame indexing. Raises ``FileNotFoundError`` for a missing input and
     ``ValueError`` (plain words) for one that cannot be read as a stack.
     """
-    if isinstance(source, (list, tuple)):
-        return FrameSequence(list_frame_files(source), check_shapes=check_shapes)
+    if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
+        return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
     text = os.fspath(source)
-    if is_glob(text):
-        return FrameSequence(list_frame_files(text), check_shapes=check_shapes)
+    from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
+
+    detector = open_detector_stack(text)
+    if detector is not None:
+        return detector
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if is_zarr_dir(path):
         stack = _open_zarr(path)
     elif path.is_dir():
-        return FrameSequence(list_frame_files(path), check_shapes=check_shapes)
+        return FrameSequence(list_frame_files(path, exclude), check_shapes=check_shapes)
     elif path.suffix.lower() == ".npy":
         try:
             stack = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -384,7 +409,8 @@ def open_stack(source, *, check_shapes: bool = True):
     else:
         raise ValueError(
             f"cannot read {path.name}: expected a multi-page TIFF, a folder or glob of TIFF "
-            "frames, a .npy file or a zarr array"
+            "frames, a .npy file, a zarr array, an HDF5 dataset (FILE.h5:/path), .mrc/.mrcs, "
+            ".dm3/.dm4 or .mib"
         )
     if len(stack.shape) < 3:
         raise ValueError(
@@ -398,10 +424,11 @@ def _open_multipage_tiff(path: Path):
 
     try:
         with tifffile.TiffFile(str(path)) as tf:
-            n_series = len(tf.series)
-            shape = tuple(tf.series[0].shape) if n_series else ()
-    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+            shape = tuple(tf.series[0].shape) if tf.series else ()
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
         raise ValueError(f"cannot read {path} as a TIFF: {exc}") from exc
+    if not shape:
+        raise ValueError(f"cannot read {path} as a TIFF: {_NO_IMAGE}")
     if len(shape) < 3:
         raise ValueError(
             f"{path} holds a single image of shape {shape}, not a stack; to read a folder of "
@@ -427,44 +454,3 @@ def as_dask(stack, frames_per_chunk: int = 1):
         return stack.rechunk((k, *frame))
     meta = np.empty((0,) * len(stack.shape), dtype=stack.dtype)
     return da.from_array(stack, chunks=(k, *frame), asarray=True, fancy=False, meta=meta)
-
-
-def describe_stack(stack, source=None) -> dict:
-    """Shape, dtype, frame count, storage and chunking of an opened stack (for ``info``)."""
-    shape = tuple(int(s) for s in stack.shape)
-    dtype = np.dtype(stack.dtype)
-    out = {
-        "source": None if source is None else os.fspath(source),
-        "frames": shape[0],
-        "frame_shape": shape[1:],
-        "dtype": str(dtype),
-        "size_bytes": math.prod(shape) * dtype.itemsize,
-    }
-    if isinstance(stack, FrameSequence):
-        out["kind"] = stack.kind
-        out["chunking"] = stack.chunking
-        out["first_file"] = stack.files[0]
-        out["last_file"] = stack.files[-1]
-    elif isinstance(stack, TiffPages):
-        out["kind"] = stack.kind
-        out["chunking"] = stack.chunking
-    elif isinstance(stack, np.memmap):
-        suffix = "" if source is None else Path(os.fspath(source)).suffix.lower()
-        out["kind"] = (
-            "multi-page TIFF (memory-mapped)" if suffix in TIFF_SUFFIXES else ".npy (memory-mapped)"
-        )
-        out["chunking"] = "contiguous, memory-mapped"
-    elif is_dask(stack):
-        out["kind"] = "dask array"
-        out["chunking"] = "chunks of " + " x ".join(str(max(c)) for c in stack.chunks)
-    elif hasattr(stack, "chunks") and not isinstance(stack, np.ndarray):
-        out["kind"] = "zarr array"
-        out["chunking"] = "chunks of " + " x ".join(str(c) for c in stack.chunks)
-        comp = getattr(stack, "compressors", None) or getattr(stack, "compressor", None)
-        if comp:
-            codecs = comp if isinstance(comp, (tuple, list)) else (comp,)
-            out["compression"] = ", ".join(str(c) for c in codecs)
-    else:
-        out["kind"] = "in-memory array"
-        out["chunking"] = "none (in memory)"
-    return out

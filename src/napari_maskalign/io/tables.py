@@ -85,8 +85,16 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"no such shifts file: {path}")
     name = path.name
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the header
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"the shifts file {name} is not a text CSV file (it holds bytes that are not UTF-8 "
+            "text); give the table written by maskalign or saved as CSV"
+        ) from None
+    except csv.Error as exc:
+        raise ValueError(f"the shifts file {name} is not a readable CSV table: {exc}") from None
     if not rows:
         raise ValueError(f"the shifts file {name} is empty")
     header = [h.strip().lower() for h in rows[0]]

@@ -26,6 +26,8 @@ __all__ = [
     "StackWriter",
     "atomic_write_text",
     "iter_blocks",
+    "ngff_attrs",
+    "open_ngff_array",
     "output_format",
     "partial_name",
     "remove_path",
@@ -104,7 +106,8 @@ def remove_path(path: Path) -> None:
 class StackWriter:
     """Write a stack frame by frame under a temporary name; rename it when complete.
 
-    ``.zarr`` outputs are chunked one frame per chunk; ``.tif``/``.tiff``
+    ``.zarr`` outputs are OME-Zarr images (NGFF 0.4: a group whose metadata
+    names the axes t, y, x, with the stack as array "0", one frame per chunk); ``.tif``/``.tiff``
     outputs are one uncompressed multi-page TIFF (BigTIFF above 2 GB) that
     :func:`open_stack` memory-maps. Frames must be written in order. Use as a
     context manager: leaving the block normally renames the finished file to
@@ -153,18 +156,7 @@ class StackWriter:
 
     def open(self):
         if self.format == "zarr":
-            import zarr
-
-            self._z = zarr.open_array(
-                str(self.tmp),
-                mode="w-",
-                shape=self.shape,
-                chunks=(1, *self.shape[1:]),
-                dtype=self.dtype,
-                fill_value=np.nan if self.dtype.kind == "f" else 0,
-            )
-            if self.attrs:
-                self._z.attrs.update(self.attrs)
+            self._z = open_ngff_array(self.tmp, self.shape, self.dtype, attrs=self.attrs)
         else:
             import tifffile
 
@@ -227,6 +219,41 @@ class StackWriter:
         self._z = None
         if self.tmp.exists():
             remove_path(self.tmp)
+
+
+def ngff_attrs(shape, name: str = "") -> dict:
+    """OME-NGFF 0.4 ``multiscales`` metadata for one frame stack of ``shape``: axes
+    t (the frames), z, y, x (space, in pixels) and an identity scale."""
+    axes = [{"name": "t", "type": "time"}]
+    axes += [{"name": a, "type": "space"} for a in "zyx"[-(len(shape) - 1):]]
+    return {"multiscales": [{
+        "version": "0.4",
+        "name": name,
+        "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0] * len(shape)}]}],
+    }]}
+
+
+def open_ngff_array(path, shape, dtype, *, attrs: dict | None = None):
+    """A new OME-Zarr image (NGFF 0.4, zarr format 2) at ``path``: a group with the
+    ``multiscales`` metadata (named axes) and one array "0", chunked one frame per
+    chunk, which is returned. ``attrs`` go into the group's attributes too."""
+    import zarr
+
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    try:  # zarr 3 writes format 3 unless told; NGFF 0.4 readers expect format 2
+        group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+    except TypeError:  # zarr 2
+        group = zarr.open_group(str(path), mode="w-")
+    group.attrs.update({**ngff_attrs(shape, Path(os.fspath(path)).name), **(attrs or {})})
+    kwargs = dict(shape=shape, chunks=(1, *shape[1:]), dtype=dtype,
+                  fill_value=np.nan if dtype.kind == "f" else 0)
+    try:
+        return group.create_array("0", **kwargs)
+    except AttributeError:  # zarr 2
+        return group.create_dataset("0", **kwargs)
 
 
 def write_json_atomic(path, data: dict) -> None:

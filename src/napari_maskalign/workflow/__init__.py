@@ -5,6 +5,7 @@
 * :mod:`.run` -- registering a stack to disk, locally or on a dask cluster;
 * :mod:`.align` -- shifts -> aligned frames, in memory, lazily or into a
   file, with progress;
+* :mod:`.outputs` -- the aligned stack and the masked mean in one pass;
 * :mod:`.paths` -- output paths checked before any work.
 
 The ``maskalign`` command and the napari widgets are thin layers over these
@@ -22,24 +23,35 @@ from .align import (
     iter_mean,
     write_aligned,
 )
-from .journal import ShiftJournal, resume_rows, run_settings, sidecar_path
-from .paths import check_output_path
-from .run import dask_client, register_to_journal
+from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
+from .outputs import aligned_mask_path, check_mean_name, count_path, write_mean, write_outputs
+from .paths import check_output_path, check_outputs, sibling
+from .run import ClusterLost, cluster_errors, dask_client, register_to_journal
 
 __all__ = [
     "AlignProgress",
+    "ClusterLost",
     "MaskedMean",
     "MeanAccumulator",
     "ShiftJournal",
     "align_frame",
+    "aligned_mask_path",
     "align_lazy",
+    "check_mean_name",
     "check_output_path",
+    "check_outputs",
+    "cluster_errors",
+    "continue_run",
+    "count_path",
     "dask_client",
     "iter_align",
     "iter_mean",
     "register_to_journal",
     "resume_rows",
     "run_settings",
+    "sibling",
     "sidecar_path",
     "write_aligned",
+    "write_mean",
+    "write_outputs",
 ]

@@ -17,6 +17,7 @@ The mean averages each pixel over the frames that saw it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,7 +218,7 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, **kwar
 
 def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict | None = None,
                   dask_stack=None, chunk_frames: int = 16, valid=None, integer: bool = False,
-                  mean: MeanAccumulator | None = None, exclude=None, **kwargs):
+                  mean: MeanAccumulator | None = None, exclude=None, mask_path=None, **kwargs):
     """Write the aligned stack to ``path`` (.zarr or .tif); a generator of progress.
 
     The file is written under a temporary name and renamed when complete; on
@@ -225,20 +226,31 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     array, e.g. on a cluster) the frames are aligned by dask in blocks of
     ``chunk_frames``; otherwise here, one frame at a time (memory stays
     flat). With ``mean``, every frame not flagged in ``exclude`` is also
-    added to that accumulator in the same pass. Returns the path written.
+    added to that accumulator in the same pass. With ``mask_path``, where
+    each aligned frame holds no data (shifted in from outside the field, or
+    behind the mask) is written there as a stack of the same shape, uint8,
+    **nonzero = no data** (the mask-file convention: nonzero = ignore) --
+    what integer output (``integer``) needs, since it cannot hold NaN.
+    Returns the path written.
     """
     n = int(stack.shape[0])
     skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
     block = chunk_frames if dask_stack is not None else 1
     dtype = output_dtype(stack.dtype, integer)
-    with StackWriter(path, stack.shape, dtype, overwrite=overwrite, attrs=attrs) as writer:
+    need = mean is not None or dtype.kind != "f" or mask_path is not None
+    with contextlib.ExitStack() as files:
+        writer = files.enter_context(StackWriter(path, stack.shape, dtype, overwrite=overwrite,
+                                                 attrs=attrs))
+        masks = None if mask_path is None else files.enter_context(
+            StackWriter(mask_path, stack.shape, np.uint8, overwrite=overwrite, attrs=attrs))
         for lo, hi, aligned, data in _float_blocks(
-            stack, shifts, valid=valid, need_data=mean is not None or dtype.kind != "f",
-            block=block, lazy=dask_stack, **kwargs
+            stack, shifts, valid=valid, need_data=need, block=block, lazy=dask_stack, **kwargs
         ):
             if mean is not None:
                 keep = ~skip[lo:hi]
                 mean.add(aligned[keep], data[keep])
             writer.write(_converted(aligned, data, dtype))
+            if masks is not None:
+                masks.write(~data)
             yield AlignProgress(hi, n, "writing")
     return writer.path

@@ -11,6 +11,7 @@ when the settings match.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import is_glob, read_shifts_csv, write_json_atomic, write_shifts_csv
+from ..io import is_glob, read_shifts_csv, source_file, write_json_atomic, write_shifts_csv
 
-__all__ = ["ShiftJournal", "resume_rows", "run_settings", "sidecar_path"]
+__all__ = ["ShiftJournal", "continue_run", "resume_rows", "run_settings", "sidecar_path"]
 
 
 def sidecar_path(shifts_path) -> Path:
@@ -40,8 +41,9 @@ def run_settings(source, stack, valid, options) -> dict:
     if valid is not None:
         digest = hashlib.sha256(np.packbits(np.asarray(valid, bool)).tobytes()).hexdigest()
     text = os.fspath(source)
+    file = source_file(text)  # run.h5:/entry/data: the file resolved, the dataset kept
     return {
-        "input": text if is_glob(text) else str(Path(text).expanduser().resolve()),
+        "input": text if is_glob(text) else str(Path(file).expanduser().resolve()) + text[len(file):],
         "frames": int(stack.shape[0]),
         "frame_shape": [int(s) for s in stack.shape[1:]],
         "dtype": str(np.dtype(stack.dtype)),
@@ -89,6 +91,32 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int):
             f"cannot resume: {path.name} has {len(shifts)} rows but the input has {n_frames} frames"
         )
     return shifts, quality
+
+
+def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,
+                 overwrite: bool = False):
+    """What ``--resume`` continues: ``(rows, nothing_to_do)``.
+
+    ``rows`` are the earlier run's ``(shifts, quality)`` (see
+    :func:`resume_rows`); ``outputs`` the other outputs asked for, by what
+    they are. Outputs are written only after the last frame, so one that
+    exists now is an earlier run's: it is replaced only with ``overwrite``
+    (an interrupted ``--overwrite`` run resumes with ``--resume
+    --overwrite``), else ``FileExistsError`` names it -- unless the table
+    is complete and every output exists (``nothing_to_do``). Rewrites of the
+    table that a kill cut short (temporary files) are removed.
+    """
+    path = Path(os.fspath(shifts_path))
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
+    rows = resume_rows(path, settings, n_frames, ndim)
+    existing = {what: p for what, p in outputs.items() if p is not None and Path(p).exists()}
+    if len(rows[0]) == n_frames and len(existing) == sum(p is not None for p in outputs.values()):
+        return rows, True
+    if existing and not overwrite:
+        what, p = next(iter(existing.items()))
+        raise FileExistsError(f"the {what} {p} exists (from an earlier run)")
+    return rows, False
 
 
 class ShiftJournal:

@@ -17,7 +17,47 @@ import numpy as np
 from ..engine import RegistrationRun, build_result, mask_with_outliers
 from ..io import as_dask
 
-__all__ = ["dask_client", "register_to_journal"]
+__all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]
+
+
+class ClusterLost(RuntimeError):
+    """The dask cluster went away mid-run (workers killed, scheduler gone); what
+    finished before is saved."""
+
+
+def cluster_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions by which dask.distributed says the cluster was lost."""
+    import asyncio
+    import concurrent.futures
+
+    errors: list = [asyncio.CancelledError, concurrent.futures.CancelledError, TimeoutError]
+    try:
+        import distributed
+        from distributed.comm.core import CommClosedError
+    except ImportError:
+        return tuple(errors)
+    errors += [distributed.KilledWorker, CommClosedError]
+    cancelled = getattr(distributed.client, "FutureCancelledError", None)
+    if cancelled is not None:
+        errors.append(cancelled)
+    return tuple(errors)
+
+
+@contextlib.contextmanager
+def cluster_guard(client):
+    """Inside it, losing the cluster raises :class:`ClusterLost` in plain words."""
+    if client is None:
+        yield
+        return
+    try:
+        yield
+    except cluster_errors() as exc:
+        try:
+            text = str(exc)
+        except Exception:  # KilledWorker's text needs the worker it lost
+            text = ""
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        raise ClusterLost(f"the dask cluster was lost ({detail})") from exc
 
 
 @contextlib.contextmanager
@@ -77,8 +117,9 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     Every finished frame is recorded in ``journal`` and the table on disk
     follows (``journal.save`` decides how often). Template refinement's
     shifts are final only after its last pass, so they are recorded then.
-    Whatever stops the run (an error, a cancel, Ctrl-C), the finished
-    leading frames are saved before it ends.
+    Whatever stops the run (an error, a cancel, Ctrl-C, a lost cluster:
+    :class:`ClusterLost`), the finished leading frames are saved before it
+    ends.
 
     Returns (``StopIteration.value``, or ``yield from``) the
     :class:`~napari_maskalign.engine.RegistrationResult` over the whole table,
@@ -91,17 +132,19 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     else:
         run_stack, run_options = stack, options
         if client is not None:
-            run_stack, run_options = cluster_stack(stack, options, client, chunk_frames)
+            with cluster_guard(client):
+                run_stack, run_options = cluster_stack(stack, options, client, chunk_frames)
         previous = journal.shifts[start - 1] if options.mode == "previous" and start else None
         run = RegistrationRun(run_stack, run_options, mask=mask, start=start,
                               previous_shift=previous)
         template = options.mode == "template"
         try:
-            for p in run:
-                if not template:
-                    journal.record([p.frame], p.shift[None], [p.quality])
-                    journal.save()
-                yield p
+            with cluster_guard(client):
+                for p in run:
+                    if not template:
+                        journal.record([p.frame], p.shift[None], [p.quality])
+                        journal.save()
+                    yield p
             if template:
                 journal.record(np.arange(start, n), run.result.raw_shifts, run.result.quality)
         finally:
