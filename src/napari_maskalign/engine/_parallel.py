@@ -73,11 +73,13 @@ def register_frames(registrar, frames: Iterable, threads: int) -> Iterator[Frame
             for batch in _batches(frames, batch_size(registrar)):
                 yield from registrar.register_batch(batch)
             return
-        if threads <= 1:
-            yield from map(registrar.register, frames)
-            return
         from threadpoolctl import threadpool_limits
 
+        # one BLAS thread also for one worker: `workers` is the whole budget, and a
+        # threaded BLAS spinning beside busy cores slows the refinement down
         with threadpool_limits(limits=1, user_api="blas"):
             registrar.set_workers(1)
-            yield from in_threads(registrar.register, frames, threads)
+            if threads <= 1:
+                yield from map(registrar.register, frames)
+            else:
+                yield from in_threads(registrar.register, frames, threads)
