@@ -417,3 +417,28 @@ def test_outputs_never_replace_the_mask_or_land_in_the_input_folder(tmp_path, ca
     assert rc == 1
     assert "inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i}.tif" for i in range(4)]
+
+
+def test_threads_and_device_options(run, sample, capsys):
+    """--threads sets the frames registered at once (same shifts as the default), --device cpu
+    computes on the CPU; --device gpu without CuPy or a GPU is one plain line naming the extra."""
+    from napari_maskalign.engine._device import gpu_available
+
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "a.csv",
+               "--threads", 1, "--device", "cpu") == 0  # fmt: skip
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "b.csv") == 0
+    a, _ = io.read_shifts_csv(run / "a.csv")
+    b, _ = io.read_shifts_csv(run / "b.csv")
+    np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    if gpu_available():
+        pytest.skip("this machine has a GPU: the missing-GPU message cannot be shown")
+    rc = cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "c.csv",
+             "--device", "gpu")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "install the 'gpu' extra" in err
+    rc = cli("apply", run / "run", "--shifts", run / "a.csv", "--output", run / "o.tif",
+             "--device", "gpu")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "install the 'gpu' extra" in err and not (run / "o.tif").exists()

@@ -348,3 +348,19 @@ def test_error_raised_by_the_engine_in_the_worker(qtbot, viewer_model, notes):
     assert "no contrast" in msg and "Traceback" not in msg
     assert [layer.name for layer in viewer_model.layers] == ["blank"]
     assert w.run_button.isEnabled()
+
+
+def test_threads_row_and_device_choice(widget, loaded_model):
+    """The threads row is the run's workers (default: all cores but one); the device choice is
+    offered only where CuPy sees a GPU, and the CPU is used otherwise."""
+    import os
+
+    from napari_maskalign.engine._device import gpu_available
+
+    image = loaded_model.layers["stack"]
+    assert widget.threads.value == max(1, (os.cpu_count() or 2) - 1)
+    widget.threads.value = 1
+    options, _ = widget.options(image)
+    assert options.workers == 1
+    assert widget.device.native.isHidden() == (not gpu_available())
+    assert options.device == "cpu"

@@ -124,6 +124,23 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_compute_options(p: argparse.ArgumentParser, threads: bool) -> None:
+    g = p.add_argument_group("computing")
+    if threads:
+        g.add_argument(
+            "--threads",
+            type=_positive_int,
+            metavar="N",
+            help="frames registered at once on this machine (default: all cores)",
+        )
+    g.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        help="cpu (numpy) or gpu (CuPy: needs the 'gpu' extra and an NVIDIA GPU); "
+        "default: cpu",
+    )
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dask cluster (optional)")
     x = g.add_mutually_exclusive_group()
@@ -259,6 +276,7 @@ def _add_commands(sub) -> None:
         help="rewrite the shifts file at most this often while registering (default 1)",
     )
     _add_output_options(reg)
+    _add_compute_options(reg, threads=True)
     _add_cluster_options(reg)
 
     app = _command(
@@ -275,6 +293,7 @@ def _add_commands(sub) -> None:
     )
     app.add_argument("--output", required=True, metavar="OUT", help=OUTPUT_HELP)
     _add_output_options(app)
+    _add_compute_options(app, threads=False)
     _add_cluster_options(app)
 
 

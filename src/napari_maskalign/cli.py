@@ -126,6 +126,8 @@ def _options(args):
             overlap_ratio=args.overlap_ratio,
             max_jump=args.max_jump,
             min_quality=args.min_quality,
+            workers=args.threads,
+            device=args.device,
         )
 
 
@@ -268,7 +270,8 @@ def _attrs(args, source) -> dict:
 
 
 def _align_kwargs(args) -> dict:
-    return {"method": args.method, "order": args.order, "fill_value": args.fill}
+    return {"method": args.method, "order": args.order, "fill_value": args.fill,
+            "device": args.device}
 
 
 # ----------------------------------------------------------------------------

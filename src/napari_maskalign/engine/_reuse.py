@@ -53,8 +53,11 @@ def same_content(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _nbytes(obj) -> int:
+    """The bytes of ``obj``'s numpy arrays (its own, or its attributes')."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
     total = 0
-    for value in vars(obj).values():
+    for value in getattr(obj, "__dict__", {}).values():
         items = value if isinstance(value, (tuple, list)) else (value,)
         total += sum(v.nbytes for v in items if isinstance(v, np.ndarray))
     return total
