@@ -20,8 +20,10 @@ __all__ = [
     "fast_shape",
     "half_spectrum_weights",
     "irfftn",
+    "irfftn_rows",
     "real_dtype_for",
     "rfftn",
+    "rfftn_padded",
     "upsampled_real",
 ]
 
@@ -75,6 +77,45 @@ def irfftn(x, shape, workers: int, overwrite: bool = False):
         return sfft.irfftn(x, s=shape, axes=_axes(x, shape), workers=workers, overwrite_x=overwrite)
     xp = array_namespace(x)
     return xp.fft.irfftn(x, s=shape, axes=_axes(x, shape))
+
+
+def rfftn_padded(x, shape, workers: int):
+    """:func:`rfftn` of ``x`` zero-padded to ``shape``, where ``x`` is already
+    padded along its last axis and not along the others: the rows of zeros are
+    never transformed (the last axis first, then the others with padding).
+    The same arithmetic as ``rfftn`` of the fully padded array."""
+    shape = tuple(shape)
+    nd = len(shape)
+    rest = tuple(range(x.ndim - nd, x.ndim - 1))
+    if isinstance(x, np.ndarray):
+        rows = sfft.rfft(x, n=shape[-1], axis=-1, workers=workers)
+        if not rest:
+            return rows
+        return sfft.fftn(rows, s=shape[:-1], axes=rest, workers=workers, overwrite_x=True)
+    xp = array_namespace(x)
+    rows = xp.fft.rfft(x, n=shape[-1], axis=-1)
+    return xp.fft.fftn(rows, s=shape[:-1], axes=rest) if rest else rows
+
+
+def irfftn_rows(x, shape, rows, workers: int, overwrite: bool = False):
+    """:func:`irfftn` of a half spectrum, only at the indices ``rows`` of the
+    second-to-last axis (None: all): the inverse runs over the other axes
+    first, then the real inverse along the last axis only for those rows."""
+    shape = tuple(shape)
+    nd = len(shape)
+    rest = tuple(range(x.ndim - nd, x.ndim - 1))
+    if isinstance(x, np.ndarray):
+        if rows is None:
+            return irfftn(x, shape, workers, overwrite)
+        cols = sfft.ifftn(x, axes=rest, workers=workers, overwrite_x=overwrite)
+        cols = np.take(cols, rows, axis=-2)
+        return sfft.irfft(cols, n=shape[-1], axis=-1, workers=workers, overwrite_x=True)
+    if rows is None:
+        return irfftn(x, shape, workers, overwrite)
+    xp = array_namespace(x)
+    cols = xp.fft.ifftn(x, axes=rest) if rest else x
+    cols = xp.take(cols, xp.asarray(rows), axis=-2)
+    return xp.fft.irfft(cols, n=shape[-1], axis=-1)
 
 
 def half_spectrum_weights(full_last: int, dtype=np.float64) -> np.ndarray:

@@ -26,7 +26,16 @@ from scipy import ndimage as ndi
 
 from ._correlators import CorrelationPeak, inside_box, outer_and, refine_two_stage
 from ._device import Ops, to_host, to_namespace
-from ._fft import default_workers, fast_shape, irfftn, real_dtype_for, rfftn, upsampled_real
+from ._fft import (
+    default_workers,
+    fast_shape,
+    irfftn,
+    irfftn_rows,
+    real_dtype_for,
+    rfftn,
+    rfftn_padded,
+    upsampled_real,
+)
 
 __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 
@@ -149,8 +158,35 @@ class MaskedCorrelator:
             refine_window = int(min(int(refine_window), *self.pad))
         self.refine_window = refine_window
         self._raw_overlap = geo["overlap"] if refine_window is not None else None
+        self._rows, self._row_pos = self._needed_rows()
         self._set_namespace(np if xp is None else xp)
         self.set_reference(ref)
+
+    def _needed_rows(self):
+        """The indices of the second-to-last axis of the correlation that hold an
+        accepted displacement (with a margin for cropped refinement), and each
+        index's position among them (-1: not computed); None when nearly all are
+        needed. Only those rows are transformed back and searched."""
+        nd = len(self.pad)
+        ax = nd - 2
+        if nd < 2:
+            return None, None
+        others = tuple(i for i in range(nd) if i != ax)
+        needed = self.allowed.any(axis=others)
+        if self.refine_window is not None and self.upsample_factor > 1:
+            grow = self.refine_window // 2 + 1
+            needed = np.convolve(np.concatenate([needed[-grow:], needed, needed[:grow]]),
+                                 np.ones(2 * grow + 1), mode="valid") > 0
+        rows = np.flatnonzero(needed)
+        if rows.size >= 0.9 * self.pad[ax]:
+            return None, None
+        pos = np.full(self.pad[ax], -1, dtype=np.intp)
+        pos[rows] = np.arange(rows.size)
+        return rows, pos
+
+    def _on_rows(self, a):
+        """``a`` (the padded shape) on the computed rows only."""
+        return a if self._rows is None else np.take(a, self._rows, axis=len(self.pad) - 2)
 
     def _set_namespace(self, xp) -> None:
         """Copy the per-frame constants of the masks to namespace ``xp``."""
@@ -159,8 +195,8 @@ class MaskedCorrelator:
         dev = self._dev
         self._mask_f_ref_x = dev(self._mask_f_ref)
         self._mov_w_x = dev(self._mov_w)
-        self._allowed_x = dev(self.allowed)
-        self._inv_overlap_x = dev((1.0 / self.overlap).astype(self.dtype))
+        self._allowed_x = dev(self._on_rows(self.allowed))
+        self._inv_overlap_x = dev(self._on_rows((1.0 / self.overlap).astype(self.dtype)))
         if self.refine_window is not None:
             self._overlap_grid = dev(self._raw_overlap.astype(np.float64))
 
@@ -200,8 +236,8 @@ class MaskedCorrelator:
         sum_f = irfftn(const_products[1], pad, self.workers)
         sum_ff = irfftn(const_products[2], pad, self.workers)
         dev = self._dev
-        self._mean_f = dev((sum_f / self.overlap).astype(dt))
-        self._den_f = dev(np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt))
+        self._mean_f = dev(self._on_rows((sum_f / self.overlap).astype(dt)))
+        self._den_f = dev(self._on_rows(np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt)))
         self._ref_f_x = dev(self._ref_f)
         if self.refine_window is None:
             self._const_products = tuple(dev(p) for p in const_products)
@@ -262,9 +298,10 @@ class MaskedCorrelator:
 
     # -- per frame -------------------------------------------------------
     def _buffer(self, lead):
-        """This thread's zero-padded input buffer (the padding stays zero: only the
-        frame's corner is ever written), so no transform pads a fresh copy."""
-        shape = tuple(lead) + tuple(self.pad)
+        """This thread's input buffer, the frame's rows zero-padded along the last
+        axis (the padding stays zero: only the frame's part is ever written), so
+        no transform pads a fresh copy; rows of zeros are never transformed."""
+        shape = tuple(lead) + self.mov_shape[:-1] + (self.pad[-1],)
         buf = getattr(self._local, "buffer", None)
         if buf is None or tuple(buf.shape) != shape:
             buf = self.xp.zeros(shape, dtype=self._mov_w_x.dtype)
@@ -277,15 +314,15 @@ class MaskedCorrelator:
         pad, w, ops = self.pad, self.workers, self._ops
         nd = len(pad)
         buf = self._buffer(mov.shape[: mov.ndim - nd])
-        corner = (...,) + tuple(slice(0, n) for n in self.mov_shape)
+        corner = (...,) + (slice(None),) * (nd - 1) + (slice(0, self.mov_shape[-1]),)
         ops.multiply_into(buf, corner, mov, self._mov_w_x)
-        mf = ops.conj(rfftn(buf, pad, w))
+        mf = ops.conj(rfftn_padded(buf, pad, w))
         ops.multiply_into(buf, corner, buf[corner], mov)
-        m2f = ops.conj(rfftn(buf, pad, w))
+        m2f = ops.conj(rfftn_padded(buf, pad, w))
         prods = (mf * self._mask_f_ref_x, m2f * self._mask_f_ref_x, mf * self._ref_f_x)
         # the products are temporaries unless subpixel refinement samples them again
         keep = self.upsample_factor > 1 and self.refine_window is None
-        sums = [irfftn(p, pad, w, overwrite=not keep) for p in prods]
+        sums = [irfftn_rows(p, pad, self._rows, w, overwrite=not keep) for p in prods]
         return prods, sums
 
     def _whole_pixel_ncc(self, sum_m, sum_mm, sum_mf):
@@ -335,11 +372,11 @@ class MaskedCorrelator:
         best = to_host(best_x)
         out = []
         for b in range(count):
-            peak_idx = np.unravel_index(int(at[b]), self.pad)
+            peak_idx = self._full_index(np.unravel_index(int(at[b]), tuple(ncc.shape[1:])))
             if n_ties[b] == 1:
                 d = np.array([self._d_axes[ax][i] for ax, i in enumerate(peak_idx)], dtype=float)
             else:  # scikit-image takes the centre of tied maxima
-                ties = np.argwhere(to_host(ncc[b, ...] == best_x[b]))
+                ties = [self._full_index(t) for t in np.argwhere(to_host(ncc[b, ...] == best_x[b]))]
                 d = np.nanmean(
                     np.array([[self._d_axes[ax][i] for ax, i in enumerate(t)] for t in ties], float),
                     axis=0,
@@ -355,11 +392,34 @@ class MaskedCorrelator:
                 d, quality = self._refine(d, sample, float(den_max[b]))
             window = None
             if xcorr_radius is not None:
-                window = _gather(ncc[b, ...], [np.arange(-xcorr_radius, xcorr_radius + 1) % n
-                                               for n in self.pad])
+                window = self._gather_rows(ncc[b, ...], [
+                    np.arange(-xcorr_radius, xcorr_radius + 1) % n for n in self.pad])
             out.append(CorrelationPeak(shift=d + self.offset, quality=quality,
                                        peak_value=float(best[b]), xcorr=window))
         return out
+
+    def _full_index(self, idx) -> tuple:
+        """An index into the computed rows as an index into the padded correlation."""
+        if self._rows is None:
+            return tuple(int(i) for i in idx)
+        ax = len(self.pad) - 2
+        return tuple(int(self._rows[i]) if k == ax else int(i) for k, i in enumerate(idx))
+
+    def _gather_rows(self, surface, index, dtype=np.float32) -> np.ndarray:
+        """:func:`_gather` on a surface computed on the needed rows only; rows that
+        were not computed (no accepted displacement) read as 0."""
+        if self._rows is None:
+            return _gather(surface, index, dtype)
+        ax = len(self.pad) - 2
+        pos = self._row_pos[index[ax]]
+        if (pos < 0).any():
+            xp = self.xp
+            shape = list(surface.shape)
+            shape[ax] = 1
+            join = np.concatenate if xp is np else xp.concat
+            surface = join([surface, xp.zeros(tuple(shape), dtype=surface.dtype)], axis=ax)
+            pos = np.where(pos < 0, surface.shape[ax] - 1, pos)
+        return _gather(surface, [pos if k == ax else i for k, i in enumerate(index)], dtype)
 
     def _constants_on(self, starts, region, u):
         """Overlap and reference sums on a fine grid; cached, since frames of a
@@ -390,11 +450,12 @@ class MaskedCorrelator:
         w = self.refine_window
         first = [int(i) - w // 2 for i in peak_idx]
         index = [np.arange(f, f + w) % n for f, n in zip(first, self.pad)]
-        grids = [self._overlap_grid, self._sum_f, self._sum_ff, *frame_sums]
+        consts = [_gather(g, index, np.float64) for g in (self._overlap_grid, self._sum_f, self._sum_ff)]
+        frame = [self._gather_rows(g, index, np.float64) for g in frame_sums]
         # a taper over the outer quarters: the window's periodic extension has no
         # jumps to ring back into the centre (the NCC does not change when all of
         # its terms are scaled alike, so the flat centre is what counts)
-        windows = np.stack([_gather(g, index, np.float64) for g in grids]) * _taper(w, len(self.pad))
+        windows = np.stack([*consts, *frame]) * _taper(w, len(self.pad))
         spectra = rfftn(windows, (w,) * len(self.pad), 1)
         origin = np.asarray(d0, dtype=float) - w // 2  # the window's first displacement
 
