@@ -22,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 
 import numpy as np
 
@@ -80,9 +81,10 @@ def main(argv=None):
         for u in (1, 20):
             kw = dict(mask=synth.valid, upsample_factor=u)
             register_stack(synth.stack[:2], device="gpu", **kw)  # CUDA context, kernels, plans
-            t_cpu, cpu = _median_time(lambda: register_stack(synth.stack, device="cpu", workers=cores, **kw),
-                                      args.repeats)
-            t_gpu, gpu = _median_time(lambda: register_stack(synth.stack, device="gpu", **kw), args.repeats)
+            on_cpu = partial(register_stack, synth.stack, device="cpu", workers=cores, **kw)
+            on_gpu = partial(register_stack, synth.stack, device="gpu", **kw)
+            t_cpu, cpu = _median_time(on_cpu, args.repeats)
+            t_gpu, gpu = _median_time(on_gpu, args.repeats)
             diff = float(np.abs(gpu.shifts - cpu.shifts).max())
             rows.append((f"{size}x{size}", f"{pad[0]}x{pad[1]}", u, n, f"{t_cpu / n * 1e3:.2f}",
                          f"{t_gpu / n * 1e3:.2f}", f"{t_cpu / t_gpu:.1f}x", f"{floor * 1e3:.3f}",
