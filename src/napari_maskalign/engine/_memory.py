@@ -25,7 +25,7 @@ import ctypes.util
 import sys
 import threading
 
-__all__ = ["hot_memory"]
+__all__ = ["hot_memory", "warm_heap"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -37,6 +37,7 @@ _AFTER_BYTES = 32 * 2**20
 _lock = threading.Lock()
 _users = 0
 _libc = None
+_warm = False
 
 
 def _glibc():
@@ -75,3 +76,20 @@ def hot_memory():
                 libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_BYTES)
                 libc.mallopt(_M_TRIM_THRESHOLD, 2 * _AFTER_BYTES)
                 libc.malloc_trim(0)
+
+
+def warm_heap() -> None:
+    """Once per process: glibc keeps blocks up to 32 MiB in its heap and trims it
+    only past 64 MiB free (the ceiling its own adjustment reaches), instead of
+    its defaults, with which the drop-in's every call faulted 3,500 fresh pages
+    (14 MiB) in a loop of 512x512 pairs. Costs at most 64 MiB of freed memory
+    kept per thread arena; a no-op inside a run and elsewhere than glibc."""
+    global _warm
+    libc = _glibc()
+    if not libc or _warm:
+        return
+    with _lock:
+        if _users == 0 and not _warm:
+            libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_BYTES)
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * _AFTER_BYTES)
+        _warm = True
