@@ -126,3 +126,62 @@ def test_cupy_stack_follows_the_input(synth):
     cpu = register_stack(synth.stack, mask=synth.valid, upsample_factor=20)
     gpu = register_stack(cupy.asarray(synth.stack), mask=synth.valid, upsample_factor=20)
     np.testing.assert_allclose(gpu.shifts, cpu.shifts, atol=1e-3)
+
+
+@pytest.mark.parametrize("upsample", [20, 50])
+def test_cropped_refinement_stays_within_one_grid_step(upsample):
+    """Megapixel frames refine on a window cropped around the peak instead of the padded
+    spectra: the shifts stay within one 1/u step of the exact grid search (forced here on
+    small frames, where both are cheap)."""
+    synth = make_beam_block_stack(8, (160, 160), counts=100, max_drift=4.0, seed=21)
+    ref, valid = synth.stack[0], synth.valid
+    exact = MaskedCorrelator(ref, valid, valid, upsample_factor=upsample, refine_window=None)
+    crop = MaskedCorrelator(ref, valid, valid, upsample_factor=upsample, refine_window=64)
+    for frame in synth.stack:
+        a, b = exact.register(frame).shift, crop.register(frame).shift
+        assert np.all(np.abs(a - b) <= 1.0 / upsample + 1e-9), (a, b)
+        assert np.allclose(b * upsample, np.round(b * upsample), atol=1e-6)  # on the 1/u grid
+
+
+def test_crop_is_chosen_for_megapixel_frames(monkeypatch, synth):
+    from napari_maskalign.engine import _masked
+
+    ref, valid = synth.stack[0], synth.valid
+    assert MaskedCorrelator(ref, valid, upsample_factor=20).refine_window is None
+    monkeypatch.setattr(_masked, "CROP_FROM", ref.size)  # as if these frames were a megapixel
+    assert MaskedCorrelator(ref, valid, upsample_factor=20).refine_window == min(
+        _masked.CROP_WINDOW, *MaskedCorrelator(ref, valid).pad)
+
+
+def test_apply_shifts_and_mean_devices(synth):
+    """device="cpu" is today's numpy path; a namespace without ndimage is refused plainly;
+    device="gpu" without CuPy or a GPU names the extra (with one: equals the CPU)."""
+    from napari_maskalign.engine import apply_shifts
+    from napari_maskalign.workflow import iter_mean
+
+    shifts = register_stack(synth.stack, mask=synth.valid, upsample_factor=10).shifts
+    np.testing.assert_array_equal(apply_shifts(synth.stack, shifts, device="cpu"),
+                                  apply_shifts(synth.stack, shifts))
+    with pytest.raises(ValueError, match="numpy or CuPy"):
+        apply_shifts(xp_strict.asarray(synth.stack), shifts)
+
+    def mean(**kw):
+        gen = iter_mean(synth.stack, shifts, valid=synth.valid, **kw)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    cpu = mean(device="cpu")
+    if not gpu_available():
+        with pytest.raises(ValueError, match="install the 'gpu' extra"):
+            apply_shifts(synth.stack, shifts, device="gpu")
+        with pytest.raises(ValueError, match="install the 'gpu' extra"):
+            mean(device="gpu")
+        return
+    aligned = apply_shifts(synth.stack, shifts, device="gpu")
+    np.testing.assert_allclose(aligned, apply_shifts(synth.stack, shifts), atol=1e-4, equal_nan=True)
+    gpu = mean(device="gpu")
+    np.testing.assert_allclose(gpu.mean, cpu.mean, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(gpu.count, cpu.count)

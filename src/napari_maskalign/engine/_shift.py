@@ -198,6 +198,7 @@ def _apply_on_device(xp, stack, shifts, valid_mask, return_valid, kw):
     arrays, any other stack numpy arrays (each frame copied back when done).
     ``apply_transforms`` plugs in here the same way: ``shift_frame`` is the one
     place a frame is resampled, through :func:`_ndimage`."""
+    _ndimage(xp)  # refuses a namespace that cannot resample frames, before any work
     foreign = is_foreign_array(stack)
     lib = xp if foreign else np
     n, frame_shape = int(stack.shape[0]), tuple(stack.shape[1:])
