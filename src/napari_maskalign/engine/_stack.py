@@ -87,8 +87,9 @@ class RegistrationRun:
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
-        #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``)
-        self.xp = namespace_for(opts.device, stack)
+        #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``;
+        #: unmasked registration runs on the CPU unless a GPU is asked for by name)
+        self.xp = namespace_for(opts.device, stack if self.valid is not None else None)
         passes = opts.template_iterations + 1 if opts.mode == "template" else 1
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
