@@ -430,6 +430,11 @@ def test_threads_and_device_options(run, sample, capsys):
     a, _ = io.read_shifts_csv(run / "a.csv")
     b, _ = io.read_shifts_csv(run / "b.csv")
     np.testing.assert_array_equal(a, b)
+    for threads in (1, 3):  # frames shifted at once: the same aligned stack
+        assert cli("apply", run / "run", "--shifts", run / "a.csv", "--output",
+                   run / f"t{threads}.tif", "--threads", threads) == 0  # fmt: skip
+        np.testing.assert_array_equal(io.open_stack(run / f"t{threads}.tif")[:],
+                                      apply_shifts(sample.stack, a))
     capsys.readouterr()
     if gpu_available():
         pytest.skip("this machine has a GPU: the missing-GPU message cannot be shown")

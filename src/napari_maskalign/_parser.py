@@ -124,15 +124,14 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_compute_options(p: argparse.ArgumentParser, threads: bool) -> None:
+def _add_compute_options(p: argparse.ArgumentParser, threads: str | None = None) -> None:
     g = p.add_argument_group("computing")
-    if threads:
-        g.add_argument(
-            "--threads",
-            type=_positive_int,
-            metavar="N",
-            help="frames registered at once on this machine (default: all cores)",
-        )
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help=threads or "frames shifted at once on this machine (default: all cores)",
+    )
     g.add_argument(
         "--device",
         choices=("cpu", "gpu"),
@@ -276,7 +275,8 @@ def _add_commands(sub) -> None:
         help="rewrite the shifts file at most this often while registering (default 1)",
     )
     _add_output_options(reg)
-    _add_compute_options(reg, threads=True)
+    _add_compute_options(reg, "frames registered (and shifted, with --output) at once on this "
+                         "machine (default: all cores)")
     _add_cluster_options(reg)
 
     app = _command(
@@ -293,7 +293,7 @@ def _add_commands(sub) -> None:
     )
     app.add_argument("--output", required=True, metavar="OUT", help=OUTPUT_HELP)
     _add_output_options(app)
-    _add_compute_options(app, threads=False)
+    _add_compute_options(app)
     _add_cluster_options(app)
 
 

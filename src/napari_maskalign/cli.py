@@ -271,7 +271,7 @@ def _attrs(args, source) -> dict:
 
 def _align_kwargs(args) -> dict:
     return {"method": args.method, "order": args.order, "fill_value": args.fill,
-            "device": args.device}
+            "device": args.device, "workers": args.threads or os.cpu_count()}
 
 
 # ----------------------------------------------------------------------------

@@ -118,6 +118,7 @@ def apply_shifts(
     valid_mask=None,
     return_valid=False,
     device=None,
+    workers=None,
 ):
     """Apply per-frame shifts to a stack, as a new array.
 
@@ -148,6 +149,9 @@ def apply_shifts(
         Where frames are shifted: None follows the stack (a CuPy stack on its
         GPU, giving CuPy arrays), "gpu" shifts numpy frames on a GPU one by one
         (CuPy, the ``gpu`` extra) and returns numpy arrays, "cpu" numpy.
+    workers : int, optional
+        Threads shifting numpy frames at once (default 1); the result does not
+        depend on it.
 
     Returns
     -------
@@ -186,10 +190,21 @@ def apply_shifts(
 
     aligned = np.empty(stack.shape, dtype=out_dtype)
     valid = np.empty(stack.shape, dtype=bool) if return_valid else None
-    for i in range(stack.shape[0]):
+
+    def one(i):
         aligned[i] = shift_frame(np.asarray(stack[i]), shifts[i], **kw)
         if valid is not None:
             valid[i] = _shift_valid(base_valid, shifts[i])
+
+    threads = min(int(workers or 1), int(stack.shape[0]))
+    if threads > 1:  # scipy.ndimage lets go of the GIL: frames shift in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="maskalign-shift") as pool:
+            list(pool.map(one, range(stack.shape[0])))
+    else:
+        for i in range(stack.shape[0]):
+            one(i)
     return (aligned, valid) if return_valid else aligned
 
 

@@ -238,11 +238,14 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     array, e.g. on a cluster) the frames are aligned by dask in blocks of
     ``chunk_frames``; otherwise here, one frame at a time (memory stays
     flat). With ``mean``, every frame not flagged in ``exclude`` is also
-    added to that accumulator in the same pass. Returns the path written.
+    added to that accumulator in the same pass. ``workers`` (in ``kwargs``, for
+    :func:`~napari_maskalign.engine.apply_shifts`) shifts that many frames at
+    once. Returns the path written.
     """
     n = int(stack.shape[0])
     skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
-    block = chunk_frames if dask_stack is not None else 1
+    # frames shifted at once here: as many as apply_shifts has threads for
+    block = chunk_frames if dask_stack is not None else max(1, int(kwargs.get("workers") or 1))
     dtype = output_dtype(stack.dtype, integer)
     with StackWriter(path, stack.shape, dtype, overwrite=overwrite, attrs=attrs) as writer:
         for lo, hi, aligned, data in _float_blocks(
