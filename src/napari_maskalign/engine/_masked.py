@@ -341,7 +341,8 @@ class MaskedCorrelator(FineGridRefinement):
         den_max = to_host(xp.max(den, axis=tuple(range(den.ndim - nd, den.ndim)))).astype(float)
         # the threshold in the working precision, as a scalar comparison would round it
         thr = ((1e3 * self.eps) * den_max).astype(self.dtype).reshape((-1,) + (1,) * nd)
-        ok = xp.logical_and(den > self._dev(thr), self._allowed_x)
+        ok = den > self._dev(thr)
+        ok &= self._allowed_x
         ncc = ops.clip(ops.divide_where(num, den, ok), -1.0, 1.0)
         return ncc, den_max
 
@@ -366,10 +367,10 @@ class MaskedCorrelator(FineGridRefinement):
         ncc, den_max = self._whole_pixel_ncc(sum_m, sum_mm, sum_mf)
         count = int(frames.shape[0])
         flat = xp.reshape(ncc, (count, -1))
-        best_x = xp.max(flat, axis=1)
         at = to_host(xp.argmax(flat, axis=1))
-        n_ties = to_host(xp.count_nonzero(flat == best_x[:, None], axis=1))
-        best = to_host(best_x)
+        best_x = [flat[b, int(at[b])] for b in range(count)]  # the maxima, without a pass
+        best = np.array([float(v) for v in best_x])
+        n_ties = [int(xp.count_nonzero(flat[b, ...] == best_x[b])) for b in range(count)]
         out = []
         for b in range(count):
             peak_idx = self._full_index(np.unravel_index(int(at[b]), tuple(ncc.shape[1:])))
