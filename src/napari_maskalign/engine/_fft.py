@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import scipy.fft as sfft
-from array_api_compat import array_namespace, is_numpy_namespace
+from array_api_compat import array_namespace
 
 from ._device import to_host
 
@@ -174,10 +174,9 @@ def upsampled_real(
     """
     if not isinstance(spectra, (list, tuple)):
         spectra = [spectra[i, ...] for i in range(spectra.shape[0])]
-    xp = array_namespace(*spectra)
-    numpy_input = is_numpy_namespace(xp)
-    if numpy_input:
-        xp = np  # numpy itself: today's arithmetic, no wrapper calls
+    numpy_input = all(isinstance(s, np.ndarray) for s in spectra)
+    # numpy itself for numpy input: today's arithmetic, no wrapper calls
+    xp = np if numpy_input else array_namespace(*spectra)
     single = spectra[0].dtype == xp.complex64
     cdtype = np.complex64 if single else np.complex128
     ndim = len(full_shape)
