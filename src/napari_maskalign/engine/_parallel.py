@@ -17,10 +17,12 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from ._device import is_foreign_array
+from ._frames import iter_frames
 from ._memory import hot_memory
 from ._result import FrameRecord
 
-__all__ = ["BATCH_BYTES", "batch_size", "in_threads", "register_frames"]
+__all__ = ["BATCH_BYTES", "batch_size", "frames_for", "in_threads", "register_frames"]
 
 #: device memory a batch of frames may take (about 16 arrays of the padded size per frame)
 BATCH_BYTES = 2**30
@@ -64,6 +66,15 @@ def _batches(frames: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+def frames_for(registrar, stack, start: int, stop: int, dtype) -> Iterator:
+    """Frames ``start..stop-1`` where the registrar wants them: a CuPy stack's frames
+    stay on its GPU when the registrar runs there, everything else is read to the
+    host (:func:`~._frames.iter_frames`)."""
+    if registrar.xp is not np and is_foreign_array(stack):
+        return (stack[i, ...] for i in range(start, stop))
+    return iter_frames(stack, start, stop, dtype)
 
 
 def register_frames(registrar, frames: Iterable, threads: int) -> Iterator[FrameRecord]:

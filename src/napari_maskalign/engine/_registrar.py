@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._correlators import PhaseCorrelator
-from ._device import to_host, to_namespace
+from ._device import is_foreign_array, to_host, to_namespace
 from ._fft import default_workers, real_dtype_for
 from ._masked import MaskedCorrelator
 from ._masks import check_valid_mask
@@ -185,7 +185,8 @@ class FrameRegistrar:
             return [self.register(f) for f in frames]
         xp = self.xp
         if isinstance(frames, (list, tuple)):
-            frames = np.stack([to_host(f) for f in frames])
+            on_device = all(is_foreign_array(f) for f in frames)
+            frames = xp.stack(list(frames)) if on_device else np.stack([to_host(f) for f in frames])
         batch = to_namespace(xp, frames, getattr(xp, np.dtype(self.dtype).name))
         if tuple(batch.shape[1:]) != self.shape:
             raise ValueError(f"a frame has shape {tuple(batch.shape[1:])}, expected {self.shape}")

@@ -12,7 +12,7 @@ from ._fft import default_workers, real_dtype_for
 from ._frames import check_stack, is_dask, iter_frames, read_frame
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
-from ._parallel import register_frames
+from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
 
@@ -169,7 +169,7 @@ class RegistrationRun:
                     yield Progress(done, total, int(i), rec)
             return
         threads = default_workers(self.options.workers)
-        frames_in = iter_frames(stack, start, n, self.dtype)
+        frames_in = frames_for(registrar, stack, start, n, self.dtype)
         for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
             table.put(k, rec)
             yield Progress(k + 1, total, start + k, rec)
