@@ -5,8 +5,16 @@
 Per frame, against frame 0 of a synthetic beam-block stack (rings, Bragg
 spots, a static rod + disk beam block, Poisson noise). scikit-image is called
 in a loop over the same frames; napari-maskalign runs ``register_stack`` (the
-reference/mask work is done once per stack and is included in its time).
+reference/mask work is done once per stack and is included in its time), and
+its drop-in ``phase_cross_correlation`` in the same loop as scikit-image.
 Times are medians of repeated runs, divided by the frame count.
+
+Also printed: the masked full search against its floor (five real FFTs at the
+padded size it actually uses, all cores on each transform; the stack's time
+includes its set-up), and the cores rows: the same stack with 1, 2 and all
+workers. Rows compared with each other are timed in turn, so that they see the
+same load; ``--best`` reports the best of the repeats instead of the median,
+for a shared machine whose load comes and goes.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import scipy.fft as sfft
@@ -23,16 +32,38 @@ from skimage.registration import phase_cross_correlation as sk_pcc
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
 from napari_maskalign.engine._fft import fast_shape
+from napari_maskalign.engine._masked import MaskedCorrelator
+
+#: the statistic of repeated runs: the median, or the best (``--best``, for a shared machine)
+STAT = statistics.median
+#: the clock of the tables: wall time, or the process's CPU time (``--cpu``: all its threads)
+CLOCK = time.perf_counter
 
 
 def _timed(fn, repeats):
     times = []
     out = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        times.append(CLOCK() - t0)
+    return STAT(times), out
+
+
+def _interleaved(fns, repeats, cpu=False):
+    """Time ``fns`` in turn, ``repeats`` rounds: what is compared sees the same load.
+    With ``cpu``, also the process's CPU time (all threads), which other jobs on a
+    shared machine disturb much less than the wall clock."""
+    times = [[] for _ in fns]
+    cpus = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+            cpus[i].append(time.process_time() - c0)
+    wall = [STAT(t) for t in times]
+    return (wall, [STAT(c) for c in cpus]) if cpu else wall
 
 
 def _sk_loop(stack, **kw):
@@ -46,15 +77,16 @@ def _err(shifts, truth):
     return float(np.median(e)), float(e.max())
 
 
-def fft_floor(shape, n_ffts, repeats, dtype=np.float32):
+def fft_floor(shape, n_ffts=5, dtype=np.float32, workers=None):
+    """A function doing ``n_ffts`` real FFTs of one ``shape`` array (all cores on each)."""
     x = np.random.default_rng(0).random(shape).astype(dtype)
-    workers = os.cpu_count()
+    workers = workers or os.cpu_count()
 
     def run():
         for _ in range(n_ffts):
             sfft.rfftn(x, s=shape, workers=workers)
 
-    return _timed(run, repeats)[0]
+    return run
 
 
 def main(argv=None):
@@ -64,7 +96,15 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--counts", type=float, default=400.0, help="Poisson counts at the brightest ring")
     p.add_argument("--no-1024", action="store_true", help="skip the 1024x1024 row")
+    p.add_argument("--best", action="store_true",
+                   help="report the best of the repeats instead of the median (a shared, busy machine)")
+    p.add_argument("--cpu", action="store_true",
+                   help="time with the process's CPU time (all threads) instead of the wall clock: "
+                   "the work done, which other jobs on a shared machine disturb much less")
     args = p.parse_args(argv)
+    global STAT, CLOCK
+    STAT = min if args.best else statistics.median
+    CLOCK = time.process_time if args.cpu else time.perf_counter
 
     n, size, rep = args.frames, args.size, args.repeats
     synth = make_beam_block_stack(n, (size, size), counts=args.counts, max_drift=4.0, seed=2)
@@ -105,23 +145,45 @@ def main(argv=None):
     t, sh = ours(upsample_factor=20, normalization=None)
     row("unmasked, upsample 20, normalization=None", t_sk_up_none, t / n,
         f"{_err(sk_up_none, truth)[0]:.3f}", f"{_err(sh, truth)[0]:.3f}")
-    # the drop-in function, pair by pair (no reuse of the reference)
+    # the drop-in function, pair by pair in a loop against one reference (as
+    # scikit-ued's align does): what depends on the reference and mask is reused
     t, _ = _timed(lambda: [phase_cross_correlation(stack[0], f, upsample_factor=20) for f in stack], rep)
     row("drop-in phase_cross_correlation, upsample 20", t_sk_up, t / n, "", "")
-    t, _ = _timed(lambda: [phase_cross_correlation(stack[0], f, reference_mask=valid) for f in stack], rep)
-    row("drop-in phase_cross_correlation, masked", t_sk_masked, t / n, "", "")
+    t, dropin = _timed(lambda: np.array([phase_cross_correlation(stack[0], f, reference_mask=valid)[0]
+                                         for f in stack]), rep)
+    row("drop-in phase_cross_correlation, masked pair", t_sk_masked, t / n, f"{_err(sk_masked, truth)[0]:.3f}",
+        f"{_err(dropin, truth)[0]:.3f}", f"same shifts as skimage: {np.array_equal(dropin, sk_masked)}")
+
+    # cores: the same masked stack with 1, 2 and all workers (frames in parallel), in turn
+    cores = sorted({1, 2, os.cpu_count() or 1})
+    for u in (1, 20):
+        times, cpus = _interleaved([partial(register_stack, stack, mask=valid, upsample_factor=u,
+                                            workers=w) for w in cores], rep, cpu=True)
+        for w, t, c in zip(cores, times, cpus):
+            rows.append((f"cores: masked full search, upsample {u}, workers={w}", "-", f"{t / n * 1e3:.2f}",
+                         "", "", "", f"{times[0] / t:.2f}x workers=1; CPU/wall {c / t:.2f}"))
 
     # accuracy: masked on the beam-block stack vs unmasked on the same pattern without block
     nb = register_stack(noblock.stack, upsample_factor=20, normalization=None).shifts
     nb_err = _err(nb, truth)
 
-    # FFT floors
-    full_pad = fast_shape((2 * size - 1,) * 2)
-    bounded_pad = fast_shape((size + 32,) * 2)
-    floor_full = fft_floor(full_pad, 5, rep)
-    floor_bounded = fft_floor(bounded_pad, 5, rep)
-    rows.append((f"FFT floor: 5 real FFTs at {full_pad[0]}x{full_pad[1]} (full search)", "-", f"{floor_full * 1e3:.2f}", "", "", "", ""))
-    rows.append((f"FFT floor: 5 real FFTs at {bounded_pad[0]}x{bounded_pad[1]} (max_shift=32)", "-", f"{floor_bounded * 1e3:.2f}", "", "", "", ""))
+    # FFT floors: five real FFTs at the padded sizes the engine uses (full search:
+    # chosen from what overlap_ratio can accept), all cores on each transform
+    full_pad = MaskedCorrelator(stack[0], valid).pad
+    bounded_pad = MaskedCorrelator(stack[0], valid, max_shift=32).pad
+    naive_pad = fast_shape((2 * size - 1,) * 2)
+    # each stack run and its floor in turn, so that both see the same load
+    (t_full, floor_full, t_bounded, floor_bounded, floor_naive), cpu = _interleaved([
+        partial(register_stack, stack, mask=valid), fft_floor(full_pad),
+        partial(register_stack, stack, mask=valid, max_shift=32), fft_floor(bounded_pad),
+        fft_floor(naive_pad)], rep, cpu=True)
+    t_full, t_bounded = t_full / n, t_bounded / n
+    cpu_full, cpu_bounded = cpu[0] / n / cpu[1], cpu[2] / n / cpu[3]
+    rows.append((f"FFT floor: 5 real FFTs at {naive_pad[0]}x{naive_pad[1]} (2N-1)", "-", f"{floor_naive * 1e3:.2f}", "", "", "", ""))
+    rows.append((f"FFT floor: 5 real FFTs at {full_pad[0]}x{full_pad[1]} (full search)", "-", f"{floor_full * 1e3:.2f}", "", "", "",
+                 f"full search {t_full * 1e3:.2f} ms = {t_full / floor_full:.2f}x floor (CPU time {cpu_full:.2f}x)"))
+    rows.append((f"FFT floor: 5 real FFTs at {bounded_pad[0]}x{bounded_pad[1]} (max_shift=32)", "-", f"{floor_bounded * 1e3:.2f}", "", "", "",
+                 f"max_shift=32 {t_bounded * 1e3:.2f} ms = {t_bounded / floor_bounded:.2f}x floor (CPU time {cpu_bounded:.2f}x)"))
 
     if not args.no_1024:
         big = make_beam_block_stack(4, (1024, 1024), counts=args.counts, max_drift=4.0, seed=3)
@@ -132,8 +194,12 @@ def main(argv=None):
         row("1024x1024 masked, upsample 20", t_sk_big / 4, t_big / 4)
 
     print(f"# napari-maskalign engine benchmark: {n} frames of {size}x{size} float32, Poisson counts {args.counts:g}")
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}")
-    print(f"# times: ms per frame (median of {rep} runs); ratio = scikit-image / ours; error: median per-axis |shift - truth| in px")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
+          f"load average at the end {load:.1f}")
+    clock = "CPU time of all threads" if args.cpu else "wall clock"
+    print(f"# times: ms per frame, {clock} ({'best' if args.best else 'median'} of {rep} runs; cores and floor "
+          f"rows: wall clock, with CPU time beside); ratio = scikit-image / ours; error: median per-axis |shift - truth| in px")
     header = ("case", "skimage ms", "ours ms", "speed-up", "skimage err", "ours err", "note")
     widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
     line = " | ".join(h.ljust(w) for h, w in zip(header, widths))

@@ -457,3 +457,31 @@ def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsy
     assert errors["off"] > 1.0 and errors["auto"] < 0.05 and errors["file"] < 0.05
     rc = cli(*common, "--hot-pixels", tmp_path / "nope.npy", "--shifts", tmp_path / "x.csv")
     assert rc == 1 and "no file" in capsys.readouterr().err
+def test_threads_and_device_options(run, sample, capsys):
+    """--threads sets the frames registered at once (same shifts as the default), --device cpu
+    computes on the CPU; --device gpu without CuPy or a GPU is one plain line naming the extra."""
+    from napari_maskalign.engine._device import gpu_available
+
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "a.csv",
+               "--threads", 1, "--device", "cpu") == 0  # fmt: skip
+    assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "b.csv") == 0
+    a, _ = io.read_shifts_csv(run / "a.csv")
+    b, _ = io.read_shifts_csv(run / "b.csv")
+    np.testing.assert_array_equal(a, b)
+    for threads in (1, 3):  # frames shifted at once: the same aligned stack
+        assert cli("apply", run / "run", "--shifts", run / "a.csv", "--output",
+                   run / f"t{threads}.tif", "--threads", threads) == 0  # fmt: skip
+        np.testing.assert_array_equal(io.open_stack(run / f"t{threads}.tif")[:],
+                                      apply_shifts(sample.stack, a))
+    capsys.readouterr()
+    if gpu_available():
+        pytest.skip("this machine has a GPU: the missing-GPU message cannot be shown")
+    rc = cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "c.csv",
+             "--device", "gpu")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "install the 'gpu' extra" in err
+    rc = cli("apply", run / "run", "--shifts", run / "a.csv", "--output", run / "o.tif",
+             "--device", "gpu")  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "install the 'gpu' extra" in err and not (run / "o.tif").exists()

@@ -375,3 +375,17 @@ def test_hot_pixels_are_ignored_by_default_and_counted(qtbot, viewer_model, smal
     assert run_and_wait(qtbot, w) == "done"
     locked = viewer_model.layers["hot aligned"].metadata["maskalign"]["shifts"]
     assert np.abs(locked).max() < 0.5 < np.abs(relative_truth(small_stack, 0)).max()
+def test_threads_row_and_device_choice(widget, loaded_model):
+    """The threads row is the run's workers (default: all cores but one); the device choice is
+    offered only where CuPy sees a GPU, and the CPU is used otherwise."""
+    import os
+
+    from napari_maskalign.engine._device import gpu_available
+
+    image = loaded_model.layers["stack"]
+    assert widget.threads.value == max(1, (os.cpu_count() or 2) - 1)
+    widget.threads.value = 1
+    options, _ = widget.options(image)
+    assert options.workers == 1
+    assert widget.device.native.isHidden() == (not gpu_available())
+    assert options.device == "cpu"

@@ -155,6 +155,22 @@ def _add_issue12_outputs(g) -> None:
     )
 
 
+def _add_compute_options(p: argparse.ArgumentParser, threads: str | None = None) -> None:
+    g = p.add_argument_group("computing")
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help=threads or "frames shifted at once on this machine (default: all cores)",
+    )
+    g.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        help="cpu (numpy) or gpu (CuPy: needs the 'gpu' extra and an NVIDIA GPU); "
+        "default: cpu",
+    )
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dask cluster (optional)")
     x = g.add_mutually_exclusive_group()
@@ -328,6 +344,8 @@ def _add_commands(sub) -> None:
         help="rewrite the shifts file at most this often while registering (default 1)",
     )
     _add_output_options(reg)
+    _add_compute_options(reg, "frames registered (and shifted, with --output) at once on this "
+                         "machine (default: all cores)")
     _add_cluster_options(reg)
 
     app = _command(
@@ -348,6 +366,7 @@ def _add_commands(sub) -> None:
     app.add_argument("--invert-mask", action="store_true",
                      help="the mask file marks VALID pixels with nonzero")
     _add_output_options(app)
+    _add_compute_options(app)
     _add_cluster_options(app)
 
 

@@ -101,9 +101,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # register
 
 
+def _check_device(args) -> None:
+    """--device gpu without CuPy or a GPU: said before any work (and any log line)."""
+    from .engine._device import GPU_MISSING, gpu_available
+
+    if args.device == "gpu" and not gpu_available():
+        raise CLIError(GPU_MISSING)
+
+
 def _options(args):
     from .engine import RegistrationOptions
 
+    _check_device(args)
     with _plain_errors():
         return RegistrationOptions(
             reference=args.reference,
@@ -116,6 +125,8 @@ def _options(args):
             min_quality=args.min_quality,
             interpolate_outliers=args.interpolate_outliers,
             hot_pixels=_hot_pixels(args.hot_pixels),
+            workers=args.threads,
+            device=args.device,
         )
 
 
@@ -263,7 +274,8 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
             integer=args.dtype == "input", overwrite=args.overwrite,
             attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source)}},
             dask_stack=lazy, chunk_frames=args.chunk_frames, method=args.method, order=args.order,
-            fill_value=args.fill), "writing" if out is not None else "averaging", quiet=args.quiet)
+            fill_value=args.fill, device=args.device, workers=args.threads or os.cpu_count()),
+            "writing" if out is not None else "averaging", quiet=args.quiet)
     for what, path in written.items():
         print(f"{what}: {path}")
     print(f"outputs written in {time.perf_counter() - t1:.1f} s")
@@ -277,6 +289,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     from .io import read_shifts_csv
     from .workflow import ClusterLost, dask_client
 
+    _check_device(args)
     stack = _open_input(args.input, args.mask)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
     try:

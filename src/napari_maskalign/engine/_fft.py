@@ -1,4 +1,9 @@
-"""FFT helpers: real transforms, padding sizes and matrix-multiply DFTs."""
+"""FFT helpers: real transforms, padding sizes and matrix-multiply DFTs.
+
+The transforms take arrays of any namespace of the array API standard:
+numpy arrays go through ``scipy.fft`` (threads via ``workers``), others
+(CuPy, array-api-strict) through their namespace's ``fft`` module.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,19 @@ import os
 
 import numpy as np
 import scipy.fft as sfft
+from array_api_compat import array_namespace
+
+from ._device import to_host
 
 __all__ = [
     "default_workers",
     "fast_shape",
     "half_spectrum_weights",
     "irfftn",
+    "irfftn_rows",
     "real_dtype_for",
     "rfftn",
+    "rfftn_padded",
     "upsampled_real",
 ]
 
@@ -45,13 +55,67 @@ def fast_shape(shape) -> tuple[int, ...]:
     return tuple(sfft.next_fast_len(int(n), real=True) for n in shape)
 
 
-def rfftn(x: np.ndarray, shape, workers: int) -> np.ndarray:
-    return sfft.rfftn(x, s=shape, workers=workers)
+def _axes(x, shape):
+    """The last ``len(shape)`` axes: a leading axis of frames is a batch."""
+    return tuple(range(x.ndim - len(shape), x.ndim))
 
 
-def irfftn(x: np.ndarray, shape, workers: int, overwrite: bool = False) -> np.ndarray:
-    """Inverse real FFT; ``overwrite=True`` lets it destroy a temporary input (saves a copy)."""
-    return sfft.irfftn(x, s=shape, workers=workers, overwrite_x=overwrite)
+def rfftn(x, shape, workers: int):
+    """Real FFT over the last ``len(shape)`` axes, zero-padded to ``shape``."""
+    shape = tuple(shape)
+    if isinstance(x, np.ndarray):
+        return sfft.rfftn(x, s=shape, axes=_axes(x, shape), workers=workers)
+    xp = array_namespace(x)
+    return xp.fft.rfftn(x, s=shape, axes=_axes(x, shape))
+
+
+def irfftn(x, shape, workers: int, overwrite: bool = False):
+    """Inverse real FFT over the last ``len(shape)`` axes; ``overwrite=True`` lets it
+    destroy a temporary input (saves a copy)."""
+    shape = tuple(shape)
+    if isinstance(x, np.ndarray):
+        return sfft.irfftn(x, s=shape, axes=_axes(x, shape), workers=workers, overwrite_x=overwrite)
+    xp = array_namespace(x)
+    return xp.fft.irfftn(x, s=shape, axes=_axes(x, shape))
+
+
+def rfftn_padded(x, shape, workers: int):
+    """:func:`rfftn` of ``x`` zero-padded to ``shape``, where ``x`` is already
+    padded along its last axis and not along the others: the rows of zeros are
+    never transformed (the last axis first, then the others with padding).
+    The same arithmetic as ``rfftn`` of the fully padded array."""
+    shape = tuple(shape)
+    nd = len(shape)
+    rest = tuple(range(x.ndim - nd, x.ndim - 1))
+    if isinstance(x, np.ndarray):
+        rows = sfft.rfft(x, n=shape[-1], axis=-1, workers=workers)
+        if not rest:
+            return rows
+        return sfft.fftn(rows, s=shape[:-1], axes=rest, workers=workers, overwrite_x=True)
+    xp = array_namespace(x)
+    rows = xp.fft.rfft(x, n=shape[-1], axis=-1)
+    return xp.fft.fftn(rows, s=shape[:-1], axes=rest) if rest else rows
+
+
+def irfftn_rows(x, shape, rows, workers: int, overwrite: bool = False):
+    """:func:`irfftn` of a half spectrum, only at the indices ``rows`` of the
+    second-to-last axis (None: all): the inverse runs over the other axes
+    first, then the real inverse along the last axis only for those rows."""
+    shape = tuple(shape)
+    nd = len(shape)
+    rest = tuple(range(x.ndim - nd, x.ndim - 1))
+    if isinstance(x, np.ndarray):
+        if rows is None:
+            return irfftn(x, shape, workers, overwrite)
+        cols = sfft.ifftn(x, axes=rest, workers=workers, overwrite_x=overwrite)
+        cols = np.take(cols, rows, axis=-2)
+        return sfft.irfft(cols, n=shape[-1], axis=-1, workers=workers, overwrite_x=True)
+    if rows is None:
+        return irfftn(x, shape, workers, overwrite)
+    xp = array_namespace(x)
+    cols = xp.fft.ifftn(x, axes=rest) if rest else x
+    cols = xp.take(cols, xp.asarray(rows), axis=-2)
+    return xp.fft.irfft(cols, n=shape[-1], axis=-1)
 
 
 def half_spectrum_weights(full_last: int, dtype=np.float64) -> np.ndarray:
@@ -103,13 +167,19 @@ def upsampled_real(
 
     Returns
     -------
-    values : real array, shape (m, region, ..., region)
+    values : numpy array, shape (m, region, ..., region)
         ``irfftn(spectra)`` evaluated at the grid points (with the inverse
-        transform's ``1/size`` normalization).
+        transform's ``1/size`` normalization); the matrix products run where
+        the spectra are (numpy, GPU), the small result is a numpy array.
     """
+    if not isinstance(spectra, (list, tuple)):
+        spectra = [spectra[i, ...] for i in range(spectra.shape[0])]
+    numpy_input = all(isinstance(s, np.ndarray) for s in spectra)
+    # numpy itself for numpy input: today's arithmetic, no wrapper calls
+    xp = np if numpy_input else array_namespace(*spectra)
+    single = spectra[0].dtype == xp.complex64
+    cdtype = np.complex64 if single else np.complex128
     ndim = len(full_shape)
-    cdtype = spectra[0].dtype
-    rdtype = np.float32 if cdtype == np.complex64 else np.float64
     steps = np.arange(region, dtype=np.float64) / float(upsample_factor)
     kernels = []
     for ax in range(ndim - 1, -1, -1):
@@ -122,12 +192,17 @@ def upsampled_real(
         kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, pos))
         if ax == ndim - 1:
             kernel *= half_spectrum_weights(n_full)[:, None]
-        kernels.append((ax, kernel.astype(cdtype, copy=False)))
-    out = np.empty((len(spectra),) + (region,) * ndim, dtype=rdtype)
+        kernel = kernel.astype(cdtype, copy=False)
+        kernels.append((ax, kernel if numpy_input else xp.asarray(kernel)))
     scale = 1.0 / float(np.prod(full_shape))
-    for i, data in enumerate(spectra):
+    out = []
+    for data in spectra:
         # contract the last (half) axis first (the largest saving), then the others
         for ax, kernel in kernels:
-            data = np.moveaxis(np.tensordot(data, kernel, axes=([ax], [0])), -1, ax)
-        out[i] = data.real * scale
-    return out
+            data = xp.moveaxis(xp.tensordot(data, kernel, axes=([ax], [0])), -1, ax)
+        out.append(xp.real(data) * scale)
+    if numpy_input:
+        return np.stack(out)
+    # the fine grids are small: the peak search on them runs on the host
+    return np.stack([to_host(v) for v in out])
+

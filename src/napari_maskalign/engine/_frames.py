@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ._device import to_host
+
 __all__ = [
     "GROUP_BYTES",
     "GROUP_FRAMES",
@@ -84,7 +86,7 @@ def read_frame(stack, i: int, dtype=None) -> np.ndarray:
     f = stack[int(i)]
     if hasattr(f, "compute"):
         f = f.compute()
-    return np.asarray(f, dtype=dtype)
+    return np.asarray(to_host(f), dtype=dtype)  # CuPy frames too (copied to the host)
 
 
 def iter_frames(stack, start: int, stop: int, dtype=None) -> Iterator[np.ndarray]:

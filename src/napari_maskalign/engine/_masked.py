@@ -6,21 +6,46 @@ square are transformed forward and three products transformed back (5 real
 FFTs). Every term is an inverse transform of a product of held spectra, so
 each can be sampled on a fine grid around the whole-pixel peak with the
 matrix-multiply DFT of Guizar-Sicairos et al. (2008): true subpixel masked
-registration, which scikit-image does not offer.
+registration, which scikit-image does not offer. For large transforms
+(frames of a megapixel and more) the refinement instead interpolates a small
+window of the whole-pixel terms cropped around the peak: the same grid, at a
+cost that no longer grows with the frame.
+
+The set-up (masks, reference) runs once on the host with numpy and scipy;
+the per-frame work is written against the array API standard, so it runs
+where the frames are (numpy, CuPy; array-api-strict in the tests), one frame
+or a batch of frames (a leading axis) at a time.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._correlators import CorrelationPeak, inside_box, outer_and, refine_two_stage, window_around
-from ._fft import default_workers, fast_shape, irfftn, real_dtype_for, rfftn, upsampled_real
+from ._correlators import CorrelationPeak, outer_and
+from ._device import Ops, to_host, to_namespace
+from ._fft import (
+    default_workers,
+    fast_shape,
+    irfftn,
+    irfftn_rows,
+    real_dtype_for,
+    rfftn,
+    rfftn_padded,
+)
+from ._finegrid import FineGridRefinement
 
-__all__ = ["MaskedCorrelator", "soft_weights"]
+__all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
+
+#: frames of at least this many pixels refine on cropped windows (see ``refine_window``)
+CROP_FROM = 1024 * 1024
+#: the cropped window's size per axis, in whole pixels around the peak
+CROP_WINDOW = 64
 
 
-class MaskedCorrelator:
+class MaskedCorrelator(FineGridRefinement):
     """Masked normalized cross-correlation against a fixed reference.
 
     Parameters
@@ -68,8 +93,10 @@ class MaskedCorrelator:
         taper=None,
         workers=None,
         dtype=None,
+        xp=None,
+        refine_window="auto",
     ):
-        ref = np.asarray(reference)
+        ref = to_host(reference)
         ref_mask = np.asarray(reference_mask, dtype=bool)
         mov_mask = ref_mask if moving_mask is None else np.asarray(moving_mask, dtype=bool)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
@@ -124,15 +151,79 @@ class MaskedCorrelator:
         self._ref_w = ref_w.astype(self.dtype)
         dt = self.dtype
         self.overlap = self.overlap.astype(dt, copy=False)
-        self._inv_overlap = (1.0 / self.overlap).astype(dt)
         self._cm = self._mask_f_mov.conj()
+        if refine_window == "auto":
+            refine_window = CROP_WINDOW if np.prod(self.mov_shape) >= CROP_FROM else None
+        if refine_window is not None:
+            refine_window = int(min(int(refine_window), *self.pad))
+        self.refine_window = refine_window
+        self._raw_overlap = geo["overlap"] if refine_window is not None else None
+        self._rows, self._row_pos = self._needed_rows()
+        self._set_namespace(np if xp is None else xp)
         self.set_reference(ref)
+
+    def _needed_rows(self):
+        """The indices of the second-to-last axis of the correlation that hold an
+        accepted displacement (with a margin for cropped refinement), and each
+        index's position among them (-1: not computed); None when nearly all are
+        needed. Only those rows are transformed back and searched."""
+        nd = len(self.pad)
+        ax = nd - 2
+        if nd < 2:
+            return None, None
+        others = tuple(i for i in range(nd) if i != ax)
+        needed = self.allowed.any(axis=others)
+        if self.refine_window is not None and self.upsample_factor > 1:
+            grow = self.refine_window // 2 + 1
+            needed = np.convolve(np.concatenate([needed[-grow:], needed, needed[:grow]]),
+                                 np.ones(2 * grow + 1), mode="valid") > 0
+        rows = np.flatnonzero(needed)
+        if rows.size >= 0.9 * self.pad[ax]:
+            return None, None
+        pos = np.full(self.pad[ax], -1, dtype=np.intp)
+        pos[rows] = np.arange(rows.size)
+        return rows, pos
+
+    def _on_rows(self, a):
+        """``a`` (the padded shape) on the computed rows only."""
+        return a if self._rows is None else np.take(a, self._rows, axis=len(self.pad) - 2)
+
+    def _set_namespace(self, xp) -> None:
+        """Copy the per-frame constants of the masks to namespace ``xp``."""
+        self.xp, self._ops = xp, Ops(xp)
+        self._local = threading.local()
+        dev = self._dev
+        self._mask_f_ref_x = dev(self._mask_f_ref)
+        self._mov_w_x = dev(self._mov_w)
+        self._allowed_x = dev(self._on_rows(self.allowed))
+        self._inv_overlap_x = dev(self._on_rows((1.0 / self.overlap).astype(self.dtype)))
+        if self.refine_window is not None:
+            self._overlap_grid = dev(self._raw_overlap.astype(np.float64))
+
+    def _dev(self, a):
+        return a if self.xp is np else to_namespace(self.xp, a)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("xp", "_ops", "_local"):
+            state.pop(key, None)
+        state["_fine_cache"] = {}
+        state["_host_namespace"] = self.xp is np
+        return state
+
+    def __setstate__(self, state):
+        host = state.pop("_host_namespace")
+        self.__dict__.update(state)
+        from ._device import namespace_of
+
+        xp = np if host else namespace_of(self._mov_w_x)
+        self.xp, self._ops, self._local = xp, Ops(xp), threading.local()
 
     def set_reference(self, reference) -> None:
         """Swap in a new reference image with the same mask: only the terms
         that depend on the reference's pixels are recomputed (2 forward and
         2 inverse FFTs), the mask geometry is kept."""
-        ref = np.asarray(reference)
+        ref = to_host(reference)
         if ref.shape != self.ref_shape:
             raise ValueError(f"reference has shape {ref.shape}, expected {self.ref_shape}")
         dt, pad, cm = self.dtype, self.pad, self._cm
@@ -141,11 +232,18 @@ class MaskedCorrelator:
         self._ref_f = rfftn(fw, pad, self.workers)
         self._ref2_f = rfftn(fw * f, pad, self.workers)
         # constant terms: overlap sums of the reference under the moving mask
-        self._const_products = (cm * self._mask_f_ref, cm * self._ref_f, cm * self._ref2_f)
-        sum_f = irfftn(self._const_products[1], pad, self.workers)
-        sum_ff = irfftn(self._const_products[2], pad, self.workers)
-        self._mean_f = (sum_f / self.overlap).astype(dt)
-        self._den_f = np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt)
+        const_products = (cm * self._mask_f_ref, cm * self._ref_f, cm * self._ref2_f)
+        sum_f = irfftn(const_products[1], pad, self.workers)
+        sum_ff = irfftn(const_products[2], pad, self.workers)
+        dev = self._dev
+        self._mean_f = dev(self._on_rows((sum_f / self.overlap).astype(dt)))
+        self._den_f = dev(self._on_rows(np.fmax(sum_ff - sum_f * sum_f / self.overlap, 0.0).astype(dt)))
+        self._ref_f_x = dev(self._ref_f)
+        if self.refine_window is None:
+            self._const_products = tuple(dev(p) for p in const_products)
+        else:  # the reference's terms on the whole-pixel grid, cropped per frame
+            self._sum_f = dev(sum_f.astype(np.float64))
+            self._sum_ff = dev(sum_ff.astype(np.float64))
         self._fine_cache = {}
 
     # -- geometry --------------------------------------------------------
@@ -199,104 +297,118 @@ class MaskedCorrelator:
         return np.where(d1_ok, k, np.where(d2_ok, d2, np.nan))
 
     # -- per frame -------------------------------------------------------
+    def _buffer(self, lead):
+        """This thread's input buffer, the frame's rows zero-padded along the last
+        axis (the padding stays zero: only the frame's part is ever written), so
+        no transform pads a fresh copy; rows of zeros are never transformed."""
+        shape = tuple(lead) + self.mov_shape[:-1] + (self.pad[-1],)
+        buf = getattr(self._local, "buffer", None)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self.xp.zeros(shape, dtype=self._mov_w_x.dtype)
+            self._local.buffer = buf
+        return buf
+
     def _terms(self, mov):
-        """Per-frame spectra (conjugated products) and their inverse transforms."""
-        pad, w = self.pad, self.workers
-        mov = mov.astype(self.dtype, copy=False)
-        mw = mov * self._mov_w
-        mf = rfftn(mw, pad, w)
-        np.conjugate(mf, out=mf)
-        mw *= mov
-        m2f = rfftn(mw, pad, w)
-        np.conjugate(m2f, out=m2f)
-        prods = (mf * self._mask_f_ref, m2f * self._mask_f_ref, mf * self._ref_f)
+        """Per-frame spectra (conjugated products) and their inverse transforms;
+        ``mov`` holds one frame or a batch (leading axis) in the working dtype."""
+        pad, w, ops = self.pad, self.workers, self._ops
+        nd = len(pad)
+        buf = self._buffer(mov.shape[: mov.ndim - nd])
+        corner = (...,) + (slice(None),) * (nd - 1) + (slice(0, self.mov_shape[-1]),)
+        ops.multiply_into(buf, corner, mov, self._mov_w_x)
+        mf = ops.conj(rfftn_padded(buf, pad, w))
+        ops.multiply_into(buf, corner, buf[corner], mov)
+        m2f = ops.conj(rfftn_padded(buf, pad, w))
+        prods = (mf * self._mask_f_ref_x, m2f * self._mask_f_ref_x, mf * self._ref_f_x)
         # the products are temporaries unless subpixel refinement samples them again
-        keep = self.upsample_factor > 1
-        sums = [irfftn(p, pad, w, overwrite=not keep) for p in prods]
+        keep = self.upsample_factor > 1 and self.refine_window is None
+        sums = [irfftn_rows(p, pad, self._rows, w, overwrite=not keep) for p in prods]
         return prods, sums
 
     def _whole_pixel_ncc(self, sum_m, sum_mm, sum_mf):
-        """NCC on the integer grid (in place on the per-frame arrays)."""
-        num = sum_m * self._mean_f
-        np.subtract(sum_mf, num, out=num)
-        den = sum_m
-        den *= sum_m
-        den *= self._inv_overlap
-        np.subtract(sum_mm, den, out=den)
-        np.maximum(den, 0.0, out=den)
+        """NCC on the integer grid and the largest denominator of each frame.
+        ``sum_m`` and ``sum_mm`` are used up unless cropped refinement needs them."""
+        ops, xp = self._ops, self.xp
+        keep = self.upsample_factor > 1 and self.refine_window is not None
+        num = ops.rsub(sum_mf, sum_m * self._mean_f)
+        den = sum_m * sum_m if keep else _square_in_place(sum_m)
+        den *= self._inv_overlap_x
+        den = ops.rsub(sum_mm, den) if not keep else sum_mm - den
+        den = ops.clamp_low(den, 0.0)
         den *= self._den_f
-        np.sqrt(den, out=den)
-        den_max = float(den.max())
-        ok = den > 1e3 * self.eps * den_max
-        ok &= self.allowed
-        ncc = np.zeros_like(den)
-        np.divide(num, den, out=ncc, where=ok)
-        np.clip(ncc, -1.0, 1.0, out=ncc)
+        den = ops.sqrt(den)
+        nd = len(self.pad)
+        den_max = to_host(xp.max(den, axis=tuple(range(den.ndim - nd, den.ndim)))).astype(float)
+        # the threshold in the working precision, as a scalar comparison would round it
+        thr = ((1e3 * self.eps) * den_max).astype(self.dtype).reshape((-1,) + (1,) * nd)
+        ok = den > self._dev(thr)
+        ok &= self._allowed_x
+        ncc = ops.clip(ops.divide_where(num, den, ok), -1.0, 1.0)
         return ncc, den_max
 
     def register(self, moving, *, xcorr_radius=None) -> CorrelationPeak:
         """Register ``moving`` (finite: callers zero or refuse NaN first, see
         :func:`~napari_maskalign.engine._masks.finite_where_valid`)."""
-        mov = np.asarray(moving)
-        if mov.shape != self.mov_shape:
-            raise ValueError(f"moving image has shape {mov.shape}, expected {self.mov_shape}")
-        prods, (sum_m, sum_mm, sum_mf) = self._terms(mov)
+        mov = moving if self.xp is not np else np.asarray(moving)
+        if tuple(mov.shape) != self.mov_shape:
+            raise ValueError(f"moving image has shape {tuple(mov.shape)}, expected {self.mov_shape}")
+        return self.register_batch(mov[None, ...], xcorr_radius=xcorr_radius)[0]
+
+    def register_batch(self, frames, *, xcorr_radius=None) -> list[CorrelationPeak]:
+        """Register a batch of frames (leading axis; in the working dtype, in this
+        correlator's namespace): the transforms and the whole-pixel search run on
+        all of them at once, the refinement frame by frame."""
+        xp = self.xp
+        if xp is np:
+            frames = np.asarray(frames).astype(self.dtype, copy=False)
+        else:
+            frames = xp.astype(frames, self._mov_w_x.dtype, copy=False)
+        prods, (sum_m, sum_mm, sum_mf) = self._terms(frames)
         ncc, den_max = self._whole_pixel_ncc(sum_m, sum_mm, sum_mf)
-        flat = int(np.argmax(ncc))
-        best = ncc.flat[flat]
-        n_ties = int(np.count_nonzero(ncc == best))
-        if n_ties == 1:
-            peak_idx = np.unravel_index(flat, ncc.shape)
-            d = np.array([self._d_axes[ax][i] for ax, i in enumerate(peak_idx)], dtype=float)
-        else:  # scikit-image takes the centre of tied maxima
-            ties = np.argwhere(ncc == best)
-            d = np.nanmean(
-                np.array([[self._d_axes[ax][i] for ax, i in enumerate(t)] for t in ties], float),
-                axis=0,
-            )
-        quality = float(max(best, 0.0))
-        if self.upsample_factor > 1 and n_ties == 1:
-            d, quality = self._refine(d, prods, den_max)
-        window = window_around(ncc, xcorr_radius) if xcorr_radius is not None else None
-        return CorrelationPeak(shift=d + self.offset, quality=quality, peak_value=float(best), xcorr=window)
+        count = int(frames.shape[0])
+        flat = xp.reshape(ncc, (count, -1))
+        at = to_host(xp.argmax(flat, axis=1))
+        best_x = [flat[b, int(at[b])] for b in range(count)]  # the maxima, without a pass
+        best = np.array([float(v) for v in best_x])
+        n_ties = [int(xp.count_nonzero(flat[b, ...] == best_x[b])) for b in range(count)]
+        out = []
+        for b in range(count):
+            peak_idx = self._full_index(np.unravel_index(int(at[b]), tuple(ncc.shape[1:])))
+            if n_ties[b] == 1:
+                d = np.array([self._d_axes[ax][i] for ax, i in enumerate(peak_idx)], dtype=float)
+            else:  # scikit-image takes the centre of tied maxima
+                ties = [self._full_index(t) for t in np.argwhere(to_host(ncc[b, ...] == best_x[b]))]
+                d = np.nanmean(
+                    np.array([[self._d_axes[ax][i] for ax, i in enumerate(t)] for t in ties], float),
+                    axis=0,
+                )
+            quality = float(max(best[b], 0.0))
+            if self.upsample_factor > 1 and n_ties[b] == 1:
+                if self.refine_window is None:
+                    terms = tuple(p[b, ...] for p in prods)
+                    sample = self._padded_sampler(terms)
+                else:
+                    sample = self._cropped_sampler(peak_idx, d, (sum_m[b, ...], sum_mm[b, ...],
+                                                                 sum_mf[b, ...]))
+                d, quality = self._refine(d, sample, float(den_max[b]))
+            window = None
+            if xcorr_radius is not None:
+                window = self._gather_rows(ncc[b, ...], [
+                    np.arange(-xcorr_radius, xcorr_radius + 1) % n for n in self.pad])
+            out.append(CorrelationPeak(shift=d + self.offset, quality=quality,
+                                       peak_value=float(best[b]), xcorr=window))
+        return out
 
-    def _constants_on(self, starts, region, u):
-        """Overlap and reference sums on a fine grid; cached, since frames of a
-        slowly drifting stack keep landing on the same grids."""
-        key = (tuple(np.round(starts, 9)), region, u)
-        hit = self._fine_cache.get(key)
-        if hit is None:
-            hit = upsampled_real(self._const_products, self.pad, starts, region, u).astype(np.float64)
-            if len(self._fine_cache) > 256:
-                self._fine_cache.clear()
-            self._fine_cache[key] = hit
-        return hit
+    def _full_index(self, idx) -> tuple:
+        """An index into the computed rows as an index into the padded correlation."""
+        if self._rows is None:
+            return tuple(int(i) for i in idx)
+        ax = len(self.pad) - 2
+        return tuple(int(self._rows[i]) if k == ax else int(i) for k, i in enumerate(idx))
 
-    def _fine_peak(self, starts, region, u, prods, den_max):
-        overlap, sum_f, sum_ff = self._constants_on(starts, region, u)
-        sum_m, sum_mm, sum_mf = upsampled_real(prods, self.pad, starts, region, u).astype(np.float64)
-        overlap = np.fmax(overlap, self.eps)
-        num = sum_mf - sum_m * sum_f / overlap
-        den = np.sqrt(
-            np.fmax(sum_ff - sum_f * sum_f / overlap, 0.0) * np.fmax(sum_mm - sum_m * sum_m / overlap, 0.0)
-        )
-        ncc = np.where(den > 1e3 * self.eps * den_max, num / np.where(den > 0, den, 1.0), 0.0)
-        np.clip(ncc, -1.0, 1.0, out=ncc)
-        # stay where the whole-pixel search was allowed: overlap threshold on the fine grid
-        ncc[overlap < self.overlap_ratio * self.max_overlap] = -1.0
-        box = inside_box(starts, region, u, self._max_shift, self.offset)
-        if box is not None:  # ... and inside the max_shift box
-            ncc[~box] = -1.0
-        peak = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-        return starts + np.array(peak, dtype=float) / u, float(max(ncc[peak], 0.0))
-
-    def _refine(self, d0, prods, den_max):
-        """Sample every NCC term on fine grids around the whole-pixel peak."""
-
-        def on_grid(starts, region, u):
-            return self._fine_peak(starts, region, u, prods, den_max)
-
-        return refine_two_stage(on_grid, d0, self.upsample_factor)
+def _square_in_place(x):
+    x *= x
+    return x
 
 
 def soft_weights(valid: np.ndarray, taper: float) -> np.ndarray:

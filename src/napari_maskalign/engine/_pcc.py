@@ -11,9 +11,9 @@ from scipy import ndimage as ndi
 
 from ._correlators import PhaseCorrelator
 from ._fft import default_workers
-from ._masked import MaskedCorrelator
 from ._masks import finite_where_valid
 from ._options import check_upsample_factor
+from ._reuse import masked_correlator
 
 __all__ = ["phase_cross_correlation"]
 
@@ -120,14 +120,14 @@ def _masked(reference_image, moving_image, reference_mask, moving_mask, overlap_
     moving_image = finite_where_valid(
         moving_image.astype(dtype, copy=False), moving_mask, _masked_nan("moving")
     )
-    corr = MaskedCorrelator(
+    # what depends only on the reference and the masks is reused across calls (by content)
+    corr = masked_correlator(
         reference_image,
         reference_mask,
         moving_mask,
         moving_shape=moving_image.shape,
         overlap_ratio=overlap_ratio,
         upsample_factor=upsample_factor,
-        shrink=False,
         dtype=dtype,
     )
     return corr.register(moving_image).shift

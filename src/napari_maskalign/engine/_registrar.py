@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._correlators import PhaseCorrelator
+from ._device import is_foreign_array, to_host, to_namespace
 from ._fft import default_workers, real_dtype_for
 from ._masked import MaskedCorrelator
 from ._masks import check_valid_mask
@@ -45,6 +46,9 @@ class FrameRegistrar:
         this); defaults to ``valid_mask``.
     dtype : numpy dtype, optional
         Working precision (default: float32 for small inputs, else float64).
+    xp : array namespace, optional
+        Where the per-frame work runs: numpy (default), or a CuPy namespace
+        for a GPU (masked registration only); frames may come as numpy arrays.
     """
 
     def __init__(
@@ -55,8 +59,15 @@ class FrameRegistrar:
         *,
         reference_mask=None,
         dtype=None,
+        xp=None,
     ):
         opts = RegistrationOptions() if options is None else options
+        self.xp = np if xp is None else xp
+        if self.xp is not np and valid_mask is None:
+            raise ValueError(
+                "registration on a GPU needs a mask (masked correlation); without one, "
+                "use device='cpu'"
+            )
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
         ref = ref.astype(self.dtype, copy=False)
@@ -68,6 +79,7 @@ class FrameRegistrar:
             ref_valid = valid if reference_mask is None else np.asarray(reference_mask, bool)
             check_valid_mask(ref_valid, self.shape, "reference's valid area")
             self.valid, self.ref_valid = valid, ref_valid
+            self._valid_x = valid if self.xp is np else to_namespace(self.xp, valid)
             self._check_reference(ref)
             self._corr = MaskedCorrelator(
                 ref,
@@ -79,6 +91,7 @@ class FrameRegistrar:
                 shrink=True,
                 workers=opts.workers,
                 dtype=self.dtype,
+                xp=self.xp,
             )
         else:
             self.valid = self.ref_valid = None
@@ -91,6 +104,15 @@ class FrameRegistrar:
                 max_shift=opts.max_shift,
                 workers=opts.workers,
             )
+
+    def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
+        state = self.__dict__.copy()
+        state["xp"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.xp = getattr(self._corr, "xp", np)
 
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
@@ -123,6 +145,8 @@ class FrameRegistrar:
 
     def register(self, frame) -> FrameRecord:
         """Register one frame; a frame without contrast gets quality 0, shift 0."""
+        if self.xp is not np:
+            return self.register_batch([frame])[0]
         frame = np.asarray(frame)
         if frame.shape != self.shape:
             raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
@@ -143,8 +167,47 @@ class FrameRegistrar:
                 raise ValueError("a frame has NaN or inf pixels: give a mask that excludes them")
         if not hi > lo:
             return self._empty()
-        peak = self._corr.register(frame, xcorr_radius=self.xcorr_radius)
+        return self._record(self._corr.register(frame, xcorr_radius=self.xcorr_radius))
+
+    @staticmethod
+    def _record(peak) -> FrameRecord:
         # grid positions are sums of 1/upsample_factor steps: round away the
         # float dust (0.09999999999999998) so shift tables read as measured
         shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
         return FrameRecord(shift, float(peak.quality), shift, peak.xcorr)
+
+    def register_batch(self, frames) -> list[FrameRecord]:
+        """Register a batch of frames at once (a sequence of frames, or one array
+        with frames along its first axis), in this registrar's namespace: the
+        checks, the transforms and the whole-pixel search run on the whole batch
+        (masked registration; with numpy, one frame after the other)."""
+        if self.xp is np or not self.masked:
+            return [self.register(f) for f in frames]
+        xp = self.xp
+        if isinstance(frames, (list, tuple)):
+            on_device = all(is_foreign_array(f) for f in frames)
+            frames = xp.stack(list(frames)) if on_device else np.stack([to_host(f) for f in frames])
+        batch = to_namespace(xp, frames, getattr(xp, np.dtype(self.dtype).name))
+        if tuple(batch.shape[1:]) != self.shape:
+            raise ValueError(f"a frame has shape {tuple(batch.shape[1:])}, expected {self.shape}")
+        valid = self._valid_x
+        axes = tuple(range(1, batch.ndim))
+        finite = xp.isfinite(batch)
+        if not bool(xp.all(finite)):
+            if not bool(xp.all(xp.logical_or(finite, xp.logical_not(valid)))):
+                raise ValueError(
+                    "a frame has NaN or inf pixels outside the mask: paint them into the mask"
+                )
+            batch = xp.where(valid, batch, xp.zeros_like(batch))
+        inf = xp.asarray(xp.inf, dtype=batch.dtype)
+        hi = xp.max(xp.where(valid, batch, -inf), axis=axes)
+        lo = xp.min(xp.where(valid, batch, inf), axis=axes)
+        usable = np.flatnonzero(to_host(hi > lo))
+        records = [self._empty() for _ in range(int(batch.shape[0]))]
+        if usable.size:
+            if usable.size < len(records):
+                batch = xp.take(batch, xp.asarray(usable), axis=0)
+            peaks = self._corr.register_batch(batch, xcorr_radius=self.xcorr_radius)
+            for i, peak in zip(usable, peaks):
+                records[int(i)] = self._record(peak)
+        return records

@@ -7,6 +7,7 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ._correlators import outer_and
+from ._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
 from ._frames import is_dask
 
 __all__ = ["aligned_dtype", "apply_shifts", "shift_frame"]
@@ -30,30 +31,52 @@ def _inside(shape, shift) -> np.ndarray:
     return outer_and(flags)
 
 
-def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan) -> np.ndarray:
-    """Shift one frame by ``shift`` (pixels, per axis); outside pixels get ``fill_value``."""
-    frame = np.asarray(frame)
+def _ndimage(xp):
+    """scipy.ndimage for numpy arrays, cupyx.scipy.ndimage for CuPy ones (the GPU
+    hook of every shift and transform of frames)."""
+    if xp is np:
+        return ndi, sfft
+    if xp.__name__.endswith("cupy"):
+        import cupy
+        from cupyx.scipy import ndimage as cundi
+
+        return cundi, cupy.fft
+    raise ValueError(
+        f"shifting frames needs numpy or CuPy arrays, got arrays of {xp.__name__}"
+    )
+
+
+def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
+    """Shift one frame by ``shift`` (pixels, per axis); outside pixels get ``fill_value``.
+    A CuPy frame is shifted on its GPU and stays there."""
+    xp = namespace_of(frame)
+    frame = np.asarray(frame) if xp is np else frame
+    ndimage, fft = _ndimage(xp)
     shift = np.asarray(shift, dtype=float)
     out_dtype = aligned_dtype(frame.dtype)
     work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
     if not np.any(shift):
         out = work.astype(out_dtype, copy=True)
     elif method == "spline":
-        out = ndi.shift(work, shift, order=order, mode="nearest", prefilter=order > 1)
+        out = ndimage.shift(work, tuple(shift), order=order, mode="nearest", prefilter=order > 1)
     elif method == "fourier":
-        spec = sfft.fftn(work)
-        out = sfft.ifftn(ndi.fourier_shift(spec, shift)).real
+        spec = fft.fftn(work)
+        out = fft.ifftn(ndimage.fourier_shift(spec, tuple(shift))).real
     else:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     out = out.astype(out_dtype, copy=False)
     if fill_value is not None:
-        out[~_inside(frame.shape, shift)] = fill_value
+        outside = ~_inside(frame.shape, shift)
+        out[outside if xp is np else xp.asarray(outside)] = fill_value
     return out
 
 
-def _shift_valid(valid, shift) -> np.ndarray:
-    moved = ndi.shift(valid.astype(np.float32), shift, order=1, mode="constant", cval=0.0)
-    return (moved > 0.999) & _inside(valid.shape, shift)
+def _shift_valid(valid, shift):
+    xp = namespace_of(valid)
+    ndimage, _ = _ndimage(xp)
+    moved = ndimage.shift(valid.astype(np.float32), tuple(shift), order=1, mode="constant", cval=0.0)
+    inside = _inside(valid.shape, shift)
+    return (moved > 0.999) & (inside if xp is np else xp.asarray(inside))
 
 
 def _check(stack_shape, shifts, valid_mask, method, order):
@@ -94,6 +117,8 @@ def apply_shifts(
     fill_value=np.nan,
     valid_mask=None,
     return_valid=False,
+    device=None,
+    workers=None,
 ):
     """Apply per-frame shifts to a stack, as a new array.
 
@@ -121,6 +146,13 @@ def apply_shifts(
     return_valid : bool
         Also return the per-frame valid mask after shifting: True where the
         pixel is real data (inside the field and valid before shifting).
+    device : {None, "cpu", "gpu"}
+        Where frames are shifted: None follows the stack (a CuPy stack on its
+        GPU, giving CuPy arrays), "gpu" shifts numpy frames on a GPU one by one
+        (CuPy, the ``gpu`` extra) and returns numpy arrays, "cpu" numpy.
+    workers : int, optional
+        Threads shifting numpy frames at once (default 1); the result does not
+        depend on it.
 
     Returns
     -------
@@ -129,12 +161,20 @@ def apply_shifts(
     """
     if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):  # a list of frames
         stack = np.asarray(stack)
-    if np.dtype(stack.dtype).kind not in "biuf":
+    try:
+        kind = np.dtype(stack.dtype).kind
+    except TypeError:  # another array library's dtype: its own path below checks the array
+        kind = "f"
+    if kind not in "biuf":
         raise ValueError(
             f"apply_shifts needs real-valued frames (integers or floats), got {stack.dtype}"
-            + ("; shift the real and imaginary parts separately" if stack.dtype.kind == "c" else "")
+            + ("; shift the real and imaginary parts separately" if kind == "c" else "")
         )
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
+    xp = namespace_for(device, stack)
+    if xp is not np:
+        return _apply_on_device(xp, stack, shifts, valid_mask, return_valid,
+                                dict(method=method, order=order, fill_value=fill_value))
     out_dtype = aligned_dtype(stack.dtype)
     frame_shape = tuple(stack.shape[1:])
     base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
@@ -162,8 +202,42 @@ def apply_shifts(
 
     aligned = np.empty(stack.shape, dtype=out_dtype)
     valid = np.empty(stack.shape, dtype=bool) if return_valid else None
-    for i in range(stack.shape[0]):
+
+    def one(i):
         aligned[i] = shift_frame(np.asarray(stack[i]), shifts[i], **kw)
         if valid is not None:
             valid[i] = _shift_valid(base_valid, shifts[i])
+
+    threads = min(int(workers or 1), int(stack.shape[0]))
+    if threads > 1:  # scipy.ndimage lets go of the GIL: frames shift in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="maskalign-shift") as pool:
+            list(pool.map(one, range(stack.shape[0])))
+    else:
+        for i in range(stack.shape[0]):
+            one(i)
+    return (aligned, valid) if return_valid else aligned
+
+
+def _apply_on_device(xp, stack, shifts, valid_mask, return_valid, kw):
+    """:func:`apply_shifts` on a GPU, frame by frame: a CuPy stack gives CuPy
+    arrays, any other stack numpy arrays (each frame copied back when done).
+    ``apply_transforms`` plugs in here the same way: ``shift_frame`` is the one
+    place a frame is resampled, through :func:`_ndimage`."""
+    _ndimage(xp)  # refuses a namespace that cannot resample frames, before any work
+    foreign = is_foreign_array(stack)
+    lib = xp if foreign else np
+    n, frame_shape = int(stack.shape[0]), tuple(stack.shape[1:])
+    aligned = lib.empty((n, *frame_shape), dtype=aligned_dtype(stack.dtype))
+    valid = lib.empty((n, *frame_shape), dtype=bool) if return_valid else None
+    base = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
+    base = to_namespace(xp, base)
+    for i in range(n):
+        frame = stack[i] if foreign else to_namespace(xp, np.asarray(stack[i]))
+        out = shift_frame(frame, shifts[i], **kw)
+        aligned[i] = out if foreign else to_host(out)
+        if valid is not None:
+            moved = _shift_valid(base, shifts[i])
+            valid[i] = moved if foreign else to_host(moved)
     return (aligned, valid) if return_valid else aligned

@@ -2,42 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
 
+from ._device import namespace_for
 from ._fft import default_workers, real_dtype_for
 from ._frames import check_stack, is_dask, iter_frames, read_frame
 from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
+from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
-
-
-def _in_threads(fn, items, threads):
-    """``map(fn, items)`` on ``threads`` threads, in order, at most
-    ``threads + 1`` items in flight (memory stays bounded). Closing the
-    generator cancels what has not started; exceptions reach the caller."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="maskalign") as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
 
 
 class _Table:
@@ -108,6 +88,9 @@ class RegistrationRun:
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
+        #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``;
+        #: unmasked registration runs on the CPU unless a GPU is asked for by name)
+        self.xp = namespace_for(opts.device, stack if self.valid is not None else None)
         passes = opts.template_iterations + 1 if opts.mode == "template" else 1
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
@@ -173,7 +156,8 @@ class RegistrationRun:
 
     def _fixed(self, table: _Table):
         """Every frame against one reference: in threads, or on a dask cluster."""
-        registrar = FrameRegistrar(self._reference_image(), self.valid, self.options, dtype=self.dtype)
+        registrar = FrameRegistrar(self._reference_image(), self.valid, self.options, dtype=self.dtype,
+                                   xp=self.xp)
         stack, start, n, total = self.stack, self.start, self.n_frames, self.total
         client = None
         if is_dask(stack):
@@ -192,23 +176,10 @@ class RegistrationRun:
                     yield Progress(done, total, int(i), rec)
             return
         threads = default_workers(self.options.workers)
-        frames_in = iter_frames(stack, start, n, self.dtype)
-        with contextlib.ExitStack() as scope:
-            if threads > 1 and total > 1:
-                # frames are independent against a fixed reference: register
-                # `threads` frames at once, each with single-threaded FFTs and
-                # BLAS (two threads calling a threaded BLAS contend), so the
-                # elementwise work between FFTs runs in parallel too
-                from threadpoolctl import threadpool_limits
-
-                scope.enter_context(threadpool_limits(limits=1, user_api="blas"))
-                registrar.set_workers(1)
-                records = _in_threads(registrar.register, frames_in, threads)
-            else:
-                records = map(registrar.register, frames_in)
-            for k, rec in enumerate(records):
-                table.put(k, rec)
-                yield Progress(k + 1, total, start + k, rec)
+        frames_in = frames_for(registrar, stack, start, n, self.dtype)
+        for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
+            table.put(k, rec)
+            yield Progress(k + 1, total, start + k, rec)
 
     def _previous(self, table: _Table):
         """Each frame against the one before; shifts accumulate to the first frame."""
@@ -220,7 +191,7 @@ class RegistrationRun:
         while first > 0 and not has_contrast(ref0, self.valid):
             first -= 1
             ref0 = read_frame(stack, first, dtype)
-        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype)
+        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
@@ -249,7 +220,7 @@ class RegistrationRun:
         done = 0
         for p in range(passes):
             registrar = FrameRegistrar(template, valid, opts, reference_mask=template_valid,
-                                       dtype=dtype)
+                                       dtype=dtype, xp=self.xp)
             last = p == passes - 1
             acc = np.zeros(template.shape)
             weight = np.zeros(template.shape)
@@ -347,7 +318,9 @@ def register_stack(stack, **arguments) -> RegistrationResult:
           (``raw_shifts`` keeps the measured ones);
         * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
           window, shifts -radius..radius with zero shift at its centre;
-        * ``workers`` -- threads (default: all cores).
+        * ``workers`` -- threads (default: all cores);
+        * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
+          where the stack is: CuPy stacks on their GPU, others on the CPU).
 
     Returns
     -------

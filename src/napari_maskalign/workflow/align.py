@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import aligned_dtype, apply_shifts
+from ..engine._device import namespace_for, namespace_of, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
 __all__ = [
@@ -75,17 +76,23 @@ class MeanAccumulator:
         self.frames = 0
         self.dtype = np.dtype(dtype)
 
-    def add(self, aligned: np.ndarray, valid: np.ndarray) -> None:
-        """Add frames (a block along the first axis) and where each holds data."""
-        for frame, ok in zip(aligned, valid):
-            self.total += np.where(ok, frame, 0.0)
+    def add(self, aligned, valid) -> None:
+        """Add frames (a block along the first axis) and where each holds data; CuPy
+        blocks are summed on their GPU (the sums move there with the first one)."""
+        xp = namespace_of(aligned)
+        if xp is not np and isinstance(self.total, np.ndarray):
+            self.total, self.count = xp.asarray(self.total), xp.asarray(self.count)
+        for i in range(int(aligned.shape[0])):
+            ok = valid[i]
+            self.total += xp.where(ok, aligned[i], 0.0)
             self.count += ok
             self.frames += 1
 
     def result(self) -> MaskedMean:
+        total, count = to_host(self.total), to_host(self.count)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self.count > 0, self.total / np.maximum(self.count, 1), np.nan)
-        return MaskedMean(mean.astype(self.dtype), self.count.copy(), self.frames)
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return MaskedMean(mean.astype(self.dtype), count.copy(), self.frames)
 
 
 def _as_input_type(frames: np.ndarray, valid: np.ndarray, dtype) -> np.ndarray:
@@ -127,7 +134,7 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
             aligned = aligned_all[lo:hi].compute()
             data = None if data_all is None else data_all[lo:hi].compute()
         else:
-            frames = np.asarray(stack[lo:hi])
+            frames = stack[lo:hi] if namespace_of(stack) is not np else np.asarray(stack[lo:hi])
             out = apply_shifts(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
             aligned, data = out if want else (out, None)
         if valid is not None:
@@ -189,15 +196,19 @@ def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool =
     return (out, data_out) if return_data else out
 
 
-def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, **kwargs):
+def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device=None,
+              **kwargs):
     """The masked mean of the aligned frames, yielding :class:`AlignProgress` per block.
 
     Each pixel is averaged over the frames in which it is data after
     alignment (see :func:`_float_blocks`); frames where ``exclude`` is
     True (e.g. the flagged outliers) are skipped. Memory holds a block of
     frames and two frame-sized sums, whatever the stack's length, so a lazy
-    stack is averaged without loading it. Returns a :class:`MaskedMean`.
+    stack is averaged without loading it. With ``device="gpu"`` (or a CuPy
+    stack) the frames are shifted and summed on the GPU (CuPy, the ``gpu``
+    extra). Returns a :class:`MaskedMean` (numpy arrays).
     """
+    xp = namespace_for(device, stack)
     n = int(stack.shape[0])
     skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
     if skip.shape != (n,):
@@ -207,7 +218,9 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, **kwar
     done = 0
     for lo, hi in iter_blocks(len(keep), block):
         idx = keep[lo:hi]
-        frames = np.stack([np.asarray(stack[int(i)]) for i in idx])
+        frames = np.stack([to_host(stack[int(i)]) for i in idx])
+        if xp is not np:
+            frames = to_namespace(xp, frames)
         for _, _, aligned, data in _float_blocks(frames, shifts[idx], valid=valid, need_data=True,
                                                  block=len(idx), **kwargs):
             acc.add(aligned, data)
@@ -231,11 +244,14 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     behind the mask) is written there as a stack of the same shape, uint8,
     **nonzero = no data** (the mask-file convention: nonzero = ignore) --
     what integer output (``integer``) needs, since it cannot hold NaN.
-    Returns the path written.
+    ``workers`` (in ``kwargs``, for
+    :func:`~napari_maskalign.engine.apply_shifts`) shifts that many frames at
+    once. Returns the path written.
     """
     n = int(stack.shape[0])
     skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
-    block = chunk_frames if dask_stack is not None else 1
+    # frames shifted at once here: as many as apply_shifts has threads for
+    block = chunk_frames if dask_stack is not None else max(1, int(kwargs.get("workers") or 1))
     dtype = output_dtype(stack.dtype, integer)
     need = mean is not None or dtype.kind != "f" or mask_path is not None
     with contextlib.ExitStack() as files:
