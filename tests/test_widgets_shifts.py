@@ -14,8 +14,9 @@ pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip ins
 from matplotlib.backend_bases import MouseEvent
 from napari.utils.theme import get_theme
 
-from napari_maskalign.engine import apply_shifts
+from napari_maskalign.engine import apply_shifts, valid_from_ignore
 from napari_maskalign.widgets import RegisterWidget, ShiftsWidget
+from napari_maskalign.workflow import iter_align, iter_mean
 
 TIMEOUT_MS = 60_000
 
@@ -52,8 +53,27 @@ def wait_job(qtbot, w, call) -> str:
     worker.errored.connect(lambda _exc: outcome.append("failed"))
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # published, mean included
     return outcome[0] if outcome else "cancelled"
+
+
+def expected_outputs(viewer, source, shifts, exclude=None):
+    """The aligned stack and masked mean the workflow makes for ``shifts`` with the
+    source's mask (an independent call of the shared workflow functions)."""
+    data = viewer.layers[source].data
+    valid = valid_from_ignore(viewer.layers[f"{source} mask"].data)
+    _, aligned = drain(iter_align(data, shifts, valid=valid))
+    _, mean = drain(iter_mean(data, shifts, valid=valid, exclude=exclude))
+    return aligned, mean
+
+
+def drain(gen):
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        return steps, stop.value
 
 
 def test_empty_state_says_what_to_do(qtbot, viewer_model):
@@ -140,7 +160,7 @@ def test_selecting_an_output_layer_chooses_its_stack(qtbot, registered, small_st
     assert w.stack_combo.value == registered.layers["stack"]
 
 
-def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered):
+def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes):
     path = widget.export_csv(tmp_path / "shifts.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -152,16 +172,19 @@ def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered):
     registered.layers.remove("stack xcorr peak")
     registered.layers.remove("stack xcorr")
     registered.layers.remove("stack aligned")
+    mean_layer = registered.layers["stack mean"]
     assert widget.result() is None
     assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
     imported = meta_of(registered)
     np.testing.assert_allclose(imported["shifts"], meta["shifts"])
     np.testing.assert_allclose(imported["quality"], meta["quality"])
-    aligned = registered.layers["stack aligned"]
-    np.testing.assert_allclose(
-        aligned.data, apply_shifts(registered.layers["stack"].data, meta["shifts"]), equal_nan=True
-    )
+    assert imported["mask"] == "stack mask"  # the stack's mask: NaN where the block lands
+    aligned, mean = expected_outputs(registered, "stack", imported["shifts"], imported["outliers"])
+    np.testing.assert_allclose(registered.layers["stack aligned"].data, aligned, equal_nan=True)
+    assert registered.layers["stack mean"] == mean_layer  # updated in place
+    np.testing.assert_allclose(mean_layer.data, mean.mean, rtol=1e-5, equal_nan=True)
     assert widget.result() is not None
+    assert any("from the 20 shifts in shifts.csv" in m for m in notes())
 
 
 @pytest.mark.parametrize(
@@ -189,7 +212,7 @@ def test_import_checks_the_table_against_the_stack(tmp_path, widget, registered,
     np.testing.assert_array_equal(meta_of(registered)["shifts"], before)
 
 
-def test_apply_to_another_layer(qtbot, widget, registered):
+def test_apply_to_another_layer(qtbot, widget, registered, notes):
     registered.add_image(registered.layers["stack"].data * 3.0, name="channel 2")
     widget.target_combo.reset_choices()
     target = registered.layers["channel 2"]
@@ -203,6 +226,17 @@ def test_apply_to_another_layer(qtbot, widget, registered):
     meta = out.metadata["maskalign"]
     assert meta["source"] == "channel 2" and meta["shifts_from"] == "stack"
     np.testing.assert_array_equal(target.data, registered.layers["stack"].data * 3.0)
+    # its mean, made with the same shifts and mask
+    np.testing.assert_allclose(registered.layers["channel 2 mean"].data,
+                               3.0 * registered.layers["stack mean"].data, rtol=1e-5,
+                               equal_nan=True)
+    # the dock stays on the stack whose shifts these are, and says what it made
+    assert widget.stack_combo.value == registered.layers["stack"]
+    assert widget.result().source == "stack"
+    assert "Aligned 'channel 2' with the shifts of 'stack'" in notes()[-1]
+    # selecting the new layer later keeps it there too
+    registered.layers.selection.active = out
+    assert widget.stack_combo.value == registered.layers["stack"]
 
 
 def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
@@ -216,16 +250,16 @@ def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
     assert "binned aligned" not in registered.layers
 
 
-def test_set_and_interpolate_one_frame(widget, registered):
+def test_set_and_interpolate_one_frame(qtbot, widget, registered):
     source = registered.layers["stack"].data
+    valid = valid_from_ignore(registered.layers["stack mask"].data)
     aligned = registered.layers["stack aligned"]
     assert widget.set_frame_shift(5, [1.25, -0.5])
     meta = meta_of(registered)
     np.testing.assert_allclose(meta["shifts"][5], [1.25, -0.5])
     assert meta["edited"] == [5]
-    np.testing.assert_allclose(
-        aligned.data[5], apply_shifts(source[5:6], np.array([[1.25, -0.5]]))[0], equal_nan=True
-    )
+    _, frame5 = drain(iter_align(source[5:6], np.array([[1.25, -0.5]]), valid=valid))
+    np.testing.assert_allclose(aligned.data[5], frame5[0], equal_nan=True)
     # the spin boxes edit the frame too
     widget.frame_spin.setValue(6)
     widget.shift_spins["y"].setValue(0.5)
@@ -236,9 +270,13 @@ def test_set_and_interpolate_one_frame(widget, registered):
     assert widget.interpolate_frame(5)
     shifts = meta_of(registered)["shifts"]
     np.testing.assert_allclose(shifts[5], (shifts[4] + shifts[6]) / 2)
-    np.testing.assert_allclose(
-        aligned.data[5], apply_shifts(source[5:6], shifts[5:6])[0], equal_nan=True
-    )
+    _, frame5 = drain(iter_align(source[5:6], shifts[5:6], valid=valid))
+    np.testing.assert_allclose(aligned.data[5], frame5[0], equal_nan=True)
+    # the mean follows the edits (averaged again in the background, the last edit wins)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    _, mean = expected_outputs(registered, "stack", shifts, meta_of(registered)["outliers"])
+    np.testing.assert_allclose(registered.layers["stack mean"].data, mean.mean, rtol=1e-5,
+                               equal_nan=True)
 
 
 def test_editing_errors_are_plain(qtbot, tmp_path, widget, registered, notes):
@@ -261,6 +299,7 @@ def test_import_over_a_registration_drops_its_stale_preview(qtbot, tmp_path, wid
     aligned = registered.layers["stack aligned"]
     assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
     assert registered.layers["stack aligned"] == aligned  # updated in place
+    assert widget.stack_combo.value == registered.layers["stack"]
     np.testing.assert_allclose(meta_of(registered)["shifts"], np.tile([0.5, -0.25], (20, 1)))
     names = [layer.name for layer in registered.layers]
     assert "stack xcorr" not in names and "stack xcorr peak" not in names
