@@ -544,3 +544,38 @@ def test_error_raised_by_the_engine_in_the_worker(qtbot, viewer_model, notes):
     assert "no contrast" in msg and "Traceback" not in msg
     assert [layer.name for layer in viewer_model.layers] == ["blank"]
     assert w.run_button.isEnabled()
+
+
+# -- the mask check as a plain function; the status line ------------------------------------
+
+
+def test_mask_warning_in_plain_words(small_stack):
+    from napari_maskalign.widgets._checks import mask_warning
+
+    frame = small_stack.stack[0]
+    block = small_stack.beam_block
+    assert mask_warning(~block, frame, "m") is None  # the right mask
+    text = mask_warning(block, frame, "m")  # the pattern painted, the block used
+    assert "'m' ignores 9" in text and "brighter" in text and "Invert" in text
+    # a small bright mask (hot pixels, a saturated spot painted out on purpose) is fine
+    hot = frame > np.percentile(frame, 99)
+    assert mask_warning(~hot, frame, "m") is None
+    # a larger bright area is questioned, without claiming it covers most of the frame
+    bright = frame > np.percentile(frame, 80)
+    text = mask_warning(~bright, frame, "m")
+    assert "brighter" in text and "of the frame" not in text
+
+
+def test_the_status_line_claims_the_height_of_its_text(qtbot, widget):
+    """A dock squeezed by its neighbours gives a label no more than its minimum height:
+    a longer text must raise it at once (not on the next resize), or its end is cut off."""
+    widget.resize(340, 800)
+    widget.show()
+    qtbot.waitExposed(widget)
+    label = widget.status
+    label.setText("Registering 20 frames of 'stack'…")
+    one_line = label.minimumHeight()
+    label.setText("Done: 20 frames against frame 0; largest shift 3.42 px, median quality "
+                  "0.98; no outliers. 'stack mean' averages 20 frames (hidden: click its eye "
+                  "icon to see it).")
+    assert label.minimumHeight() >= label.heightForWidth(label.width()) > 2 * one_line

@@ -345,3 +345,67 @@ def test_closing_the_widget_during_a_job_stops_it_quietly(qtbot, tmp_path, viewe
         w.deleteLater()
     assert worker.abort_requested
     assert "s aligned" not in viewer_model.layers
+
+
+# -- the plot reads at a glance -------------------------------------------------------------
+
+
+def test_quality_panel_is_scaled_to_the_frames_that_matter(widget, registered):
+    meta = meta_of(registered)
+    assert meta["reference_frame"] == 0 and meta["quality"][0] > 0.999
+    widget.plot.draw()
+    ax_quality = widget.plot.axes_list[1]
+    lo, hi = ax_quality.get_ylim()
+    others = meta["quality"][1:]
+    assert lo <= others.min() and hi >= others.max()  # every other frame on the axis
+    assert hi < 0.999  # the reference frame's 1.0 does not set it ...
+    notes = [t.get_text() for t in ax_quality.texts]
+    assert any(t.startswith("ref 1.00") for t in notes)  # ... it is pinned to the edge, labelled
+
+
+def test_legend_sits_outside_the_data(widget, registered):
+    widget.plot.draw()
+    ax_shift = widget.plot.axes_list[0]
+    renderer = widget.plot.figure.canvas.get_renderer()
+    legend = ax_shift.get_legend().get_window_extent(renderer)
+    assert legend.y0 >= ax_shift.get_window_extent(renderer).y1 - 1  # above the axes
+
+
+def test_known_true_drift_is_drawn_dashed(widget, registered, small_stack):
+    registered.layers["stack"].metadata["expected_shifts"] = small_stack.expected_shifts(0)
+    widget.refresh()
+    ax_shift = widget.plot.axes_list[0]
+    dashed = [line for line in ax_shift.get_lines() if line.get_linestyle() == "--"
+              and len(line.get_xdata())]
+    assert len(dashed) == 2
+    truth = small_stack.expected_shifts(0)
+    for line, column in zip(dashed, truth.T):
+        np.testing.assert_allclose(line.get_ydata(), column)
+    assert "true drift" in [t.get_text() for t in ax_shift.get_legend().get_texts()]
+    assert "median error against the true drift" in widget.plot.figure.get_suptitle()
+
+
+def test_true_drift_follows_another_reference_frame(qtbot, widget, registered, small_stack):
+    registered.layers["stack"].metadata["expected_shifts"] = small_stack.expected_shifts(0)
+    reg = RegisterWidget(registered)
+    qtbot.addWidget(reg)
+    reg.ref_frame.value = 6
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    widget.refresh()
+    dashed = [line for line in widget.plot.axes_list[0].get_lines()
+              if line.get_linestyle() == "--" and len(line.get_xdata())]
+    for line, column in zip(dashed, small_stack.expected_shifts(6).T):
+        np.testing.assert_allclose(line.get_ydata(), column, atol=1e-9)
+
+
+def test_shifts_are_drawn_in_the_layers_unit(widget, registered):
+    stack = registered.layers["stack"]
+    assert widget.plot.axes_list[0].get_ylabel() == "shift (px)"
+    stack.scale = (1.0, 0.5, 0.5)
+    stack.units = ("s", "nm", "nm")
+    widget.refresh()
+    ax_shift = widget.plot.axes_list[0]
+    assert ax_shift.get_ylabel() == "shift (nm)"
+    line = ax_shift.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), 0.5 * meta_of(registered)["shifts"][:, 0])
