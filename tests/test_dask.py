@@ -139,3 +139,32 @@ def test_local_cluster_with_two_worker_processes_matches_in_process(sample, tmp_
     np.testing.assert_allclose(shifts, expected.raw_shifts, rtol=0, atol=1e-9)
     np.testing.assert_allclose(quality, expected.quality, rtol=0, atol=1e-9)
     np.testing.assert_allclose(result.shifts, expected.shifts, rtol=0, atol=1e-9)
+
+
+def test_the_next_group_is_read_while_a_group_is_handed_out(sample):
+    """A slow read does not stall a run once per group: while the frames of one group are
+    registered, the next group is already being read."""
+    import threading
+
+    lazy = da.from_array(sample.stack, chunks=(1, *sample.stack.shape[1:]))  # 12 one-frame chunks
+    second_read = threading.Event()
+    starts = []
+    real = da.Array.compute
+
+    def counting(self, **kw):
+        starts.append(self.shape[0])
+        if len(starts) == 2:
+            second_read.set()
+        return real(self, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(da.Array, "compute", counting)
+        mp.setattr("napari_maskalign.engine._frames.GROUP_FRAMES", 4)
+        frames = iter_frames(lazy, 0, 12)
+        first = next(frames)
+        # the first frame is out; the second group's read has started (or will, without
+        # anything more being asked of the iterator)
+        assert second_read.wait(timeout=30), "the next group is read only when it is needed"
+        rest = list(frames)
+    np.testing.assert_array_equal(np.stack([first, *rest]), sample.stack)
+    assert starts == [4, 4, 4]
