@@ -3,6 +3,8 @@ mask check, how the main thread's work is cut up, and plain errors."""
 
 from __future__ import annotations
 
+import sys
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -579,3 +581,25 @@ def test_the_status_line_claims_the_height_of_its_text(qtbot, widget):
                   "0.98; no outliers. 'stack mean' averages 20 frames (hidden: click its eye "
                   "icon to see it).")
     assert label.minimumHeight() >= label.heightForWidth(label.width()) > 2 * one_line
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="per-thread priorities exist on Linux only; elsewhere nothing changes")
+def test_the_work_runs_below_the_main_threads_priority(qtbot, monkeypatch, widget):
+    """On a 2-core machine the main thread must not share the CPU evenly with the
+    registration: the worker and the threads it starts run nicer."""
+    import os
+    import threading
+
+    seen = []
+    real = _register.register_job
+
+    def probing(job):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return (yield from real(job))
+
+    monkeypatch.setattr(_register, "register_job", probing)
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert run_and_wait(qtbot, widget) == "done"
+    assert seen and seen[0] >= max(main, _common.BACKGROUND_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # untouched

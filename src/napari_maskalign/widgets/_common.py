@@ -8,6 +8,9 @@ No registration math lives here (the widgets call the engine and
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -367,7 +370,8 @@ def start_worker(
 ):
     """Run generator ``job`` in a napari worker with a progress bar in the activity dock.
 
-    The slots run in the main thread (Qt queues the signals), so they are the
+    The job runs at background priority (:func:`background_priority`). The
+    slots run in the main thread (Qt queues the signals), so they are the
     only place that touches layers or widgets. When the QWidget ``owner`` is
     destroyed, the worker is told to stop and the slots are no longer called
     (signals already queued would otherwise reach a deleted widget).
@@ -375,7 +379,8 @@ def start_worker(
     from napari.qt.threading import create_worker
 
     worker = create_worker(
-        job, *args, _progress={"total": int(total), "desc": desc}, _ignore_errors=True
+        _in_background(job), *args, _progress={"total": int(total), "desc": desc},
+        _ignore_errors=True,
     )
     alive = [True]
 
@@ -398,6 +403,41 @@ def start_worker(
         worker.finished.connect(functools.partial(_forget_owner, owner, gone))
     worker.start()
     return worker
+
+
+#: how much nicer than napari's main thread our workers run (Linux)
+BACKGROUND_NICE = 10
+
+
+def background_priority() -> None:
+    """Lower the calling thread's CPU priority below the main thread's.
+
+    On a machine with few cores the main thread would otherwise share the
+    CPU evenly with the registration threads, and the viewer would stutter
+    while it works. On Linux each thread has its own nice value and threads
+    it starts (the engine's pool) inherit it; elsewhere nothing is changed (a
+    thread id is not a process id there).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        if now < BACKGROUND_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+    except OSError:  # not allowed here: run as it is
+        pass
+
+
+def _in_background(job):
+    """``job`` (a generator function) that first lowers its thread's priority."""
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        background_priority()
+        return (yield from job(*args, **kwargs))
+
+    return run
 
 
 def _owner_gone(alive: list, worker, *_) -> None:

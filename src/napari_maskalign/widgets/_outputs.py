@@ -41,8 +41,9 @@ from ._layers import (
 )
 from ._model import META, AlignedResult
 
-#: a lazy stack is averaged a few MB at a time (one read per block, one progress step)
-MEAN_BLOCK_BYTES = 4 * 2**20
+#: a lazy stack is averaged about a MB at a time (one read per block, one progress step;
+#: a block takes a fraction of a second to shift, so the progress bar keeps moving)
+MEAN_BLOCK_BYTES = 2**20
 MEAN_BLOCK_FRAMES = 8
 
 
@@ -71,7 +72,7 @@ def is_integer_output(stack, res: AlignedResult) -> bool:
 
 
 def mean_block(stack) -> int:
-    """Frames averaged per progress step: one for in-memory stacks; for lazy ones a few MB
+    """Frames averaged per progress step: one for in-memory stacks; for lazy ones about a MB
     (each block is one read, so a stack of many small chunks is not read frame by frame)."""
     if isinstance(stack, np.ndarray) and not isinstance(stack, np.memmap):
         return 1
