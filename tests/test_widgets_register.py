@@ -130,12 +130,14 @@ def test_run_publishes_aligned_mean_and_preview(qtbot, widget, loaded_model, sma
     xcorr = loaded_model.layers["stack xcorr"]
     assert xcorr.data.shape == (20, 33, 33)
     marks = loaded_model.layers["stack xcorr peak"]
-    assert isinstance(marks, Points) and marks.data.shape == (40, 3)
+    assert isinstance(marks, Points) and marks.data.shape == (60, 3)  # zero, peak, caption
     kind = np.asarray(marks.features["kind"])
     peaks, zero = marks.data[kind == "peak"], marks.data[kind == "zero shift"]
     np.testing.assert_allclose(peaks[:, 0], np.arange(20))
     np.testing.assert_allclose(peaks[:, 1:], 16 + meta["raw_shifts"])
     np.testing.assert_allclose(zero[:, 1:], 16.0)  # zero shift: the window's centre
+    captions = np.asarray(marks.features["label"])[kind == "caption"]
+    assert captions[3] == "peak y {:+.2f}, x {:+.2f} px".format(*meta["raw_shifts"][3])
     np.testing.assert_allclose(marks.scale, xcorr.scale)
     for i in range(20):  # the marked peak is where the surface peaks
         argmax = np.unravel_index(np.argmax(xcorr.data[i]), xcorr.data[i].shape)
@@ -224,7 +226,7 @@ def test_3d_frames(qtbot, viewer_model):
     assert meta["shifts"].shape == (5, 3) and meta["axes"] == ("z", "y", "x")
     assert np.abs(meta["shifts"] - synth.expected_shifts(0)).max() < 0.2
     assert viewer_model.layers["vol xcorr"].data.shape == (5, 9, 9, 9)
-    assert viewer_model.layers["vol xcorr peak"].data.shape == (10, 4)  # zero and peak per frame
+    assert viewer_model.layers["vol xcorr peak"].data.shape == (15, 4)  # zero, peak, caption
     assert viewer_model.layers["vol mean"].data.shape == (20, 32, 32)
 
 

@@ -124,12 +124,12 @@ class ShiftPlot(FigureCanvasQTAgg):
             changed = outliers & ~np.isclose(rcol, column)
             if changed.any():  # interpolated outliers: show what was measured
                 ax_s.plot(frames[changed], rcol[changed], "x", color=OUTLIER_COLOR, ms=6)
-        error = None
+        error, true = None, None
         if truth is not None:
             true = _truth_for(res, np.asarray(truth, float)) * k
-            for name, column in zip(axis_names(ndim), true.T):
-                ax_s.plot(frames, column, ls="--", lw=1.2, color=AXIS_COLORS[name], alpha=0.9)
-            ax_s.plot([], [], ls="--", lw=1.2, color=c["text"], label="true drift")
+            for column in true.T:  # thin dashes over the measured lines: seen where they agree
+                ax_s.plot(frames, column, ls=(0, (3, 2)), lw=1.0, color=c["text"], zorder=3)
+            ax_s.plot([], [], ls=(0, (3, 2)), lw=1.0, color=c["text"], label="true drift")
             good = ~outliers
             if good.any():
                 error = float(np.median(np.abs(shifts - true)[good]))
@@ -144,18 +144,18 @@ class ShiftPlot(FigureCanvasQTAgg):
                 ax_s.plot(edited, column[edited], "D", ms=6, mfc="none", mec=c["text"])
             ax_s.plot([], [], "D", ms=6, mfc="none", mec=c["text"], label="edited")
         self._draw_quality(ax_q, res, frames, marker)
-        _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"])
+        _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"], also=true)
         ax_s.set_ylabel(f"shift ({unit})")
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         title = res.source + (f" vs {res.reference}" if res.reference else "")
         if error is not None:
             title += f"\nmedian error against the true drift {error:.3f} {unit}"
-        fig.suptitle(title, fontsize=9, color=c["text"], x=0.02, ha="left")
+        fig.suptitle(title, fontsize=8.5, color=c["text"], x=0.02, ha="left")
         # above the data, never on it
         handles, labels = ax_s.get_legend_handles_labels()
         legend = ax_s.legend(handles, labels, fontsize=8, loc="lower left",
-                             bbox_to_anchor=(0.0, 1.01), ncols=min(len(labels), 3),
+                             bbox_to_anchor=(0.0, 1.01), ncols=2,
                              frameon=False, borderaxespad=0.0, handlelength=1.8,
                              columnspacing=1.0)
         for text in legend.get_texts():
@@ -226,8 +226,9 @@ def _truth_for(res: AlignedResult, truth: np.ndarray) -> np.ndarray:
     return truth + np.median(res.shifts[good] - truth[good], axis=0)
 
 
-def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
-    """Scale the shift axis to the good frames; pin wild outliers to its edge, labelled.
+def _pin_off_scale(ax, frames, shifts, raw, outliers, background, also=None) -> None:
+    """Scale the shift axis to the good frames (and ``also``, the true drift); pin wild
+    outliers to its edge, labelled.
 
     One failed frame 12 px off would otherwise squash a drift of a few pixels
     into a flat line.
@@ -235,7 +236,8 @@ def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
     good = ~outliers
     if not outliers.any() or not good.any():
         return
-    values = np.concatenate([shifts[good].ravel(), raw[good].ravel()])
+    values = np.concatenate([shifts[good].ravel(), raw[good].ravel(),
+                             [] if also is None else np.ravel(also)])
     lo, hi = float(values.min()), float(values.max())
     pad = max(0.15 * (hi - lo), 0.3)
     lo, hi = lo - pad, hi + pad

@@ -4,7 +4,8 @@
 for every whole-pixel trial shift within the radius (zero shift at the
 centre), placed beside the stack; ``<source> xcorr peak`` marks, per frame,
 zero shift (a white ``+``) and the peak that was found (a cross, red for a
-flagged frame), each labelled. Hovering either layer reports the trial shift
+flagged frame), with a caption under the window that gives the peak's
+shift in pixels. Hovering either layer reports the trial shift
 under the cursor in pixels (not image coordinates) and the correlation there.
 
 The spot's width is the width of the pattern's own features (a few pixels
@@ -75,11 +76,12 @@ def placement(props: dict, frame_shape, width: int) -> tuple[tuple, tuple]:
 
 
 def display_range(xc: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that show the top of each frame's peak.
+    """Contrast limits that show the upper part of each frame's peak.
 
     A smooth pattern correlates with itself over many pixels, so over its
-    full range the surface is one broad blob; the top quarter between the
-    typical floor and the typical peak shows where the peak is.
+    full range the surface is one broad blob; the upper half between the
+    typical floor and the typical peak shows where the peak is, and still
+    shows a weaker second peak (a static object matching itself at zero).
     """
     n = xc.shape[0]
     flat = xc.reshape(n, -1)
@@ -91,28 +93,36 @@ def display_range(xc: np.ndarray) -> tuple[float, float]:
         floors = np.nanmin(np.where(finite, flat, np.nan), axis=1)
     hi = float(np.nanmax(peaks))
     top, floor = float(np.nanmedian(peaks)), float(np.nanmedian(floors))
-    lo = top - 0.25 * (top - floor)
+    lo = top - 0.5 * (top - floor)
     if not np.isfinite(lo) or lo >= hi:
         lo = float(np.nanmin(floors))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def marks(result, radius: int) -> tuple[np.ndarray, dict]:
-    """Points (frame, *window position) of each frame's zero shift and found peak, and
-    their per-point settings (symbols, colours, labels)."""
+    """Per frame: a point at zero shift, one at the peak found, and a caption under the
+    window that says the peak's shift; their per-point settings (symbols, colours,
+    labels). Points are (frame, *window position)."""
     n, ndim = result.n_frames, result.ndim
+    width = 2 * radius + 1
     frames = np.arange(n)[:, None]
     centre = np.full((n, ndim), float(radius))
     peaks = radius + np.asarray(result.peaks, float)
-    data = np.vstack([np.hstack([frames, centre]), np.hstack([frames, peaks])])
-    kind = np.array(["zero shift"] * n + ["peak"] * n)
+    below = np.zeros((n, ndim))
+    below[:, -2 if ndim >= 2 else -1] = width + 0.7  # under the window's lower left corner
+    below[:, -1] = -0.5
+    data = np.vstack([np.hstack([frames, p]) for p in (centre, peaks, below)])
+    outlier = np.asarray(result.outliers, bool)[:, None]
     colors = np.vstack([np.tile(ZERO_COLOR, (n, 1)),
-                        np.where(np.asarray(result.outliers)[:, None], OUTLIER_COLOR, PEAK_COLOR)])
-    labels = ["0"] * n + [shift_text(p) for p in result.peaks]
+                        np.where(outlier, OUTLIER_COLOR, PEAK_COLOR),
+                        np.zeros((n, 4))])  # the caption's point is invisible
+    captions = [("outlier peak " if bad else "peak ") + shift_text(p)
+                for p, bad in zip(result.peaks, outlier[:, 0])]
     return data, {
-        "symbol": np.array(["cross"] * n + ["x"] * n),
+        "symbol": np.array(["cross"] * n + ["x"] * n + ["disc"] * n),
         "face_color": colors,
-        "features": {"kind": kind, "label": labels},
+        "features": {"kind": np.array(["zero shift"] * n + ["peak"] * n + ["caption"] * n),
+                     "label": [""] * (2 * n) + captions},
     }
 
 
@@ -134,16 +144,17 @@ def preview_steps(viewer, source: str, result, props: dict, frame_shape) -> tupl
         )
 
     data, per_point = marks(result, radius)
-    size = max(1.5, width / 10)
+    size = max(1.0, width / 20)
     pmeta = {META: {"role": "xcorr peak", "source": source, "radius": radius}}
 
     def peak_step():
         upsert_layer(
             viewer, peak_name(source), data, kind="points", metadata=pmeta,
             layer_type=ShiftMarks, scale=scale, translate=translate, size=size,
-            border_width=0, out_of_slice_display=False, **per_point,
-            text={"string": "{label}", "size": 9, "color": "white", "anchor": "upper_left",
-                  "translation": [0] * (data.shape[1] - 1) + [size / 2]},
+            canvas_size_limits=(11, 22), border_width=0.1, border_color=per_point["face_color"],
+            out_of_slice_display=False,
+            **per_point, text={"string": "{label}", "size": 9, "color": "white",
+                               "anchor": "upper_left"},
         )
 
     return xcorr_step, peak_step
