@@ -14,12 +14,13 @@ preview published), once per source:
 
 A 10 ms precise timer ticks in the main thread throughout. The table gives
 the gaps between its ticks (median, p90, p99, max): a gap is time the event
-loop could not react to input. "longest progress stall" is the longest time the
-main thread waited between two progress updates of the dock (the bar
-standing still), with the stage it ended in; "first progress" is the time
-to the first update (reading the reference and preparing its spectra). The reference row is the same timer with the viewer idle, measured
-in the same run: on a busy machine it is not 10 ms, and the run's gaps
-should be read against it (the ratio column).
+loop could not react to input. "longest progress stall" is the longest time
+the main thread waited between two progress updates of the dock (the bar
+standing still), with the stage it ended in; "first progress" is the time to
+the first update (reading the reference and preparing its spectra). The
+reference row is the same timer with the viewer idle, measured in the same
+run: on a busy machine it is not 10 ms, and the run's gaps should be read
+against it (the ratio column).
 """
 
 from __future__ import annotations

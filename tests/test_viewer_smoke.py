@@ -56,7 +56,7 @@ def visible_rect(viewer) -> np.ndarray:
     return np.array([centre - half, centre + half])
 
 
-def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot):
+def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot, drain):
     from napari_maskalign._sample_data import make_beam_block_stack
     from napari_maskalign.workflow import iter_mean
 
@@ -130,13 +130,6 @@ def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot):
     dashed = [line for line in ax_shift.get_lines() if line.get_linestyle() == "--"]
     assert len(dashed) >= 2  # the sample's true drift, y and x
 
-
-def drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return None, stop.value
 
 
 @pytest.mark.parametrize("how", ["title bar", "remove_dock_widget", "dock.close()"])

@@ -41,14 +41,6 @@ def relative_truth(synth, ref):
     return synth.expected_shifts(reference=ref)
 
 
-def drain(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return steps, stop.value
-
 
 def visible_rect(viewer) -> np.ndarray:
     """The world (y, x) rectangle the camera shows: [[top, left], [bottom, right]]."""
@@ -60,7 +52,8 @@ def visible_rect(viewer) -> np.ndarray:
 # -- a normal run -------------------------------------------------------------------
 
 
-def test_run_publishes_aligned_mean_and_preview(qtbot, widget, loaded_model, small_stack, notes):
+def test_run_publishes_aligned_mean_and_preview(qtbot, widget, loaded_model, small_stack, notes,
+                                                drain):
     source = loaded_model.layers["stack"]
     source.scale = (1.0, 0.5, 0.5)
     source.translate = (0.0, 3.0, -2.0)
@@ -158,7 +151,7 @@ def test_run_publishes_aligned_mean_and_preview(qtbot, widget, loaded_model, sma
 
 
 def test_rerun_updates_layers_in_place_and_keeps_the_camera(qtbot, widget, loaded_model,
-                                                            small_stack):
+                                                            small_stack, drain):
     run_and_wait(qtbot, widget)
     layers = {layer.name: layer for layer in loaded_model.layers}
     loaded_model.scene.camera.zoom *= 3  # the user zooms in
@@ -231,7 +224,7 @@ def test_3d_frames(qtbot, viewer_model):
 
 
 def test_dask_input_gives_a_lazy_aligned_stack_and_a_computed_mean(qtbot, viewer_model,
-                                                                    small_stack):
+                                                                    small_stack, drain):
     lazy = da.from_array(small_stack.stack, chunks=(1, 128, 128))
     viewer_model.add_image(lazy, name="big")
     viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="big mask")
@@ -311,7 +304,7 @@ def test_cancel_stops_within_one_frame(qtbot, viewer_model, small_stack, monkeyp
 
 
 def test_publishing_makes_one_layer_change_per_event_loop_turn(qtbot, widget, loaded_model,
-                                                               monkeypatch):
+                                                               monkeypatch, drain):
     """The main thread's work after a run is cut into one layer change per slot: each
     slot's cost is bounded by one layer, whatever the machine's load, and input is handled
     between them. The turns are collected here instead of being left to a timer."""
@@ -370,7 +363,7 @@ def test_stop_work_stops_the_run_and_publishes_nothing(qtbot, viewer_model, smal
     assert "its dock was closed" in notes()[-1]
 
 
-def test_a_result_that_arrives_after_the_dock_closed_is_dropped(qtbot, widget, loaded_model):
+def test_a_result_that_arrives_after_the_dock_closed_is_dropped(qtbot, widget, loaded_model, drain):
     job = widget.prepare()
     _, value = drain(_register.register_job(job))
     widget.job, widget.worker, widget._worker_done = job, object(), True
@@ -422,7 +415,8 @@ def test_a_good_mask_is_not_questioned(qtbot, widget, loaded_model):
 # -- integer output ----------------------------------------------------------------------------
 
 
-def test_integer_stacks_can_stay_integer_with_a_per_frame_mask(qtbot, viewer_model, small_stack):
+def test_integer_stacks_can_stay_integer_with_a_per_frame_mask(qtbot, viewer_model, small_stack,
+                                                                drain):
     counts = np.clip(np.rint(small_stack.stack), 0, 65535).astype(np.uint16)
     viewer_model.add_image(counts, name="counts")
     viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="counts mask")
@@ -451,7 +445,8 @@ def test_integer_stacks_can_stay_integer_with_a_per_frame_mask(qtbot, viewer_mod
 # -- outliers and the mean ------------------------------------------------------------------
 
 
-def test_flagged_outliers_stay_out_of_the_mean_unless_asked(qtbot, viewer_model, small_stack):
+def test_flagged_outliers_stay_out_of_the_mean_unless_asked(qtbot, viewer_model, small_stack,
+                                                             drain):
     stack = small_stack.stack.copy()
     stack[11] = np.random.default_rng(1).poisson(0.3, stack.shape[1:])  # the beam was off
     viewer_model.add_image(stack, name="s")

@@ -57,7 +57,7 @@ def wait_job(qtbot, w, call) -> str:
     return outcome[0] if outcome else "cancelled"
 
 
-def expected_outputs(viewer, source, shifts, exclude=None):
+def expected_outputs(drain, viewer, source, shifts, exclude=None):
     """The aligned stack and masked mean the workflow makes for ``shifts`` with the
     source's mask (an independent call of the shared workflow functions)."""
     data = viewer.layers[source].data
@@ -66,14 +66,6 @@ def expected_outputs(viewer, source, shifts, exclude=None):
     _, mean = drain(iter_mean(data, shifts, valid=valid, exclude=exclude))
     return aligned, mean
 
-
-def drain(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return steps, stop.value
 
 
 def test_empty_state_says_what_to_do(qtbot, viewer_model):
@@ -160,7 +152,7 @@ def test_selecting_an_output_layer_chooses_its_stack(qtbot, registered, small_st
     assert w.stack_combo.value == registered.layers["stack"]
 
 
-def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes):
+def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes, drain):
     path = widget.export_csv(tmp_path / "shifts.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -179,7 +171,8 @@ def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes):
     np.testing.assert_allclose(imported["shifts"], meta["shifts"])
     np.testing.assert_allclose(imported["quality"], meta["quality"])
     assert imported["mask"] == "stack mask"  # the stack's mask: NaN where the block lands
-    aligned, mean = expected_outputs(registered, "stack", imported["shifts"], imported["outliers"])
+    aligned, mean = expected_outputs(drain, registered, "stack", imported["shifts"],
+                                     imported["outliers"])
     np.testing.assert_allclose(registered.layers["stack aligned"].data, aligned, equal_nan=True)
     assert registered.layers["stack mean"] == mean_layer  # updated in place
     np.testing.assert_allclose(mean_layer.data, mean.mean, rtol=1e-5, equal_nan=True)
@@ -250,7 +243,7 @@ def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
     assert "binned aligned" not in registered.layers
 
 
-def test_set_and_interpolate_one_frame(qtbot, widget, registered):
+def test_set_and_interpolate_one_frame(qtbot, widget, registered, drain):
     source = registered.layers["stack"].data
     valid = valid_from_ignore(registered.layers["stack mask"].data)
     aligned = registered.layers["stack aligned"]
@@ -274,7 +267,8 @@ def test_set_and_interpolate_one_frame(qtbot, widget, registered):
     np.testing.assert_allclose(aligned.data[5], frame5[0], equal_nan=True)
     # the mean follows the edits (averaged again in the background, the last edit wins)
     qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
-    _, mean = expected_outputs(registered, "stack", shifts, meta_of(registered)["outliers"])
+    _, mean = expected_outputs(drain, registered, "stack", shifts,
+                                   meta_of(registered)["outliers"])
     np.testing.assert_allclose(registered.layers["stack mean"].data, mean.mean, rtol=1e-5,
                                equal_nan=True)
 

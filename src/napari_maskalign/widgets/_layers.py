@@ -19,34 +19,23 @@ from ._model import META, AlignedResult
 LAZY_BYTES = 1 << 30
 
 
-def aligned_name(source: str) -> str:
-    return f"{source} aligned"
+def _suffixed(suffix: str):
+    def name(source: str) -> str:
+        return f"{source} {suffix}"
+
+    name.__doc__ = f"The name ``<source> {suffix}``."
+    return name
 
 
-def xcorr_name(source: str) -> str:
-    return f"{source} xcorr"
-
-
-def peak_name(source: str) -> str:
-    return f"{source} xcorr peak"
-
-
-def mask_name(source: str) -> str:
-    return f"{source} mask"
-
-
-def mean_name(source: str) -> str:
-    return f"{source} mean"
-
-
-def count_name(source: str) -> str:
-    return f"{source} mean count"
-
-
-def nodata_name(source: str) -> str:
-    """The per-frame mask of integer aligned output: nonzero where a frame has no data
-    (painted = ignore, like every mask)."""
-    return mask_name(aligned_name(source))
+aligned_name = _suffixed("aligned")
+xcorr_name = _suffixed("xcorr")
+peak_name = _suffixed("xcorr peak")
+mask_name = _suffixed("mask")
+mean_name = _suffixed("mean")
+count_name = _suffixed("mean count")
+#: the per-frame mask of integer aligned output: nonzero where a frame has no data
+#: (painted = ignore, like every mask)
+nodata_name = _suffixed("aligned mask")
 
 
 def frame_shape(layer: Layer) -> tuple[int, ...]:

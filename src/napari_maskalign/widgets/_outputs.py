@@ -18,15 +18,9 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_maskalign import workflow
 from napari_maskalign.engine import aligned_dtype
-from napari_maskalign.workflow import (
-    MaskedMean,
-    MeanAccumulator,
-    align_frame,
-    align_lazy,
-    iter_align,
-    iter_mean,
-)
+from napari_maskalign.workflow import MaskedMean
 
 from ._layers import (
     aligned_name,
@@ -102,26 +96,27 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
     kw["integer"] = integer = is_integer_output(stack, res)
     acc = None
     if mean and not lazy:
-        acc = MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
-    got = yield from iter_align(stack, res.shifts, lazy=lazy, return_data=integer, mean=acc,
-                                exclude=res.mean_exclude(), **kw)
+        acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
+    got = yield from workflow.iter_align(stack, res.shifts, lazy=lazy, return_data=integer,
+                                         mean=acc, exclude=res.mean_exclude(), **kw)
     aligned, data = got if integer else (got, None)
     nodata = None if data is None else (~data).astype(np.uint8)
     averaged = None
     if acc is not None:
         averaged = acc.result()
     elif mean:
-        averaged = yield from iter_mean(stack, res.shifts, valid=kw["valid"],
-                                        exclude=res.mean_exclude(), block=mean_block(stack),
-                                        method=kw["method"])
+        averaged = yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+                                                 exclude=res.mean_exclude(),
+                                                 block=mean_block(stack), method=kw["method"])
     return Outputs(aligned, nodata, averaged)
 
 
 def mean_job(stack, res: AlignedResult):
     """Only the mean of ``res``'s aligned frames (after an edit): a generator."""
     kw = res.align_kwargs()
-    return (yield from iter_mean(stack, res.shifts, valid=kw["valid"], exclude=res.mean_exclude(),
-                                 block=mean_block(stack), method=kw["method"]))
+    return (yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+                                          exclude=res.mean_exclude(), block=mean_block(stack),
+                                          method=kw["method"]))
 
 
 def realigned(stack, res: AlignedResult, frame: int | None = None) -> tuple:
@@ -131,9 +126,9 @@ def realigned(stack, res: AlignedResult, frame: int | None = None) -> tuple:
     kw = res.align_kwargs()
     kw["integer"] = integer = is_integer_output(stack, res)
     if frame is None:
-        got = align_lazy(stack, res.shifts, return_data=integer, **kw)
+        got = workflow.align_lazy(stack, res.shifts, return_data=integer, **kw)
     else:
-        got = align_frame(stack, res.shifts, frame, return_data=integer, **kw)
+        got = workflow.align_frame(stack, res.shifts, frame, return_data=integer, **kw)
     pixels, data = got if integer else (got, None)
     return pixels, None if data is None else (~data).astype(np.uint8)
 
