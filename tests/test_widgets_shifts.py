@@ -403,3 +403,41 @@ def test_shifts_are_drawn_in_the_layers_unit(widget, registered):
     assert ax_shift.get_ylabel() == "shift (nm)"
     line = ax_shift.get_lines()[0]
     np.testing.assert_allclose(line.get_ydata(), 0.5 * meta_of(registered)["shifts"][:, 0])
+
+
+def test_closing_the_dock_stops_an_import_and_publishes_nothing(qtbot, tmp_path, viewer_model):
+    viewer_model.add_image(np.random.default_rng(0).random((300, 64, 64)).astype(np.float32),
+                           name="s")
+    path = tmp_path / "s.csv"
+    path.write_text("frame,shift_y,shift_x,quality\n"
+                    + "".join(f"{i},0.5,0.5,1\n" for i in range(300)))
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.stack_combo.value = viewer_model.layers["s"]
+    worker = w.import_csv(path)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        worker.yielded.connect(lambda _p: w.stop_work())
+    assert worker.abort_requested
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer_model.layers] == ["s"]
+
+
+def test_editing_integer_output_updates_its_no_data_mask(qtbot, viewer_model, small_stack):
+    from napari_maskalign.workflow import align_frame
+
+    counts = np.clip(np.rint(small_stack.stack), 0, 65535).astype(np.uint16)
+    viewer_model.add_image(counts, name="counts")
+    viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="counts mask")
+    reg = RegisterWidget(viewer_model)
+    qtbot.addWidget(reg)
+    reg.integer.value = True
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert w.set_frame_shift(4, [2.5, -3.0])
+    pixels, data = align_frame(counts, meta_of(viewer_model, "counts aligned")["shifts"], 4,
+                               valid=small_stack.valid, integer=True, return_data=True)
+    np.testing.assert_array_equal(viewer_model.layers["counts aligned"].data[4], pixels)
+    np.testing.assert_array_equal(viewer_model.layers["counts aligned mask"].data[4], ~data)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # the mean, averaged again
