@@ -3,13 +3,23 @@
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshots.py [--out docs/images]
 
 Writes, from a synthetic drifting beam-block stack (40 frames, one of them a
-nearly empty "beam dump" frame so the outlier flagging shows):
+nearly empty "beam dump" frame so the outlier flagging shows; its true drift
+in the layer's metadata, as the napari sample has it):
 
 * ``mask_widget.png``      -- the Beam-block mask widget after "Suggest from stack";
-* ``register_widget.png``  -- the Register stack widget after a run, aligned stack and preview;
-* ``xcorr_preview.png``    -- the cross-correlation preview of one frame with its peak marked;
-* ``shifts_widget.png``    -- the Shifts widget: shifts, quality, the flagged outlier;
-* ``overview.png``         -- all three widgets docked, after the run.
+* ``register_widget.png``  -- the Register stack widget after a run: an aligned frame with the
+  beam block as missing data where it lands, and the preview beside it, as the run left
+  the view (the camera is not touched);
+* ``xcorr_preview.png``    -- the cross-correlation preview of one frame: zero shift and the
+  peak marked and labelled;
+* ``mean_layer.png``       -- ``UED run mean``, the masked mean of the aligned frames;
+* ``shifts_widget.png``    -- the Shifts widget: shifts beside the true drift (dashed), the
+  quality of the frames, the flagged outlier;
+* ``overview.png``         -- all three widgets docked, after the run;
+* ``failure_no_mask.png``  -- the same stack registered without a mask and with phase
+  normalization (scikit-image's default): the preview's peak sits on zero shift (the
+  beam block matched itself; the contrast lowered to show the true drift's weak spot)
+  and the shifts miss the true drift.
 
 Everything goes through the widgets' public methods, as a user's clicks would.
 """
@@ -57,6 +67,28 @@ def zoom_to(viewer, layer, fill: float = 0.8) -> None:
     camera.zoom = float(fill * np.min(canvas / size))
 
 
+def hover(viewer, layer, data_point) -> None:
+    """Put the (virtual) mouse over ``data_point`` of ``layer``, as a person hovering it."""
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = tuple(layer.data_to_world(data_point))
+
+
+def run_and_wait(widget) -> None:
+    """Click Run and wait (in the event loop) until the run has ended and been published."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop, outcome = QEventLoop(), []
+    widget.run_finished.connect(outcome.append)
+    widget.run_finished.connect(loop.quit)
+    QTimer.singleShot(600_000, loop.quit)
+    if widget.run() is None:
+        raise SystemExit(f"the registration did not start: {widget.status.text()}")
+    loop.exec()
+    widget.run_finished.disconnect()
+    if outcome != ["done"]:
+        raise SystemExit(f"the registration ended: {outcome or 'not within 10 minutes'}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/images"))
@@ -72,7 +104,8 @@ def main(argv=None) -> int:
     viewer = napari.Viewer(title="napari-maskalign")
     viewer.window.resize(*WINDOW)
     hi = float(np.percentile(stack[0], 99.5))
-    image = viewer.add_image(stack, name="UED run", colormap="magma", contrast_limits=(0, hi))
+    image = viewer.add_image(stack, name="UED run", colormap="magma", contrast_limits=(0, hi),
+                             metadata={"expected_shifts": synth.expected_shifts(0)})
     docks, widgets = {}, {}
     for name in ("Beam-block mask", "Register stack", "Shifts"):
         docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-maskalign", name)
@@ -101,52 +134,71 @@ def main(argv=None) -> int:
     mask_w.new_button.setFocus()  # no text cursor left in a spin box
     shoot("mask_widget.png")
 
-    # 2. register against the frame on screen (frame 0), with a bounded search
+    # 2. register against frame 0 (the default), with a bounded search
     only("Register stack")
+    reg_w.more.expand(animate=False)  # show every option once
     reg_w.image_combo.value = image
     reg_w.mask_combo.value = mask
     reg_w.max_shift.value = 12
-    from qtpy.QtCore import QEventLoop
-
-    loop, outcome = QEventLoop(), []
-    reg_w.run_finished.connect(outcome.append)
-    reg_w.run_finished.connect(loop.quit)
-    if reg_w.run() is None:
-        raise SystemExit("the registration did not start")
-    loop.exec()
-    if outcome != ["done"]:
-        raise SystemExit(f"the registration ended: {outcome}")
-    mask.visible = False
-    image.visible = False
     viewer.dims.set_current_step(0, 12)
-    viewer.reset_view()
+    mask.visible = False
+    image.visible = False  # under the aligned frames it would show through their NaN
+    run_and_wait(reg_w)
+    shoot("register_widget.png")  # the view as the run left it: the preview fitted in
 
     # everything at once (before the single-widget shots change the docks' sizes)
+    reg_w.more.collapse(animate=False)
     only(*docks)
+    viewer.reset_view()
     shoot("overview.png")
 
-    only("Register stack")
-    reg_w.more.expand(animate=False)  # show every option once
-    viewer.dims.set_current_step(0, 12)
-    viewer.reset_view()
-    shoot("register_widget.png")
-
     # 3. the cross-correlation preview of one frame, zoomed in
+    only("Register stack")
     aligned = viewer.layers["UED run aligned"]
     xcorr = viewer.layers["UED run xcorr"]
     aligned.visible = False
-    reg_w.more.collapse(animate=False)
     viewer.layers.selection.active = xcorr
     zoom_to(viewer, xcorr, fill=0.85)
+    marks = viewer.layers["UED run xcorr peak"]
+    peak = marks.data[(np.asarray(marks.features["kind"]) == "peak") & (marks.data[:, 0] == 12)]
+    hover(viewer, xcorr, peak[0])  # the status bar reads the shift under the cursor
     shoot("xcorr_preview.png")
 
-    # 4. the shifts, the quality and the flagged outlier; the slider on a good frame
+    # 4. the mean: every pixel averaged over the frames that saw it
+    mean = viewer.layers["UED run mean"]
+    mean.visible = True
+    for name in ("UED run xcorr", "UED run xcorr peak"):
+        viewer.layers[name].visible = False
+    viewer.layers.selection.active = mean
+    zoom_to(viewer, mean, fill=0.9)
+    hover(viewer, mean, (100, 150))
+    shoot("mean_layer.png")
+    mean.visible = False
+    for name in ("UED run xcorr", "UED run xcorr peak"):
+        viewer.layers[name].visible = True
+
+    # 5. the shifts beside the true drift, the quality, the flagged outlier
     aligned.visible = True
     viewer.layers.selection.active = aligned
     only("Shifts")
     viewer.dims.set_current_step(0, 20)
     viewer.reset_view()
     shoot("shifts_widget.png")
+
+    # 6. what goes wrong without a mask (and with the whitened phase correlation most tools
+    # use): the block matches itself at zero shift, and the shifts miss the true drift
+    only("Shifts")
+    reg_w.mask_combo.value = None
+    reg_w.normalization.value = "phase"
+    run_and_wait(reg_w)
+    aligned.visible = False
+    viewer.dims.set_current_step(0, 35)
+    viewer.layers.selection.active = xcorr
+    # the contrast lowered by hand (layer controls) so the weak spot of the true drift shows
+    xcorr.contrast_limits = (0.0, float(np.nanmax(xcorr.data[35])))
+    zoom_to(viewer, xcorr, fill=0.85)
+    hover(viewer, xcorr, (35, *[(xcorr.data.shape[1] - 1) / 2] * 2))
+    shoot("failure_no_mask.png")
 
     viewer.close()
     return 0

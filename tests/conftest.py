@@ -61,3 +61,18 @@ def notes():
         return [str(r.message) for r in notification_manager.records[start:]]
 
     return messages
+
+
+@pytest.fixture
+def drain():
+    """Run a generator to its end: ``(what it yielded, what it returned)``."""
+
+    def run(gen):
+        yielded = []
+        while True:
+            try:
+                yielded.append(next(gen))
+            except StopIteration as stop:
+                return yielded, stop.value
+
+    return run

@@ -163,3 +163,30 @@ def test_earlier_chunks_are_asked_for_first(sample, monkeypatch):
     assert [key.rsplit("-", 1)[1] for key, _ in asked] == ["0", "1", "2", "3"]
     priorities = [p for _, p in asked]
     assert priorities == sorted(priorities, reverse=True) and len(set(priorities)) == 4
+def test_the_next_group_is_read_while_a_group_is_handed_out(sample):
+    """A slow read does not stall a run once per group: while the frames of one group are
+    registered, the next group is already being read."""
+    import threading
+
+    lazy = da.from_array(sample.stack, chunks=(1, *sample.stack.shape[1:]))  # 12 one-frame chunks
+    second_read = threading.Event()
+    starts = []
+    real = da.Array.compute
+
+    def counting(self, **kw):
+        starts.append(self.shape[0])
+        if len(starts) == 2:
+            second_read.set()
+        return real(self, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(da.Array, "compute", counting)
+        mp.setattr("napari_maskalign.engine._frames.GROUP_FRAMES", 4)
+        frames = iter_frames(lazy, 0, 12)
+        first = next(frames)
+        # the first frame is out; the second group's read has started (or will, without
+        # anything more being asked of the iterator)
+        assert second_read.wait(timeout=30), "the next group is read only when it is needed"
+        rest = list(frames)
+    np.testing.assert_array_equal(np.stack([first, *rest]), sample.stack)
+    assert starts == [4, 4, 4]

@@ -49,7 +49,17 @@ def test_sample_and_every_widget_dock_through_the_manifest(make_napari_viewer):
     assert docked["Beam-block mask"].mask_combo.value.name == "UED sample mask"
 
 
-def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot):
+def visible_rect(viewer) -> np.ndarray:
+    """The world (y, x) rectangle the camera shows: [[top, left], [bottom, right]]."""
+    half = np.asarray(viewer.canvas.size, float) / 2 / viewer.scene.camera.zoom
+    centre = np.asarray(viewer.scene.camera.center[-2:], float)
+    return np.array([centre - half, centre + half])
+
+
+def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot, drain):
+    from napari_maskalign._sample_data import make_beam_block_stack
+    from napari_maskalign.workflow import iter_mean
+
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "beam_block")
     widgets = {
@@ -59,23 +69,100 @@ def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot):
     register, shifts_widget = widgets["Register stack"], widgets["Shifts"]
     source = viewer.layers["UED sample"]
     truth = source.metadata["expected_shifts"]
-    viewer.dims.set_current_step(0, 0)  # the default reference: the frame on screen
+    viewer.dims.set_current_step(0, 9)  # napari starts mid-stack; the reference is frame 0
+    qtbot.wait(100)
+    viewer.reset_view()
 
     with qtbot.waitSignal(register.run_finished, timeout=120_000) as blocker:
         worker = register.run()
         assert worker is not None and worker.pbar is not None  # napari's activity progress
     assert blocker.args == ["done"]
     names = [layer.name for layer in viewer.layers]
-    for name in ("UED sample aligned", "UED sample xcorr", "UED sample xcorr peak"):
+    for name in ("UED sample aligned", "UED sample mean", "UED sample mean count",
+                 "UED sample xcorr", "UED sample xcorr peak"):
         assert name in names
-    meta = viewer.layers["UED sample aligned"].metadata["maskalign"]
-    assert meta["reference"] == "frame 0 (current)"
+    aligned = viewer.layers["UED sample aligned"]
+    meta = aligned.metadata["maskalign"]
+    assert meta["reference"] == "frame 0"
     err = np.abs(meta["shifts"] - truth)
     assert err.max() < 0.1, f"largest error {err.max():.3f} px"
-    # the Shifts widget found the result through the selected output layer
+
+    # the block is missing data where it lands in every aligned frame
+    block = viewer.layers["UED sample mask"].data > 0
+    inner = np.zeros_like(block)
+    inner[8:-8, 8:-8] = True
+    for frame in aligned.data:
+        hole = np.isnan(frame) & inner
+        assert (hole & block).sum() > 0.5 * (block & inner).sum()
+
+    # the mean shows no darkening beside the block: where the block hid a pixel in some
+    # frames only, the mean is the pattern's (a block-free twin of the sample says what
+    # that is); averaging the block in as pixels darkens it
+    mean = viewer.layers["UED sample mean"].data
+    count = viewer.layers["UED sample mean count"].data
+    twin = make_beam_block_stack(n_frames=20, shape=(256, 256), seed=1, beam_block=False,
+                                 noise=None, counts=400.0)
+    pattern = twin.stack[0]
+    edge = (count > 0) & (count <= 10)  # seen by some frames, hidden in half of them or more
+    assert edge.sum() > 100
+    ratio = np.median(mean[edge] / pattern[edge])
+    _, naive = drain(iter_mean(source.data, meta["shifts"]))
+    naive_ratio = np.median(naive.mean[edge] / pattern[edge])
+    assert abs(ratio - 1) < 0.05, ratio  # measured: 1.02
+    assert naive_ratio < 0.8, naive_ratio  # measured: 0.68
+
+    # the preview is in view without touching the camera
+    shown = visible_rect(viewer)
+    for name in ("UED sample", "UED sample xcorr"):
+        ext = np.asarray(viewer.layers[name].extent.world)[:, -2:]
+        assert np.all(ext[0] >= shown[0] - 1e-6) and np.all(ext[1] <= shown[1] + 1e-6), name
+
+    # the Shifts widget found the result through the selected output layer, and its
+    # quality panel is scaled to the frames' spread, not to the reference frame's 1.0
     qtbot.waitUntil(lambda: shifts_widget.result() is not None, timeout=5000)
     assert shifts_widget.stack_combo.value.name == "UED sample"
     qtbot.waitUntil(lambda: len(shifts_widget.plot.axes_list) == 2, timeout=5000)
+    ax_shift, ax_quality = shifts_widget.plot.axes_list
+    others = np.delete(meta["quality"], 0)
+    lo, hi = ax_quality.get_ylim()
+    assert hi < 1.0 and lo <= others.min() and hi >= others.max()
+    assert hi - lo < 3 * (others.max() - others.min()) + 0.01
+    dashed = [line for line in ax_shift.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) >= 2  # the sample's true drift, y and x
+
+
+
+@pytest.mark.parametrize("how", ["title bar", "remove_dock_widget", "dock.close()"])
+def test_closing_the_dock_stops_the_run(make_napari_viewer, qtbot, how):
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_maskalign._sample_data import make_beam_block_stack
+
+    synth = make_beam_block_stack(n_frames=20, shape=(128, 128), seed=5)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.concatenate([synth.stack] * 20), name="long")  # 400 frames
+    viewer.add_labels(synth.beam_block.astype(np.uint8), name="long mask")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Register stack")
+
+    def close():
+        if how == "title bar":
+            dock.findChild(QPushButton, "QTitleBarCloseButton").click()
+        elif how == "remove_dock_widget":
+            viewer.window.remove_dock_widget(dock)
+        else:
+            dock.close()
+
+    def close_early(_p):
+        if widget.progress_bar.value() == 3:
+            close()
+
+    with qtbot.waitSignal(widget.run_finished, timeout=120_000) as blocker:
+        worker = widget.run()
+        worker.yielded.connect(close_early)
+    assert blocker.args == ["cancelled"]
+    assert worker.abort_requested
+    assert [layer.name for layer in viewer.layers] == ["long", "long mask"]
+    assert "its dock was closed" in widget.status.text()
 
 
 def test_demo_screenshot_writes_a_png(tmp_path):

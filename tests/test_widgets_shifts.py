@@ -14,8 +14,9 @@ pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip ins
 from matplotlib.backend_bases import MouseEvent
 from napari.utils.theme import get_theme
 
-from napari_maskalign.engine import apply_shifts
+from napari_maskalign.engine import apply_shifts, valid_from_ignore
 from napari_maskalign.widgets import RegisterWidget, ShiftsWidget
+from napari_maskalign.workflow import iter_align, iter_mean
 
 TIMEOUT_MS = 60_000
 
@@ -61,8 +62,19 @@ def wait_job(qtbot, w, call) -> str:
     worker.errored.connect(lambda _exc: outcome.append("failed"))
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
         pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # published, mean included
     return outcome[0] if outcome else "cancelled"
+
+
+def expected_outputs(drain, viewer, source, shifts, exclude=None):
+    """The aligned stack and masked mean the workflow makes for ``shifts`` with the
+    source's mask (an independent call of the shared workflow functions)."""
+    data = viewer.layers[source].data
+    valid = valid_from_ignore(viewer.layers[f"{source} mask"].data)
+    _, aligned = drain(iter_align(data, shifts, valid=valid))
+    _, mean = drain(iter_mean(data, shifts, valid=valid, exclude=exclude))
+    return aligned, mean
+
 
 
 def test_empty_state_says_what_to_do(qtbot, viewer_model):
@@ -149,7 +161,7 @@ def test_selecting_an_output_layer_chooses_its_stack(qtbot, registered, small_st
     assert w.stack_combo.value == registered.layers["stack"]
 
 
-def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered):
+def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes, drain):
     path = widget.export_csv(tmp_path / "shifts.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
@@ -161,16 +173,20 @@ def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered):
     registered.layers.remove("stack xcorr peak")
     registered.layers.remove("stack xcorr")
     registered.layers.remove("stack aligned")
+    mean_layer = registered.layers["stack mean"]
     assert widget.result() is None
     assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
     imported = meta_of(registered)
     np.testing.assert_allclose(imported["shifts"], meta["shifts"])
     np.testing.assert_allclose(imported["quality"], meta["quality"])
-    aligned = registered.layers["stack aligned"]
-    np.testing.assert_allclose(
-        aligned.data, apply_shifts(registered.layers["stack"].data, meta["shifts"]), equal_nan=True
-    )
+    assert imported["mask"] == "stack mask"  # the stack's mask: NaN where the block lands
+    aligned, mean = expected_outputs(drain, registered, "stack", imported["shifts"],
+                                     imported["outliers"])
+    np.testing.assert_allclose(registered.layers["stack aligned"].data, aligned, equal_nan=True)
+    assert registered.layers["stack mean"] == mean_layer  # updated in place
+    np.testing.assert_allclose(mean_layer.data, mean.mean, rtol=1e-5, equal_nan=True)
     assert widget.result() is not None
+    assert any("from the 20 shifts in shifts.csv" in m for m in notes())
 
 
 @pytest.mark.parametrize(
@@ -198,7 +214,7 @@ def test_import_checks_the_table_against_the_stack(tmp_path, widget, registered,
     np.testing.assert_array_equal(meta_of(registered)["shifts"], before)
 
 
-def test_apply_to_another_layer(qtbot, widget, registered):
+def test_apply_to_another_layer(qtbot, widget, registered, notes):
     registered.add_image(registered.layers["stack"].data * 3.0, name="channel 2")
     widget.target_combo.reset_choices()
     target = registered.layers["channel 2"]
@@ -212,6 +228,17 @@ def test_apply_to_another_layer(qtbot, widget, registered):
     meta = out.metadata["maskalign"]
     assert meta["source"] == "channel 2" and meta["shifts_from"] == "stack"
     np.testing.assert_array_equal(target.data, registered.layers["stack"].data * 3.0)
+    # its mean, made with the same shifts and mask
+    np.testing.assert_allclose(registered.layers["channel 2 mean"].data,
+                               3.0 * registered.layers["stack mean"].data, rtol=1e-5,
+                               equal_nan=True)
+    # the dock stays on the stack whose shifts these are, and says what it made
+    assert widget.stack_combo.value == registered.layers["stack"]
+    assert widget.result().source == "stack"
+    assert "Aligned 'channel 2' with the shifts of 'stack'" in notes()[-1]
+    # selecting the new layer later keeps it there too
+    registered.layers.selection.active = out
+    assert widget.stack_combo.value == registered.layers["stack"]
 
 
 def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
@@ -225,14 +252,16 @@ def test_apply_refuses_layers_that_do_not_match(widget, registered, notes):
     assert "binned aligned" not in registered.layers
 
 
-def test_set_and_interpolate_one_frame(widget, registered):
+def test_set_and_interpolate_one_frame(qtbot, widget, registered, drain):
     source = registered.layers["stack"].data
+    valid = valid_from_ignore(registered.layers["stack mask"].data)
     aligned = registered.layers["stack aligned"]
     assert widget.set_frame_shift(5, [1.25, -0.5])
     meta = meta_of(registered)
     np.testing.assert_allclose(meta["shifts"][5], [1.25, -0.5])
     assert meta["edited"] == [5]
-    np.testing.assert_allclose(aligned.data[5], like_the_dock(source, meta, 5), equal_nan=True)
+    _, frame5 = drain(iter_align(source[5:6], np.array([[1.25, -0.5]]), valid=valid))
+    np.testing.assert_allclose(aligned.data[5], frame5[0], equal_nan=True)
     # the spin boxes edit the frame too
     widget.frame_spin.setValue(6)
     widget.shift_spins["y"].setValue(0.5)
@@ -243,9 +272,14 @@ def test_set_and_interpolate_one_frame(widget, registered):
     assert widget.interpolate_frame(5)
     shifts = meta_of(registered)["shifts"]
     np.testing.assert_allclose(shifts[5], (shifts[4] + shifts[6]) / 2)
-    np.testing.assert_allclose(
-        aligned.data[5], like_the_dock(source, meta_of(registered), 5), equal_nan=True
-    )
+    _, frame5 = drain(iter_align(source[5:6], shifts[5:6], valid=valid))
+    np.testing.assert_allclose(aligned.data[5], frame5[0], equal_nan=True)
+    # the mean follows the edits (averaged again in the background, the last edit wins)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+    _, mean = expected_outputs(drain, registered, "stack", shifts,
+                                   meta_of(registered)["outliers"])
+    np.testing.assert_allclose(registered.layers["stack mean"].data, mean.mean, rtol=1e-5,
+                               equal_nan=True)
 
 
 def test_editing_errors_are_plain(qtbot, tmp_path, widget, registered, notes):
@@ -268,6 +302,7 @@ def test_import_over_a_registration_drops_its_stale_preview(qtbot, tmp_path, wid
     aligned = registered.layers["stack aligned"]
     assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
     assert registered.layers["stack aligned"] == aligned  # updated in place
+    assert widget.stack_combo.value == registered.layers["stack"]
     np.testing.assert_allclose(meta_of(registered)["shifts"], np.tile([0.5, -0.25], (20, 1)))
     names = [layer.name for layer in registered.layers]
     assert "stack xcorr" not in names and "stack xcorr peak" not in names
@@ -313,3 +348,105 @@ def test_closing_the_widget_during_a_job_stops_it_quietly(qtbot, tmp_path, viewe
         w.deleteLater()
     assert worker.abort_requested
     assert "s aligned" not in viewer_model.layers
+
+
+# -- the plot reads at a glance -------------------------------------------------------------
+
+
+def test_quality_panel_is_scaled_to_the_frames_that_matter(widget, registered):
+    meta = meta_of(registered)
+    assert meta["reference_frame"] == 0 and meta["quality"][0] > 0.999
+    widget.plot.draw()
+    ax_quality = widget.plot.axes_list[1]
+    lo, hi = ax_quality.get_ylim()
+    others = meta["quality"][1:]
+    assert lo <= others.min() and hi >= others.max()  # every other frame on the axis
+    assert hi < 0.999  # the reference frame's 1.0 does not set it ...
+    notes = [t.get_text() for t in ax_quality.texts]
+    assert any(t.startswith("ref 1.00") for t in notes)  # ... it is pinned to the edge, labelled
+
+
+def test_legend_sits_outside_the_data(widget, registered):
+    widget.plot.draw()
+    ax_shift = widget.plot.axes_list[0]
+    renderer = widget.plot.figure.canvas.get_renderer()
+    legend = ax_shift.get_legend().get_window_extent(renderer)
+    assert legend.y0 >= ax_shift.get_window_extent(renderer).y1 - 1  # above the axes
+
+
+def test_known_true_drift_is_drawn_dashed(widget, registered, small_stack):
+    registered.layers["stack"].metadata["expected_shifts"] = small_stack.expected_shifts(0)
+    widget.refresh()
+    ax_shift = widget.plot.axes_list[0]
+    dashed = [line for line in ax_shift.get_lines() if line.get_linestyle() == "--"
+              and len(line.get_xdata())]
+    assert len(dashed) == 2
+    truth = small_stack.expected_shifts(0)
+    for line, column in zip(dashed, truth.T):
+        np.testing.assert_allclose(line.get_ydata(), column)
+    assert "true drift" in [t.get_text() for t in ax_shift.get_legend().get_texts()]
+    assert "median error against the true drift" in widget.plot.figure.get_suptitle()
+
+
+def test_true_drift_follows_another_reference_frame(qtbot, widget, registered, small_stack):
+    registered.layers["stack"].metadata["expected_shifts"] = small_stack.expected_shifts(0)
+    reg = RegisterWidget(registered)
+    qtbot.addWidget(reg)
+    reg.ref_frame.value = 6
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    widget.refresh()
+    dashed = [line for line in widget.plot.axes_list[0].get_lines()
+              if line.get_linestyle() == "--" and len(line.get_xdata())]
+    for line, column in zip(dashed, small_stack.expected_shifts(6).T):
+        np.testing.assert_allclose(line.get_ydata(), column, atol=1e-9)
+
+
+def test_shifts_are_drawn_in_the_layers_unit(widget, registered):
+    stack = registered.layers["stack"]
+    assert widget.plot.axes_list[0].get_ylabel() == "shift (px)"
+    stack.scale = (1.0, 0.5, 0.5)
+    stack.units = ("s", "nm", "nm")
+    widget.refresh()
+    ax_shift = widget.plot.axes_list[0]
+    assert ax_shift.get_ylabel() == "shift (nm)"
+    line = ax_shift.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), 0.5 * meta_of(registered)["shifts"][:, 0])
+
+
+def test_closing_the_dock_stops_an_import_and_publishes_nothing(qtbot, tmp_path, viewer_model):
+    viewer_model.add_image(np.random.default_rng(0).random((300, 64, 64)).astype(np.float32),
+                           name="s")
+    path = tmp_path / "s.csv"
+    path.write_text("frame,shift_y,shift_x,quality\n"
+                    + "".join(f"{i},0.5,0.5,1\n" for i in range(300)))
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.stack_combo.value = viewer_model.layers["s"]
+    worker = w.import_csv(path)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        worker.yielded.connect(lambda _p: w.stop_work())
+    assert worker.abort_requested
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)
+    assert [layer.name for layer in viewer_model.layers] == ["s"]
+
+
+def test_editing_integer_output_updates_its_no_data_mask(qtbot, viewer_model, small_stack):
+    from napari_maskalign.workflow import align_frame
+
+    counts = np.clip(np.rint(small_stack.stack), 0, 65535).astype(np.uint16)
+    viewer_model.add_image(counts, name="counts")
+    viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="counts mask")
+    reg = RegisterWidget(viewer_model)
+    qtbot.addWidget(reg)
+    reg.integer.value = True
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS):
+        reg.run()
+    w = ShiftsWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert w.set_frame_shift(4, [2.5, -3.0])
+    pixels, data = align_frame(counts, meta_of(viewer_model, "counts aligned")["shifts"], 4,
+                               valid=small_stack.valid, integer=True, return_data=True)
+    np.testing.assert_array_equal(viewer_model.layers["counts aligned"].data[4], pixels)
+    np.testing.assert_array_equal(viewer_model.layers["counts aligned mask"].data[4], ~data)
+    qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # the mean, averaged again

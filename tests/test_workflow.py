@@ -313,3 +313,59 @@ def test_write_aligned_accumulates_the_same_mean_in_one_pass(tmp_path, clean):
     np.testing.assert_allclose(in_one_pass.mean, direct.mean, rtol=1e-6, equal_nan=True)
     written = np.asarray(io.open_stack(tmp_path / "a.tif")[:])
     assert np.isnan(written).any()  # the block, as missing data
+
+
+def test_iter_align_accumulates_the_same_mean_in_one_pass(clean):
+    from napari_maskalign.workflow import MeanAccumulator
+
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    exclude = np.zeros(10, bool)
+    exclude[[1, 6]] = True
+    acc = MeanAccumulator(synth.stack.shape[1:])
+    _, (aligned, data) = drain(iter_align(synth.stack, shifts, valid=synth.valid,
+                                          return_data=True, mean=acc, exclude=exclude))
+    _, direct = drain(iter_mean(synth.stack, shifts, valid=synth.valid, exclude=exclude))
+    one_pass = acc.result()
+    np.testing.assert_allclose(one_pass.mean, direct.mean, rtol=1e-6, equal_nan=True)
+    np.testing.assert_array_equal(one_pass.count, direct.count)
+    assert one_pass.frames == 8
+    # the aligned frames are the same as without the mean
+    _, alone = drain(iter_align(synth.stack, shifts, valid=synth.valid))
+    np.testing.assert_array_equal(aligned, alone)
+    with pytest.raises(ValueError, match="iter_mean"):
+        drain(iter_align(synth.stack, shifts, lazy=True, mean=acc))
+    with pytest.raises(ValueError, match="one flag per frame"):
+        drain(iter_align(synth.stack, shifts, mean=acc, exclude=[True]))
+
+
+def test_align_frame_gives_the_data_area_of_one_frame(clean):
+    from napari_maskalign.workflow import align_frame
+
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    counts = np.clip(synth.stack, 0, 65535).astype(np.uint16)
+    _, (whole, data) = drain(iter_align(counts, shifts, valid=synth.valid, integer=True,
+                                        return_data=True))
+    frame, frame_data = align_frame(counts, shifts, 6, valid=synth.valid, integer=True,
+                                    return_data=True)
+    np.testing.assert_array_equal(frame, whole[6])
+    np.testing.assert_array_equal(frame_data, data[6])
+
+
+def test_the_mean_reads_a_block_of_frames_in_one_read(clean):
+    synth, _ = clean
+    shifts = synth.expected_shifts()
+    reads = []
+
+    class Counting:
+        shape, dtype = synth.stack.shape, synth.stack.dtype
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return synth.stack[key]
+
+    _, counted = drain(iter_mean(Counting(), shifts, valid=synth.valid, block=4))
+    assert reads == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    _, direct = drain(iter_mean(synth.stack, shifts, valid=synth.valid))
+    np.testing.assert_allclose(counted.mean, direct.mean, rtol=1e-6, equal_nan=True)

@@ -5,7 +5,10 @@ A stack is anything with ``shape``, ``dtype`` and per-frame indexing: numpy
 or dask. Dask stacks are read in groups of whole chunks, since every dask
 compute costs time in proportion to the array's chunk count (a folder of
 100,000 files is 100,000 chunks: one compute per frame would make a long
-stack quadratic); everything else is read frame by frame.
+stack quadratic); everything else is read frame by frame. While a group's
+frames are being registered, the next group is read in a background thread,
+so a slow read (a folder of files on a busy disk) does not stall the run
+once per group.
 """
 
 from __future__ import annotations
@@ -95,6 +98,19 @@ def iter_frames(stack, start: int, stop: int, dtype=None) -> Iterator[np.ndarray
         for i in range(start, stop):
             yield read_frame(stack, i, dtype)
         return
+    from concurrent.futures import ThreadPoolExecutor
+
     target = group_target(stack.shape[1:], stack.dtype)
-    for lo, hi in frame_groups(stack.chunks[0], start, target, stop):
-        yield from np.asarray(stack[lo:hi].compute(), dtype=dtype)
+    with ThreadPoolExecutor(1, thread_name_prefix="maskalign-read") as reader:
+        pending = None  # the group being read while the one before is handed out
+        for lo, hi in frame_groups(stack.chunks[0], start, target, stop):
+            ahead = reader.submit(_read_group, stack, lo, hi, dtype)
+            if pending is not None:
+                yield from pending.result()
+            pending = ahead
+        if pending is not None:
+            yield from pending.result()
+
+
+def _read_group(stack, lo: int, hi: int, dtype) -> np.ndarray:
+    return np.asarray(stack[lo:hi].compute(), dtype=dtype)

@@ -8,6 +8,9 @@ No registration math lives here (the widgets call the engine and
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,8 @@ from typing import Any
 from magicgui.widgets import ComboBox
 from napari.layers import Layer
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QPushButton, QWidget
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QDockWidget, QPushButton, QWidget
 
 from ._layers import layer_named, mask_name, same_layer
 
@@ -50,7 +54,13 @@ def explain(exc: BaseException) -> str:
 
 class DockWidget(QWidget):
     """Base of the dock widgets: the viewer, connections dropped with the widget,
-    plain-word notifications titled ``WHAT``, buttons and file dialogs."""
+    plain-word notifications titled ``WHAT``, buttons and file dialogs.
+
+    When the dock around the widget is closed -- its title bar's close or hide
+    button, ``dock.close()``, ``viewer.window.remove_dock_widget`` -- or the
+    widget is destroyed, :meth:`stop_work` is called: a closed dock leaves no
+    work running behind it. (A dock hidden behind another tab is not closed.)
+    """
 
     #: the dock's title, at the start of its notifications
     WHAT = "Mask Align"
@@ -60,6 +70,49 @@ class DockWidget(QWidget):
         self.viewer = napari_viewer
         self.setMinimumWidth(340)
         self._conns = Connections(self)
+        self._dock = None  # the QDockWidget around us, watched for its closing
+
+    def stop_work(self) -> None:
+        """Stop what the dock has running because it was closed (docks with workers)."""
+
+    # -- noticing that the dock was closed ------------------------------------
+    def event(self, e) -> bool:
+        if e.type() == QEvent.Type.ParentChange:
+            self._watch_dock()
+        return super().event(e)
+
+    def showEvent(self, e) -> None:
+        super().showEvent(e)
+        self._watch_dock()
+
+    def _watch_dock(self) -> None:
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        old = self._dock
+        if dock is old:
+            return
+        if old is not None:
+            try:
+                old.removeEventFilter(self)
+                old.destroyed.disconnect(self._dock_destroyed)
+            except (RuntimeError, TypeError):  # already gone
+                pass
+        self._dock = dock
+        if dock is not None:
+            dock.installEventFilter(self)
+            dock.destroyed.connect(self._dock_destroyed)
+        elif old is not None:  # taken out of its dock (remove_dock_widget)
+            self.stop_work()
+
+    def _dock_destroyed(self, *_) -> None:
+        self._dock = None
+        self.stop_work()
+
+    def eventFilter(self, obj, e) -> bool:
+        if e.type() == QEvent.Type.Close and obj is self._dock:
+            self.stop_work()
+        return False
 
     def report(self, problem) -> None:
         """A plain-word error notification (an exception or a text)."""
@@ -201,19 +254,27 @@ def fixed_height(widget):
 
 
 def wrap_label(text: str = ""):
-    """A word-wrapped QLabel that claims the height its wrapped text needs.
+    """A word-wrapped QLabel that claims the height its wrapped text needs, also
+    when its text changes.
 
     Plain word-wrapped labels report a one-line minimum height, and a dock
-    area then squashes the form below them.
+    area then squashes the form below them (or cuts the text's last line).
     """
     from qtpy.QtWidgets import QLabel
 
     class _WrapLabel(QLabel):
-        def resizeEvent(self, event):
-            super().resizeEvent(event)
+        def _fit(self):
             height = self.heightForWidth(self.width())
             if height > 0 and height != self.minimumHeight():
                 self.setMinimumHeight(height)
+
+        def resizeEvent(self, event):
+            super().resizeEvent(event)
+            self._fit()
+
+        def setText(self, text):  # a longer text needs more lines at the same width
+            super().setText(text)
+            self._fit()
 
     label = _WrapLabel(text)
     label.setWordWrap(True)
@@ -222,6 +283,24 @@ def wrap_label(text: str = ""):
 
 #: the label "Suggest from stack" paints hot, dead and saturated pixels with
 HOT_LABEL = 2
+def ask(parent, title: str, text: str, choices: list[tuple[str, str]], default: str) -> str:
+    """A modal question with buttons ``choices`` (``(label, answer)``, the first one
+    accepting); the answer of the button clicked, ``default`` if the box is closed."""
+    from qtpy.QtWidgets import QMessageBox
+
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(text)
+    roles = [QMessageBox.ButtonRole.AcceptRole, QMessageBox.ButtonRole.DestructiveRole,
+             QMessageBox.ButtonRole.RejectRole]
+    buttons = {}
+    for (label, answer), role in zip(choices, roles):
+        buttons[answer] = box.addButton(label, role)
+    box.setDefaultButton(buttons[choices[0][1]])
+    box.exec()
+    clicked = box.clickedButton()
+    return next((a for a, b in buttons.items() if b is clicked), default)
 
 
 def mask_colormap():
@@ -237,6 +316,44 @@ def mask_colormap():
 def layer_list_events(viewer) -> list:
     ev = viewer.layers.events
     return [ev.inserted, ev.removed, ev.moved, ev.reordered, ev.renamed]
+
+
+# ----------------------------------------------------------------------------
+# publishing one layer per event-loop turn
+
+
+def next_turn(fn: Callable[[], Any]) -> None:
+    """Call ``fn`` on a coming event-loop turn: a real (1 ms) timer, not a zero-timer,
+    since zero-timers run back to back before other timers and input, which would glue
+    the calls into one long stall."""
+    QTimer.singleShot(1, fn)
+
+
+def publish_in_turns(steps: list, done: Callable[[], Any],
+                     failed: Callable[[BaseException], Any], owner=None) -> None:
+    """Run the callables ``steps`` (each one layer update) one per event-loop turn, so the
+    viewer reacts to input between them however many there are; then ``done()``. A
+    step's ``ValueError`` or ``MemoryError`` ends it with ``failed(exc)``. Once the
+    QWidget ``owner`` is destroyed, nothing more runs."""
+    alive = [True]
+    if owner is not None:
+        # a partial of plain objects (no bound method) still runs while the owner dies
+        owner.destroyed.connect(functools.partial(alive.__setitem__, 0, False))
+    _publish_turn(steps, done, failed, alive)
+
+
+def _publish_turn(steps: list, done, failed, alive: list) -> None:
+    if not alive[0]:
+        return
+    try:
+        steps.pop(0)()
+    except (ValueError, MemoryError) as exc:
+        failed(exc)
+        return
+    if steps:
+        next_turn(functools.partial(_publish_turn, steps, done, failed, alive))
+    else:
+        done()
 
 
 # ----------------------------------------------------------------------------
@@ -257,7 +374,8 @@ def start_worker(
 ):
     """Run generator ``job`` in a napari worker with a progress bar in the activity dock.
 
-    The slots run in the main thread (Qt queues the signals), so they are the
+    The job runs at background priority (:func:`background_priority`). The
+    slots run in the main thread (Qt queues the signals), so they are the
     only place that touches layers or widgets. When the QWidget ``owner`` is
     destroyed, the worker is told to stop and the slots are no longer called
     (signals already queued would otherwise reach a deleted widget).
@@ -265,7 +383,8 @@ def start_worker(
     from napari.qt.threading import create_worker
 
     worker = create_worker(
-        job, *args, _progress={"total": int(total), "desc": desc}, _ignore_errors=True
+        _in_background(job), *args, _progress={"total": int(total), "desc": desc},
+        _ignore_errors=True,
     )
     alive = [True]
 
@@ -288,6 +407,41 @@ def start_worker(
         worker.finished.connect(functools.partial(_forget_owner, owner, gone))
     worker.start()
     return worker
+
+
+#: how much nicer than napari's main thread our workers run (Linux)
+BACKGROUND_NICE = 10
+
+
+def background_priority() -> None:
+    """Lower the calling thread's CPU priority below the main thread's.
+
+    On a machine with few cores the main thread would otherwise share the
+    CPU evenly with the registration threads, and the viewer would stutter
+    while it works. On Linux each thread has its own nice value and threads
+    it starts (the engine's pool) inherit it; elsewhere nothing is changed (a
+    thread id is not a process id there).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        if now < BACKGROUND_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+    except OSError:  # not allowed here: run as it is
+        pass
+
+
+def _in_background(job):
+    """``job`` (a generator function) that first lowers its thread's priority."""
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        background_priority()
+        return (yield from job(*args, **kwargs))
+
+    return run
 
 
 def _owner_gone(alive: list, worker, *_) -> None:

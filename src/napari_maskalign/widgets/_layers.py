@@ -1,8 +1,9 @@
 """Output layers and layer helpers, without Qt (testable on a bare ``ViewerModel``).
 
 Output layers are named after their source (``<name> aligned``,
-``<name> xcorr``, ``<name> xcorr peak``, ``<name> mean``) and updated in
-place on a re-run instead of piling up.
+``<name> aligned mask``, ``<name> mean``, ``<name> mean count``,
+``<name> xcorr``, ``<name> xcorr peak``) and updated in place on a re-run
+instead of piling up.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Layer, Points
+from napari.layers import Image, Labels, Layer, Points
 
 from ._model import META, AlignedResult
 
@@ -18,20 +19,23 @@ from ._model import META, AlignedResult
 LAZY_BYTES = 1 << 30
 
 
-def aligned_name(source: str) -> str:
-    return f"{source} aligned"
+def _suffixed(suffix: str):
+    def name(source: str) -> str:
+        return f"{source} {suffix}"
+
+    name.__doc__ = f"The name ``<source> {suffix}``."
+    return name
 
 
-def xcorr_name(source: str) -> str:
-    return f"{source} xcorr"
-
-
-def peak_name(source: str) -> str:
-    return f"{source} xcorr peak"
-
-
-def mask_name(source: str) -> str:
-    return f"{source} mask"
+aligned_name = _suffixed("aligned")
+xcorr_name = _suffixed("xcorr")
+peak_name = _suffixed("xcorr peak")
+mask_name = _suffixed("mask")
+mean_name = _suffixed("mean")
+count_name = _suffixed("mean count")
+#: the per-frame mask of integer aligned output: nonzero where a frame has no data
+#: (painted = ignore, like every mask)
+nodata_name = _suffixed("aligned mask")
 
 
 def frame_shape(layer: Layer) -> tuple[int, ...]:
@@ -125,25 +129,37 @@ def check_output_name(viewer, name: str, cls: type) -> Layer | None:
     return existing
 
 
-def drop_preview(viewer, source: str) -> None:
-    """Remove the ``<source> xcorr`` preview layers we made (a stale preview would
-    contradict new shifts); layers of the same name that we did not make stay."""
-    for name in (xcorr_name(source), peak_name(source)):
+def drop_outputs(viewer, *names: str) -> None:
+    """Remove the output layers ``names`` that we made (a stale output would contradict
+    new shifts); layers of the same names that we did not make stay."""
+    for name in names:
         layer = layer_named(viewer, name)
         if layer is not None and META in layer.metadata:
             viewer.layers.remove(layer)
 
 
-def upsert_layer(viewer, name: str, data, kind: str = "image", **props) -> Layer:
+def drop_preview(viewer, source: str) -> None:
+    """Remove the ``<source> xcorr`` preview layers we made."""
+    drop_outputs(viewer, xcorr_name(source), peak_name(source))
+
+
+KINDS = {"image": Image, "labels": Labels, "points": Points}
+
+
+def upsert_layer(viewer, name: str, data, kind: str = "image", *, layer_type: type | None = None,
+                 first_time: dict | None = None, **props) -> Layer:
     """Update layer ``name`` in place (a re-run) or add it.
 
     ``metadata`` is set before the data so listeners of data events read the
-    new result. If the number of dimensions changed, the layer is replaced at
-    the same position.
+    new result. If the number of dimensions changed (or the layer is not a
+    ``layer_type``, a subclass of the kind's class), the layer is replaced at
+    the same position. ``first_time``: settings only for a new layer (e.g. a
+    layer that starts hidden keeps whatever the user chose on a re-run).
     """
-    existing = check_output_name(viewer, name, {"image": Image, "points": Points}[kind])
+    existing = check_output_name(viewer, name, KINDS[kind])
     ndim = np.ndim(data) if kind != "points" else np.shape(data)[1]
-    if existing is not None and existing.ndim == ndim:
+    fits = layer_type is None or isinstance(existing, layer_type)
+    if existing is not None and existing.ndim == ndim and fits:
         meta = props.pop("metadata", None)
         if meta is not None:
             existing.metadata = {**existing.metadata, **meta}
@@ -151,8 +167,13 @@ def upsert_layer(viewer, name: str, data, kind: str = "image", **props) -> Layer
         for key, value in props.items():
             setattr(existing, key, value)
         return existing
-    add = {"image": viewer.add_image, "points": viewer.add_points}[kind]
-    layer = add(data, name=name, **props)
+    props.update(first_time or {})
+    if layer_type is not None:
+        layer = viewer.add_layer(layer_type(data, name=name, **props))
+    else:
+        add = {"image": viewer.add_image, "labels": viewer.add_labels,
+               "points": viewer.add_points}[kind]
+        layer = add(data, name=name, **props)
     if existing is not None:
         index = viewer.layers.index(existing)
         viewer.layers.remove(existing)
@@ -169,6 +190,42 @@ def display_props(layer: Image) -> dict[str, Any]:
         "contrast_limits": tuple(layer.contrast_limits),
         "gamma": layer.gamma,
     }
+
+
+def frame_props(props: dict[str, Any]) -> dict[str, Any]:
+    """``display_props`` for one frame of the stack (the mean): the frame axis dropped."""
+    return {**props, "scale": tuple(props["scale"][1:]), "translate": tuple(props["translate"][1:])}
+
+
+def geometry(props: dict[str, Any]) -> dict[str, Any]:
+    """Only where a layer sits (for outputs that keep their own look)."""
+    return {"scale": props["scale"], "translate": props["translate"]}
+
+
+def shift_units(layer: Layer | None, ndim: int) -> tuple[np.ndarray, str]:
+    """Factors from pixels to the unit the frames' axes are measured in, and its name.
+
+    Pixels (``px``) unless the layer's frame axes carry one physical unit
+    (``layer.units``, e.g. nm): then a shift of one pixel is ``scale`` of it.
+    """
+    if layer is None:
+        return np.ones(ndim), "px"
+    names = {f"{u:~}" for u in tuple(layer.units)[-ndim:]}
+    if len(names) != 1 or names & {"pixel", "px", ""}:
+        return np.ones(ndim), "px"
+    return np.asarray(layer.scale[-ndim:], float), names.pop()
+
+
+def known_truth(layer: Layer | None, n_frames: int, ndim: int) -> np.ndarray | None:
+    """The true shifts a layer carries (``metadata["expected_shifts"]``, relative to
+    frame 0, as the sample data has), if they fit the frames; else None."""
+    if layer is None:
+        return None
+    truth = layer.metadata.get("expected_shifts")
+    if truth is None:
+        return None
+    truth = np.asarray(truth, float)
+    return truth if truth.shape == (n_frames, ndim) and np.isfinite(truth).all() else None
 
 
 # ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def axis_names(ndim: int) -> tuple[str, ...]:
 
 
 def _default_align() -> dict:
-    return {"method": "spline", "fill_value": np.nan}
+    return {"method": "spline", "fill_value": np.nan, "integer": False}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class AlignedResult:
     params : dict
         The settings of the run (or where an imported table came from).
     align : dict
-        How the aligned copy is made (``apply_shifts`` keywords).
+        How the aligned copy is made: ``method``, ``fill_value`` and ``integer``
+        (keywords of :func:`~napari_maskalign.workflow.iter_align`).
     model : str
         The transform model.
     edited : tuple of int
@@ -62,8 +63,13 @@ class AlignedResult:
         For a layer aligned with another stack's shifts: that stack's name.
     valid : ndarray of bool or None
         The mask registration used (True = valid; the painted mask without the
-        hot pixels): those pixels are missing data (NaN) in the aligned copy,
-        where they land.
+        hot pixels): where it ignores pixels, aligned frames and the mean have
+        no data. None when every pixel was used.
+    reference_frame : int or None
+        The frame every frame was registered to, when that was one frame.
+    mean_outliers : bool
+        Whether flagged outliers are averaged into ``<source> mean`` (by
+        default they are left out).
     """
 
     source: str
@@ -80,6 +86,8 @@ class AlignedResult:
     edited: tuple[int, ...] = ()
     shifts_from: str | None = None
     valid: np.ndarray | None = None
+    reference_frame: int | None = None
+    mean_outliers: bool = False
 
     @property
     def n_frames(self) -> int:
@@ -96,11 +104,37 @@ class AlignedResult:
     def replace(self, **changes) -> AlignedResult:
         return dataclasses.replace(self, **changes)
 
+    def align_kwargs(self) -> dict:
+        """Keywords of :func:`~napari_maskalign.workflow.iter_align` (and ``align_frame``,
+        ``align_lazy``, ``iter_mean``) that remake the aligned frames."""
+        return {**_default_align(), **self.align, "valid": self.valid}
+
+    def mismatch(self, name: str, n_frames: int, frame_shape) -> str | None:
+        """Why these shifts cannot align the stack ``name`` (``n_frames`` frames of
+        ``frame_shape``), in plain words; None if they can."""
+        frame_shape = tuple(frame_shape)
+        if n_frames != self.n_frames:
+            return (f"'{name}' has {n_frames} frames but the shifts are for "
+                    f"{self.n_frames} frames")
+        if len(frame_shape) != self.ndim:
+            return (f"'{name}' has {len(frame_shape)}D frames but the shifts are for "
+                    f"{self.ndim}D frames")
+        measured = self.frame_shape or frame_shape
+        if frame_shape != measured:
+            return (f"'{name}' has frames of shape {frame_shape} but the shifts were measured "
+                    f"on frames of shape {measured}; shifts are in pixels of those frames")
+        return None
+
+    def mean_exclude(self) -> np.ndarray | None:
+        """The frames the mean leaves out (the flagged outliers, unless asked otherwise)."""
+        return None if self.mean_outliers else np.asarray(self.outliers, bool)
+
     # -- to and from layers ---------------------------------------------------
     @classmethod
     def from_registration(cls, result, *, source: str, frame_shape, reference: str,
-                          mask: str | None, align: dict) -> AlignedResult:
-        """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`."""
+                          mask: str | None, align: dict, **fields) -> AlignedResult:
+        """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
+        ``fields``: the others (``valid``, ``reference_frame``, ...)."""
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -113,7 +147,7 @@ class AlignedResult:
             params=dict(result.params),
             align=dict(align),
             model=result.model,
-            valid=result.valid_mask,
+            **{"valid": result.valid_mask, **fields},
         )
 
     def to_metadata(self) -> dict:
@@ -139,4 +173,6 @@ class AlignedResult:
         d["outliers"] = np.asarray(d.get("outliers", np.zeros(len(shifts), bool)), bool)
         d["frame_shape"] = tuple(d.get("frame_shape", ()))
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
+        if d.get("valid") is not None:
+            d["valid"] = np.asarray(d["valid"], bool)
         return cls(**d)

@@ -98,15 +98,22 @@ class ShiftPlot(FigureCanvasQTAgg):
         fig.text(0.5, 0.5, text, ha="center", va="center", color=c["text"], fontsize=10)
         self.request_draw()
 
-    def show_result(self, res: AlignedResult) -> None:
-        """Draw the shifts of ``res``."""
+    def show_result(self, res: AlignedResult, *, scale=None, unit: str = "px",
+                    truth=None) -> None:
+        """Draw the shifts of ``res``.
+
+        ``scale``, ``unit``: per-axis size of a pixel in ``unit`` (shifts are
+        drawn in it; default pixels). ``truth``: known true shifts relative to
+        frame 0 (the sample data's), drawn dashed beside the measured ones.
+        """
         c, fig = self.colors, self.figure
         fig.clear()
         fig.set_facecolor(c["background"])
         self._vlines = []
-        shifts, raw, quality = res.shifts, res.raw_shifts, res.quality
+        n, ndim = res.shifts.shape
+        k = np.ones(ndim) if scale is None else np.asarray(scale, float)
+        shifts, raw = res.shifts * k, res.raw_shifts * k
         outliers, edited = res.outliers, np.asarray(res.edited, int)
-        n, ndim = shifts.shape
         frames = np.arange(n)
         ax_s, ax_q = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
         self.axes_list = [ax_s, ax_q]
@@ -117,6 +124,15 @@ class ShiftPlot(FigureCanvasQTAgg):
             changed = outliers & ~np.isclose(rcol, column)
             if changed.any():  # interpolated outliers: show what was measured
                 ax_s.plot(frames[changed], rcol[changed], "x", color=OUTLIER_COLOR, ms=6)
+        error, true = None, None
+        if truth is not None:
+            true = _truth_for(res, np.asarray(truth, float)) * k
+            for column in true.T:  # thin dashes over the measured lines: seen where they agree
+                ax_s.plot(frames, column, ls=(0, (3, 2)), lw=1.0, color=c["text"], zorder=3)
+            ax_s.plot([], [], ls=(0, (3, 2)), lw=1.0, color=c["text"], label="true drift")
+            good = ~outliers
+            if good.any():
+                error = float(np.median(np.abs(shifts - true)[good]))
         if outliers.any():
             for column in shifts.T:
                 ax_s.plot(frames[outliers], column[outliers], "o", ms=8, mfc="none",
@@ -127,25 +143,21 @@ class ShiftPlot(FigureCanvasQTAgg):
             for column in shifts.T:
                 ax_s.plot(edited, column[edited], "D", ms=6, mfc="none", mec=c["text"])
             ax_s.plot([], [], "D", ms=6, mfc="none", mec=c["text"], label="edited")
-        finite_q = np.isfinite(quality)
-        ax_q.plot(frames[finite_q], quality[finite_q], marker=marker, ms=3, lw=1.3,
-                  color=c["text"])
-        if (outliers & finite_q).any():
-            sel = outliers & finite_q
-            ax_q.plot(frames[sel], quality[sel], "o", ms=8, mfc="none", mec=OUTLIER_COLOR,
-                      mew=1.5)
-        if not finite_q.any():
-            ax_q.text(0.5, 0.5, "no quality values", transform=ax_q.transAxes, ha="center",
-                      va="center", color=c["text"])
-        _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"])
-        ax_s.set_ylabel("shift (px)")
+        self._draw_quality(ax_q, res, frames, marker)
+        _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"], also=true)
+        ax_s.set_ylabel(f"shift ({unit})")
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         title = res.source + (f" vs {res.reference}" if res.reference else "")
-        ax_s.set_title(title, fontsize=9, color=c["text"], loc="left")
-        legend = ax_s.legend(fontsize=8, loc="best", frameon=True, ncols=2)
-        legend.get_frame().set_facecolor(c["canvas"])
-        legend.get_frame().set_edgecolor(c["grid"])
+        if error is not None:
+            title += f"\nmedian error against the true drift {error:.3f} {unit}"
+        fig.suptitle(title, fontsize=8.5, color=c["text"], x=0.02, ha="left")
+        # above the data, never on it
+        handles, labels = ax_s.get_legend_handles_labels()
+        legend = ax_s.legend(handles, labels, fontsize=8, loc="lower left",
+                             bbox_to_anchor=(0.0, 1.01), ncols=2,
+                             frameon=False, borderaxespad=0.0, handlelength=1.8,
+                             columnspacing=1.0)
         for text in legend.get_texts():
             text.set_color(c["text"])
         for ax in self.axes_list:
@@ -163,9 +175,60 @@ class ShiftPlot(FigureCanvasQTAgg):
             self._vlines.append(ax.axvline(0, color=c["current"], lw=1.5, alpha=0.9))
         self.request_draw()
 
+    def _draw_quality(self, ax, res: AlignedResult, frames, marker) -> None:
+        """Quality against frame, scaled to the frames that matter: the reference frame
+        (a frame matched with itself scores 1) and flagged outliers are drawn but do
+        not set the axis; off the axis they are pinned to its edge."""
+        c, quality, outliers = self.colors, res.quality, res.outliers
+        finite = np.isfinite(quality)
+        ax.plot(frames[finite], quality[finite], marker=marker, ms=3, lw=1.3, color=c["text"])
+        if (outliers & finite).any():
+            sel = outliers & finite
+            ax.plot(frames[sel], quality[sel], "o", ms=8, mfc="none", mec=OUTLIER_COLOR,
+                    mew=1.5)
+        if not finite.any():
+            ax.text(0.5, 0.5, "no quality values", transform=ax.transAxes, ha="center",
+                    va="center", color=c["text"])
+            return
+        matter = finite & ~outliers
+        ref = res.reference_frame
+        if ref is not None and 0 <= ref < len(quality):
+            matter[ref] = False
+        if not matter.any():
+            return
+        lo, hi = float(quality[matter].min()), float(quality[matter].max())
+        pad = max(0.15 * (hi - lo), 0.002)
+        lo, hi = lo - pad, hi + pad
+        ax.set_ylim(lo, hi)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        for f in np.flatnonzero(finite & ~matter):
+            q = float(quality[f])
+            if lo <= q <= hi:
+                continue
+            up = q > hi
+            y = hi if up else lo
+            ax.plot([f], [y], "^" if up else "v", color=OUTLIER_COLOR if outliers[f] else c["text"],
+                    ms=6, clip_on=False)
+            label = f"ref {q:.2f}" if f == ref else f"{q:.2f}"
+            ax.annotate(label, (f, y), xytext=(4, -2 if up else 2), textcoords="offset points",
+                        color=c["text"], fontsize=7, va="top" if up else "bottom")
 
-def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
-    """Scale the shift axis to the good frames; pin wild outliers to its edge, labelled.
+
+def _truth_for(res: AlignedResult, truth: np.ndarray) -> np.ndarray:
+    """True shifts (relative to frame 0) in the result's terms: relative to its reference
+    frame, or, for a mean or template reference, offset to match the measured shifts
+    where they are good (only the drift's course can be compared there)."""
+    if res.reference_frame is not None and 0 <= res.reference_frame < len(truth):
+        return truth - truth[res.reference_frame]
+    good = ~np.asarray(res.outliers, bool)
+    if not good.any():
+        good = np.ones(len(truth), bool)
+    return truth + np.median(res.shifts[good] - truth[good], axis=0)
+
+
+def _pin_off_scale(ax, frames, shifts, raw, outliers, background, also=None) -> None:
+    """Scale the shift axis to the good frames (and ``also``, the true drift); pin wild
+    outliers to its edge, labelled.
 
     One failed frame 12 px off would otherwise squash a drift of a few pixels
     into a flat line.
@@ -173,7 +236,8 @@ def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:
     good = ~outliers
     if not outliers.any() or not good.any():
         return
-    values = np.concatenate([shifts[good].ravel(), raw[good].ravel()])
+    values = np.concatenate([shifts[good].ravel(), raw[good].ravel(),
+                             [] if also is None else np.ravel(also)])
     lo, hi = float(values.min()), float(values.max())
     pad = max(0.15 * (hi - lo), 0.3)
     lo, hi = lo - pad, hi + pad

@@ -1,4 +1,4 @@
-"""Dock widget: register a stack in a worker thread and show the aligned stack.
+"""Dock widget: register a stack in a worker thread and show the aligned stack and its mean.
 
 The mask follows what a person paints: nonzero pixels of the Labels layer are
 the beam block and are ignored; the engine gets ``valid_from_ignore(mask)``.
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Points
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 
 from napari_maskalign.engine import (
@@ -22,16 +22,19 @@ from napari_maskalign.engine import (
     check_valid_mask,
     valid_from_ignore,
 )
-from napari_maskalign.workflow import AlignProgress, iter_align
+from napari_maskalign.workflow import AlignProgress
 
+from ._checks import inverted, mask_warning
 from ._common import (
     DockWidget,
     LayerCombo,
     PicksMask,
+    ask,
     explain,
     fixed_height,
     layer_list_events,
     notify_info,
+    publish_in_turns,
     start_worker,
     wrap_label,
 )
@@ -42,18 +45,21 @@ from ._layers import (
     drop_preview,
     frame_shape,
     is_output_layer,
+    layer_named,
+    mean_name,
     peak_name,
     stack_problem,
-    upsert_layer,
     wants_lazy,
     xcorr_name,
 )
 from ._model import AlignedResult
-from ._preview import preview_steps
+from ._outputs import Outputs, make_outputs, output_steps, output_total
+from ._preview import preview_is_new, preview_steps
 from ._register_form import RegisterForm
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+
 
 @dataclass
 class RegisterJob:
@@ -62,9 +68,13 @@ class RegisterJob:
     source: str
     stack: Any
     run: RegistrationRun
-    align_kwargs: dict
     lazy: bool
     reference_label: str
+    align: dict = field(default_factory=dict)
+    valid: np.ndarray | None = None
+    reference_frame: int | None = None
+    mean: bool = True
+    mean_outliers: bool = False
     props: dict = field(default_factory=dict)
     mask_name: str | None = None
 
@@ -74,31 +84,44 @@ class RegisterJob:
 
     @property
     def total(self) -> int:
-        """Progress steps: every registration, then every frame shifted (unless lazy)."""
-        return self.run.total + (0 if self.lazy else self.n_frames)
+        """Progress steps: every registration, then every frame shifted and averaged
+        (a lazy stack: only the mean's blocks)."""
+        return self.run.total + output_total(self.stack, lazy=self.lazy, mean=self.mean)
+
+    def result(self, result: RegistrationResult) -> AlignedResult:
+        """The engine's result as the aligned layer will carry it."""
+        return AlignedResult.from_registration(
+            result, source=self.source, frame_shape=self.run.frame_shape,
+            reference=self.reference_label, mask=self.mask_name, align=self.align,
+            # the mask registration used: the painted one without the hot pixels
+            valid=result.valid_mask, reference_frame=self.reference_frame,
+            mean_outliers=self.mean_outliers,
+        )
 
 
 def register_job(job: RegisterJob):
-    """The worker's generator (no Qt): register, then apply the shifts.
+    """The worker's generator (no Qt): register, then make the aligned stack and its mean.
 
     Yields the engine's :class:`Progress` after every frame registration, then
-    an :class:`AlignProgress` after every frame shifted (none when the aligned
-    stack is lazy); returns ``(RegistrationResult, aligned)``.
+    an :class:`AlignProgress` per frame shifted (and averaged in the same
+    pass) or, for a lazy stack, per block averaged; returns
+    ``(RegistrationResult, AlignedResult, Outputs)``.
     """
     result = yield from job.run
-    # the pixels registration ignored (the block, hot pixels) are missing data where they land
-    aligned = yield from iter_align(job.stack, result.shifts, lazy=job.lazy,
-                                    valid=result.valid_mask, **job.align_kwargs)
-    return result, aligned
+    res = job.result(result)
+    out = yield from make_outputs(job.stack, res, lazy=job.lazy, mean=job.mean)
+    return result, res, out
 
 
 class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     """Register a stack against a reference, with an optional beam-block mask.
 
     Mask convention: nonzero (painted) pixels are ignored. Results appear as
-    ``<image> aligned`` (shifts, quality and outliers in its metadata under
-    ``"maskalign"``) and ``<image> xcorr`` (the correlation around each
-    frame's peak, zero shift at the centre) with ``<image> xcorr peak``.
+    ``<image> aligned`` (NaN where the mask lands in each aligned frame;
+    shifts, quality and outliers in its metadata under ``"maskalign"``),
+    ``<image> mean`` (the masked mean, with ``<image> mean count``) and
+    ``<image> xcorr`` (the correlation around zero shift per frame) with
+    ``<image> xcorr peak``. Closing the dock stops a run.
     """
 
     #: emitted (main thread) when a run ends, with "done", "cancelled" or "failed"
@@ -114,6 +137,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self._yields = 0
         self._worker_done = True
         self._publishing = False
+        self._closed = False  # the dock was closed during the run under way
         self._build()
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
         self.image_combo.changed.connect(self._on_image_changed)
@@ -134,6 +158,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             v,
             Labels,
             none_label="(none: use every pixel)",
+            keep=lambda layer: not is_output_layer(layer),
             label="mask",
             tooltip="Beam-block mask: painted (nonzero) pixels are ignored, the rest is used. It "
             "covers one frame. Without a mask the whole frame counts, and anything that does "
@@ -171,6 +196,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     def _on_image_changed(self, _value=None) -> None:
         image = self.image_combo.value
         self._set_frame_count(int(image.data.shape[0]) if image is not None and image.ndim >= 3 else 1)
+        self._set_integer_input(image is not None and np.dtype(image.data.dtype).kind in "biu")
         self._pick_mask()
 
     def prepare(self) -> RegisterJob:
@@ -192,17 +218,44 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             valid = valid_from_ignore(ignore)  # painted (nonzero) = ignore -> True = valid
             check_valid_mask(valid, shape, what=f"mask '{mask_layer.name}'")
         options, label = self.options(image)
-        fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
+        # the frame matched with itself (previous frame: shifts add up from frame 0)
+        index = {"index": options.reference, "previous": 0}.get(options.mode)
         return RegisterJob(
             source=image.name,
             stack=image.data,
             run=RegistrationRun(image.data, options, mask=valid),
-            align_kwargs=dict(method=self.method.value, fill_value=fill),
             lazy=wants_lazy(image.data),
             reference_label=label,
+            align=self.align_settings(),
+            valid=valid,
+            reference_frame=None if index is None else int(index) % int(image.data.shape[0]),
+            mean=bool(self.mean.value),
+            mean_outliers=bool(self.mean_outliers.value),
             props=display_props(image),
             mask_name=None if mask_layer is None else mask_layer.name,
         )
+
+    # -- the mask, looked at before a run --------------------------------------
+
+    def mask_problem(self, job: RegisterJob) -> str | None:
+        """Plain words when the job's mask is probably wrong (see ``mask_warning``)."""
+        if job.valid is None:
+            return None
+        frame = job.stack[job.reference_frame or 0]
+        return mask_warning(job.valid, np.asarray(frame), job.mask_name)
+
+    def ask_about_mask(self, text: str) -> str:
+        """Ask what to do about a suspicious mask: "invert", "run" or "cancel"."""
+        return ask(self, "Check the mask", text,
+                   [("Invert mask and run", "invert"), ("Run anyway", "run"), ("Cancel", "cancel")],
+                   default="cancel")
+
+    def invert_mask(self) -> None:
+        """Swap painted and unpainted pixels of the chosen mask layer (as the mask dock's
+        Invert does)."""
+        layer = self.mask_combo.value
+        if layer is not None:
+            layer.data = inverted(layer.data)
 
     # -- running ------------------------------------------------------------
 
@@ -210,12 +263,26 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def run(self):
-        """Start registering in a worker thread; returns the worker (None if refused)."""
+    def run(self, check_mask: bool = True):
+        """Start registering in a worker thread; returns the worker (None if refused).
+
+        With ``check_mask``, a mask that looks wrong (most of the frame
+        ignored, or brighter than the rest) is shown to the person first:
+        invert it and run, run anyway, or cancel.
+        """
         if self.running:
             return None
         try:
             job = self.prepare()
+            problem = self.mask_problem(job) if check_mask else None
+            if problem:
+                answer = self.ask_about_mask(problem)
+                if answer == "cancel":
+                    self.status.setText(f"Not started: {problem}")
+                    return None
+                if answer == "invert":
+                    self.invert_mask()
+                    job = self.prepare()
         except ValueError as exc:
             self.status.setText(f"Not started: {explain(exc)}")
             self.report(exc)
@@ -224,6 +291,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self._outcome = "failed"
         self._yields = 0
         self._worker_done = False
+        self._closed = False
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, job.total)
@@ -245,10 +313,17 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     def cancel(self) -> None:
         """Stop the run after the frame under way; no output layer is changed."""
-        if self.worker is not None:
+        if self.worker is not None and not self._publishing:
             self.worker.quit()
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelling…")
+
+    def stop_work(self) -> None:
+        """The dock was closed: stop the run; nothing is published. (A run whose
+        result is already being published finishes publishing.)"""
+        if self.worker is not None and not self._publishing and not self._closed:
+            self._closed = True
+            self.cancel()
 
     # -- worker slots (main thread) -------------------------------------------
 
@@ -261,38 +336,35 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             if p.total > job.n_frames:
                 text += f" (step {p.done}/{p.total})"
         elif isinstance(p, AlignProgress):
-            text = f"Applying shifts: frame {p.done}/{p.total}"
+            what = "Averaging" if p.stage == "averaging" else "Applying shifts"
+            text = f"{what}: frame {p.done}/{p.total}"
         else:  # pragma: no cover - nothing else is yielded
             return
         self.status.setText(text)
 
     def _on_returned(self, value) -> None:
-        result, aligned = value
+        if self._closed:  # the dock was closed as the worker finished: publish nothing
+            self._on_aborted()
+            return
+        result, res, out = value
         try:
-            steps = self.publish_steps(self.job, result, aligned)
+            steps = self.publish_steps(self.job, result, res, out)
         except (ValueError, MemoryError) as exc:
             self._fail(exc)
             return
         self._publishing = True
         self.cancel_button.setEnabled(False)  # the result is in: nothing left to cancel
-        self._next_step(steps, result)
+        publish_in_turns(steps, functools.partial(self._published, result), self._publish_failed,
+                             owner=self)
 
-    def _next_step(self, steps: list, result: RegistrationResult) -> None:
-        """Publish one layer per event-loop turn, so the viewer never stalls for long."""
-        try:
-            steps.pop(0)()
-        except (ValueError, MemoryError) as exc:  # pragma: no cover - checked up front
-            self._publishing = False
-            self._fail(exc)
-            self._maybe_finish()
-            return
-        if steps:
-            # a real (1 ms) timer, not a zero-timer: zero-timers run back to back before
-            # other timers and input, which would glue the steps into one long stall
-            QTimer.singleShot(1, functools.partial(self._next_step, steps, result))
-            return
+    def _published(self, result: RegistrationResult) -> None:
         self._publishing = False
         self._announce(result)
+        self._maybe_finish()
+
+    def _publish_failed(self, exc) -> None:  # pragma: no cover - names are checked up front
+        self._publishing = False
+        self._fail(exc)
         self._maybe_finish()
 
     def _fail(self, exc) -> None:
@@ -318,6 +390,11 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             text += "; no outliers."
         if result.n_hot_pixels:
             text += f" Ignored {result.n_hot_pixels} hot or dead pixels."
+        mean = layer_named(self.viewer, mean_name(self.job.source))
+        if self.job.mean and mean is not None:
+            frames = mean.metadata.get("maskalign", {}).get("frames", 0)
+            text += (f" '{mean.name}' averages {frames} frames"
+                     + ("." if mean.visible else " (hidden: click its eye icon to see it)."))
         self.status.setText(text)
         notify_info(f"'{aligned_name(self.job.source)}': {text}")
 
@@ -326,8 +403,12 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     def _on_aborted(self) -> None:
         self._outcome = "cancelled"
-        self.status.setText("Cancelled: no layer was changed.")
-        notify_info("Registration cancelled: no layer was changed.")
+        if self._closed:
+            text = "Registration stopped: its dock was closed. No layer was changed."
+        else:
+            text = "Registration cancelled: no layer was changed."
+        self.status.setText(text)
+        notify_info(text)
 
     def _on_finished(self) -> None:
         self._worker_done = True
@@ -342,34 +423,38 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.cancel_button.setEnabled(False)
         if self._outcome != "done":
             self.progress_bar.setValue(0)
+        else:
+            self.progress_bar.setValue(self.progress_bar.maximum())
         self.run_finished.emit(self._outcome)
 
     # -- results --------------------------------------------------------------
 
-    def publish_steps(self, job: RegisterJob, result: RegistrationResult, aligned) -> list:
+    def publish_steps(self, job: RegisterJob, result: RegistrationResult, res: AlignedResult,
+                      out: Outputs) -> list:
         """The output-layer updates, one callable per layer (main thread only).
 
         Name clashes are checked first, so a run that cannot publish changes nothing.
         """
-        names = [aligned_name(job.source), xcorr_name(job.source), peak_name(job.source)]
-        for name, cls in zip(names, (Image, Image, Points)):
+        for name, cls in ((xcorr_name(job.source), Image), (peak_name(job.source), Points)):
             check_output_name(self.viewer, name, cls)
-        model = AlignedResult.from_registration(
-            result, source=job.source, frame_shape=job.run.frame_shape,
-            reference=job.reference_label, mask=job.mask_name, align=job.align_kwargs,
-        )
         box: dict = {}
-
-        def add_aligned():
-            box["out"] = upsert_layer(
-                self.viewer, names[0], aligned, metadata=model.to_metadata(), **job.props
-            )
-
-        def select():
-            if box["out"] in self.viewer.layers:  # unless removed in the meantime
-                self.viewer.layers.selection.active = box["out"]
-
+        steps = output_steps(self.viewer, res, out, job.props, box)
         if result.xcorr is None:
-            return [add_aligned, functools.partial(drop_preview, self.viewer, job.source), select]
-        return [add_aligned, *preview_steps(self.viewer, job.source, result, job.props,
-                                            job.run.frame_shape), select]
+            steps.append(functools.partial(drop_preview, self.viewer, job.source))
+            fit = False
+        else:
+            fit = preview_is_new(self.viewer, job.source)
+            steps += preview_steps(self.viewer, job.source, result, job.props,
+                                   job.run.frame_shape)
+        steps.append(functools.partial(self._show, job.source, box, fit))
+        return steps
+
+    def _show(self, source: str, box: dict, fit: bool) -> None:
+        """Select the aligned stack; when the preview has just appeared, fit the view to
+        the stack and the preview (a re-run leaves the camera where the user put it)."""
+        aligned = box.get("aligned")
+        if aligned is not None and aligned in self.viewer.layers:  # unless removed meanwhile
+            self.viewer.layers.selection.active = aligned
+        if fit:
+            shown = [layer_named(self.viewer, n) for n in (source, xcorr_name(source))]
+            self.viewer.fit_to_view(layers=[la for la in shown if la is not None])

@@ -22,16 +22,16 @@ from ._common import fixed_height
 from ._layers import current_frame
 
 REFERENCES = [
-    ("current frame (slider)", "current"),
     ("frame number", "index"),
+    ("current frame (slider)", "current"),
     ("mean of frames", "mean"),
     ("previous frame", "previous"),
     ("template refinement", "template"),
 ]
 REFERENCE_TIP = (
     "What every frame is aligned to.\n"
+    "• frame number: a frame you pick; frame 0 by default, as on the command line.\n"
     "• current frame: the frame the slider shows when you click Run.\n"
-    "• frame number: a frame you pick.\n"
     "• mean of frames: the average of a range of frames (less noisy than one frame).\n"
     "• previous frame: each frame to the one before, adding up the steps; follows slow "
     "changes of the pattern, but small errors add up.\n"
@@ -43,7 +43,7 @@ FILLS = [("NaN (no data)", "nan"), ("0", "zero"), ("nearest edge pixel", "edge")
 #: the main form's controls, in order: attribute, widget, settings (label and tooltip
 #: included). A value of 0 in a box with a "zero" text means "decide for me".
 MAIN = [
-    ("reference", ComboBox, dict(choices=REFERENCES, value="current", label="reference",
+    ("reference", ComboBox, dict(choices=REFERENCES, value="index", label="reference",
                                  tooltip=REFERENCE_TIP)),
     ("ref_frame", SpinBox, dict(value=0, min=0, max=0, label="frame",
                                 tooltip="The frame every frame is aligned to.")),
@@ -99,9 +99,12 @@ MORE = [
         "(the measured shift is kept too and shown in the Shifts plot).")),
     ("preview", CheckBox, dict(
         value=True, text="cross-correlation preview",
-        tooltip="Also show '<image> xcorr': for each frame the correlation around its "
-        "peak, zero shift at the centre, the found peak marked. A sharp single peak "
-        "means a trustworthy shift.")),
+        tooltip="Also show '<image> xcorr' beside the stack: for each frame the correlation "
+        "for every trial shift within the radius, zero shift at the white +, the shift found "
+        "at the cross (labelled in px; hovering reads shifts too). One bright spot with the "
+        "cross on it means a trustworthy shift. The spot is as wide as the pattern's "
+        "features, on the reference frame too: its centre, not its width, gives the shift. "
+        "A spot on the + in every frame means something static won: check the mask.")),
     ("radius", SpinBox, dict(
         value=16, min=2, max=128, label="preview radius (px)",
         tooltip="The preview covers shifts from -radius to +radius pixels (at most the "
@@ -114,8 +117,24 @@ MORE = [
         "comes back at the other.")),
     ("fill", ComboBox, dict(
         choices=FILLS, value="nan", label="outside pixels",
-        tooltip="What aligned frames hold where no data came from (the strip uncovered by "
-        "the shift). NaN marks it as no data (sums and means then show it).")),
+        tooltip="Without a mask: what aligned frames hold where no data came from (the strip "
+        "uncovered by the shift). NaN marks it as no data (sums and means then show it). "
+        "With a mask, every pixel without data (this strip, and the masked area where it "
+        "lands in each aligned frame) is NaN.")),
+    ("integer", CheckBox, dict(
+        value=False, text="keep integer values",
+        tooltip="For integer stacks (detector counts): the aligned frames keep the stack's "
+        "type, rounded; pixels without data are 0 and are painted, per frame, in "
+        "'<image> aligned mask'. Otherwise aligned frames are float with NaN there.")),
+    ("mean", CheckBox, dict(
+        value=True, text="average the aligned frames",
+        tooltip="Also make '<image> mean' (hidden at first: click its eye): each pixel "
+        "averaged over the frames in which it holds data, so the masked area leaves no "
+        "dark trace; NaN where no frame saw it. '<image> mean count' (hidden) says how many "
+        "frames each pixel averages.")),
+    ("mean_outliers", CheckBox, dict(
+        value=False, text="average flagged outliers too",
+        tooltip="Off: frames flagged as outliers are left out of the mean.")),
     # leave a core to the event loop by default: the viewer stays responsive
     ("threads", SpinBox, dict(
         value=max(1, (os.cpu_count() or 2) - 1), min=1, max=max(1, os.cpu_count() or 1),
@@ -156,6 +175,7 @@ class RegisterForm:
         self.preview.changed.connect(self._on_preview_changed)
         self._gpu = gpu_available()
         self.device.visible = self._gpu  # a choice only where there is one
+        self.mean.changed.connect(self._on_mean_changed)
         self._on_reference_changed()
 
     def _set_frame_count(self, n: int) -> None:
@@ -172,6 +192,13 @@ class RegisterForm:
 
     def _on_preview_changed(self, _value=None) -> None:
         self.radius.enabled = bool(self.preview.value)
+
+    def _on_mean_changed(self, _value=None) -> None:
+        self.mean_outliers.enabled = bool(self.mean.value)
+
+    def _set_integer_input(self, integer: bool) -> None:
+        """'keep integer values' applies to integer stacks only."""
+        self.integer.enabled = integer
 
     # -- building a job (main thread, plain-word checks) --------------------
 
@@ -224,3 +251,9 @@ class RegisterForm:
             **reference,
         )
         return options, label
+
+    def align_settings(self) -> dict:
+        """How the aligned frames are made: ``iter_align`` keywords (the mask apart)."""
+        fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
+        return {"method": self.method.value, "fill_value": fill,
+                "integer": bool(self.integer.value) and self.integer.enabled}

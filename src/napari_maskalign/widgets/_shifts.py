@@ -8,6 +8,7 @@ a frame onto the reference.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_maskalign.engine import flag_outliers, interpolate_flagged
+from napari_maskalign.engine import flag_outliers
 from napari_maskalign.io import read_shifts_csv, write_shifts_csv
-from napari_maskalign.workflow import align_frame, align_lazy, iter_align
 
 from ._common import (
     DockWidget,
@@ -33,10 +33,11 @@ from ._common import (
     fixed_height,
     layer_list_events,
     notify_info,
+    publish_in_turns,
     start_worker,
     wrap_label,
 )
-from ._edit import FrameEditBox
+from ._edit import EditsFrames, FrameEditBox
 from ._layers import (
     aligned_name,
     current_frame,
@@ -46,14 +47,22 @@ from ._layers import (
     frame_shape,
     go_to_frame,
     is_output_layer,
+    known_truth,
     layer_named,
+    mean_name,
     same_layer,
+    shift_units,
     source_of,
     stack_problem,
-    upsert_layer,
     wants_lazy,
 )
-from ._model import AlignedResult, axis_names
+from ._model import META, AlignedResult, axis_names
+from ._outputs import (
+    check_output_names,
+    make_outputs,
+    output_steps,
+    output_total,
+)
 from ._plot import ShiftPlot
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,12 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _CSV_FILTER = "Shift tables (*.csv)"
 
 
-def align_job(stack, shifts, lazy: bool, kwargs: dict):
-    """Worker generator (no Qt): apply shifts with the engine, one frame per yield."""
-    return (yield from iter_align(stack, shifts, lazy=lazy, **kwargs))
-
-
-class ShiftsWidget(DockWidget):
+class ShiftsWidget(EditsFrames, DockWidget):
     """Shifts of a registered stack: plot, CSV export/import, per-frame edits, re-apply.
 
     The plot shows the shift per axis against frame, the match quality and
@@ -79,7 +83,11 @@ class ShiftsWidget(DockWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
-        self.worker = None
+        self.worker = None  # import / apply: the aligned stack and its mean
+        self.mean_worker = None  # after an edit: the mean again
+        self._mean_again = None  # an edit came while the mean was being made: its result
+        self._publishing = False
+        self._closed = False  # the dock was closed while a job ran: publish nothing
         self._bound = None  # the aligned layer whose metadata we listen to
         self._refresh_pending = False
         self._build()
@@ -167,6 +175,11 @@ class ShiftsWidget(DockWidget):
 
     # -- what we show -----------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job (import, apply, the mean after an edit) is running or publishing."""
+        return self.worker is not None or self._publishing or self.mean_worker is not None
+
     def stack_layer(self) -> Image | None:
         return self.stack_combo.value
 
@@ -203,7 +216,9 @@ class ShiftsWidget(DockWidget):
             return
         # follow the selection only to stacks that have shifts: selecting (or adding) a
         # plain layer, e.g. a channel to apply the shifts to, keeps the plot as it is
-        name = source_of(active)
+        meta = active.metadata.get(META)
+        # a layer aligned with another stack's shifts (Apply shifts) stands for that stack
+        name = (meta.get("shifts_from") if isinstance(meta, dict) else None) or source_of(active)
         source = layer_named(self.viewer, name or "")
         if source is not None and find_result_layer(self.viewer, name) is not None:
             self.stack_combo.select(source)
@@ -250,11 +265,14 @@ class ShiftsWidget(DockWidget):
                 f"No shifts for {what} yet.\nRegister it (Register stack)\nor import a shift CSV."
             )
         else:
-            self.plot.show_result(res)
+            stack = self.stack_layer()
+            scale, unit = shift_units(stack, res.ndim)
+            self.plot.show_result(res, scale=scale, unit=unit,
+                                  truth=known_truth(stack, res.n_frames, res.ndim))
         self._on_dims()
 
     def _update_buttons(self, _value=None) -> None:
-        idle = self.worker is None
+        idle = self.worker is None and not self._publishing
         has = self.result() is not None and idle
         for w in (self.export_button, self.set_button, self.interp_button, self.frame_spin):
             w.setEnabled(has)
@@ -311,7 +329,8 @@ class ShiftsWidget(DockWidget):
         return out
 
     def import_csv(self, path: str | Path | None = None):
-        """Read a shift table for the chosen stack and make ``<stack> aligned`` from it."""
+        """Read a shift table for the chosen stack and make ``<stack> aligned`` (and its
+        mean) from it. The mask is ``<stack> mask``'s, if there is one of the frames' shape."""
         stack = self.stack_layer()
         problem = stack_problem(stack, "stack")
         if problem:
@@ -327,159 +346,116 @@ class ShiftsWidget(DockWidget):
         except (ValueError, OSError) as exc:
             self.report(f"cannot use this shift table for '{stack.name}': {explain(exc)}")
             return None
+        mask = layer_named(self.viewer, f"{stack.name} mask")
+        ignore = None if mask is None else np.asarray(mask.data)
+        valid = ignore == 0 if ignore is not None and ignore.shape == shape else None
         res = AlignedResult(
             source=stack.name, shifts=shifts, quality=quality, outliers=outliers,
-            raw_shifts=shifts.copy(), frame_shape=shape,
+            raw_shifts=shifts.copy(), frame_shape=shape, valid=valid,
+            mask=None if valid is None else mask.name,
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
         )
-        return self._start_align(
-            stack, res, f"Applying imported shifts to '{stack.name}'", stale_preview=True
-        )
+        done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
+                f"{n} shifts in {Path(path).name}.")
+        return self._start_align(stack, res, f"Applying imported shifts to '{stack.name}'", done,
+                                 stale_preview=True)
 
     # -- another layer --------------------------------------------------------------
 
     def apply_to_layer(self, target: Image | None = None):
-        """Align another layer (same frames) with the current shifts, as ``<layer> aligned``."""
+        """Align another layer (same frames) with the current shifts, as ``<layer> aligned``
+        (and its mean); the dock stays on its stack."""
         target = self.target_combo.value if target is None else target
         try:
             _, res = self._require_result()
-            problem = stack_problem(target, "other layer")
+            problem = stack_problem(target, "other layer") or res.mismatch(
+                target.name, int(target.data.shape[0]), frame_shape(target))
             if problem:
                 raise ValueError(problem)
-            shape = frame_shape(target)
-            if target.data.shape[0] != res.n_frames:
-                raise ValueError(
-                    f"'{target.name}' has {target.data.shape[0]} frames but the shifts are for "
-                    f"{res.n_frames} frames"
-                )
-            if len(shape) != res.ndim:
-                raise ValueError(
-                    f"'{target.name}' has {len(shape)}D frames but the shifts are for "
-                    f"{res.ndim}D frames"
-                )
-            measured = res.frame_shape or shape
-            if shape != measured:
-                raise ValueError(
-                    f"'{target.name}' has frames of shape {shape} but the shifts were measured "
-                    f"on frames of shape {measured}; shifts are in pixels of those frames"
-                )
         except ValueError as exc:
             self.report(exc)
             return None
         new = res.replace(source=target.name, shifts_from=res.source,
-                          reference=f"shifts of '{res.source}'")
-        return self._start_align(target, new, f"Applying shifts to '{target.name}'")
+                          reference=f"shifts of '{res.source}'", edited=())
+        done = (f"Aligned '{target.name}' with the shifts of '{res.source}': made "
+                f"'{aligned_name(target.name)}' and '{mean_name(target.name)}'.")
+        return self._start_align(target, new, f"Applying shifts to '{target.name}'", done)
 
-    def _start_align(self, stack: Image, res: AlignedResult, desc: str, stale_preview: bool = False):
-        if self.worker is not None:
+    def _start_align(self, stack: Image, res: AlignedResult, desc: str, done: str,
+                     stale_preview: bool = False):
+        if self.worker is not None or self._publishing:
             self.report("another job is still running: wait for it to finish")
+            return None
+        try:
+            check_output_names(self.viewer, stack.name)
+        except ValueError as exc:
+            self.report(exc)
             return None
         data = stack.data
         lazy = wants_lazy(data)
         props = display_props(stack)
-        name = aligned_name(stack.name)
 
-        def returned(aligned):
-            try:
-                layer = upsert_layer(self.viewer, name, aligned, metadata=res.to_metadata(), **props)
-            except ValueError as exc:
-                self.report(exc)
+        def returned(out):
+            if self._closed:
                 return
+            box: dict = {}
+            steps = output_steps(self.viewer, res, out, props, box)
             if stale_preview:  # the preview measured other shifts: it would contradict these
-                drop_preview(self.viewer, stack.name)
-            self.stack_combo.select(stack)
-            self.viewer.layers.selection.active = layer
-            self.status.setText(f"Made '{name}'.")
+                steps.append(functools.partial(drop_preview, self.viewer, stack.name))
+            self._publishing = True
+            publish_in_turns(steps, functools.partial(self._made, stack, box, done),
+                             self._publish_failed,
+                             owner=self)
 
         def errored(exc):
             self.status.setText(f"Failed: {explain(exc)}")
             self.report(exc)
-
-        def yielded(p):
-            self.progress_bar.setValue(p.done)
 
         def finished():
             self.worker = None
             self.progress_bar.setVisible(False)
             self.refresh()
 
-        n = int(data.shape[0])
-        self.progress_bar.setRange(0, 0 if lazy else n)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setVisible(True)
-        self.status.setText(desc + "…")
+        total = output_total(data, lazy=lazy, mean=True)
+        self._show_progress(total, desc)
+        self._closed = False
         self.worker = start_worker(
-            align_job, data, res.shifts, lazy, {**res.align, "valid": res.valid},
-            total=0 if lazy else n, desc=desc,
-            yielded=yielded, returned=returned, errored=errored, finished=finished, owner=self,
+            functools.partial(make_outputs, lazy=lazy, mean=True), data, res, total=total,
+            desc=desc,
+            yielded=self._step, returned=returned, errored=errored, finished=finished, owner=self,
         )
         self.refresh()  # disables the buttons while it runs
         return self.worker
 
-    # -- editing one frame ----------------------------------------------------------
+    def _show_progress(self, total: int, text: str) -> None:
+        self.progress_bar.setRange(0, max(total, 0))
+        self.progress_bar.setValue(0)
+        self.progress_bar.setVisible(True)
+        self.status.setText(text + "…")
 
-    def set_frame_shift(self, frame: int | None = None, shift=None) -> bool:
-        """Give ``frame`` the shift ``shift`` (default: the spin boxes) and re-align it."""
-        try:
-            layer, res = self._require_result()
-            frame = self._frame_of(frame, res)
-            if shift is None:
-                shift = [self.shift_spins[a].value() for a in res.axes]
-            shift = np.asarray(shift, float)
-            if shift.shape != (res.ndim,) or not np.all(np.isfinite(shift)):
-                raise ValueError(f"a shift needs {res.ndim} finite numbers, got {shift.tolist()}")
-            shifts = res.shifts.copy()
-            shifts[frame] = shift
-            self._commit(layer, res, shifts, frame)
-        except ValueError as exc:
-            self.report(exc)
-            return False
-        return True
+    def _step(self, _p=None) -> None:
+        self.progress_bar.setValue(min(self.progress_bar.value() + 1, self.progress_bar.maximum()))
 
-    def interpolate_frame(self, frame: int | None = None) -> bool:
-        """Replace ``frame``'s shift by interpolation from its good neighbours."""
-        try:
-            _, res = self._require_result()
-            frame = self._frame_of(frame, res)
-            flagged = res.outliers.copy()
-            flagged[frame] = True
-            if flagged.all():
-                raise ValueError("there is no good frame left to interpolate from")
-            new = interpolate_flagged(res.shifts, flagged)[frame]
-        except ValueError as exc:
-            self.report(exc)
-            return False
-        return self.set_frame_shift(frame, new)
-
-    def _frame_of(self, frame: int | None, res: AlignedResult) -> int:
-        frame = self.frame_spin.value() if frame is None else int(frame)
-        if not 0 <= frame < res.n_frames:
-            raise ValueError(f"frame {frame} does not exist: the stack has {res.n_frames} frames")
-        return frame
-
-    def _commit(self, layer, res: AlignedResult, shifts: np.ndarray, frame: int) -> None:
-        """Store edited shifts and re-align the edited frame (main thread)."""
-        source = layer_named(self.viewer, res.source)
-        if source is None or source.data.shape[0] != len(shifts):
-            raise ValueError(
-                f"the source layer '{res.source}' is gone or has changed, so the frame "
-                "cannot be re-aligned; open it again under that name"
-            )
-        data = layer.data
-        if isinstance(data, np.ndarray):
-            data[frame] = align_frame(source.data, shifts, frame, valid=res.valid, **res.align)
-        else:  # lazy: rebuild the (cheap) graph with the new shifts
-            data = align_lazy(source.data, shifts, valid=res.valid, **res.align)
-        outliers = res.outliers.copy()
-        outliers[frame] = False
-        edited = tuple(sorted({*res.edited, int(frame)}))
-        new = res.replace(shifts=shifts, outliers=outliers, edited=edited)
-        layer.metadata = {**layer.metadata, **new.to_metadata()}
-        if data is layer.data:
-            layer.refresh()
-        else:
-            layer.data = data
+    def _made(self, stack: Image, box: dict, text: str) -> None:
+        """The aligned stack and its mean are published: say so (the stack stays chosen)."""
+        self._publishing = False
+        aligned = box.get("aligned")
+        if same_layer(stack, self.stack_layer()) and aligned in self.viewer.layers:
+            self.viewer.layers.selection.active = aligned  # an import: show its result
+        self.status.setText(text)
+        notify_info(text)
         self.refresh()
-        self.status.setText(
-            f"Frame {frame}: shift set to {', '.join(f'{v:.3f}' for v in shifts[frame])} px."
-        )
+
+    def _publish_failed(self, exc) -> None:  # pragma: no cover - names are checked up front
+        self._publishing = False
+        self.status.setText(f"Failed: {explain(exc)}")
+        self.report(exc)
+        self.refresh()
+
+    def stop_work(self) -> None:
+        """The dock was closed: stop its jobs; what they made is not published."""
+        self._closed = True
+        self._mean_again = None
+        for worker in (self.worker, self.mean_worker):
+            if worker is not None:
+                worker.quit()

@@ -146,12 +146,16 @@ def _converted(aligned, data, dtype):
     return aligned if np.dtype(dtype).kind == "f" else _as_input_type(aligned, data, dtype)
 
 
-def align_frame(stack, shifts, i: int, *, valid=None, integer: bool = False, **kwargs) -> np.ndarray:
-    """Frame ``i`` of the aligned stack, computed now (also for one edited frame)."""
+def align_frame(stack, shifts, i: int, *, valid=None, integer: bool = False,
+                return_data: bool = False, **kwargs):
+    """Frame ``i`` of the aligned stack, computed now (also for one edited frame); with
+    ``return_data`` also where it holds data (as :func:`iter_align`)."""
     dtype = output_dtype(stack.dtype, integer)
     _, _, aligned, data = next(_float_blocks(stack[i : i + 1], shifts[i : i + 1], valid=valid,
-                                             need_data=dtype.kind != "f", **kwargs))
-    return _converted(aligned, data, dtype)[0]
+                                             need_data=return_data or dtype.kind != "f",
+                                             **kwargs))
+    frame = _converted(aligned, data, dtype)[0]
+    return (frame, data[0]) if return_data else frame
 
 
 def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data: bool = False,
@@ -171,7 +175,8 @@ def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data:
 
 
 def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool = False,
-               return_data: bool = False, **kwargs):
+               return_data: bool = False, mean: MeanAccumulator | None = None, exclude=None,
+               **kwargs):
     """Apply ``shifts``, yielding :class:`AlignProgress` per frame.
 
     Returns the aligned stack (the value of ``yield from``): a numpy array,
@@ -180,20 +185,46 @@ def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool =
     pixels of each aligned frame are real data (what integer output needs
     beside it). ``valid`` is the engine mask (NaN where it lands), ``integer`` keeps an
     integer input's type (rounded, clipped, 0 where there is no data).
+
+    With ``mean`` (not lazy), every frame not flagged in ``exclude`` is also
+    added to that accumulator in the same pass, as :func:`write_aligned`
+    does: the mean of :func:`iter_mean` without shifting every frame twice.
     """
     if lazy:
+        if mean is not None:
+            raise ValueError("a lazy aligned stack is not computed here: average it with iter_mean")
         return align_lazy(stack, shifts, valid=valid, integer=integer, return_data=return_data,
                           **kwargs)
     n = int(stack.shape[0])
+    skip = _exclusion(exclude, n)
     out = np.empty(tuple(stack.shape), output_dtype(stack.dtype, integer))
     data_out = np.empty(tuple(stack.shape), bool) if return_data else None
-    need = return_data or out.dtype.kind != "f"
+    need = return_data or out.dtype.kind != "f" or mean is not None
     for lo, hi, aligned, data in _float_blocks(stack, shifts, valid=valid, need_data=need, **kwargs):
+        if mean is not None:
+            keep = ~skip[lo:hi]
+            mean.add(aligned[keep], data[keep])
         out[lo:hi] = _converted(aligned, data, out.dtype)
         if data_out is not None:
             data_out[lo:hi] = data
         yield AlignProgress(hi, n)
     return (out, data_out) if return_data else out
+
+
+def _exclusion(exclude, n: int) -> np.ndarray:
+    """``exclude`` as one flag per frame (none flagged when None)."""
+    skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
+    if skip.shape != (n,):
+        raise ValueError(f"exclude must have one flag per frame ({n}), got shape {skip.shape}")
+    return skip
+
+
+def _read_frames(stack, idx) -> np.ndarray:
+    """Frames ``idx`` (increasing) as one array: a contiguous run in one read (one
+    dask compute), others frame by frame."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1:
+        return to_host(stack[int(idx[0]) : int(idx[-1]) + 1])
+    return np.stack([to_host(stack[int(i)]) for i in idx])
 
 
 def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device=None,
@@ -209,16 +240,12 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device
     extra). Returns a :class:`MaskedMean` (numpy arrays).
     """
     xp = namespace_for(device, stack)
-    n = int(stack.shape[0])
-    skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
-    if skip.shape != (n,):
-        raise ValueError(f"exclude must have one flag per frame ({n}), got shape {skip.shape}")
-    keep = np.flatnonzero(~skip)
+    keep = np.flatnonzero(~_exclusion(exclude, int(stack.shape[0])))
     acc = MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
     done = 0
     for lo, hi in iter_blocks(len(keep), block):
         idx = keep[lo:hi]
-        frames = np.stack([to_host(stack[int(i)]) for i in idx])
+        frames = _read_frames(stack, idx)
         if xp is not np:
             frames = to_namespace(xp, frames)
         for _, _, aligned, data in _float_blocks(frames, shifts[idx], valid=valid, need_data=True,
@@ -249,7 +276,7 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     once. Returns the path written.
     """
     n = int(stack.shape[0])
-    skip = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool)
+    skip = _exclusion(exclude, n)
     # frames shifted at once here: as many as apply_shifts has threads for
     block = chunk_frames if dask_stack is not None else max(1, int(kwargs.get("workers") or 1))
     dtype = output_dtype(stack.dtype, integer)

@@ -1,0 +1,70 @@
+"""A look at the mask before a run: plain words when it is probably wrong (no Qt).
+
+A beam-block mask ignores a small, dark part of the frame. Two signs that
+the mask was painted the other way round (the pattern painted, the block
+left out) or is otherwise off:
+
+* it ignores most of the frame: registration then sees only what is left;
+* the ignored pixels are brighter than the used ones: a beam block's shadow
+  is dark. Small masks (hot pixels, a saturated direct beam painted out on
+  purpose) are bright by nature, so this is only asked of masks that cover
+  at least :data:`BRIGHT_MIN_AREA` of the frame.
+
+:func:`mask_warning` decides; the Register dock asks the person (Invert /
+Run anyway / Cancel) only when it returns text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: a mask that ignores more than this fraction of the frame gets a warning
+MOST = 0.5
+#: the brightness test applies to masks that ignore at least this fraction
+BRIGHT_MIN_AREA = 0.02
+
+
+def mask_warning(valid, frame, mask: str = "the mask") -> str | None:
+    """Why the mask is probably wrong, in plain words; None when it looks fine.
+
+    Parameters
+    ----------
+    valid : ndarray of bool
+        The engine mask (True = used), one frame's shape.
+    frame : array
+        One frame of the stack (the reference frame, say).
+    mask : str
+        The mask's name, for the message.
+    """
+    valid = np.asarray(valid, bool)
+    ignored = ~valid
+    share = float(ignored.mean())
+    problems = []
+    if share > MOST:
+        problems.append(
+            f"The mask '{mask}' ignores {share:.0%} of the frame, so only {1 - share:.0%} of "
+            "it is used to find the shifts; a beam block usually covers a small part."
+        )
+    frame = np.asarray(frame, dtype=np.float64)
+    if share >= BRIGHT_MIN_AREA and valid.any():
+        inside = frame[ignored & np.isfinite(frame)]
+        outside = frame[valid & np.isfinite(frame)]
+        if inside.size and outside.size:
+            dark_in, dark_out = float(np.median(inside)), float(np.median(outside))
+            if dark_in > dark_out:
+                problems.append(
+                    f"The pixels it ignores are brighter than the ones it uses (median "
+                    f"{dark_in:.4g} against {dark_out:.4g}), while a beam block's shadow is dark."
+                )
+    if not problems:
+        return None
+    return " ".join(problems) + (
+        " The mask is probably inverted (the pattern painted instead of the block). "
+        "Invert it (painted pixels become used and the rest is ignored), run anyway, or cancel."
+    )
+
+
+def inverted(ignore) -> np.ndarray:
+    """A painted mask with painted and unpainted pixels swapped (same type)."""
+    arr = np.asarray(ignore)
+    return (arr == 0).astype(arr.dtype)

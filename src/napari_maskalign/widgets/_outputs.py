@@ -1,0 +1,200 @@
+"""A result's pixels, without Qt: the aligned stack, its no-data mask and its masked mean.
+
+:func:`make_outputs` is the worker's part (a generator: progress per frame or
+block, the :class:`Outputs` at the end), the same for the Register dock and
+the Shifts dock (import, apply to another layer); :func:`output_steps` turns
+its value into layer updates for the main thread, one layer per step. The
+pixel work is :mod:`napari_maskalign.workflow.align`'s: the aligned frames
+with NaN where the mask lands, and one masked mean (each pixel averaged over
+the frames that saw it).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from napari_maskalign import workflow
+from napari_maskalign.engine import aligned_dtype
+from napari_maskalign.workflow import MaskedMean
+
+from ._layers import (
+    aligned_name,
+    check_output_name,
+    count_name,
+    drop_outputs,
+    frame_props,
+    layer_named,
+    mean_name,
+    nodata_name,
+    upsert_layer,
+)
+from ._model import META, AlignedResult
+
+#: a lazy stack is averaged about a MB at a time (one read per block, one progress step;
+#: a block takes a fraction of a second to shift, so the progress bar keeps moving)
+MEAN_BLOCK_BYTES = 2**20
+MEAN_BLOCK_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What :func:`make_outputs` returns.
+
+    Attributes
+    ----------
+    aligned : array
+        The aligned stack (numpy, or a lazy dask array).
+    nodata : array or None
+        For integer output: per frame, 1 where there is no data (a mask:
+        nonzero = ignore), else None (float output carries NaN there).
+    mean : MaskedMean or None
+        The masked mean of the aligned frames, if asked for.
+    """
+
+    aligned: Any
+    nodata: Any = None
+    mean: MaskedMean | None = None
+
+
+def is_integer_output(stack, res: AlignedResult) -> bool:
+    return bool(res.align.get("integer")) and np.dtype(stack.dtype).kind in "biu"
+
+
+def mean_block(stack) -> int:
+    """Frames averaged per progress step: one for in-memory stacks; for lazy ones about a MB
+    (each block is one read, so a stack of many small chunks is not read frame by frame)."""
+    if isinstance(stack, np.ndarray) and not isinstance(stack, np.memmap):
+        return 1
+    frame_bytes = max(1, int(np.prod(stack.shape[1:])) * np.dtype(stack.dtype).itemsize)
+    return int(max(1, min(MEAN_BLOCK_FRAMES, MEAN_BLOCK_BYTES // frame_bytes)))
+
+
+def output_total(stack, *, lazy: bool, mean: bool) -> int:
+    """How many progress steps :func:`make_outputs` yields (at most: excluded frames are
+    not averaged)."""
+    n = int(stack.shape[0])
+    if not lazy:
+        return n
+    return -(-n // mean_block(stack)) if mean else 0
+
+
+def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
+    """The aligned stack and its mean for ``res``'s shifts (a generator, no Qt).
+
+    In memory, one pass: every frame is shifted once and added to the mean
+    (flagged outliers left out unless ``res.mean_outliers``), with an
+    ``AlignProgress`` per frame. Lazy: the aligned stack is a dask graph
+    (nothing computed) and the mean reads the stack a block at a time, an
+    ``AlignProgress`` per block. Returns :class:`Outputs`.
+    """
+    kw = res.align_kwargs()
+    kw["integer"] = integer = is_integer_output(stack, res)
+    acc = None
+    if mean and not lazy:
+        acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
+    got = yield from workflow.iter_align(stack, res.shifts, lazy=lazy, return_data=integer,
+                                         mean=acc, exclude=res.mean_exclude(), **kw)
+    aligned, data = got if integer else (got, None)
+    nodata = None if data is None else (~data).astype(np.uint8)
+    averaged = None
+    if acc is not None:
+        averaged = acc.result()
+    elif mean:
+        averaged = yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+                                                 exclude=res.mean_exclude(),
+                                                 block=mean_block(stack), method=kw["method"])
+    return Outputs(aligned, nodata, averaged)
+
+
+def mean_job(stack, res: AlignedResult):
+    """Only the mean of ``res``'s aligned frames (after an edit): a generator."""
+    kw = res.align_kwargs()
+    return (yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+                                          exclude=res.mean_exclude(), block=mean_block(stack),
+                                          method=kw["method"]))
+
+
+def realigned(stack, res: AlignedResult, frame: int | None = None) -> tuple:
+    """After an edit (main thread): ``(pixels, nodata)`` of aligned frame ``frame`` made
+    now, or with ``frame=None`` of the whole stack as a lazy graph (cheap to make);
+    ``nodata`` as in :class:`Outputs` (None for float output)."""
+    kw = res.align_kwargs()
+    kw["integer"] = integer = is_integer_output(stack, res)
+    if frame is None:
+        got = workflow.align_lazy(stack, res.shifts, return_data=integer, **kw)
+    else:
+        got = workflow.align_frame(stack, res.shifts, frame, return_data=integer, **kw)
+    pixels, data = got if integer else (got, None)
+    return pixels, None if data is None else (~data).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------
+# publishing (main thread)
+
+
+def check_output_names(viewer, source: str) -> None:
+    """Raise ``ValueError`` before anything changes if a layer of another type holds an
+    output's name."""
+    for name, cls in ((aligned_name(source), Image), (nodata_name(source), Labels),
+                      (mean_name(source), Image), (count_name(source), Image)):
+        check_output_name(viewer, name, cls)
+
+
+def mean_steps(viewer, res: AlignedResult, mean: MaskedMean | None, props: dict) -> list:
+    """The steps that publish ``<source> mean`` and its (hidden) ``<source> mean count``,
+    or remove a stale pair when there is no mean."""
+    source = res.source
+    if mean is None:
+        return [functools.partial(drop_outputs, viewer, mean_name(source), count_name(source))]
+    excluded = [] if res.mean_outliers else np.flatnonzero(res.outliers).tolist()
+    common = {"source": source, "frames": int(mean.frames), "shifts_from": res.shifts_from}
+    meta = {META: {"role": "mean", **common, "excluded": excluded,
+                   "count_layer": count_name(source)}}
+    one = frame_props(props)
+
+    def add_mean():  # hidden at first: it would cover the aligned frames
+        upsert_layer(viewer, mean_name(source), mean.mean, metadata=meta,
+                     first_time={"visible": False}, **one)
+
+    def add_count():
+        top = max(int(mean.count.max()), 1)
+        upsert_layer(
+            viewer, count_name(source), mean.count,
+            metadata={META: {"role": "mean count", **common}},
+            scale=one["scale"], translate=one["translate"], contrast_limits=(0, top),
+            colormap="gray", first_time={"visible": False},
+        )
+
+    return [add_mean, add_count]
+
+
+def output_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dict) -> list:
+    """One callable per output layer: ``<source> aligned`` (the result in its metadata),
+    its no-data mask for integer output, the mean and its count. ``box["aligned"]``
+    holds the aligned layer once published. Names are checked first."""
+    source = res.source
+    check_output_names(viewer, source)
+
+    def add_aligned():
+        box["aligned"] = upsert_layer(viewer, aligned_name(source), out.aligned,
+                                      metadata=res.to_metadata(), **props)
+
+    def add_nodata():
+        if out.nodata is None:
+            drop_outputs(viewer, nodata_name(source))
+            return
+        upsert_layer(
+            viewer, nodata_name(source), out.nodata, kind="labels",
+            metadata={META: {"role": "no data", "source": source}},
+            scale=props["scale"], translate=props["translate"], opacity=0.4,
+        )
+
+    steps = [add_aligned]
+    if out.nodata is not None or layer_named(viewer, nodata_name(source)) is not None:
+        steps.append(add_nodata)
+    return steps + mean_steps(viewer, res, out.mean, props)
