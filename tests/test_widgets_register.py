@@ -204,10 +204,15 @@ def test_without_mask_preview_or_mean(qtbot, widget, loaded_model):
     assert names == ["stack", "stack mask", "stack aligned"]  # no stale preview or mean
     meta = loaded_model.layers["stack aligned"].metadata["maskalign"]
     assert meta["mask"] is None
-    # without a mask only static outliers are ignored (the detector may find a pixel or two
-    # at the corners of the unpainted block: static too)
-    ignored = 0 if meta["valid"] is None else int((~meta["valid"]).sum())
-    assert ignored == meta["params"]["n_hot_pixels"] <= 5
+    # without a mask only static outliers are ignored: here a few pixels on the edge of the
+    # unpainted block, which stands still too
+    if meta["valid"] is not None:
+        from scipy import ndimage as ndi
+
+        block = loaded_model.layers["stack mask"].data != 0
+        ignored = ~meta["valid"]
+        assert ignored.sum() == meta["params"]["n_hot_pixels"]
+        assert (ndi.distance_transform_edt(~block)[ignored] <= 1.5).all()
 
 
 def test_3d_frames(qtbot, viewer_model):
