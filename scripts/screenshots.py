@@ -3,10 +3,13 @@
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshots.py [--out docs/images]
 
 Writes, from a synthetic drifting beam-block stack (40 frames, one of them a
-nearly empty "beam dump" frame so the outlier flagging shows; its true drift
-in the layer's metadata, as the napari sample has it):
+nearly empty "beam dump" frame so the outlier flagging shows, and 40 static hot
+and dead detector pixels; its true drift in the layer's metadata, as the napari
+sample has it):
 
 * ``mask_widget.png``      -- the Beam-block mask widget after "Suggest from stack";
+* ``hot_pixels.png``       -- a close-up of that suggestion: the detector's hot and dead
+  pixels (the stack has 40 of them, static) painted with their own label, in magenta;
 * ``register_widget.png``  -- the Register stack widget after a run: an aligned frame with the
   beam block as missing data where it lands, and the preview beside it, as the run left
   the view (the camera is not touched);
@@ -34,6 +37,7 @@ import numpy as np
 
 WINDOW = (1500, 940)
 OUTLIER_FRAME = 27
+HOT_PIXELS = 40
 
 
 def settle(ms: int = 300) -> None:
@@ -53,6 +57,11 @@ def make_data():
     # a frame taken while the beam was off: a few stray counts, nothing to register
     rng = np.random.default_rng(3)
     stack[OUTLIER_FRAME] = rng.poisson(0.3, size=stack.shape[1:]).astype(stack.dtype)
+    # a detector's static outliers: hot (bright in every frame) and dead pixels
+    bright = float(np.percentile(synth.stack[0][synth.valid], 99.5))
+    places = rng.choice(np.flatnonzero(synth.valid), HOT_PIXELS, replace=False)
+    hot = np.unravel_index(places, synth.valid.shape)
+    stack[:, hot[0], hot[1]] = np.where(np.arange(HOT_PIXELS) % 5 == 0, 0.0, 8 * bright)
     return synth, stack
 
 
@@ -133,6 +142,14 @@ def main(argv=None) -> int:
     viewer.reset_view()
     mask_w.new_button.setFocus()  # no text cursor left in a spin box
     shoot("mask_widget.png")
+    # the hot pixels of the suggestion, close up (single pixels vanish at full view)
+    found = np.argwhere(np.asarray(mask.data) == 2)
+    if len(found):
+        centre = found[np.argmin(np.abs(found - np.array(mask.data.shape) / 3).sum(axis=1))]
+        viewer.camera.center = tuple(float(c) for c in centre)
+        viewer.camera.zoom = 0.25 * float(np.min(np.asarray(viewer.canvas.size))) / 16
+    shoot("hot_pixels.png")
+    viewer.reset_view()
 
     # 2. register against frame 0 (the default), with a bounded search
     only("Register stack")
