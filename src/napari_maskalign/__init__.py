@@ -13,8 +13,9 @@ phase_cross_correlation
 register_stack
     Register every frame of a stack against a reference (frame, image, mean,
     previous frame or iterative template).
-apply_shifts
-    Apply per-frame shifts to a stack (eager or dask-lazy).
+apply_shifts, apply_transforms
+    Apply per-frame shifts, or whole transforms (rotation and scale too), to a
+    stack (eager or dask-lazy).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _LAZY = {
     "register_stack": "napari_maskalign.engine",
     "iter_register_stack": "napari_maskalign.engine",
     "apply_shifts": "napari_maskalign.engine",
+    "apply_transforms": "napari_maskalign.engine",
     "RegistrationOptions": "napari_maskalign.engine",
     "RegistrationResult": "napari_maskalign.engine",
     "valid_from_ignore": "napari_maskalign.engine",
@@ -41,6 +43,7 @@ __all__ = [
     "RegistrationResult",
     "__version__",
     "apply_shifts",
+    "apply_transforms",
     "iter_register_stack",
     "make_beam_block_stack",
     "phase_cross_correlation",
@@ -55,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RegistrationOptions,
         RegistrationResult,
         apply_shifts,
+        apply_transforms,
         iter_register_stack,
         phase_cross_correlation,
         register_stack,

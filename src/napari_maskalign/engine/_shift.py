@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from ._correlators import outer_and
 from ._frames import is_dask
 
-__all__ = ["aligned_dtype", "apply_shifts", "shift_frame"]
+__all__ = ["aligned_dtype", "apply_shifts", "map_frames", "shift_frame"]
 
 METHODS = ("spline", "fourier")
 
@@ -127,11 +127,22 @@ def apply_shifts(
     valid : ndarray or dask array of bool (only with ``return_valid``)
     """
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
-    out_dtype = aligned_dtype(stack.dtype)
     frame_shape = tuple(stack.shape[1:])
     base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
     kw = dict(method=method, order=order, fill_value=fill_value)
+    return map_frames(
+        stack,
+        lambda i, frame: shift_frame(frame, shifts[i], **kw),
+        lambda i: _shift_valid(base_valid, shifts[i]),
+        return_valid,
+    )
 
+
+def map_frames(stack, frame_fn, valid_fn, return_valid: bool):
+    """``frame_fn(i, frame)`` for every frame of ``stack`` (and ``valid_fn(i)``, the
+    frame's valid pixels, with ``return_valid``): numpy in, numpy out; dask in, a lazy
+    dask array out, computed frame chunk by frame chunk."""
+    out_dtype = aligned_dtype(stack.dtype)
     if is_dask(stack):
         import dask.array as da
 
@@ -139,7 +150,7 @@ def apply_shifts(
 
         def _block(block, block_info=None):
             lo = block_info[0]["array-location"][0][0]
-            return np.stack([shift_frame(f, shifts[lo + j], **kw) for j, f in enumerate(block)])
+            return np.stack([frame_fn(lo + j, f) for j, f in enumerate(block)])
 
         aligned = da.map_blocks(_block, stack, dtype=out_dtype)
         if not return_valid:
@@ -147,7 +158,7 @@ def apply_shifts(
 
         def _vblock(block, block_info=None):
             lo = block_info[0]["array-location"][0][0]
-            return np.stack([_shift_valid(base_valid, shifts[lo + j]) for j in range(len(block))])
+            return np.stack([valid_fn(lo + j) for j in range(len(block))])
 
         valid = da.map_blocks(_vblock, stack, dtype=bool)
         return aligned, valid
@@ -155,7 +166,7 @@ def apply_shifts(
     aligned = np.empty(stack.shape, dtype=out_dtype)
     valid = np.empty(stack.shape, dtype=bool) if return_valid else None
     for i in range(stack.shape[0]):
-        aligned[i] = shift_frame(np.asarray(stack[i]), shifts[i], **kw)
+        aligned[i] = frame_fn(i, np.asarray(stack[i]))
         if valid is not None:
-            valid[i] = _shift_valid(base_valid, shifts[i])
+            valid[i] = valid_fn(i)
     return (aligned, valid) if return_valid else aligned

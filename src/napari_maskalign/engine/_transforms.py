@@ -1,0 +1,247 @@
+"""Transforms: homogeneous matrices, their parameters, and aligned copies made with them.
+
+Convention (as napari's ``affine``): ``(n, ndim + 1, ndim + 1)`` matrices in
+data-axis (row, col) order, each mapping a pixel coordinate of a moving frame
+to the reference coordinate where that content belongs. A pure shift is
+``[[1, 0, sy], [0, 1, sx], [0, 0, 1]]``, the shift in scikit-image's sign
+convention.
+
+Rigid and similarity transforms are described by three numbers per frame
+(2D frames):
+
+* the **shift of the frame centre** ``T(c) - c``, with ``c`` the centre of the
+  frame's pixel grid, ``((rows - 1) / 2, (cols - 1) / 2)``;
+* the **rotation** in degrees: positive turns content counterclockwise as seen
+  in napari (rows point down, columns right), i.e. the matrix
+  ``[[cos, -sin], [sin, cos]]`` in (row, col) order;
+* the **scale**: how much the transform magnifies the frame's content.
+
+``T(p) = c + scale * R(rotation) @ (p - c) + shift``. Like the shift, rotation
+and scale are those that *register* the frame: a pattern that turned 1 degree
+counterclockwise and grew by 2 % gets rotation -1 and scale 1/1.02.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ._shift import METHODS, _shift_valid, map_frames, shift_frame
+
+__all__ = [
+    "apply_transforms",
+    "check_transforms",
+    "frame_centre",
+    "is_translation",
+    "similarity_transforms",
+    "transform_parameters",
+    "warp_frame",
+    "warp_valid",
+]
+
+
+def frame_centre(frame_shape) -> np.ndarray:
+    """The centre of a frame's pixel grid, ``(shape - 1) / 2`` per axis."""
+    return (np.asarray(frame_shape, dtype=float) - 1.0) / 2.0
+
+
+def rotation_matrix(degrees: float) -> np.ndarray:
+    """2x2 rotation in (row, col) order, counterclockwise as seen in napari."""
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    return np.array([[c, -s], [s, c]])
+
+
+def similarity_transforms(shifts, rotations=None, scales=None, frame_shape=None) -> np.ndarray:
+    """``(n, ndim + 1, ndim + 1)`` matrices from centre shifts, rotations (degrees) and
+    scales; pure shifts when both are None (then ``frame_shape`` is not needed)."""
+    shifts = np.asarray(shifts, dtype=float)
+    n, ndim = shifts.shape
+    out = np.broadcast_to(np.eye(ndim + 1), (n, ndim + 1, ndim + 1)).copy()
+    out[:, :ndim, ndim] = shifts
+    if rotations is None and scales is None:
+        return out
+    rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
+    scl = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
+    if ndim != 2 and np.any(rot):
+        raise ValueError("rotation is for 2D frames only")
+    c = frame_centre(frame_shape)
+    for i in range(n):
+        lin = scl[i] * (rotation_matrix(rot[i]) if ndim == 2 else np.eye(ndim))
+        out[i, :ndim, :ndim] = lin
+        out[i, :ndim, ndim] = c + shifts[i] - lin @ c
+    return out
+
+
+def transform_parameters(transforms, frame_shape):
+    """Centre shifts ``(n, ndim)``, rotations (degrees, 2D; else 0) and scales ``(n,)``
+    of ``transforms`` (exact for rigid and similarity transforms; for other affine
+    ones the rotation and the scale of their closest similarity)."""
+    t = np.asarray(transforms, dtype=float)
+    ndim = t.shape[-1] - 1
+    c = frame_centre(frame_shape)
+    lin = t[:, :ndim, :ndim]
+    shifts = lin @ c + t[:, :ndim, ndim] - c
+    scales = np.abs(np.linalg.det(lin)) ** (1.0 / ndim)
+    if ndim == 2:
+        rotations = np.rad2deg(
+            np.arctan2(lin[:, 1, 0] - lin[:, 0, 1], lin[:, 0, 0] + lin[:, 1, 1])
+        )
+    else:
+        rotations = np.zeros(len(t))
+    return shifts, rotations, scales
+
+
+def is_translation(transforms, tol: float = 1e-12) -> np.ndarray:
+    """Per frame: whether the transform is a pure shift."""
+    t = np.asarray(transforms, dtype=float)
+    ndim = t.shape[-1] - 1
+    return np.all(np.abs(t[:, :ndim, :ndim] - np.eye(ndim)) <= tol, axis=(1, 2))
+
+
+def check_transforms(stack_shape, transforms) -> np.ndarray:
+    """``transforms`` as float ``(n, ndim + 1, ndim + 1)`` for a stack of ``stack_shape``;
+    ``ValueError`` in plain words otherwise."""
+    if len(stack_shape) < 2:
+        raise ValueError(f"expected a stack (frames along the first axis), got shape {stack_shape}")
+    n, ndim = stack_shape[0], len(stack_shape) - 1
+    t = np.asarray(transforms, dtype=float)
+    want = (n, ndim + 1, ndim + 1)
+    if t.shape != want:
+        raise ValueError(
+            f"transforms must be one ({ndim + 1}, {ndim + 1}) matrix per frame: expected shape "
+            f"{want}, got {t.shape}"
+        )
+    if not np.all(np.isfinite(t)):
+        raise ValueError("transforms contain NaN or inf")
+    bottom = np.zeros(ndim + 1)
+    bottom[-1] = 1
+    if not np.allclose(t[:, ndim], bottom):
+        raise ValueError(f"each transform's last row must be {bottom.tolist()} (homogeneous)")
+    if np.any(np.abs(np.linalg.det(t[:, :ndim, :ndim])) < 1e-12):
+        raise ValueError("a transform squashes the frame to nothing (its matrix is singular)")
+    return t
+
+
+def _source_coords(shape, inverse):
+    """Where each output pixel samples the frame: ``inverse`` applied to the grid."""
+    ndim = len(shape)
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij",
+                        sparse=True)
+    return [sum(inverse[a, b] * grids[b] for b in range(ndim)) + inverse[a, ndim]
+            for a in range(ndim)]
+
+
+def _inside(shape, inverse) -> np.ndarray:
+    src = _source_coords(shape, inverse)
+    out = np.ones(shape, bool)
+    for a, n in enumerate(shape):
+        out &= (src[a] >= -1e-6) & (src[a] <= n - 1 + 1e-6)
+    return out
+
+
+def warp_frame(frame, transform, *, method="spline", order=3, fill_value=np.nan) -> np.ndarray:
+    """Frame ``frame`` moved onto the reference by ``transform`` (pure shifts go
+    through :func:`~._shift.shift_frame`, so they match :func:`apply_shifts`)."""
+    t = np.asarray(transform, dtype=float)
+    ndim = t.shape[0] - 1
+    if is_translation(t[None])[0]:
+        return shift_frame(frame, t[:ndim, ndim], method=method, order=order,
+                           fill_value=fill_value)
+    if method != "spline":
+        raise ValueError(
+            "a Fourier shift can only shift; frames that rotate or scale need method='spline'"
+        )
+    frame = np.asarray(frame)
+    out_dtype = frame.dtype if frame.dtype.kind == "f" else np.dtype(np.float32)
+    work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
+    inv = np.linalg.inv(t)
+    out = ndi.affine_transform(work, inv[:ndim, :ndim], offset=inv[:ndim, ndim], order=order,
+                               mode="nearest", prefilter=order > 1).astype(out_dtype, copy=False)
+    if fill_value is not None:
+        out[~_inside(frame.shape, inv)] = fill_value
+    return out
+
+
+def warp_valid(valid, transform) -> np.ndarray:
+    """Where the moved frame holds real data: inside the field and valid before."""
+    t = np.asarray(transform, dtype=float)
+    ndim = t.shape[0] - 1
+    if is_translation(t[None])[0]:
+        return _shift_valid(np.asarray(valid, bool), t[:ndim, ndim])
+    inv = np.linalg.inv(t)
+    moved = ndi.affine_transform(np.asarray(valid, np.float32), inv[:ndim, :ndim],
+                                 offset=inv[:ndim, ndim], order=1, mode="constant", cval=0.0)
+    return (moved > 0.999) & _inside(valid.shape, inv)
+
+
+def apply_transforms(
+    stack,
+    transforms,
+    *,
+    method="spline",
+    order=3,
+    fill_value=np.nan,
+    valid_mask=None,
+    return_valid=False,
+):
+    """Apply per-frame transforms (shift, rotation, scale) to a stack, as a new array.
+
+    The same as :func:`apply_shifts` for frames whose transform is a pure
+    shift, and for the others a spline warp.
+
+    Parameters
+    ----------
+    stack : array, shape (n_frames, *frame_shape)
+        numpy (or memory-mapped) arrays give a numpy result; a dask array
+        gives a lazy dask array computed frame chunk by frame chunk.
+    transforms : array, shape (n_frames, ndim + 1, ndim + 1)
+        Per frame, the homogeneous matrix (data-axis order, as napari's
+        ``affine``) mapping a pixel of the frame to the reference coordinate
+        where its content belongs: ``RegistrationResult.transforms``.
+    method : {"spline", "fourier"}
+        Spline interpolation (``order`` 0-5, edges extended); "fourier" only
+        for stacks whose transforms are all pure shifts.
+    order : int
+        Spline order.
+    fill_value : float or None
+        Value of pixels that come from outside the field of view (NaN by
+        default); None keeps the interpolated values there. Integer stacks
+        give float32 output.
+    valid_mask : ndarray of bool, optional
+        Valid pixels of one frame (True = valid, engine convention); moved
+        along with each frame when ``return_valid`` is set.
+    return_valid : bool
+        Also return the per-frame valid mask after moving: True where the
+        pixel is real data (inside the field and valid before).
+
+    Returns
+    -------
+    aligned : ndarray or dask array
+    valid : ndarray or dask array of bool (only with ``return_valid``)
+    """
+    stack_shape = tuple(stack.shape)
+    t = check_transforms(stack_shape, transforms)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "fourier" and not is_translation(t).all():
+        raise ValueError(
+            "a Fourier shift can only shift; frames that rotate or scale need method='spline'"
+        )
+    if not (isinstance(order, (int, np.integer)) and 0 <= order <= 5):
+        raise ValueError(f"spline order must be an integer from 0 to 5, got {order!r}")
+    frame_shape = stack_shape[1:]
+    if valid_mask is not None:
+        valid_mask = np.asarray(valid_mask, dtype=bool)
+        if valid_mask.shape != frame_shape:
+            raise ValueError(
+                f"valid_mask has shape {valid_mask.shape} but one frame has shape {frame_shape}"
+            )
+    base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
+    kw = dict(method=method, order=order, fill_value=fill_value)
+    return map_frames(
+        stack,
+        lambda i, frame: warp_frame(frame, t[i], **kw),
+        lambda i: warp_valid(base_valid, t[i]),
+        return_valid,
+    )
