@@ -209,11 +209,13 @@ class ModelRegistrar:
         self.refiners = {}
         for f in self.levels:
             full = f == 1
+            # reduced levels only need to bring the next one into its reach: the
+            # stronger half of their pixels, to 1/1000 of their pixel
             self.refiners[f] = Refiner(
                 downsample(ref, f), downsample_valid(self.ref_valid, f),
                 downsample_valid(self.mov_valid, f), self.model,
-                select=0.3 if full else None, margin=3 if full else 2, weighted=full,
-                centre=self.level_centre(f),
+                select=0.3 if full else 0.5, margin=3 if full else 2, weighted=full,
+                centre=self.level_centre(f), tol=2e-4 if full else 1e-3,
             )
 
     def level_centre(self, f: int) -> np.ndarray:

@@ -240,20 +240,37 @@ class Refiner:
         return ndi.spline_filter(filled(frame, self.fill), order=3, mode="mirror")
 
     def _warp(self, params):
-        """Sample positions ``W(q)`` ``(ndim, K)`` and the Jacobian's geometric columns."""
+        """Sample positions ``W(q)`` ``(ndim, K)`` and the Jacobian's geometric columns
+        ``(K, n_params)``."""
         if self.model == "translation":
             return self.d + (self.centre + params)[:, None], self.g.T
         lin = _linear(params, self.model)
         pos = lin @ self.d + (self.centre + params[:2])[:, None]
         grad = np.linalg.inv(lin).T @ self.g  # the moving frame's gradient at W(q)
+        cols = np.empty((self.n_points, self.n_params))
+        cols[:, :2] = grad.T
         if self.model == "rigid":
             t = params[2]
             turn = np.array([[-np.sin(t), -np.cos(t)], [np.cos(t), -np.sin(t)]]) @ self.d
-            cols = [grad[0], grad[1], np.sum(grad * turn, axis=0)]
+            cols[:, 2] = grad[0] * turn[0] + grad[1] * turn[1]
         else:
-            cols = [grad[0], grad[1], grad[1] * self.d[0] - grad[0] * self.d[1],
-                    np.sum(grad * self.d, axis=0)]
-        return pos, np.column_stack(cols)
+            cols[:, 2] = grad[1] * self.d[0] - grad[0] * self.d[1]
+            cols[:, 3] = grad[0] * self.d[0] + grad[1] * self.d[1]
+        return pos, cols
+
+    def _sample(self, coeffs, pos, ok, params) -> np.ndarray:
+        """The moving frame's spline at ``pos[:, ok]``. A shift puts every sample at the
+        same fraction of a pixel, so the cubic weights are shared: two 4-tap passes
+        over the frame and a gather, a few times cheaper than general sampling."""
+        if self.model != "translation":
+            return ndi.map_coordinates(coeffs, _pick(pos, ok), order=3, mode="mirror",
+                                       prefilter=False)
+        whole = np.floor(params)
+        out = coeffs
+        for ax, frac in enumerate(params - whole):
+            out = ndi.correlate1d(out, _cubic_weights(frac), axis=ax, mode="mirror", origin=-1)
+        idx = np.rint(_pick(self.d, ok) + (self.centre + whole)[:, None]).astype(np.intp)
+        return out[tuple(idx)]
 
     def _usable(self, pos) -> np.ndarray:
         m = self.margin
@@ -295,15 +312,19 @@ class Refiner:
             ok = self._usable(pos)
             if ok.sum() < need:
                 break
-            m = ndi.map_coordinates(coeffs, pos[:, ok], order=3, mode="mirror", prefilter=False)
-            r = self.r[ok]
+            m = self._sample(coeffs, pos, ok, params)
+            r = _pick(self.r, ok)
             e = m - gain * r - offset
             # the gain's column is the smoothed reference, not the noisy one: regressing on
             # noisy values dilutes the gain towards 0 (errors in variables); the clean
             # column is an instrument whose equation is unbiased
-            jac = np.column_stack([jgeo[ok], -self.level[ok], -np.ones_like(r)])
+            k = self.n_params
+            jac = np.empty((r.size, k + 2))
+            jac[:, :k] = _pick(jgeo.T, ok).T
+            jac[:, k] = -_pick(self.level, ok)
+            jac[:, k + 1] = -1.0
             if self.weighted and it > 1:
-                w = self._weights(e, self.bins[ok])[ok]
+                w = _pick(self._weights(e, _pick(self.bins, ok)), ok)
             jw = jac if w is None else jac * w[:, None]
             try:
                 step = -np.linalg.solve(jw.T @ jac, jw.T @ e)
@@ -311,7 +332,6 @@ class Refiner:
                 break
             if not np.all(np.isfinite(step)):
                 break
-            k = self.n_params
             params += step[:k]
             gain += step[k]
             offset += step[k + 1]
@@ -323,6 +343,18 @@ class Refiner:
                 break
         quality = 0.0 if m is None else _pearson(m, r)
         return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points))
+
+
+def _pick(values, ok):
+    """``values[..., ok]`` along the last axis, without a copy when every point is ok."""
+    return values if ok.all() else values[..., ok]
+
+
+def _cubic_weights(t: float) -> np.ndarray:
+    """Cubic B-spline weights of the coefficients at offsets -1, 0, 1, 2 for a sample
+    ``t`` (in [0, 1)) of a pixel past the middle one."""
+    t2, t3 = t * t, t * t * t
+    return np.array([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3]) / 6.0
 
 
 def _pearson(a, b) -> float:

@@ -117,7 +117,11 @@ class FrameRegistrar:
         elif self.refines:
             from ._refine import Refiner
 
-            self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation", select=0.5)
+            # the strongest 30 % of the pixels carry nearly all the information
+            # (measured: as close to the bound as all of them); from a 1/u peak two
+            # or three steps converge to 1/500 px
+            self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation", select=0.3,
+                                    tol=2e-3)
 
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
