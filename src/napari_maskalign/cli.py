@@ -126,6 +126,8 @@ def _options(args):
             overlap_ratio=args.overlap_ratio,
             max_jump=args.max_jump,
             min_quality=args.min_quality,
+            model=args.model,
+            refine=args.refine,
         )
 
 
@@ -160,6 +162,10 @@ def _summary(result, *, start: int, seconds: float, shape, dtype, shifts_path) -
         f"shift: median {np.median(mag):.3f} px, max {mag.max():.3f} px (frame {int(mag.argmax())}); "
         f"quality: median {np.median(quality):.3f}, min {quality.min():.3f}",
     ]
+    if result.model != "translation":
+        rot, scl = np.abs(result.rotations), np.abs(result.scales - 1)
+        lines.append(f"rotation: median {np.median(rot):.3f}, max {rot.max():.3f} degrees; "
+                     f"scale: max change {100 * scl.max():.2f} %")
     flagged = np.flatnonzero(result.outliers)
     if flagged.size:
         shown = ", ".join(map(str, flagged[:20])) + (", ..." if flagged.size > 20 else "")
@@ -186,6 +192,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         register_to_journal,
         resume_rows,
         run_settings,
+        to_apply,
         write_aligned,
     )
 
@@ -243,7 +250,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 t1 = time.perf_counter()
                 lazy = None if client is None else _cluster_frames(stack, args)
                 with _plain_errors(f"cannot write {out}: "):
-                    follow(write_aligned(out, stack, result.shifts, overwrite=args.overwrite,
+                    follow(write_aligned(out, stack, to_apply(result), overwrite=args.overwrite,
                                           attrs=_attrs(args, settings["input"]), dask_stack=lazy,
                                           chunk_frames=args.chunk_frames, **_align_kwargs(args)),
                             "writing")
@@ -276,13 +283,15 @@ def _align_kwargs(args) -> dict:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from .io import read_shifts_csv
+    from .io import read_shift_table
     from .workflow import dask_client, write_aligned
 
     stack = _open_input(args.input)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
     try:
-        shifts, _ = read_shifts_csv(args.shifts, n_frames=n, ndim=ndim)
+        table = read_shift_table(args.shifts, n_frames=n, ndim=ndim)
+        # a rigid or similarity table turns the frames about their centre as well
+        shifts = table.shifts if table.rotations is None else table.transforms(stack.shape[1:])
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:

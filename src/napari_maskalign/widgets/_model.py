@@ -60,6 +60,10 @@ class AlignedResult:
         Frames whose shift was set by hand.
     shifts_from : str or None
         For a layer aligned with another stack's shifts: that stack's name.
+    rotations, scales : ndarray, shape (n_frames,), or None
+        Rigid and similarity models: each frame's rotation (degrees,
+        counterclockwise as seen in napari) and scale about the frame's
+        centre, whose shift ``shifts`` then is. None for translation.
     """
 
     source: str
@@ -75,6 +79,8 @@ class AlignedResult:
     model: str = "translation"
     edited: tuple[int, ...] = ()
     shifts_from: str | None = None
+    rotations: np.ndarray | None = None
+    scales: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -88,6 +94,24 @@ class AlignedResult:
     def axes(self) -> tuple[str, ...]:
         return axis_names(self.ndim)
 
+    @property
+    def moves(self) -> bool:
+        """Whether frames rotate or scale too (a rigid or similarity result)."""
+        return self.rotations is not None or self.scales is not None
+
+    @property
+    def transforms(self) -> np.ndarray:
+        """``(n_frames, ndim + 1, ndim + 1)`` matrices, napari's ``affine`` convention."""
+        from napari_maskalign.engine import similarity_transforms
+
+        return similarity_transforms(self.shifts, self.rotations, self.scales,
+                                     self.frame_shape or None)
+
+    @property
+    def to_apply(self) -> np.ndarray:
+        """What aligns the frames: the shifts, or the transforms when frames rotate."""
+        return self.transforms if self.moves else self.shifts
+
     def replace(self, **changes) -> AlignedResult:
         return dataclasses.replace(self, **changes)
 
@@ -96,6 +120,7 @@ class AlignedResult:
     def from_registration(cls, result, *, source: str, frame_shape, reference: str,
                           mask: str | None, align: dict) -> AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`."""
+        moves = result.model != "translation"
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -108,12 +133,16 @@ class AlignedResult:
             params=dict(result.params),
             align=dict(align),
             model=result.model,
+            rotations=np.asarray(result.rotations, float) if moves else None,
+            scales=np.asarray(result.scales, float) if moves else None,
         )
 
     def to_metadata(self) -> dict:
         """``{META: {...}}`` for ``layer.metadata`` (plain values, role "aligned")."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["edited"] = list(self.edited)
+        if self.moves:  # the matrices too, for anyone reading the metadata
+            d["transforms"] = self.transforms
         return {META: {"role": "aligned", "axes": self.axes, **d}}
 
     @classmethod
@@ -133,4 +162,7 @@ class AlignedResult:
         d["outliers"] = np.asarray(d.get("outliers", np.zeros(len(shifts), bool)), bool)
         d["frame_shape"] = tuple(d.get("frame_shape", ()))
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
+        for key in ("rotations", "scales"):
+            if d.get(key) is not None:
+                d[key] = np.asarray(d[key], float)
         return cls(**d)

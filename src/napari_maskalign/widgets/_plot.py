@@ -1,8 +1,9 @@
 """The shift plot: a matplotlib canvas that follows napari's theme and frame slider.
 
 :class:`ShiftPlot` draws an :class:`~._model.AlignedResult` (shift per axis
-and match quality against frame, outliers and edits marked), keeps a line on
-the current frame and reports clicks as frame numbers. The Shifts dock only
+and match quality against frame, outliers and edits marked; rotation and scale
+panels for rigid and similarity results), keeps a line on the current frame
+and reports clicks as frame numbers. The Shifts dock only
 hands it results; it holds no data of its own.
 """
 
@@ -108,8 +109,18 @@ class ShiftPlot(FigureCanvasQTAgg):
         outliers, edited = res.outliers, np.asarray(res.edited, int)
         n, ndim = shifts.shape
         frames = np.arange(n)
-        ax_s, ax_q = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
-        self.axes_list = [ax_s, ax_q]
+        panels = _extra_panels(res)
+        axes = fig.subplots(2 + len(panels), 1, sharex=True,
+                            height_ratios=[2.2, *(1,) * len(panels), 1])
+        ax_s, ax_q = axes[0], axes[-1]
+        self.axes_list = list(axes)
+        for ax, (label, values) in zip(axes[1:-1], panels):
+            ax.plot(frames, values, marker="o" if n <= 200 else None, ms=3, lw=1.3,
+                    color=c["text"])
+            if outliers.any():
+                ax.plot(frames[outliers], values[outliers], "o", ms=8, mfc="none",
+                        mec=OUTLIER_COLOR, mew=1.5)
+            ax.set_ylabel(label)
         marker = "o" if n <= 200 else None
         for name, column, rcol in zip(axis_names(ndim), shifts.T, raw.T):
             ax_s.plot(frames, column, marker=marker, ms=3, lw=1.3, color=AXIS_COLORS[name],
@@ -138,7 +149,7 @@ class ShiftPlot(FigureCanvasQTAgg):
             ax_q.text(0.5, 0.5, "no quality values", transform=ax_q.transAxes, ha="center",
                       va="center", color=c["text"])
         _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"])
-        ax_s.set_ylabel("shift (px)")
+        ax_s.set_ylabel("centre shift (px)" if panels else "shift (px)")
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         title = res.source + (f" vs {res.reference}" if res.reference else "")
@@ -162,6 +173,16 @@ class ShiftPlot(FigureCanvasQTAgg):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             self._vlines.append(ax.axvline(0, color=c["current"], lw=1.5, alpha=0.9))
         self.request_draw()
+
+
+def _extra_panels(res: AlignedResult) -> list:
+    """(label, values) of the rotation and scale panels of a rigid or similarity result."""
+    out = []
+    if res.rotations is not None:
+        out.append(("rotation (°)", np.asarray(res.rotations, float)))
+    if res.scales is not None and np.any(np.asarray(res.scales) != 1):
+        out.append(("scale", np.asarray(res.scales, float)))
+    return out
 
 
 def _pin_off_scale(ax, frames, shifts, raw, outliers, background) -> None:

@@ -22,7 +22,7 @@ from napari_maskalign.engine import (
     check_valid_mask,
     valid_from_ignore,
 )
-from napari_maskalign.workflow import AlignProgress, iter_align
+from napari_maskalign.workflow import AlignProgress, iter_align, to_apply
 
 from ._common import (
     DockWidget,
@@ -86,7 +86,8 @@ def register_job(job: RegisterJob):
     stack is lazy); returns ``(RegistrationResult, aligned)``.
     """
     result = yield from job.run
-    aligned = yield from iter_align(job.stack, result.shifts, lazy=job.lazy, **job.align_kwargs)
+    aligned = yield from iter_align(job.stack, to_apply(result), lazy=job.lazy,
+                                    **job.align_kwargs)
     return result, aligned
 
 

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_maskalign.engine import flag_outliers, interpolate_flagged
-from napari_maskalign.io import read_shifts_csv, write_shifts_csv
+from napari_maskalign.io import read_shift_table, write_shifts_csv
 from napari_maskalign.workflow import align_frame, align_lazy, iter_align
 
 from ._common import (
@@ -305,7 +305,8 @@ class ShiftsWidget(DockWidget):
         path = self.ask_path(path, "Export shifts", _CSV_FILTER, f"{res.source} shifts.csv")
         if path is None:
             return None
-        out = self.write_file(path, lambda p: write_shifts_csv(p, res.shifts, res.quality))
+        out = self.write_file(path, lambda p: write_shifts_csv(
+            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out
@@ -322,7 +323,8 @@ class ShiftsWidget(DockWidget):
             return None
         n, shape = int(stack.data.shape[0]), frame_shape(stack)
         try:
-            shifts, quality = read_shifts_csv(path, n_frames=n, ndim=len(shape))
+            shifts, quality, rotations, scales = read_shift_table(path, n_frames=n,
+                                                                  ndim=len(shape))
             outliers = flag_outliers(shifts, quality)
         except (ValueError, OSError) as exc:
             self.report(f"cannot use this shift table for '{stack.name}': {explain(exc)}")
@@ -331,6 +333,8 @@ class ShiftsWidget(DockWidget):
             source=stack.name, shifts=shifts, quality=quality, outliers=outliers,
             raw_shifts=shifts.copy(), frame_shape=shape,
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
+            rotations=rotations, scales=scales, model="translation" if rotations is None
+            else "rigid" if np.all(scales == 1) else "similarity",
         )
         return self._start_align(
             stack, res, f"Applying imported shifts to '{stack.name}'", stale_preview=True
@@ -409,7 +413,7 @@ class ShiftsWidget(DockWidget):
         self.progress_bar.setVisible(True)
         self.status.setText(desc + "…")
         self.worker = start_worker(
-            align_job, data, res.shifts, lazy, res.align,
+            align_job, data, res.to_apply, lazy, res.align,
             total=0 if lazy else n, desc=desc,
             yielded=yielded, returned=returned, errored=errored, finished=finished, owner=self,
         )
@@ -466,14 +470,14 @@ class ShiftsWidget(DockWidget):
                 "cannot be re-aligned; open it again under that name"
             )
         data = layer.data
-        if isinstance(data, np.ndarray):
-            data[frame] = align_frame(source.data, shifts, frame, **res.align)
-        else:  # lazy: rebuild the (cheap) graph with the new shifts
-            data = align_lazy(source.data, shifts, **res.align)
         outliers = res.outliers.copy()
         outliers[frame] = False
         edited = tuple(sorted({*res.edited, int(frame)}))
         new = res.replace(shifts=shifts, outliers=outliers, edited=edited)
+        if isinstance(data, np.ndarray):
+            data[frame] = align_frame(source.data, new.to_apply, frame, **res.align)
+        else:  # lazy: rebuild the (cheap) graph with the new shifts
+            data = align_lazy(source.data, new.to_apply, **res.align)
         layer.metadata = {**layer.metadata, **new.to_metadata()}
         if data is layer.data:
             layer.refresh()

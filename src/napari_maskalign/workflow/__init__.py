@@ -3,8 +3,8 @@
 * :mod:`.journal` -- the shifts table written as frames finish, its
   settings file, and resuming a killed run;
 * :mod:`.run` -- registering a stack to disk, locally or on a dask cluster;
-* :mod:`.align` -- shifts -> aligned frames, in memory, lazily or into a
-  file, with progress;
+* :mod:`.align` -- shifts (or transforms) -> aligned frames, in memory,
+  lazily or into a file, with progress;
 * :mod:`.paths` -- output paths checked before any work.
 
 The ``maskalign`` command and the napari widgets are thin layers over these
@@ -20,6 +20,7 @@ from .align import (
     align_lazy,
     iter_align,
     iter_mean,
+    to_apply,
     write_aligned,
 )
 from .journal import ShiftJournal, resume_rows, run_settings, sidecar_path
@@ -41,5 +42,6 @@ __all__ = [
     "resume_rows",
     "run_settings",
     "sidecar_path",
+    "to_apply",
     "write_aligned",
 ]
