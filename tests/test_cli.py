@@ -17,7 +17,7 @@ from PIL import Image
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.cli import build_parser, main
-from napari_maskalign.engine import apply_shifts, register_stack
+from napari_maskalign.engine import apply_shifts, apply_transforms, register_stack
 
 N = 16
 
@@ -417,3 +417,51 @@ def test_outputs_never_replace_the_mask_or_land_in_the_input_folder(tmp_path, ca
     assert rc == 1
     assert "inside the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in frames.iterdir()) == [f"frame_{i}.tif" for i in range(4)]
+
+
+# ----------------------------------------------------------------------------
+# --model and --refine
+
+
+def test_register_similarity_writes_rotation_and_scale_and_apply_uses_them(tmp_path, capsys):
+    turning = make_beam_block_stack(6, (64, 64), max_drift=2.0, max_rotation=2.0,
+                                    max_scale=0.02, seed=7)
+    folder = tmp_path / "turning"
+    folder.mkdir()
+    for i, f in enumerate(turning.stack):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    np.save(tmp_path / "block.npy", turning.beam_block.astype(np.uint8))
+    shifts_csv, out = tmp_path / "s.csv", tmp_path / "aligned.tif"
+    assert cli("register", folder, "--mask", tmp_path / "block.npy", "--model", "similarity",
+               "--shifts", shifts_csv, "--output", out) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "rotation: median" in text and "scale: max change" in text
+    assert shifts_csv.read_text().splitlines()[0] == (
+        "frame,shift_y,shift_x,rotation_deg,scale,quality")
+    table = io.read_shift_table(shifts_csv, n_frames=6, ndim=2)
+    np.testing.assert_allclose(table.rotations, -turning.rotation, atol=0.2)  # 64 px: noisy
+    np.testing.assert_allclose(table.scales, 1 / turning.scale, atol=3e-3)
+    settings = json.loads((tmp_path / "s.csv.json").read_text())["registration"]
+    assert settings["model"] == "similarity" and settings["refine"] is True
+    # apply the table to other data: the same turning and scaling as the registration's output
+    other = tmp_path / "other.npy"
+    np.save(other, turning.stack)
+    assert cli("apply", other, "--shifts", shifts_csv, "--output", tmp_path / "o.tif") == 0
+    np.testing.assert_array_equal(io.open_stack(tmp_path / "o.tif")[:], io.open_stack(out)[:])
+    expected = apply_transforms(turning.stack, table.transforms((64, 64)))
+    np.testing.assert_allclose(io.open_stack(out)[:], expected)
+
+
+def test_refine_flags_and_their_errors(run, sample, capsys):
+    assert cli("register", run / "run", "--mask", run / "block.png", "--no-refine",
+               "--shifts", run / "peak.csv") == 0  # fmt: skip
+    peak, _ = io.read_shifts_csv(run / "peak.csv")
+    expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20, refine=False)
+    np.testing.assert_array_equal(peak, expected.raw_shifts)
+    assert cli("register", run / "run", "--mask", run / "block.png", "--model", "rigid",
+               "--no-refine", "--shifts", run / "x.csv") == 1  # fmt: skip
+    assert "refine=False applies to model='translation' only" in capsys.readouterr().err
+    vol = run / "vol.npy"
+    np.save(vol, np.zeros((3, 4, 8, 8), np.float32))
+    assert cli("register", vol, "--model", "rigid", "--shifts", run / "v.csv") == 1
+    assert "the rigid model needs 2D frames" in capsys.readouterr().err
