@@ -108,13 +108,12 @@ def filled(frame, index) -> np.ndarray:
 
 def _smooth_fill(image, valid, sigma: float = 4.0) -> np.ndarray:
     """Invalid pixels replaced by the Gaussian-weighted mean of the valid ones nearby
-    (normalized convolution; the nearest value where none is near)."""
+    (normalized convolution; the mean of all valid pixels where none is near)."""
     if valid.all():
         return image
     w = ndi.gaussian_filter(valid.astype(np.float64), sigma)
     num = ndi.gaussian_filter(np.where(valid, image, 0.0), sigma)
-    near = filled(image, nearest_fill_index(valid))
-    smooth = np.where(w > 1e-3, num / np.maximum(w, 1e-3), near)
+    smooth = np.where(w > 1e-3, num / np.maximum(w, 1e-3), float(np.mean(image[valid])))
     return np.where(valid, image, smooth)
 
 
@@ -156,13 +155,16 @@ def wiener_estimate(image, valid=None):
 
 class RefineResult:
     """The outcome of one refinement: warp ``params``, ``gain``, ``offset``, the
-    correlation ``quality`` over the pixels used, ``iterations`` and ``converged``."""
+    correlation ``quality`` over the pixels used, ``iterations``, ``converged`` and the
+    fitted ``noise`` model ``(alpha, beta)`` (None when not weighted)."""
 
-    __slots__ = ("converged", "gain", "iterations", "offset", "params", "points", "quality")
+    __slots__ = ("converged", "gain", "iterations", "noise", "offset", "params", "points",
+                 "quality")
 
-    def __init__(self, params, quality, gain, offset, iterations, converged, points):
+    def __init__(self, params, quality, gain, offset, iterations, converged, points, noise=None):
         self.params, self.quality, self.gain, self.offset = params, quality, gain, offset
         self.iterations, self.converged, self.points = iterations, converged, points
+        self.noise = noise
 
 
 class Refiner:
@@ -258,36 +260,38 @@ class Refiner:
             cols[:, 3] = grad[0] * self.d[0] + grad[1] * self.d[1]
         return pos, cols
 
-    def _sample(self, coeffs, pos, ok, params) -> np.ndarray:
-        """The moving frame's spline at ``pos[:, ok]``. A shift puts every sample at the
-        same fraction of a pixel, so the cubic weights are shared: two 4-tap passes
-        over the frame and a gather, a few times cheaper than general sampling."""
+    def _sample(self, coeffs, pos, params) -> np.ndarray:
+        """The moving frame's spline at every ``pos`` (meaningless where unusable). A
+        shift puts every sample at the same fraction of a pixel, so the cubic weights
+        are shared: two 4-tap passes over the frame and a gather, a few times cheaper
+        than general sampling."""
         if self.model != "translation":
-            return ndi.map_coordinates(coeffs, _pick(pos, ok), order=3, mode="mirror",
-                                       prefilter=False)
+            return ndi.map_coordinates(coeffs, pos, order=3, mode="mirror", prefilter=False)
         whole = np.floor(params)
         out = coeffs
         for ax, frac in enumerate(params - whole):
             out = ndi.correlate1d(out, _cubic_weights(frac), axis=ax, mode="mirror", origin=-1)
-        idx = np.rint(_pick(self.d, ok) + (self.centre + whole)[:, None]).astype(np.intp)
-        return out[tuple(idx)]
+        idx = np.rint(self.d + (self.centre + whole)[:, None]).astype(np.intp)
+        return out[tuple(np.clip(i, 0, n - 1) for i, n in zip(idx, self.shape))]
 
     def _usable(self, pos) -> np.ndarray:
+        """Points whose sample is at least ``margin`` from the frame's edge and from the
+        moving frame's invalid pixels."""
         m = self.margin
         ok = np.ones(pos.shape[1], bool)
         for ax, n in enumerate(self.shape):
             ok &= (pos[ax] >= m) & (pos[ax] <= n - 1 - m)
-        idx = tuple(np.clip(np.rint(p[ok]).astype(np.intp), 0, n - 1)
+        idx = tuple(np.clip(np.rint(p).astype(np.intp), 0, n - 1)
                     for p, n in zip(pos, self.shape))
-        ok[ok] = self.dist[idx] > m
+        ok &= self.dist[idx] > m
         return ok
 
-    def _weights(self, e, bins):
-        """Inverse residual variance from a noise model ``alpha * level + beta`` fitted
-        to the residuals binned by the reference's smoothed level."""
-        count = np.bincount(bins, minlength=_BINS)
+    def _fit_noise(self, e, ok):
+        """The noise model ``(alpha, beta)``: the residual's variance as
+        ``alpha * level + beta``, fitted over bins of the reference's smoothed level."""
+        count = np.bincount(self.bins, ok, _BINS)
         has = count > 0
-        var = np.bincount(bins, e * e, _BINS)[has] / count[has]
+        var = np.bincount(self.bins, e * e, _BINS)[has] / count[has]
         x = self.bin_level[has]
         if has.sum() >= 2 and np.ptp(x) > 0:
             alpha, beta = np.polyfit(x, var, 1, w=np.sqrt(count[has]))
@@ -295,37 +299,46 @@ class Refiner:
             alpha, beta = 0.0, float(np.mean(var))
         if alpha < 0:
             alpha, beta = 0.0, float(np.average(var, weights=count[has]))
-        model = alpha * self.level + beta
         floor = max(float(var.min()) * 0.1, 1e-12 * float(var.max()), 1e-300)
-        return 1.0 / np.maximum(model, floor)
+        return float(alpha), float(beta), floor
 
-    def run(self, frame, params, *, coeffs=None) -> RefineResult:
-        """Refine ``params`` (the warp, see :func:`params_from_transform`) for ``frame``."""
+    def _weights(self, noise, ok):
+        """Inverse residual variance of the noise model (0 where unusable)."""
+        alpha, beta, floor = noise
+        return ok / np.maximum(alpha * self.level + beta, floor)
+
+    def run(self, frame, params, *, coeffs=None, noise=None) -> RefineResult:
+        """Refine ``params`` (the warp, see :func:`params_from_transform`) for ``frame``;
+        ``noise``: a noise model to weight by from the first step (else the first step
+        is unweighted and its residuals give the model)."""
         params = np.array(params, dtype=np.float64)
         if coeffs is None:
             coeffs = self.prepare(frame)
-        gain, offset, w, m, r = 1.0, 0.0, None, None, None
-        converged, it = False, 0
-        need = 8 * (self.n_params + 2)
+        gain, offset, m, ok = 1.0, 0.0, None, None
+        converged, weighted, it = False, False, 0
+        noise = noise if self.weighted else None
+        k = self.n_params
+        need = 8 * (k + 2)
+        # the gain's column is the smoothed reference, not the noisy one: regressing on
+        # noisy values dilutes the gain towards 0 (errors in variables); the clean
+        # column is an instrument whose equation is unbiased
+        jac = np.empty((self.n_points, k + 2))
+        jac[:, k] = -self.level
+        jac[:, k + 1] = -1.0
         for it in range(1, self.max_iter + 1):
             pos, jgeo = self._warp(params)
             ok = self._usable(pos)
             if ok.sum() < need:
                 break
-            m = self._sample(coeffs, pos, ok, params)
-            r = _pick(self.r, ok)
-            e = m - gain * r - offset
-            # the gain's column is the smoothed reference, not the noisy one: regressing on
-            # noisy values dilutes the gain towards 0 (errors in variables); the clean
-            # column is an instrument whose equation is unbiased
-            k = self.n_params
-            jac = np.empty((r.size, k + 2))
-            jac[:, :k] = _pick(jgeo.T, ok).T
-            jac[:, k] = -_pick(self.level, ok)
-            jac[:, k + 1] = -1.0
+            m = self._sample(coeffs, pos, params)
+            e = np.where(ok, m - gain * self.r - offset, 0.0)
+            jac[:, :k] = jgeo
+            # unusable points take part with weight 0 (cheaper than cutting them out)
             if self.weighted and it > 1:
-                w = _pick(self._weights(e, _pick(self.bins, ok)), ok)
-            jw = jac if w is None else jac * w[:, None]
+                noise = self._fit_noise(e, ok)
+            weighted = noise is not None
+            w = self._weights(noise, ok) if weighted else ok.astype(np.float64)
+            jw = jac * w[:, None]
             try:
                 step = -np.linalg.solve(jw.T @ jac, jw.T @ e)
             except np.linalg.LinAlgError:
@@ -338,16 +351,12 @@ class Refiner:
             moved = np.linalg.norm(step[:self.ndim if self.model == "translation" else 2])
             if self.model != "translation":
                 moved += np.sum(np.abs(step[2:k])) * self.rmax
-            if moved < self.tol and (w is not None or not self.weighted):
+            if moved < self.tol and (weighted or not self.weighted):
                 converged = True
                 break
-        quality = 0.0 if m is None else _pearson(m, r)
-        return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points))
-
-
-def _pick(values, ok):
-    """``values[..., ok]`` along the last axis, without a copy when every point is ok."""
-    return values if ok.all() else values[..., ok]
+        quality = 0.0 if m is None else _pearson(m[ok], self.r[ok])
+        return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points),
+                            noise)
 
 
 def _cubic_weights(t: float) -> np.ndarray:
