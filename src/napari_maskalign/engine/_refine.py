@@ -44,6 +44,9 @@ __all__ = ["PARAMS", "Refiner", "params_from_transform", "transform_from_params"
 PARAMS = {"rigid": 3, "similarity": 4}
 _BINS = 16
 
+#: ``select`` keeps at least this many pixels (small frames keep them all)
+MIN_POINTS = 4000
+
 
 def _linear(params, model) -> np.ndarray:
     """The warp's matrix ``A`` for 2D ``params`` (u_y, u_x, then angle or b, a)."""
@@ -183,8 +186,9 @@ class Refiner:
         valid); all by default, ``mov_valid`` defaults to ``ref_valid``.
     model : {"translation", "rigid", "similarity"}
     select : float, optional
-        Use only this fraction of the reference's valid pixels, those with
-        the strongest gradient (they carry the information); all by default.
+        Use only this fraction of the reference's valid pixels (at least
+        ``MIN_POINTS`` of them), those with the strongest gradient: they carry
+        the information. All by default.
     margin : int
         Pixels this close to an invalid pixel or the frame's edge are not used.
     weighted : bool
@@ -211,8 +215,8 @@ class Refiner:
         use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
         q = np.nonzero(use)
         g = np.stack([gr[q] for gr in grad])
-        if select is not None and 0 < select < 1 and q[0].size > 64:
-            keep = max(64, int(select * q[0].size))
+        if select is not None and 0 < select < 1 and q[0].size > MIN_POINTS:
+            keep = max(MIN_POINTS, int(select * q[0].size))
             best = np.argpartition(-np.sum(g * g, axis=0), keep - 1)[:keep]
             best.sort()
             q, g = tuple(a[best] for a in q), g[:, best]
@@ -314,7 +318,7 @@ class Refiner:
         params = np.array(params, dtype=np.float64)
         if coeffs is None:
             coeffs = self.prepare(frame)
-        gain, offset, m, ok = 1.0, 0.0, None, None
+        gain, offset, m, used = 1.0, 0.0, None, None
         converged, weighted, it = False, False, 0
         noise = noise if self.weighted else None
         k = self.n_params
@@ -330,7 +334,7 @@ class Refiner:
             ok = self._usable(pos)
             if ok.sum() < need:
                 break
-            m = self._sample(coeffs, pos, params)
+            m, used = self._sample(coeffs, pos, params), ok
             e = np.where(ok, m - gain * self.r - offset, 0.0)
             jac[:, :k] = jgeo
             # unusable points take part with weight 0 (cheaper than cutting them out)
@@ -354,7 +358,7 @@ class Refiner:
             if moved < self.tol and (weighted or not self.weighted):
                 converged = True
                 break
-        quality = 0.0 if m is None else _pearson(m[ok], self.r[ok])
+        quality = 0.0 if m is None else _pearson(m[used], self.r[used])
         return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points),
                             noise)
 
