@@ -59,8 +59,6 @@ def ours(model):
 
 
 def pystackreg(mode):
-    from pystackreg import StackReg  # noqa: F401 - ImportError means: skip
-
     def run(stack, valid):
         from pystackreg import StackReg
 
@@ -126,7 +124,7 @@ METHODS = [
 ]
 
 
-def available(name, fn) -> bool:
+def available(name) -> bool:
     try:
         if name.startswith("pystackreg"):
             import pystackreg  # noqa: F401
@@ -147,7 +145,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=2, help="stacks per kind")
     p.add_argument("--counts", type=float, default=400.0, help="Poisson counts at the brightest ring")
     args = p.parse_args(argv)
-    methods = [(n, f, m) for n, f, m in METHODS if available(n, f)]
+    methods = [(n, f, m) for n, f, m in METHODS if available(n)]
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}; "
           f"{args.size}x{args.size}, {args.seeds} stacks x {args.frames - 1} frames per row, "
           f"Poisson {args.counts:g} counts, block masked")

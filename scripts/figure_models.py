@@ -17,12 +17,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Polygon  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyArrowPatch, Polygon
 
-from napari_maskalign import apply_transforms, make_beam_block_stack, register_stack  # noqa: E402
-from napari_maskalign.engine import similarity_transforms  # noqa: E402
+from napari_maskalign import apply_transforms, make_beam_block_stack, register_stack
+from napari_maskalign.engine import similarity_transforms
 
 
 def convention(ax) -> None:
