@@ -72,6 +72,12 @@ def _check(stack_shape, shifts, valid_mask, method, order):
         )
     if not np.all(np.isfinite(shifts)):
         raise ValueError("shifts contain NaN or inf")
+    return shifts, check_resampling(frame_shape, valid_mask, method, order)
+
+
+def check_resampling(frame_shape, valid_mask, method, order):
+    """The checks every aligned copy shares: method, spline order, and the valid mask
+    (returned as bool, or None)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= 5):
@@ -82,7 +88,7 @@ def _check(stack_shape, shifts, valid_mask, method, order):
             raise ValueError(
                 f"valid_mask has shape {valid_mask.shape} but one frame has shape {tuple(frame_shape)}"
             )
-    return shifts, valid_mask
+    return valid_mask
 
 
 def apply_shifts(
@@ -127,21 +133,23 @@ def apply_shifts(
     valid : ndarray or dask array of bool (only with ``return_valid``)
     """
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
-    frame_shape = tuple(stack.shape[1:])
-    base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
-    kw = dict(method=method, order=order, fill_value=fill_value)
-    return map_frames(
-        stack,
-        lambda i, frame: shift_frame(frame, shifts[i], **kw),
-        lambda i: _shift_valid(base_valid, shifts[i]),
-        return_valid,
-    )
+    return map_frames(stack, shifts, shift_frame, _shift_valid, valid_mask, return_valid,
+                      method=method, order=order, fill_value=fill_value)
 
 
-def map_frames(stack, frame_fn, valid_fn, return_valid: bool):
-    """``frame_fn(i, frame)`` for every frame of ``stack`` (and ``valid_fn(i)``, the
-    frame's valid pixels, with ``return_valid``): numpy in, numpy out; dask in, a lazy
-    dask array out, computed frame chunk by frame chunk."""
+def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, **kw):
+    """``move(frame, moves[i], **kw)`` for every frame of ``stack`` (and, with
+    ``return_valid``, ``move_valid(valid_mask, moves[i])``: where the moved frame holds
+    data): numpy in, numpy out; dask in, a lazy dask array out, computed frame chunk by
+    frame chunk."""
+    base = np.ones(tuple(stack.shape[1:]), bool) if valid_mask is None else valid_mask
+
+    def frame_fn(i, frame):
+        return move(frame, moves[i], **kw)
+
+    def valid_fn(i):
+        return move_valid(base, moves[i])
+
     out_dtype = aligned_dtype(stack.dtype)
     if is_dask(stack):
         import dask.array as da

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._shift import METHODS, _shift_valid, map_frames, shift_frame
+from ._shift import _shift_valid, check_resampling, map_frames, shift_frame
 
 __all__ = [
     "apply_transforms",
@@ -175,45 +175,28 @@ def warp_valid(valid, transform) -> np.ndarray:
     return (moved > 0.999) & _inside(valid.shape, inv)
 
 
-def apply_transforms(
-    stack,
-    transforms,
-    *,
-    method="spline",
-    order=3,
-    fill_value=np.nan,
-    valid_mask=None,
-    return_valid=False,
-):
+def apply_transforms(stack, transforms, *, method="spline", order=3, fill_value=np.nan,
+                     valid_mask=None, return_valid=False):
     """Apply per-frame transforms (shift, rotation, scale) to a stack, as a new array.
 
-    The same as :func:`apply_shifts` for frames whose transform is a pure
-    shift, and for the others a spline warp.
+    :func:`apply_shifts` for whole transforms: the same keywords, output
+    dtype, fill value, valid mask and laziness (numpy in, numpy out; dask in,
+    a lazy dask array out). Frames whose transform is a pure shift are
+    shifted exactly as :func:`apply_shifts` does; the others are warped with
+    a spline of ``order`` (``method="fourier"`` only shifts, so it is refused
+    for them). With ``return_valid`` the second array says where each aligned
+    frame holds real data: inside the field of view and valid (``valid_mask``,
+    True = valid) before it was moved.
 
     Parameters
     ----------
     stack : array, shape (n_frames, *frame_shape)
-        numpy (or memory-mapped) arrays give a numpy result; a dask array
-        gives a lazy dask array computed frame chunk by frame chunk.
     transforms : array, shape (n_frames, ndim + 1, ndim + 1)
         Per frame, the homogeneous matrix (data-axis order, as napari's
         ``affine``) mapping a pixel of the frame to the reference coordinate
         where its content belongs: ``RegistrationResult.transforms``.
-    method : {"spline", "fourier"}
-        Spline interpolation (``order`` 0-5, edges extended); "fourier" only
-        for stacks whose transforms are all pure shifts.
-    order : int
-        Spline order.
-    fill_value : float or None
-        Value of pixels that come from outside the field of view (NaN by
-        default); None keeps the interpolated values there. Integer stacks
-        give float32 output.
-    valid_mask : ndarray of bool, optional
-        Valid pixels of one frame (True = valid, engine convention); moved
-        along with each frame when ``return_valid`` is set.
-    return_valid : bool
-        Also return the per-frame valid mask after moving: True where the
-        pixel is real data (inside the field and valid before).
+    method, order, fill_value, valid_mask, return_valid
+        As for :func:`apply_shifts`.
 
     Returns
     -------
@@ -222,26 +205,11 @@ def apply_transforms(
     """
     stack_shape = tuple(stack.shape)
     t = check_transforms(stack_shape, transforms)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    frame_shape = stack_shape[1:]
+    valid_mask = check_resampling(frame_shape, valid_mask, method, order)
     if method == "fourier" and not is_translation(t).all():
         raise ValueError(
             "a Fourier shift can only shift; frames that rotate or scale need method='spline'"
         )
-    if not (isinstance(order, (int, np.integer)) and 0 <= order <= 5):
-        raise ValueError(f"spline order must be an integer from 0 to 5, got {order!r}")
-    frame_shape = stack_shape[1:]
-    if valid_mask is not None:
-        valid_mask = np.asarray(valid_mask, dtype=bool)
-        if valid_mask.shape != frame_shape:
-            raise ValueError(
-                f"valid_mask has shape {valid_mask.shape} but one frame has shape {frame_shape}"
-            )
-    base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
-    kw = dict(method=method, order=order, fill_value=fill_value)
-    return map_frames(
-        stack,
-        lambda i, frame: warp_frame(frame, t[i], **kw),
-        lambda i: warp_valid(base_valid, t[i]),
-        return_valid,
-    )
+    return map_frames(stack, t, warp_frame, warp_valid, valid_mask, return_valid,
+                      method=method, order=order, fill_value=fill_value)
