@@ -149,7 +149,7 @@ def main(argv=None):
     print(f"# {platform.node()}: {platform.processor() or platform.machine()}; "
           f"{args.size}x{args.size}, {args.seeds} stacks x {args.frames - 1} frames per row, "
           f"Poisson {args.counts:g} counts, block masked")
-    print(f"{'stacks':<9} {'method':<27} {'RMS px':>8} {'angle deg':>10} {'scale':>9} "
+    print(f"{'stacks':<9} {'method':<34} {'RMS px':>8} {'angle deg':>10} {'scale':>9} "
           f"{'ms/frame':>9} {'speed vs SR':>12}")
     for kind, max_scale in (("rotated", 0.0), ("scaled", 0.02)):
         stacks = [make_beam_block_stack(args.frames, (args.size,) * 2, max_drift=6.0,
@@ -174,7 +174,7 @@ def main(argv=None):
         for name, (e, ms, only) in rows.items():
             ratio = f"{base / ms:11.1f}x" if base else f"{'-':>12}"
             note = " (no scale)" if only == "rigid" and max_scale else ""
-            print(f"{kind:<9} {name + note:<27} {e[0]:8.3f} {e[1]:10.3f} {e[2]:9.5f} "
+            print(f"{kind:<9} {name + note:<34} {e[0]:8.3f} {e[1]:10.3f} {e[2]:9.5f} "
                   f"{ms:9.1f} {ratio}", flush=True)
 
 
