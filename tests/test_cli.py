@@ -16,7 +16,7 @@ import tifffile
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.cli import build_parser, main
-from napari_maskalign.engine import apply_shifts, register_stack
+from napari_maskalign.engine import apply_shifts, apply_transforms, register_stack
 
 N = 16
 
@@ -178,6 +178,8 @@ def _unreadable_frame(run):
          "frames are 2D"),
     ],
 )  # fmt: skip
+
+
 def test_errors_are_plain_and_exit_non_zero(run, capsys, prepare, argv, message):
     io.write_shifts_csv(run / "short.csv", np.zeros((3, 2)), np.ones(3))
     io.write_shifts_csv(run / "3d.csv", np.zeros((N, 3)), np.ones(N))
@@ -353,6 +355,8 @@ def _peak_rss_mib(argv) -> float:
 @pytest.mark.skipif(
     not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)"
 )
+
+
 def test_memory_does_not_grow_with_frame_count(tmp_path):
     """4x the frames (90 MiB more pixels) must not raise the peak resident memory, with the
     aligned output and the masked mean written in the same pass. (VmHWM is the process's own
@@ -457,6 +461,8 @@ def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsy
     assert errors["off"] > 1.0 and errors["auto"] < 0.05 and errors["file"] < 0.05
     rc = cli(*common, "--hot-pixels", tmp_path / "nope.npy", "--shifts", tmp_path / "x.csv")
     assert rc == 1 and "no file" in capsys.readouterr().err
+
+
 def test_threads_and_device_options(run, sample, capsys):
     """--threads sets the frames registered at once (same shifts as the default), --device cpu
     computes on the CPU; --device gpu without CuPy or a GPU is one plain line naming the extra."""
@@ -485,3 +491,55 @@ def test_threads_and_device_options(run, sample, capsys):
              "--device", "gpu")  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 1 and "install the 'gpu' extra" in err and not (run / "o.tif").exists()
+
+
+# ----------------------------------------------------------------------------
+# --model and --refine
+
+
+def test_register_similarity_writes_rotation_and_scale_and_apply_uses_them(tmp_path, capsys):
+    turning = make_beam_block_stack(6, (64, 64), max_drift=2.0, max_rotation=2.0,
+                                    max_scale=0.02, seed=7)
+    folder = tmp_path / "turning"
+    folder.mkdir()
+    for i, f in enumerate(turning.stack):
+        tifffile.imwrite(folder / f"frame_{i}.tif", f)
+    np.save(tmp_path / "block.npy", turning.beam_block.astype(np.uint8))
+    shifts_csv, out = tmp_path / "s.csv", tmp_path / "aligned.tif"
+    assert cli("register", folder, "--mask", tmp_path / "block.npy", "--model", "similarity",
+               "--shifts", shifts_csv, "--output", out) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "rotation: median" in text and "scale: max change" in text
+    assert shifts_csv.read_text().splitlines()[0] == (
+        "frame,shift_y,shift_x,rotation_deg,scale,quality")
+    table = io.read_shift_table(shifts_csv, n_frames=6, ndim=2)
+    np.testing.assert_allclose(table.rotations, -turning.rotation, atol=0.2)  # 64 px: noisy
+    np.testing.assert_allclose(table.scales, 1 / turning.scale, atol=3e-3)
+    settings = json.loads((tmp_path / "s.csv.json").read_text())["registration"]
+    assert settings["model"] == "similarity" and settings["refine"] is True
+    # apply the table to other data: the same turning and scaling as the registration's output
+    other = tmp_path / "other.npy"
+    np.save(other, turning.stack)
+    assert cli("apply", other, "--shifts", shifts_csv, "--mask", tmp_path / "block.npy",
+               "--output", tmp_path / "o.tif") == 0  # fmt: skip
+    aligned = io.open_stack(out)[:]
+    np.testing.assert_array_equal(io.open_stack(tmp_path / "o.tif")[:], aligned)
+    expected, data = apply_transforms(turning.stack, table.transforms((64, 64)),
+                                      valid_mask=turning.valid, return_valid=True)
+    np.testing.assert_array_equal(np.isnan(aligned), ~data)  # the block's pixels are no data
+    np.testing.assert_allclose(aligned[data], expected[data])
+
+
+def test_refine_flags_and_their_errors(run, sample, capsys):
+    assert cli("register", run / "run", "--mask", run / "block.png", "--no-refine",
+               "--shifts", run / "peak.csv") == 0  # fmt: skip
+    peak, _ = io.read_shifts_csv(run / "peak.csv")
+    expected = register_stack(sample.stack, mask=sample.valid, upsample_factor=20, refine=False)
+    np.testing.assert_array_equal(peak, expected.raw_shifts)
+    assert cli("register", run / "run", "--mask", run / "block.png", "--model", "rigid",
+               "--no-refine", "--shifts", run / "x.csv") == 1  # fmt: skip
+    assert "refine=False applies to model='translation' only" in capsys.readouterr().err
+    vol = run / "vol.npy"
+    np.save(vol, np.zeros((3, 4, 8, 8), np.float32))
+    assert cli("register", vol, "--model", "rigid", "--shifts", run / "v.csv") == 1
+    assert "the rigid model needs 2D frames" in capsys.readouterr().err

@@ -333,6 +333,8 @@ def test_shifts_csv_3d_and_hand_written(tmp_path):
         ("frame,shift_y,shift_x\n0,0\n", {}, "has 2 values, expected 3"),
     ],
 )
+
+
 def test_shifts_csv_errors_in_plain_words(tmp_path, text, kwargs, message):
     path = tmp_path / "s.csv"
     path.write_text(text)
@@ -483,3 +485,46 @@ def test_the_mask_in_the_frames_folder_is_not_a_frame(frames_dir, sample):
     pattern = str(frames_dir / "*.tif")
     assert io.open_stack(pattern, exclude=[str(mask)]).shape == sample.stack.shape
     np.testing.assert_array_equal(io.open_stack(frames_dir, exclude=[mask])[3], sample.stack[3])
+
+
+def test_shift_table_with_rotation_and_scale_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    shifts, quality = rng.normal(size=(6, 2)), rng.random(6)
+    rotations, scales = rng.normal(size=6), 1 + 0.01 * rng.normal(size=6)
+    path = tmp_path / "rigid.csv"
+    io.write_shifts_csv(path, shifts, quality, rotations=rotations, scales=scales)
+    assert path.read_text().splitlines()[0] == "frame,shift_y,shift_x,rotation_deg,scale,quality"
+    table = io.read_shift_table(path, n_frames=6, ndim=2)
+    for got, want in zip(table, (shifts, quality, rotations, scales)):
+        np.testing.assert_array_equal(got, want)
+    back, q = io.read_shifts_csv(path)  # the shifts reader still gives two columns
+    np.testing.assert_array_equal(back, shifts)
+    t = table.transforms((32, 48))
+    assert t.shape == (6, 3, 3)
+    np.testing.assert_allclose(np.linalg.det(t[:, :2, :2]), scales**2)
+    # a translation table is exactly what it was, and reads back without rotations
+    io.write_shifts_csv(tmp_path / "t.csv", shifts, quality)
+    plain = io.read_shift_table(tmp_path / "t.csv")
+    assert plain.rotations is None and plain.scales is None
+    # a hand-written table may give only one of the two
+    (tmp_path / "h.csv").write_text("frame,shift_y,shift_x,rotation_deg\n0,0,0,1.5\n")
+    hand = io.read_shift_table(tmp_path / "h.csv")
+    np.testing.assert_array_equal(hand.rotations, [1.5])
+    np.testing.assert_array_equal(hand.scales, [1.0])
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "message"),
+    [
+        ("frame,shift_y,shift_x,scale\n0,0,0,0\n", {}, "scale must be positive"),
+        ("frame,shift_y,shift_x,rotation_deg\n0,0,0,north\n", {}, "rotation_deg 'north'"),
+        ("frame,shift_z,shift_y,shift_x,scale\n0,0,0,0,1\n", {}, "rotation and scale are for 2D"),
+    ],
+)
+
+
+def test_rotation_and_scale_columns_are_checked(tmp_path, text, kwargs, message):
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        io.read_shift_table(path, **kwargs)

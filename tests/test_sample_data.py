@@ -9,7 +9,7 @@ from skimage.registration import phase_cross_correlation as sk_pcc
 
 import napari_maskalign
 from napari_maskalign._sample_data import SyntheticStack, make_beam_block_stack, make_sample_data
-from napari_maskalign.engine import phase_cross_correlation, register_stack
+from napari_maskalign.engine import gradient_of, phase_cross_correlation, register_stack
 
 
 def test_shapes_dtypes_and_fields():
@@ -168,3 +168,63 @@ def test_manifest_offers_the_sample():
     assert [s["key"] for s in samples] == ["beam_block"]
     commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
     assert commands[samples[0]["command"]] == "napari_maskalign._sample_data:make_sample_data"
+
+
+def test_rotation_and_scale_with_ground_truth_transforms():
+    s = make_beam_block_stack(5, (64, 64), seed=2, max_rotation=3.0, max_scale=0.02, noise=None)
+    assert s.rotation[0] == 0 and s.scale[0] == 1
+    assert np.abs(s.rotation).max() == pytest.approx(3.0)
+    assert np.abs(s.scale - 1).max() == pytest.approx(0.02)
+    t = s.expected_transforms(0)
+    np.testing.assert_allclose(t[0], np.eye(3), atol=1e-12)
+    # relative to another reference: the composition through frame 0
+    np.testing.assert_allclose(s.expected_transforms(2), np.linalg.inv(t[2]) @ t, atol=1e-12)
+    # the block does not turn with the pattern
+    np.testing.assert_array_equal(s.beam_block, make_beam_block_stack(2, (64, 64)).beam_block)
+    # without rotation or scale the transforms are the expected shifts, and the frames
+    # are what they always were (same random numbers)
+    plain = make_beam_block_stack(4, (32, 32), seed=6)
+    np.testing.assert_allclose(plain.expected_transforms(1)[:, :2, 2], plain.expected_shifts(1))
+    again = make_beam_block_stack(4, (32, 32), seed=6, rotation=np.zeros(4), scale=np.ones(4))
+    np.testing.assert_array_equal(again.stack, plain.stack)
+
+
+def test_explicit_rotation_turns_the_pattern_about_its_centre():
+    """Turning a frame back by its ground-truth transform gives frame 0 (interpolation
+    error aside): the truth is what the pixels show."""
+    from scipy import ndimage as ndi
+
+    s = make_beam_block_stack(2, (96, 96), noise=None, beam_block=False, max_drift=0,
+                              rotation=[0.0, 4.0], scale=[1.0, 1.03], dtype=np.float64)
+    inv = np.linalg.inv(s.expected_transforms(0)[1])
+    back = ndi.affine_transform(s.stack[1], inv[:2, :2], offset=inv[:2, 2], order=3)
+    inner = (slice(16, -16), slice(16, -16))
+    before = np.abs(s.stack[1] - s.stack[0])[inner].mean()
+    after = np.abs(back - s.stack[0])[inner].mean()
+    assert after < 0.05 * before
+
+
+def test_noiseless_gradient_and_noise_variance():
+    s = make_beam_block_stack(3, (64, 64), seed=4, counts=200)
+    clean = s.noiseless(1)
+    assert clean.dtype == np.float64 and clean.shape == (64, 64)
+    # the frame is a Poisson draw around the noiseless one
+    z = (s.stack[1] - clean) / np.sqrt(clean)
+    assert abs(z.mean()) < 0.05 and 0.9 < z.std() < 1.1
+    np.testing.assert_array_equal(s.noise_variance(1), clean)
+    # the gradient is minus the spatial derivative of the noiseless frame (the pattern
+    # moving by +1 px along an axis), checked away from the block's edges
+    g = s.gradient(1)
+    spatial = gradient_of(clean)
+    far = ndi_far(s.valid, 3)
+    for ax in range(2):  # (finite differences are coarse on 1 px spots: correlate)
+        assert np.corrcoef(g[ax][far], -spatial[ax][far])[0, 1] > 0.99
+    gauss = make_beam_block_stack(2, (32, 32), noise="gaussian", sigma=0.05, counts=100)
+    assert gauss.noise_variance(0) == pytest.approx(25.0)
+    assert make_beam_block_stack(1, (16, 16), noise=None).noise_variance(0) == 0.0
+
+
+def ndi_far(valid, pixels):
+    from scipy import ndimage as ndi
+
+    return ndi.binary_erosion(valid, iterations=pixels, border_value=0)

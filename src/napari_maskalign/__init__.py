@@ -13,8 +13,9 @@ phase_cross_correlation
 register_stack
     Register every frame of a stack against a reference (frame, image, mean,
     previous frame or iterative template).
-apply_shifts
-    Apply per-frame shifts to a stack (eager or dask-lazy).
+apply_shifts, apply_transforms
+    Apply per-frame shifts, or whole transforms (rotation and scale too), to a
+    stack (eager or dask-lazy).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LAZY = {
     "iter_register_stack": "napari_maskalign.engine",
     "find_static_outliers": "napari_maskalign.engine",
     "apply_shifts": "napari_maskalign.engine",
+    "apply_transforms": "napari_maskalign.engine",
     "RegistrationOptions": "napari_maskalign.engine",
     "RegistrationResult": "napari_maskalign.engine",
     "valid_from_ignore": "napari_maskalign.engine",
@@ -42,6 +44,7 @@ __all__ = [
     "RegistrationResult",
     "__version__",
     "apply_shifts",
+    "apply_transforms",
     "find_static_outliers",
     "iter_register_stack",
     "make_beam_block_stack",
@@ -57,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RegistrationOptions,
         RegistrationResult,
         apply_shifts,
+        apply_transforms,
         find_static_outliers,
         iter_register_stack,
         phase_cross_correlation,

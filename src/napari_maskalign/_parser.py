@@ -198,7 +198,9 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 EPILOG_REGISTER = """\
 Shifts file: one row per frame, columns frame, shift_y, shift_x, quality (3D frames add
 shift_z before shift_y): the shift that registers each frame onto the reference
-(scikit-image's convention: apply it to the frame to align it). It is rewritten atomically as frames finish, next to a
+(scikit-image's convention: apply it to the frame to align it). --model rigid or
+similarity adds rotation_deg (counterclockwise as seen in napari) and scale before
+quality; the shift is then that of the frame's centre. It is rewritten atomically as frames finish, next to a
 SHIFTS.csv.json file holding the run's settings, so a run that is killed can be continued
 with --resume and ends with the same shifts as an uninterrupted run.
 
@@ -207,6 +209,7 @@ examples:
   maskalign register 'run/frame_*.tif' --mask block.npy --max-shift 20 --shifts s.csv --resume
   maskalign register stack.tif --mask valid.tif --invert-mask --workers 4 --shifts s.csv
   maskalign register run.h5:/entry/data --mask block.png --shifts s.csv --mean mean.tif 2> log
+  maskalign register run/ --mask block.png --model similarity --shifts s.csv --output al.zarr
 """
 
 
@@ -313,6 +316,22 @@ def _add_commands(sub) -> None:
         "valid pixels is below R of the largest (default 0.3)",
     )
     reg.add_argument(
+        "--model",
+        choices=("translation", "rigid", "similarity"),
+        default="translation",
+        help="what moves between frames: translation (shifts; default), rigid (rotation and "
+        "shift) or similarity (rotation, uniform scale and shift; 2D frames). The shifts file "
+        "then adds rotation_deg and scale columns and its shifts are the frame centre's",
+    )
+    reg.add_argument(
+        "--refine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refine every frame continuously after the correlation peak (Gauss-Newton on the "
+        "unmasked pixels: errors at the Cramer-Rao bound instead of the 1/U grid); default: on "
+        "when --upsample is above 1 and for rigid and similarity",
+    )
+    reg.add_argument(
         "--max-jump",
         type=_number(0),
         metavar="PX",
@@ -358,7 +377,9 @@ def _add_commands(sub) -> None:
         "--shifts",
         required=True,
         metavar="SHIFTS.csv",
-        help="one row per frame: frame, shift_y, shift_x[, quality] (shift_z too for 3D frames)",
+        help="one row per frame: frame, shift_y, shift_x[, quality] (shift_z too for 3D frames); "
+        "rotation_deg and scale columns (from --model rigid or similarity) rotate and scale the "
+        "frames about their centre too",
     )
     app.add_argument("--output", metavar="OUT", help=OUTPUT_HELP + " (or only --mean)")
     app.add_argument("--mask", metavar="MASK", help=MASK_HELP + "; its pixels are NaN in the "

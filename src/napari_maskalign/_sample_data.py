@@ -1,10 +1,11 @@
-"""Synthetic beam-block diffraction stacks with known subpixel drift.
+"""Synthetic beam-block diffraction stacks with known subpixel drift, rotation and scale.
 
 One generator serves the napari sample, the tests, the benchmarks, the demo
 and the docs, so every one of them measures against the same ground truth.
 
-The pattern is rendered analytically at every frame's drifted centre (no
-interpolation), so the true drift is exact to floating-point precision:
+The pattern is rendered analytically at every frame's geometry (drifted
+centre, and for 2D frames rotated and magnified about that centre; no
+interpolation), so the true transform is exact to floating-point precision:
 
 * Debye-Scherrer rings (Gaussian radial profiles) and a lattice of Bragg spots,
 * a very bright direct beam at the centre and a diffuse background,
@@ -15,7 +16,8 @@ interpolation), so the true drift is exact to floating-point precision:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +36,29 @@ class SyntheticStack:
         True where the static beam block shadows the detector: the pixels a
         user paints in napari and registration must ignore.
     drift : ndarray, shape (n_frames, ndim)
-        Displacement of the diffraction pattern in each frame, in pixels,
-        relative to frame 0 (``drift[0]`` is zero).
+        Displacement of the diffraction pattern's centre in each frame, in
+        pixels, relative to frame 0 (``drift[0]`` is zero).
+    rotation : ndarray, shape (n_frames,)
+        Rotation of the pattern about its centre in each frame, in degrees,
+        counterclockwise as seen in napari (rows down, columns right),
+        relative to frame 0. Zero for 3D frames.
+    scale : ndarray, shape (n_frames,)
+        Magnification of the pattern about its centre relative to frame 0.
     """
 
     stack: np.ndarray
     beam_block: np.ndarray
     drift: np.ndarray
+    rotation: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    _render_args: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        n = len(self.drift)
+        if self.rotation is None:
+            object.__setattr__(self, "rotation", np.zeros(n))
+        if self.scale is None:
+            object.__setattr__(self, "scale", np.ones(n))
 
     @property
     def valid(self) -> np.ndarray:
@@ -52,8 +70,87 @@ class SyntheticStack:
 
         scikit-image's sign convention: the shift that moves the frame back
         onto the reference, i.e. minus the frame's drift relative to it.
+        (With rotation or scale this is the shift of the pattern's centre;
+        :meth:`expected_transforms` is then the whole truth.)
         """
         return -(self.drift - self.drift[reference])
+
+    def _to_pattern(self) -> np.ndarray:
+        """Per frame: the matrix mapping a pixel to frame 0's coordinate of its content."""
+        n, ndim = self.drift.shape
+        centre = np.asarray(self._centre(), float)
+        out = np.broadcast_to(np.eye(ndim + 1), (n, ndim + 1, ndim + 1)).copy()
+        for i in range(n):
+            inv = np.linalg.inv(pattern_linear(ndim, self.rotation[i], self.scale[i]))
+            out[i, :ndim, :ndim] = inv
+            out[i, :ndim, ndim] = centre - inv @ (centre + self.drift[i])
+        return out
+
+    def _centre(self):
+        if self._render_args is not None:
+            return self._render_args["centre0"]
+        shape = self.stack.shape[1:]
+        return np.array(shape) / 2.0 + np.array([0.37, -0.21, 0.13][: len(shape)])
+
+    def expected_transforms(self, reference: int = 0) -> np.ndarray:
+        """Homogeneous matrices ``(n_frames, ndim + 1, ndim + 1)`` that register each
+        frame onto frame ``reference``: in data-axis (row, col) order like napari's
+        ``affine``, each maps a pixel of frame i to the coordinate in the reference
+        where that content is. Pure shifts ``[[1, 0, sy], [0, 1, sx], [0, 0, 1]]``
+        (``expected_shifts``) when nothing rotates or scales."""
+        m = self._to_pattern()
+        return np.linalg.inv(m[reference]) @ m
+
+    # -- the noiseless truth (what the Cramer-Rao bound is computed from) -----
+    def noiseless(self, i: int) -> np.ndarray:
+        """Frame ``i`` without noise (the expected counts), float64."""
+        return self._noiseless(i, np.zeros(self.drift.shape[1]))
+
+    def _noiseless(self, i: int, offset) -> np.ndarray:
+        a = self._render_args
+        if a is None:
+            raise ValueError("this SyntheticStack was not made by make_beam_block_stack")
+        linear = pattern_linear(len(a["shape"]), self.rotation[i], self.scale[i])
+        img = _render(a["shape"], a["centre0"] + self.drift[i] + offset, a["spots"], a["spot_r"],
+                      a["half"], a["sigma_spot"], linear)
+        if a["beam_block"]:
+            img = np.where(self.beam_block, 0.01 + 0.002 * img, img)
+        return img * a["counts"]
+
+    def gradient(self, i: int, step: float = 1e-3) -> np.ndarray:
+        """``(ndim, *frame_shape)``: how frame ``i``'s expected counts change when its
+        pattern moves by one pixel along each axis (central differences of the
+        analytic pattern; the derivative along an axis of the noiseless image, sign
+        reversed). Inside the static block it is that of the block's faint glow."""
+        ndim = self.drift.shape[1]
+        out = np.empty((ndim, *self.stack.shape[1:]))
+        for ax in range(ndim):
+            e = np.zeros(ndim)
+            e[ax] = step
+            out[ax] = (self._noiseless(i, e) - self._noiseless(i, -e)) / (2 * step)
+        return out
+
+    def noise_variance(self, i: int) -> np.ndarray | float:
+        """The variance of frame ``i``'s noise per pixel: the expected counts for
+        Poisson noise, ``(sigma * counts)**2`` for Gaussian, 0 without noise."""
+        a = self._render_args
+        if a is None:
+            raise ValueError("this SyntheticStack was not made by make_beam_block_stack")
+        if a["noise"] == "poisson":
+            return self.noiseless(i)
+        if a["noise"] == "gaussian":
+            return float((a["sigma"] * a["counts"]) ** 2)
+        return 0.0
+
+
+def pattern_linear(ndim: int, rotation_deg: float, scale: float) -> np.ndarray:
+    """The pattern's linear change in (row, col) order: ``scale`` times a rotation by
+    ``rotation_deg`` counterclockwise as seen in napari (rows point down)."""
+    if ndim != 2:
+        return float(scale) * np.eye(ndim)
+    t = np.deg2rad(rotation_deg)
+    c, s = np.cos(t), np.sin(t)
+    return float(scale) * np.array([[c, -s], [s, c]])
 
 
 def _random_drift(rng: np.random.Generator, n_frames: int, ndim: int, max_drift: float):
@@ -91,9 +188,12 @@ def _centred_grids(shape, centre):
     return grids, np.sqrt(sum(g * g for g in grids))
 
 
-def _render(shape, centre, spots, spot_r, half, sigma_spot):
-    """The noiseless pattern, centred at ``centre`` (continuous coordinates)."""
+def _render(shape, centre, spots, spot_r, half, sigma_spot, linear=None):
+    """The noiseless pattern, centred at ``centre`` (continuous coordinates), changed
+    by the matrix ``linear`` (a rotation times a scale) about that centre."""
+    scale = 1.0 if linear is None else float(abs(np.linalg.det(linear)) ** (1.0 / len(shape)))
     _, r = _centred_grids(shape, centre)
+    r = r / scale  # the radius in the pattern's own coordinates
     # detector pedestal plus diffuse inelastic background
     img = 0.08 + 0.2 * np.exp(-r / (0.5 * half))
     for frac, width, amp in ((0.22, 0.012, 1.0), (0.36, 0.015, 0.7), (0.5, 0.02, 0.45),
@@ -101,9 +201,10 @@ def _render(shape, centre, spots, spot_r, half, sigma_spot):
         img = img + amp * np.exp(-0.5 * ((r - frac * half) / (width * half + 0.8)) ** 2)
     img = img + 40.0 * np.exp(-0.5 * (r / (0.03 * half + 1.0)) ** 2)  # direct beam
     # Bragg spots, each rendered in a small window around it
+    sigma_spot = sigma_spot * scale
     w = int(np.ceil(4 * sigma_spot))
     for p, pr in zip(spots, spot_r):
-        pos = np.asarray(centre) + p
+        pos = np.asarray(centre) + (p if linear is None else linear @ p)
         lo = np.maximum(np.floor(pos).astype(int) - w, 0)
         hi = np.minimum(np.floor(pos).astype(int) + w + 1, shape)
         if np.any(hi <= lo):
@@ -139,6 +240,10 @@ def make_beam_block_stack(
     sigma: float = 0.02,
     beam_block: bool = True,
     drift: np.ndarray | None = None,
+    max_rotation: float = 0.0,
+    rotation=None,
+    max_scale: float = 0.0,
+    scale=None,
     seed: int = 0,
     dtype=np.float32,
 ) -> SyntheticStack:
@@ -167,16 +272,29 @@ def make_beam_block_stack(
         registration).
     drift : array, optional
         Explicit drift per frame, shape (n_frames, ndim).
+    max_rotation : float
+        2D only: largest rotation of the pattern about its centre, in degrees,
+        a smooth random walk like the drift (ignored when ``rotation`` is given).
+    rotation : array, optional
+        Explicit rotation per frame, in degrees, counterclockwise as seen in
+        napari; shape (n_frames,).
+    max_scale : float
+        Largest relative change of the pattern's size, e.g. 0.02 for 2 %
+        (ignored when ``scale`` is given).
+    scale : array, optional
+        Explicit magnification per frame (1 = frame 0's size); shape (n_frames,).
     seed : int
-        Seed of the random drift and the noise.
+        Seed of the random drift, rotation, scale and the noise.
     dtype : numpy dtype
         Output dtype.
 
     Returns
     -------
     SyntheticStack
-        ``.stack``, ``.beam_block`` (True = ignore), ``.drift`` and
-        ``.expected_shifts()``.
+        ``.stack``, ``.beam_block`` (True = ignore), ``.drift``,
+        ``.rotation``, ``.scale``, ``.expected_shifts()`` and
+        ``.expected_transforms()``; ``.noiseless(i)``, ``.gradient(i)`` and
+        ``.noise_variance(i)`` give the truth behind frame ``i``'s noise.
     """
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
@@ -193,27 +311,45 @@ def make_beam_block_stack(
         drift = np.asarray(drift, dtype=np.float64)
         if drift.shape != (n_frames, ndim):
             raise ValueError(f"drift must have shape {(n_frames, ndim)}, got {drift.shape}")
+    rotation = _per_frame(rng, "rotation", rotation, max_rotation, n_frames, 0.0)
+    scale = _per_frame(rng, "scale", scale, max_scale, n_frames, 1.0)
+    if ndim != 2 and np.any(rotation):
+        raise ValueError("rotation is for 2D frames only")
+    if np.any(scale <= 0):
+        raise ValueError("scale must be positive")
     half = min(shape) / 2.0
     # a fixed subpixel offset so the pattern centre is not on the pixel grid
     centre0 = np.array(shape) / 2.0 + np.array([0.37, -0.21, 0.13][:ndim])
     spots, spot_r = _lattice_points(ndim, 0.2 * half, 0.92 * half, angle=0.3)
     sigma_spot = max(1.0, 0.012 * half)
     block = _beam_block(shape, centre0, half) if beam_block else np.zeros(shape, bool)
-
-    out = np.empty((n_frames, *shape), dtype=dtype)
+    args = dict(shape=shape, centre0=centre0, spots=spots, spot_r=spot_r, half=half,
+                sigma_spot=sigma_spot, beam_block=beam_block, counts=float(counts),
+                noise=noise, sigma=float(sigma))
+    synth = SyntheticStack(np.empty((n_frames, *shape), dtype=dtype), block, drift, rotation,
+                           scale, args)
+    out = synth.stack
     for i in range(n_frames):
-        img = _render(shape, centre0 + drift[i], spots, spot_r, half, sigma_spot)
-        if beam_block:
-            # the block is metal: it lets almost nothing through, and it does not move
-            img = np.where(block, 0.01 + 0.002 * img, img)
+        img = synth.noiseless(i)
         if noise == "poisson":
-            img = rng.poisson(img * counts).astype(np.float64)
+            img = rng.poisson(img).astype(np.float64)
         elif noise == "gaussian":
-            img = (img + rng.normal(scale=sigma, size=shape)) * counts
-        else:
-            img = img * counts
+            img = img + rng.normal(scale=sigma, size=shape) * counts
         out[i] = img
-    return SyntheticStack(stack=out, beam_block=block, drift=drift)
+    return synth
+
+
+def _per_frame(rng, name, values, largest, n_frames, neutral) -> np.ndarray:
+    """Rotation or scale per frame: explicit ``values``, or a smooth random walk of
+    excursion ``largest`` around ``neutral`` (nothing drawn when it is 0)."""
+    if values is not None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (n_frames,):
+            raise ValueError(f"{name} must have one value per frame ({n_frames}), got {values.shape}")
+        return values
+    if not largest:
+        return np.full(n_frames, neutral)
+    return neutral + _random_drift(rng, n_frames, 1, float(largest))[:, 0]
 
 
 def make_sample_data(n_frames: int = 20, shape: tuple[int, int] = (256, 256)):

@@ -54,19 +54,12 @@ def _open_input(source: str, mask=None):
 
 def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dict:
     """Every output checked together, before any work (see workflow.paths)."""
-    from .io import output_format, source_file
-    from .workflow import check_mean_name, check_outputs
+    from .io import source_file
+    from .workflow import check_output_names, check_outputs
 
     inputs = {"input": source_file(args.input), "mask": getattr(args, "mask", None)}
     try:
-        if outputs.get("output") is not None:
-            output_format(outputs["output"])
-        if outputs.get("mean") is not None:
-            check_mean_name(outputs["mean"])
-        plot = outputs.get("plot")
-        if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-            raise ValueError(f"cannot tell the plot's format from {Path(plot).name!r}: end the "
-                             "name with .png, .pdf or .svg")
+        check_output_names(outputs)
         return check_outputs(outputs, inputs=inputs, overwrite=overwrite, may_exist=may_exist)
     except FileExistsError as exc:
         raise CLIError(f"{exc}; use --overwrite to replace it") from None
@@ -75,16 +68,11 @@ def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dic
 
 
 def _output_paths(args, stack, shifts=None) -> dict:
-    """What a run writes, by what it is (None: not asked for)."""
-    from .workflow import aligned_mask_path, count_path, sidecar_path
+    from .workflow import planned_outputs
 
-    out, mean = args.output, args.mean
-    paths = {"shifts file": shifts, "shifts settings file": shifts and sidecar_path(shifts),
-             "output": out, "mean": mean, "mean's frame count": mean and count_path(mean),
-             "plot": getattr(args, "plot", None)}
-    if out is not None and args.dtype == "input" and np.dtype(stack.dtype).kind in "biu":
-        paths["output mask"] = aligned_mask_path(out)
-    return paths
+    return planned_outputs(shifts=shifts, output=args.output, mean=args.mean,
+                           plot=getattr(args, "plot", None), stack_dtype=stack.dtype,
+                           integer=args.dtype == "input")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -127,6 +115,8 @@ def _options(args):
             hot_pixels=_hot_pixels(args.hot_pixels),
             workers=args.threads,
             device=args.device,
+            model=args.model,
+            refine=args.refine,
         )
 
 
@@ -178,6 +168,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         dask_client,
         register_to_journal,
         run_settings,
+        to_apply,
     )
 
     options = _options(args)
@@ -241,8 +232,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 print(f"plot: {args.plot}")
             exclude = None if args.mean_with_outliers else result.outliers
             # the mask registration used (the painted one without the hot pixels): NaN in outputs
-            _write_outputs(args, stack, result.shifts, paths, result.valid_mask, client, exclude,
-                           settings["input"])
+            _write_outputs(args, stack, to_apply(result), paths, result.valid_mask, client,
+                           exclude, settings["input"])
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
@@ -286,14 +277,16 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from .io import read_shifts_csv
+    from .io import read_shift_table
     from .workflow import ClusterLost, dask_client
 
     _check_device(args)
     stack = _open_input(args.input, args.mask)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
     try:
-        shifts, _ = read_shifts_csv(args.shifts, n_frames=n, ndim=ndim)
+        table = read_shift_table(args.shifts, n_frames=n, ndim=ndim)
+        # a rigid or similarity table turns the frames about their centre as well
+        shifts = table.shifts if table.rotations is None else table.transforms(stack.shape[1:])
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:

@@ -5,7 +5,10 @@
 * :func:`register_stack` / :func:`iter_register_stack` -- a whole stack
   against a reference, in a bounded-memory stream; the settings as one
   :class:`RegistrationOptions`;
-* :func:`apply_shifts` -- aligned copies (numpy or lazy dask);
+* :func:`apply_shifts`, :func:`apply_transforms` -- aligned copies (numpy or
+  lazy dask), by shifts or by whole transforms (rotation and scale too);
+* :func:`shift_bound` -- the Cramer-Rao bound of a shift, the measuring
+  stick of every accuracy claim;
 * mask helpers, with the one conversion between painted masks (nonzero =
   ignore) and engine masks (True = valid): :func:`valid_from_ignore`.
 
@@ -14,6 +17,7 @@ the matrix-multiply DFT of Guizar-Sicairos et al. (2008); the References of
 :func:`register_stack` give their DOIs.
 """
 
+from ._bound import fisher_information, gradient_of, shift_bound
 from ._correlators import PhaseCorrelator
 from ._hotpixels import find_static_outliers, mask_with_outliers
 from ._masked import MaskedCorrelator
@@ -24,15 +28,22 @@ from ._masks import (
     suggest_beam_block,
     valid_from_ignore,
 )
-from ._options import RegistrationOptions
+from ._options import MODELS, RegistrationOptions
 from ._outliers import flag_outliers, interpolate_flagged
 from ._pcc import phase_cross_correlation
 from ._registrar import FrameRegistrar
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
 from ._shift import aligned_dtype, apply_shifts
 from ._stack import RegistrationRun, iter_register_stack, register_stack
+from ._transforms import (
+    apply_transforms,
+    similarity_transforms,
+    transform_parameters,
+    warp_frame,
+)
 
 __all__ = [
+    "MODELS",
     "FrameRecord",
     "FrameRegistrar",
     "MaskedCorrelator",
@@ -43,17 +54,24 @@ __all__ = [
     "RegistrationRun",
     "aligned_dtype",
     "apply_shifts",
+    "apply_transforms",
     "build_result",
     "check_valid_mask",
     "find_static_outliers",
+    "fisher_information",
     "flag_outliers",
+    "gradient_of",
     "grow_ignore",
     "interpolate_flagged",
     "iter_register_stack",
     "mask_with_outliers",
     "phase_cross_correlation",
     "register_stack",
+    "shift_bound",
     "shrink_ignore",
+    "similarity_transforms",
     "suggest_beam_block",
+    "transform_parameters",
     "valid_from_ignore",
+    "warp_frame",
 ]

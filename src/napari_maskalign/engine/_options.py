@@ -18,10 +18,19 @@ import numpy as np
 
 from ._device import check_device
 
-__all__ = ["MAX_UPSAMPLE", "REFERENCE_MODES", "RegistrationOptions", "check_upsample_factor"]
+__all__ = [
+    "MAX_UPSAMPLE",
+    "MODELS",
+    "REFERENCE_MODES",
+    "RegistrationOptions",
+    "check_upsample_factor",
+]
 
 #: reference modes besides a frame index or an explicit image
 REFERENCE_MODES = ("mean", "previous", "template")
+
+#: transform models: shifts; rotation and shift; rotation, uniform scale and shift
+MODELS = ("translation", "rigid", "similarity")
 
 #: the finest grid offered: 1/1000 px is far below what any frame's noise allows,
 #: and the refinement's work grows with the square of the factor
@@ -101,6 +110,18 @@ class RegistrationOptions:
         the ``gpu`` extra), or None (default): where the stack is -- CuPy
         stacks on their GPU, everything else on the CPU. Not part of
         :meth:`fingerprint`: both give the same shifts (within 1e-3 px).
+    model : {"translation", "rigid", "similarity"}
+        The transform per frame: a shift (default; 2D or 3D frames), a
+        rotation and a shift, or a rotation, a uniform scale and a shift
+        (2D frames).
+    refine : bool, optional
+        Refine each frame's transform by Gauss-Newton on the valid pixels
+        after the correlation peak (continuous estimates at the Cramer-Rao
+        bound instead of the ``1/upsample_factor`` grid). None (default):
+        on for subpixel translation (``upsample_factor > 1``) and always for
+        rigid and similarity, whose method ends in it (``refine=False`` is
+        refused there); off for whole-pixel translation, which then matches
+        scikit-image. See :attr:`refines`.
     """
 
     reference: Any = 0
@@ -118,6 +139,8 @@ class RegistrationOptions:
     workers: int | None = None
     hot_pixels: Any = "auto"
     device: str | None = None
+    model: str = "translation"
+    refine: bool | None = None
 
     def __post_init__(self):
         def put(name, value):
@@ -160,8 +183,33 @@ class RegistrationOptions:
         check_device(self.device)
         put("interpolate_outliers", bool(self.interpolate_outliers))
         put("return_xcorr", bool(self.return_xcorr))
+        if not isinstance(self.model, str) or self.model not in MODELS:
+            raise ValueError(
+                f"model must be one of {', '.join(map(repr, MODELS))}, got {self.model!r}"
+            )
+        if self.refine is not None and not isinstance(self.refine, (bool, np.bool_)):
+            raise ValueError(f"refine must be True, False or None (automatic), got {self.refine!r}")
+        put("refine", None if self.refine is None else bool(self.refine))
+        if self.model != "translation" and self.refine is False:
+            raise ValueError(
+                f"the {self.model} model always ends in the Gauss-Newton refinement; "
+                "refine=False applies to model='translation' only"
+            )
+        if self.model != "translation" and self.mode == "image" and self.reference.ndim != 2:
+            raise ValueError(
+                f"the {self.model} model needs 2D frames, but the reference image is "
+                f"{self.reference.ndim}D; use model='translation' for 3D frames"
+            )
 
     # -- derived -------------------------------------------------------------
+    @property
+    def refines(self) -> bool:
+        """Whether frames are refined: ``refine``, or when None, on for rigid and
+        similarity and for subpixel translation (``upsample_factor > 1``)."""
+        if self.refine is not None:
+            return self.refine
+        return self.model != "translation" or self.upsample_factor > 1
+
     def replace(self, **changes) -> RegistrationOptions:
         """A copy with ``changes`` (checked like the original)."""
         _check_names(changes)
@@ -211,6 +259,12 @@ class RegistrationOptions:
                 f"the hot_pixels mask has shape {self.hot_pixels.shape} but one frame has "
                 f"shape {tuple(frame_shape)}"
             )
+        if self.model != "translation" and len(frame_shape) != 2:
+            raise ValueError(
+                f"the {self.model} model needs 2D frames, but these frames are "
+                f"{len(frame_shape)}D ({'x'.join(map(str, frame_shape))}); use "
+                "model='translation' for 3D frames"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values (an explicit reference image shows as "image")."""
@@ -229,7 +283,8 @@ class RegistrationOptions:
         """What decides the measured shifts, JSON-serializable: a resumed run must match it.
 
         Workers, the device, previews and outlier handling are left out (they do
-        not change the measured shifts); an explicit reference image enters by its SHA-256.
+        not change the measured shifts); an explicit reference image enters by its SHA-256;
+        ``refine`` enters resolved (:attr:`refines`).
         """
         d = self.describe()
         if self.mode == "image":
@@ -238,9 +293,10 @@ class RegistrationOptions:
             d["hot_pixels"] = "mask sha256:" + _digest(self.hot_pixels)
         keep = (
             "reference", "reference_range", "upsample_factor", "max_shift",
-            "overlap_ratio", "normalization", "template_iterations", "hot_pixels",
+            "overlap_ratio", "normalization", "template_iterations", "hot_pixels", "model",
         )
         out = {k: d[k] for k in keep}
+        out["refine"] = self.refines
         for k in ("reference_range", "max_shift"):
             if isinstance(out[k], tuple):
                 out[k] = list(out[k])

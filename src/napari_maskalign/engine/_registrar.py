@@ -11,6 +11,7 @@ from ._masked import MaskedCorrelator
 from ._masks import check_valid_mask
 from ._options import RegistrationOptions
 from ._result import FrameRecord
+from ._transforms import frame_centre
 
 __all__ = ["FrameRegistrar", "has_contrast"]
 
@@ -25,9 +26,14 @@ class FrameRegistrar:
     """Registers single frames against one reference; picklable.
 
     Everything that depends only on the reference and the mask (their FFTs,
-    the overlap of valid pixels, the accepted shifts, the FFT size) is
-    computed here once. This is where frames and the reference are checked:
-    the correlators below trust what they get.
+    the overlap of valid pixels, the accepted shifts, the FFT size, the
+    refinement's Jacobian) is computed here once. This is where frames and the
+    reference are checked: the correlators below trust what they get.
+
+    Translation: the correlation peak, then (``options.refines``) the
+    Gauss-Newton refinement of :mod:`._refine` from it. Rigid and similarity:
+    :class:`~._models.ModelRegistrar` (coarse rotation, scale and shift, then
+    the same refinement of all parameters).
 
     Parameters
     ----------
@@ -48,7 +54,8 @@ class FrameRegistrar:
         Working precision (default: float32 for small inputs, else float64).
     xp : array namespace, optional
         Where the per-frame work runs: numpy (default), or a CuPy namespace
-        for a GPU (masked registration only); frames may come as numpy arrays.
+        for a GPU (masked translation only; the refinement runs on the host);
+        frames may come as numpy arrays.
     """
 
     def __init__(
@@ -68,23 +75,30 @@ class FrameRegistrar:
                 "registration on a GPU needs a mask (masked correlation); without one, "
                 "use device='cpu'"
             )
+        if self.xp is not np and opts.model != "translation":
+            raise ValueError(
+                f"the {opts.model} model runs on the CPU; use device='cpu' (the GPU path "
+                "registers translations)"
+            )
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
         ref = ref.astype(self.dtype, copy=False)
         self.shape = ref.shape
         self.xcorr_radius = opts.xcorr_radius if opts.return_xcorr else None
         self.masked = valid_mask is not None
+        self.valid = self.ref_valid = None
         if self.masked:
-            valid = np.asarray(valid_mask, dtype=bool)
-            ref_valid = valid if reference_mask is None else np.asarray(reference_mask, bool)
-            check_valid_mask(ref_valid, self.shape, "reference's valid area")
-            self.valid, self.ref_valid = valid, ref_valid
-            self._valid_x = valid if self.xp is np else to_namespace(self.xp, valid)
-            self._check_reference(ref)
+            self.valid = np.asarray(valid_mask, dtype=bool)
+            self.ref_valid = self.valid if reference_mask is None else np.asarray(reference_mask, bool)
+            check_valid_mask(self.ref_valid, self.shape, "reference's valid area")
+            self._valid_x = self.valid if self.xp is np else to_namespace(self.xp, self.valid)
+        self._check_reference(ref)
+        self._corr = None
+        if opts.model == "translation" and self.masked:
             self._corr = MaskedCorrelator(
                 ref,
-                ref_valid,
-                valid,
+                self.ref_valid,
+                self.valid,
                 overlap_ratio=opts.overlap_ratio,
                 upsample_factor=opts.upsample_factor,
                 max_shift=opts.max_shift,
@@ -93,9 +107,7 @@ class FrameRegistrar:
                 dtype=self.dtype,
                 xp=self.xp,
             )
-        else:
-            self.valid = self.ref_valid = None
-            self._check_reference(ref)
+        elif opts.model == "translation":
             self._corr = PhaseCorrelator(
                 ref,
                 normalization=opts.normalization,
@@ -104,6 +116,31 @@ class FrameRegistrar:
                 max_shift=opts.max_shift,
                 workers=opts.workers,
             )
+        self.model, self.refines, self._max_shift = opts.model, opts.refines, opts.max_shift
+        self._overlap_ratio = opts.overlap_ratio
+        self._refiner = self._models = None
+        self._prepare(ref)
+
+    def _prepare(self, ref) -> None:
+        """The refinement's (or the rigid/similarity model's) reference side."""
+        if self.masked:
+            ref = np.where(self.ref_valid, ref, 0)
+        if self.model != "translation":
+            from ._models import ModelRegistrar
+
+            if self._models is None:
+                self._models = ModelRegistrar(ref, self.ref_valid, self.valid, self.model,
+                                              overlap_ratio=self._overlap_ratio)
+            else:
+                self._models.set_reference(ref)
+        elif self.refines:
+            from ._refine import Refiner
+
+            # the strongest 30 % of the pixels carry nearly all the information
+            # (measured: as close to the bound as all of them); from a 1/u peak two
+            # or three steps converge to 1/500 px
+            self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation", select=0.3,
+                                    tol=2e-3)
 
     def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
         state = self.__dict__.copy()
@@ -112,7 +149,7 @@ class FrameRegistrar:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.xp = getattr(self._corr, "xp", np)
+        self.xp = getattr(self._corr, "xp", np) if self._corr is not None else np
 
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
@@ -130,18 +167,22 @@ class FrameRegistrar:
         if ref.shape != self.shape:
             raise ValueError(f"the reference has shape {ref.shape}, expected {self.shape}")
         self._check_reference(ref)
-        self._corr.set_reference(ref)
+        if self._corr is not None:
+            self._corr.set_reference(ref)
+        self._prepare(ref)
 
     def set_workers(self, workers) -> None:
         """Threads each FFT may use (1 when frames are registered in parallel)."""
-        self._corr.workers = default_workers(workers)
+        if self._corr is not None:
+            self._corr.workers = default_workers(workers)
 
     def _empty(self) -> FrameRecord:
         window = None
         if self.xcorr_radius is not None:
             window = np.zeros((2 * self.xcorr_radius + 1,) * len(self.shape), np.float32)
         zero = np.zeros(len(self.shape))
-        return FrameRecord(zero, 0.0, zero, window)
+        eye = None if self.model == "translation" else np.eye(len(self.shape) + 1)
+        return FrameRecord(zero, 0.0, zero, window, eye)
 
     def register(self, frame) -> FrameRecord:
         """Register one frame; a frame without contrast gets quality 0, shift 0."""
@@ -167,14 +208,41 @@ class FrameRegistrar:
                 raise ValueError("a frame has NaN or inf pixels: give a mask that excludes them")
         if not hi > lo:
             return self._empty()
-        return self._record(self._corr.register(frame, xcorr_radius=self.xcorr_radius))
+        if self._models is not None:
+            return self._register_model(frame)
+        return self._record(self._corr.register(frame, xcorr_radius=self.xcorr_radius), frame)
 
-    @staticmethod
-    def _record(peak) -> FrameRecord:
+    def _record(self, peak, frame) -> FrameRecord:
+        """The record of a correlation peak (refined from ``frame`` when asked for)."""
         # grid positions are sums of 1/upsample_factor steps: round away the
         # float dust (0.09999999999999998) so shift tables read as measured
         shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
+        if self._refiner is not None and peak.quality > 0:
+            shift = self._refined(to_host(frame), shift)
         return FrameRecord(shift, float(peak.quality), shift, peak.xcorr)
+
+    def _refined(self, frame, shift) -> np.ndarray:
+        """The peak's shift refined continuously; the peak itself when the refinement
+        fails (too few pixels, no convergence), leaves the peak's pixel or the
+        ``max_shift`` box."""
+        res = self._refiner.run(frame, -shift)
+        refined = -res.params
+        inside = self._max_shift is None or np.all(np.abs(refined) <= np.asarray(self._max_shift))
+        if not (res.converged and inside and np.all(np.abs(refined - shift) <= 1.0)):
+            return shift
+        # far below any noise; the reference frame itself reads 0, not 1e-16
+        return np.round(refined, 10) + 0.0
+
+    def _register_model(self, frame) -> FrameRecord:
+        transform, quality = self._models.register(frame)
+        transform = np.round(transform, 12) + 0.0  # the reference frame itself: the identity
+        ndim = len(self.shape)
+        c = frame_centre(self.shape)
+        shift = transform[:ndim, :ndim] @ c + transform[:ndim, ndim] - c
+        window = None
+        if self.xcorr_radius is not None:
+            window = self._models.xcorr_window(frame, transform, self.xcorr_radius)
+        return FrameRecord(shift, float(quality), shift.copy(), window, transform)
 
     def register_batch(self, frames) -> list[FrameRecord]:
         """Register a batch of frames at once (a sequence of frames, or one array
@@ -208,6 +276,7 @@ class FrameRegistrar:
             if usable.size < len(records):
                 batch = xp.take(batch, xp.asarray(usable), axis=0)
             peaks = self._corr.register_batch(batch, xcorr_radius=self.xcorr_radius)
-            for i, peak in zip(usable, peaks):
-                records[int(i)] = self._record(peak)
+            for k, (i, peak) in enumerate(zip(usable, peaks)):
+                frame = batch[k, ...] if self._refiner is not None else None
+                records[int(i)] = self._record(peak, frame)
         return records

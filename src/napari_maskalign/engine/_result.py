@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._outliers import flag_outliers, interpolate_flagged
+from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
 
@@ -31,12 +32,17 @@ class FrameRecord:
         ``reference="previous"``, where it is the step from the frame before.
     xcorr : ndarray or None
         The correlation window around zero shift (when asked for).
+    transform : ndarray or None
+        Rigid and similarity models: the registering transform, a homogeneous
+        matrix (see :attr:`RegistrationResult.transforms`), of which ``shift``
+        is the frame centre's shift. None for translation.
     """
 
     shift: np.ndarray
     quality: float
     peak: np.ndarray
     xcorr: np.ndarray | None = None
+    transform: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,17 @@ class RegistrationResult:
     params : dict
         The settings the registration ran with.
     model : str
-        The transform model: ``"translation"``.
+        The transform model: ``"translation"``, ``"rigid"`` or ``"similarity"``.
+    transforms : ndarray, shape (n_frames, ndim + 1, ndim + 1)
+        Per frame, the homogeneous matrix in data-axis (row, col) order, as
+        napari's ``affine``, mapping a pixel of the frame to the reference
+        coordinate where that content belongs (after outlier interpolation
+        when asked for); apply them with :func:`apply_transforms`. For
+        translation ``[[1, 0, sy], [0, 1, sx], [0, 0, 1]]``; for rigid and
+        similarity models ``shifts`` is then the shift of the frame's centre
+        ``((rows - 1) / 2, (cols - 1) / 2)``.
+    raw_transforms : ndarray, shape (n_frames, ndim + 1, ndim + 1)
+        The transforms as measured.
     hot_pixels : ndarray of bool or None
         Static outlier pixels (hot, dead, stuck, saturated) that were ignored
         on top of the mask (found with ``hot_pixels="auto"`` or given); None
@@ -128,8 +144,16 @@ class RegistrationResult:
     xcorr: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
     model: str = "translation"
+    transforms: np.ndarray | None = None
+    raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
     valid_mask: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.transforms is None:
+            self.transforms = shift_transforms(self.shifts)
+        if self.raw_transforms is None:
+            self.raw_transforms = shift_transforms(self.raw_shifts)
 
     @property
     def n_hot_pixels(self) -> int:
@@ -145,10 +169,18 @@ class RegistrationResult:
         return int(self.shifts.shape[1])
 
     @property
-    def transforms(self) -> np.ndarray:
-        """Per-frame homogeneous matrices ``(n_frames, ndim + 1, ndim + 1)``, napari's
-        ``affine`` convention: moving-frame pixel -> reference coordinate."""
-        return shift_transforms(self.shifts)
+    def rotations(self) -> np.ndarray:
+        """Per-frame rotation of :attr:`transforms` in degrees: positive turns the
+        frame's content counterclockwise as seen in napari (rows down). The rotation
+        that registers the frame, like the shift: a pattern that turned +1 degree
+        gets -1. Zero for translation and for 3D frames."""
+        return _angles(self.transforms)
+
+    @property
+    def scales(self) -> np.ndarray:
+        """Per-frame magnification of :attr:`transforms` (1 without scale): a pattern
+        that grew by 2 % gets 1 / 1.02."""
+        return _magnifications(self.transforms)
 
     def __repr__(self) -> str:  # keep it short: arrays can be long
         mag = np.linalg.norm(self.shifts, axis=1) if self.n_frames else np.zeros(0)
@@ -161,6 +193,16 @@ class RegistrationResult:
         )
 
 
+def _angles(transforms) -> np.ndarray:
+    t = np.asarray(transforms, dtype=float)
+    return transform_parameters(t, np.ones(t.shape[-1] - 1))[1]
+
+
+def _magnifications(transforms) -> np.ndarray:
+    t = np.asarray(transforms, dtype=float)
+    return transform_parameters(t, np.ones(t.shape[-1] - 1))[2]
+
+
 def build_result(
     raw_shifts,
     quality,
@@ -169,11 +211,19 @@ def build_result(
     peaks=None,
     xcorr=None,
     params: dict | None = None,
+    rotations=None,
+    scales=None,
+    frame_shape=None,
     hot_pixels=None,
     valid_mask=None,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
+
+    For rigid and similarity models the table also holds each frame's
+    rotation (degrees) and scale, ``raw_shifts`` are the frame centre's
+    shifts and ``frame_shape`` says where that centre is; interpolation then
+    covers the rotation and the logarithm of the scale too.
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -184,6 +234,16 @@ def build_result(
         raw, quality, max_jump=options.max_jump, min_quality=options.min_quality
     )
     shifts = interpolate_flagged(raw, outliers) if options.interpolate_outliers else raw.copy()
+    transforms = raw_transforms = None
+    if rotations is not None or scales is not None:
+        n = len(raw)
+        rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
+        log_scale = np.log(np.ones(n) if scales is None else np.asarray(scales, dtype=float))
+        raw_transforms = similarity_transforms(raw, rot, np.exp(log_scale), frame_shape)
+        if options.interpolate_outliers:
+            both = interpolate_flagged(np.column_stack([rot, log_scale]), outliers)
+            rot, log_scale = both[:, 0], both[:, 1]
+        transforms = similarity_transforms(shifts, rot, np.exp(log_scale), frame_shape)
     return RegistrationResult(
         shifts=shifts,
         quality=quality,
@@ -192,6 +252,9 @@ def build_result(
         peaks=raw.copy() if peaks is None else np.asarray(peaks, dtype=float),
         xcorr=xcorr,
         params={**options.describe(), **(params or {})},
+        model=options.model,
+        transforms=transforms,
+        raw_transforms=raw_transforms,
         hot_pixels=hot_pixels,
         valid_mask=valid_mask,
     )

@@ -10,7 +10,7 @@ from ._correlators import outer_and
 from ._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
 from ._frames import is_dask
 
-__all__ = ["aligned_dtype", "apply_shifts", "shift_frame"]
+__all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "map_frames", "shift_frame"]
 
 METHODS = ("spline", "fourier")
 
@@ -95,6 +95,12 @@ def _check(stack_shape, shifts, valid_mask, method, order):
         )
     if not np.all(np.isfinite(shifts)):
         raise ValueError("shifts contain NaN or inf")
+    return shifts, check_resampling(frame_shape, valid_mask, method, order)
+
+
+def check_resampling(frame_shape, valid_mask, method, order):
+    """The checks every aligned copy shares: method, spline order, and the valid mask
+    (returned as bool, or None)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= 5):
@@ -105,7 +111,23 @@ def _check(stack_shape, shifts, valid_mask, method, order):
             raise ValueError(
                 f"valid_mask has shape {valid_mask.shape} but one frame has shape {tuple(frame_shape)}"
             )
-    return shifts, valid_mask
+    return valid_mask
+
+
+def check_frames(stack, what: str = "apply_shifts"):
+    """A stack of real frames (a list of frames becomes an array); ``ValueError`` otherwise."""
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):  # a list of frames
+        stack = np.asarray(stack)
+    try:
+        kind = np.dtype(stack.dtype).kind
+    except TypeError:  # another array library's dtype: its own path checks the array
+        kind = "f"
+    if kind not in "biuf":
+        raise ValueError(
+            f"{what} needs real-valued frames (integers or floats), got {stack.dtype}"
+            + ("; move the real and imaginary parts separately" if kind == "c" else "")
+        )
+    return stack
 
 
 def apply_shifts(
@@ -159,27 +181,25 @@ def apply_shifts(
     aligned : ndarray or dask array
     valid : ndarray or dask array of bool (only with ``return_valid``)
     """
-    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):  # a list of frames
-        stack = np.asarray(stack)
-    try:
-        kind = np.dtype(stack.dtype).kind
-    except TypeError:  # another array library's dtype: its own path below checks the array
-        kind = "f"
-    if kind not in "biuf":
-        raise ValueError(
-            f"apply_shifts needs real-valued frames (integers or floats), got {stack.dtype}"
-            + ("; shift the real and imaginary parts separately" if kind == "c" else "")
-        )
+    stack = check_frames(stack)
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
+    return map_frames(stack, shifts, shift_frame, _shift_valid, valid_mask, return_valid,
+                      device=device, workers=workers, method=method, order=order,
+                      fill_value=fill_value)
+
+
+def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *,
+               device=None, workers=None, **kw):
+    """``move(frame, moves[i], **kw)`` for every frame of ``stack`` (and, with
+    ``return_valid``, ``move_valid(valid_mask, moves[i])``: where the moved frame holds
+    data): numpy in, numpy out (``workers`` frames at once); dask in, a lazy dask array
+    out, computed frame chunk by frame chunk; on a GPU (``device``, or a CuPy stack)
+    frame by frame there. The one loop of :func:`apply_shifts` and ``apply_transforms``."""
     xp = namespace_for(device, stack)
     if xp is not np:
-        return _apply_on_device(xp, stack, shifts, valid_mask, return_valid,
-                                dict(method=method, order=order, fill_value=fill_value))
+        return _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw)
+    base = np.ones(tuple(stack.shape[1:]), bool) if valid_mask is None else valid_mask
     out_dtype = aligned_dtype(stack.dtype)
-    frame_shape = tuple(stack.shape[1:])
-    base_valid = np.ones(frame_shape, bool) if valid_mask is None else valid_mask
-    kw = dict(method=method, order=order, fill_value=fill_value)
-
     if is_dask(stack):
         import dask.array as da
 
@@ -187,7 +207,7 @@ def apply_shifts(
 
         def _block(block, block_info=None):
             lo = block_info[0]["array-location"][0][0]
-            return np.stack([shift_frame(f, shifts[lo + j], **kw) for j, f in enumerate(block)])
+            return np.stack([move(f, moves[lo + j], **kw) for j, f in enumerate(block)])
 
         aligned = da.map_blocks(_block, stack, dtype=out_dtype)
         if not return_valid:
@@ -195,21 +215,20 @@ def apply_shifts(
 
         def _vblock(block, block_info=None):
             lo = block_info[0]["array-location"][0][0]
-            return np.stack([_shift_valid(base_valid, shifts[lo + j]) for j in range(len(block))])
+            return np.stack([move_valid(base, moves[lo + j]) for j in range(len(block))])
 
-        valid = da.map_blocks(_vblock, stack, dtype=bool)
-        return aligned, valid
+        return aligned, da.map_blocks(_vblock, stack, dtype=bool)
 
     aligned = np.empty(stack.shape, dtype=out_dtype)
     valid = np.empty(stack.shape, dtype=bool) if return_valid else None
 
     def one(i):
-        aligned[i] = shift_frame(np.asarray(stack[i]), shifts[i], **kw)
+        aligned[i] = move(np.asarray(stack[i]), moves[i], **kw)
         if valid is not None:
-            valid[i] = _shift_valid(base_valid, shifts[i])
+            valid[i] = move_valid(base, moves[i])
 
     threads = min(int(workers or 1), int(stack.shape[0]))
-    if threads > 1:  # scipy.ndimage lets go of the GIL: frames shift in parallel
+    if threads > 1:  # scipy.ndimage lets go of the GIL: frames move in parallel
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads, thread_name_prefix="maskalign-shift") as pool:
@@ -220,11 +239,10 @@ def apply_shifts(
     return (aligned, valid) if return_valid else aligned
 
 
-def _apply_on_device(xp, stack, shifts, valid_mask, return_valid, kw):
-    """:func:`apply_shifts` on a GPU, frame by frame: a CuPy stack gives CuPy
-    arrays, any other stack numpy arrays (each frame copied back when done).
-    ``apply_transforms`` plugs in here the same way: ``shift_frame`` is the one
-    place a frame is resampled, through :func:`_ndimage`."""
+def _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw):
+    """:func:`map_frames` on a GPU, frame by frame: a CuPy stack gives CuPy arrays,
+    any other stack numpy arrays (each frame copied back when done). ``move`` and
+    ``move_valid`` resample through :func:`_ndimage`, which works on both."""
     _ndimage(xp)  # refuses a namespace that cannot resample frames, before any work
     foreign = is_foreign_array(stack)
     lib = xp if foreign else np
@@ -235,9 +253,9 @@ def _apply_on_device(xp, stack, shifts, valid_mask, return_valid, kw):
     base = to_namespace(xp, base)
     for i in range(n):
         frame = stack[i] if foreign else to_namespace(xp, np.asarray(stack[i]))
-        out = shift_frame(frame, shifts[i], **kw)
+        out = move(frame, moves[i], **kw)
         aligned[i] = out if foreign else to_host(out)
         if valid is not None:
-            moved = _shift_valid(base, shifts[i])
+            moved = move_valid(base, moves[i])
             valid[i] = moved if foreign else to_host(moved)
     return (aligned, valid) if return_valid else aligned

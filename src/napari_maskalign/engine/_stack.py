@@ -16,6 +16,7 @@ from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
+from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -23,16 +24,28 @@ __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 class _Table:
     """The per-frame results of a run, filled as frames finish."""
 
-    def __init__(self, count: int, ndim: int, radius: int | None):
+    def __init__(self, count: int, ndim: int, radius: int | None, model: str = "translation"):
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
+        self.transforms = None
+        if model != "translation":
+            self.transforms = np.broadcast_to(np.eye(ndim + 1), (count, ndim + 1, ndim + 1)).copy()
 
     def put(self, k: int, record: FrameRecord) -> None:
         self.shifts[k], self.peaks[k], self.quality[k] = record.shift, record.peak, record.quality
         if self.xcorr is not None:
             self.xcorr[k] = record.xcorr
+        if self.transforms is not None:
+            self.transforms[k] = record.transform
+
+    def parameters(self, frame_shape) -> dict:
+        """``rotations``, ``scales`` and ``frame_shape`` for :func:`build_result`."""
+        if self.transforms is None:
+            return {}
+        _, rotations, scales = transform_parameters(self.transforms, frame_shape)
+        return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape}
 
 
 class RegistrationRun:
@@ -62,7 +75,9 @@ class RegistrationRun:
     start, previous_shift
         Register only frames ``start..n-1`` (resuming an interrupted run);
         with ``reference="previous"``, ``previous_shift`` is the accumulated
-        shift of frame ``start - 1``.
+        shift of frame ``start - 1`` (rigid and similarity models: its
+        accumulated transform, a homogeneous matrix, or its centre shift,
+        rotation and scale as ``(shift, rotation, scale)``).
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
@@ -81,10 +96,7 @@ class RegistrationRun:
         ndim = len(frame_shape)
         self.previous_shift = None
         if opts.mode == "previous":
-            prev = np.zeros(ndim) if previous_shift is None else np.asarray(previous_shift, float)
-            if prev.shape != (ndim,):
-                raise ValueError(f"previous_shift must have {ndim} values, got {prev.shape}")
-            self.previous_shift = prev
+            self.previous_shift = _previous_start(previous_shift, ndim, opts.model, frame_shape)
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
@@ -127,7 +139,7 @@ class RegistrationRun:
         self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
-        table = _Table(count, len(self.frame_shape), radius)
+        table = _Table(count, len(self.frame_shape), radius, opts.model)
         if opts.mode == "previous":
             yield from self._previous(table)
         elif opts.mode == "template":
@@ -144,6 +156,7 @@ class RegistrationRun:
                     "n_hot_pixels": 0 if hot is None else int(hot.sum())},
             hot_pixels=hot,
             valid_mask=self.valid,
+            **table.parameters(self.frame_shape),
         )
 
     def _reference_image(self) -> np.ndarray:
@@ -192,14 +205,21 @@ class RegistrationRun:
             first -= 1
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
+        model = self.options.model != "translation"
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
             if i == 0:  # the first frame is the origin of the chain
-                zero = np.zeros_like(acc)
-                rec = dataclasses.replace(rec, shift=zero, peak=zero)
-            acc = acc + rec.shift
-            rec = dataclasses.replace(rec, shift=acc)
+                zero = np.zeros(len(self.frame_shape))
+                rec = dataclasses.replace(rec, shift=zero, peak=zero,
+                                          transform=np.eye(len(zero) + 1) if model else None)
+            if model:  # the step maps frame i onto frame i - 1, acc frame i - 1 onto the first
+                acc = acc @ rec.transform
+                shift = transform_parameters(acc[None], self.frame_shape)[0][0]
+                rec = dataclasses.replace(rec, shift=shift, transform=acc)
+            else:
+                acc = acc + rec.shift
+                rec = dataclasses.replace(rec, shift=acc)
             table.put(k, rec)
             if i + 1 < n and has_contrast(cur, self.valid):
                 # a frame without contrast (quality 0) cannot be a reference:
@@ -209,7 +229,7 @@ class RegistrationRun:
 
     def _template(self, table: _Table):
         """Register to the mean, average the aligned frames, register again."""
-        from ._shift import shift_frame
+        from ._transforms import warp_frame
 
         stack, n, dtype, opts = self.stack, self.n_frames, self.dtype, self.options
         passes = opts.template_iterations + 1
@@ -229,8 +249,9 @@ class RegistrationRun:
                 rec = registrar.register(frame)
                 table.put(i, rec)
                 if not last:
-                    acc += shift_frame(np.where(w > 0, frame, 0) * w, rec.shift, fill_value=0.0)
-                    weight += shift_frame(w, rec.shift, fill_value=0.0)
+                    t = rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
+                    acc += warp_frame(np.where(w > 0, frame, 0) * w, t, fill_value=0.0)
+                    weight += warp_frame(w, t, fill_value=0.0)
                 done += 1
                 yield Progress(done, self.total, i, rec, stage)
             if not last:
@@ -241,6 +262,33 @@ class RegistrationRun:
                     template_valid = None if template_valid.all() else template_valid
                     if template_valid is not None:
                         valid = np.ones(template.shape, bool)
+
+
+def _shift_matrix(shift) -> np.ndarray:
+    return similarity_transforms(np.asarray(shift, float)[None])[0]
+
+
+def _previous_start(previous, ndim: int, model: str, frame_shape):
+    """The accumulated shift (translation) or transform (rigid, similarity) of the
+    frame before ``start``; zero / identity when not given."""
+    if model == "translation":
+        prev = np.zeros(ndim) if previous is None else np.asarray(previous, float)
+        if prev.shape != (ndim,):
+            raise ValueError(f"previous_shift must have {ndim} values, got {prev.shape}")
+        return prev
+    if previous is None:
+        return np.eye(ndim + 1)
+    if isinstance(previous, tuple) and len(previous) == 3:
+        shift, rotation, scale = previous
+        return similarity_transforms(np.asarray(shift, float)[None], [rotation], [scale],
+                                     frame_shape)[0]
+    prev = np.asarray(previous, float)
+    if prev.shape != (ndim + 1, ndim + 1):
+        raise ValueError(
+            f"previous_shift must be the previous frame's transform, a ({ndim + 1}, {ndim + 1}) "
+            f"matrix, or (shift, rotation, scale); got shape {prev.shape}"
+        )
+    return prev
 
 
 def mean_frame(stack, first: int, stop: int, dtype) -> np.ndarray:

@@ -31,7 +31,16 @@ from .stacks import (
     natural_key,
     open_stack,
 )
-from .tables import AXIS_NAMES, format_shifts_csv, read_shifts_csv, shift_columns, write_shifts_csv
+from .tables import (
+    AXIS_NAMES,
+    TRANSFORM_COLUMNS,
+    ShiftTable,
+    format_shifts_csv,
+    read_shift_table,
+    read_shifts_csv,
+    shift_columns,
+    write_shifts_csv,
+)
 from .writers import (
     StackWriter,
     atomic_write_text,
@@ -49,7 +58,9 @@ __all__ = [
     "DETECTOR_SUFFIXES",
     "MASK_SUFFIXES",
     "TIFF_SUFFIXES",
+    "TRANSFORM_COLUMNS",
     "FrameSequence",
+    "ShiftTable",
     "StackWriter",
     "TiffPages",
     "as_dask",
@@ -67,6 +78,7 @@ __all__ = [
     "output_format",
     "partial_name",
     "read_mask",
+    "read_shift_table",
     "read_shifts_csv",
     "read_valid_mask",
     "remove_path",

@@ -3,6 +3,12 @@
 Columns ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D frames),
 ``quality``; scikit-image's sign convention (the shift that registers the
 frame onto the reference). Written atomically, floats at full precision.
+
+Rigid and similarity registrations add ``rotation_deg`` and ``scale`` before
+``quality``; their shift is then that of the frame's centre
+``((rows - 1) / 2, (cols - 1) / 2)`` (see
+:func:`napari_maskalign.engine.similarity_transforms`). A translation table
+has exactly the columns it always had.
 """
 
 from __future__ import annotations
@@ -11,14 +17,43 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .writers import atomic_write_text
 
-__all__ = ["AXIS_NAMES", "format_shifts_csv", "read_shifts_csv", "shift_columns", "write_shifts_csv"]
+__all__ = [
+    "AXIS_NAMES",
+    "TRANSFORM_COLUMNS",
+    "ShiftTable",
+    "format_shifts_csv",
+    "read_shift_table",
+    "read_shifts_csv",
+    "shift_columns",
+    "write_shifts_csv",
+]
 
 AXIS_NAMES = "zyx"
+
+#: the columns a rigid or similarity table adds (degrees; magnification)
+TRANSFORM_COLUMNS = ("rotation_deg", "scale")
+
+
+class ShiftTable(NamedTuple):
+    """A shift table's columns: ``rotations`` (degrees) and ``scales`` are None for a
+    translation table."""
+
+    shifts: np.ndarray
+    quality: np.ndarray
+    rotations: np.ndarray | None = None
+    scales: np.ndarray | None = None
+
+    def transforms(self, frame_shape) -> np.ndarray:
+        """The rows as ``(n, ndim + 1, ndim + 1)`` matrices for frames of ``frame_shape``."""
+        from ..engine import similarity_transforms
+
+        return similarity_transforms(self.shifts, self.rotations, self.scales, frame_shape)
 
 
 def shift_columns(ndim: int) -> list[str]:
@@ -28,7 +63,7 @@ def shift_columns(ndim: int) -> list[str]:
     return [f"shift_{a}" for a in AXIS_NAMES[-ndim:]]
 
 
-def format_shifts_csv(shifts, quality, frames=None) -> str:
+def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
@@ -39,33 +74,54 @@ def format_shifts_csv(shifts, quality, frames=None) -> str:
     frames = np.arange(n) if frames is None else np.asarray(frames, dtype=int)
     if frames.shape != (n,):
         raise ValueError(f"frames must have one index per row ({n}), got {frames.shape}")
-    lines = [",".join(["frame", *shift_columns(ndim), "quality"])]
+    extra = []
+    if rotations is not None or scales is not None:
+        rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
+        scl = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
+        if rot.shape != (n,) or scl.shape != (n,):
+            raise ValueError(f"rotations and scales must have one value per frame ({n})")
+        extra = np.column_stack([rot, scl]).tolist()
+    columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
+    lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
     # run continues from exactly the numbers it wrote
-    for f, row, q in zip(frames.tolist(), shifts.tolist(), quality.tolist()):
+    for k, (f, row, q) in enumerate(zip(frames.tolist(), shifts.tolist(), quality.tolist())):
+        values = [*row, *(extra[k] if extra else ())]
         # (+ 0.0 turns -0.0 into 0.0)
-        lines.append(",".join([str(f), *(repr(v + 0.0) for v in row), repr(q + 0.0)]))
+        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values), repr(q + 0.0)]))
     return "\n".join(lines) + "\n"
 
 
-def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True) -> None:
+def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
+                     rotations=None, scales=None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
     frames), ``quality``. Shifts follow scikit-image's convention: the shift
-    that registers each frame onto the reference. Floats are written with
-    full precision (they read back exactly).
+    that registers each frame onto the reference. With ``rotations``
+    (degrees) or ``scales`` the columns ``rotation_deg`` and ``scale`` come
+    before ``quality`` (the shifts are then the frame centre's). Floats are
+    written with full precision (they read back exactly).
     """
-    atomic_write_text(path, format_shifts_csv(shifts, quality, frames), durable=durable)
+    atomic_write_text(path, format_shifts_csv(shifts, quality, frames, rotations=rotations,
+                                              scales=scales), durable=durable)
 
 
 def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
+    """Read the shifts and quality of a shift table (see :func:`read_shift_table`,
+    which also reads rotation and scale): ``(shifts, quality)``."""
+    table = read_shift_table(path, n_frames, ndim)
+    return table.shifts, table.quality
+
+
+def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None) -> ShiftTable:
     """Read a shift table written by :func:`write_shifts_csv` (or by hand).
 
     Columns are found by name: ``frame``, ``shift_y``, ``shift_x`` (and
-    ``shift_z`` for 3D frames), optional ``quality`` (NaN when absent);
-    other columns are ignored. Rows must count frames ``0, 1, 2, ...`` in
-    order.
+    ``shift_z`` for 3D frames), optional ``rotation_deg`` and ``scale``
+    (2D frames; either one makes the other default to 0 or 1), optional
+    ``quality`` (NaN when absent); other columns are ignored. Rows must count
+    frames ``0, 1, 2, ...`` in order.
 
     Parameters
     ----------
@@ -76,8 +132,9 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
 
     Returns
     -------
-    shifts : ndarray, shape (n_rows, ndim)
-    quality : ndarray, shape (n_rows,)
+    ShiftTable
+        ``shifts`` (n_rows, ndim), ``quality`` (n_rows,), ``rotations`` and
+        ``scales`` (n_rows,) or None for a translation table.
 
     Raises ``ValueError`` in plain words for a table that does not fit.
     """
@@ -127,9 +184,16 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
     idx_frame = header.index("frame")
     idx_shift = [header.index(c) for c in cols]
     idx_q = header.index("quality") if "quality" in header else None
+    idx_t = {c: header.index(c) for c in TRANSFORM_COLUMNS if c in header}
+    if idx_t and ndim != 2:
+        raise ValueError(
+            f"the shifts file {name} has {', '.join(idx_t)} but the frames are {ndim}D: "
+            "rotation and scale are for 2D frames"
+        )
     body = rows[1:]
     shifts = np.empty((len(body), ndim))
     quality = np.full(len(body), np.nan)
+    extra = {"rotation_deg": np.zeros(len(body)), "scale": np.ones(len(body))}
     for r, row in enumerate(body):
         line = r + 2
         if len(row) < len(header):
@@ -147,6 +211,10 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
             )
         for k, c in enumerate(idx_shift):
             shifts[r, k] = _number(row[c], line, cols[k], name)
+        for c, i in idx_t.items():
+            extra[c][r] = _number(row[i], line, c, name)
+            if c == "scale" and not extra[c][r] > 0:
+                raise ValueError(f"line {line} of {name}: scale must be positive, got {row[i]}")
         if idx_q is not None and row[idx_q].strip():
             quality[r] = _number(row[idx_q], line, "quality", name, allow_nan=True)
     if not np.all(np.isfinite(shifts)):
@@ -157,7 +225,9 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
             f"the shifts file {name} has {len(body)} rows but the stack has {n_frames} frames; "
             "it must have one row per frame"
         )
-    return shifts, quality
+    if not idx_t:
+        return ShiftTable(shifts, quality)
+    return ShiftTable(shifts, quality, extra["rotation_deg"], extra["scale"])
 
 
 def _number(text: str, line: int, column: str, name: str, allow_nan: bool = False) -> float:

@@ -70,6 +70,10 @@ class AlignedResult:
     mean_outliers : bool
         Whether flagged outliers are averaged into ``<source> mean`` (by
         default they are left out).
+    rotations, scales : ndarray, shape (n_frames,), or None
+        Rigid and similarity models: each frame's rotation (degrees,
+        counterclockwise as seen in napari) and scale about the frame's
+        centre, whose shift ``shifts`` then is. None for translation.
     """
 
     source: str
@@ -88,6 +92,8 @@ class AlignedResult:
     valid: np.ndarray | None = None
     reference_frame: int | None = None
     mean_outliers: bool = False
+    rotations: np.ndarray | None = None
+    scales: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -100,6 +106,24 @@ class AlignedResult:
     @property
     def axes(self) -> tuple[str, ...]:
         return axis_names(self.ndim)
+
+    @property
+    def moves(self) -> bool:
+        """Whether frames rotate or scale too (a rigid or similarity result)."""
+        return self.rotations is not None or self.scales is not None
+
+    @property
+    def transforms(self) -> np.ndarray:
+        """``(n_frames, ndim + 1, ndim + 1)`` matrices, napari's ``affine`` convention."""
+        from napari_maskalign.engine import similarity_transforms
+
+        return similarity_transforms(self.shifts, self.rotations, self.scales,
+                                     self.frame_shape or None)
+
+    @property
+    def to_apply(self) -> np.ndarray:
+        """What aligns the frames: the shifts, or the transforms when frames rotate."""
+        return self.transforms if self.moves else self.shifts
 
     def replace(self, **changes) -> AlignedResult:
         return dataclasses.replace(self, **changes)
@@ -135,6 +159,7 @@ class AlignedResult:
                           mask: str | None, align: dict, **fields) -> AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
+        moves = result.model != "translation"
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -147,6 +172,8 @@ class AlignedResult:
             params=dict(result.params),
             align=dict(align),
             model=result.model,
+            rotations=np.asarray(result.rotations, float) if moves else None,
+            scales=np.asarray(result.scales, float) if moves else None,
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -154,6 +181,8 @@ class AlignedResult:
         """``{META: {...}}`` for ``layer.metadata`` (plain values, role "aligned")."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["edited"] = list(self.edited)
+        if self.moves:  # the matrices too, for anyone reading the metadata
+            d["transforms"] = self.transforms
         return {META: {"role": "aligned", "axes": self.axes, **d}}
 
     @classmethod
@@ -175,4 +204,7 @@ class AlignedResult:
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
+        for key in ("rotations", "scales"):
+            if d.get(key) is not None:
+                d[key] = np.asarray(d[key], float)
         return cls(**d)

@@ -97,7 +97,7 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
     acc = None
     if mean and not lazy:
         acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
-    got = yield from workflow.iter_align(stack, res.shifts, lazy=lazy, return_data=integer,
+    got = yield from workflow.iter_align(stack, res.to_apply, lazy=lazy, return_data=integer,
                                          mean=acc, exclude=res.mean_exclude(), **kw)
     aligned, data = got if integer else (got, None)
     nodata = None if data is None else (~data).astype(np.uint8)
@@ -105,7 +105,7 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
     if acc is not None:
         averaged = acc.result()
     elif mean:
-        averaged = yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+        averaged = yield from workflow.iter_mean(stack, res.to_apply, valid=kw["valid"],
                                                  exclude=res.mean_exclude(),
                                                  block=mean_block(stack), method=kw["method"])
     return Outputs(aligned, nodata, averaged)
@@ -114,7 +114,7 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
 def mean_job(stack, res: AlignedResult):
     """Only the mean of ``res``'s aligned frames (after an edit): a generator."""
     kw = res.align_kwargs()
-    return (yield from workflow.iter_mean(stack, res.shifts, valid=kw["valid"],
+    return (yield from workflow.iter_mean(stack, res.to_apply, valid=kw["valid"],
                                           exclude=res.mean_exclude(), block=mean_block(stack),
                                           method=kw["method"]))
 
@@ -126,9 +126,9 @@ def realigned(stack, res: AlignedResult, frame: int | None = None) -> tuple:
     kw = res.align_kwargs()
     kw["integer"] = integer = is_integer_output(stack, res)
     if frame is None:
-        got = workflow.align_lazy(stack, res.shifts, return_data=integer, **kw)
+        got = workflow.align_lazy(stack, res.to_apply, return_data=integer, **kw)
     else:
-        got = workflow.align_frame(stack, res.shifts, frame, return_data=integer, **kw)
+        got = workflow.align_frame(stack, res.to_apply, frame, return_data=integer, **kw)
     pixels, data = got if integer else (got, None)
     return pixels, None if data is None else (~data).astype(np.uint8)
 

@@ -1,8 +1,9 @@
 """The shift plot: a matplotlib canvas that follows napari's theme and frame slider.
 
 :class:`ShiftPlot` draws an :class:`~._model.AlignedResult` (shift per axis
-and match quality against frame, outliers and edits marked), keeps a line on
-the current frame and reports clicks as frame numbers. The Shifts dock only
+and match quality against frame, outliers and edits marked; rotation and scale
+panels for rigid and similarity results), keeps a line on the current frame
+and reports clicks as frame numbers. The Shifts dock only
 hands it results; it holds no data of its own.
 """
 
@@ -115,8 +116,18 @@ class ShiftPlot(FigureCanvasQTAgg):
         shifts, raw = res.shifts * k, res.raw_shifts * k
         outliers, edited = res.outliers, np.asarray(res.edited, int)
         frames = np.arange(n)
-        ax_s, ax_q = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
-        self.axes_list = [ax_s, ax_q]
+        panels = _extra_panels(res)
+        axes = fig.subplots(2 + len(panels), 1, sharex=True,
+                            height_ratios=[2.2, *(1,) * len(panels), 1])
+        ax_s, ax_q = axes[0], axes[-1]
+        self.axes_list = list(axes)
+        for ax, (label, values) in zip(axes[1:-1], panels):
+            ax.plot(frames, values, marker="o" if n <= 200 else None, ms=3, lw=1.3,
+                    color=c["text"])
+            if outliers.any():
+                ax.plot(frames[outliers], values[outliers], "o", ms=8, mfc="none",
+                        mec=OUTLIER_COLOR, mew=1.5)
+            ax.set_ylabel(label)
         marker = "o" if n <= 200 else None
         for name, column, rcol in zip(axis_names(ndim), shifts.T, raw.T):
             ax_s.plot(frames, column, marker=marker, ms=3, lw=1.3, color=AXIS_COLORS[name],
@@ -145,7 +156,7 @@ class ShiftPlot(FigureCanvasQTAgg):
             ax_s.plot([], [], "D", ms=6, mfc="none", mec=c["text"], label="edited")
         self._draw_quality(ax_q, res, frames, marker)
         _pin_off_scale(ax_s, frames, shifts, raw, outliers, c["canvas"], also=true)
-        ax_s.set_ylabel(f"shift ({unit})")
+        ax_s.set_ylabel(f"centre shift ({unit})" if panels else f"shift ({unit})")
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         title = res.source + (f" vs {res.reference}" if res.reference else "")
@@ -212,6 +223,16 @@ class ShiftPlot(FigureCanvasQTAgg):
             label = f"ref {q:.2f}" if f == ref else f"{q:.2f}"
             ax.annotate(label, (f, y), xytext=(4, -2 if up else 2), textcoords="offset points",
                         color=c["text"], fontsize=7, va="top" if up else "bottom")
+
+
+def _extra_panels(res: AlignedResult) -> list:
+    """(label, values) of the rotation and scale panels of a rigid or similarity result."""
+    out = []
+    if res.rotations is not None:
+        out.append(("rotation (°)", np.asarray(res.rotations, float)))
+    if res.scales is not None and np.any(np.asarray(res.scales) != 1):
+        out.append(("scale", np.asarray(res.scales, float)))
+    return out
 
 
 def _truth_for(res: AlignedResult, truth: np.ndarray) -> np.ndarray:

@@ -55,6 +55,13 @@ MAIN = [
         value=2, min=1, max=10, label="passes",
         tooltip="How many times the template is rebuilt from the aligned frames. 2 is usually "
         "enough.")),
+    ("model_choice", ComboBox, dict(
+        choices=[("translation (shift)", "translation"), ("rigid (rotation + shift)", "rigid"),
+                 ("similarity (+ scale)", "similarity")],
+        value="translation", label="model",
+        tooltip="What moves between frames. Translation: the pattern only drifts. Rigid: it "
+        "also turns. Similarity: it also grows or shrinks (camera length). Rigid and "
+        "similarity need 2D frames; the aligned frames are then turned and scaled too.")),
     ("upsample", SpinBox, dict(
         value=20, min=1, max=1000, label="precision 1/",
         tooltip="Shifts are found to 1/this of a pixel: 1 = whole pixels, 20 = 0.05 px. "
@@ -246,6 +253,7 @@ class RegisterForm:
             return_xcorr=bool(self.preview.value),
             xcorr_radius=radius,
             hot_pixels="auto" if self.hot_pixels.value else "off",
+            model=self.model_choice.value,
             workers=int(self.threads.value),
             device=self.device.value if self._gpu else "cpu",
             **reference,

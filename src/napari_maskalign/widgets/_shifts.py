@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_maskalign.engine import flag_outliers
-from napari_maskalign.io import read_shifts_csv, write_shifts_csv
+from napari_maskalign.io import read_shift_table, write_shifts_csv
 
 from ._common import (
     DockWidget,
@@ -323,7 +323,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
         path = self.ask_path(path, "Export shifts", _CSV_FILTER, f"{res.source} shifts.csv")
         if path is None:
             return None
-        out = self.write_file(path, lambda p: write_shifts_csv(p, res.shifts, res.quality))
+        out = self.write_file(path, lambda p: write_shifts_csv(
+            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out
@@ -341,7 +342,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             return None
         n, shape = int(stack.data.shape[0]), frame_shape(stack)
         try:
-            shifts, quality = read_shifts_csv(path, n_frames=n, ndim=len(shape))
+            shifts, quality, rotations, scales = read_shift_table(path, n_frames=n,
+                                                                  ndim=len(shape))
             outliers = flag_outliers(shifts, quality)
         except (ValueError, OSError) as exc:
             self.report(f"cannot use this shift table for '{stack.name}': {explain(exc)}")
@@ -354,6 +356,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             raw_shifts=shifts.copy(), frame_shape=shape, valid=valid,
             mask=None if valid is None else mask.name,
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
+            rotations=rotations, scales=scales, model="translation" if rotations is None
+            else "rigid" if np.all(scales == 1) else "similarity",
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

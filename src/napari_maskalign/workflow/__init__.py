@@ -3,8 +3,8 @@
 * :mod:`.journal` -- the shifts table written as frames finish, its
   settings file, and resuming a killed run;
 * :mod:`.run` -- registering a stack to disk, locally or on a dask cluster;
-* :mod:`.align` -- shifts -> aligned frames, in memory, lazily or into a
-  file, with progress;
+* :mod:`.align` -- shifts (or transforms) -> aligned frames, in memory,
+  lazily or into a file, with progress;
 * :mod:`.outputs` -- the aligned stack and the masked mean in one pass;
 * :mod:`.paths` -- output paths checked before any work.
 
@@ -21,10 +21,19 @@ from .align import (
     align_lazy,
     iter_align,
     iter_mean,
+    to_apply,
     write_aligned,
 )
 from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
-from .outputs import aligned_mask_path, check_mean_name, count_path, write_mean, write_outputs
+from .outputs import (
+    aligned_mask_path,
+    check_mean_name,
+    check_output_names,
+    count_path,
+    planned_outputs,
+    write_mean,
+    write_outputs,
+)
 from .paths import check_output_path, check_outputs, sibling
 from .run import ClusterLost, cluster_errors, dask_client, register_to_journal
 
@@ -38,6 +47,7 @@ __all__ = [
     "aligned_mask_path",
     "align_lazy",
     "check_mean_name",
+    "check_output_names",
     "check_output_path",
     "check_outputs",
     "cluster_errors",
@@ -46,11 +56,13 @@ __all__ = [
     "dask_client",
     "iter_align",
     "iter_mean",
+    "planned_outputs",
     "register_to_journal",
     "resume_rows",
     "run_settings",
     "sibling",
     "sidecar_path",
+    "to_apply",
     "write_aligned",
     "write_mean",
     "write_outputs",

@@ -1,11 +1,16 @@
-"""Shifts -> aligned frames and their masked mean: in memory, lazily (dask) or into a file.
+"""Shifts (or transforms) -> aligned frames and their masked mean: in memory, lazily (dask)
+or into a file.
 
 Both faces use these: the napari widgets make ``<image> aligned`` and
 ``<image> mean`` layers with :func:`iter_align` and :func:`iter_mean` (or
 :func:`align_lazy` for stacks that do not fit in memory), the ``maskalign``
 command writes files with :func:`write_aligned`, which can accumulate the
 mean in the same pass. The shifting itself is
-:func:`napari_maskalign.engine.apply_shifts`.
+:func:`napari_maskalign.engine.apply_shifts`, or
+:func:`napari_maskalign.engine.apply_transforms` where frames also rotate or
+scale: every function here takes, where it says ``shifts``, either shifts
+``(n, ndim)`` or transforms ``(n, ndim + 1, ndim + 1)`` (a rigid or
+similarity result's ``transforms``).
 
 Pixels that are not data after alignment -- shifted in from outside the
 field of view, or ignored by the mask (the beam block, hot pixels), which
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import aligned_dtype, apply_shifts
+from ..engine import aligned_dtype, apply_shifts, apply_transforms
 from ..engine._device import namespace_for, namespace_of, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
@@ -34,6 +39,7 @@ __all__ = [
     "align_lazy",
     "iter_align",
     "iter_mean",
+    "to_apply",
     "write_aligned",
 ]
 
@@ -113,6 +119,21 @@ def output_dtype(stack_dtype, integer: bool) -> np.dtype:
     return dt if integer and dt.kind in "biu" else aligned_dtype(dt)
 
 
+def to_apply(result):
+    """What aligns the frames of a registration result: its shifts for translation,
+    its transforms (rotation and scale too) for rigid and similarity models."""
+    return result.shifts if result.model == "translation" else result.transforms
+
+
+def _apply(stack, moves, **kwargs):
+    """:func:`apply_shifts` for shifts ``(n, ndim)``, :func:`apply_transforms` for
+    transforms ``(n, ndim + 1, ndim + 1)``."""
+    moves = np.asarray(moves, dtype=float)
+    if moves.ndim == 3:
+        return apply_transforms(stack, moves, **kwargs)
+    return apply_shifts(stack, moves, **kwargs)
+
+
 def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: int = 1,
                   lazy=None, **kwargs):
     """``(lo, hi, aligned, data)`` for frames ``lo..hi-1``, in order.
@@ -127,7 +148,7 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
     n = int(stack.shape[0])
     want = need_data or valid is not None
     if lazy is not None:
-        graph = apply_shifts(lazy, shifts, valid_mask=valid, return_valid=want, **kwargs)
+        graph = _apply(lazy, shifts, valid_mask=valid, return_valid=want, **kwargs)
         aligned_all, data_all = graph if want else (graph, None)
     for lo, hi in iter_blocks(n, block):
         if lazy is not None:
@@ -135,7 +156,7 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
             data = None if data_all is None else data_all[lo:hi].compute()
         else:
             frames = stack[lo:hi] if namespace_of(stack) is not np else np.asarray(stack[lo:hi])
-            out = apply_shifts(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
+            out = _apply(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
             aligned, data = out if want else (out, None)
         if valid is not None:
             aligned[~data] = np.nan  # the block (and hot pixels) where they land
@@ -164,8 +185,8 @@ def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data:
     ``return_data`` also where it holds data, lazily."""
     import dask.array as da
 
-    aligned, data = apply_shifts(as_dask(stack), shifts, valid_mask=valid, return_valid=True,
-                                 **kwargs)
+    aligned, data = _apply(as_dask(stack), shifts, valid_mask=valid, return_valid=True,
+                           **kwargs)
     out_dtype = output_dtype(stack.dtype, integer)
     if out_dtype.kind != "f":
         aligned = da.map_blocks(_as_input_type, aligned, data, out_dtype, dtype=out_dtype)

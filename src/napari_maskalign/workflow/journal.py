@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import is_glob, read_shifts_csv, source_file, write_json_atomic, write_shifts_csv
+from ..io import (
+    ShiftTable,
+    is_glob,
+    read_shift_table,
+    source_file,
+    write_json_atomic,
+    write_shifts_csv,
+)
 
 __all__ = ["ShiftJournal", "continue_run", "resume_rows", "run_settings", "sidecar_path"]
 
@@ -52,18 +59,22 @@ def run_settings(source, stack, valid, options) -> dict:
     }
 
 
-def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int):
+def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftTable:
     """The rows an earlier run with the same settings left in ``shifts_path``.
 
-    Returns ``(shifts, quality)`` (empty when there is no table yet). Raises
+    Returns a :class:`~napari_maskalign.io.ShiftTable` ``(shifts, quality,
+    rotations, scales)``, the last two for rigid and similarity runs only
+    (empty when there is no table yet). Raises
     ``ValueError`` in plain words when the table cannot be continued: its
     settings file is missing or unreadable, the settings differ (each
     difference is named), or the table does not fit the input.
     """
     path = Path(os.fspath(shifts_path))
     side = sidecar_path(path)
+    moves = settings.get("model", "translation") != "translation"
     if not path.exists():
-        return np.zeros((0, ndim)), np.zeros(0)
+        return ShiftTable(np.zeros((0, ndim)), np.zeros(0), *((np.zeros(0), np.ones(0)) if moves
+                                                             else ()))
     if not side.exists():
         raise ValueError(
             f"cannot resume: {side.name} (the run's parameters) is missing next to "
@@ -83,14 +94,20 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int):
             + ")"
         )
     try:
-        shifts, quality = read_shifts_csv(path, ndim=ndim)
+        table = read_shift_table(path, ndim=ndim)
     except ValueError as exc:
         raise ValueError(f"cannot resume from {path}: {exc}") from None
-    if len(shifts) > n_frames:
+    if len(table.shifts) > n_frames:
         raise ValueError(
-            f"cannot resume: {path.name} has {len(shifts)} rows but the input has {n_frames} frames"
+            f"cannot resume: {path.name} has {len(table.shifts)} rows but the input has "
+            f"{n_frames} frames"
         )
-    return shifts, quality
+    if moves and table.rotations is None:
+        raise ValueError(
+            f"cannot resume: {path.name} has no rotation_deg and scale columns, which a "
+            f"{settings['model']} run writes"
+        )
+    return table if moves else ShiftTable(table.shifts, table.quality)
 
 
 def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,
@@ -158,6 +175,10 @@ class ShiftJournal:
         self.shifts = np.zeros((n_frames, ndim))
         self.quality = np.zeros(n_frames)
         self.done = np.zeros(n_frames, bool)
+        #: rigid and similarity runs: rotation (degrees) and scale per frame, else None
+        self.rotations = self.scales = None
+        if settings.get("model", "translation") != "translation":
+            self.rotations, self.scales = np.zeros(n_frames), np.ones(n_frames)
         self.interval = float(interval)
         self.saved = 0  # rows on disk
         self.writes = 0
@@ -169,15 +190,23 @@ class ShiftJournal:
     def n_frames(self) -> int:
         return len(self.done)
 
-    def preload(self, shifts, quality) -> None:
+    def preload(self, shifts, quality, rotations=None, scales=None) -> None:
         """Rows already on disk from an earlier run (frames ``0..k-1``)."""
         k = len(shifts)
         self.shifts[:k], self.quality[:k], self.done[:k] = shifts, quality, True
+        self._put(slice(0, k), rotations, scales)
         self.saved = k
 
-    def record(self, frames, shifts, quality) -> None:
+    def record(self, frames, shifts, quality, rotations=None, scales=None) -> None:
         """Frames that finished (any order)."""
         self.shifts[frames], self.quality[frames], self.done[frames] = shifts, quality, True
+        self._put(frames, rotations, scales)
+
+    def _put(self, where, rotations, scales) -> None:
+        if self.rotations is not None and rotations is not None:
+            self.rotations[where] = rotations
+        if self.scales is not None and scales is not None:
+            self.scales[where] = scales
 
     def prefix(self) -> int:
         """How many leading frames are finished: what may be written."""
@@ -203,7 +232,10 @@ class ShiftJournal:
             write_json_atomic(self.sidecar, self.info)
             self._started = True
         t0 = time.perf_counter()
-        write_shifts_csv(self.path, self.shifts[:k], self.quality[:k])
+        moves = self.rotations is not None
+        write_shifts_csv(self.path, self.shifts[:k], self.quality[:k],
+                         rotations=self.rotations[:k] if moves else None,
+                         scales=self.scales[:k] if moves else None)
         self._last_cost = time.perf_counter() - t0
         self.writes += 1
         self._last = time.monotonic()

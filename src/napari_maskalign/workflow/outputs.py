@@ -24,6 +24,8 @@ __all__ = [
     "MEAN_SUFFIXES",
     "aligned_mask_path",
     "check_mean_name",
+    "check_output_names",
+    "planned_outputs",
     "count_path",
     "write_mean",
     "write_outputs",
@@ -50,6 +52,35 @@ def check_mean_name(path) -> Path:
             "(a float32 TIFF, NaN where no frame saw a pixel) or .npy"
         )
     return p
+
+
+def planned_outputs(*, shifts=None, output=None, mean=None, plot=None, stack_dtype=None,
+                    integer: bool = False) -> dict:
+    """What a run writes, by what it is (None: not asked for): the shifts table and its
+    settings file, the aligned stack (and, for integer output of integer frames, its
+    no-data mask), the mean and its frame count, the drift plot."""
+    from .journal import sidecar_path
+
+    paths = {"shifts file": shifts, "shifts settings file": shifts and sidecar_path(shifts),
+             "output": output, "mean": mean, "mean's frame count": mean and count_path(mean),
+             "plot": plot}
+    if output is not None and integer and np.dtype(stack_dtype).kind in "biu":
+        paths["output mask"] = aligned_mask_path(output)
+    return paths
+
+
+def check_output_names(outputs: dict) -> None:
+    """The formats the names ask for, known (``ValueError`` in plain words otherwise)."""
+    from ..io import output_format
+
+    if outputs.get("output") is not None:
+        output_format(outputs["output"])
+    if outputs.get("mean") is not None:
+        check_mean_name(outputs["mean"])
+    plot = outputs.get("plot")
+    if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ValueError(f"cannot tell the plot's format from {Path(plot).name!r}: end the "
+                         "name with .png, .pdf or .svg")
 
 
 def _save_image(path: Path, image: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import contextlib
 
 import numpy as np
 
-from ..engine import RegistrationRun, build_result, mask_with_outliers
+from ..engine import RegistrationRun, build_result, mask_with_outliers, transform_parameters
 from ..io import as_dask
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]
@@ -127,6 +127,8 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     """
     n = journal.n_frames
     start = journal.saved
+    frame_shape = tuple(int(s) for s in stack.shape[1:])
+    moves = journal.rotations is not None
     if start == n:  # nothing left to register; the outputs still need the mask it used
         used, hot = mask_with_outliers(stack, mask, options.hot_pixels)
     else:
@@ -134,7 +136,11 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         if client is not None:
             with cluster_guard(client):
                 run_stack, run_options = cluster_stack(stack, options, client, chunk_frames)
-        previous = journal.shifts[start - 1] if options.mode == "previous" and start else None
+        previous = None
+        if options.mode == "previous" and start:
+            previous = journal.shifts[start - 1]
+            if moves:
+                previous = (previous, journal.rotations[start - 1], journal.scales[start - 1])
         run = RegistrationRun(run_stack, run_options, mask=mask, start=start,
                               previous_shift=previous)
         template = options.mode == "template"
@@ -142,11 +148,14 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
             with cluster_guard(client):
                 for p in run:
                     if not template:
-                        journal.record([p.frame], p.shift[None], [p.quality])
+                        journal.record([p.frame], p.shift[None], [p.quality],
+                                       *_rotation_scale(p.record.transform, frame_shape))
                         journal.save()
                     yield p
             if template:
-                journal.record(np.arange(start, n), run.result.raw_shifts, run.result.quality)
+                res = run.result
+                journal.record(np.arange(start, n), res.raw_shifts, res.quality,
+                               *_rotation_scale(res.raw_transforms if moves else None, frame_shape))
         finally:
             if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                 journal.save(force=True)
@@ -158,6 +167,19 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         options,
         params={"masked": mask is not None, "start": start, "n_frames": n,
                 "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+        rotations=journal.rotations,
+        scales=journal.scales,
+        frame_shape=frame_shape if moves else None,
         hot_pixels=hot,
         valid_mask=used,
     )
+
+
+def _rotation_scale(transforms, frame_shape):
+    """``(rotations, scales)`` of one transform or a stack of them; ``(None, None)``
+    for a translation run."""
+    if transforms is None:
+        return None, None
+    t = np.asarray(transforms, dtype=float)
+    _, rotations, scales = transform_parameters(t.reshape(-1, *t.shape[-2:]), frame_shape)
+    return rotations, scales

@@ -1,0 +1,137 @@
+"""Rotation and scale in the docks: the model choice, its plot panels, CSV and re-apply."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari", reason="the widget tests need napari: pip install -e '.[test]'")
+pytest.importorskip("magicgui", reason="the widget tests need magicgui: pip install -e '.[test]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip install -e '.[test]'")
+
+from napari_maskalign._sample_data import make_beam_block_stack
+from napari_maskalign.engine import apply_transforms
+from napari_maskalign.widgets import RegisterWidget, ShiftsWidget
+from napari_maskalign.widgets._model import AlignedResult
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def turning():
+    return make_beam_block_stack(10, (96, 96), seed=21, max_rotation=2.0, max_scale=0.02,
+                                 max_drift=2.0)
+
+
+@pytest.fixture
+def registered(qtbot, viewer_model, turning):
+    """A similarity registration against frame 0, made through the Register dock."""
+    viewer_model.add_image(turning.stack, name="turning")
+    viewer_model.add_labels(turning.beam_block.astype(np.uint8), name="turning mask")
+    reg = RegisterWidget(viewer_model)
+    qtbot.addWidget(reg)
+    reg.reference.value = "index"
+    reg.model_choice.value = "similarity"
+    reg.radius.value = 4
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS) as blocker:
+        assert reg.run() is not None
+    assert blocker.args == ["done"]
+    return viewer_model
+
+
+@pytest.fixture
+def shifts_dock(qtbot, registered):
+    w = ShiftsWidget(registered)
+    qtbot.addWidget(w)
+    return w
+
+
+def meta_of(viewer, name="turning aligned"):
+    return viewer.layers[name].metadata["maskalign"]
+
+
+def aligned_by_hand(stack, transforms, viewer):
+    """What the docks should show: the frames turned and scaled by ``transforms``, NaN where
+    the registration's mask (the painted block and any hot pixels) lands."""
+    valid = AlignedResult.from_layer(viewer.layers["turning aligned"]).valid
+    out, data = apply_transforms(stack, transforms, valid_mask=valid, return_valid=True)
+    out[~data] = np.nan
+    return out
+
+
+def wait_job(qtbot, w, call) -> None:
+    """Start a job of the dock and wait until it is over (the dock clears its worker)."""
+    assert call() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+
+
+def test_model_choice_gives_transforms_in_the_layer_metadata(registered, turning):
+    meta = meta_of(registered)
+    assert meta["model"] == "similarity"
+    t = np.asarray(meta["transforms"])
+    assert t.shape == (10, 3, 3)
+    p = np.argwhere(turning.valid).astype(float)
+    ph = np.column_stack([p, np.ones(len(p))])
+    for found, truth in zip(t, turning.expected_transforms(0)):
+        err = np.sqrt(np.mean(np.sum((ph @ (found - truth).T)[:, :2] ** 2, axis=1)))
+        assert err < 0.1, err
+    np.testing.assert_allclose(meta["rotations"], -turning.rotation, atol=0.1)
+    np.testing.assert_allclose(meta["scales"], 1 / turning.scale, atol=2e-3)
+    aligned = registered.layers["turning aligned"].data
+    np.testing.assert_allclose(aligned, aligned_by_hand(turning.stack, t, registered),
+                               equal_nan=True)
+    assert registered.layers["turning xcorr"].data.shape == (10, 9, 9)
+
+
+def test_the_plot_shows_rotation_and_scale_panels(shifts_dock):
+    labels = [ax.get_ylabel() for ax in shifts_dock.plot.axes_list]
+    assert labels == ["centre shift (px)", "rotation (°)", "scale", "quality"]
+
+
+def test_export_and_import_carry_rotation_and_scale(qtbot, tmp_path, shifts_dock, registered):
+    before = meta_of(registered)
+    path = shifts_dock.export_csv(tmp_path / "t.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "shift_y", "shift_x", "rotation_deg", "scale", "quality"]
+    np.testing.assert_allclose(np.array(rows[1:], float)[:, 3], before["rotations"])
+    for name in ("turning xcorr peak", "turning xcorr", "turning aligned"):
+        registered.layers.remove(name)
+    wait_job(qtbot, shifts_dock, lambda: shifts_dock.import_csv(path))
+    after = meta_of(registered)
+    np.testing.assert_allclose(after["rotations"], before["rotations"])
+    np.testing.assert_allclose(after["scales"], before["scales"])
+    np.testing.assert_allclose(after["transforms"], before["transforms"], atol=1e-12)
+    stack = registered.layers["turning"].data
+    expected = aligned_by_hand(stack, np.asarray(after["transforms"]), registered)
+    got = registered.layers["turning aligned"].data
+    np.testing.assert_allclose(got, expected, equal_nan=True)
+
+
+def test_apply_to_another_layer_turns_it_too(qtbot, shifts_dock, registered):
+    registered.add_image(registered.layers["turning"].data * 2.0, name="channel 2")
+    shifts_dock.target_combo.reset_choices()
+    shifts_dock.target_combo.value = registered.layers["channel 2"]
+    wait_job(qtbot, shifts_dock, shifts_dock.apply_to_layer)
+    out = registered.layers["channel 2 aligned"]
+    t = np.asarray(meta_of(registered)["transforms"])
+    expected = aligned_by_hand(registered.layers["channel 2"].data, t, registered)
+    np.testing.assert_allclose(out.data, expected, equal_nan=True)
+    np.testing.assert_allclose(out.metadata["maskalign"]["transforms"], t)
+
+
+def test_editing_a_frame_keeps_its_rotation(shifts_dock, registered):
+    rotations = np.asarray(meta_of(registered)["rotations"]).copy()
+    assert shifts_dock.set_frame_shift(4, [0.5, -0.25])
+    meta = meta_of(registered)
+    np.testing.assert_allclose(meta["shifts"][4], [0.5, -0.25])
+    np.testing.assert_allclose(meta["rotations"], rotations)
+    t = np.asarray(meta["transforms"])[4]
+    centre = np.array([47.5, 47.5, 1.0])
+    np.testing.assert_allclose((t @ centre)[:2] - centre[:2], [0.5, -0.25], atol=1e-12)
+    stack = registered.layers["turning"].data
+    expected = aligned_by_hand(stack[4:5], t[None], registered)[0]
+    got = registered.layers["turning aligned"].data[4]
+    np.testing.assert_allclose(got, expected, equal_nan=True)
