@@ -145,9 +145,12 @@ def main(argv=None) -> int:
     # the hot pixels of the suggestion, close up (single pixels vanish at full view)
     found = np.argwhere(np.asarray(mask.data) == 2)
     if len(found):
-        centre = found[np.argmin(np.abs(found - np.array(mask.data.shape) / 3).sum(axis=1))]
-        viewer.camera.center = tuple(float(c) for c in centre)
-        viewer.camera.zoom = 0.25 * float(np.min(np.asarray(viewer.canvas.size))) / 16
+        # centre a 96-pixel view where the most of them lie
+        near = (np.abs(found[:, None, :] - found[None, :, :]).max(axis=2) <= 40).sum(axis=1)
+        centre = found[np.argmax(near)]
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+        camera.center = tuple(float(c) for c in centre)
+        camera.zoom = float(np.min(np.asarray(viewer.canvas.size))) / 96
     shoot("hot_pixels.png")
     viewer.reset_view()
 
