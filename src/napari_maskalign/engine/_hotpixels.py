@@ -148,9 +148,13 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 16, threshold: fl
     nonfinite = (~finite).mean(axis=0) >= CONSISTENCY  # NaN or inf in (nearly) every frame
     use = finite if valid is None else finite & np.asarray(valid, bool)
     frames = np.where(use, frames, np.nan)  # ignored pixels take no part
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels (the block)
-        med = np.nanmedian(frames, axis=0)
+    if (use == use[0]).all():  # the usual case: the same pixels ignored in every frame
+        med = np.median(np.where(use[0], frames, 0), axis=0)  # twice as fast as nanmedian
+        med[~use[0]] = np.nan
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels (the block)
+            med = np.nanmedian(frames, axis=0)
     usable = np.isfinite(med)
     outliers = nonfinite.copy()
     if usable.sum() < 50:
