@@ -178,8 +178,6 @@ def _unreadable_frame(run):
          "frames are 2D"),
     ],
 )  # fmt: skip
-
-
 def test_errors_are_plain_and_exit_non_zero(run, capsys, prepare, argv, message):
     io.write_shifts_csv(run / "short.csv", np.zeros((3, 2)), np.ones(3))
     io.write_shifts_csv(run / "3d.csv", np.zeros((N, 3)), np.ones(N))
@@ -355,8 +353,6 @@ def _peak_rss_mib(argv) -> float:
 @pytest.mark.skipif(
     not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)"
 )
-
-
 def test_memory_does_not_grow_with_frame_count(tmp_path):
     """4x the frames (90 MiB more pixels) must not raise the peak resident memory, with the
     aligned output and the masked mean written in the same pass. (VmHWM is the process's own

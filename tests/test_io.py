@@ -333,8 +333,6 @@ def test_shifts_csv_3d_and_hand_written(tmp_path):
         ("frame,shift_y,shift_x\n0,0\n", {}, "has 2 values, expected 3"),
     ],
 )
-
-
 def test_shifts_csv_errors_in_plain_words(tmp_path, text, kwargs, message):
     path = tmp_path / "s.csv"
     path.write_text(text)
@@ -521,8 +519,6 @@ def test_shift_table_with_rotation_and_scale_round_trips(tmp_path):
         ("frame,shift_z,shift_y,shift_x,scale\n0,0,0,0,1\n", {}, "rotation and scale are for 2D"),
     ],
 )
-
-
 def test_rotation_and_scale_columns_are_checked(tmp_path, text, kwargs, message):
     path = tmp_path / "s.csv"
     path.write_text(text)

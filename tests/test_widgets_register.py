@@ -41,7 +41,6 @@ def relative_truth(synth, ref):
     return synth.expected_shifts(reference=ref)
 
 
-
 def visible_rect(viewer) -> np.ndarray:
     """The world (y, x) rectangle the camera shows: [[top, left], [bottom, right]]."""
     half = np.asarray(viewer.canvas.size, float) / 2 / viewer.scene.camera.zoom
@@ -566,16 +565,25 @@ def test_hot_pixels_are_ignored_by_default_and_counted(qtbot, viewer_model, smal
     qtbot.addWidget(w)
     w.reference.value = "index"
     assert w.hot_pixels.value is True  # on by default
-    assert run_and_wait(qtbot, w) == "done"
+    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert w.run() is not None
+        starting = w.status.text()  # before the first frame: the search comes first
+    assert blocker.args[0] == "done"
+    assert starting.startswith("Looking for hot and dead pixels, then registering")
     assert "Ignored 40 hot or dead pixels" in w.status.text()
     aligned = viewer_model.layers["hot aligned"]
     meta = aligned.metadata["maskalign"]
     assert np.abs(meta["shifts"] - relative_truth(small_stack, 0)).max() < 0.1
     assert np.isnan(aligned.data[0][hot]).all()  # ignored pixels are missing data
     w.hot_pixels.value = False
-    assert run_and_wait(qtbot, w) == "done"
+    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        assert w.run() is not None
+        assert w.status.text().startswith("Registering")
+    assert blocker.args[0] == "done"
     locked = viewer_model.layers["hot aligned"].metadata["maskalign"]["shifts"]
     assert np.abs(locked).max() < 0.5 < np.abs(relative_truth(small_stack, 0)).max()
+
+
 def test_threads_row_and_device_choice(widget, loaded_model):
     """The threads row is the run's workers (default: all cores but one); the device choice is
     offered only where CuPy sees a GPU, and the CPU is used otherwise."""

@@ -296,7 +296,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, job.total)
         self.progress_bar.setValue(0)
-        self.status.setText(f"Registering {job.n_frames} frames of '{job.source}'…")
+        first = ("Looking for hot and dead pixels, then registering"
+                 if isinstance(job.run.options.hot_pixels, str)
+                 and job.run.options.hot_pixels == "auto" else "Registering")
+        self.status.setText(f"{first} {job.n_frames} frames of '{job.source}'…")
         self.worker = start_worker(
             register_job,
             job,
