@@ -161,7 +161,7 @@ def test_dask_in_dask_out_equals_eager(method):
     eager, eager_valid = apply_shifts(s.stack, shifts, method=method, valid_mask=s.valid, return_valid=True)
     for chunks in ((3, -1, -1), (2, 20, 24), (1, -1, -1)):
         lazy_in = da.from_array(s.stack, chunks=chunks)
-        lazy = apply_shifts(lazy_in, shifts, method=method)
+        lazy = apply_shifts(lazy_in, shifts, method=method, valid_mask=s.valid)
         assert isinstance(lazy, da.Array)
         assert lazy.shape == s.stack.shape and lazy.dtype == eager.dtype
         np.testing.assert_array_equal(lazy.compute(), eager)
@@ -260,3 +260,40 @@ def test_apply_shifts_takes_a_list_of_frames():
     shifts = np.array([[0.0, 0.0], [1.5, -2.0]])
     np.testing.assert_array_equal(apply_shifts([f0, f1], shifts),
                                   apply_shifts(np.stack([f0, f1]), shifts))
+
+
+@pytest.mark.parametrize("how", ["spline", "fourier", "rotation"])
+def test_ignored_pixels_do_not_reach_the_valid_ones(how):
+    """A hot pixel 50x the pattern and NaN painted under the mask: with the mask given, the
+    valid output is what the clean frame gives (no ringing, no NaN spreading); without it, the
+    hot pixel rings into its neighbours."""
+    from napari_maskalign.engine import apply_transforms, similarity_transforms
+
+    rng = np.random.default_rng(5)
+    clean = ndi.gaussian_filter(rng.random((64, 64)), 2.0).astype(np.float32)
+    clean = (clean - clean.min()) / np.ptp(clean)
+    valid = np.ones(clean.shape, bool)
+    valid[30, 30] = False  # a hot pixel
+    valid[5:12, 40:50] = False  # a painted patch holding NaN
+    dirty = clean.copy()
+    dirty[30, 30] = 50.0
+    dirty[5:12, 40:50] = np.nan
+    before = dirty.copy()
+    stack, shift = np.stack([clean, dirty]), [[0.0, 0.0], [1.37, -2.61]]
+
+    def move(frames, **kw):
+        if how == "rotation":
+            t = similarity_transforms(np.array(shift), np.array([0.0, 2.5]), np.ones(2),
+                                      clean.shape)
+            return apply_transforms(frames, t, **kw)
+        return apply_shifts(frames, shift, method=how, **kw)
+
+    got, data = move(stack, valid_mask=valid, return_valid=True)
+    np.testing.assert_array_equal(stack[1], before)  # the input is not modified
+    want = move(np.stack([clean, clean]))
+    near = data[1] & np.isfinite(want[1])
+    assert near.sum() > 0.8 * clean.size and np.isfinite(got[1][near]).all()
+    assert np.abs(got[1][near] - want[1][near]).max() < 0.05  # of a pattern spanning 0..1
+    # without the mask the hot pixel rings into the valid pixels next to it
+    ringing = move(np.stack([clean, np.nan_to_num(dirty)]))
+    assert np.nanmax(np.abs(ringing[1] - want[1])[near & ~ndi.binary_dilation(~valid, iterations=1)]) > 0.5

@@ -252,8 +252,10 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
     ]
     if result.model != "translation":
         rot, scl = np.abs(result.rotations), np.abs(result.scales - 1)
-        lines.append(f"rotation: median {np.median(rot):.3f}, max {rot.max():.3f} degrees; "
-                     f"scale: max change {100 * scl.max():.2f} %")
+        text = f"rotation: median {np.median(rot):.3f}, max {rot.max():.3f} degrees (absolute)"
+        if result.model == "similarity":
+            text += f"; scale: max change {100 * scl.max():.2f} %"
+        lines.append(text)
     if result.hot_pixels is not None:
         found = "found in the stack" if result.params.get("hot_pixels") == "auto" else "given"
         lines.append(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels ({found})")

@@ -10,7 +10,8 @@ from ._correlators import outer_and
 from ._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
 from ._frames import is_dask
 
-__all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "map_frames", "shift_frame"]
+__all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "ignored_filler", "map_frames",
+           "shift_frame"]
 
 METHODS = ("spline", "fourier")
 
@@ -163,8 +164,11 @@ def apply_shifts(
         default); None keeps the interpolated values there. Integer stacks
         give float32 output.
     valid_mask : ndarray of bool, optional
-        Valid pixels of one frame (True = valid, engine convention); shifted
-        along with each frame when ``return_valid`` is set.
+        Valid pixels of one frame (True = valid, engine convention). The
+        others (the beam block, hot pixels) do not reach the valid ones:
+        before the shift they take the value of their nearest valid pixel,
+        so a hot pixel does not ring into its neighbours. Shifted along with
+        each frame when ``return_valid`` is set.
     return_valid : bool
         Also return the per-frame valid mask after shifting: True where the
         pixel is real data (inside the field and valid before shifting).
@@ -188,6 +192,35 @@ def apply_shifts(
                       fill_value=fill_value)
 
 
+def ignored_filler(valid_mask):
+    """A function giving a copy of a frame whose ignored pixels (False in
+    ``valid_mask``) hold the value of their nearest valid pixel, or None when
+    there are none. Resampling spreads every pixel over its neighbours (a cubic
+    spline over several pixels, a Fourier shift over the frame): a hot pixel
+    50 times the pattern would ring into the valid pixels around it, and NaN
+    painted into the mask would spread; filled, they do neither."""
+    if valid_mask is None:
+        return None
+    valid = np.asarray(valid_mask, bool)
+    if valid.all() or not valid.any():
+        return None
+    nearest = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    holes = np.flatnonzero(~valid)
+    source = np.ravel_multi_index(tuple(i.reshape(-1)[holes] for i in nearest), valid.shape)
+    on = {}  # the index arrays in each namespace they are used in
+
+    def fill(frame):
+        xp = namespace_of(frame)
+        if xp not in on:
+            on[xp] = (to_namespace(xp, holes), to_namespace(xp, source))
+        h, src = on[xp]
+        out = xp.reshape(xp.asarray(frame, copy=True), (-1,))
+        out[h] = out[src]
+        return xp.reshape(out, tuple(frame.shape))
+
+    return fill
+
+
 def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *,
                device=None, workers=None, **kw):
     """``move(frame, moves[i], **kw)`` for every frame of ``stack`` (and, with
@@ -196,6 +229,13 @@ def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *
     out, computed frame chunk by frame chunk; on a GPU (``device``, or a CuPy stack)
     frame by frame there. The one loop of :func:`apply_shifts` and ``apply_transforms``."""
     xp = namespace_for(device, stack)
+    fill = ignored_filler(valid_mask)
+    if fill is not None:
+        inner = move
+
+        def move(frame, m, **kw):
+            return inner(fill(frame), m, **kw)
+
     if xp is not np:
         return _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw)
     base = np.ones(tuple(stack.shape[1:]), bool) if valid_mask is None else valid_mask
