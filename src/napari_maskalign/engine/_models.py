@@ -92,6 +92,17 @@ def _rotation(theta: float) -> np.ndarray:
     return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
 
 
+def _small_holes(valid, largest: int = 9) -> np.ndarray:
+    """Ignored pixels in groups of at most ``largest`` (hot and dead pixels, not a block)."""
+    labels, n = ndi.label(~valid)
+    if n == 0:
+        return np.zeros(valid.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= largest
+    small[0] = False
+    return small[labels]
+
+
 class LogPolar:
     """Coarse rotation and scale from log-polar Fourier magnitudes, mask-aware.
 
@@ -108,7 +119,10 @@ class LogPolar:
         self.shape = valid.shape
         self.fill = nearest_fill_index(valid)
         hann = np.outer(np.hanning(self.shape[0]), np.hanning(self.shape[1]))
-        self.window = soft_weights(valid, taper) * hann
+        # the frame is filled from its valid neighbours before the transform, so single
+        # ignored pixels (hot pixels) need no taper of their own: a dip of the window at
+        # each would print a pattern of its own on the spectrum
+        self.window = soft_weights(valid | _small_holes(valid), taper) * hann
         angles = np.linspace(-np.pi / 2, np.pi / 2, n_angles, endpoint=False)
         self.log_r = np.linspace(np.log(0.03), np.log(0.45), n_radii)
         radii = np.exp(self.log_r)
