@@ -110,13 +110,25 @@ def test_apply_saved_shifts_to_other_data(run, sample, capsys):
     other = run / "other.npy"
     np.save(other, sample.stack * 2 + 1)
     assert cli("apply", other, "--shifts", run / "s.csv", "--output", run / "o.tif",
-               "--method", "fourier") == 0  # fmt: skip
+               "--method", "fourier", "--hot-pixels", "off") == 0  # fmt: skip
     shifts, _ = io.read_shifts_csv(run / "s.csv")
     np.testing.assert_allclose(
         io.open_stack(run / "o.tif"),
         apply_shifts(sample.stack * 2 + 1, shifts, method="fourier"),
     )
     assert "aligned 16 frames" in capsys.readouterr().out
+    # by default the static outliers of the data (here: on the unpainted block's edge) are
+    # ignored, as register ignores them
+    from napari_maskalign.engine import find_static_outliers
+
+    hot = find_static_outliers(sample.stack * 2 + 1)
+    assert cli("apply", other, "--shifts", run / "s.csv", "--output", run / "d.tif",
+               "--method", "fourier") == 0  # fmt: skip
+    assert f"hot pixels: ignored {hot.sum()} hot or dead pixels" in capsys.readouterr().out
+    expected, data = apply_shifts(sample.stack * 2 + 1, shifts, method="fourier",
+                                  valid_mask=~hot, return_valid=True)
+    expected[~data] = np.nan
+    np.testing.assert_allclose(io.open_stack(run / "d.tif"), expected, equal_nan=True)
 
 
 def test_outliers_are_listed_in_the_summary(run, sample, capsys):
@@ -399,7 +411,8 @@ def test_apply_with_a_truncated_frame_is_one_line_and_writes_nothing(run, capsys
     before = sorted(p.name for p in run.iterdir())
     assert cli("apply", run / "run", "--shifts", run / "s.csv", "--output", run / "o.tif") == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress lines
-    assert err.startswith("maskalign apply: error: cannot write") and "frame_3.tif" in err
+    # (met first by the hot-pixel search, which reads the frames before anything is written)
+    assert err.startswith("maskalign apply: error: cannot ") and "frame_3.tif" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == before
 
@@ -457,6 +470,23 @@ def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsy
     assert errors["off"] > 1.0 and errors["auto"] < 0.05 and errors["file"] < 0.05
     rc = cli(*common, "--hot-pixels", tmp_path / "nope.npy", "--shifts", tmp_path / "x.csv")
     assert rc == 1 and "no file" in capsys.readouterr().err
+    # apply ignores the same pixels as register did: the same table gives the same outputs
+    assert cli(*common, "--shifts", tmp_path / "r.csv", "--output", tmp_path / "r.tif",
+               "--mean", tmp_path / "rm.tif") == 0  # fmt: skip
+    capsys.readouterr()
+    apply = ["apply", folder, "--mask", tmp_path / "block.npy", "--shifts", tmp_path / "r.csv"]
+    assert cli(*apply, "--output", tmp_path / "a.tif", "--mean", tmp_path / "am.tif") == 0
+    assert "hot pixels: ignored 60 hot or dead pixels" in capsys.readouterr().out
+    for ours, theirs in (("a.tif", "r.tif"), ("am.tif", "rm.tif")):
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / ours),
+                                      tifffile.imread(tmp_path / theirs))
+    assert np.isnan(tifffile.imread(tmp_path / "a.tif")[0][hot]).all()  # frame 0: not moved
+    assert cli(*apply, "--output", tmp_path / "off.tif", "--hot-pixels", "off") == 0
+    assert not np.isnan(tifffile.imread(tmp_path / "off.tif")[0][hot]).any()
+    np.save(tmp_path / "small.npy", np.zeros((4, 4), np.uint8))
+    capsys.readouterr()
+    assert cli(*apply, "--output", tmp_path / "s.tif", "--hot-pixels", tmp_path / "small.npy") == 1
+    assert "the hot_pixels mask has shape (4, 4)" in capsys.readouterr().err
 
 
 def test_threads_and_device_options(run, sample, capsys):
@@ -472,7 +502,7 @@ def test_threads_and_device_options(run, sample, capsys):
     np.testing.assert_array_equal(a, b)
     for threads in (1, 3):  # frames shifted at once: the same aligned stack
         assert cli("apply", run / "run", "--shifts", run / "a.csv", "--output",
-                   run / f"t{threads}.tif", "--threads", threads) == 0  # fmt: skip
+                   run / f"t{threads}.tif", "--threads", threads, "--hot-pixels", "off") == 0  # fmt: skip
         np.testing.assert_array_equal(io.open_stack(run / f"t{threads}.tif")[:],
                                       apply_shifts(sample.stack, a))
     capsys.readouterr()

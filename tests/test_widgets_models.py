@@ -135,3 +135,27 @@ def test_editing_a_frame_keeps_its_rotation(shifts_dock, registered):
     expected = aligned_by_hand(stack[4:5], t[None], registered)[0]
     got = registered.layers["turning aligned"].data[4]
     np.testing.assert_allclose(got, expected, equal_nan=True)
+
+
+def test_interpolating_a_frame_interpolates_its_rotation_and_scale(shifts_dock, registered):
+    layer = registered.layers["turning aligned"]
+    res = AlignedResult.from_layer(layer)
+    rotations, scales = res.rotations.copy(), res.scales.copy()
+    rotations[4], scales[4] = 40.0, 1.3  # a frame that went wrong
+    layer.metadata = {**layer.metadata,
+                      **res.replace(rotations=rotations, scales=scales).to_metadata()}
+    assert shifts_dock.interpolate_frame(4)
+    meta = meta_of(registered)
+    np.testing.assert_allclose(meta["rotations"][4], np.mean(res.rotations[[3, 5]]), atol=1e-9)
+    np.testing.assert_allclose(meta["scales"][4], np.sqrt(res.scales[3] * res.scales[5]),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(np.delete(meta["rotations"], 4), np.delete(rotations, 4))
+
+
+def test_an_imported_rigid_table_is_rigid(qtbot, tmp_path, shifts_dock, registered):
+    path = tmp_path / "rigid.csv"
+    rows = ["frame,shift_y,shift_x,rotation_deg,scale,quality"]
+    rows += [f"{i},0.5,-0.25,{0.1 * i},0.9999999999999513,0.9" for i in range(10)]
+    path.write_text("\n".join(rows) + "\n")
+    wait_job(qtbot, shifts_dock, lambda: shifts_dock.import_csv(path))
+    assert meta_of(registered)["model"] == "rigid"

@@ -434,3 +434,29 @@ def test_align_and_mean_follow_the_transforms(turning):
     ok = data[-1] & ~np.isnan(shifted[-1])
     assert np.nanstd(aligned[-1][ok] - aligned[0][ok]) < np.nanstd(shifted[-1][ok] - aligned[0][ok])
 
+
+
+def test_shifts_or_transforms_that_do_not_fit_are_refused_before_any_frame(clean, tmp_path):
+    from napari_maskalign.workflow import align_frame, align_lazy, write_aligned
+
+    synth, _ = clean
+    n = len(synth.stack)
+    short = synth.expected_shifts()[:-1]
+    turns = np.tile(np.eye(3), (n - 1, 1, 1))
+    for bad in (short, turns, synth.expected_shifts()[:, 0]):
+        with pytest.raises(ValueError, match=rf"the stack has {n} frames of 2D"):
+            next(iter_align(synth.stack, bad))
+        with pytest.raises(ValueError, match=rf"the stack has {n} frames of 2D"):
+            next(iter_mean(synth.stack, bad))
+        with pytest.raises(ValueError, match=rf"the stack has {n} frames of 2D"):
+            align_lazy(synth.stack, bad)
+        with pytest.raises(ValueError, match=rf"the stack has {n} frames of 2D"):
+            align_frame(synth.stack, bad, 0)
+        with pytest.raises(ValueError, match=rf"the stack has {n} frames of 2D"):
+            next(write_aligned(tmp_path / "out.tif", synth.stack, bad))
+        assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
+    shifts = synth.expected_shifts()
+    with pytest.raises(ValueError, match=rf"frame {n} does not exist: the stack has {n} frames"):
+        align_frame(synth.stack, shifts, n)
+    np.testing.assert_array_equal(align_frame(synth.stack, shifts, -1),
+                                  align_frame(synth.stack, shifts, n - 1))

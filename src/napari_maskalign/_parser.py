@@ -266,14 +266,7 @@ def _add_commands(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     reg.add_argument("--mask", metavar="MASK", help=MASK_HELP + " (default: no mask)")
-    reg.add_argument(
-        "--hot-pixels",
-        default="auto",
-        metavar="auto|off|FILE",
-        help="static outlier pixels (hot, dead, stuck, saturated) to ignore on top of --mask: "
-        "'auto' (default) finds them in the stack, 'off' uses the mask alone, or a mask FILE "
-        "whose nonzero pixels are the hot pixels",
-    )
+    _add_hot_pixels_option(reg)
     reg.add_argument(
         "--invert-mask",
         action="store_true",
@@ -386,9 +379,22 @@ def _add_commands(sub) -> None:
                      "aligned output and left out of the mean (default: no mask)")
     app.add_argument("--invert-mask", action="store_true",
                      help="the mask file marks VALID pixels with nonzero")
+    _add_hot_pixels_option(app, " (as register does: they are NaN in the output and left "
+                           "out of the mean)")
     _add_output_options(app)
     _add_compute_options(app)
     _add_cluster_options(app)
+
+
+def _add_hot_pixels_option(p, more: str = "") -> None:
+    p.add_argument(
+        "--hot-pixels",
+        default="auto",
+        metavar="auto|off|FILE",
+        help="static outlier pixels (hot, dead, stuck, saturated) to ignore on top of --mask: "
+        "'auto' (default) finds them in the stack, 'off' uses the mask alone, or a mask FILE "
+        "whose nonzero pixels are the hot pixels" + more,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

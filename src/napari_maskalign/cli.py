@@ -277,6 +277,7 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
+    from .engine import RegistrationOptions, mask_with_outliers
     from .io import read_shift_table
     from .workflow import ClusterLost, dask_client
 
@@ -293,10 +294,16 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise CLIError(f"the shifts do not fit the input: {exc}") from None
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
-    valid = _read_mask(args, stack.shape[1:])
     paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
+    given, options = _read_mask(args, stack.shape[1:]), RegistrationOptions(
+        hot_pixels=_hot_pixels(args.hot_pixels))
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
+            options.check_for(n, stack.shape[1:])
+            # the pixels registration ignored are ignored here too: same table, same output
+            valid, hot = mask_with_outliers(stack, given, options.hot_pixels)
+            if hot is not None:
+                print(f"hot pixels: ignored {int(hot.sum())} hot or dead pixels")
             _write_outputs(args, stack, shifts, paths, valid, client, None, args.input)
     except KeyboardInterrupt:
         print("\ninterrupted: no output was written", file=sys.stderr)

@@ -93,8 +93,9 @@ class EditsFrames:
     _mean_again = None  # an edit came while it ran: (source, result) to average next
     _closed = False
 
-    def set_frame_shift(self, frame: int | None = None, shift=None) -> bool:
-        """Give ``frame`` the shift ``shift`` (default: the spin boxes) and re-align it."""
+    def set_frame_shift(self, frame: int | None = None, shift=None, turns=None) -> bool:
+        """Give ``frame`` the shift ``shift`` (default: the spin boxes) and re-align it
+        (``turns``: new ``rotations``/``scales`` of a rigid or similarity result)."""
         try:
             layer, res = self._require_result()
             frame = self._frame_of(frame, res)
@@ -105,7 +106,7 @@ class EditsFrames:
                 raise ValueError(f"a shift needs {res.ndim} finite numbers, got {shift.tolist()}")
             shifts = res.shifts.copy()
             shifts[frame] = shift
-            self._commit(layer, res, shifts, frame)
+            self._commit(layer, res, shifts, frame, turns or {})
         except ValueError as exc:
             self.report(exc)
             return False
@@ -121,10 +122,18 @@ class EditsFrames:
             if flagged.all():
                 raise ValueError("there is no good frame left to interpolate from")
             new = interpolate_flagged(res.shifts, flagged)[frame]
+            turns = {}
+            if res.rotations is not None:  # the rotation and scale too, scale as a logarithm
+                scales = np.ones(res.n_frames) if res.scales is None else res.scales
+                both = interpolate_flagged(np.column_stack([res.rotations, np.log(scales)]),
+                                           flagged)
+                at = np.arange(res.n_frames) == frame
+                turns = {"rotations": np.where(at, both[:, 0], res.rotations),
+                         "scales": np.where(at, np.exp(both[:, 1]), scales)}
         except ValueError as exc:
             self.report(exc)
             return False
-        return self.set_frame_shift(frame, new)
+        return self.set_frame_shift(frame, new, turns)
 
     def _frame_of(self, frame: int | None, res: AlignedResult) -> int:
         frame = self.frame_spin.value() if frame is None else int(frame)
@@ -132,7 +141,8 @@ class EditsFrames:
             raise ValueError(f"frame {frame} does not exist: the stack has {res.n_frames} frames")
         return frame
 
-    def _commit(self, layer, res: AlignedResult, shifts: np.ndarray, frame: int) -> None:
+    def _commit(self, layer, res: AlignedResult, shifts: np.ndarray, frame: int,
+                turns: dict) -> None:
         """Store edited shifts, re-align the edited frame (main thread) and remake the
         mean (in the background)."""
         source = layer_named(self.viewer, res.source)
@@ -144,7 +154,7 @@ class EditsFrames:
         outliers = res.outliers.copy()
         outliers[frame] = False
         edited = tuple(sorted({*res.edited, int(frame)}))
-        new = res.replace(shifts=shifts, outliers=outliers, edited=edited)
+        new = res.replace(shifts=shifts, outliers=outliers, edited=edited, **turns)
         data = layer.data
         nodata_layer = layer_named(self.viewer, nodata_name(res.source))
         if isinstance(data, np.ndarray):

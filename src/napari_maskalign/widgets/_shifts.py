@@ -357,7 +357,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
             mask=None if valid is None else mask.name,
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
             rotations=rotations, scales=scales, model="translation" if rotations is None
-            else "rigid" if np.all(scales == 1) else "similarity",
+            else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

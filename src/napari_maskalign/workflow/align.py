@@ -134,6 +134,19 @@ def _apply(stack, moves, **kwargs):
     return apply_shifts(stack, moves, **kwargs)
 
 
+def _checked(stack, moves) -> np.ndarray:
+    """``moves`` as an array: one shift ``(n, ndim)`` or one transform
+    ``(n, ndim + 1, ndim + 1)`` per frame of ``stack``, checked before any frame is moved."""
+    n, ndim = int(stack.shape[0]), len(stack.shape) - 1
+    moves = np.asarray(moves, dtype=float)
+    if moves.shape not in ((n, ndim), (n, ndim + 1, ndim + 1)):
+        raise ValueError(
+            f"the stack has {n} frames of {ndim}D, so it needs shifts of shape ({n}, {ndim}) or "
+            f"transforms of shape ({n}, {ndim + 1}, {ndim + 1}); got shape {moves.shape}"
+        )
+    return moves
+
+
 def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: int = 1,
                   lazy=None, **kwargs):
     """``(lo, hi, aligned, data)`` for frames ``lo..hi-1``, in order.
@@ -146,6 +159,7 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
     same frames as a dask array, aligned by dask (e.g. on a cluster).
     ``kwargs`` go to :func:`~napari_maskalign.engine.apply_shifts`."""
     n = int(stack.shape[0])
+    shifts = _checked(stack, shifts)
     want = need_data or valid is not None
     if lazy is not None:
         graph = _apply(lazy, shifts, valid_mask=valid, return_valid=want, **kwargs)
@@ -171,6 +185,10 @@ def align_frame(stack, shifts, i: int, *, valid=None, integer: bool = False,
                 return_data: bool = False, **kwargs):
     """Frame ``i`` of the aligned stack, computed now (also for one edited frame); with
     ``return_data`` also where it holds data (as :func:`iter_align`)."""
+    n = int(stack.shape[0])
+    if not (isinstance(i, (int, np.integer)) and -n <= i < n):
+        raise ValueError(f"frame {i} does not exist: the stack has {n} frames")
+    i, shifts = int(i) % n, _checked(stack, shifts)
     dtype = output_dtype(stack.dtype, integer)
     _, _, aligned, data = next(_float_blocks(stack[i : i + 1], shifts[i : i + 1], valid=valid,
                                              need_data=return_data or dtype.kind != "f",
@@ -185,8 +203,8 @@ def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data:
     ``return_data`` also where it holds data, lazily."""
     import dask.array as da
 
-    aligned, data = _apply(as_dask(stack), shifts, valid_mask=valid, return_valid=True,
-                           **kwargs)
+    aligned, data = _apply(as_dask(stack), _checked(stack, shifts), valid_mask=valid,
+                           return_valid=True, **kwargs)
     out_dtype = output_dtype(stack.dtype, integer)
     if out_dtype.kind != "f":
         aligned = da.map_blocks(_as_input_type, aligned, data, out_dtype, dtype=out_dtype)
@@ -261,6 +279,7 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device
     extra). Returns a :class:`MaskedMean` (numpy arrays).
     """
     xp = namespace_for(device, stack)
+    shifts = _checked(stack, shifts)
     keep = np.flatnonzero(~_exclusion(exclude, int(stack.shape[0])))
     acc = MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
     done = 0
@@ -297,6 +316,7 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     once. Returns the path written.
     """
     n = int(stack.shape[0])
+    shifts = _checked(stack, shifts)
     skip = _exclusion(exclude, n)
     # frames shifted at once here: as many as apply_shifts has threads for
     block = chunk_frames if dask_stack is not None else max(1, int(kwargs.get("workers") or 1))
