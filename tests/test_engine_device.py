@@ -153,7 +153,7 @@ def test_crop_is_chosen_for_megapixel_frames(monkeypatch, synth):
         _masked.CROP_WINDOW, *MaskedCorrelator(ref, valid).pad)
 
 
-def test_apply_shifts_and_mean_devices(synth):
+def test_apply_shifts_and_mean_devices(synth, drain):
     """device="cpu" is today's numpy path; a namespace without ndimage is refused plainly;
     device="gpu" without CuPy or a GPU names the extra (with one: equals the CPU)."""
     from napari_maskalign.engine import apply_shifts
@@ -166,12 +166,7 @@ def test_apply_shifts_and_mean_devices(synth):
         apply_shifts(xp_strict.asarray(synth.stack), shifts)
 
     def mean(**kw):
-        gen = iter_mean(synth.stack, shifts, valid=synth.valid, **kw)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return stop.value
+        return drain(iter_mean(synth.stack, shifts, valid=synth.valid, **kw))[1]
 
     cpu = mean(device="cpu")
     if not gpu_available():

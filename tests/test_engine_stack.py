@@ -420,7 +420,7 @@ def test_generator_yields_progress_per_frame_and_returns_result():
     assert_same_result(result, register_stack(s.stack, mask=s.valid, upsample_factor=10))
 
 
-def test_the_result_is_the_value_of_yield_from_and_of_run():
+def test_the_result_is_the_value_of_yield_from_and_of_run(drain):
     """A caller's own generator gets the result with `yield from` (no StopIteration loop)."""
     s = synth(4, noise="poisson")
 
@@ -428,14 +428,8 @@ def test_the_result_is_the_value_of_yield_from_and_of_run():
         result = yield from iter_register_stack(s.stack, mask=s.valid, upsample_factor=10)
         return result
 
-    gen, steps = job(), 0
-    try:
-        while True:
-            next(gen)
-            steps += 1
-    except StopIteration as stop:
-        via_yield_from = stop.value
-    assert steps == 4
+    steps, via_yield_from = drain(job())
+    assert len(steps) == 4
     assert_same_result(via_yield_from, iter_register_stack(s.stack, mask=s.valid, upsample_factor=10).run())
 
 

@@ -137,7 +137,7 @@ def test_an_interrupted_run_keeps_its_finished_frames(tmp_path, sample, monkeypa
 # resuming and registering to disk
 
 
-def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample):
+def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample, drain):
     options = RegistrationOptions(upsample_factor=20, reference="previous")
     valid = sample.valid
     settings = run_settings(tmp_path / "in.npy", sample.stack, valid, options)
@@ -153,13 +153,7 @@ def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample):
     assert len(done[0]) == 7
     resumed = ShiftJournal(path, N, 2, settings, interval=0)
     resumed.preload(*done)
-    gen = register_to_journal(sample.stack, resumed, options, mask=valid)
-    progress = []
-    try:
-        while True:
-            progress.append(next(gen))
-    except StopIteration as stop:
-        result = stop.value
+    progress, result = drain(register_to_journal(sample.stack, resumed, options, mask=valid))
     assert [p.frame for p in progress] == list(range(7, N))
     np.testing.assert_allclose(result.raw_shifts, full.raw_shifts, atol=1e-9)
     np.testing.assert_array_equal(result.outliers, full.outliers)  # flagged over the whole table
@@ -184,33 +178,23 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, sample):
         resume_rows(path, settings, N, 2)
 
 
-def test_the_outlier_thresholds_of_the_options_decide_the_flags(tmp_path, sample):
+def test_the_outlier_thresholds_of_the_options_decide_the_flags(tmp_path, sample, drain):
     strict = RegistrationOptions(min_quality=1.01)  # nothing is that good
     journal = ShiftJournal(tmp_path / "s.csv", N, 2, {}, interval=0)
-    gen = register_to_journal(sample.stack, journal, strict, mask=sample.valid)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        assert stop.value.outliers.all()
+    _, result = drain(register_to_journal(sample.stack, journal, strict, mask=sample.valid))
+    assert result.outliers.all()
 
 
 # ----------------------------------------------------------------------------
 # aligning
 
 
-def test_iter_align_and_write_aligned_give_the_engine_numbers(tmp_path, sample):
+def test_iter_align_and_write_aligned_give_the_engine_numbers(tmp_path, sample, drain):
     from napari_maskalign.engine import apply_shifts
 
     shifts = sample.expected_shifts()
     expected = apply_shifts(sample.stack, shifts)
-    gen = iter_align(sample.stack, shifts)
-    progress = []
-    try:
-        while True:
-            progress.append(next(gen))
-    except StopIteration as stop:
-        aligned = stop.value
+    progress, aligned = drain(iter_align(sample.stack, shifts))
     assert [p.done for p in progress] == list(range(1, N + 1))
     np.testing.assert_array_equal(aligned, expected)
     out = tmp_path / "a.zarr"
@@ -230,16 +214,7 @@ def clean():
     return make_beam_block_stack(**kw), make_beam_block_stack(**kw, beam_block=False)
 
 
-def drain(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return steps, stop.value
-
-
-def test_aligned_frames_carry_the_block_as_nan_where_it_lands(clean):
+def test_aligned_frames_carry_the_block_as_nan_where_it_lands(clean, drain):
     from napari_maskalign.engine import apply_shifts
 
     synth, _ = clean
@@ -253,7 +228,7 @@ def test_aligned_frames_carry_the_block_as_nan_where_it_lands(clean):
     assert any((np.isnan(aligned[i + 1]) != np.isnan(aligned[0])).any() for i in np.flatnonzero(moved))
 
 
-def test_the_masked_mean_has_no_darkening_beside_the_block(clean):
+def test_the_masked_mean_has_no_darkening_beside_the_block(clean, drain):
     synth, free = clean
     shifts = synth.expected_shifts()
     truth = free.stack[0]  # the pattern at the reference position, nothing in front of it
@@ -272,7 +247,7 @@ def test_the_masked_mean_has_no_darkening_beside_the_block(clean):
     assert masked.frames == 10 and masked.count.max() == 10
 
 
-def test_the_mean_skips_excluded_frames_and_reads_lazy_stacks_the_same(clean):
+def test_the_mean_skips_excluded_frames_and_reads_lazy_stacks_the_same(clean, drain):
     import dask.array as da
 
     synth, _ = clean
@@ -287,7 +262,7 @@ def test_the_mean_skips_excluded_frames_and_reads_lazy_stacks_the_same(clean):
     np.testing.assert_array_equal(lazy.count, eager.count)
 
 
-def test_integer_output_keeps_the_type_and_gives_the_data_area(clean):
+def test_integer_output_keeps_the_type_and_gives_the_data_area(clean, drain):
     synth, _ = clean
     counts = np.clip(synth.stack, 0, 65535).astype(np.uint16)
     shifts = synth.expected_shifts()
@@ -298,7 +273,7 @@ def test_integer_output_keeps_the_type_and_gives_the_data_area(clean):
     assert (as_int[~data] == 0).all()
 
 
-def test_write_aligned_accumulates_the_same_mean_in_one_pass(tmp_path, clean):
+def test_write_aligned_accumulates_the_same_mean_in_one_pass(tmp_path, clean, drain):
     from napari_maskalign.workflow import MeanAccumulator
 
     synth, _ = clean
@@ -315,7 +290,7 @@ def test_write_aligned_accumulates_the_same_mean_in_one_pass(tmp_path, clean):
     assert np.isnan(written).any()  # the block, as missing data
 
 
-def test_iter_align_accumulates_the_same_mean_in_one_pass(clean):
+def test_iter_align_accumulates_the_same_mean_in_one_pass(clean, drain):
     from napari_maskalign.workflow import MeanAccumulator
 
     synth, _ = clean
@@ -339,7 +314,7 @@ def test_iter_align_accumulates_the_same_mean_in_one_pass(clean):
         drain(iter_align(synth.stack, shifts, mean=acc, exclude=[True]))
 
 
-def test_align_frame_gives_the_data_area_of_one_frame(clean):
+def test_align_frame_gives_the_data_area_of_one_frame(clean, drain):
     from napari_maskalign.workflow import align_frame
 
     synth, _ = clean
@@ -353,7 +328,7 @@ def test_align_frame_gives_the_data_area_of_one_frame(clean):
     np.testing.assert_array_equal(frame_data, data[6])
 
 
-def test_the_mean_reads_a_block_of_frames_in_one_read(clean):
+def test_the_mean_reads_a_block_of_frames_in_one_read(clean, drain):
     synth, _ = clean
     shifts = synth.expected_shifts()
     reads = []
@@ -381,7 +356,7 @@ def turning():
 
 
 @pytest.mark.parametrize("reference", [0, "previous"])
-def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference):
+def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drain):
     options = RegistrationOptions(model="rigid", reference=reference)
     n = len(turning.stack)
     settings = run_settings(tmp_path / "in.npy", turning.stack, turning.valid, options)
@@ -398,12 +373,7 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference):
     assert len(done.shifts) == 5 and done.rotations is not None
     resumed = ShiftJournal(path, n, 2, settings, interval=0)
     resumed.preload(*done)
-    gen = register_to_journal(turning.stack, resumed, options, mask=turning.valid)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        result = stop.value
+    _, result = drain(register_to_journal(turning.stack, resumed, options, mask=turning.valid))
     assert result.model == "rigid" and result.params["start"] == 5
     np.testing.assert_allclose(result.transforms, full.transforms, atol=1e-9)
     # a translation table cannot continue a rigid run
@@ -412,7 +382,7 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference):
         resume_rows(path, settings, n, 2)
 
 
-def test_align_and_mean_follow_the_transforms(turning):
+def test_align_and_mean_follow_the_transforms(turning, drain):
     r = register_stack(turning.stack, mask=turning.valid, model="rigid")
     assert r.transforms.shape == (8, 3, 3)
     aligned = drain(iter_align(turning.stack, r.transforms, valid=turning.valid))[1]
