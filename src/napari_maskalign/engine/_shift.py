@@ -9,6 +9,7 @@ from scipy import ndimage as ndi
 from ._correlators import outer_and
 from ._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
 from ._frames import is_dask
+from ._refine import nearest_fill_index
 
 __all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "ignored_filler", "map_frames",
            "shift_frame"]
@@ -204,9 +205,7 @@ def ignored_filler(valid_mask):
     valid = np.asarray(valid_mask, bool)
     if valid.all() or not valid.any():
         return None
-    nearest = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    holes = np.flatnonzero(~valid)
-    source = np.ravel_multi_index(tuple(i.reshape(-1)[holes] for i in nearest), valid.shape)
+    holes, source = nearest_fill_index(valid)
     on = {}  # the index arrays in each namespace they are used in
 
     def fill(frame):
