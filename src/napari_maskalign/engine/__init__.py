@@ -29,7 +29,7 @@ from ._masks import (
     valid_from_ignore,
 )
 from ._options import MODELS, RegistrationOptions
-from ._outliers import flag_outliers, interpolate_flagged
+from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
 from ._pcc import phase_cross_correlation
 from ._registrar import FrameRegistrar
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
@@ -63,6 +63,7 @@ __all__ = [
     "gradient_of",
     "grow_ignore",
     "interpolate_flagged",
+    "interpolate_turns",
     "iter_register_stack",
     "mask_with_outliers",
     "phase_cross_correlation",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["flag_outliers", "interpolate_flagged"]
+__all__ = ["flag_outliers", "interpolate_flagged", "interpolate_turns"]
 
 
 def flag_outliers(shifts, quality, *, max_jump=None, min_quality=None) -> np.ndarray:
@@ -51,3 +51,12 @@ def interpolate_flagged(shifts, flagged) -> np.ndarray:
     for ax in range(shifts.shape[1]):
         shifts[~good, ax] = np.interp(idx[~good], idx[good], shifts[good, ax])
     return shifts
+
+
+def interpolate_turns(rotations, scales, flagged) -> tuple[np.ndarray, np.ndarray]:
+    """Flagged frames' rotations and scales by linear interpolation from good ones
+    (scale as its logarithm: a frame between 1/2 and 2 gets 1); ``scales`` None means 1."""
+    rotations = np.asarray(rotations, float)
+    scales = np.ones(len(rotations)) if scales is None else np.asarray(scales, float)
+    both = interpolate_flagged(np.column_stack([rotations, np.log(scales)]), flagged)
+    return both[:, 0], np.exp(both[:, 1])

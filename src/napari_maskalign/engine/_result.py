@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._outliers import flag_outliers, interpolate_flagged
+from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
 from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
@@ -238,12 +238,11 @@ def build_result(
     if rotations is not None or scales is not None:
         n = len(raw)
         rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
-        log_scale = np.log(np.ones(n) if scales is None else np.asarray(scales, dtype=float))
-        raw_transforms = similarity_transforms(raw, rot, np.exp(log_scale), frame_shape)
+        scale = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
+        raw_transforms = similarity_transforms(raw, rot, scale, frame_shape)
         if options.interpolate_outliers:
-            both = interpolate_flagged(np.column_stack([rot, log_scale]), outliers)
-            rot, log_scale = both[:, 0], both[:, 1]
-        transforms = similarity_transforms(shifts, rot, np.exp(log_scale), frame_shape)
+            rot, scale = interpolate_turns(rot, scale, outliers)
+        transforms = similarity_transforms(shifts, rot, scale, frame_shape)
     return RegistrationResult(
         shifts=shifts,
         quality=quality,

@@ -14,7 +14,7 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QSpinBox
 
-from napari_maskalign.engine import interpolate_flagged
+from napari_maskalign.engine import interpolate_flagged, interpolate_turns
 
 from ._common import DockWidget, publish_in_turns, start_worker
 from ._layers import (
@@ -123,13 +123,11 @@ class EditsFrames:
                 raise ValueError("there is no good frame left to interpolate from")
             new = interpolate_flagged(res.shifts, flagged)[frame]
             turns = {}
-            if res.rotations is not None:  # the rotation and scale too, scale as a logarithm
-                scales = np.ones(res.n_frames) if res.scales is None else res.scales
-                both = interpolate_flagged(np.column_stack([res.rotations, np.log(scales)]),
-                                           flagged)
+            if res.rotations is not None:  # the rotation and scale too
+                rotations, scales = interpolate_turns(res.rotations, res.scales, flagged)
                 at = np.arange(res.n_frames) == frame
-                turns = {"rotations": np.where(at, both[:, 0], res.rotations),
-                         "scales": np.where(at, np.exp(both[:, 1]), scales)}
+                turns = {"rotations": np.where(at, rotations, res.rotations),
+                         "scales": np.where(at, scales, 1.0 if res.scales is None else res.scales)}
         except ValueError as exc:
             self.report(exc)
             return False
