@@ -11,6 +11,7 @@ from ._masked import MaskedCorrelator
 from ._masks import check_valid_mask
 from ._options import RegistrationOptions
 from ._result import FrameRecord
+from ._shift import ignored_filler
 from ._transforms import frame_centre
 
 __all__ = ["FrameRegistrar", "has_contrast"]
@@ -56,6 +57,12 @@ class FrameRegistrar:
         Where the per-frame work runs: numpy (default), or a CuPy namespace
         for a GPU (masked translation only; the refinement runs on the host);
         frames may come as numpy arrays.
+    fill : ndarray of bool, optional
+        Static outlier pixels (hot, dead) of an unmasked registration: in the
+        reference and in every frame they take the value of their nearest
+        other pixel, and the registration stays what it is (phase or plain
+        correlation, no mask). With a mask, outliers belong in the mask instead
+        (refused here).
     """
 
     def __init__(
@@ -67,9 +74,15 @@ class FrameRegistrar:
         reference_mask=None,
         dtype=None,
         xp=None,
+        fill=None,
     ):
         opts = RegistrationOptions() if options is None else options
         self.xp = np if xp is None else xp
+        if fill is not None and valid_mask is not None:
+            raise ValueError("with a mask, static outliers join the mask: fill is for unmasked runs")
+        #: copies a frame with the outlier pixels filled from their neighbourhood (or None)
+        self.fill = None if fill is None else ignored_filler(~np.asarray(fill, bool))
+        self._fill_shape = None if fill is None else np.shape(fill)
         if self.xp is not np and valid_mask is None:
             raise ValueError(
                 "registration on a GPU needs a mask (masked correlation); without one, "
@@ -82,7 +95,7 @@ class FrameRegistrar:
             )
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
-        ref = ref.astype(self.dtype, copy=False)
+        ref = self._filled(ref.astype(self.dtype, copy=False))
         self.shape = ref.shape
         self.xcorr_radius = opts.xcorr_radius if opts.return_xcorr else None
         self.masked = valid_mask is not None
@@ -151,6 +164,12 @@ class FrameRegistrar:
         self.__dict__.update(state)
         self.xp = getattr(self._corr, "xp", np) if self._corr is not None else np
 
+    def _filled(self, image):
+        """``image`` with the static outliers filled (itself when there are none)."""
+        if self.fill is None or image.shape != self._fill_shape:  # a wrong shape is refused later
+            return image
+        return self.fill(image)
+
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
         if not np.all(np.isfinite(vals)):
@@ -164,6 +183,7 @@ class FrameRegistrar:
         mask geometry and FFT sizes are kept, only the reference's spectra are
         recomputed. Used by the "previous" mode."""
         ref = np.asarray(reference_image).astype(self.dtype, copy=False)
+        ref = self._filled(ref)
         if ref.shape != self.shape:
             raise ValueError(f"the reference has shape {ref.shape}, expected {self.shape}")
         self._check_reference(ref)
@@ -191,7 +211,7 @@ class FrameRegistrar:
         frame = np.asarray(frame)
         if frame.shape != self.shape:
             raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
-        frame = frame.astype(self.dtype, copy=False)
+        frame = self._filled(frame.astype(self.dtype, copy=False))
         if self.masked:
             if not np.isfinite(frame).all():
                 # min/max over the valid pixels without copying them out

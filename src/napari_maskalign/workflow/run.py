@@ -15,6 +15,7 @@ import contextlib
 import numpy as np
 
 from ..engine import RegistrationRun, build_result, mask_with_outliers, transform_parameters
+from ..engine._stack import outlier_params
 from ..io import as_dask
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]
@@ -165,8 +166,7 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         journal.shifts,
         journal.quality,
         options,
-        params={"masked": mask is not None, "start": start, "n_frames": n,
-                "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+        params={"start": start, "n_frames": n, **outlier_params(mask is not None, hot, options)},
         rotations=journal.rotations,
         scales=journal.scales,
         frame_shape=frame_shape if moves else None,
