@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 
 from ..engine import RegistrationRun, build_result, mask_with_outliers, transform_parameters
-from ..engine._stack import outlier_params
+from ..engine.run._stack import outlier_params
 from ..io import as_dask
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]

@@ -54,9 +54,9 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from ._fft import default_workers
-from ._frames import read_frame
-from ._masked import MaskedCorrelator
+from ..backends._frames import read_frame
+from ..kernels._fft import default_workers
+from ..kernels._masked import MaskedCorrelator
 from ._parallel import in_threads
 
 __all__ = ["find_static_outliers", "mask_with_outliers"]
