@@ -14,7 +14,9 @@ moves**. :func:`find_static_outliers` uses that on a small sample of frames
    once it has moved by its width), the maximum what is dark in every frame
    (dead pixels). Whatever stands out from its 7-pixel neighbourhood there
    (a grey-level top hat: narrower than 7 px, so clusters of a dozen pixels
-   too) by 5 noise levels is a candidate.
+   too) by 5 noise levels, and keeps its value from frame to frame (within
+   35 % of its excess: a spot that moves less than its width does not), is a
+   candidate.
 2. *Coarse registration*: the sampled frames are registered onto the
    middle one by masked correlation of 4x (2x for small frames) binned
    frames with the candidates and ignored pixels masked, so nothing static
@@ -67,6 +69,8 @@ CONSISTENCY = 0.75
 RELATIVE = 0.5
 #: the sampled frames take at most this much memory (float32)
 SAMPLE_BYTES = 64 * 2**20
+#: a candidate's value over the sampled frames spans less than this fraction of its excess
+STEADY = 0.35
 #: the width of the top hat that finds candidates (clusters narrower than it)
 HAT = 7
 
@@ -132,7 +136,7 @@ def _small_groups(core: np.ndarray, loose: np.ndarray, max_cluster: int) -> np.n
     return core & small[labels]
 
 
-def find_static_outliers(stack, *, valid=None, n_frames: int = 6, threshold: float = 6.0,
+def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: float = 6.0,
                          max_cluster: int = 40, workers=None, details: dict | None = None
                          ) -> np.ndarray:
     """Find hot, dead, stuck and saturated pixels, alone or in clusters: static in
@@ -194,12 +198,14 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 6, threshold: flo
     bg_lo = ndi.grey_opening(ndi.grey_closing(lo, size=size), size=size)
     bg_hi = ndi.grey_closing(ndi.grey_opening(hi, size=size), size=size)
     hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
-    known = use
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
     c_dead, s_dead = _binned_spread(hat_dead[use], bg_hi[use])
     sig_hot, sig_dead = np.interp(bg_lo, c_hot, s_hot), np.interp(bg_hi, c_dead, s_dead)
-    candidates = known & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
+    # ... and steady: a static pixel keeps its value from frame to frame (its own noise
+    # aside), a spot of the pattern that moves less than its width does not
+    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead)
+    candidates = use & steady & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
     clean = use & ~candidates
 
     # 2. coarse registration of the sampled frames onto the middle one: masked correlation
@@ -297,7 +303,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 6, threshold: flo
     # block): the top hat alone, far beyond the noise and the level
     blind = use & ~judged
     if blind.any():
-        strong = blind & (((hat_hot > threshold * sig_hot) & (hat_hot > 3 * np.abs(bg_lo)))
+        strong = blind & candidates & (((hat_hot > threshold * sig_hot) & (hat_hot > 3 * np.abs(bg_lo)))
                           | ((hat_dead > threshold * sig_dead) & (hi < 0.2 * bg_hi)))
         found |= _small_groups(strong, candidates & blind | strong, max_cluster)
     if details is not None and "debug" in details:
