@@ -214,7 +214,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     # (smoothed, they carry nothing finer)
     r = k // 2
     b = 2 if min(frame_shape) >= 64 else 1
-    bc = 4 if min(frame_shape) >= 256 else b  # the whole-pixel search: 4x binned when large
+    bc = 4 if min(frame_shape) >= 1024 else b  # the whole-pixel search: 4x binned when large
     clean_b, clean_c = (_binned(clean[None].astype(np.float32), f)[0] > 0.999 for f in (b, bc))
     binned = _binned(frames, bc)
     corr = MaskedCorrelator(binned[r], clean_c, clean_c, shrink=True, workers=workers,
@@ -236,19 +236,33 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     one = 1 if threads > 1 else workers  # frames in threads, or the FFTs
 
     def register(j):
+        """(shift, misfit): the misfit is what the fit leaves of the reference's variance."""
         if j == r:
-            return np.zeros(ndim)
+            return np.zeros(ndim), 0.0
         shift = np.asarray(corr.register(binned[j]).shift, float) * bc
         for _ in range(5):
             back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
             w = inner & _moved(inner, np.round(shift / b).astype(int))
-            step = _solve(basis, back - ref, w)[:ndim]
-            shift += np.clip(step, -bc, bc)
-            if np.abs(step).max() < 0.02:
+            coef = _solve(basis, back - ref, w)
+            shift += np.clip(coef[:ndim], -bc, bc)
+            if np.abs(coef[:ndim]).max() < 0.02:
                 break
-        return shift
+        left = (back - ref - np.tensordot(coef, basis, 1))[w]
+        spread = (ref - ref[w].mean())[w]
+        return shift, float(np.dot(left, left)) / max(float(np.dot(spread, spread)), 1e-30)
 
-    shifts = np.array(list(in_threads(register, range(k), threads)))
+    fits = list(in_threads(register, range(k), threads))
+    # a frame the search could not register (a periodic pattern can match a lattice
+    # vector away at low resolution) fits far worse than the others: it takes no part
+    misfit = np.array([m for _, m in fits])
+    others = np.delete(misfit, r)
+    keep = misfit <= 2 * np.median(others) + 1e-3
+    if keep.sum() < 3:
+        return outliers
+    shifts = np.array([sh for sh, _ in fits])[keep]
+    frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
+    r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
+    picks = picks[keep]
 
     # 3. the content: the sampled frames aligned onto the middle one and averaged (in
     # Fourier space, from the spectra at hand: a static pixel lands on a different place
@@ -296,9 +310,17 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
         # a static outlier stands alone; a residual beside an opposite one is the content
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
+        # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
         echo = ndi.maximum_filter(np.maximum(-e, 0), size=3)
-        core = judged & (e > threshold * sigma) & (e > rel) & (e > 2 * echo)
+        alone = (e > 2 * echo) | (hi - lo < STEADY * e)
+        core = judged & (e > threshold * sigma) & (e > rel) & alone
         found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
+    # nor is anything beside a large static object (an unpainted block: its edge, of
+    # either sign, breaks up into small groups along it)
+    large = (judged & (np.abs(med) > 3 * sigma)) & ~_small_groups(
+        np.ones(frame_shape, bool), judged & (np.abs(med) > 3 * sigma), max_cluster)
+    if large.any():
+        found &= ~ndi.binary_dilation(large, np.ones((7,) * ndim, bool))
     # pixels too few frames could judge (the frame's edge under a large drift, beside the
     # block): the top hat alone, far beyond the noise and the level
     blind = use & ~judged
@@ -309,7 +331,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     if details is not None and "debug" in details:
         details["debug"] = dict(locals())
     if details is not None:
-        details.update(shifts=shifts, candidates=int(candidates.sum()), judged=int(judged.sum()))
+        details.update(frames=picks, shifts=shifts, candidates=int(candidates.sum()),
+                       judged=int(judged.sum()))
     return outliers | (found & base)
 
 
