@@ -89,6 +89,8 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, bins: int = 12) -> tu
     """``(centres, sigmas)``: the robust spread (1.4826 MAD about the median) of
     ``values`` in bins of ``levels``, for :func:`np.interp` (from at most ~30000 of them,
     evenly strided: plenty for a spread, and cheap on large frames)."""
+    if values.size < 30:  # nothing to measure: nothing stands out
+        return np.array([0.0]), np.array([np.inf])
     step = max(1, values.size // 30000)
     values, levels = values[::step], levels[::step]
     edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
@@ -204,7 +206,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     sig_hot, sig_dead = np.interp(bg_lo, c_hot, s_hot), np.interp(bg_hi, c_dead, s_dead)
     # ... and steady: a static pixel keeps its value from frame to frame (its own noise
     # aside), a spot of the pattern that moves less than its width does not
-    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead)
+    # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
+    ok = c_hot > 0
+    gain = float(np.median(s_hot[ok] ** 2 / c_hot[ok])) if ok.any() else 0.0
+    wobble = 3 * np.sqrt(gain * np.abs(lo)) if np.isfinite(gain) else 0.0
+    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead) + wobble
     candidates = use & steady & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
     clean = use & ~candidates
 
@@ -217,8 +223,10 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     bc = 4 if min(frame_shape) >= 1024 else b  # the whole-pixel search: 4x binned when large
     clean_b, clean_c = (_binned(clean[None].astype(np.float32), f)[0] > 0.999 for f in (b, bc))
     binned = _binned(frames, bc)
+    # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
+    reach = [max(8, n // 4) for n in binned.shape[1:]]
     corr = MaskedCorrelator(binned[r], clean_c, clean_c, shrink=True, workers=workers,
-                            dtype=np.float32)
+                            dtype=np.float32, max_shift=reach)
     fill = _filler(clean)
     axes = tuple(range(1, ndim + 1))
     spectra = sfft.rfftn(fill(frames), axes=axes, workers=workers)
@@ -319,8 +327,9 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     # either sign, breaks up into small groups along it)
     large = (judged & (np.abs(med) > 3 * sigma)) & ~_small_groups(
         np.ones(frame_shape, bool), judged & (np.abs(med) > 3 * sigma), max_cluster)
-    if large.any():
-        found &= ~ndi.binary_dilation(large, np.ones((7,) * ndim, bool))
+    if large.any():  # (an outlier far above the level there is no edge: it stays)
+        weak = np.abs(med) < 3 * np.abs(level)
+        found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
     # pixels too few frames could judge (the frame's edge under a large drift, beside the
     # block): the top hat alone, far beyond the noise and the level
     blind = use & ~judged
