@@ -305,7 +305,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     edge = int(np.ceil(np.abs(shifts).max())) + 6
     inside = np.zeros(frame_shape, bool)
     inside[tuple(slice(edge, n - edge) for n in frame_shape)] = True
-    judged = use & inside & (votes >= max(3, k // 2))
+    judged = use & inside & (votes >= max(3, k // 2 + 1))  # a majority of the frames
     med = np.where(judged, med, 0.0)
 
     # 4. the final pass: beyond the noise of the median residual, in small groups

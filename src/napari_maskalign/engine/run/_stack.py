@@ -245,7 +245,8 @@ class RegistrationRun:
         done = 0
         for p in range(passes):
             registrar = FrameRegistrar(template, valid, opts, reference_mask=template_valid,
-                                       dtype=dtype, xp=self.xp, fill=self.fill)
+                                       dtype=dtype, xp=self.xp,
+                                       fill=self.fill if valid is None else None)
             last = p == passes - 1
             acc = np.zeros(template.shape)
             weight = np.zeros(template.shape)
@@ -267,8 +268,8 @@ class RegistrationRun:
                 template = np.where(template_valid, acc / np.maximum(weight, 1e-12), 0).astype(dtype)
                 if self.valid is None:
                     template_valid = None if template_valid.all() else template_valid
-                    if template_valid is not None:
-                        valid = np.ones(template.shape, bool)
+                    if template_valid is not None:  # masked from here: outliers join it
+                        valid = np.ones(template.shape, bool) if self.fill is None else ~self.fill
 
 
 def outlier_params(masked: bool, hot, options) -> dict:
