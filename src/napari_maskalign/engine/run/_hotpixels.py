@@ -192,8 +192,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
     frames = np.where(use, frames, 0).astype(np.float32, copy=False)
 
     # 1. candidates: bright in every frame (minimum) or dark in every frame (maximum)
-    filled = _filler(use)(frames)
-    lo, hi = filled.min(axis=0), filled.max(axis=0)
+    lo, hi = _filler(use)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
     # (each against its neighbourhood with the opposite kind taken out first: a hot
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
     size = (HAT,) * ndim
@@ -325,8 +324,10 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: flo
         found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
     # nor is anything beside a large static object (an unpainted block: its edge, of
     # either sign, breaks up into small groups along it)
-    large = (judged & (np.abs(med) > 3 * sigma)) & ~_small_groups(
-        np.ones(frame_shape, bool), judged & (np.abs(med) > 3 * sigma), max_cluster)
+    large = np.zeros(frame_shape, bool)
+    if found.any():
+        loud = judged & (np.abs(med) > 3 * sigma)
+        large = loud & ~_small_groups(np.ones(frame_shape, bool), loud, max_cluster)
     if large.any():  # (an outlier far above the level there is no edge: it stays)
         weak = np.abs(med) < 3 * np.abs(level)
         found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
