@@ -138,7 +138,7 @@ def _small_groups(core: np.ndarray, loose: np.ndarray, max_cluster: int) -> np.n
     return core & small[labels]
 
 
-def find_static_outliers(stack, *, valid=None, n_frames: int = 7, threshold: float = 6.0,
+def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: float = 6.0,
                          max_cluster: int = 40, workers=None, details: dict | None = None
                          ) -> np.ndarray:
     """Find hot, dead, stuck and saturated pixels, alone or in clusters: static in
