@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_maskalign.engine.models import DEFAULT_MODEL
+
 __all__ = ["AXIS_NAMES", "META", "AlignedResult", "axis_names"]
 
 #: key of the per-layer result dictionary in ``layer.metadata``
@@ -86,7 +88,7 @@ class AlignedResult:
     mask: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     align: dict[str, Any] = field(default_factory=_default_align)
-    model: str = "translation"
+    model: str = DEFAULT_MODEL
     edited: tuple[int, ...] = ()
     shifts_from: str | None = None
     valid: np.ndarray | None = None
@@ -159,7 +161,7 @@ class AlignedResult:
                           mask: str | None, align: dict, **fields) -> AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
-        moves = result.model != "translation"
+        moves = not result.transform_model.shift_only
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 from napari.layers import Image
 from superqt import QCollapsible
 
-from napari_maskalign.engine import RegistrationOptions
+from napari_maskalign.engine import DEFAULT_MODEL, MODELS, RegistrationOptions
 from napari_maskalign.engine.backends._device import gpu_available
 
 from ._common import fixed_height
@@ -56,9 +56,8 @@ MAIN = [
         tooltip="How many times the template is rebuilt from the aligned frames. 2 is usually "
         "enough.")),
     ("model_choice", ComboBox, dict(
-        choices=[("translation (shift)", "translation"), ("rigid (rotation + shift)", "rigid"),
-                 ("similarity (+ scale)", "similarity")],
-        value="translation", label="model",
+        choices=[(m.label, m.name) for m in MODELS.values()],
+        value=DEFAULT_MODEL, label="model",
         tooltip="What moves between frames. Translation: the pattern only drifts. Rigid: it "
         "also turns. Similarity: it also grows or shrinks (camera length). Rigid and "
         "similarity need 2D frames; the aligned frames are then turned and scaled too.")),

@@ -122,7 +122,7 @@ def output_dtype(stack_dtype, integer: bool) -> np.dtype:
 def to_apply(result):
     """What aligns the frames of a registration result: its shifts for translation,
     its transforms (rotation and scale too) for rigid and similarity models."""
-    return result.shifts if result.model == "translation" else result.transforms
+    return result.shifts if result.transform_model.shift_only else result.transforms
 
 
 def _apply(stack, moves, **kwargs):

@@ -75,7 +75,8 @@ class FrameRegistrar:
                 "registration on a GPU needs a mask (masked correlation); without one, "
                 "use device='cpu'"
             )
-        if self.xp is not np and opts.model != "translation":
+        model = opts.transform_model
+        if self.xp is not np and not model.gpu:
             raise ValueError(
                 f"the {opts.model} model runs on the CPU; use device='cpu' (the GPU path "
                 "registers translations)"
@@ -94,7 +95,7 @@ class FrameRegistrar:
             self._valid_x = self.valid if self.xp is np else to_namespace(self.xp, self.valid)
         self._check_reference(ref)
         self._corr = None
-        if opts.model == "translation" and self.masked:
+        if model.shift_only and self.masked:
             self._corr = MaskedCorrelator(
                 ref,
                 self.ref_valid,
@@ -107,7 +108,7 @@ class FrameRegistrar:
                 dtype=self.dtype,
                 xp=self.xp,
             )
-        elif opts.model == "translation":
+        elif model.shift_only:
             self._corr = PhaseCorrelator(
                 ref,
                 normalization=opts.normalization,
@@ -116,7 +117,7 @@ class FrameRegistrar:
                 max_shift=opts.max_shift,
                 workers=opts.workers,
             )
-        self.model, self.refines, self._max_shift = opts.model, opts.refines, opts.max_shift
+        self.model, self.refines, self._max_shift = model, opts.refines, opts.max_shift
         self._overlap_ratio = opts.overlap_ratio
         self._refiner = self._models = None
         self._prepare(ref)
@@ -125,21 +126,18 @@ class FrameRegistrar:
         """The refinement's (or the rigid/similarity model's) reference side."""
         if self.masked:
             ref = np.where(self.ref_valid, ref, 0)
-        if self.model != "translation":
-            from ..models._logpolar import ModelRegistrar
-
-            if self._models is None:
-                self._models = ModelRegistrar(ref, self.ref_valid, self.valid, self.model,
-                                              overlap_ratio=self._overlap_ratio)
-            else:
-                self._models.set_reference(ref)
-        elif self.refines:
+        if self._models is not None:
+            self._models.set_reference(ref)
+            return
+        self._models = self.model.searcher(ref, self.ref_valid, self.valid,
+                                           overlap_ratio=self._overlap_ratio)
+        if self._models is None and self.refines:
             from ..models._refine import Refiner
 
             # the strongest 30 % of the pixels carry nearly all the information
             # (measured: as close to the bound as all of them); from a 1/u peak two
             # or three steps converge to 1/500 px
-            self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation", select=0.3,
+            self._refiner = Refiner(ref, self.ref_valid, self.valid, self.model, select=0.3,
                                     tol=2e-3)
 
     def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
@@ -181,7 +179,7 @@ class FrameRegistrar:
         if self.xcorr_radius is not None:
             window = np.zeros((2 * self.xcorr_radius + 1,) * len(self.shape), np.float32)
         zero = np.zeros(len(self.shape))
-        eye = None if self.model == "translation" else np.eye(len(self.shape) + 1)
+        eye = None if self.model.shift_only else np.eye(len(self.shape) + 1)
         return FrameRecord(zero, 0.0, zero, window, eye)
 
     def register(self, frame) -> FrameRecord:

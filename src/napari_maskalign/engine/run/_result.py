@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models import DEFAULT_MODEL, Model, model_named
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
 
@@ -115,7 +116,9 @@ class RegistrationResult:
     params : dict
         The settings the registration ran with.
     model : str
-        The transform model: ``"translation"``, ``"rigid"`` or ``"similarity"``.
+        The transform model's name (a key of
+        :data:`~napari_maskalign.engine.MODELS`; the object is
+        :attr:`transform_model`).
     transforms : ndarray, shape (n_frames, ndim + 1, ndim + 1)
         Per frame, the homogeneous matrix in data-axis (row, col) order, as
         napari's ``affine``, mapping a pixel of the frame to the reference
@@ -143,7 +146,7 @@ class RegistrationResult:
     peaks: np.ndarray | None = None
     xcorr: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    model: str = "translation"
+    model: str = DEFAULT_MODEL
     transforms: np.ndarray | None = None
     raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
@@ -154,6 +157,11 @@ class RegistrationResult:
             self.transforms = shift_transforms(self.shifts)
         if self.raw_transforms is None:
             self.raw_transforms = shift_transforms(self.raw_shifts)
+
+    @property
+    def transform_model(self) -> Model:
+        """The :class:`~napari_maskalign.engine.Model` named by :attr:`model`."""
+        return model_named(self.model)
 
     @property
     def n_hot_pixels(self) -> int:

@@ -10,6 +10,7 @@ import numpy as np
 from ..backends._device import namespace_for
 from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
 from ..kernels._fft import default_workers, real_dtype_for
+from ..models import Model
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
@@ -24,13 +25,13 @@ __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 class _Table:
     """The per-frame results of a run, filled as frames finish."""
 
-    def __init__(self, count: int, ndim: int, radius: int | None, model: str = "translation"):
+    def __init__(self, count: int, ndim: int, radius: int | None, model: Model):
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
-        if model != "translation":
+        if not model.shift_only:
             self.transforms = np.broadcast_to(np.eye(ndim + 1), (count, ndim + 1, ndim + 1)).copy()
 
     def put(self, k: int, record: FrameRecord) -> None:
@@ -96,7 +97,8 @@ class RegistrationRun:
         ndim = len(frame_shape)
         self.previous_shift = None
         if opts.mode == "previous":
-            self.previous_shift = _previous_start(previous_shift, ndim, opts.model, frame_shape)
+            self.previous_shift = _previous_start(previous_shift, ndim, opts.transform_model,
+                                                  frame_shape)
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
@@ -139,7 +141,7 @@ class RegistrationRun:
         self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
-        table = _Table(count, len(self.frame_shape), radius, opts.model)
+        table = _Table(count, len(self.frame_shape), radius, opts.transform_model)
         if opts.mode == "previous":
             yield from self._previous(table)
         elif opts.mode == "template":
@@ -205,7 +207,7 @@ class RegistrationRun:
             first -= 1
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
-        model = self.options.model != "translation"
+        model = not self.options.transform_model.shift_only
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
@@ -268,10 +270,10 @@ def _shift_matrix(shift) -> np.ndarray:
     return similarity_transforms(np.asarray(shift, float)[None])[0]
 
 
-def _previous_start(previous, ndim: int, model: str, frame_shape):
+def _previous_start(previous, ndim: int, model: Model, frame_shape):
     """The accumulated shift (translation) or transform (rigid, similarity) of the
     frame before ``start``; zero / identity when not given."""
-    if model == "translation":
+    if model.shift_only:
         prev = np.zeros(ndim) if previous is None else np.asarray(previous, float)
         if prev.shape != (ndim,):
             raise ValueError(f"previous_shift must have {ndim} values, got {prev.shape}")
