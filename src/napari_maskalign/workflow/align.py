@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import aligned_dtype, apply_shifts, apply_transforms
-from ..engine.backends._device import namespace_for, namespace_of, to_host, to_namespace
+from ..engine.backends._device import namespace_for, namespace_of, native, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
 __all__ = [
@@ -86,8 +86,8 @@ class MeanAccumulator:
         """Add frames (a block along the first axis) and where each holds data; CuPy
         blocks are summed on their GPU (the sums move there with the first one)."""
         xp = namespace_of(aligned)
-        if xp is not np and isinstance(self.total, np.ndarray):
-            self.total, self.count = xp.asarray(self.total), xp.asarray(self.count)
+        # the sums move where the blocks are (a GPU) with the first one
+        self.total, self.count = xp.asarray(self.total), xp.asarray(self.count)
         for i in range(int(aligned.shape[0])):
             ok = valid[i]
             self.total += xp.where(ok, aligned[i], 0.0)
@@ -169,7 +169,7 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
             aligned = aligned_all[lo:hi].compute()
             data = None if data_all is None else data_all[lo:hi].compute()
         else:
-            frames = stack[lo:hi] if namespace_of(stack) is not np else np.asarray(stack[lo:hi])
+            frames = native(stack[lo:hi])
             out = _apply(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
             aligned, data = out if want else (out, None)
         if valid is not None:
@@ -286,8 +286,7 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device
     for lo, hi in iter_blocks(len(keep), block):
         idx = keep[lo:hi]
         frames = _read_frames(stack, idx)
-        if xp is not np:
-            frames = to_namespace(xp, frames)
+        frames = to_namespace(xp, frames)
         for _, _, aligned, data in _float_blocks(frames, shifts[idx], valid=valid, need_data=True,
                                                  block=len(idx), **kwargs):
             acc.add(aligned, data)

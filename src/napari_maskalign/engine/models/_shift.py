@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
-from scipy import ndimage as ndi
 
-from ..backends._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
+from ..backends import backend_for
+from ..backends._device import (
+    is_foreign_array,
+    namespace_for,
+    namespace_of,
+    native,
+    to_host,
+    to_namespace,
+)
 from ..backends._frames import is_dask
 from ..kernels._correlators import outer_and
 from ._refine import nearest_fill_index
@@ -34,25 +40,18 @@ def _inside(shape, shift) -> np.ndarray:
 
 
 def _ndimage(xp):
-    """scipy.ndimage for numpy arrays, cupyx.scipy.ndimage for CuPy ones (the GPU
-    hook of every shift and transform of frames)."""
-    if xp is np:
-        return ndi, sfft
-    if xp.__name__.endswith("cupy"):
-        import cupy
-        from cupyx.scipy import ndimage as cundi
-
-        return cundi, cupy.fft
-    raise ValueError(
-        f"shifting frames needs numpy or CuPy arrays, got arrays of {xp.__name__}"
-    )
+    """``(ndimage, fft)`` of namespace ``xp``'s backend: scipy's for numpy arrays,
+    cupyx's for CuPy ones (the GPU hook of every shift and transform of frames);
+    ``ValueError`` for a namespace without them."""
+    backend = backend_for(xp)
+    return backend.ndimage, backend.fft
 
 
 def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
     """Shift one frame by ``shift`` (pixels, per axis); outside pixels get ``fill_value``.
     A CuPy frame is shifted on its GPU and stays there."""
     xp = namespace_of(frame)
-    frame = np.asarray(frame) if xp is np else frame
+    frame = native(frame)
     ndimage, fft = _ndimage(xp)
     shift = np.asarray(shift, dtype=float)
     out_dtype = aligned_dtype(frame.dtype)
@@ -69,7 +68,7 @@ def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
     out = out.astype(out_dtype, copy=False)
     if fill_value is not None:
         outside = ~_inside(frame.shape, shift)
-        out[outside if xp is np else xp.asarray(outside)] = fill_value
+        out[xp.asarray(outside)] = fill_value
     return out
 
 
@@ -78,7 +77,7 @@ def _shift_valid(valid, shift):
     ndimage, _ = _ndimage(xp)
     moved = ndimage.shift(valid.astype(np.float32), tuple(shift), order=1, mode="constant", cval=0.0)
     inside = _inside(valid.shape, shift)
-    return (moved > 0.999) & (inside if xp is np else xp.asarray(inside))
+    return (moved > 0.999) & xp.asarray(inside)
 
 
 def _check(stack_shape, shifts, valid_mask, method, order):
@@ -235,7 +234,7 @@ def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *
         def move(frame, m, **kw):
             return inner(fill(frame), m, **kw)
 
-    if xp is not np:
+    if not backend_for(xp).on_host:
         return _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw)
     base = np.ones(tuple(stack.shape[1:]), bool) if valid_mask is None else valid_mask
     out_dtype = aligned_dtype(stack.dtype)

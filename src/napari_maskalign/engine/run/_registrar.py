@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import is_foreign_array, to_host, to_namespace
 from ..kernels._correlators import PhaseCorrelator
 from ..kernels._fft import default_workers, real_dtype_for
@@ -13,7 +14,28 @@ from ._masks import check_valid_mask
 from ._options import RegistrationOptions
 from ._result import FrameRecord
 
-__all__ = ["FrameRegistrar", "has_contrast"]
+__all__ = ["FrameRegistrar", "check_backend", "has_contrast"]
+
+
+def check_backend(backend, masked: bool, model) -> None:
+    """Refuse, in plain words, what a batched backend (a GPU) cannot register: frames
+    without a mask, or a model it has no path for. Runs and registrars call it when
+    they are made, so the answer never depends on the data."""
+    if not backend.batches:
+        return
+    if not masked:
+        raise ValueError(
+            "registration on a GPU needs a mask (masked correlation); without one, "
+            "use device='cpu'"
+        )
+    if not model.gpu:
+        from ..models import MODELS
+
+        able = " and ".join(m.name for m in MODELS.values() if m.gpu)
+        raise ValueError(
+            f"the {model.name} model runs on the CPU; use device='cpu' (the GPU path "
+            f"registers {able})"
+        )
 
 
 def has_contrast(frame, valid=None) -> bool:
@@ -70,17 +92,10 @@ class FrameRegistrar:
     ):
         opts = RegistrationOptions() if options is None else options
         self.xp = np if xp is None else xp
-        if self.xp is not np and valid_mask is None:
-            raise ValueError(
-                "registration on a GPU needs a mask (masked correlation); without one, "
-                "use device='cpu'"
-            )
+        #: the array library the per-frame work runs with (numpy, CuPy, ...)
+        self.backend = backend_for(self.xp)
+        check_backend(self.backend, valid_mask is not None, opts.transform_model)
         model = opts.transform_model
-        if self.xp is not np and not model.gpu:
-            raise ValueError(
-                f"the {opts.model} model runs on the CPU; use device='cpu' (the GPU path "
-                "registers translations)"
-            )
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
         ref = ref.astype(self.dtype, copy=False)
@@ -92,7 +107,7 @@ class FrameRegistrar:
             self.valid = np.asarray(valid_mask, dtype=bool)
             self.ref_valid = self.valid if reference_mask is None else np.asarray(reference_mask, bool)
             check_valid_mask(self.ref_valid, self.shape, "reference's valid area")
-            self._valid_x = self.valid if self.xp is np else to_namespace(self.xp, self.valid)
+            self._valid_x = self.backend.own(self.valid)
         self._check_reference(ref)
         self._corr = None
         if model.shift_only and self.masked:
@@ -142,12 +157,13 @@ class FrameRegistrar:
 
     def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
         state = self.__dict__.copy()
-        state["xp"] = None
+        state["xp"] = state["backend"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.xp = getattr(self._corr, "xp", np) if self._corr is not None else np
+        self.backend = backend_for(self.xp)
 
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
@@ -184,7 +200,7 @@ class FrameRegistrar:
 
     def register(self, frame) -> FrameRecord:
         """Register one frame; a frame without contrast gets quality 0, shift 0."""
-        if self.xp is not np:
+        if self.backend.batches:
             return self.register_batch([frame])[0]
         frame = np.asarray(frame)
         if frame.shape != self.shape:
@@ -247,7 +263,7 @@ class FrameRegistrar:
         with frames along its first axis), in this registrar's namespace: the
         checks, the transforms and the whole-pixel search run on the whole batch
         (masked registration; with numpy, one frame after the other)."""
-        if self.xp is np or not self.masked:
+        if not (self.backend.batches and self.masked):
             return [self.register(f) for f in frames]
         xp = self.xp
         if isinstance(frames, (list, tuple)):

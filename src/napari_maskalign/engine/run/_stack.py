@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import namespace_for
 from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
 from ..kernels._fft import default_workers, real_dtype_for
@@ -16,7 +17,7 @@ from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
-from ._registrar import FrameRegistrar, has_contrast
+from ._registrar import FrameRegistrar, check_backend, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
@@ -103,8 +104,11 @@ class RegistrationRun:
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
         #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``;
-        #: unmasked registration runs on the CPU unless a GPU is asked for by name)
+        #: unmasked registration runs on the CPU, and refuses a GPU asked for by name)
         self.xp = namespace_for(opts.device, stack if self.valid is not None else None)
+        # decided here, from the arguments alone: static outliers found later in the
+        # data never turn an unmasked GPU run into a masked one
+        check_backend(backend_for(self.xp), self.valid is not None, opts.transform_model)
         passes = opts.template_iterations + 1 if opts.mode == "template" else 1
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
