@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..engine.models import table_columns
+from ..engine.models import AXIS_NAMES, table_columns
 from .writers import atomic_write_text
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "shift_columns",
     "write_shifts_csv",
 ]
-
-AXIS_NAMES = "zyx"
 
 #: the columns a rigid or similarity table adds (degrees; magnification): every
 #: model's columns, from the model registry

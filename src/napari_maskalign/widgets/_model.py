@@ -14,14 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_maskalign.engine.models import DEFAULT_MODEL
+from napari_maskalign.engine.models import AXIS_NAMES, DEFAULT_MODEL
 
 __all__ = ["AXIS_NAMES", "META", "AlignedResult", "axis_names"]
 
 #: key of the per-layer result dictionary in ``layer.metadata``
 META = "maskalign"
-
-AXIS_NAMES = ("z", "y", "x")
 
 
 def axis_names(ndim: int) -> tuple[str, ...]:

@@ -8,6 +8,12 @@ size), or, for megapixel frames, from a small window of the whole-pixel terms
 cropped around the peak (a cost independent of the frame size, within one
 ``1/u`` step of the exact grid). A mixin of
 :class:`~napari_maskalign.engine.MaskedCorrelator`.
+
+References
+----------
+Guizar-Sicairos M, Thurman ST, Fienup JR. "Efficient subpixel image
+registration algorithms." Optics Letters 33(2):156-158 (2008).
+https://doi.org/10.1364/OL.33.000156
 """
 
 from __future__ import annotations

@@ -15,6 +15,15 @@ The set-up (masks, reference) runs once on the host with numpy and scipy;
 the per-frame work is written against the array API standard, so it runs
 where the frames are (numpy, CuPy; array-api-strict in the tests), one frame
 or a batch of frames (a leading axis) at a time.
+
+References
+----------
+Padfield D. "Masked object registration in the Fourier domain." IEEE
+Transactions on Image Processing 21(5):2706-2718 (2012).
+https://doi.org/10.1109/TIP.2011.2181402
+Guizar-Sicairos M, Thurman ST, Fienup JR. "Efficient subpixel image
+registration algorithms." Optics Letters 33(2):156-158 (2008).
+https://doi.org/10.1364/OL.33.000156
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from scipy import ndimage as ndi
 
 from ..backends import backend_for
 from ..backends._device import namespace_of, to_host, to_namespace
-from ._correlators import CorrelationPeak, outer_and
+from ._correlators import CorrelationPeak
 from ._fft import (
     default_workers,
     fast_shape,
@@ -37,6 +46,7 @@ from ._fft import (
     rfftn_padded,
 )
 from ._finegrid import FineGridRefinement
+from ._grid import outer_and
 
 __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 

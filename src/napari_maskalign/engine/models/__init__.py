@@ -15,12 +15,12 @@ Imports only :mod:`~napari_maskalign.engine.kernels` and
 
 from __future__ import annotations
 
-from ._base import Model
+from ._base import AXIS_NAMES, Model
 from ._rigid import RIGID
 from ._similarity import SIMILARITY
 from ._translation import TRANSLATION
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "Model", "model_for_table", "model_named", "models_for",
+__all__ = ["AXIS_NAMES", "DEFAULT_MODEL", "MODELS", "Model", "model_for_table", "model_named", "models_for",
            "table_columns"]
 
 #: every model by name, in the order the faces list them (and a table is matched)

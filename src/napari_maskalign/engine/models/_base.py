@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Model"]
+__all__ = ["AXIS_NAMES", "Model"]
+
+#: the data axes a shift's components belong to, last ``ndim`` of them (the shift
+#: table's ``shift_z``, ``shift_y``, ``shift_x``; the plot's and the dock's names)
+AXIS_NAMES = ("z", "y", "x")
 
 
 class Model:

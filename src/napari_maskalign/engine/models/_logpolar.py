@@ -34,7 +34,8 @@ from scipy import ndimage as ndi
 
 from ..kernels._masked import MaskedCorrelator, soft_weights
 from ._base import Model
-from ._refine import Refiner, filled, nearest_fill_index
+from ._fill import filled, nearest_fill_index
+from ._refine import Refiner
 
 __all__ = ["LogPolar", "ModelRegistrar"]
 

@@ -30,6 +30,24 @@ The transform is parametrised as the warp ``W(q) = c + A (q - c) + u`` that
 takes a reference pixel ``q`` to where the moving frame holds its content
 (``c`` the frame's centre): ``u`` alone for translation, ``A`` a rotation for
 rigid, a rotation times a scale for similarity.
+
+References
+----------
+Baker S, Matthews I. "Lucas-Kanade 20 years on: a unifying framework."
+International Journal of Computer Vision 56(3):221-255 (2004).
+https://doi.org/10.1023/B:VISI.0000011205.11775.fd (the Gauss-Newton
+refinement of a warp, "forwards additive").
+Unser M. "Splines: a perfect fit for signal and image processing." IEEE
+Signal Processing Magazine 16(6):22-38 (1999). https://doi.org/10.1109/79.799930 (the
+cubic spline sampling).
+Knutsson H, Westin C-F. "Normalized and differential convolution." Proc.
+IEEE Conference on Computer Vision and Pattern Recognition, 515-523 (1993).
+https://doi.org/10.1109/CVPR.1993.341081
+(the smooth fill of masked pixels before the Wiener estimate).
+Robinson D, Milanfar P. "Fundamental performance limits in image
+registration." IEEE Transactions on Image Processing 13(9):1185-1199 (2004).
+https://doi.org/10.1109/TIP.2004.832923 (the bound the
+refinement is measured against).
 """
 
 from __future__ import annotations
@@ -39,34 +57,14 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ._base import Model
+from ._fill import filled, nearest_fill_index
 
-__all__ = ["Refiner", "filled", "nearest_fill_index"]
+__all__ = ["Refiner"]
 
 _BINS = 16
 
 #: ``select`` keeps at least this many pixels (small frames keep them all)
 MIN_POINTS = 4000
-
-
-def nearest_fill_index(valid):
-    """``(targets, sources)``: flat indices of the invalid pixels and of their nearest
-    valid pixel, for :func:`filled`; None when every pixel is valid."""
-    valid = np.asarray(valid, bool)
-    if valid.all():
-        return None
-    idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    targets = np.flatnonzero(~valid)
-    sources = np.ravel_multi_index(tuple(i.ravel()[targets] for i in idx), valid.shape)
-    return targets, sources
-
-
-def filled(frame, index) -> np.ndarray:
-    """A float64 copy of ``frame`` whose invalid pixels hold their nearest valid value."""
-    out = np.array(frame, dtype=np.float64)
-    if index is not None:
-        flat = out.reshape(-1)
-        flat[index[0]] = flat[index[1]]
-    return out
 
 
 def _smooth_fill(image, valid, sigma: float = 4.0) -> np.ndarray:
@@ -153,16 +151,13 @@ class Refiner:
         the information. All by default.
     margin : int
         Pixels this close to an invalid pixel or the frame's edge are not used.
-    weighted : bool
-        Fit the noise model and weight the residuals by it (else plain least
-        squares).
     centre : array, optional
         The point the rotation and scale turn about, in this image's pixels
         (default: its centre; a reduced level passes the full frame's centre).
     """
 
     def __init__(self, reference, ref_valid, mov_valid, model: Model, *,
-                 select=None, margin=3, weighted=True, max_iter=12, tol=1e-4, centre=None):
+                 select=None, margin=3, max_iter=12, tol=1e-4, centre=None):
         ref = np.asarray(reference, dtype=np.float64)
         self.shape, self.ndim, self.model = ref.shape, ref.ndim, model
         if ref.ndim not in model.frame_ndims:
@@ -170,7 +165,7 @@ class Refiner:
                 f"the {model.name} model is for {model.frames_text} frames; these are {ref.ndim}D")
         ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
         mov_valid = ref_valid if mov_valid is None else np.asarray(mov_valid, bool)
-        self.margin, self.weighted, self.max_iter, self.tol = margin, weighted, max_iter, tol
+        self.margin, self.max_iter, self.tol = margin, max_iter, tol
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
         self.centre = np.asarray(centre, dtype=float)
@@ -277,7 +272,6 @@ class Refiner:
             coeffs = self.prepare(frame)
         gain, offset, m, used = 1.0, 0.0, None, None
         converged, weighted, it = False, False, 0
-        noise = noise if self.weighted else None
         k = self.n_params
         need = 8 * (k + 2)
         # the gain's column is the smoothed reference, not the noisy one: regressing on
@@ -295,7 +289,7 @@ class Refiner:
             e = np.where(ok, m - gain * self.r - offset, 0.0)
             jac[:, :k] = jgeo
             # unusable points take part with weight 0 (cheaper than cutting them out)
-            if self.weighted and it > 1:
+            if it > 1:
                 noise = self._fit_noise(e, ok)
             weighted = noise is not None
             w = self._weights(noise, ok) if weighted else ok.astype(np.float64)
@@ -310,7 +304,7 @@ class Refiner:
             gain += step[k]
             offset += step[k + 1]
             moved = self.model.step_size(step[:k], self.rmax)
-            if moved < self.tol and (weighted or not self.weighted):
+            if moved < self.tol and weighted:
                 converged = True
                 break
         quality = 0.0 if m is None else _pearson(m[used], self.r[used])

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import namespace_of, native
 from ._shift import (
-    _ndimage,
-    _shift_valid,
     aligned_dtype,
     check_frames,
     check_resampling,
     map_frames,
     shift_frame,
+    shift_valid,
 )
 
 __all__ = [
@@ -162,7 +162,7 @@ def warp_frame(frame, transform, *, method="spline", order=3, fill_value=np.nan)
         )
     xp = namespace_of(frame)  # a CuPy frame is warped on its GPU and stays there
     frame = native(frame)
-    ndimage, _ = _ndimage(xp)
+    ndimage = backend_for(xp).ndimage
     out_dtype = aligned_dtype(frame.dtype)
     work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
     inv = np.linalg.inv(t)
@@ -180,9 +180,9 @@ def warp_valid(valid, transform) -> np.ndarray:
     t = np.asarray(transform, dtype=float)
     ndim = t.shape[0] - 1
     if is_translation(t[None])[0]:
-        return _shift_valid(valid, t[:ndim, ndim])
+        return shift_valid(valid, t[:ndim, ndim])
     xp = namespace_of(valid)
-    ndimage, _ = _ndimage(xp)
+    ndimage = backend_for(xp).ndimage
     inv = np.linalg.inv(t)
     matrix, offset = xp.asarray(inv[:ndim, :ndim]), tuple(inv[:ndim, ndim])
     moved = ndimage.affine_transform(valid.astype(np.float32), matrix, offset=offset, order=1,
