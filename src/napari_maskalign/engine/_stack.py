@@ -319,7 +319,15 @@ def iter_register_stack(
     return RegistrationRun(stack, options, mask=mask, start=start, previous_shift=previous_shift)
 
 
-def register_stack(stack, **arguments) -> RegistrationResult:
+def register_stack(
+    stack,
+    *,
+    mask=None,
+    options: RegistrationOptions | None = None,
+    start: int = 0,
+    previous_shift=None,
+    **settings,
+) -> RegistrationResult:
     """Register every frame of a stack against a reference.
 
     Keyword arguments only (those of :func:`iter_register_stack`, which
@@ -337,11 +345,12 @@ def register_stack(stack, **arguments) -> RegistrationResult:
         cross-correlation is used, without one phase correlation.
     options : RegistrationOptions, optional
         The settings as one object; keywords below override its fields.
-    start, previous_shift
-        Register only frames ``start..n-1`` (resuming an interrupted run);
-        with ``reference="previous"``, ``previous_shift`` is the accumulated
+    start : int
+        Register only frames ``start..n-1`` (resuming an interrupted run).
+    previous_shift : ndarray, optional
+        With ``reference="previous"`` and ``start > 0``: the accumulated
         shift of frame ``start - 1``.
-    **settings
+    **settings : Any
         Any field of :class:`RegistrationOptions`, which holds every default
         and check:
 
@@ -387,4 +396,5 @@ def register_stack(stack, **arguments) -> RegistrationResult:
        registration algorithms." Optics Letters 33(2):156-158 (2008).
        https://doi.org/10.1364/OL.33.000156
     """
-    return iter_register_stack(stack, **arguments).run()
+    return iter_register_stack(stack, mask=mask, options=options, start=start,
+                               previous_shift=previous_shift, **settings).run()
