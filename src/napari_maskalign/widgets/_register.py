@@ -263,10 +263,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def run(self, check_mask: bool = True):
+    def run(self):
         """Start registering in a worker thread; returns the worker (None if refused).
 
-        With ``check_mask``, a mask that looks wrong (most of the frame
+        A mask that looks wrong (most of the frame
         ignored, or brighter than the rest) is shown to the person first:
         invert it and run, run anyway, or cancel.
         """
@@ -274,7 +274,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             return None
         try:
             job = self.prepare()
-            problem = self.mask_problem(job) if check_mask else None
+            problem = self.mask_problem(job)
             if problem:
                 answer = self.ask_about_mask(problem)
                 if answer == "cancel":
