@@ -72,6 +72,9 @@ class RegistrationRun:
         The settings (defaults if omitted).
     mask : ndarray of bool, optional
         True on valid pixels, one frame's shape (engine convention).
+    mask_name : str
+        What the mask is, in the messages that refuse it (``"mask file
+        block.tif"``, ``"mask 'beam block'"``).
     start, previous_shift
         Register only frames ``start..n-1`` (resuming an interrupted run);
         with ``reference="previous"``, ``previous_shift`` is the accumulated
@@ -81,11 +84,11 @@ class RegistrationRun:
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 start: int = 0, previous_shift=None):
+                 mask_name: str = "mask", start: int = 0, previous_shift=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
-        self.valid = check_mask(mask, frame_shape)
+        self.valid = check_mask(mask, frame_shape, mask_name)
         opts.check_for(n, frame_shape)
         if not _is_index(start) or not 0 <= start < n:
             raise ValueError(f"start must be a frame index in [0, {n}), got {start}")
