@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
 from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, shift_bound
-from napari_maskalign.engine._refine import Refiner
+from napari_maskalign.engine.models._refine import Refiner
 
 # ---------------------------------------------------------------------------
 # the fine grid

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine._frames import is_dask
+from ..engine.backends._frames import is_dask
 from ._indexing import FrameIndexing
 from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine._options import array_digest
+from ..engine.run._options import array_digest
 from ..io import (
     ShiftTable,
     is_glob,
@@ -43,7 +43,7 @@ def run_settings(source, stack, valid, options) -> dict:
 
     ``source`` is the input as given (a glob stays a pattern, a path becomes
     absolute); ``valid`` the engine mask (True = valid) or None, named by
-    :func:`~napari_maskalign.engine._options.array_digest` as the options name
+    :func:`~napari_maskalign.engine.run._options.array_digest` as the options name
     their images.
     """
     digest = None if valid is None else array_digest(np.asarray(valid, bool))

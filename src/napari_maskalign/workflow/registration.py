@@ -25,12 +25,9 @@ client the frames go to the cluster as one task per chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from ..engine import (
-    Progress,
     RegistrationOptions,
     RegistrationResult,
     RegistrationRun,
@@ -38,13 +35,14 @@ from ..engine import (
     mask_with_outliers,
     transform_parameters,
 )
-from ..engine._masks import check_mask
+from ..engine.run._masks import check_mask
+from ..engine.run._result import Steps
 from .run import cluster_guard, cluster_stack
 
 __all__ = ["Registration", "register", "table_result"]
 
 
-class Registration:
+class Registration(Steps):
     """A registration under way: what :func:`register` returns.
 
     An iterator of :class:`~napari_maskalign.engine.Progress`, one per frame
@@ -102,21 +100,6 @@ class Registration:
                             journal.scales[self.start - 1])
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
                                previous_shift=previous)
-
-    # -- the iterator protocol ------------------------------------------------
-    def __iter__(self) -> Iterator[Progress]:
-        return self
-
-    def __next__(self) -> Progress:
-        try:
-            return next(self._steps)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        """Stop at the frame under way (a journal saves the finished frames first)."""
-        self._steps.close()
 
     # -- the steps --------------------------------------------------------------
     def _steps_of_run(self):
