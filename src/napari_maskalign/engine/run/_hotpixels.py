@@ -48,6 +48,17 @@ outliers too (a NaN in one frame is not static: registration refuses it).
 Pixels the mask already ignores take no part and are never reported.
 Without drift between the sampled frames nothing is static *relative to the
 content*, and nothing but non-finite pixels is reported.
+
+References
+----------
+The search itself is this project's own (see above); it rests on
+Hampel FR. "The influence curve and its role in robust estimation." Journal
+of the American Statistical Association 69(346):383-393 (1974).
+https://doi.org/10.1080/01621459.1974.10482962 (the
+median absolute deviation, the robust spread the thresholds are in units of),
+and on the Gauss-Newton (Lucas-Kanade) steps of Lucas BD, Kanade T. "An
+iterative image registration technique with an application to stereo vision."
+IJCAI 1981, 674-679.
 """
 
 from __future__ import annotations
