@@ -52,12 +52,16 @@ refinement is measured against).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._base import Model
 from ._fill import filled, nearest_fill_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._base import Model
 
 __all__ = ["Refiner"]
 
