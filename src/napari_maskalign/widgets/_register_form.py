@@ -17,6 +17,7 @@ from superqt import QCollapsible
 
 from napari_maskalign.engine import DEFAULT_MODEL, MODELS, RegistrationOptions
 from napari_maskalign.engine.backends._device import gpu_available
+from napari_maskalign.workflow import AlignSettings
 
 from ._common import fixed_height
 from ._layers import current_frame
@@ -259,8 +260,8 @@ class RegisterForm:
         )
         return options, label
 
-    def align_settings(self) -> dict:
-        """How the aligned frames are made: ``iter_align`` keywords (the mask apart)."""
+    def align_settings(self) -> AlignSettings:
+        """How the aligned frames are made (the mask apart)."""
         fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
-        return {"method": self.method.value, "fill_value": fill,
-                "integer": bool(self.integer.value) and self.integer.enabled}
+        return AlignSettings(method=self.method.value, fill_value=fill,
+                             integer=bool(self.integer.value) and self.integer.enabled)

@@ -12,7 +12,6 @@ when the settings match.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.models import DEFAULT_MODEL, model_named
+from ..engine.run._options import array_digest
 from ..io import (
     ShiftTable,
     is_glob,
@@ -43,11 +43,11 @@ def run_settings(source, stack, valid, options) -> dict:
     """What decides a run's shifts, JSON-serializable: a resumed run must match it.
 
     ``source`` is the input as given (a glob stays a pattern, a path becomes
-    absolute); ``valid`` the engine mask (True = valid) or None.
+    absolute); ``valid`` the engine mask (True = valid) or None, named by
+    :func:`~napari_maskalign.engine.run._options.array_digest` as the options name
+    their images.
     """
-    digest = None
-    if valid is not None:
-        digest = hashlib.sha256(np.packbits(np.asarray(valid, bool)).tobytes()).hexdigest()
+    digest = None if valid is None else array_digest(np.asarray(valid, bool))
     text = os.fspath(source)
     file = source_file(text)  # run.h5:/entry/data: the file resolved, the dataset kept
     return {

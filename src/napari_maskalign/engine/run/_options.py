@@ -295,9 +295,9 @@ class RegistrationOptions:
         """
         d = self.describe()
         if self.mode == "image":
-            d["reference"] = "image sha256:" + _digest(self.reference)
+            d["reference"] = "image sha256:" + array_digest(self.reference)
         if not isinstance(self.hot_pixels, str):
-            d["hot_pixels"] = "mask sha256:" + _digest(self.hot_pixels)
+            d["hot_pixels"] = "mask sha256:" + array_digest(self.hot_pixels)
         keep = (
             "reference", "reference_range", "upsample_factor", "max_shift",
             "overlap_ratio", "normalization", "template_iterations", "hot_pixels", "model",
@@ -310,7 +310,9 @@ class RegistrationOptions:
         return out
 
 
-def _digest(arr) -> str:
+def array_digest(arr) -> str:
+    """The SHA-256 of an array's type, shape and values (hex): how a run's settings name
+    an image or a mask (the reference, the hot pixels, the mask in the journal)."""
     arr = np.ascontiguousarray(arr)
     return hashlib.sha256(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()).hexdigest()
 

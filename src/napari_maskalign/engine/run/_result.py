@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,8 @@ from ..models import DEFAULT_MODEL, Model, model_named
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
 
-__all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
+__all__ = ["FrameRecord", "Progress", "RegistrationResult", "Steps", "build_result",
+           "shift_transforms"]
 
 
 @dataclass(frozen=True)
@@ -265,3 +267,27 @@ def build_result(
         hot_pixels=hot_pixels,
         valid_mask=valid_mask,
     )
+
+
+class Steps:
+    """An iterator over a registration's steps (``self._steps``, a generator) that keeps
+    the generator's return value, the result, in :attr:`result` once it is exhausted
+    (it is also the ``StopIteration`` value, so ``result = yield from steps`` works)."""
+
+    result: Any = None
+    _steps: Iterator
+
+    def __iter__(self) -> Iterator[Progress]:
+        return self
+
+    def __next__(self) -> Progress:
+        try:
+            return next(self._steps)
+        except StopIteration as stop:
+            if stop.value is not None:
+                self.result = stop.value
+            raise
+
+    def close(self) -> None:
+        """Stop at the frame under way (no result)."""
+        self._steps.close()

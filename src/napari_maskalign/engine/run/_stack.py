@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, check_backend, has_contrast
-from ._result import FrameRecord, Progress, RegistrationResult, build_result
+from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -50,7 +49,7 @@ class _Table:
         return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape}
 
 
-class RegistrationRun:
+class RegistrationRun(Steps):
     """The registration of a stack, one frame at a time.
 
     An iterator of :class:`Progress` (one per frame registration: the place
@@ -74,6 +73,9 @@ class RegistrationRun:
         The settings (defaults if omitted).
     mask : ndarray of bool, optional
         True on valid pixels, one frame's shape (engine convention).
+    mask_name : str
+        What the mask is, in the messages that refuse it (``"mask file
+        block.tif"``, ``"mask 'beam block'"``).
     start, previous_shift
         Register only frames ``start..n-1`` (resuming an interrupted run);
         with ``reference="previous"``, ``previous_shift`` is the accumulated
@@ -83,11 +85,11 @@ class RegistrationRun:
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 start: int = 0, previous_shift=None):
+                 mask_name: str = "mask", start: int = 0, previous_shift=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
-        self.valid = check_mask(mask, frame_shape)
+        self.valid = check_mask(mask, frame_shape, mask_name)
         opts.check_for(n, frame_shape)
         if not _is_index(start) or not 0 <= start < n:
             raise ValueError(f"start must be a frame index in [0, {n}), got {start}")
@@ -114,22 +116,6 @@ class RegistrationRun:
         self.total = passes * n if opts.mode == "template" else n - self.start
         self.result: RegistrationResult | None = None
         self._steps = self._run()
-
-    # -- the iterator protocol ------------------------------------------------
-    def __iter__(self) -> Iterator[Progress]:
-        return self
-
-    def __next__(self) -> Progress:
-        try:
-            return next(self._steps)
-        except StopIteration as stop:
-            if stop.value is not None:
-                self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        """Stop early (frames in flight are dropped; no result)."""
-        self._steps.close()
 
     def run(self) -> RegistrationResult:
         """Register every remaining frame and return the result."""
@@ -328,53 +314,53 @@ def iter_register_stack(
 def register_stack(stack, **arguments) -> RegistrationResult:
     """Register every frame of a stack against a reference.
 
-    Keyword arguments only (those of :func:`iter_register_stack`, which
-    runs the same registration one frame per step):
-
     Parameters
     ----------
     stack : array, shape (n_frames, *frame_shape)
         Frames along the first axis, 2D or 3D each: numpy, memory-mapped,
         dask, or anything indexable per frame with ``shape`` and ``dtype``.
-    mask : ndarray of bool, optional
-        True on valid pixels (engine convention), one frame's shape; static
-        over the stack. A painted beam-block mask (nonzero = ignore) converts
-        with :func:`valid_from_ignore`. With a mask the masked normalized
-        cross-correlation is used, without one phase correlation.
-    options : RegistrationOptions, optional
-        The settings as one object; keywords below override its fields.
-    start, previous_shift
-        Register only frames ``start..n-1`` (resuming an interrupted run);
-        with ``reference="previous"``, ``previous_shift`` is the accumulated
-        shift of frame ``start - 1``.
-    **settings
-        Any field of :class:`RegistrationOptions`, which holds every default
-        and check:
+    **arguments : Any
+        Keywords only, those of :func:`iter_register_stack` (which runs the
+        same registration one frame per step):
 
-        * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
-          the frames in ``reference_range``), ``"previous"`` (each frame
-          against the one before, shifts accumulated to the first frame) or
-          ``"template"`` (register to the mean, average the aligned frames,
-          register again ``template_iterations`` times; for noisy data --
-          template shifts register each frame onto the final template, which
-          sits near the frames' average position rather than frame 0);
-        * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
-          or not (1 to 1000; default 1);
-        * ``max_shift`` -- largest shift to look for, per axis, in pixels;
-          bounding it also makes masked registration faster;
-        * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
-          pixels is below this fraction of the largest (default 0.3);
-        * ``normalization`` -- unmasked: None (default; smooth images such as
-          diffraction patterns) or "phase" (whitened spectrum);
-        * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
-          thresholds (see :func:`flag_outliers`; default: robust statistics
-          of the run) and whether flagged frames get interpolated shifts
-          (``raw_shifts`` keeps the measured ones);
-        * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
-          window, shifts -radius..radius with zero shift at its centre;
-        * ``workers`` -- threads (default: all cores);
-        * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
-          where the stack is: CuPy stacks on their GPU, others on the CPU).
+        * ``mask`` -- ndarray of bool, True on valid pixels (engine
+          convention), one frame's shape; static over the stack. A painted
+          beam-block mask (nonzero = ignore) converts with
+          :func:`valid_from_ignore`. With a mask the masked normalized
+          cross-correlation is used, without one phase correlation;
+        * ``options`` -- the settings as one :class:`RegistrationOptions`;
+          the keywords below override its fields;
+        * ``start``, ``previous_shift`` -- register only frames
+          ``start..n-1`` (resuming an interrupted run); with
+          ``reference="previous"``, ``previous_shift`` is the accumulated
+          shift of frame ``start - 1``;
+        * any field of :class:`RegistrationOptions`, which holds every
+          default and check:
+
+            * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
+              the frames in ``reference_range``), ``"previous"`` (each frame
+              against the one before, shifts accumulated to the first frame) or
+              ``"template"`` (register to the mean, average the aligned frames,
+              register again ``template_iterations`` times; for noisy data --
+              template shifts register each frame onto the final template, which
+              sits near the frames' average position rather than frame 0);
+            * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
+              or not (1 to 1000; default 1);
+            * ``max_shift`` -- largest shift to look for, per axis, in pixels;
+              bounding it also makes masked registration faster;
+            * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
+              pixels is below this fraction of the largest (default 0.3);
+            * ``normalization`` -- unmasked: None (default; smooth images such as
+              diffraction patterns) or "phase" (whitened spectrum);
+            * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
+              thresholds (see :func:`flag_outliers`; default: robust statistics
+              of the run) and whether flagged frames get interpolated shifts
+              (``raw_shifts`` keeps the measured ones);
+            * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
+              window, shifts -radius..radius with zero shift at its centre;
+            * ``workers`` -- threads (default: all cores);
+            * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
+              where the stack is: CuPy stacks on their GPU, others on the CPU).
 
     Returns
     -------
