@@ -140,6 +140,10 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 16, threshold: fl
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     if n < 1:
         raise ValueError("the stack has no frames")
+    dt = np.dtype(getattr(stack, "dtype", None) or np.asarray(stack[0]).dtype)
+    if dt.kind not in "biuf":  # before any frame is read (an object array may unpickle)
+        raise ValueError(f"cannot look for hot pixels in images of dtype {dt}: expected real "
+                         f"numbers, got {'complex numbers' if dt.kind == 'c' else dt.name}")
     per_frame = max(1, int(np.prod(frame_shape))) * 4
     k = int(max(1, min(n, n_frames, SAMPLE_BYTES // per_frame)))
     picks = np.unique(np.linspace(0, n - 1, k).round().astype(int))

@@ -12,6 +12,7 @@ array.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import re
@@ -26,6 +27,7 @@ __all__ = [
     "FrameSequence",
     "TiffPages",
     "as_dask",
+    "check_pixel_dtype",
     "is_glob",
     "is_tiff_name",
     "is_zarr_dir",
@@ -127,6 +129,28 @@ def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+#: what a dtype that cannot be registered holds, in the user's words
+_NOT_NUMBERS = {"O": "Python objects", "U": "text", "S": "bytes", "c": "complex numbers",
+                "V": "records", "M": "dates", "m": "time spans"}
+
+
+def check_pixel_dtype(dtype, source) -> np.dtype:
+    """``dtype`` if its pixels are real numbers (bool, integers, floats), else ``ValueError``
+    naming ``source``. Checked from the header, before any frame is read: an object
+    array may be decoded by unpickling, which can run code."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = np.dtype(object)
+    if dt.kind not in "biuf":
+        what = _NOT_NUMBERS.get(dt.kind, f"dtype {dt}")
+        raise ValueError(
+            f"cannot use {source}: its pixels are {what} (dtype {dt}); a stack must hold real "
+            "numbers (integers, floats or booleans)"
+        )
+    return dt
+
+
 _NO_IMAGE = "no image found in it (a damaged or truncated file, or not a TIFF)"
 
 
@@ -224,6 +248,7 @@ class FrameSequence(_LazyArrayMixin):
             raise ValueError("no frame files given")
         self.files = files
         frame_shape, dtype = _tiff_header(files[0])
+        check_pixel_dtype(dtype, files[0])
         if check_shapes:
             for f in files[1:]:
                 s, d = _tiff_header(f)
@@ -337,27 +362,108 @@ class TiffPages(_LazyArrayMixin):
             pass
 
 
+def _unsafe_codec(meta) -> str | None:
+    """The reason a zarr metadata document (parsed JSON, any depth) is unsafe to decode:
+    the pickle codec anywhere (a filter, a compressor, a v3 codec) or an object dtype,
+    whose chunks are decoded by an object codec."""
+    if isinstance(meta, dict):
+        for key in ("id", "name", "object_codec_id"):
+            if str(meta.get(key, "")).lower() == "pickle":
+                return "the pickle codec"
+        dtype = meta.get("dtype")
+        if isinstance(dtype, str) and dtype.lstrip("|<>=").startswith("O"):
+            return "Python objects (dtype O)"
+        values = meta.values()
+    elif isinstance(meta, list):
+        values = meta
+    else:
+        return None
+    for value in values:
+        found = _unsafe_codec(value)
+        if found:
+            return found
+    return None
+
+
+def _check_zarr_metadata(store: Path, folder: Path, depth: int = 4) -> None:
+    """Refuse, before zarr opens anything, a store whose metadata asks for unpickling: zarr 2
+    with numcodecs before 0.15.2 would run the code in such chunks on the first read.
+
+    ``folder`` is the store or a node in it; a group's nodes are checked too (folders
+    only, ``depth`` levels down; an array's chunks are not listed)."""
+    group = True
+    for name in (".zarray", ".zmetadata", "zarr.json", ".zgroup"):
+        meta = folder / name
+        if not meta.is_file():
+            continue
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot open {store} as a zarr array: {meta.relative_to(store.parent)}"
+                             f" is not readable ({exc})") from None
+        if name == ".zarray" or (name == "zarr.json" and isinstance(doc, dict)
+                                 and doc.get("node_type") == "array"):
+            group = False
+        why = _unsafe_codec(doc)
+        if why:
+            raise ValueError(
+                f"refusing {store}: its metadata ({meta.relative_to(store.parent)}) asks for "
+                f"{why}, which could run code when the frames are read; a stack must hold "
+                "real numbers (a zarr array written with the pickle codec is not one)"
+            )
+    if group and depth > 0:
+        with os.scandir(folder) as entries:
+            subfolders = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        for sub in subfolders:
+            _check_zarr_metadata(store, sub, depth - 1)
+
+
+def _multiscales_path(path: Path, attrs) -> str:
+    """The full-resolution array of an OME-Zarr image, from its ``multiscales`` metadata."""
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    try:
+        sub = multiscales[0]["datasets"][0]["path"]
+        if not isinstance(sub, str) or not sub or ".." in Path(sub).parts or Path(sub).is_absolute():
+            raise TypeError(f"path {sub!r}")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read {path} as OME-Zarr: its 'multiscales' metadata is malformed (no "
+            f"datasets[0].path in multiscales[0]: {exc})"
+        ) from None
+    return sub
+
+
 def _open_zarr(path: Path):
     import zarr
 
+    _check_zarr_metadata(path, path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise ValueError(f"cannot open {path} as a zarr array: {exc}") from exc
     if hasattr(node, "shape"):
         return node
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if multiscales:  # OME-Zarr: the full-resolution level
-        return node[multiscales[0]["datasets"][0]["path"]]
+    attrs = node.attrs
+    if attrs.get("multiscales") or (isinstance(attrs.get("ome"), dict)
+                                    and attrs["ome"].get("multiscales")):
+        return _zarr_child(path, node, _multiscales_path(path, attrs))  # OME-Zarr: full resolution
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
-        return node[arrays[0]]
+        return _zarr_child(path, node, arrays[0])
     if not arrays:
         raise ValueError(f"the zarr group {path} contains no arrays")
     raise ValueError(
         f"the zarr group {path} contains several arrays ({', '.join(arrays)}); give one of "
         f"them, e.g. {path / arrays[0]}"
     )
+
+
+def _zarr_child(path: Path, group, name: str):
+    """The array ``name`` of a zarr group, its metadata checked before zarr reads it."""
+    try:
+        return group[name]
+    except Exception as exc:  # zarr raises KeyError, ValueError, ... for broken metadata
+        raise ValueError(f"cannot open the array {name!r} of {path}: {exc}") from None
 
 
 def open_stack(source, *, check_shapes: bool = True, exclude=()):
@@ -391,6 +497,7 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
 
     detector = open_detector_stack(text)
     if detector is not None:
+        check_pixel_dtype(detector.dtype, text)
         return detector
     path = Path(text).expanduser()
     if not path.exists():
@@ -416,6 +523,7 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
         raise ValueError(
             f"{path} holds a single image of shape {tuple(stack.shape)}, not a stack of frames"
         )
+    check_pixel_dtype(stack.dtype, path)  # before any frame is read
     return stack
 
 

@@ -1,0 +1,177 @@
+"""Reliability: crafted files run no code, live runs and old tables are never lost, bad input
+is one line naming the file, and checks that can be made before the first frame are made there.
+
+Each test here reproduces a case an outside reliability round found (issue 20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_maskalign import io
+from napari_maskalign.cli import main
+
+N = 16
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def one_line_error(capsys, pattern: str) -> str:
+    """The command's stderr is one line matching ``pattern``, without a traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def run(cli_run):
+    """A folder of single-frame TIFFs (run/) and a painted mask PNG (block.png)."""
+    return cli_run
+
+
+# ----------------------------------------------------------------------------
+# 1. no code runs from a crafted file: the dtype is checked before any frame is read
+
+
+@pytest.fixture
+def complex_npy(tmp_path):
+    rng = np.random.default_rng(0)
+    data = (rng.random((6, 32, 32)) + 1j * rng.random((6, 32, 32))).astype(np.complex64)
+    path = tmp_path / "complex.npy"
+    np.save(path, data)
+    return path
+
+
+def _never_read(monkeypatch):
+    """Fail the test if any frame is read (every frame read goes through these)."""
+    from napari_maskalign.engine import _frames, _hotpixels
+
+    def boom(*a, **k):
+        raise AssertionError("a frame was read before the dtype was checked")
+
+    monkeypatch.setattr(_frames, "read_frame", boom)
+    monkeypatch.setattr(_hotpixels, "read_frame", boom)
+
+
+@pytest.mark.parametrize("command", ["info", "register", "apply"])
+def test_complex_input_is_refused_before_any_frame_is_read(command, complex_npy, tmp_path,
+                                                           capsys, monkeypatch):
+    _never_read(monkeypatch)
+    table = tmp_path / "s.csv"
+    io.write_shifts_csv(table, np.zeros((6, 2)), np.ones(6))
+    argv = {"info": ["info", complex_npy],
+            "register": ["register", complex_npy, "--shifts", tmp_path / "new.csv"],
+            "apply": ["apply", complex_npy, "--shifts", table, "--mean", tmp_path / "m.tif"]}
+    assert cli(*argv[command]) == 1
+    one_line_error(capsys, r"complex\.npy.*complex")
+    assert not (tmp_path / "new.csv").exists() and not (tmp_path / "m.tif").exists()
+
+
+def test_open_stack_refuses_objects_text_and_complex(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f.create_dataset("names", data=np.array([[["a", "b"], ["c", "d"]]] * 3, dtype=object),
+                         dtype=h5py.string_dtype())
+    with pytest.raises(ValueError, match=r"t\.h5.*(text|objects)"):
+        io.open_stack(f"{tmp_path / 't.h5'}:/names")
+    tifffile.imwrite(tmp_path / "c.tif", np.ones((3, 8, 8), np.complex64))
+    with pytest.raises(ValueError, match=r"c\.tif.*complex"):
+        io.open_stack(tmp_path / "c.tif")
+
+
+def test_find_static_outliers_checks_the_dtype_before_reading(monkeypatch):
+    from napari_maskalign.engine import find_static_outliers
+
+    _never_read(monkeypatch)
+    with pytest.raises(ValueError, match="complex"):
+        find_static_outliers(np.ones((4, 16, 16), np.complex64))
+    with pytest.raises(ValueError, match="object"):
+        find_static_outliers(np.empty((4, 16, 16), object))
+
+
+def test_the_napari_reader_refuses_complex_frames(tmp_path):
+    from napari_maskalign._reader import get_reader
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        tifffile.imwrite(folder / f"f{i}.tif", np.ones((8, 8), np.complex64))
+    reader = get_reader(str(folder))
+    with pytest.raises(ValueError, match=r"f0\.tif.*complex"):
+        reader(str(folder))
+
+
+def _pickle_zarr(path, dtype: str, *, group: bool = False):
+    """A zarr v2 array whose chunks are pickles that would create ``path/../PWNED``."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(path.parent / "PWNED"),))
+
+    array = path / "0" if group else path
+    array.mkdir(parents=True)
+    if group:
+        (path / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+        (path / ".zattrs").write_text(json.dumps(
+            {"multiscales": [{"version": "0.4", "datasets": [{"path": "0"}]}]}))
+    (array / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [3, 8, 8], "chunks": [1, 8, 8], "dtype": dtype,
+        "compressor": None, "fill_value": 0, "filters": [{"id": "pickle"}], "order": "C"}))
+    for i in range(3):
+        (array / f"{i}.0.0").write_bytes(pickle.dumps(Payload()))
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["|O", "<f4"])
+@pytest.mark.parametrize("group", [False, True])
+def test_a_pickled_zarr_is_refused_before_zarr_decodes_anything(tmp_path, monkeypatch, capsys,
+                                                                dtype, group):
+    """zarr 2.18 with numcodecs 0.13 unpickles such chunks; zarr is not even asked here."""
+    import zarr
+
+    evil = _pickle_zarr(tmp_path / "evil.zarr", dtype, group=group)
+
+    asked = []
+
+    def no_zarr(*a, **k):  # what zarr 2.18 would do: open, then unpickle on the first read
+        asked.append(a)
+        raise RuntimeError("zarr opened it")
+
+    monkeypatch.setattr(zarr, "open", no_zarr)
+    monkeypatch.setattr(zarr, "open_group", no_zarr)
+    monkeypatch.setattr(zarr, "open_array", no_zarr)
+    with pytest.raises(ValueError, match=r"evil\.zarr.*pickle"):
+        io.open_stack(evil)
+    assert cli("info", evil) == 1
+    one_line_error(capsys, r"evil\.zarr.*pickle")
+    assert not asked and not (tmp_path / "PWNED").exists()
+
+
+def test_numcodecs_has_a_floor_that_refuses_to_unpickle():
+    """pyproject pins numcodecs where Pickle.decode refuses by default (GHSA-jqc8-qjfv-5m6r)."""
+    import pathlib
+    import sys
+
+    text = (pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(r"\"numcodecs>=0\.16\.6; python_version >= .3\.11.\"", text)
+    if sys.version_info >= (3, 11):
+        import numcodecs
+        from numcodecs.pickles import Pickle
+
+        blob = Pickle().encode(np.array([1, 2], dtype=object))
+        with pytest.raises(Exception, match="(?i)unsafe|pickle"):
+            Pickle().decode(blob)
+        assert tuple(int(x) for x in numcodecs.__version__.split(".")[:3]) >= (0, 16, 6)
