@@ -175,3 +175,112 @@ def test_numcodecs_has_a_floor_that_refuses_to_unpickle():
         with pytest.raises(Exception, match="(?i)unsafe|pickle"):
             Pickle().decode(blob)
         assert tuple(int(x) for x in numcodecs.__version__.split(".")[:3]) >= (0, 16, 6)
+
+
+# ----------------------------------------------------------------------------
+# 2. data never lost: a live run's output is not stale; --overwrite keeps the old table
+
+
+def test_a_live_runs_partial_output_is_never_removed_as_stale(run, capsys):
+    out = run / "a.zarr"
+    argv = ["register", run / "run", "--mask", run / "block.png", "--shifts", run / "s.csv",
+            "--output", out, "--quiet", "--overwrite"]  # fmt: skip
+    live = io.partial_name(out, "live0001")
+    live.mkdir()  # the output a running run is writing now ...
+    with io.OutputLock(out):  # ... which holds the output's lock (as a running run does)
+        assert cli(*argv) == 1
+        one_line_error(capsys, rf"a\.zarr is being written by another run \(pid {os.getpid()},")
+        assert live.exists() and not (run / "s.csv").exists()
+    # once that run is gone (its lock with it), its partial output is an earlier run's leftover
+    assert cli(*argv) == 0
+    assert "removed the unfinished output of an earlier run" in capsys.readouterr().err
+    assert not live.exists() and out.is_dir()
+    assert not any(p.name.endswith(".lock") for p in run.iterdir())  # locks go with their run
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(tmp_path):
+    """A kill -9 leaves the lock file, but not its lock: the next run takes it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "a.zarr"
+    code = ("import sys, os; from napari_maskalign.io import OutputLock; "
+            f"l = OutputLock({str(out)!r}); l.acquire(); print('held', flush=True); "
+            "os.kill(os.getpid(), 9)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert "held" in proc.stdout and proc.returncode == -9
+    assert io.OutputLock.path_for(out).exists()
+    with io.OutputLock(out) as lock:
+        assert lock.path.read_text().split()[0] == str(os.getpid())
+    assert not io.OutputLock.path_for(out).exists()
+
+
+def test_overwrite_keeps_the_old_table_until_the_new_one_is_complete(run, capsys, monkeypatch):
+    from napari_maskalign.workflow import journal
+
+    argv = ["register", run / "run", "--mask", run / "block.png", "--shifts", run / "s.csv",
+            "--quiet", "--save-interval", "0"]  # fmt: skip
+    assert cli(*argv) == 0
+    first, first_settings = (run / "s.csv").read_text(), (run / "s.csv.json").read_text()
+    real, calls = journal.ShiftJournal.record, []
+
+    def ctrl_c_at_frame_9(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(journal.ShiftJournal, "record", ctrl_c_at_frame_9)
+    assert cli(*argv, "--overwrite", "--upsample", "10") == 130
+    err = capsys.readouterr().err
+    assert "9 of 16 frames are saved" in err and "--resume" in err
+    # the complete old table and its settings are untouched, the new rows wait beside them
+    assert (run / "s.csv").read_text() == first
+    assert (run / "s.csv.json").read_text() == first_settings
+    monkeypatch.setattr(journal.ShiftJournal, "record", real)
+    assert cli(*argv, "--upsample", "10", "--resume") == 0
+    assert "resumed at frame 9" in capsys.readouterr().out
+    assert cli(*argv[:-5], "--shifts", run / "u.csv", "--upsample", "10", "--quiet") == 0
+    assert (run / "s.csv").read_text() == (run / "u.csv").read_text() != first
+    settings = json.loads((run / "s.csv.json").read_text())["registration"]
+    assert settings["upsample_factor"] == 10
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_table_killed_while_replaced_is_completed_by_resume(tmp_path):
+    """Killed between the settings' rename and the table's: --resume ends the swap."""
+    from napari_maskalign.workflow import ShiftJournal, resume_rows
+
+    settings = {"frames": 4, "model": "translation"}
+    path = tmp_path / "s.csv"
+    io.write_shifts_csv(path, np.ones((4, 2)), np.ones(4))
+    j = ShiftJournal(path, 4, 2, settings, interval=0)
+    assert j.writing != path  # an old table exists: the new one is written beside it
+    j.record(np.arange(4), np.full((4, 2), 2.0), np.full(4, 0.5))
+    j.save(force=True)
+    np.testing.assert_array_equal(io.read_shifts_csv(path)[0], 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.csv.json"]
+    rows = resume_rows(path, settings, 4, 2)
+    np.testing.assert_array_equal(rows.shifts, 2.0)
+
+
+# ----------------------------------------------------------------------------
+# 3. bad input: one line naming the file, never a traceback
+
+
+def _register(run, *more):
+    return ["register", run / "run", "--mask", run / "block.png", "--shifts", run / "s.csv",
+            "--quiet", *more]
+
+
+@pytest.mark.parametrize("section", ["null", "list"])
+def test_a_settings_file_with_a_null_section_is_one_line_on_resume(run, capsys, section):
+    assert cli(*_register(run)) == 0
+    side = run / "s.csv.json"
+    doc = json.loads(side.read_text())
+    doc["registration"] = None if section == "null" else [1, 2]
+    side.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert cli(*_register(run, "--resume")) == 1
+    one_line_error(capsys, r"cannot resume: .*s\.csv\.json is not readable")

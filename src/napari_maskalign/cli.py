@@ -67,6 +67,21 @@ def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dic
         raise CLIError(str(exc)) from None
 
 
+#: the outputs a run locks while it writes them (the others go with these)
+LOCKED = ("shifts file", "output", "mean")
+
+
+def _lock_outputs(args, paths: dict) -> None:
+    """Hold the outputs' locks until the command ends: a second run at the same outputs is
+    refused while this one lives, so it never takes this run's partial output as stale."""
+    from .io import OutputBusy, output_locks
+
+    try:
+        args.held.enter_context(output_locks(paths.get(k) for k in LOCKED))
+    except OutputBusy as exc:
+        raise CLIError(str(exc)) from None
+
+
 def _output_paths(args, stack, shifts=None) -> dict:
     from .workflow import planned_outputs
 
@@ -188,6 +203,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
                            if args.resume else ("shifts settings file",))
     shifts_path, out = paths["shifts file"], paths.get("output")
+    _lock_outputs(args, paths)
     done = (np.zeros((0, len(frame_shape))), np.zeros(0))
     if args.resume:
         others = {k: v for k, v in paths.items() if k not in ("shifts file", "shifts settings file")}
@@ -237,13 +253,21 @@ def _cmd_register(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
-        print(f"\ninterrupted: {journal.saved} of {n} frames are saved in {shifts_path}; "
-              "run the same command with --resume to continue", file=sys.stderr)
+        print(f"\ninterrupted: {_saved_where(journal)}; run the same command with --resume to "
+              "continue", file=sys.stderr)
         return 130
     except ClusterLost as exc:
-        raise CLIError(f"{exc}: {journal.saved} of {n} frames are saved in {shifts_path}; run the "
-                       "same command with --resume to continue") from None
+        raise CLIError(f"{exc}: {_saved_where(journal)}; run the same command with --resume to "
+                       "continue") from None
     return 0
+
+
+def _saved_where(journal) -> str:
+    """How many frames a stopped run saved, and where (the older table is kept meanwhile)."""
+    text = f"{journal.saved} of {journal.n_frames} frames are saved in {journal.writing}"
+    if journal.writing != journal.path:
+        text += f" ({journal.path} is kept as it was until the new table is complete)"
+    return text
 
 
 def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -> None:
@@ -295,6 +319,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
     paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
+    _lock_outputs(args, paths)
     given, options = _read_mask(args, stack.shape[1:]), RegistrationOptions(
         hot_pixels=_hot_pixels(args.hot_pixels))
     try:
@@ -340,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(HANDLERS[args.command](args) or 0)
+        with contextlib.ExitStack() as args.held:  # what the command holds until it ends (locks)
+            return int(HANDLERS[args.command](args) or 0)
     except CLIError as exc:
         print(f"maskalign {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -23,12 +23,15 @@ import numpy as np
 from .stacks import TIFF_SUFFIXES
 
 __all__ = [
+    "OutputLock",
+    "OutputBusy",
     "StackWriter",
     "atomic_write_text",
     "iter_blocks",
     "ngff_attrs",
     "open_ngff_array",
     "output_format",
+    "output_locks",
     "partial_name",
     "remove_path",
     "replacing",
@@ -101,6 +104,88 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+class OutputBusy(ValueError):
+    """Another live run is writing the output (it holds the output's lock)."""
+
+
+class OutputLock:
+    """The lock of one output while a run writes it: ``.NAME.lock`` beside it.
+
+    The lock file holds the owner's pid; the lock itself is an ``fcntl.flock``
+    on it, which the system drops when the owner ends, however it ends (kill
+    -9 included). So a lock file without a lock is a dead run's, and the
+    output's unfinished ``.partial-*`` files are stale only while the lock can
+    be taken. :meth:`acquire` raises :class:`OutputBusy` (a ``ValueError``)
+    naming the output and the owner's pid when a live run holds it. Released
+    (and its file removed) on :meth:`release` or leaving the ``with`` block.
+    """
+
+    def __init__(self, output):
+        self.output = Path(os.fspath(output)).expanduser()
+        self.path = self.path_for(self.output)
+        self._fd = None
+
+    @staticmethod
+    def path_for(output) -> Path:
+        output = Path(os.fspath(output)).expanduser()
+        return output.with_name(f".{output.name}.lock")
+
+    def acquire(self) -> OutputLock:
+        import fcntl
+
+        for _ in range(10):  # the owner may remove the file between our open and our lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    owner = os.read(fd, 64).decode(errors="replace").split()
+                finally:
+                    os.close(fd)
+                pid = f"pid {owner[0]}" if owner else "pid unknown"
+                raise OutputBusy(
+                    f"{self.output} is being written by another run ({pid}, lock {self.path.name});"
+                    " wait for it to finish or stop it (its unfinished output is not removed)"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {os.uname().nodename}\n".encode())
+                self._fd = fd
+                return self
+            os.close(fd)
+        raise OutputBusy(f"cannot take the lock {self.path} of {self.output}")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: no one holds a lock on a removed file
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def output_locks(paths):
+    """Hold the :class:`OutputLock` of every path (None skipped) for a ``with`` block."""
+    with contextlib.ExitStack() as stack:
+        for p in paths:
+            if p is not None:
+                stack.enter_context(OutputLock(p))
+        yield
 
 
 class StackWriter:
