@@ -15,6 +15,7 @@ import pytest
 import tifffile
 
 from napari_maskalign import io
+from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.cli import main
 
 N = 16
@@ -284,3 +285,81 @@ def test_a_settings_file_with_a_null_section_is_one_line_on_resume(run, capsys, 
     capsys.readouterr()
     assert cli(*_register(run, "--resume")) == 1
     one_line_error(capsys, r"cannot resume: .*s\.csv\.json is not readable")
+
+
+@pytest.fixture(scope="module")
+def sample8():
+    return make_beam_block_stack(8, (64, 64), max_drift=2.0, seed=1)
+
+
+def test_a_truncated_multipage_tiff_is_one_line(tmp_path, sample8, capsys):
+    tifffile.imwrite(tmp_path / "full.tif", sample8.stack)
+    data = (tmp_path / "full.tif").read_bytes()
+    (tmp_path / "trunc.tif").write_bytes(data[: len(data) * 6 // 10])
+    for command in (["info"], ["register", "--shifts", tmp_path / "s.csv", "--quiet"]):
+        assert cli(command[0], tmp_path / "trunc.tif", *command[1:]) == 1
+        one_line_error(capsys, r"trunc\.tif.*(truncated|ends)")
+    with pytest.raises(ValueError, match=r"trunc\.tif"):
+        np.asarray(io.open_stack(tmp_path / "trunc.tif"))
+
+
+def test_a_corrupt_zarr_chunk_is_one_line(tmp_path, sample8, capsys):
+    import zarr
+
+    try:
+        z = zarr.open(str(tmp_path / "c.zarr"), mode="w", shape=sample8.stack.shape,
+                      chunks=(1, 64, 64), dtype="f4", zarr_format=2)
+    except TypeError:  # zarr 2
+        z = zarr.open(str(tmp_path / "c.zarr"), mode="w", shape=sample8.stack.shape,
+                      chunks=(1, 64, 64), dtype="f4")
+    z[:] = sample8.stack
+    (tmp_path / "c.zarr" / "3.0.0").write_bytes(b"garbage!" * 10)
+    stack = io.open_stack(tmp_path / "c.zarr")
+    np.testing.assert_array_equal(stack[2], sample8.stack[2])
+    with pytest.raises(ValueError, match=r"c\.zarr.*frame 3"):
+        stack[3]
+    assert cli("register", tmp_path / "c.zarr", "--shifts", tmp_path / "s.csv", "--quiet") == 1
+    one_line_error(capsys, r"c\.zarr.*frame 3")
+    assert cli("info", tmp_path / "c.zarr") == 0
+    assert "zarr array" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("multiscales", [[{"datasets": [{}]}], [{}], [], "x", [{"datasets": "0"}],
+                                         [{"datasets": [{"path": "missing"}]}]])
+def test_malformed_ome_zarr_multiscales_are_one_line(tmp_path, sample8, capsys, multiscales):
+    import zarr
+
+    try:
+        group = zarr.open_group(str(tmp_path / "o.zarr"), mode="w", zarr_format=2)
+    except TypeError:  # zarr 2
+        group = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    group.attrs["multiscales"] = multiscales
+    for name in ("0", "1"):
+        group.create_array(name, shape=sample8.stack.shape, dtype="f4") if hasattr(
+            group, "create_array") else group.create_dataset(name, shape=sample8.stack.shape,
+                                                             dtype="f4")
+    assert cli("info", tmp_path / "o.zarr") == 1
+    one_line_error(capsys, r"o\.zarr")
+
+
+def test_apply_hot_pixels_with_an_unreadable_file_is_one_line(run, capsys):
+    assert cli(*_register(run)) == 0
+    capsys.readouterr()
+    (run / "hot.txt").write_text("not a mask")
+    assert cli("apply", run / "run", "--shifts", run / "s.csv", "--mean", run / "m.tif",
+               "--hot-pixels", run / "hot.txt") == 1
+    one_line_error(capsys, r"--hot-pixels.*hot\.txt")
+    assert not (run / "m.tif").exists()
+
+
+@pytest.mark.parametrize("shape", [(2, 64), (64, 2), (2, 2), (3, 3)])
+def test_rigid_on_too_small_frames_is_refused_in_words(tmp_path, capsys, shape):
+    from napari_maskalign.engine import register_stack
+
+    stack = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"rigid model needs frames of at least"):
+        register_stack(stack, model="rigid")
+    np.save(tmp_path / "small.npy", stack)
+    assert cli("register", tmp_path / "small.npy", "--model", "similarity", "--shifts",
+               tmp_path / "s.csv") == 1
+    one_line_error(capsys, r"similarity model needs frames of at least")

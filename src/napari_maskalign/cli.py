@@ -145,6 +145,8 @@ def _hot_pixels(value: str):
         return read_mask(value) != 0
     except FileNotFoundError:
         raise CLIError(f"--hot-pixels takes auto, off or a mask file; there is no file {value}") from None
+    except ValueError as exc:
+        raise CLIError(f"--hot-pixels {value}: {exc}") from None
 
 
 def _read_mask(args, frame_shape):

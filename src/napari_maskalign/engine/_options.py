@@ -31,6 +31,9 @@ REFERENCE_MODES = ("mean", "previous", "template")
 
 #: transform models: shifts; rotation and shift; rotation, uniform scale and shift
 MODELS = ("translation", "rigid", "similarity")
+#: rigid and similarity frames are at least this many pixels on each side (the
+#: log-polar resampling of a 2-pixel-wide frame has no rings)
+MIN_MODEL_SIDE = 8
 
 #: the finest grid offered: 1/1000 px is far below what any frame's noise allows,
 #: and the refinement's work grows with the square of the factor
@@ -264,6 +267,12 @@ class RegistrationOptions:
                 f"the {self.model} model needs 2D frames, but these frames are "
                 f"{len(frame_shape)}D ({'x'.join(map(str, frame_shape))}); use "
                 "model='translation' for 3D frames"
+            )
+        if self.model != "translation" and min(frame_shape) < MIN_MODEL_SIDE:
+            raise ValueError(
+                f"the {self.model} model needs frames of at least {MIN_MODEL_SIDE} x "
+                f"{MIN_MODEL_SIDE} pixels (its log-polar transform of smaller frames is empty); "
+                f"these are {'x'.join(map(str, frame_shape))}"
             )
 
     def describe(self) -> dict[str, Any]:

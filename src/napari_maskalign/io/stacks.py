@@ -26,6 +26,7 @@ from ..engine._frames import is_dask
 __all__ = [
     "FrameSequence",
     "TiffPages",
+    "ZarrStack",
     "as_dask",
     "check_pixel_dtype",
     "is_glob",
@@ -314,6 +315,10 @@ class TiffPages(_LazyArrayMixin):
             page_shape = tuple(page.shape) if page is not None else shape[1:]
             comp = getattr(page, "compression", None)
             self.compression = str(getattr(comp, "name", comp)).lower()
+            try:  # the pages the file really holds (a truncated file ends its chain early)
+                pages = len(tf.pages)
+            except Exception:  # tifffile raises many types for a broken page chain
+                pages = 0
         if len(shape) < 3:
             raise ValueError(f"{self.path} holds a single image of shape {shape}, not a stack")
         self.shape = shape
@@ -326,6 +331,11 @@ class TiffPages(_LazyArrayMixin):
             )
         self.pages_per_frame = frame_size // page_size
         self._tf = None
+        if pages < shape[0] * self.pages_per_frame:
+            raise ValueError(
+                f"{self.path} is truncated: it holds {pages // self.pages_per_frame} whole frames of "
+                f"the {shape[0]} its header announces (a copy cut short, or a run still writing)"
+            )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -339,8 +349,12 @@ class TiffPages(_LazyArrayMixin):
             self._tf = tifffile.TiffFile(self.path)
         k = self.pages_per_frame
         key = list(range(i * k, (i + 1) * k)) if k > 1 else i * k
-        data = self._tf.series[0].asarray(key=key)
-        return np.asarray(data).reshape(self.shape[1:])
+        try:
+            data = self._tf.series[0].asarray(key=key)
+            return np.asarray(data).reshape(self.shape[1:])
+        except Exception as exc:  # IndexError past a truncated end, tifffile's own errors
+            raise ValueError(f"cannot read frame {i} from {self.path}: the file ends before it or "
+                             f"is damaged ({type(exc).__name__}: {exc})") from None
 
     @property
     def chunking(self) -> str:
@@ -458,6 +472,53 @@ def _open_zarr(path: Path):
     )
 
 
+class ZarrStack(_LazyArrayMixin):
+    """A zarr array as a stack: reads go straight to zarr; a chunk that cannot be decoded
+    (corrupt, cut short) is a ``ValueError`` naming the store and the frames."""
+
+    kind = "zarr array"
+
+    def __init__(self, array, path):
+        self.array = array
+        self.path = Path(os.fspath(path))
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    @property
+    def chunks(self):
+        return self.array.chunks
+
+    @property
+    def compressors(self):
+        comp = getattr(self.array, "compressors", None)
+        return comp if comp is not None else getattr(self.array, "compressor", None)
+
+    @property
+    def attrs(self):
+        return self.array.attrs
+
+    def _read(self, i: int) -> np.ndarray:
+        return self[i]
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.array[key])
+        except IndexError:
+            raise
+        except Exception as exc:  # numcodecs and zarr raise RuntimeError, ValueError, ...
+            first = key[0] if isinstance(key, tuple) and key else key
+            if isinstance(first, slice):
+                lo, hi, _ = first.indices(self.shape[0])
+                where = f"frames {lo} to {hi - 1}"
+            else:
+                where = f"frame {first}"
+            raise ValueError(f"cannot read {self.path} ({where}): a chunk is damaged "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    def __repr__(self) -> str:
+        return f"ZarrStack({str(self.path)!r}, shape {self.shape}, {self.dtype})"
+
+
 def _zarr_child(path: Path, group, name: str):
     """The array ``name`` of a zarr group, its metadata checked before zarr reads it."""
     try:
@@ -504,6 +565,7 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if is_zarr_dir(path):
         stack = _open_zarr(path)
+        stack = ZarrStack(stack, path) if len(stack.shape) >= 3 else stack
     elif path.is_dir():
         return FrameSequence(list_frame_files(path, exclude), check_shapes=check_shapes)
     elif path.suffix.lower() == ".npy":
