@@ -6,6 +6,7 @@ Each test here reproduces a case an outside reliability round found (issue 20).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -363,3 +364,136 @@ def test_rigid_on_too_small_frames_is_refused_in_words(tmp_path, capsys, shape):
     assert cli("register", tmp_path / "small.npy", "--model", "similarity", "--shifts",
                tmp_path / "s.csv") == 1
     one_line_error(capsys, r"similarity model needs frames of at least")
+
+
+# ----------------------------------------------------------------------------
+# 4. checks made before the first frame; clean stops
+
+
+def test_rigid_with_a_fourier_output_is_refused_before_registering(run, capsys):
+    argv = _register(run, "--model", "rigid", "--method", "fourier", "--output", run / "a.zarr")
+    assert cli(*argv) == 1
+    captured = capsys.readouterr()
+    assert "registered" not in captured.out and "outliers" not in captured.out
+    assert re.search(r"--method fourier .*rigid", captured.err.strip()), captured.err
+    assert not (run / "s.csv").exists() and not (run / "a.zarr").exists()
+    # apply with a rigid table: refused before any frame is written
+    assert cli(*_register(run, "--model", "rigid")) == 0
+    capsys.readouterr()
+    assert cli("apply", run / "run", "--shifts", run / "s.csv", "--output", run / "b.zarr",
+               "--method", "fourier") == 1
+    one_line_error(capsys, r"--method fourier .*s\.csv")
+    assert not any(p.name.startswith(".b.zarr") or p.name == "b.zarr" for p in run.iterdir())
+
+
+def test_a_half_saturated_stack_is_warned_about(tmp_path, capsys):
+    s = make_beam_block_stack(6, (64, 64), max_drift=3.0, seed=4, noise=None)
+    frames = (s.stack / s.stack.max() * 4000).astype(np.uint16)
+    frames[:, :, :32] = 65535  # half of every frame saturated: static, pulls shifts to 0
+    tifffile.imwrite(tmp_path / "sat.tif", frames)
+    assert cli("register", tmp_path / "sat.tif", "--shifts", tmp_path / "s.csv", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: 50% of the pixels of frame 0 .*65535.*saturated", err), err
+    # an ordinary stack: no such warning
+    tifffile.imwrite(tmp_path / "ok.tif", (s.stack / s.stack.max() * 4000).astype(np.uint16))
+    assert cli("register", tmp_path / "ok.tif", "--shifts", tmp_path / "t.csv", "--quiet") == 0
+    assert "saturated" not in capsys.readouterr().err
+
+
+def test_saturation_check_in_the_api():
+    from napari_maskalign.workflow import saturation_warning
+
+    frame = np.random.default_rng(1).random((32, 32)).astype(np.float32)
+    assert saturation_warning(frame) is None
+    frame[:, :16] = frame.max()
+    assert "50%" in saturation_warning(frame)
+    valid = np.ones(frame.shape, bool)
+    valid[:, :16] = False  # the saturated half masked: nothing to say
+    assert saturation_warning(frame, valid) is None
+
+
+def test_a_scheduler_without_workers_times_out_with_a_message(monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from napari_maskalign.workflow import run as workflow_run
+
+    monkeypatch.setattr(workflow_run, "WORKER_WAIT", 1.0)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        with pytest.raises(ValueError, match=rf"no workers .*{re.escape(cluster.scheduler_address)}"):
+            with workflow_run.dask_client(cluster.scheduler_address):
+                pytest.fail("a client without workers was handed out")
+
+
+def _full_disk_after(calls_allowed: int):
+    calls = []
+
+    def fail(*a, **k):
+        calls.append(1)
+        if len(calls) > calls_allowed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fail.real(*a, **k)
+
+    return fail
+
+
+def test_a_full_disk_while_saving_shifts_names_the_file_and_the_frames_saved(run, capsys,
+                                                                             monkeypatch):
+    from napari_maskalign.workflow import journal
+
+    fail = _full_disk_after(5)
+    fail.real = journal.write_shifts_csv
+    monkeypatch.setattr(journal, "write_shifts_csv", fail)
+    assert cli(*_register(run, "--save-interval", "0")) == 1
+    line = one_line_error(capsys, r"cannot write .*s\.csv: No space left on device")
+    assert re.search(r"5 of 16 frames are saved in .*s\.csv.*--resume", line), line
+    assert len(io.read_shifts_csv(run / "s.csv")[0]) == 5
+
+
+def test_a_full_disk_while_writing_the_output_names_the_file_and_the_frames(run, capsys,
+                                                                          monkeypatch):
+    fail = _full_disk_after(7)
+    fail.real = tifffile.TiffWriter.write
+    monkeypatch.setattr(tifffile.TiffWriter, "write", fail)
+    assert cli(*_register(run, "--output", run / "a.tif")) == 1
+    line = one_line_error(capsys, r"cannot write .*a\.tif: No space left on device")
+    assert re.search(r"7 of 16 frames were written", line), line
+    assert re.search(r"all 16 shifts are saved in .*s\.csv", line), line
+    assert not any("a.tif" in p.name for p in run.iterdir())  # no partial left behind
+
+
+def test_ctrl_c_while_writing_exits_130_even_when_cleanup_fails(run, capsys, monkeypatch):
+    from napari_maskalign.io import writers
+
+    fail = _full_disk_after(4)
+    fail.real = writers.StackWriter.write
+
+    def ctrl_c(*a, **k):
+        try:
+            return fail(*a, **k)
+        except OSError:
+            raise KeyboardInterrupt from None
+
+    def busy_folder(path):  # a zarr thread still writing into it: "Directory not empty"
+        raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY), str(path))
+
+    monkeypatch.setattr(writers.StackWriter, "write", ctrl_c)
+    monkeypatch.setattr(writers, "remove_path", busy_folder)
+    assert cli(*_register(run, "--output", run / "a.zarr")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Directory not empty" not in err and "Traceback" not in err
+    assert not (run / "a.zarr").exists()
+
+
+def test_dask_worker_logs_are_silenced_while_a_client_is_held(capfd):
+    pytest.importorskip("distributed")
+    import logging
+
+    from napari_maskalign.workflow import dask_client
+
+    before = logging.getLogger("distributed").level
+    with dask_client(None, 1) as client:
+        assert client.run(lambda: 1)  # a live worker
+        logging.getLogger("distributed.nanny").error("Traceback: a worker was killed")
+        logging.getLogger("distributed.worker").warning("heartbeat failed")
+    assert logging.getLogger("distributed").level == before
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "heartbeat" not in err, err

@@ -37,12 +37,12 @@ class CLIError(Exception):
 
 
 @contextlib.contextmanager
-def _plain_errors(prefix: str = ""):
+def _plain_errors(prefix: str = "", suffix: str = ""):
     """``ValueError`` / ``OSError`` from the workflow become one-line CLI errors."""
     try:
         yield
     except (ValueError, OSError) as exc:  # FileNotFoundError included
-        raise CLIError(f"{prefix}{exc}") from None
+        raise CLIError(f"{prefix}{exc}{suffix}") from None
 
 
 def _open_input(source: str, mask=None):
@@ -189,6 +189,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
     )
 
     options = _options(args)
+    if options.model != "translation" and args.method == "fourier" and (args.output or args.mean):
+        raise CLIError(f"--method fourier can only shift, but a {options.model} run's frames "
+                       "also turn (and scale); use --method spline (the default)")
     if args.resume and options.mode == "template":
         raise CLIError(
             "--reference template re-registers every frame in each refinement pass, so its shifts "
@@ -200,6 +203,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     with _plain_errors():
         options.check_for(n, frame_shape)
     valid = _read_mask(args, frame_shape)
+    _warn_saturated(stack, valid, options)
     settings = run_settings(args.input, stack, valid, options)
     wanted = _output_paths(args, stack, args.shifts)  # --resume: continue_run decides
     paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
@@ -251,7 +255,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
             exclude = None if args.mean_with_outliers else result.outliers
             # the mask registration used (the painted one without the hot pixels): NaN in outputs
             _write_outputs(args, stack, to_apply(result), paths, result.valid_mask, client,
-                           exclude, settings["input"])
+                           exclude, settings["input"],
+                           note=f"; all {n} shifts are saved in {journal.path}")
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
@@ -264,6 +269,18 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_saturated(stack, valid, options) -> None:
+    """Saturated pixels pull every shift to 0 with quality 1: said before the run."""
+    from .engine._frames import read_frame
+    from .workflow import saturation_warning
+
+    i = options.reference_index(int(stack.shape[0])) if options.mode == "index" else 0
+    with _plain_errors():
+        text = saturation_warning(read_frame(stack, i), valid, which=f"frame {i}")
+    if text:
+        print(f"warning: {text}", file=sys.stderr)
+
+
 def _saved_where(journal) -> str:
     """How many frames a stopped run saved, and where (the older table is kept meanwhile)."""
     text = f"{journal.saved} of {journal.n_frames} frames are saved in {journal.writing}"
@@ -272,7 +289,7 @@ def _saved_where(journal) -> str:
     return text
 
 
-def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -> None:
+def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source, note="") -> None:
     """The aligned stack and/or the mean, in one pass (register and apply)."""
     from .workflow import write_outputs
 
@@ -285,7 +302,7 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
         from .io import as_dask
 
         lazy = as_dask(stack, args.chunk_frames)
-    with _plain_errors(f"cannot write {out or mean}: "):
+    with _plain_errors(f"cannot write {out or mean}: ", note):
         written = follow(write_outputs(
             stack, shifts, output=out, mean=mean, valid=valid, exclude=exclude,
             integer=args.dtype == "input", overwrite=args.overwrite,
@@ -318,6 +335,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
         raise CLIError(f"the shifts do not fit the input: {exc}") from None
+    if table.rotations is not None and args.method == "fourier":
+        raise CLIError(f"--method fourier can only shift, but {args.shifts} also turns (and "
+                       "scales) the frames; use --method spline (the default)")
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
     paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)

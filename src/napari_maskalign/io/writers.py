@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "OutputLock",
     "OutputBusy",
     "StackWriter",
+    "WriteFailed",
     "atomic_write_text",
     "iter_blocks",
     "ngff_attrs",
@@ -104,6 +106,18 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+class WriteFailed(OSError):
+    """Writing an output failed (a full disk, a lost mount): the text names the file and
+    says what was saved; ``errno`` is the system's."""
+
+    def __init__(self, errno: int | None, message: str, filename=None):
+        super().__init__(errno, message, *(() if filename is None else (str(filename),)))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class OutputBusy(ValueError):
@@ -236,7 +250,10 @@ class StackWriter:
         if exc_type is None:
             self.commit()
         else:
-            self.abort()
+            try:
+                self.abort()
+            except OSError:  # never in place of what stopped the write (Ctrl-C, a full disk)
+                pass  # the partial output is stale now: the next run removes it
         return False
 
     def open(self):
@@ -259,15 +276,24 @@ class StackWriter:
         lo, hi = self.written, self.written + block.shape[0]
         if hi > self.shape[0]:
             raise ValueError(f"too many frames: the output holds {self.shape[0]}")
-        if self._z is not None:
-            self._z[lo:hi] = block
-        else:
-            for j, frame in enumerate(block):
-                if lo + j == 0:
-                    # tifffile keeps the series' shape in a JSON description
-                    self._tw.write(frame, contiguous=True, metadata=dict(self.attrs))
-                else:
-                    self._tw.write(frame, contiguous=True)
+        try:
+            if self._z is not None:
+                self._z[lo:hi] = block
+            else:
+                for j, frame in enumerate(block):
+                    if lo + j == 0:
+                        # tifffile keeps the series' shape in a JSON description
+                        self._tw.write(frame, contiguous=True, metadata=dict(self.attrs))
+                    else:
+                        self._tw.write(frame, contiguous=True)
+                    self.written = lo + j + 1
+        except OSError as exc:  # a full disk: say which file, and how far it got
+            raise WriteFailed(
+                exc.errno,
+                f"{exc.strerror or exc} ({self.written} of {self.shape[0]} frames were written; "
+                "the unfinished output is removed)",
+                self.path,
+            ) from exc
         self.written = hi
 
     def commit(self) -> Path:
@@ -302,8 +328,16 @@ class StackWriter:
                 pass
             self._tw = None
         self._z = None
-        if self.tmp.exists():
-            remove_path(self.tmp)
+        for attempt in range(3):  # zarr may still be finishing a chunk in another thread
+            if not self.tmp.exists():
+                return
+            try:
+                remove_path(self.tmp)
+                return
+            except OSError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
 
 
 def ngff_attrs(shape, name: str = "") -> dict:

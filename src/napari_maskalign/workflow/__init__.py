@@ -24,6 +24,7 @@ from .align import (
     to_apply,
     write_aligned,
 )
+from .checks import saturation_warning
 from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
 from .outputs import (
     aligned_mask_path,
@@ -38,6 +39,7 @@ from .paths import check_output_path, check_outputs, sibling
 from .run import ClusterLost, cluster_errors, dask_client, register_to_journal
 
 __all__ = [
+    "saturation_warning",
     "AlignProgress",
     "ClusterLost",
     "MaskedMean",

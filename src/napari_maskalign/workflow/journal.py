@@ -28,6 +28,7 @@ import numpy as np
 
 from ..io import (
     ShiftTable,
+    WriteFailed,
     is_glob,
     read_shift_table,
     source_file,
@@ -260,9 +261,18 @@ class ShiftJournal:
             self._started = True
         t0 = time.perf_counter()
         moves = self.rotations is not None
-        write_shifts_csv(self.writing, self.shifts[:k], self.quality[:k],
-                         rotations=self.rotations[:k] if moves else None,
-                         scales=self.scales[:k] if moves else None)
+        try:
+            write_shifts_csv(self.writing, self.shifts[:k], self.quality[:k],
+                             rotations=self.rotations[:k] if moves else None,
+                             scales=self.scales[:k] if moves else None)
+        except OSError as exc:  # a full disk: the last table written is whole, and says how far
+            raise WriteFailed(
+                exc.errno,
+                f"cannot write {self.writing}: {exc.strerror or exc}; {self.saved} of "
+                f"{self.n_frames} frames are saved in {self.writing}; make room and run the same "
+                "command with --resume to continue",
+                self.writing,
+            ) from exc
         self._last_cost = time.perf_counter() - t0
         self.writes += 1
         self._last = time.monotonic()
