@@ -221,6 +221,8 @@ class ShiftJournal:
     def preload(self, shifts, quality, rotations=None, scales=None) -> None:
         """Rows already on disk from an earlier run (frames ``0..k-1``)."""
         k = len(shifts)
+        if k and not pending_path(self.path).exists():  # a resumed table continues in place
+            self.writing, self.sidecar = self.path, sidecar_path(self.path)
         self.shifts[:k], self.quality[:k], self.done[:k] = shifts, quality, True
         self._put(slice(0, k), rotations, scales)
         self.saved = k

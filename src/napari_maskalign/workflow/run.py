@@ -101,15 +101,15 @@ def dask_client(scheduler: str | None = None, workers: int | None = None):
                     ) from None
                 yield client
         return
-    with (
-        _quiet_dask(),
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    with _quiet_dask():
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+        except (RuntimeError, OSError, TimeoutError) as exc:  # a worker killed while starting
+            raise ValueError(f"cannot start a local dask cluster of {workers} workers: "
+                             f"{exc}") from None
+        with cluster, Client(cluster) as client:
+            yield client
 
 
 @contextlib.contextmanager
