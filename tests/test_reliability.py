@@ -250,21 +250,39 @@ def test_overwrite_keeps_the_old_table_until_the_new_one_is_complete(run, capsys
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_table_killed_while_replaced_is_completed_by_resume(tmp_path):
-    """Killed between the settings' rename and the table's: --resume ends the swap."""
-    from napari_maskalign.workflow import ShiftJournal, resume_rows
+def test_the_journal_writes_beside_an_old_table_and_swaps_when_complete(tmp_path):
+    from napari_maskalign.workflow import ShiftJournal
 
     settings = {"frames": 4, "model": "translation"}
     path = tmp_path / "s.csv"
     io.write_shifts_csv(path, np.ones((4, 2)), np.ones(4))
     j = ShiftJournal(path, 4, 2, settings, interval=0)
     assert j.writing != path  # an old table exists: the new one is written beside it
-    j.record(np.arange(4), np.full((4, 2), 2.0), np.full(4, 0.5))
+    j.record(np.arange(3), np.full((3, 2), 2.0), np.full(3, 0.5))
+    j.save(force=True)
+    np.testing.assert_array_equal(io.read_shifts_csv(path)[0], 1.0)  # not yet
+    j.record([3], np.full((1, 2), 2.0), [0.5])
     j.save(force=True)
     np.testing.assert_array_equal(io.read_shifts_csv(path)[0], 2.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.csv.json"]
+
+
+def test_a_table_killed_between_the_two_renames_is_finished_by_resume(tmp_path):
+    """The new settings are in place, the complete new table still at its partial name."""
+    from napari_maskalign.workflow import ShiftJournal, pending_path, resume_rows, sidecar_path
+
+    settings = {"frames": 4, "model": "translation"}
+    path = tmp_path / "s.csv"
+    io.write_shifts_csv(path, np.ones((4, 2)), np.ones(4))  # the old table
+    io.write_shifts_csv(pending_path(path), np.full((4, 2), 2.0), np.ones(4))
+    sidecar_path(path).write_text(json.dumps({"registration": settings}))
     rows = resume_rows(path, settings, 4, 2)
     np.testing.assert_array_equal(rows.shifts, 2.0)
+    j = ShiftJournal(path, 4, 2, settings, interval=0)
+    j.preload(*rows)
+    j.save(force=True)
+    np.testing.assert_array_equal(io.read_shifts_csv(path)[0], 2.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv", "s.csv.json"]
 
 
 # ----------------------------------------------------------------------------
@@ -498,3 +516,20 @@ def test_dask_worker_logs_are_silenced_while_a_client_is_held(capfd):
     assert logging.getLogger("distributed").level == before
     err = capfd.readouterr().err
     assert "Traceback" not in err and "heartbeat" not in err, err
+
+
+def test_a_scale_beyond_the_search_bound_is_flagged():
+    """Two frames, the second 1/0.65 = 1.54x: outside the +-25 % search, it came back as
+    about 1.39 (wrong), with nothing flagged."""
+    from napari_maskalign.engine import register_stack, transform_parameters
+
+    s = make_beam_block_stack(2, (64, 64), scale=np.array([1.0, 0.65]), seed=1, max_drift=1)
+    result = register_stack(s.stack, model="similarity", mask=~s.beam_block)
+    _, _, scales = transform_parameters(result.raw_transforms, (64, 64))
+    assert abs(scales[1] * 0.65 - 1) > 0.05  # measured wrong ...
+    assert result.outliers.tolist() == [False, True]  # ... and flagged
+    # within the search, a scale change is measured and not flagged
+    s = make_beam_block_stack(2, (64, 64), scale=np.array([1.0, 1.15]), seed=1, max_drift=1)
+    result = register_stack(s.stack, model="similarity", mask=~s.beam_block)
+    _, _, scales = transform_parameters(result.raw_transforms, (64, 64))
+    assert abs(scales[1] * 1.15 - 1) < 0.01 and not result.outliers.any()

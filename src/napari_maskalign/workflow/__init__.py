@@ -25,7 +25,14 @@ from .align import (
     write_aligned,
 )
 from .checks import saturation_warning
-from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
+from .journal import (
+    ShiftJournal,
+    continue_run,
+    pending_path,
+    resume_rows,
+    run_settings,
+    sidecar_path,
+)
 from .outputs import (
     aligned_mask_path,
     check_mean_name,
@@ -60,6 +67,7 @@ __all__ = [
     "iter_mean",
     "planned_outputs",
     "register_to_journal",
+    "pending_path",
     "resume_rows",
     "run_settings",
     "sibling",
