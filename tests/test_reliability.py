@@ -57,13 +57,15 @@ def complex_npy(tmp_path):
 
 def _never_read(monkeypatch):
     """Fail the test if any frame is read (every frame read goes through these)."""
-    from napari_maskalign.engine import _frames, _hotpixels
+    from napari_maskalign.engine.backends import _frames
+    from napari_maskalign.engine.run import _hotpixels, _stack
 
     def boom(*a, **k):
         raise AssertionError("a frame was read before the dtype was checked")
 
-    monkeypatch.setattr(_frames, "read_frame", boom)
-    monkeypatch.setattr(_hotpixels, "read_frame", boom)
+    for module in (_frames, _hotpixels, _stack):
+        monkeypatch.setattr(module, "read_frame", boom)
+    monkeypatch.setattr(_stack, "iter_frames", boom)
 
 
 @pytest.mark.parametrize("command", ["info", "register", "apply"])

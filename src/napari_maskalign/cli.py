@@ -271,7 +271,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _warn_saturated(stack, valid, options) -> None:
     """Saturated pixels pull every shift to 0 with quality 1: said before the run."""
-    from .engine._frames import read_frame
+    from .engine.backends._frames import read_frame
     from .workflow import saturation_warning
 
     i = options.reference_index(int(stack.shape[0])) if options.mode == "index" else 0

@@ -212,7 +212,7 @@ SCALE_FLAG_SHARE = 0.9
 def scale_beyond_search(scales) -> np.ndarray:
     """Frames whose scale lies near or beyond the coarse search's +-25 %: flagged, since
     a larger change is outside what the search looks for and may come back wrong."""
-    from ._models import MAX_LOG_SCALE
+    from ..models._logpolar import MAX_LOG_SCALE
 
     s = np.asarray(scales, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
