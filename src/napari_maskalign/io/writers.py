@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -147,7 +148,10 @@ class OutputLock:
         return output.with_name(f".{output.name}.lock")
 
     def acquire(self) -> OutputLock:
-        import fcntl
+        try:
+            import fcntl
+        except ImportError:  # Windows has no flock: outputs are not locked there
+            return self
 
         for _ in range(10):  # the owner may remove the file between our open and our lock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -169,7 +173,7 @@ class OutputLock:
                 same = False
             if same:
                 os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()} {os.uname().nodename}\n".encode())
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
                 self._fd = fd
                 return self
             os.close(fd)
