@@ -202,7 +202,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     )
 
     options = _options(args)
-    if options.model != "translation" and args.method == "fourier" and (args.output or args.mean):
+    if not options.transform_model.shift_only and args.method == "fourier" and (
+            args.output or args.mean):
         raise CLIError(f"--method fourier can only shift, but a {options.model} run's frames "
                        "also turn (and scale); use --method spline (the default)")
     if args.resume and options.mode == "template":

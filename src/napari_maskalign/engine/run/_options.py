@@ -276,7 +276,7 @@ class RegistrationOptions:
                 f"are {nd}D ({'x'.join(map(str, frame_shape))}); use {models_for(nd)} for "
                 f"{nd}D frames"
             )
-        if self.model != "translation" and min(frame_shape) < MIN_MODEL_SIDE:
+        if not model.shift_only and min(frame_shape) < MIN_MODEL_SIDE:
             raise ValueError(
                 f"the {self.model} model needs frames of at least {MIN_MODEL_SIDE} x "
                 f"{MIN_MODEL_SIDE} pixels (its log-polar transform of smaller frames is empty); "
