@@ -490,7 +490,13 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
     -------
     An array-like of shape ``(n_frames, *frame_shape)`` with ``dtype`` and
     per-frame indexing. Raises ``FileNotFoundError`` for a missing input and
-    ``ValueError`` (plain words) for one that cannot be read as a stack.
+    ``ValueError`` (plain words, naming the file) for one that cannot be read as
+    a stack: a damaged or truncated file, malformed OME-Zarr metadata, pixels
+    that are not real numbers (objects, text, complex; checked from the header
+    before any frame is read), or zarr metadata that asks for the pickle codec
+    (refused before zarr opens the store). A zarr array comes back as a
+    :class:`ZarrStack`, whose damaged chunks are a ``ValueError`` naming the
+    frames.
     """
     if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
         return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
