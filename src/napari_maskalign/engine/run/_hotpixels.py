@@ -187,6 +187,10 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     if n < 1:
         raise ValueError("the stack has no frames")
+    dt = np.dtype(getattr(stack, "dtype", None) or np.asarray(stack[0]).dtype)
+    if dt.kind not in "biuf":  # before any frame is read (an object array may unpickle)
+        raise ValueError(f"cannot look for hot pixels in images of dtype {dt}: expected real "
+                         f"numbers, got {'complex numbers' if dt.kind == 'c' else dt.name}")
     ndim = len(frame_shape)
     workers = default_workers(workers)
     picks, frames = _sample(stack, n_frames)
