@@ -281,8 +281,6 @@ def wrap_label(text: str = ""):
     return label
 
 
-#: the label "Suggest from stack" paints hot, dead and saturated pixels with
-HOT_LABEL = 2
 def ask(parent, title: str, text: str, choices: list[tuple[str, str]], default: str) -> str:
     """A modal question with buttons ``choices`` (``(label, answer)``, the first one
     accepting); the answer of the button clicked, ``default`` if the box is closed."""
@@ -301,16 +299,6 @@ def ask(parent, title: str, text: str, choices: list[tuple[str, str]], default: 
     box.exec()
     clicked = box.clickedButton()
     return next((a for a, b in buttons.items() if b is clicked), default)
-
-
-def mask_colormap():
-    """Painted labels in one bright colour that stands out on dark and on magma-like
-    images, hot pixels (label 2) in magenta; unpainted pixels transparent."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(
-        color_dict={None: "#00e5ff", 0: "transparent", HOT_LABEL: "#ff3df5"}
-    )
 
 
 def layer_list_events(viewer) -> list:

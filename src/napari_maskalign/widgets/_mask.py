@@ -24,14 +24,13 @@ from napari_maskalign.engine import (
 )
 from napari_maskalign.io import read_mask, write_mask
 
+from .._display import HOT_LABEL, mask_colormap
 from ._common import (
-    HOT_LABEL,
     DockWidget,
     LayerCombo,
     PicksMask,
     fixed_height,
     layer_list_events,
-    mask_colormap,
     notify_info,
     wrap_label,
 )
