@@ -75,7 +75,8 @@ def test_end_to_end_registration_in_a_real_viewer(make_napari_viewer, qtbot, dra
 
     with qtbot.waitSignal(register.run_finished, timeout=120_000) as blocker:
         worker = register.run()
-        assert worker is not None and worker.pbar is not None  # napari's activity progress
+        # no bar in napari's activity dock: its busy animation repaints the window all along
+        assert worker is not None and getattr(worker, "pbar", None) is None
     assert blocker.args == ["done"]
     names = [layer.name for layer in viewer.layers]
     for name in ("UED sample aligned", "UED sample mean", "UED sample mean count",

@@ -253,6 +253,37 @@ def fixed_height(widget):
     return widget
 
 
+def scrolled(*items, stretch: bool = True):
+    """A column of widgets and layouts in a vertical scroll area without a frame.
+
+    A dock's controls go in one so that the dock asks for little height: three
+    docks stacked beside the canvas then fit a laptop's screen (1366 x 768), each
+    scrolling what does not fit, instead of pushing the window taller than the
+    screen. ``stretch``: a stretch below the items (they keep their natural
+    heights at the top).
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QLayout, QScrollArea, QVBoxLayout
+
+    body = QWidget()
+    column = QVBoxLayout(body)
+    column.setContentsMargins(0, 0, 0, 0)
+    for item in items:
+        if isinstance(item, QLayout):
+            column.addLayout(item)
+        else:
+            column.addWidget(item)
+    if stretch:
+        column.addStretch(1)
+    area = QScrollArea()
+    area.setObjectName("maskalign_scroll")
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(body)
+    return area
+
+
 def wrap_label(text: str = ""):
     """A word-wrapped QLabel that claims the height its wrapped text needs, also
     when its text changes.
@@ -345,6 +376,57 @@ def _publish_turn(steps: list, done, failed, alive: list) -> None:
 
 
 # ----------------------------------------------------------------------------
+# progress shown at a pace the window can afford
+
+#: a dock repaints its progress at most this often (seconds). Each repaint of a widget
+#: recomposes the window with the canvas while the GIL is held: repainting on every
+#: frame tripled a run's time (bench_gui.py)
+PROGRESS_EVERY_S = 0.25
+
+
+class Throttled:
+    """``show(value)`` at most every ``PROGRESS_EVERY_S``, the latest value always shown in
+    the end: a call that comes too soon is kept and shown when the interval is over
+    (or by :meth:`flush`). Main thread only."""
+
+    def __init__(self, show: Callable[[Any], Any]):
+        self._show = show
+        self._last = float("-inf")
+        self._pending = False
+        self._value: Any = None
+
+    def __call__(self, value) -> None:
+        import time
+
+        self._value = value
+        wait = self._last + PROGRESS_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self._fire()
+        elif not self._pending:
+            self._pending = True
+            QTimer.singleShot(max(1, int(wait * 1000)), self.flush)
+
+    def flush(self) -> None:
+        """Show the latest value now if it has not been shown."""
+        if self._pending:
+            self._fire()
+
+    def cancel(self) -> None:
+        """Forget a value not yet shown."""
+        self._pending = False
+
+    def _fire(self) -> None:
+        import time
+
+        self._pending = False
+        self._last = time.monotonic()
+        try:
+            self._show(self._value)
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
+
+
+# ----------------------------------------------------------------------------
 # workers
 
 
@@ -360,20 +442,24 @@ def start_worker(
     finished: Callable | None = None,
     owner=None,
 ):
-    """Run generator ``job`` in a napari worker with a progress bar in the activity dock.
+    """Run generator ``job`` in a napari worker; the dock shows its progress.
 
     The job runs at background priority (:func:`background_priority`). The
     slots run in the main thread (Qt queues the signals), so they are the
     only place that touches layers or widgets. When the QWidget ``owner`` is
     destroyed, the worker is told to stop and the slots are no longer called
     (signals already queued would otherwise reach a deleted widget).
+
+    ``total`` and ``desc`` describe the job (``worker.total``, ``worker.desc``)
+    but no bar is put in napari's activity dock: while one is there, napari
+    animates a busy indicator in the status bar, and every frame of it repaints
+    the window -- the canvas composed while the GIL is held -- which made a run
+    ten times slower than the same job without a viewer (``bench_gui.py``).
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(
-        _in_background(job), *args, _progress={"total": int(total), "desc": desc},
-        _ignore_errors=True,
-    )
+    worker = create_worker(_in_background(job), *args, _ignore_errors=True)
+    worker.total, worker.desc = int(total), desc
     alive = [True]
 
     def guarded(slot):
@@ -397,8 +483,11 @@ def start_worker(
     return worker
 
 
-#: how much nicer than napari's main thread our workers run (Linux)
-BACKGROUND_NICE = 10
+#: how much nicer than napari's main thread our workers run (Linux). Enough for the main
+#: thread to win the CPU when both want it (a nice of 2 weighs 0.64 of a 0), little
+#: enough that on a machine busy with other programs the run keeps about the share
+#: the command line gets (at 10 it got a tenth of it and ran 10x slower than the CLI)
+BACKGROUND_NICE = 2
 
 
 def background_priority() -> None:

@@ -32,6 +32,7 @@ from ._common import (
     fixed_height,
     layer_list_events,
     notify_info,
+    scrolled,
     wrap_label,
 )
 from ._layers import frame_shape, layer_named, mask_name, stack_problem
@@ -144,10 +145,8 @@ class MaskWidget(PicksMask, DockWidget):
             grid.addWidget(button, k // 2, k % 2)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(help_label)
-        layout.addWidget(fixed_height(self.form.native))
-        layout.addLayout(grid)
-        layout.addStretch(1)
+        # the buttons first: the help text below them scrolls when the dock is short
+        layout.addWidget(scrolled(fixed_height(self.form.native), grid, help_label))
 
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
         self.image_combo.changed.connect(self._on_image_changed)

@@ -29,11 +29,13 @@ from napari_maskalign.io import read_shift_table, write_shifts_csv
 from ._common import (
     DockWidget,
     LayerCombo,
+    Throttled,
     explain,
     fixed_height,
     layer_list_events,
     notify_info,
     publish_in_turns,
+    scrolled,
     start_worker,
     wrap_label,
 )
@@ -166,10 +168,12 @@ class ShiftsWidget(EditsFrames, DockWidget):
         layout.addWidget(fixed_height(self._stack_form.native))
         layout.addWidget(self.plot, 1)
         layout.addLayout(csv_row)
-        layout.addWidget(fixed_height(self.edit_box))
         apply_layout.addWidget(fixed_height(self._target_form.native))
         apply_layout.addWidget(self.apply_button)
-        layout.addWidget(fixed_height(apply_box))
+        # the edits and the other layer scroll below the plot when the dock is short
+        self.tools_area = scrolled(fixed_height(self.edit_box), fixed_height(apply_box),
+                                   stretch=False)
+        layout.addWidget(self.tools_area)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
 
@@ -417,6 +421,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
 
         def finished():
             self.worker = None
+            self._steps_shown.cancel()
             self.progress_bar.setVisible(False)
             self.refresh()
 
@@ -436,9 +441,15 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
         self.status.setText(text + "…")
+        self._steps = 0
+        self._steps_shown = Throttled(self._show_steps)  # at the window's pace
 
     def _step(self, _p=None) -> None:
-        self.progress_bar.setValue(min(self.progress_bar.value() + 1, self.progress_bar.maximum()))
+        self._steps += 1
+        self._steps_shown(self._steps)
+
+    def _show_steps(self, steps: int) -> None:
+        self.progress_bar.setValue(min(steps, self.progress_bar.maximum()))
 
     def _made(self, stack: Image, box: dict, text: str) -> None:
         """The aligned stack and its mean are published: say so (the stack stays chosen)."""
