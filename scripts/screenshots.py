@@ -148,8 +148,10 @@ def screen_shot(width: int, height: int, out: Path) -> Path:
     settle(800)
     size = window.frameGeometry()
     if size.width() > width or size.height() > height:
+        docks = ", ".join(f"{name} {w.minimumSizeHint().height()}"
+                          for name, w in widgets.items())
         raise SystemExit(f"the window is {size.width()}x{size.height()}: it does not fit the "
-                         f"{width}x{height} screen")
+                         f"{width}x{height} screen (the docks' minimum heights: {docks} px)")
     for what, widget in (("the Run button", reg_w.run_button),
                          ("the Shifts plot", widgets["Shifts"].plot),
                          ("the canvas", viewer.window._qt_viewer.canvas.native)):

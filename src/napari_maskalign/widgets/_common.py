@@ -51,6 +51,10 @@ def explain(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------
 # the docks' base
 
+#: the docks share their column's height this long after a dock or the window changed
+#: (the window lays the docks out first, which would undo an earlier share)
+SHARE_DELAY_MS = 100
+
 
 class DockWidget(QWidget):
     """Base of the dock widgets: the viewer, connections dropped with the widget,
@@ -64,6 +68,8 @@ class DockWidget(QWidget):
 
     #: the dock's title, at the start of its notifications
     WHAT = "Mask Align"
+    #: the share of a dock column's height the dock takes beside the others of the plugin
+    SHARE = 1.0
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -102,8 +108,43 @@ class DockWidget(QWidget):
         if dock is not None:
             dock.installEventFilter(self)
             dock.destroyed.connect(self._dock_destroyed)
+            window = dock.parentWidget()
+            if window is not None:  # its resizes share the column again (not a dragged edge)
+                window.installEventFilter(self)
+            # once the dock is shown in its area and the window has laid it out
+            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
         elif old is not None:  # taken out of its dock (remove_dock_widget)
             self.stop_work()
+
+    def _share_height(self) -> None:
+        """Share the height of the dock column with the plugin's other docks there by
+        their ``SHARE`` (the Shifts plot gets the most, the mask dock the least): Qt
+        would give the first dock added most of it, and the plot only its minimum."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QMainWindow
+
+        dock = self._dock
+        try:
+            window = dock.parentWidget() if dock is not None else None
+        except RuntimeError:  # the dock is gone
+            return
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        area = window.dockWidgetArea(dock)
+        ours = []
+        for other in window.findChildren(QDockWidget):
+            if (other.isVisible() and not other.isFloating()
+                    and window.dockWidgetArea(other) == area):
+                inner = other.findChildren(DockWidget)
+                if inner:
+                    ours.append((other, inner[0].SHARE))
+        if len(ours) < 2:
+            return
+        total = sum(d.height() for d, _ in ours)
+        weight = sum(share for _, share in ours)
+        window.resizeDocks([d for d, _ in ours],
+                           [max(1, int(total * share / weight)) for _, share in ours],
+                           Qt.Orientation.Vertical)
 
     def _dock_destroyed(self, *_) -> None:
         self._dock = None
@@ -112,6 +153,10 @@ class DockWidget(QWidget):
     def eventFilter(self, obj, e) -> bool:
         if e.type() == QEvent.Type.Close and obj is self._dock:
             self.stop_work()
+        elif (e.type() == QEvent.Type.Resize and self._dock is not None
+              and obj is not self._dock and e.size().height() != e.oldSize().height()):
+            # the main window got taller or shorter
+            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
         return False
 
     def report(self, problem) -> None:
@@ -253,17 +298,25 @@ def fixed_height(widget):
     return widget
 
 
-def scrolled(*items, stretch: bool = True):
+def scrolled(*items, stretch: bool = True, hint: int | None = None):
     """A column of widgets and layouts in a vertical scroll area without a frame.
 
     A dock's controls go in one so that the dock asks for little height: three
     docks stacked beside the canvas then fit a laptop's screen (1366 x 768), each
     scrolling what does not fit, instead of pushing the window taller than the
     screen. ``stretch``: a stretch below the items (they keep their natural
-    heights at the top).
+    heights at the top). ``hint``: the height the area asks for at most, so
+    that a dock shares the screen's height (the rest scrolls).
     """
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QSize, Qt
     from qtpy.QtWidgets import QFrame, QLayout, QScrollArea, QVBoxLayout
+
+    class _Area(QScrollArea):
+        def sizeHint(self) -> QSize:
+            size = super().sizeHint()
+            if hint is not None:
+                size.setHeight(min(size.height(), hint))
+            return size
 
     body = QWidget()
     column = QVBoxLayout(body)
@@ -275,7 +328,7 @@ def scrolled(*items, stretch: bool = True):
             column.addWidget(item)
     if stretch:
         column.addStretch(1)
-    area = QScrollArea()
+    area = _Area()
     area.setObjectName("maskalign_scroll")
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)

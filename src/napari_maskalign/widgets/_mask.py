@@ -58,6 +58,7 @@ class MaskWidget(PicksMask, DockWidget):
     """
 
     WHAT = "Beam-block mask"
+    SHARE = 0.6  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -146,7 +147,7 @@ class MaskWidget(PicksMask, DockWidget):
 
         layout = QVBoxLayout(self)
         # the buttons first: the help text below them scrolls when the dock is short
-        layout.addWidget(scrolled(fixed_height(self.form.native), grid, help_label))
+        layout.addWidget(scrolled(fixed_height(self.form.native), grid, help_label, hint=150))
 
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
         self.image_combo.changed.connect(self._on_image_changed)

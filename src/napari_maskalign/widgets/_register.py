@@ -130,6 +130,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     run_finished = Signal(str)
 
     WHAT = "Register stack"
+    SHARE = 1.0  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -186,13 +187,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.progress_bar.setFormat("%p%")
         self.status = wrap_label("Choose a stack (and its mask) and click Run.")
 
-        # the settings scroll; Run, the progress and the status stay in sight below them
-        self.settings_area = scrolled(fixed_height(self.form.native), self.more)
+        # Run and the progress stay in sight; what happened (the status) and the settings
+        # scroll below them when the dock is short (three docks on a laptop's screen)
+        self.settings_area = scrolled(self.status, fixed_height(self.form.native), self.more,
+                                      hint=260)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.settings_area, 1)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
+        layout.addWidget(self.settings_area, 1)
 
     # -- reacting to the viewer -------------------------------------------
 

@@ -82,6 +82,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
     """
 
     WHAT = "Shifts"
+    SHARE = 2.6  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -166,13 +167,17 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self._stack_form = Container(widgets=[self.stack_combo], labels=True)
         self._target_form = Container(widgets=[self.target_combo], labels=True)
         layout.addWidget(fixed_height(self._stack_form.native))
-        layout.addWidget(self.plot, 1)
+        # the plot at the height its panels need to read, scrolled when the dock is shorter
+        self.plot_area = scrolled(self.plot, stretch=False)
+        self.plot_area.setMinimumHeight(150)
+        layout.addWidget(self.plot_area, 1)
         layout.addLayout(csv_row)
         apply_layout.addWidget(fixed_height(self._target_form.native))
         apply_layout.addWidget(self.apply_button)
         # the edits and the other layer scroll below the plot when the dock is short
         self.tools_area = scrolled(fixed_height(self.edit_box), fixed_height(apply_box),
-                                   stretch=False)
+                                   stretch=False, hint=56)
+        self.tools_area.setMinimumHeight(48)  # a line of it, and its scroll bar
         layout.addWidget(self.tools_area)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
