@@ -360,11 +360,14 @@ class ShiftsWidget(EditsFrames, DockWidget):
         mask = layer_named(self.viewer, f"{stack.name} mask")
         ignore = None if mask is None else np.asarray(mask.data)
         valid = ignore == 0 if ignore is not None and ignore.shape == shape else None
+        ref = table_reference(shifts, quality, rotations, scales)
         res = AlignedResult(
             source=stack.name, shifts=shifts, quality=quality, outliers=outliers,
             raw_shifts=shifts.copy(), frame_shape=shape, valid=valid,
             mask=None if valid is None else mask.name,
-            reference=f"imported from {Path(path).name}", params={"imported": str(path)},
+            # drawn as after the run that wrote the table: against its reference frame
+            reference="" if ref is None else f"frame {ref}", reference_frame=ref,
+            params={"imported": str(path)},
             rotations=rotations, scales=scales, model="translation" if rotations is None
             else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
         )
@@ -479,3 +482,18 @@ class ShiftsWidget(EditsFrames, DockWidget):
         for worker in (self.worker, self.mean_worker):
             if worker is not None:
                 worker.quit()
+
+
+def table_reference(shifts, quality, rotations=None, scales=None) -> int | None:
+    """The reference frame of a shift table: the frame matched with itself (no shift, no
+    turn, scale 1, quality 1, as a run writes it); None when no frame is, or several
+    are (a flat table)."""
+    still = np.all(np.abs(np.asarray(shifts, float)) < 1e-9, axis=1)
+    if rotations is not None:
+        still &= np.abs(np.asarray(rotations, float)) < 1e-9
+    if scales is not None:
+        still &= np.abs(np.asarray(scales, float) - 1) < 1e-9
+    quality = np.asarray(quality, float)
+    still &= np.isfinite(quality) & (quality >= 1 - 1e-4)  # 0.999998 after the refinement
+    found = np.flatnonzero(still)
+    return int(found[0]) if len(found) == 1 else None
