@@ -56,7 +56,36 @@ def explain(exc: BaseException) -> str:
 SHARE_DELAY_MS = 100
 
 
-class DockWidget(QWidget):
+#: docks taken out of a viewer's window (its close button), by (viewer id, class): the
+#: Plugins menu reopens the same one, as it was, instead of a new, reset one
+_KEPT: dict = {}
+
+
+def _viewer_id(viewer) -> int:
+    """The viewer's identity, also through the proxy napari hands to plugins (a new one
+    each time)."""
+    return id(getattr(viewer, "__wrapped__", viewer))
+
+
+def _drop_kept(viewer_id: int, *_) -> None:
+    """The viewer's window is gone: forget its closed docks."""
+    for key in [k for k in _KEPT if k[0] == viewer_id]:
+        del _KEPT[key]
+
+
+class _Reopens(type(QWidget)):
+    """Making a dock for a viewer whose closed dock of that class is kept gives that one
+    back (neither built again nor reset): napari's close button takes a dock widget out
+    of the window and its Plugins menu would otherwise make a second, fresh one."""
+
+    def __call__(cls, napari_viewer=None, *args, **kwargs):
+        kept = _KEPT.pop((_viewer_id(napari_viewer), cls), None)
+        if kept is not None and kept.parentWidget() is None:
+            return kept
+        return super().__call__(napari_viewer, *args, **kwargs)
+
+
+class DockWidget(QWidget, metaclass=_Reopens):
     """Base of the dock widgets: the viewer, connections dropped with the widget,
     plain-word notifications titled ``WHAT``, buttons and file dialogs.
 
@@ -64,6 +93,8 @@ class DockWidget(QWidget):
     button, ``dock.close()``, ``viewer.window.remove_dock_widget`` -- or the
     widget is destroyed, :meth:`stop_work` is called: a closed dock leaves no
     work running behind it. (A dock hidden behind another tab is not closed.)
+    A dock taken out of its window is kept until the window goes: reopened
+    from the Plugins menu, it comes back as it was (its settings, its plot).
     """
 
     #: the dock's title, at the start of its notifications
@@ -108,13 +139,19 @@ class DockWidget(QWidget):
         if dock is not None:
             dock.installEventFilter(self)
             dock.destroyed.connect(self._dock_destroyed)
+            _KEPT.pop((_viewer_id(self.viewer), type(self)), None)
             window = dock.parentWidget()
             if window is not None:  # its resizes share the column again (not a dragged edge)
                 window.installEventFilter(self)
+                # a partial of plain objects: it still runs while the window dies
+                window.destroyed.connect(functools.partial(_drop_kept,
+                                                           _viewer_id(self.viewer)))
             # once the dock is shown in its area and the window has laid it out
             QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
         elif old is not None:  # taken out of its dock (remove_dock_widget)
             self.stop_work()
+            if self.parentWidget() is None:  # out of the window: kept for the Plugins menu
+                _KEPT[(_viewer_id(self.viewer), type(self))] = self
 
     def _share_height(self) -> None:
         """Share the height of the dock column with the plugin's other docks there by
