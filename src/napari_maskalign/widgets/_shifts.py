@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_maskalign.engine import flag_outliers
+from napari_maskalign.engine.models import model_for_table
 from napari_maskalign.io import read_shift_table, write_shifts_csv
 
 from ._common import (
@@ -368,8 +369,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
             # drawn as after the run that wrote the table: against its reference frame
             reference="" if ref is None else f"frame {ref}", reference_frame=ref,
             params={"imported": str(path)},
-            rotations=rotations, scales=scales, model="translation" if rotations is None
-            else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
+            rotations=rotations, scales=scales, model=model_for_table(rotations, scales).name,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")
