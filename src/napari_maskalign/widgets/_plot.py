@@ -247,7 +247,7 @@ def _extra_panels(res: AlignedResult) -> list:
     rotation in degrees, scale as its change from 1 in ppm (below 0.1 %) or %."""
     out = []
     if res.rotations is not None:
-        out.append(("rotation (°)", np.asarray(res.rotations, float)))
+        out.append(("rotation\n(°)", np.asarray(res.rotations, float)))  # two lines: fits a small panel
     if res.scales is not None and np.any(np.asarray(res.scales) != 1):
         out.append(scale_panel(np.asarray(res.scales, float)))
     return out
@@ -259,8 +259,8 @@ def scale_panel(scales: np.ndarray) -> tuple[str, np.ndarray]:
     change = scales - 1.0
     largest = float(np.nanmax(np.abs(change))) if np.isfinite(change).any() else 0.0
     if largest < 1e-3:
-        return "Δscale (ppm)", change * 1e6
-    return "Δscale (%)", change * 100
+        return "Δscale\n(ppm)", change * 1e6
+    return "Δscale\n(%)", change * 100
 
 
 def _truth_for(res: AlignedResult, truth: np.ndarray) -> np.ndarray:
