@@ -468,17 +468,22 @@ def make_sample_data(n_frames: int = 20, shape: tuple[int, int] = (256, 256)):
     Returns layer data tuples for an Image layer (the stack) and a Labels
     layer (the beam block: nonzero = pixels registration ignores).
     """
+    from ._display import mask_colormap, pattern_limits
+
     synth = make_beam_block_stack(n_frames=n_frames, shape=shape, seed=1)
     name = "UED sample"
-    # frames to the contrast a person expects: rings visible, direct beam saturated
-    hi = float(np.percentile(synth.stack[0], 99.5))
     image_meta = {
         "name": name,
         "colormap": "magma",
-        "contrast_limits": (0.0, hi),
+        # percentiles of the pixels beside the block, as every layer the plugin makes
+        "contrast_limits": pattern_limits(synth.stack, synth.valid),
+        "axis_labels": ("frame", "y", "x"),
         "metadata": {"expected_shifts": synth.expected_shifts(0), "drift": synth.drift},
     }
-    labels_meta = {"name": f"{name} mask", "opacity": 0.5}
+    # the colours `maskalign demo` and the mask dock paint with (napari's default
+    # colour for label 1 is a dark brown, nearly invisible on magma)
+    labels_meta = {"name": f"{name} mask", "opacity": 0.5, "colormap": mask_colormap(),
+                   "axis_labels": ("y", "x")}
     return [
         (synth.stack, image_meta, "image"),
         (synth.beam_block.astype(np.uint8), labels_meta, "labels"),
