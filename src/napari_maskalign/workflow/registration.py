@@ -35,6 +35,7 @@ from ..engine import (
     mask_with_outliers,
     transform_parameters,
 )
+from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
 from .run import cluster_guard, cluster_stack
@@ -192,8 +193,10 @@ def table_result(stack, table, options: RegistrationOptions | None = None, *, ma
     here too. Outliers are flagged with the options' thresholds.
     """
     options = RegistrationOptions() if options is None else options
-    if table.rotations is not None and options.model == "translation":
-        options = options.replace(model="similarity")
+    if options.transform_model.shift_only:  # the table says what turns (as the dock reads it)
+        model = model_for_table(table.rotations, table.scales)
+        if not model.shift_only:
+            options = options.replace(model=model.name)
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     options.check_for(int(stack.shape[0]), frame_shape)
     given = check_mask(mask, frame_shape, mask_name)
