@@ -15,7 +15,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
-from napari_maskalign.engine import MODELS, FrameRegistrar, RegistrationOptions, shift_bound
+from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, shift_bound
+from napari_maskalign.engine.models import MODELS
 from napari_maskalign.engine.models._refine import Refiner
 
 # ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ..engine import (
 from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
+from ..engine.run._stack import outlier_params
 from .run import cluster_guard, cluster_stack
 
 __all__ = ["Registration", "register", "table_result"]
@@ -96,7 +97,7 @@ class Registration(Steps):
         previous = None
         if journal is not None and options.mode == "previous" and self.start:
             previous = journal.shifts[self.start - 1]
-            if journal.rotations is not None:
+            if not options.transform_model.shift_only:  # frames turn: its whole transform
                 previous = (previous, journal.rotations[self.start - 1],
                             journal.scales[self.start - 1])
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
@@ -112,7 +113,7 @@ class Registration(Steps):
         whatever stops the run, the finished leading frames are saved first. Template
         refinement's shifts are final only after its last pass: recorded then."""
         journal, run, start = self.journal, self._run, self.start
-        moves = journal.rotations is not None
+        turns = not self.options.transform_model.shift_only
         if run is None:  # nothing left to register; the outputs still need the mask it used
             used, hot = mask_with_outliers(self.stack, self.mask, self.options.hot_pixels)
         else:
@@ -128,7 +129,7 @@ class Registration(Steps):
                 if template:
                     res = run.result
                     journal.record(np.arange(start, self.n_frames), res.raw_shifts, res.quality,
-                                   *_rotation_scale(res.raw_transforms if moves else None,
+                                   *_rotation_scale(res.raw_transforms if turns else None,
                                                     self.frame_shape))
             finally:
                 if journal.prefix() > journal.saved:  # keep what finished, however the run ends
@@ -190,13 +191,11 @@ def table_result(stack, table, options: RegistrationOptions | None = None, *, ma
     measured; a rigid or similarity table turns the frames too). The mask is
     checked and the static outliers of ``options.hot_pixels`` are added to it,
     as :func:`register` does: the pixels registration ignored are ignored
-    here too. Outliers are flagged with the options' thresholds.
+    here too. The model is the one the table's columns describe; outliers are
+    flagged with the options' thresholds.
     """
     options = RegistrationOptions() if options is None else options
-    if options.transform_model.shift_only:  # the table says what turns (as the dock reads it)
-        model = model_for_table(table.rotations, table.scales)
-        if not model.shift_only:
-            options = options.replace(model=model.name)
+    options = options.replace(model=model_for_table(table.rotations, table.scales).name)
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     options.check_for(int(stack.shape[0]), frame_shape)
     given = check_mask(mask, frame_shape, mask_name)
@@ -213,11 +212,10 @@ def _over_table(shifts, quality, rotations, scales, options, frame_shape, *, use
         shifts,
         quality,
         options,
-        params={"masked": masked, "start": start, "n_frames": n,
-                "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+        params={"start": start, "n_frames": n, **outlier_params(masked, hot, options)},
         rotations=rotations,
         scales=scales,
-        frame_shape=frame_shape if rotations is not None else None,
+        frame_shape=frame_shape,
         hot_pixels=hot,
         valid_mask=used,
     )
