@@ -5,8 +5,9 @@
 * :func:`register_stack` / :func:`iter_register_stack` -- a whole stack
   against a reference, in a bounded-memory stream; the settings as one
   :class:`RegistrationOptions`;
-* :func:`apply_shifts`, :func:`apply_transforms` -- aligned copies (numpy or
-  lazy dask), by shifts or by whole transforms (rotation and scale too);
+* :func:`apply_shifts`, :func:`apply_transforms`, :func:`apply_fields` -- aligned
+  copies (numpy or lazy dask), by shifts, by whole transforms (rotation and
+  scale too) or by non-rigid fields (``model="nonrigid"``);
 * :func:`shift_bound` -- the Cramer-Rao bound of a shift, the measuring
   stick of every accuracy claim;
 * mask helpers, with the one conversion between painted masks (nonzero =
@@ -19,6 +20,7 @@ the matrix-multiply DFT of Guizar-Sicairos et al. (2008); the References of
 
 from ._bound import fisher_information, gradient_of, shift_bound
 from ._correlators import PhaseCorrelator
+from ._fields import FIELD_CONVENTION, FieldStack, NonrigidResult, apply_fields, warp_field
 from ._hotpixels import find_static_outliers, mask_with_outliers
 from ._masked import MaskedCorrelator
 from ._masks import (
@@ -43,6 +45,11 @@ from ._transforms import (
 )
 
 __all__ = [
+    "FIELD_CONVENTION",
+    "FieldStack",
+    "NonrigidResult",
+    "apply_fields",
+    "warp_field",
     "MODELS",
     "FrameRecord",
     "FrameRegistrar",

@@ -137,6 +137,10 @@ class RegistrationRun:
         # static outliers (hot, dead pixels) join the mask before any registrar is made
         given = self.valid
         self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
+        if opts.model == "nonrigid":
+            from ._nonrigid import nonrigid_steps
+
+            return (yield from nonrigid_steps(self, given, hot))
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
         table = _Table(count, len(self.frame_shape), radius, opts.model)

@@ -1,0 +1,516 @@
+"""Non-rigid registration under a static mask: patches, a B-spline, masked Gauss-Newton.
+
+Per frame, against one reference (frame, image or mean), with the same static
+mask on both (True = valid):
+
+1. the global masked translation (:class:`~._registrar.FrameRegistrar`): the
+   frame's ``shift`` and the fallback;
+2. masked normalized cross-correlation of patches (Padfield's six
+   correlations per patch, batched real FFTs): every reference-side spectrum
+   is computed once per stack, because the block does not move;
+3. a cubic B-spline (:mod:`._bspline`) fitted to the patch shifts, weighted by
+   their quality, with a membrane penalty (featureless patches do not pull);
+4. Gauss-Newton on the spline coefficients of the masked sum of squared
+   differences between the reference and the warped frame, with a gain and an
+   offset, on Anscombe-transformed counts, over pixels valid in the reference
+   and where they land in the frame: on a coarse grid (64 px), then a fine one
+   (32 px) pulled toward the coarse answer. The Jacobian is the reference's
+   gradient (fixed per stack), so the normal matrix and its Cholesky factor
+   are computed once per stack and each iteration costs one warp and two small
+   matrix products per component;
+5. the frame's field is kept only where it fits the data better than the
+   global translation; otherwise the frame falls back to the translation and
+   is flagged.
+
+The field follows scikit-image's optical-flow convention: ``v`` (2, H, W) in
+(row, col) on the reference grid, the aligned frame is ``moving(x + v(x))``; a
+pure shift ``s`` (scikit-image's registration shift) is ``v = -s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import fft as sfft
+from scipy import ndimage as ndi
+from scipy.linalg import cho_factor, cho_solve
+
+from ._bspline import SplineGrid
+
+__all__ = ["NonrigidFrameRegistrar", "NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings",
+           "anscombe", "nonrigid_steps", "settings_of"]
+
+#: the patch fit's membrane penalty and pull toward the global shift, relative to its
+#: mean data weight (measured: the Gauss-Newton steps after it matter far more)
+_PATCH_MEMBRANE, _PATCH_PULL = 0.1, 1e-3
+
+
+def anscombe(x) -> np.ndarray:
+    """Anscombe's variance-stabilizing transform of counts: ``2 sqrt(x + 3/8)``
+    (Poisson noise becomes unit variance); negative values are clipped."""
+    return 2.0 * np.sqrt(np.maximum(np.asarray(x, np.float64), 0.0) + 0.375)
+
+
+@dataclass(frozen=True)
+class NonrigidSettings:
+    """The non-rigid model's settings (defaults measured on 512 px frames).
+
+    grid_spacing : the fine control grid's spacing in pixels (the coarse one is
+        twice that); smaller follows sharper deformations, needs more texture.
+    patch_size, patch_stride : the patches whose shifts start the fit.
+    search_radius : how far (px) a patch may move beyond the global shift.
+    """
+
+    grid_spacing: float = 32.0
+    patch_size: int = 64
+    patch_stride: int = 48
+    search_radius: int = 8
+    membrane: float = 0.02
+    pull: float = 0.02
+    iterations: int = 8
+    tolerance: float = 0.01
+    select: float = 0.35
+    gradient_sigma: float = 1.0
+    bending: float = 0.0
+
+    def __post_init__(self):
+        g = self.grid_spacing
+        if isinstance(g, bool) or not isinstance(g, (int, float, np.number)) or not 4 <= g < np.inf:
+            raise ValueError(f"grid_spacing must be a number of pixels >= 4, got {g!r}")
+        for name in ("patch_size", "patch_stride", "search_radius"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a whole number of pixels >= 1, got {v!r}")
+        if self.patch_size < 8:
+            raise ValueError(f"patch_size must be at least 8 pixels, got {self.patch_size}")
+
+    def describe(self) -> dict:
+        return {"grid_spacing": float(self.grid_spacing), "patch_size": int(self.patch_size),
+                "patch_stride": int(self.patch_stride), "search_radius": int(self.search_radius)}
+
+
+@dataclass(frozen=True)
+class NonrigidRecord:
+    """One frame's non-rigid registration.
+
+    ``coefficients`` (2, ny, nx) float32 on the fine grid: the whole field
+    (global part included); ``patch_shifts`` (m, 2) the patches' fields at
+    their centres (NaN where a patch had no usable match), ``patch_quality``
+    (m,) their peak correlation; ``fallback``: the frame kept the global
+    translation (the field did not fit the data better); ``rms``, ``max``: the
+    deformation beyond the global shift over valid pixels (px);
+    ``valid_patches``: the fraction of patches that matched.
+    """
+
+    coefficients: np.ndarray
+    patch_shifts: np.ndarray
+    patch_quality: np.ndarray
+    fallback: bool
+    rms: float
+    max: float
+    valid_patches: float
+
+
+class _Patches:
+    """Masked NCC of reference patches against a frame, batched; reference side once."""
+
+    def __init__(self, ref_t, ref_valid, frame_valid, size, stride, radius):
+        h, w = ref_t.shape
+        size = min(size, h, w)
+        self.size, self.radius = size, radius
+        tops = [_starts(n, size, stride) for n in (h, w)]
+        ty, tx = np.meshgrid(*tops, indexing="ij")
+        self.tops = np.stack([ty.ravel(), tx.ravel()], axis=1)
+        self.centres = self.tops + (size - 1) / 2.0
+        self.fft = size + 2 * radius
+        win = np.lib.stride_tricks.sliding_window_view
+        t = np.where(ref_valid, ref_t, 0.0)
+        mr = ref_valid.astype(np.float64)
+        tp = win(t, (size, size))[self.tops[:, 0], self.tops[:, 1]]
+        mp = win(mr, (size, size))[self.tops[:, 0], self.tops[:, 1]]
+        frac = mp.mean(axis=(1, 2))
+        # a patch needs valid pixels and contrast on them
+        cnt = np.maximum(mp.sum(axis=(1, 2)), 1)
+        var = (tp**2).sum(axis=(1, 2)) / cnt - (tp.sum(axis=(1, 2)) / cnt) ** 2
+        self.usable = (frac >= 0.25) & (var > 1e-6)
+        s = (self.fft, self.fft)
+        f = _rfft2
+        self._mr = np.conj(f(mp, s))
+        self._t = np.conj(f(tp, s))
+        self._t2 = np.conj(f(tp * tp, s))
+        self.min_overlap = 0.2 * size * size
+        self.frame_valid = frame_valid.astype(np.float64)
+
+    def match(self, frame_t, v0):
+        """Per patch: the field at its centre (v0 + the best local shift) and the peak NCC."""
+        r, n = self.radius, self.fft
+        base = np.round(np.asarray(v0, float)).astype(int)
+        pad = r + int(np.abs(base).max()) + 1
+        f = np.pad(np.where(self.frame_valid > 0, frame_t, 0.0), pad)
+        m = np.pad(self.frame_valid, pad)
+        win = np.lib.stride_tricks.sliding_window_view
+        oy = self.tops[:, 0] + base[0] - r + pad
+        ox = self.tops[:, 1] + base[1] - r + pad
+        fw = win(f, (n, n))[oy, ox]
+        mw = win(m, (n, n))[oy, ox]
+        s = (n, n)
+        fft, ifft = _rfft2, _irfft2
+        F, F2, M = fft(fw, s), fft(fw * fw, s), fft(mw, s)
+        k = 2 * r + 1
+
+        def corr(a, b):
+            return ifft(a * b, s)[:, :k, :k]
+
+        cnt = corr(self._mr, M)
+        sr, srr = corr(self._t, M), corr(self._t2, M)
+        sf, sff = corr(self._mr, F), corr(self._mr, F2)
+        srf = corr(self._t, F)
+        ok = cnt > self.min_overlap
+        cnt = np.maximum(cnt, 1.0)
+        num = srf - sr * sf / cnt
+        den = (srr - sr * sr / cnt) * (sff - sf * sf / cnt)
+        ncc = np.where(ok & (den > 1e-12), num / np.sqrt(np.maximum(den, 1e-30)), -1.0)
+        flat = ncc.reshape(len(ncc), -1)
+        best = flat.argmax(axis=1)
+        py, px = np.unravel_index(best, (k, k))
+        q = flat[np.arange(len(flat)), best]
+        edge = (py == 0) | (px == 0) | (py == k - 1) | (px == k - 1)
+        sub = np.zeros((len(flat), 2))
+        inner = ~edge
+        idx = np.flatnonzero(inner)
+        for ax, (dy, dx) in enumerate(((1, 0), (0, 1))):
+            c0 = ncc[idx, py[idx], px[idx]]
+            cm = ncc[idx, py[idx] - dy, px[idx] - dx]
+            cp = ncc[idx, py[idx] + dy, px[idx] + dx]
+            d = cm - 2 * c0 + cp
+            sub[idx, ax] = np.where(d < 0, np.clip(0.5 * (cm - cp) / np.where(d < 0, d, -1), -0.5, 0.5), 0)
+        shifts = np.stack([py, px], axis=1) - r + sub + base
+        good = self.usable & inner & (q > 0.2)
+        return shifts, np.where(self.usable, q, 0.0), good
+
+
+def _rfft2(x, s):
+    return sfft.rfft2(np.asarray(x, np.float32), s, workers=1)
+
+
+def _irfft2(x, s):
+    return sfft.irfft2(x, s, workers=1).astype(np.float64)
+
+
+def _starts(n, size, stride):
+    if n <= size:
+        return np.array([0])
+    s = list(range(0, n - size + 1, stride))
+    if s[-1] != n - size:
+        s.append(n - size)
+    return np.asarray(s)
+
+
+class _Stage:
+    """One Gauss-Newton level: a grid, its pixels, its regularised normal matrix
+    factored once per stack."""
+
+    def __init__(self, grid: SplineGrid, flat, grads, target, membrane, pull, bending=0.0):
+        self.grid = grid
+        h, w = grid.shape
+        self.flat = flat
+        self.rows, self.cols = np.divmod(flat, w)
+        gy, gx = grads
+        self.gy, self.gx, self.target = gy.ravel()[flat], gx.ravel()[flat], target.ravel()[flat]
+        weight = np.zeros(h * w)
+        weight[flat] = 1.0
+        weight = weight.reshape(h, w)
+        hyy = grid.weighted_gram(weight * gy * gy)
+        hyx = grid.weighted_gram(weight * gy * gx)
+        hxx = grid.weighted_gram(weight * gx * gx)
+        hess = np.block([[hyy, hyx], [hyx, hxx]])
+        scale = max(float(np.mean(np.diag(hess))), 1e-12)
+        mem = membrane * grid.membrane() + bending * grid.bending()
+        self.reg_m = scale * np.kron(np.eye(2), mem)
+        self.reg_p = pull * scale
+        self.factor = cho_factor(hess + self.reg_m + self.reg_p * np.eye(len(hess)))
+
+
+class NonrigidRegistrar:
+    """Registers frames non-rigidly onto one reference; everything that depends only
+    on the reference and the static mask is computed here, once per stack.
+
+    Parameters
+    ----------
+    reference : ndarray (H, W)
+    valid : ndarray of bool (H, W) or None
+        True on pixels to use, in the reference and in every frame (engine
+        convention); None uses every pixel.
+    settings : NonrigidSettings
+    """
+
+    def __init__(self, reference, valid, settings: NonrigidSettings):
+        ref = np.asarray(reference, np.float64)
+        if ref.ndim != 2:
+            raise ValueError(f"the nonrigid model needs 2D frames, got a {ref.ndim}D reference")
+        self.shape = ref.shape
+        self.settings = settings
+        self.valid = np.ones(self.shape, bool) if valid is None else np.asarray(valid, bool)
+        vals = ref[self.valid]
+        # counts (nonnegative data) get the Anscombe transform; other data stay linear
+        self.stabilize = bool(vals.size and vals.min() >= 0)
+        self.ref_t = self._transform(ref)
+        s = settings
+        self.patches = _Patches(self.ref_t, self.valid, self.valid, s.patch_size,
+                                s.patch_stride, s.search_radius)
+        # the reference's gradient, clean of the block: pixels whose stencil is valid
+        inner = ndi.binary_erosion(self.valid, iterations=2, border_value=0)
+        filled = np.where(self.valid, self.ref_t, self.ref_t[self.valid].mean())
+        if s.gradient_sigma > 0:
+            filled = ndi.gaussian_filter(filled, s.gradient_sigma)
+        gy, gx = np.gradient(filled)
+        # where the frame lands must be clear of the block by the cubic's support
+        self.land = ndi.binary_erosion(self.valid, iterations=2, border_value=1)
+        # the strongest pixels carry nearly all the information: use `select` of them,
+        # plus a thin random share of the rest so flat areas still vote
+        mag = np.where(inner, gy * gy + gx * gx, 0.0)
+        keep = inner.copy()
+        if 0 < s.select < 1 and inner.sum() > 0:
+            cut = np.quantile(mag[inner], 1 - s.select)
+            keep = inner & (mag >= cut)
+        flat = np.flatnonzero(keep)
+        fine = SplineGrid(self.shape, s.grid_spacing)
+        coarse = SplineGrid(self.shape, 2 * s.grid_spacing)
+        # the coarse level needs less: every other pixel of the fine level's
+        self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane, s.pull * 0.1,
+                             s.bending)
+        self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull,
+                           s.bending)
+        self.grid = fine
+        # fitting the patch shifts: the basis at the patch centres
+        c = self.patches.centres
+        self._patch_basis = coarse.point_basis(c[:, 0], c[:, 1])
+        self._patch_membrane = coarse.membrane()
+
+    def _transform(self, image):
+        return anscombe(image) if self.stabilize else np.asarray(image, np.float64)
+
+    # -- one frame ----------------------------------------------------------
+    def register(self, frame, shift, quality) -> NonrigidRecord:
+        """The :class:`NonrigidRecord` of one 2D frame (finite on valid pixels) whose
+        global translation is ``shift`` (scikit-image's sign) with ``quality``."""
+        frame = np.asarray(frame, np.float64)
+        shift = np.asarray(shift, float)
+        v0 = -shift
+        empty = NonrigidRecord(self._constant(self.fine.grid, v0), np.full((len(self.patches.tops), 2), np.nan,
+                               np.float32), np.zeros(len(self.patches.tops), np.float32), True, 0.0, 0.0, 0.0)
+        if quality <= 0:
+            return empty
+        ft = self._transform(frame)
+        fill = np.where(self.valid, ft, ft[self.valid].mean())
+        spline = ndi.spline_filter(fill, order=3)
+        pshift, pq, good = self.patches.match(ft, v0)
+        c = self._fit_patches(pshift, pq, good, v0)
+        c = self._gauss_newton(self.coarse, spline, c, c.copy())
+        c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
+        c = self._gauss_newton(self.fine, spline, c, c.copy())
+        # never worse than the global translation
+        c_glob = self._constant(self.fine.grid, v0)
+        fallback = not np.all(np.isfinite(c))
+        if not fallback:
+            mine, base = self._costs(spline, c, c_glob)
+            fallback = not mine <= base
+        if fallback:
+            c = c_glob
+        v = self.grid.evaluate(c) - v0[:, None, None]
+        mag = np.sqrt((v * v).sum(axis=0))[self.valid]
+        patch_v = np.where(good[:, None], pshift, np.nan).astype(np.float32)
+        rec = NonrigidRecord(c.astype(np.float32), patch_v, pq.astype(np.float32), bool(fallback),
+                             float(np.sqrt(np.mean(mag**2))) if mag.size else 0.0,
+                             float(mag.max()) if mag.size else 0.0,
+                             float(good.mean()) if good.size else 0.0)
+        return rec
+
+    @staticmethod
+    def _constant(grid, v0):
+        ny, nx = grid.grid_shape
+        return np.broadcast_to(np.asarray(v0, float)[:, None, None], (2, ny, nx)).astype(np.float64)
+
+    def _fit_patches(self, pshift, pq, good, v0):
+        """Coarse-grid coefficients fitted to the good patches' shifts (weights: their
+        quality squared), membrane penalty, a faint pull to the global shift; patches
+        that disagree with the first fit by over 1.5 px are dropped once."""
+        a = self._patch_basis
+        n = a.shape[1]
+        prior = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
+        w = np.where(good, np.clip(pq, 0, 1) ** 2, 0.0)
+        sol = prior.copy()
+        for _ in range(2):
+            if w.sum() <= 0:
+                return prior.reshape(2, *self.coarse.grid.grid_shape)
+            ata = (a * w[:, None]).T @ a
+            scale = max(float(np.mean(np.diag(ata))), 1e-12)
+            lhs = ata + _PATCH_MEMBRANE * scale * self._patch_membrane + _PATCH_PULL * scale * np.eye(n)
+            rhs = (a * w[:, None]).T @ np.nan_to_num(pshift) + _PATCH_PULL * scale * prior.T
+            sol = np.linalg.solve(lhs, rhs).T
+            fit = sol @ a.T
+            err = np.sqrt(((fit.T - np.nan_to_num(pshift)) ** 2).sum(axis=1))
+            w = np.where(err > 1.5, 0.0, w)
+        return sol.reshape(2, *self.coarse.grid.grid_shape)
+
+    def _warp(self, stage: _Stage, spline, c):
+        v = stage.grid.evaluate(c)
+        yy = stage.rows + v[0].ravel()[stage.flat]
+        xx = stage.cols + v[1].ravel()[stage.flat]
+        h, w = self.shape
+        inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
+        iy = np.clip(np.rint(yy).astype(np.intp), 0, h - 1)
+        ix = np.clip(np.rint(xx).astype(np.intp), 0, w - 1)
+        ok = inside & self.land[iy, ix]
+        vals = ndi.map_coordinates(spline, [yy, xx], order=3, prefilter=False, mode="nearest")
+        return vals, ok
+
+    @staticmethod
+    def _residual(vals, ok, target):
+        """Residuals after the best gain and offset (zero where a pixel does not count)."""
+        x, y = vals[ok], target[ok]
+        if x.size < 3:
+            return None
+        xm, ym = x.mean(), y.mean()
+        var = ((x - xm) ** 2).mean()
+        gain = ((x - xm) * (y - ym)).mean() / var if var > 0 else 1.0
+        if not gain > 0:
+            gain = 1.0
+        r = np.zeros_like(vals)
+        r[ok] = gain * (x - xm) - (y - ym)
+        return r
+
+    def _gauss_newton(self, stage: _Stage, spline, c, prior):
+        grid = stage.grid
+        shape = c.shape
+        img = np.zeros(self.shape)
+        flat_img = img.reshape(-1)
+        for _ in range(self.settings.iterations):
+            vals, ok = self._warp(stage, spline, c)
+            r = self._residual(vals, ok, stage.target)
+            if r is None:
+                break
+            flat_img[stage.flat] = r * stage.gy
+            gy = grid.project(img)
+            flat_img[stage.flat] = r * stage.gx
+            gx = grid.project(img)
+            flat = c.reshape(-1)
+            g = np.concatenate([gy.ravel(), gx.ravel()])
+            g = g + stage.reg_m @ flat + stage.reg_p * (flat - prior.reshape(-1))
+            step = -cho_solve(stage.factor, g)
+            c = (flat + step).reshape(shape)
+            if not np.all(np.isfinite(c)) or np.abs(step).max() < self.settings.tolerance:
+                break
+        return c
+
+    def _costs(self, spline, c, c_glob):
+        """Mean squared residual of the field and of the global translation, over the
+        pixels that count for both."""
+        st = self.fine
+        va, oka = self._warp(st, spline, c)
+        vb, okb = self._warp(st, spline, c_glob)
+        ok = oka & okb
+        ra, rb = self._residual(va, ok, st.target), self._residual(vb, ok, st.target)
+        if ra is None or rb is None:
+            return np.inf, 0.0
+        return float(np.mean(ra[ok] ** 2)), float(np.mean(rb[ok] ** 2))
+
+
+# -- the stack run ------------------------------------------------------------
+
+class NonrigidFrameRegistrar:
+    """A frame registrar for ``model="nonrigid"``: the global masked translation
+    (a translation :class:`~._registrar.FrameRegistrar`, 1/20 px at least) and
+    the :class:`NonrigidRegistrar` on top. Has the registrar interface the
+    stack run's threads use (``register``, ``set_workers``, ``xp``)."""
+
+    xp = np
+
+    def __init__(self, reference, valid, options, *, dtype=None):
+        from ._registrar import FrameRegistrar
+
+        glob = options.replace(model="translation", refine=None,
+                               upsample_factor=max(options.upsample_factor, 20.0))
+        self._global = FrameRegistrar(reference, valid, glob, dtype=dtype)
+        self.shape = self._global.shape
+        self.settings = settings_of(options)
+        self._model = NonrigidRegistrar(reference, valid, self.settings)
+
+    @property
+    def grid(self) -> SplineGrid:
+        return self._model.grid
+
+    @property
+    def patch_centres(self) -> np.ndarray:
+        return self._model.patches.centres
+
+    def set_workers(self, workers) -> None:
+        self._global.set_workers(workers)
+
+    def register(self, frame):
+        frame = np.asarray(frame)
+        if frame.shape != self.shape:
+            raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
+        # the global registrar checks the frame (NaN on valid pixels, contrast)
+        rec = self._global.register(frame)
+        nr = self._model.register(np.where(self._model.valid, frame, 0), rec.shift, rec.quality)
+        return dataclasses.replace(rec, nonrigid=nr)
+
+
+def settings_of(options) -> NonrigidSettings:
+    """The model's settings from :class:`~._options.RegistrationOptions`."""
+    return NonrigidSettings(grid_spacing=float(options.grid_spacing),
+                            patch_size=int(options.patch_size),
+                            patch_stride=int(options.patch_stride))
+
+
+def nonrigid_steps(run, given, hot):
+    """The stack run for ``model="nonrigid"`` (fixed references: a frame, an image, the
+    mean): yields :class:`~._result.Progress` per frame, returns a
+    :class:`~._fields.NonrigidResult`."""
+    from dataclasses import fields as dc_fields
+
+    from ._fft import default_workers
+    from ._fields import NonrigidResult
+    from ._parallel import frames_for, register_frames
+    from ._result import Progress, RegistrationResult, build_result
+
+    opts = run.options
+    registrar = NonrigidFrameRegistrar(run._reference_image(), run.valid, opts, dtype=run.dtype)
+    start, n, total = run.start, run.n_frames, run.total
+    count = n - start
+    ndim = 2
+    shifts, peaks, quality = np.zeros((count, ndim)), np.zeros((count, ndim)), np.zeros(count)
+    radius = opts.xcorr_radius if opts.return_xcorr else None
+    xcorr = None if radius is None else np.zeros((count, 2 * radius + 1, 2 * radius + 1), np.float32)
+    ny, nx = registrar.grid.grid_shape
+    m = len(registrar.patch_centres)
+    coef = np.zeros((count, 2, ny, nx), np.float32)
+    pshift = np.full((count, m, 2), np.nan, np.float32)
+    pq = np.zeros((count, m), np.float32)
+    fallback = np.zeros(count, bool)
+    d_rms, d_max, vp = np.zeros(count), np.zeros(count), np.zeros(count)
+    threads = default_workers(opts.workers)
+    frames_in = frames_for(registrar, run.stack, start, n, run.dtype)
+    for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
+        shifts[k], peaks[k], quality[k] = rec.shift, rec.peak, rec.quality
+        if xcorr is not None and rec.xcorr is not None:
+            xcorr[k] = rec.xcorr
+        nr = rec.nonrigid
+        coef[k], pshift[k], pq[k] = nr.coefficients, nr.patch_shifts, nr.patch_quality
+        fallback[k], d_rms[k], d_max[k], vp[k] = nr.fallback, nr.rms, nr.max, nr.valid_patches
+        yield Progress(k + 1, total, start + k, rec)
+    base = build_result(
+        shifts, quality, opts, peaks=peaks, xcorr=xcorr,
+        params={"masked": given is not None, "start": start, "n_frames": n,
+                "n_hot_pixels": 0 if hot is None else int(hot.sum()),
+                "grid": registrar.grid.describe()},
+        hot_pixels=hot, valid_mask=run.valid,
+    )
+    kept = {f.name: getattr(base, f.name) for f in dc_fields(RegistrationResult)}
+    return NonrigidResult(**kept, coefficients=coef, grid=registrar.grid,
+                          patch_centres=registrar.patch_centres.copy(), patch_shifts=pshift,
+                          patch_quality=pq, fallback=fallback, deformation_rms=d_rms,
+                          deformation_max=d_max, valid_patches=vp)
