@@ -243,3 +243,35 @@ def test_fingerprint_holds_the_grid():
     b = RegistrationOptions(model="nonrigid", grid_spacing=24).fingerprint()
     assert a != b and a["grid_spacing"] == 32.0
     assert "grid_spacing" not in RegistrationOptions().fingerprint()
+
+
+# -- through the workflow: aligned frames, the masked mean, the aligned zarr -----------
+
+def test_workflow_aligns_and_averages_by_fields(diffraction, tmp_path, drain):
+    from napari_maskalign.io import open_stack
+    from napari_maskalign.workflow.align import (
+        MeanAccumulator,
+        iter_align,
+        iter_mean,
+        to_apply,
+        write_aligned,
+    )
+
+    synth, res = diffraction
+    moves = to_apply(res)
+    assert isinstance(moves, FieldStack)
+    _, aligned = drain(iter_align(synth.stack, moves, valid=synth.valid))
+    direct, data = apply_fields(synth.stack, res, valid_mask=synth.valid, return_valid=True)
+    direct[~data] = np.nan  # the block where it lands is not data
+    assert np.allclose(aligned, direct, equal_nan=True)
+    _, mean = drain(iter_mean(synth.stack, moves, valid=synth.valid, exclude=[False, True, False]))
+    assert mean.frames == 2
+    both = direct[[0, 2]]
+    seen = np.isfinite(both).sum(axis=0)
+    expected = np.where(seen > 0, np.nansum(both, axis=0) / np.maximum(seen, 1), np.nan)
+    assert np.allclose(mean.mean, expected, equal_nan=True, atol=1e-3)
+    acc = MeanAccumulator(SHAPE)
+    drain(write_aligned(tmp_path / "aligned.zarr", synth.stack, moves, valid=synth.valid, mean=acc))
+    back = np.asarray(open_stack(tmp_path / "aligned.zarr"))
+    assert np.allclose(back, direct, equal_nan=True)
+    assert acc.frames == 3

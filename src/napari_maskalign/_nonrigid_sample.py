@@ -18,7 +18,9 @@ from scipy import ndimage as ndi
 
 from ._sample_data import _beam_block
 
-__all__ = ["NonrigidStack", "make_nonrigid_stack"]
+__all__ = ["CONTENTS", "NonrigidStack", "make_nonrigid_stack"]
+
+CONTENTS = ("diffraction", "pattern", "camera")
 
 
 @dataclass(frozen=True)
@@ -107,18 +109,31 @@ def _diffraction(shape, rng):
     return render
 
 
+def _pattern(shape):
+    """The sample generator's diffraction pattern (rings, a lattice of Bragg spots, the
+    direct beam), warped with cubic interpolation."""
+    from ._sample_data import make_beam_block_stack
+
+    img = make_beam_block_stack(1, shape, noise=None, beam_block=False, counts=1.0,
+                                dtype=np.float64).stack[0]
+    return _interpolated(img)
+
+
+def _interpolated(img):
+    spl = ndi.spline_filter(img, 3)
+
+    def render(y, x):
+        return ndi.map_coordinates(spl, [y, x], order=3, prefilter=False, mode="reflect")
+    return render
+
+
 def _camera(shape):
     from skimage import data, transform
 
     cam = data.camera().astype(np.float64)
     if cam.shape != tuple(shape):
         cam = transform.resize(cam, shape, order=3, anti_aliasing=True)
-    cam = cam / cam.mean()
-    spl = ndi.spline_filter(cam, 3)
-
-    def render(y, x):
-        return ndi.map_coordinates(spl, [y, x], order=3, prefilter=False, mode="reflect")
-    return render
+    return _interpolated(cam / cam.mean())
 
 
 def _invert(field, shape, iterations=20):
@@ -146,9 +161,11 @@ def make_nonrigid_stack(
 
     Parameters
     ----------
-    content : {"diffraction", "camera"}
-        A diffraction-like pattern with sharp spots, or scikit-image's camera
-        image; the beam block (rod and disk) is painted dark and stays still.
+    content : {"diffraction", "pattern", "camera"}
+        A diffraction-like pattern with a dense lattice of sharp spots (rendered
+        analytically), the sample generator's pattern (rings and a sparse lattice
+        of spots; :func:`make_beam_block_stack`), or scikit-image's camera image;
+        the beam block (rod and disk) is painted dark and stays still.
     field : {"sinusoid", "random"}
         The smooth part: a sinusoid of wavelength 1/3 frame in each component,
         or a Gaussian random field; its vector RMS is ``amplitude`` px.
@@ -158,12 +175,15 @@ def make_nonrigid_stack(
         Mean counts per pixel (Poisson noise); 0 or None for noiseless frames.
     """
     shape = (int(shape[0]), int(shape[1]))
-    if content not in ("diffraction", "camera"):
-        raise ValueError(f"content must be 'diffraction' or 'camera', got {content!r}")
+    if content not in CONTENTS:
+        raise ValueError(f"content must be one of {CONTENTS}, got {content!r}")
     if field not in ("sinusoid", "random"):
         raise ValueError(f"field must be 'sinusoid' or 'random', got {field!r}")
     rng = np.random.default_rng(seed)
-    render = _diffraction(shape, rng) if content == "diffraction" else _camera(shape)
+    if content == "diffraction":
+        render = _diffraction(shape, rng)
+    else:
+        render = _pattern(shape) if content == "pattern" else _camera(shape)
     centre = np.array(shape) / 2.0 + np.array([0.37, -0.21])
     block = _beam_block(shape, centre, min(shape) / 2.0)
     y, x = np.mgrid[: shape[0], : shape[1]].astype(np.float64)

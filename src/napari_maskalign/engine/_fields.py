@@ -26,7 +26,7 @@ FIELD_CONVENTION = ("aligned(x) = moving(x + v(x)); v = (row, col) on the refere
 class FieldStack:
     """A stack of fields ``(n, 2, H, W)`` stored as cubic B-spline coefficients
     ``(n, 2, ny, nx)``: ``stack[i]`` evaluates frame ``i``'s field (float32), a
-    slice gives a smaller :class:`FieldStack`, :meth:`to_dask` a lazy array."""
+    slice or index array gives a smaller :class:`FieldStack`, :meth:`to_dask` a lazy array."""
 
     def __init__(self, coefficients, grid: SplineGrid):
         c = np.asarray(coefficients, np.float32)
@@ -45,9 +45,11 @@ class FieldStack:
         return len(self.coefficients)
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return FieldStack(self.coefficients[index], self.grid)
-        return self.grid.evaluate(self.coefficients[index]).astype(np.float32)
+        """An integer: that frame's field ``(2, H, W)``; a slice or index array: a
+        :class:`FieldStack` of those frames."""
+        if isinstance(index, (int, np.integer)):
+            return self.grid.evaluate(self.coefficients[index]).astype(np.float32)
+        return FieldStack(self.coefficients[index], self.grid)
 
     def to_dask(self):
         """``(n, 2, H, W)`` float32, one chunk per frame, evaluated when computed."""
@@ -92,7 +94,7 @@ def _field_valid(valid, field):
 
 
 def apply_fields(stack, fields, *, order: int = 3, fill_value=np.nan, valid_mask=None,
-                 return_valid: bool = False, workers=None):
+                 return_valid: bool = False, workers=None, method: str = "spline", device=None):
     """Apply per-frame non-rigid fields to a stack, as a new array.
 
     :func:`apply_shifts` for fields: the same output dtype, fill value, valid
@@ -109,7 +111,13 @@ def apply_fields(stack, fields, *, order: int = 3, fill_value=np.nan, valid_mask
         (scikit-image's optical-flow convention; a pure shift ``s`` is ``-s``).
     order, fill_value, valid_mask, return_valid, workers
         As for :func:`apply_shifts`.
+    method, device
+        Only ``"spline"`` and the CPU (None or ``"cpu"``) warp by a field.
     """
+    if method != "spline":
+        raise ValueError(f"fields are applied with method='spline' only, got {method!r}")
+    if device not in (None, "cpu"):
+        raise ValueError(f"fields are applied on the CPU (device=None or 'cpu'), got {device!r}")
     stack = check_frames(stack, "apply_fields")
     if isinstance(fields, NonrigidResult):
         fields = fields.field_stack

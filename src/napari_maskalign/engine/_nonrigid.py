@@ -67,12 +67,13 @@ class NonrigidSettings:
     patch_size: int = 64
     patch_stride: int = 48
     search_radius: int = 8
-    membrane: float = 0.02
+    membrane: float = 0.003
     pull: float = 0.02
     iterations: int = 8
     tolerance: float = 0.01
     select: float = 0.35
     gradient_sigma: float = 1.0
+    wiener: bool = True
     bending: float = 0.0
 
     def __post_init__(self):
@@ -191,6 +192,29 @@ class _Patches:
         return shifts, np.where(self.usable, q, 0.0), good
 
 
+def _noise_sigma(image, valid) -> float:
+    """Robust white-noise standard deviation of an image over its valid pixels
+    (Immerkaer 1996: a Laplacian difference that cancels smooth content)."""
+    k = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+    conv = ndi.convolve(np.where(valid, image, 0.0), k, mode="nearest")
+    inner = ndi.binary_erosion(valid, iterations=1, border_value=0)
+    if not inner.any():
+        return 0.0
+    return float(np.median(np.abs(conv[inner])) / (0.6745 * 6.0))
+
+
+def _gradient_noise(image, valid, sigma) -> float:
+    """Variance of one gradient component of the image's white noise after a
+    Gaussian of ``sigma`` and central differences."""
+    n = 33
+    delta = np.zeros((n, n))
+    delta[n // 2, n // 2] = 1.0
+    if sigma > 0:
+        delta = ndi.gaussian_filter(delta, sigma)
+    g = np.gradient(delta)[0]
+    return _noise_sigma(image, valid) ** 2 * float((g * g).sum())
+
+
 def _rfft2(x, s):
     return sfft.rfft2(np.asarray(x, np.float32), s, workers=1)
 
@@ -266,6 +290,13 @@ class NonrigidRegistrar:
         if s.gradient_sigma > 0:
             filled = ndi.gaussian_filter(filled, s.gradient_sigma)
         gy, gx = np.gradient(filled)
+        if s.wiener:
+            # a Wiener Jacobian: shrink gradients toward 0 where the reference's own
+            # noise explains them (flat areas give noise, not information)
+            var = _gradient_noise(self.ref_t, self.valid, s.gradient_sigma)
+            mag2 = gy * gy + gx * gx
+            shrink = np.clip(1.0 - 2.0 * var / np.maximum(mag2, 1e-30), 0.0, 1.0)
+            gy, gx = gy * shrink, gx * shrink
         # where the frame lands must be clear of the block by the cubic's support
         self.land = ndi.binary_erosion(self.valid, iterations=2, border_value=1)
         # the strongest pixels carry nearly all the information: use `select` of them,
@@ -281,6 +312,7 @@ class NonrigidRegistrar:
         # the coarse level needs less: every other pixel of the fine level's
         self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane, s.pull * 0.1,
                              s.bending)
+
         self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull,
                            s.bending)
         self.grid = fine

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import aligned_dtype, apply_shifts, apply_transforms
+from ..engine import FieldStack, aligned_dtype, apply_fields, apply_shifts, apply_transforms
 from ..engine._device import namespace_for, namespace_of, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
@@ -121,13 +121,19 @@ def output_dtype(stack_dtype, integer: bool) -> np.dtype:
 
 def to_apply(result):
     """What aligns the frames of a registration result: its shifts for translation,
-    its transforms (rotation and scale too) for rigid and similarity models."""
+    its transforms (rotation and scale too) for rigid and similarity models, its
+    fields (a :class:`~napari_maskalign.engine.FieldStack`, evaluated frame by frame)
+    for the non-rigid model."""
+    if result.model == "nonrigid":
+        return result.field_stack
     return result.shifts if result.model == "translation" else result.transforms
 
 
 def _apply(stack, moves, **kwargs):
     """:func:`apply_shifts` for shifts ``(n, ndim)``, :func:`apply_transforms` for
-    transforms ``(n, ndim + 1, ndim + 1)``."""
+    transforms ``(n, ndim + 1, ndim + 1)``, :func:`apply_fields` for fields."""
+    if isinstance(moves, FieldStack):
+        return apply_fields(stack, moves, **kwargs)
     moves = np.asarray(moves, dtype=float)
     if moves.ndim == 3:
         return apply_transforms(stack, moves, **kwargs)
@@ -138,6 +144,11 @@ def _checked(stack, moves) -> np.ndarray:
     """``moves`` as an array: one shift ``(n, ndim)`` or one transform
     ``(n, ndim + 1, ndim + 1)`` per frame of ``stack``, checked before any frame is moved."""
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
+    if isinstance(moves, FieldStack):
+        want = (n, 2, *tuple(stack.shape[1:]))
+        if tuple(moves.shape) != want:
+            raise ValueError(f"the stack needs fields of shape {want}, got {tuple(moves.shape)}")
+        return moves
     moves = np.asarray(moves, dtype=float)
     if moves.shape not in ((n, ndim), (n, ndim + 1, ndim + 1)):
         raise ValueError(
