@@ -146,15 +146,6 @@ class SplineGrid:
         dx = np.diff(np.eye(nx), axis=0)
         return np.kron(dy.T @ dy, np.eye(nx)) + np.kron(np.eye(ny), dx.T @ dx)
 
-    def bending(self) -> np.ndarray:
-        """``(n, n)``: squared second differences (the thin-plate energy on the grid),
-        which extrapolates linearly where the data say nothing."""
-        ny, nx = self.grid_shape
-        d1y, d1x = np.diff(np.eye(ny), axis=0), np.diff(np.eye(nx), axis=0)
-        d2y, d2x = np.diff(np.eye(ny), 2, axis=0), np.diff(np.eye(nx), 2, axis=0)
-        return (np.kron(d2y.T @ d2y, np.eye(nx)) + np.kron(np.eye(ny), d2x.T @ d2x)
-                + 2 * np.kron(d1y.T @ d1y, d1x.T @ d1x))
-
     def fit_field(self, field) -> np.ndarray:
         """Least-squares coefficients ``(k, ny, nx)`` of a dense field ``(k, H, W)``
         (separable: two small solves per axis)."""

@@ -61,20 +61,36 @@ class NonrigidSettings:
         twice that); smaller follows sharper deformations, needs more texture.
     patch_size, patch_stride : the patches whose shifts start the fit.
     search_radius : how far (px) a patch may move beyond the global shift.
+    membrane : the membrane prior on neighbouring coefficients, ``1 / sd**2`` with
+        ``sd`` in px per grid step (``absolute``; else relative to the mean data
+        weight); where the data say nothing it decides the field.
+    pull : the fine level's pull toward the coarse answer, ``1 / sd**2`` (the coarse
+        level pulls toward the patch fit a tenth as hard).
+    iterations, tolerance : Gauss-Newton steps per level at most; stop when no
+        coefficient moves by more than ``tolerance`` px.
+    select : the share of valid pixels used (those with the strongest reference
+        gradient: nearly all the information, a third of the work).
+    gradient_sigma, wiener : the Jacobian is the gradient of the reference smoothed
+        by a Gaussian of ``gradient_sigma`` px, shrunk where the reference's own
+        noise explains it (a Wiener Jacobian).
+
+    Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``): a
+    weaker membrane helps content with sparse texture (a diffraction pattern), a
+    stiffer one content with wide featureless areas (the camera image's sky).
     """
 
     grid_spacing: float = 32.0
     patch_size: int = 64
     patch_stride: int = 48
     search_radius: int = 8
-    membrane: float = 0.003
-    pull: float = 0.02
+    membrane: float = 0.05
+    pull: float = 5.0
     iterations: int = 8
     tolerance: float = 0.01
     select: float = 0.35
     gradient_sigma: float = 1.0
     wiener: bool = True
-    bending: float = 0.0
+    absolute: bool = True
 
     def __post_init__(self):
         g = self.grid_spacing
@@ -236,7 +252,7 @@ class _Stage:
     """One Gauss-Newton level: a grid, its pixels, its regularised normal matrix
     factored once per stack."""
 
-    def __init__(self, grid: SplineGrid, flat, grads, target, membrane, pull, bending=0.0):
+    def __init__(self, grid: SplineGrid, flat, grads, target, membrane, pull, noise=None):
         self.grid = grid
         h, w = grid.shape
         self.flat = flat
@@ -250,8 +266,10 @@ class _Stage:
         hyx = grid.weighted_gram(weight * gy * gx)
         hxx = grid.weighted_gram(weight * gx * gx)
         hess = np.block([[hyy, hyx], [hyx, hxx]])
-        scale = max(float(np.mean(np.diag(hess))), 1e-12)
-        mem = membrane * grid.membrane() + bending * grid.bending()
+        # absolute (a prior in px, against the residuals' noise variance) or relative
+        # to the mean data weight
+        scale = noise if noise is not None else max(float(np.mean(np.diag(hess))), 1e-12)
+        mem = membrane * grid.membrane()
         self.reg_m = scale * np.kron(np.eye(2), mem)
         self.reg_p = pull * scale
         self.factor = cho_factor(hess + self.reg_m + self.reg_p * np.eye(len(hess)))
@@ -310,11 +328,15 @@ class NonrigidRegistrar:
         fine = SplineGrid(self.shape, s.grid_spacing)
         coarse = SplineGrid(self.shape, 2 * s.grid_spacing)
         # the coarse level needs less: every other pixel of the fine level's
-        self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane, s.pull * 0.1,
-                             s.bending)
+        noise = None
+        if s.absolute:
+            # residual variance of one pixel: the reference's noise and the frame's
+            noise = 2.0 * max(_noise_sigma(self.ref_t, self.valid) ** 2, 1e-12)
+        self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane,
+                             s.pull * 0.1, noise)
 
         self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull,
-                           s.bending)
+                           noise)
         self.grid = fine
         # fitting the patch shifts: the basis at the patch centres
         c = self.patches.centres
