@@ -33,7 +33,9 @@ run. The machine may be busy (8 engineers on 2 cores): compare rows of one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import tempfile
 import time
 
 import numpy as np
@@ -111,14 +113,16 @@ def elastix(stack, valid):
     fixed = itk.GetImageFromArray(np.ascontiguousarray(stack[0], np.float32))
     out = []
     t = time.perf_counter()
-    for f in stack[1:]:
-        moving = itk.GetImageFromArray(np.ascontiguousarray(f, np.float32))
-        _, tp = itk.elastix_registration_method(fixed, moving, parameter_object=params,
-                                                fixed_mask=mask, moving_mask=mask,
-                                                log_to_console=False)
-        d = itk.GetArrayFromImage(itk.transformix_deformation_field(moving, tp))
-        # elastix: fixed point x maps to moving point x + u(x), u in (x, y): our convention
-        out.append(np.stack([d[..., 1], d[..., 0]]))
+    # transformix writes its field to the working directory: keep it out of the checkout
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        for f in stack[1:]:
+            moving = itk.GetImageFromArray(np.ascontiguousarray(f, np.float32))
+            _, tp = itk.elastix_registration_method(fixed, moving, parameter_object=params,
+                                                    fixed_mask=mask, moving_mask=mask,
+                                                    log_to_console=False)
+            d = itk.GetArrayFromImage(itk.transformix_deformation_field(moving, tp))
+            # elastix: fixed point x maps to moving point x + u(x), u in (x, y): our convention
+            out.append(np.stack([d[..., 1], d[..., 0]]))
     return out, (time.perf_counter() - t) / (len(stack) - 1)
 
 

@@ -8,8 +8,8 @@ from scipy import ndimage as ndi
 from napari_maskalign import apply_fields, apply_shifts, register_stack
 from napari_maskalign._nonrigid_sample import make_nonrigid_stack
 from napari_maskalign.engine import FieldStack, NonrigidResult, RegistrationOptions
-from napari_maskalign.engine._bspline import SplineGrid, cubic_bspline
-from napari_maskalign.engine._nonrigid import anscombe
+from napari_maskalign.engine.kernels._bspline import SplineGrid, cubic_bspline
+from napari_maskalign.engine.models.nonrigid import anscombe
 
 SHAPE = (256, 256)
 

@@ -7,16 +7,13 @@ A pure shift ``s`` in scikit-image's registration sign is ``v = -s``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._bspline import SplineGrid
-from ._result import RegistrationResult
+from ..kernels._bspline import SplineGrid
 from ._shift import check_frames, check_resampling, map_frames
 
-__all__ = ["FIELD_CONVENTION", "FieldStack", "NonrigidResult", "apply_fields", "warp_field"]
+__all__ = ["FIELD_CONVENTION", "FieldStack", "apply_fields", "warp_field"]
 
 #: said wherever fields are stored (zarr attributes, the shifts CSV's header)
 FIELD_CONVENTION = ("aligned(x) = moving(x + v(x)); v = (row, col) on the reference grid, "
@@ -106,7 +103,7 @@ def apply_fields(stack, fields, *, order: int = 3, fill_value=np.nan, valid_mask
     ----------
     stack : array, shape (n_frames, H, W)
     fields : array (n_frames, 2, H, W), :class:`FieldStack`, or a
-        :class:`NonrigidResult`
+        ``NonrigidResult``
         Per frame, ``v`` such that the aligned frame is ``frame(x + v(x))``
         (scikit-image's optical-flow convention; a pure shift ``s`` is ``-s``).
     order, fill_value, valid_mask, return_valid, workers
@@ -119,7 +116,7 @@ def apply_fields(stack, fields, *, order: int = 3, fill_value=np.nan, valid_mask
     if device not in (None, "cpu"):
         raise ValueError(f"fields are applied on the CPU (device=None or 'cpu'), got {device!r}")
     stack = check_frames(stack, "apply_fields")
-    if isinstance(fields, NonrigidResult):
+    if hasattr(fields, "field_stack"):  # a NonrigidResult
         fields = fields.field_stack
     shape = tuple(stack.shape)
     if len(shape) != 3:
@@ -134,62 +131,3 @@ def apply_fields(stack, fields, *, order: int = 3, fill_value=np.nan, valid_mask
     valid_mask = check_resampling(shape[1:], valid_mask, "spline", order)
     return map_frames(stack, fields, warp_field, _field_valid, valid_mask, return_valid,
                       device="cpu", workers=workers, order=order, fill_value=fill_value)
-
-
-@dataclass(repr=False)
-class NonrigidResult(RegistrationResult):
-    """A non-rigid registration: :class:`RegistrationResult` (``shifts`` and
-    ``transforms`` are the global translation) plus each frame's field.
-
-    Attributes
-    ----------
-    coefficients : ndarray (n, 2, ny, nx) float32
-        The cubic B-spline coefficients of each frame's whole field (global part
-        included) on :attr:`grid`.
-    grid : SplineGrid
-    patch_centres : ndarray (m, 2)
-        Where the patches sit (row, col) on the reference grid.
-    patch_shifts : ndarray (n, m, 2) float32
-        Each patch's field at its centre (NaN: no usable match).
-    patch_quality : ndarray (n, m) float32
-        Each patch's peak masked NCC.
-    fallback : ndarray of bool (n,)
-        Frames that kept the global translation: their field did not fit the
-        data better (or could not be measured).
-    deformation_rms, deformation_max : ndarray (n,)
-        The field beyond the global shift over valid pixels, px.
-    valid_patches : ndarray (n,)
-        The fraction of patches that matched.
-    """
-
-    coefficients: np.ndarray | None = None
-    grid: SplineGrid | None = None
-    patch_centres: np.ndarray | None = None
-    patch_shifts: np.ndarray | None = None
-    patch_quality: np.ndarray | None = None
-    fallback: np.ndarray | None = None
-    deformation_rms: np.ndarray | None = None
-    deformation_max: np.ndarray | None = None
-    valid_patches: np.ndarray | None = None
-
-    @property
-    def field_stack(self) -> FieldStack:
-        return FieldStack(self.coefficients, self.grid)
-
-    def field(self, i: int) -> np.ndarray:
-        """Frame ``i``'s field ``(2, H, W)`` float32: the aligned frame is
-        ``frame(x + v(x))``, (row, col), on the reference grid."""
-        n = self.n_frames
-        if not (isinstance(i, (int, np.integer)) and -n <= i < n):
-            raise ValueError(f"frame {i} does not exist: the result has {n} frames")
-        return self.field_stack[int(i) % n]
-
-    def fields(self):
-        """All fields as a lazy dask array ``(n, 2, H, W)`` float32 (one chunk a frame)."""
-        return self.field_stack.to_dask()
-
-    def __repr__(self) -> str:
-        base = super().__repr__()[:-1]
-        return (f"{base}, grid={self.grid.spacing:g} px, "
-                f"fallback={int(np.sum(self.fallback))}, "
-                f"median deformation rms={np.median(self.deformation_rms) if self.n_frames else 0:.3f} px)")

@@ -29,7 +29,6 @@ pure shift ``s`` (scikit-image's registration shift) is ``v = -s``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +36,9 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy.linalg import cho_factor, cho_solve
 
-from ._bspline import SplineGrid
+from ..kernels._bspline import SplineGrid
 
-__all__ = ["NonrigidFrameRegistrar", "NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings",
-           "anscombe", "nonrigid_steps", "settings_of"]
+__all__ = ["NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings", "anscombe"]
 
 #: the patch fit's membrane penalty and pull toward the global shift, relative to its
 #: mean data weight (measured: the Gauss-Newton steps after it matter far more)
@@ -470,101 +468,3 @@ class NonrigidRegistrar:
         if ra is None or rb is None:
             return np.inf, 0.0
         return float(np.mean(ra[ok] ** 2)), float(np.mean(rb[ok] ** 2))
-
-
-# -- the stack run ------------------------------------------------------------
-
-class NonrigidFrameRegistrar:
-    """A frame registrar for ``model="nonrigid"``: the global masked translation
-    (a translation :class:`~._registrar.FrameRegistrar`, 1/20 px at least) and
-    the :class:`NonrigidRegistrar` on top. Has the registrar interface the
-    stack run's threads use (``register``, ``set_workers``, ``xp``)."""
-
-    xp = np
-
-    def __init__(self, reference, valid, options, *, dtype=None):
-        from ._registrar import FrameRegistrar
-
-        glob = options.replace(model="translation", refine=None,
-                               upsample_factor=max(options.upsample_factor, 20.0))
-        self._global = FrameRegistrar(reference, valid, glob, dtype=dtype)
-        self.shape = self._global.shape
-        self.settings = settings_of(options)
-        self._model = NonrigidRegistrar(reference, valid, self.settings)
-
-    @property
-    def grid(self) -> SplineGrid:
-        return self._model.grid
-
-    @property
-    def patch_centres(self) -> np.ndarray:
-        return self._model.patches.centres
-
-    def set_workers(self, workers) -> None:
-        self._global.set_workers(workers)
-
-    def register(self, frame):
-        frame = np.asarray(frame)
-        if frame.shape != self.shape:
-            raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
-        # the global registrar checks the frame (NaN on valid pixels, contrast)
-        rec = self._global.register(frame)
-        nr = self._model.register(np.where(self._model.valid, frame, 0), rec.shift, rec.quality)
-        return dataclasses.replace(rec, nonrigid=nr)
-
-
-def settings_of(options) -> NonrigidSettings:
-    """The model's settings from :class:`~._options.RegistrationOptions`."""
-    return NonrigidSettings(grid_spacing=float(options.grid_spacing),
-                            patch_size=int(options.patch_size),
-                            patch_stride=int(options.patch_stride))
-
-
-def nonrigid_steps(run, given, hot):
-    """The stack run for ``model="nonrigid"`` (fixed references: a frame, an image, the
-    mean): yields :class:`~._result.Progress` per frame, returns a
-    :class:`~._fields.NonrigidResult`."""
-    from dataclasses import fields as dc_fields
-
-    from ._fft import default_workers
-    from ._fields import NonrigidResult
-    from ._parallel import frames_for, register_frames
-    from ._result import Progress, RegistrationResult, build_result
-
-    opts = run.options
-    registrar = NonrigidFrameRegistrar(run._reference_image(), run.valid, opts, dtype=run.dtype)
-    start, n, total = run.start, run.n_frames, run.total
-    count = n - start
-    ndim = 2
-    shifts, peaks, quality = np.zeros((count, ndim)), np.zeros((count, ndim)), np.zeros(count)
-    radius = opts.xcorr_radius if opts.return_xcorr else None
-    xcorr = None if radius is None else np.zeros((count, 2 * radius + 1, 2 * radius + 1), np.float32)
-    ny, nx = registrar.grid.grid_shape
-    m = len(registrar.patch_centres)
-    coef = np.zeros((count, 2, ny, nx), np.float32)
-    pshift = np.full((count, m, 2), np.nan, np.float32)
-    pq = np.zeros((count, m), np.float32)
-    fallback = np.zeros(count, bool)
-    d_rms, d_max, vp = np.zeros(count), np.zeros(count), np.zeros(count)
-    threads = default_workers(opts.workers)
-    frames_in = frames_for(registrar, run.stack, start, n, run.dtype)
-    for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
-        shifts[k], peaks[k], quality[k] = rec.shift, rec.peak, rec.quality
-        if xcorr is not None and rec.xcorr is not None:
-            xcorr[k] = rec.xcorr
-        nr = rec.nonrigid
-        coef[k], pshift[k], pq[k] = nr.coefficients, nr.patch_shifts, nr.patch_quality
-        fallback[k], d_rms[k], d_max[k], vp[k] = nr.fallback, nr.rms, nr.max, nr.valid_patches
-        yield Progress(k + 1, total, start + k, rec)
-    base = build_result(
-        shifts, quality, opts, peaks=peaks, xcorr=xcorr,
-        params={"masked": given is not None, "start": start, "n_frames": n,
-                "n_hot_pixels": 0 if hot is None else int(hot.sum()),
-                "grid": registrar.grid.describe()},
-        hot_pixels=hot, valid_mask=run.valid,
-    )
-    kept = {f.name: getattr(base, f.name) for f in dc_fields(RegistrationResult)}
-    return NonrigidResult(**kept, coefficients=coef, grid=registrar.grid,
-                          patch_centres=registrar.patch_centres.copy(), patch_shifts=pshift,
-                          patch_quality=pq, fallback=fallback, deformation_rms=d_rms,
-                          deformation_max=d_max, valid_patches=vp)
