@@ -310,11 +310,21 @@ def _add_commands(sub) -> None:
     )
     reg.add_argument(
         "--model",
-        choices=("translation", "rigid", "similarity"),
+        choices=("translation", "rigid", "similarity", "nonrigid"),
         default="translation",
         help="what moves between frames: translation (shifts; default), rigid (rotation and "
         "shift) or similarity (rotation, uniform scale and shift; 2D frames). The shifts file "
-        "then adds rotation_deg and scale columns and its shifts are the frame centre's",
+        "then adds rotation_deg and scale columns and its shifts are the frame centre's. "
+        "nonrigid: a smooth field per frame (2D frames, a fixed reference): the shifts file "
+        "holds the global translation, SHIFTS.fields.npz the fields",
+    )
+    reg.add_argument(
+        "--grid-spacing",
+        type=_number(4),
+        default=32.0,
+        metavar="PX",
+        help="--model nonrigid: the spline grid's spacing in pixels (default 32; smaller "
+        "follows sharper deformations and needs more texture)",
     )
     reg.add_argument(
         "--refine",

@@ -117,6 +117,7 @@ def _options(args):
             device=args.device,
             model=args.model,
             refine=args.refine,
+            grid_spacing=args.grid_spacing,
         )
 
 
@@ -231,9 +232,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
                     save_drift_plot(paths["plot"], result, title=str(args.input))
                 print(f"plot: {args.plot}")
             exclude = None if args.mean_with_outliers else result.outliers
+            fields = None
+            if result.model == "nonrigid":
+                fields = _write_fields(shifts_path, result)
             # the mask registration used (the painted one without the hot pixels): NaN in outputs
             _write_outputs(args, stack, to_apply(result), paths, result.valid_mask, client,
-                           exclude, settings["input"])
+                           exclude, settings["input"], fields=fields)
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
@@ -246,7 +250,21 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -> None:
+def _write_fields(shifts_path, result) -> dict:
+    """A non-rigid run's fields beside its shifts file; what the outputs' attributes say."""
+    from .io.fields import fields_path_for, fields_summary, write_fields
+
+    path = fields_path_for(shifts_path)
+    with _plain_errors(f"cannot write the fields {path}: "):
+        write_fields(path, result)
+    fb = int(result.fallback.sum())
+    print(f"fields: {path} (grid {result.grid.spacing:g} px; median deformation "
+          f"{np.median(result.deformation_rms):.2f} px RMS, {fb} frame(s) kept the global shift)")
+    return {**fields_summary(result), "file": str(path)}
+
+
+def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source,
+                   fields=None) -> None:
     """The aligned stack and/or the mean, in one pass (register and apply)."""
     from .workflow import write_outputs
 
@@ -263,7 +281,8 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
         written = follow(write_outputs(
             stack, shifts, output=out, mean=mean, valid=valid, exclude=exclude,
             integer=args.dtype == "input", overwrite=args.overwrite,
-            attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source)}},
+            attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source),
+                                 **({"fields": fields} if fields else {})}},
             dask_stack=lazy, chunk_frames=args.chunk_frames, method=args.method, order=args.order,
             fill_value=args.fill, device=args.device, workers=args.threads or os.cpu_count()),
             "writing" if out is not None else "averaging", quiet=args.quiet)
@@ -279,15 +298,22 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
 def _cmd_apply(args: argparse.Namespace) -> int:
     from .engine import RegistrationOptions, mask_with_outliers
     from .io import read_shift_table
+    from .io.fields import fields_path_for, read_fields
     from .workflow import ClusterLost, dask_client
 
     _check_device(args)
     stack = _open_input(args.input, args.mask)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
+    fields = None
     try:
         table = read_shift_table(args.shifts, n_frames=n, ndim=ndim)
         # a rigid or similarity table turns the frames about their centre as well
         shifts = table.shifts if table.rotations is None else table.transforms(stack.shape[1:])
+        field_file = fields_path_for(args.shifts)
+        if field_file.exists():  # a nonrigid run's fields: they align the frames
+            shifts, _ = read_fields(field_file, n_frames=n, frame_shape=stack.shape[1:])
+            fields = {"model": "nonrigid", "file": str(field_file)}
+            print(f"fields: {field_file}")
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
@@ -304,7 +330,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             valid, hot = mask_with_outliers(stack, given, options.hot_pixels)
             if hot is not None:
                 print(f"hot pixels: ignored {int(hot.sum())} hot or dead pixels")
-            _write_outputs(args, stack, shifts, paths, valid, client, None, args.input)
+            _write_outputs(args, stack, shifts, paths, valid, client, None, args.input,
+                           fields=fields)
     except KeyboardInterrupt:
         print("\ninterrupted: no output was written", file=sys.stderr)
         return 130

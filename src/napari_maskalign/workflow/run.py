@@ -128,6 +128,12 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     n = journal.n_frames
     start = journal.saved
     frame_shape = tuple(int(s) for s in stack.shape[1:])
+    nonrigid = options.model == "nonrigid"
+    if nonrigid and start:
+        raise ValueError(
+            "a nonrigid run cannot be resumed yet (its fields are written when it completes); "
+            "run it again without --resume"
+        )
     moves = journal.rotations is not None
     if start == n:  # nothing left to register; the outputs still need the mask it used
         used, hot = mask_with_outliers(stack, mask, options.hot_pixels)
@@ -161,6 +167,8 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
                 journal.save(force=True)
         used, hot = run.result.valid_mask, run.result.hot_pixels
     journal.save(force=True)
+    if nonrigid and start < n:
+        return run.result  # the global shifts are the table's; the fields are the result's
     return build_result(
         journal.shifts,
         journal.quality,
