@@ -74,6 +74,10 @@ class AlignedResult:
         Rigid and similarity models: each frame's rotation (degrees,
         counterclockwise as seen in napari) and scale about the frame's
         centre, whose shift ``shifts`` then is. None for translation.
+    fields : FieldStack or None
+        The non-rigid model: each frame's field (spline coefficients; the
+        aligned frame is ``frame(x + v(x))``), which aligns the frames instead
+        of ``shifts`` (then the global part).
     """
 
     source: str
@@ -94,6 +98,7 @@ class AlignedResult:
     mean_outliers: bool = False
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
+    fields: Any = None
 
     @property
     def n_frames(self) -> int:
@@ -121,8 +126,11 @@ class AlignedResult:
                                      self.frame_shape or None)
 
     @property
-    def to_apply(self) -> np.ndarray:
-        """What aligns the frames: the shifts, or the transforms when frames rotate."""
+    def to_apply(self):
+        """What aligns the frames: the shifts, the transforms when frames rotate, the
+        fields (a FieldStack) for a non-rigid result."""
+        if self.fields is not None:
+            return self.fields
         return self.transforms if self.moves else self.shifts
 
     def replace(self, **changes) -> AlignedResult:
@@ -159,7 +167,9 @@ class AlignedResult:
                           mask: str | None, align: dict, **fields) -> AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
-        moves = result.model != "translation"
+        moves = result.model in ("rigid", "similarity")
+        if result.model == "nonrigid":
+            fields = {"fields": result.field_stack, **fields}
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
