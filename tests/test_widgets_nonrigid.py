@@ -45,3 +45,14 @@ def test_nonrigid_run_shows_fields(qtbot, viewer_model):
     # frame 0 is the reference: no deformation; the others deform by about 1 px
     d = np.asarray(deformation.data[1])[synth.valid]
     assert np.asarray(deformation.data[0]).max() < 1e-4 and 0.3 < np.median(d) < 2.5
+    # the Shifts plot has a deformation panel
+    from napari_maskalign.widgets._model import AlignedResult
+    from napari_maskalign.widgets._plot import _extra_panels
+
+    res = AlignedResult.from_layer(aligned)
+    panels = dict(_extra_panels(res))
+    # the engine's RMS is that of the deformation layer over the valid pixels
+    valid = meta["valid"] if meta["valid"] is not None else np.ones((128, 128), bool)
+    rms = [np.sqrt(np.mean(np.asarray(deformation.data[i])[valid] ** 2)) for i in range(3)]
+    np.testing.assert_allclose(panels["deformation RMS (px)"], rms, rtol=1e-3, atol=1e-4)
+    assert panels["deformation RMS (px)"][0] == 0 and np.all(panels["deformation RMS (px)"][1:] > 0.3)

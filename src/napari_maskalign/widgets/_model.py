@@ -78,6 +78,9 @@ class AlignedResult:
         The non-rigid model: each frame's field (spline coefficients; the
         aligned frame is ``frame(x + v(x))``), which aligns the frames instead
         of ``shifts`` (then the global part).
+    deformation_rms : ndarray, shape (n_frames,), or None
+        The non-rigid model: each frame's field beyond its global shift, RMS over
+        the valid pixels (px); the Shifts plot draws it.
     """
 
     source: str
@@ -99,6 +102,7 @@ class AlignedResult:
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
     fields: Any = None
+    deformation_rms: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -169,7 +173,8 @@ class AlignedResult:
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
         moves = result.model in ("rigid", "similarity")
         if result.model == "nonrigid":
-            fields = {"fields": result.field_stack, **fields}
+            fields = {"fields": result.field_stack,
+                      "deformation_rms": np.asarray(result.deformation_rms, float), **fields}
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -214,7 +219,7 @@ class AlignedResult:
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
-        for key in ("rotations", "scales"):
+        for key in ("rotations", "scales", "deformation_rms"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

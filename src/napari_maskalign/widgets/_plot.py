@@ -226,8 +226,11 @@ class ShiftPlot(FigureCanvasQTAgg):
 
 
 def _extra_panels(res: AlignedResult) -> list:
-    """(label, values) of the rotation and scale panels of a rigid or similarity result."""
+    """(label, values) of the rotation and scale panels of a rigid or similarity result,
+    and of the deformation panel of a non-rigid one."""
     out = []
+    if res.deformation_rms is not None:
+        out.append(("deformation RMS (px)", np.asarray(res.deformation_rms, float)))
     if res.rotations is not None:
         out.append(("rotation (°)", np.asarray(res.rotations, float)))
     if res.scales is not None and np.any(np.asarray(res.scales) != 1):
