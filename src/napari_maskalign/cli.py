@@ -252,11 +252,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _write_fields(shifts_path, result) -> dict:
     """A non-rigid run's fields beside its shifts file; what the outputs' attributes say."""
-    from .io.fields import fields_path_for, fields_summary, write_fields
+    from .io.fields import add_summary_columns, fields_path_for, fields_summary, write_fields
 
     path = fields_path_for(shifts_path)
     with _plain_errors(f"cannot write the fields {path}: "):
         write_fields(path, result)
+        add_summary_columns(shifts_path, result)
     fb = int(result.fallback.sum())
     print(f"fields: {path} (grid {result.grid.spacing:g} px; median deformation "
           f"{np.median(result.deformation_rms):.2f} px RMS, {fb} frame(s) kept the global shift)")

@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fields_path_for", "fields_summary", "read_fields", "write_fields"]
+__all__ = ["SUMMARY_COLUMNS", "add_summary_columns", "fields_path_for", "fields_summary",
+           "read_fields", "write_fields"]
+
+#: what a non-rigid run adds to its shifts CSV, per frame (readers ignore extra columns)
+SUMMARY_COLUMNS = ("deformation_rms", "deformation_max", "valid_patches", "fallback")
 
 
 def fields_path_for(shifts_path) -> Path:
@@ -85,3 +89,29 @@ def read_fields(path, *, n_frames: int | None = None, frame_shape=None):
         raise ValueError(f"{path} has fields of frames {tuple(grid.shape)}, the stack's frames "
                          f"are {tuple(frame_shape)}")
     return fields, data
+
+
+def add_summary_columns(csv_path, result) -> None:
+    """Append :data:`SUMMARY_COLUMNS` to a finished non-rigid run's shifts CSV (the
+    deformation beyond the global shift, RMS and maximum over valid pixels in px,
+    the fraction of patches that matched, 1 where the frame kept the translation)."""
+    from .writers import atomic_write_text
+
+    path = Path(csv_path)
+    lines = path.read_text().splitlines()
+    if not lines:
+        return
+    header = lines[0].split(",")
+    if SUMMARY_COLUMNS[0] in header:
+        return
+    frame_col = header.index("frame")
+    values = np.column_stack([result.deformation_rms, result.deformation_max,
+                              result.valid_patches, result.fallback.astype(int)])
+    out = [",".join([*header, *SUMMARY_COLUMNS])]
+    for line in lines[1:]:
+        cells = line.split(",")
+        i = int(cells[frame_col])
+        rms, mx, vp, fb = values[i]
+        out.append(",".join([*cells, repr(float(rms)), repr(float(mx)), repr(float(vp)),
+                             str(int(fb))]))
+    atomic_write_text(path, "\n".join(out) + "\n")

@@ -71,7 +71,7 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
     """
     path = Path(os.fspath(shifts_path))
     side = sidecar_path(path)
-    moves = settings.get("model", "translation") != "translation"
+    moves = settings.get("model", "translation") in ("rigid", "similarity")
     if not path.exists():
         return ShiftTable(np.zeros((0, ndim)), np.zeros(0), *((np.zeros(0), np.ones(0)) if moves
                                                              else ()))
@@ -177,7 +177,7 @@ class ShiftJournal:
         self.done = np.zeros(n_frames, bool)
         #: rigid and similarity runs: rotation (degrees) and scale per frame, else None
         self.rotations = self.scales = None
-        if settings.get("model", "translation") != "translation":
+        if settings.get("model", "translation") in ("rigid", "similarity"):
             self.rotations, self.scales = np.zeros(n_frames), np.ones(n_frames)
         self.interval = float(interval)
         self.saved = 0  # rows on disk
