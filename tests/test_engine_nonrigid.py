@@ -9,7 +9,7 @@ from napari_maskalign import apply_fields, apply_shifts, register_stack
 from napari_maskalign._nonrigid_sample import make_nonrigid_stack
 from napari_maskalign.engine import FieldStack, NonrigidResult, RegistrationOptions
 from napari_maskalign.engine.kernels._bspline import SplineGrid, cubic_bspline
-from napari_maskalign.engine.models.nonrigid import anscombe
+from napari_maskalign.engine.models._nonrigid_fit import anscombe
 
 SHAPE = (256, 256)
 

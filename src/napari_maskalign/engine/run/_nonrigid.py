@@ -1,5 +1,5 @@
 """The non-rigid model in a stack run: a frame registrar (global translation, then
-:class:`~napari_maskalign.engine.models.nonrigid.NonrigidRegistrar`), the run over a
+:class:`~napari_maskalign.engine.models._nonrigid_fit.NonrigidRegistrar`), the run over a
 fixed reference, and its :class:`NonrigidResult`."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import numpy as np
 from ..kernels._bspline import SplineGrid
 from ..kernels._fft import default_workers
 from ..models._fields import FieldStack
-from ..models.nonrigid import NonrigidRegistrar, NonrigidSettings
+from ..models._nonrigid_fit import NonrigidRegistrar, NonrigidSettings
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar
 from ._result import Progress, RegistrationResult, build_result
 
-__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "settings_of"]
+__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "settings_of",
+           "with_fields"]
 
 
 class NonrigidFrameRegistrar:
@@ -34,6 +35,7 @@ class NonrigidFrameRegistrar:
         glob = options.replace(model="translation", refine=None,
                                upsample_factor=max(options.upsample_factor, 20.0))
         self._global = FrameRegistrar(reference, valid, glob, dtype=dtype)
+        self.backend = self._global.backend  # numpy: frames are registered on the CPU
         self.shape = self._global.shape
         self.settings = settings_of(options)
         self._model = NonrigidRegistrar(reference, valid, self.settings)
@@ -166,3 +168,20 @@ class NonrigidResult(RegistrationResult):
         return (f"{base}, grid={self.grid.spacing:g} px, "
                 f"fallback={int(np.sum(self.fallback))}, "
                 f"median deformation rms={np.median(self.deformation_rms) if self.n_frames else 0:.3f} px)")
+
+
+def with_fields(result: RegistrationResult, fields: FieldStack, extras: dict) -> NonrigidResult:
+    """A table's result (its global shifts) with the fields read back from a fields
+    file (``maskalign apply``): what aligns the frames is then the fields."""
+    kept = {f.name: getattr(result, f.name) for f in dc_fields(RegistrationResult)}
+    kept["model"] = "nonrigid"
+    n = result.n_frames
+    return NonrigidResult(
+        **kept, coefficients=fields.coefficients, grid=fields.grid,
+        patch_centres=extras.get("patch_centres"), patch_shifts=extras.get("patch_shifts"),
+        patch_quality=extras.get("patch_quality"),
+        fallback=np.asarray(extras.get("fallback", np.zeros(n, bool)), bool),
+        deformation_rms=np.asarray(extras.get("deformation_rms", np.zeros(n)), float),
+        deformation_max=np.asarray(extras.get("deformation_max", np.zeros(n)), float),
+        valid_patches=np.asarray(extras.get("valid_patches", np.zeros(n)), float),
+    )
