@@ -24,7 +24,7 @@ class Nonrigid(Model):
                "shifts file holds the global translation, SHIFTS.fields.npz the fields")
     frame_ndims = (2,)
     shift_only = True
-    refine_optional = True
+    refine_optional = False  # its Gauss-Newton on the spline always runs
     gpu = False
     #: aligning needs the result's fields, not its transforms
     fields = True
