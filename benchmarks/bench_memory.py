@@ -1,6 +1,6 @@
 """Peak memory and time of ``maskalign register`` on a folder of single-frame TIFFs.
 
-    python benchmarks/bench_memory.py [--frames 1000] [--size 512] [--workdir DIR]
+    python benchmarks/bench_memory.py [--frames 1000] [--size 512] [--workdir DIR] [--nonrigid]
 
 Writes ``--frames`` float32 TIFFs of ``--size`` x ``--size`` pixels (a
 synthetic beam-block pattern; 16 rendered frames cycled, since rendering is
@@ -100,6 +100,8 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workdir", help="folder for the TIFFs and outputs (default: a temp dir)")
+    ap.add_argument("--nonrigid", action="store_true",
+                    help="add --model nonrigid rows (slow: about a second a frame on 2 cores)")
     args = ap.parse_args(argv)
     if not os.path.exists("/proc/self/status"):
         raise SystemExit("this benchmark reads VmHWM from /proc/self/status (Linux)")
@@ -129,6 +131,11 @@ def main(argv=None):
         bench("shifts + aligned .zarr + --mean", frames, n, "--output", work / "aligned2.zarr",
               "--mean", work / "mean2.tif")
         bench("shifts rewritten after every frame", frames, n, "--save-interval", "0")
+        if args.nonrigid:  # fields (a few KB a frame) stay in memory; frames do not
+            bench("nonrigid, shifts + fields", quarter, n // 4, "--model", "nonrigid")
+            bench("nonrigid, shifts + fields", frames, n, "--model", "nonrigid")
+            bench("nonrigid + aligned .zarr + --mean", frames, n, "--model", "nonrigid",
+                  "--output", work / "aligned3.zarr", "--mean", work / "mean3.tif")
         one = rewrite_cost(n, 50, work)
     finally:
         if not args.workdir:

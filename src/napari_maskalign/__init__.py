@@ -13,9 +13,10 @@ phase_cross_correlation
 register_stack
     Register every frame of a stack against a reference (frame, image, mean,
     previous frame or iterative template).
-apply_shifts, apply_transforms
-    Apply per-frame shifts, or whole transforms (rotation and scale too), to a
-    stack (eager or dask-lazy).
+apply_shifts, apply_transforms, apply_fields
+    Apply per-frame shifts, whole transforms (rotation and scale too) or
+    non-rigid fields (``register_stack(..., model="nonrigid")``) to a stack
+    (eager or dask-lazy).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _LAZY = {
     "find_static_outliers": "napari_maskalign.engine",
     "apply_shifts": "napari_maskalign.engine",
     "apply_transforms": "napari_maskalign.engine",
+    "apply_fields": "napari_maskalign.engine",
+    "NonrigidResult": "napari_maskalign.engine",
     "RegistrationOptions": "napari_maskalign.engine",
     "RegistrationResult": "napari_maskalign.engine",
     "valid_from_ignore": "napari_maskalign.engine",
@@ -40,9 +43,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "NonrigidResult",
     "RegistrationOptions",
     "RegistrationResult",
     "__version__",
+    "apply_fields",
     "apply_shifts",
     "apply_transforms",
     "find_static_outliers",
@@ -57,8 +62,10 @@ assert set(__all__) == {"__version__", *_LAZY}
 if TYPE_CHECKING:  # pragma: no cover
     from ._sample_data import make_beam_block_stack
     from .engine import (
+        NonrigidResult,
         RegistrationOptions,
         RegistrationResult,
+        apply_fields,
         apply_shifts,
         apply_transforms,
         find_static_outliers,

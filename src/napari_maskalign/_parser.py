@@ -316,8 +316,16 @@ def _add_commands(sub) -> None:
         default=DEFAULT_MODEL,
         help="what moves between frames: "
         + ", ".join(f"{m.name} ({m.summary})" for m in MODELS.values())
-        + ". The shifts file then adds rotation_deg and scale columns and its shifts are the "
-        "frame centre's",
+        + ". Rigid and similarity add rotation_deg and scale columns to the shifts file "
+        "(its shifts are then the frame centre's)",
+    )
+    reg.add_argument(
+        "--grid-spacing",
+        type=_number(4),
+        default=32.0,
+        metavar="PX",
+        help="--model nonrigid: the spline grid's spacing in pixels (default 32; smaller "
+        "follows sharper deformations and needs more texture)",
     )
     reg.add_argument(
         "--refine",

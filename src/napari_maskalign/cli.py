@@ -135,6 +135,7 @@ def _options(args):
             device=args.device,
             model=args.model,
             refine=args.refine,
+            grid_spacing=args.grid_spacing,
         )
 
 
@@ -268,9 +269,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 with _plain_errors(f"cannot write the plot {args.plot}: "):
                     save_drift_plot(paths.plot, result, title=str(args.input))
                 print(f"plot: {args.plot}")
+            fields = _write_fields(paths.shifts, result) if hasattr(result, "field_stack") else None
             # the result carries what applying needs: its moves, the mask it used, its outliers
             _write_outputs(args, stack, result, paths, client, settings["input"],
-                           mean_outliers=args.mean_with_outliers,
+                           mean_outliers=args.mean_with_outliers, fields=fields,
                            note=f"; all {n} shifts are saved in {journal.path}")
     except KeyboardInterrupt:
         if steps is not None:
@@ -282,6 +284,20 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise CLIError(f"{exc}: {_saved_where(journal)}; run the same command with --resume to "
                        "continue") from None
     return 0
+
+
+def _write_fields(shifts_path, result) -> dict:
+    """A non-rigid run's fields beside its shifts file; what the outputs' attributes say."""
+    from .io.fields import add_summary_columns, fields_path_for, fields_summary, write_fields
+
+    path = fields_path_for(shifts_path)
+    with _plain_errors(f"cannot write the fields {path}: "):
+        write_fields(path, result)
+        add_summary_columns(shifts_path, result)
+    fb = int(result.fallback.sum())
+    print(f"fields: {path} (grid {result.grid.spacing:g} px; median deformation "
+          f"{np.median(result.deformation_rms):.2f} px RMS, {fb} frame(s) kept the global shift)")
+    return {**fields_summary(result), "file": str(path)}
 
 
 def _warn_saturated(stack, valid, options) -> None:
@@ -308,7 +324,7 @@ def _saved_where(journal) -> str:
 
 
 def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers: bool,
-                   note: str = "") -> None:
+                   note: str = "", fields: dict | None = None) -> None:
     """The aligned stack and/or the mean of a result, in one pass (register and apply)."""
     from .workflow import write_outputs
 
@@ -324,7 +340,8 @@ def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers:
         written = follow(write_outputs(
             stack, result, paths, _align_settings(args), mean_outliers=mean_outliers,
             overwrite=args.overwrite,
-            attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source)}},
+            attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source),
+                                 **({"fields": fields} if fields else {})}},
             dask_stack=lazy, chunk_frames=args.chunk_frames),
             "writing" if paths.output is not None else "averaging", quiet=args.quiet)
     for what, path in written.described().items():
@@ -339,6 +356,7 @@ def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers:
 def _cmd_apply(args: argparse.Namespace) -> int:
     from .engine import RegistrationOptions
     from .io import read_shift_table
+    from .io.fields import fields_path_for, read_fields
     from .workflow import ClusterLost, dask_client, table_result
 
     _check_device(args)
@@ -364,10 +382,20 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             # the pixels registration ignored are ignored here too: same table, same output
             with _mask_hint(args):
                 result = table_result(stack, table, options, mask=valid, mask_name=mask_name)
+            fields = None
+            field_file = fields_path_for(args.shifts)
+            if field_file.exists():  # a nonrigid run's fields: they align the frames
+                from .engine.run._nonrigid import with_fields
+
+                result = with_fields(result, *read_fields(field_file, n_frames=n,
+                                                          frame_shape=stack.shape[1:]))
+                fields = {"model": "nonrigid", "file": str(field_file)}
+                print(f"fields: {field_file}")
             if result.hot_pixels is not None:
                 print(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels")
             # a rigid or similarity table turns the frames about their centre as well
-            _write_outputs(args, stack, result, paths, client, args.input, mean_outliers=True)
+            _write_outputs(args, stack, result, paths, client, args.input, mean_outliers=True,
+                           fields=fields)
     except KeyboardInterrupt:
         print("\ninterrupted: no output was written", file=sys.stderr)
         return 130

@@ -5,8 +5,9 @@
 * :func:`register_stack` / :func:`iter_register_stack` -- a whole stack
   against a reference, in a bounded-memory stream; the settings as one
   :class:`RegistrationOptions`;
-* :func:`apply_shifts`, :func:`apply_transforms` -- aligned copies (numpy or
-  lazy dask), by shifts or by whole transforms (rotation and scale too);
+* :func:`apply_shifts`, :func:`apply_transforms`, :func:`apply_fields` -- aligned
+  copies (numpy or lazy dask), by shifts, by whole transforms (rotation and
+  scale too) or by non-rigid fields (``model="nonrigid"``);
 * :func:`shift_bound` -- the Cramer-Rao bound of a shift, the measuring
   stick of every accuracy claim;
 * mask helpers, with the one conversion between painted masks (nonzero =
@@ -27,6 +28,11 @@ from .._lazy import lazy_exports
 # the command line's choices) does not import scipy and every kernel
 _LAZY = {
     "DEFAULT_MODEL": "napari_maskalign.engine.models",
+    "FIELD_CONVENTION": "napari_maskalign.engine.models._fields",
+    "FieldStack": "napari_maskalign.engine.models._fields",
+    "NonrigidResult": "napari_maskalign.engine.run._nonrigid",
+    "apply_fields": "napari_maskalign.engine.models._fields",
+    "warp_field": "napari_maskalign.engine.models._fields",
     "FrameRecord": "napari_maskalign.engine.run._result",
     "FrameRegistrar": "napari_maskalign.engine.run._registrar",
     "MODELS": "napari_maskalign.engine.models",
@@ -65,6 +71,11 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_MODEL",
+    "FIELD_CONVENTION",
+    "FieldStack",
+    "NonrigidResult",
+    "apply_fields",
+    "warp_field",
     "MODELS",
     "FrameRecord",
     "FrameRegistrar",
@@ -107,6 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .kernels._masked import MaskedCorrelator
     from .models import DEFAULT_MODEL, MODELS, Model, model_named
     from .models._bound import fisher_information, gradient_of, shift_bound
+    from .models._fields import FIELD_CONVENTION, FieldStack, apply_fields, warp_field
     from .models._shift import aligned_dtype, apply_shifts
     from .models._transforms import (
         apply_transforms,
@@ -122,6 +134,7 @@ if TYPE_CHECKING:  # pragma: no cover
         suggest_beam_block,
         valid_from_ignore,
     )
+    from .run._nonrigid import NonrigidResult
     from .run._options import RegistrationOptions
     from .run._outliers import flag_outliers, interpolate_flagged, interpolate_turns
     from .run._pcc import phase_cross_correlation

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Layer, Points
+from napari.layers import Image, Labels, Layer, Points, Vectors
 
 from .._display import stack_axis_labels
 from ._model import META, AlignedResult
@@ -144,7 +144,7 @@ def drop_preview(viewer, source: str) -> None:
     drop_outputs(viewer, xcorr_name(source), peak_name(source))
 
 
-KINDS = {"image": Image, "labels": Labels, "points": Points}
+KINDS = {"image": Image, "labels": Labels, "points": Points, "vectors": Vectors}
 
 
 def upsert_layer(viewer, name: str, data, kind: str = "image", *, layer_type: type | None = None,
@@ -158,7 +158,8 @@ def upsert_layer(viewer, name: str, data, kind: str = "image", *, layer_type: ty
     layer that starts hidden keeps whatever the user chose on a re-run).
     """
     existing = check_output_name(viewer, name, KINDS[kind])
-    ndim = np.ndim(data) if kind != "points" else np.shape(data)[1]
+    ndim = {"points": lambda: np.shape(data)[1], "vectors": lambda: np.shape(data)[2]}.get(
+        kind, lambda: np.ndim(data))()
     fits = layer_type is None or isinstance(existing, layer_type)
     if existing is not None and existing.ndim == ndim and fits:
         meta = props.pop("metadata", None)
@@ -173,7 +174,7 @@ def upsert_layer(viewer, name: str, data, kind: str = "image", *, layer_type: ty
         layer = viewer.add_layer(layer_type(data, name=name, **props))
     else:
         add = {"image": viewer.add_image, "labels": viewer.add_labels,
-               "points": viewer.add_points}[kind]
+               "points": viewer.add_points, "vectors": viewer.add_vectors}[kind]
         layer = add(data, name=name, **props)
     if existing is not None:
         index = viewer.layers.index(existing)

@@ -71,6 +71,13 @@ class AlignedResult:
         Rigid and similarity models: each frame's rotation (degrees,
         counterclockwise as seen in napari) and scale about the frame's
         centre, whose shift ``shifts`` then is. None for translation.
+    fields : FieldStack or None
+        The non-rigid model: each frame's field (spline coefficients; the
+        aligned frame is ``frame(x + v(x))``), which aligns the frames instead
+        of ``shifts`` (then the global part).
+    deformation_rms : ndarray, shape (n_frames,), or None
+        The non-rigid model: each frame's field beyond its global shift, RMS over
+        the valid pixels (px); the Shifts plot draws it.
     """
 
     source: str
@@ -91,6 +98,8 @@ class AlignedResult:
     mean_outliers: bool = False
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
+    fields: Any = None
+    deformation_rms: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -118,8 +127,11 @@ class AlignedResult:
                                      self.frame_shape or None)
 
     @property
-    def to_apply(self) -> np.ndarray:
-        """What aligns the frames: the shifts, or the transforms when frames rotate."""
+    def to_apply(self):
+        """What aligns the frames: the shifts, the transforms when frames rotate, the
+        fields (a FieldStack) for a non-rigid result."""
+        if self.fields is not None:
+            return self.fields
         return self.transforms if self.moves else self.shifts
 
     def replace(self, **changes) -> AlignedResult:
@@ -152,6 +164,9 @@ class AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
         moves = not result.transform_model.shift_only
+        if getattr(result.transform_model, "fields", False):
+            fields = {"fields": result.field_stack,
+                      "deformation_rms": np.asarray(result.deformation_rms, float), **fields}
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -198,7 +213,7 @@ class AlignedResult:
         d["align"] = AlignSettings.from_dict(d.get("align"))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
-        for key in ("rotations", "scales"):
+        for key in ("rotations", "scales", "deformation_rms"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

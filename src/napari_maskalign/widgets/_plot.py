@@ -244,8 +244,11 @@ class ShiftPlot(FigureCanvasQTAgg):
 
 def _extra_panels(res: AlignedResult) -> list:
     """(label, values) of the rotation and scale panels of a rigid or similarity result:
-    rotation in degrees, scale as its change from 1 in ppm (below 0.1 %) or %."""
+    rotation in degrees, scale as its change from 1 in ppm (below 0.1 %) or %; and of the
+    deformation panel of a non-rigid one."""
     out = []
+    if res.deformation_rms is not None:
+        out.append(("deformation RMS (px)", np.asarray(res.deformation_rms, float)))
     if res.rotations is not None:
         out.append(("rotation\n(°)", np.asarray(res.rotations, float)))  # two lines: fits a small panel
     if res.scales is not None and np.any(np.asarray(res.scales) != 1):

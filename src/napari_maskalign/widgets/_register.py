@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels, Points
+from napari.layers import Image, Labels, Points, Vectors
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 
@@ -46,10 +46,18 @@ from ._layers import (
     mean_name,
     peak_name,
     stack_problem,
+    upsert_layer,
     wants_lazy,
     xcorr_name,
 )
 from ._model import AlignedResult
+from ._nonrigid_layers import (
+    EXAGGERATION,
+    deformation_name,
+    deformation_stack,
+    patch_vectors,
+    vectors_name,
+)
 from ._outputs import Outputs, make_outputs, output_steps, output_total
 from ._preview import preview_is_new, preview_steps
 from ._register_form import RegisterForm
@@ -451,8 +459,28 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             fit = preview_is_new(self.viewer, job.source)
             steps += preview_steps(self.viewer, job.source, result, job.props,
                                    job.run.frame_shape)
+        if result.model == "nonrigid":
+            for name, cls in ((vectors_name(job.source), Vectors),
+                              (deformation_name(job.source), Image)):
+                check_output_name(self.viewer, name, cls)
+            steps.append(functools.partial(self._show_fields, job.source, result, job.props))
         steps.append(functools.partial(self._show, job.source, box, fit))
         return steps
+
+    def _show_fields(self, source: str, result, props: dict) -> None:
+        """A non-rigid result's patch shifts (vectors, coloured by quality) and its
+        deformation magnitude (lazy), beside the aligned stack."""
+        geo = {"scale": props["scale"], "translate": props["translate"]}
+        meta = {"maskalign": {"role": "patch shifts", "source": source}}
+        data, quality = patch_vectors(result)
+        colour = ({"edge_color": "quality", "edge_colormap": "viridis"} if len(data)
+                  else {"edge_color": "white"})
+        upsert_layer(self.viewer, vectors_name(source), data, kind="vectors",
+                     features={"quality": quality}, length=EXAGGERATION, metadata=meta, **geo,
+                     **colour, first_time={"edge_width": 1.5})
+        meta = {"maskalign": {"role": "deformation", "source": source}}
+        upsert_layer(self.viewer, deformation_name(source), deformation_stack(result),
+                     metadata=meta, colormap="magma", **geo, first_time={"visible": False})
 
     def _show(self, source: str, box: dict, fit: bool) -> None:
         """Select the aligned stack; when the preview has just appeared, fit the view to

@@ -60,8 +60,10 @@ MAIN = [
         choices=[(m.label, m.name) for m in MODELS.values()],
         value=DEFAULT_MODEL, label="model",
         tooltip="What moves between frames. Translation: the pattern only drifts. Rigid: it "
-        "also turns. Similarity: it also grows or shrinks (camera length). Rigid and "
-        "similarity need 2D frames; the aligned frames are then turned and scaled too.")),
+        "also turns. Similarity: it also grows or shrinks (camera length). Nonrigid: it also "
+        "bends smoothly (lens distortion): a field per frame on a 32 px spline grid, shown as "
+        "'<image> patch shifts' vectors and '<image> deformation'. Rigid, similarity and "
+        "nonrigid need 2D frames; nonrigid a frame, an image or the mean as reference.")),
     ("upsample", SpinBox, dict(
         value=20, min=1, max=1000, label="precision 1/",
         tooltip="Shifts are found to 1/this of a pixel: 1 = whole pixels, 20 = 0.05 px. "

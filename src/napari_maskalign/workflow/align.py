@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import aligned_dtype, apply_shifts, apply_transforms
+from ..engine import FieldStack, aligned_dtype, apply_fields, apply_shifts, apply_transforms
 from ..engine.backends._device import namespace_for, namespace_of, native, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
@@ -178,13 +178,20 @@ def output_dtype(stack_dtype, integer: bool) -> np.dtype:
 
 def to_apply(result):
     """What aligns the frames of a registration result: its shifts for translation,
-    its transforms (rotation and scale too) for rigid and similarity models."""
+    its transforms (rotation and scale too) for rigid and similarity models, its
+    fields (a :class:`~napari_maskalign.engine.FieldStack`, evaluated frame by frame)
+    for the non-rigid model."""
+    if getattr(result.transform_model, "fields", False):
+        return result.field_stack
     return result.shifts if result.transform_model.shift_only else result.transforms
 
 
 def _apply(stack, moves, settings: AlignSettings, *, valid, return_valid: bool):
     """:func:`apply_shifts` for shifts ``(n, ndim)``, :func:`apply_transforms` for
-    transforms ``(n, ndim + 1, ndim + 1)``."""
+    transforms ``(n, ndim + 1, ndim + 1)``, :func:`apply_fields` for fields."""
+    if isinstance(moves, FieldStack):
+        return apply_fields(stack, moves, valid_mask=valid, return_valid=return_valid,
+                            **settings.engine_keywords())
     moves = np.asarray(moves, dtype=float)
     apply = apply_transforms if moves.ndim == 3 else apply_shifts
     return apply(stack, moves, valid_mask=valid, return_valid=return_valid,
@@ -195,6 +202,11 @@ def _checked(stack, moves) -> np.ndarray:
     """``moves`` as an array: one shift ``(n, ndim)`` or one transform
     ``(n, ndim + 1, ndim + 1)`` per frame of ``stack``, checked before any frame is moved."""
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
+    if isinstance(moves, FieldStack):
+        want = (n, 2, *tuple(stack.shape[1:]))
+        if tuple(moves.shape) != want:
+            raise ValueError(f"the stack needs fields of shape {want}, got {tuple(moves.shape)}")
+        return moves
     moves = np.asarray(moves, dtype=float)
     if moves.shape not in ((n, ndim), (n, ndim + 1, ndim + 1)):
         raise ValueError(

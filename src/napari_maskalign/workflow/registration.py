@@ -79,6 +79,13 @@ class Registration(Steps):
         self.start = 0 if journal is None else journal.saved
         self.result: RegistrationResult | None = None
         self._run: RegistrationRun | None = None
+        #: the model's result carries fields (non-rigid): returned as the engine made it
+        self._fields = bool(getattr(self.options.transform_model, "fields", False))
+        if self._fields and self.start:
+            raise ValueError(
+                f"a {self.options.model} run cannot be resumed yet (its fields are written when "
+                "it completes); run it again without --resume"
+            )
         if self.start == self.n_frames and self.n_frames:  # the journal holds every frame
             self.options.check_for(self.n_frames, self.frame_shape)
             self.mask = check_mask(mask, self.frame_shape, mask_name)
@@ -136,6 +143,8 @@ class Registration(Steps):
                     journal.save(force=True)
             used, hot = run.result.valid_mask, run.result.hot_pixels
         journal.save(force=True)
+        if self._fields and run is not None:
+            return run.result  # the table holds its global shifts; the result its fields
         return _over_table(journal.shifts, journal.quality, journal.rotations, journal.scales,
                            self.options, self.frame_shape, used=used, hot=hot,
                            masked=self.mask is not None, start=start)

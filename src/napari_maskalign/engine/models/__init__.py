@@ -4,7 +4,7 @@ A model (:class:`Model`) knows its name, its table columns, the frames it
 takes, its coarse search, its refinement Jacobian and how its parameters
 become a transform. Also here: the Gauss-Newton refinement and its
 Cramer-Rao bound, the mask-aware log-polar search, and aligned copies made
-with shifts or transforms.
+with shifts or transforms (or, for the non-rigid model, fields: ``_fields``).
 
 Adding a model: a module ``_name.py`` with a :class:`Model` subclass and its
 instance, and one line in :data:`MODELS` below.
@@ -19,6 +19,7 @@ from ._base import AXIS_NAMES, Model
 from ._rigid import RIGID
 from ._similarity import SIMILARITY
 from ._translation import TRANSLATION
+from .nonrigid import NONRIGID
 
 __all__ = ["AXIS_NAMES", "DEFAULT_MODEL", "MODELS", "Model", "model_for_table", "model_named", "models_for",
            "table_columns"]
@@ -28,6 +29,7 @@ MODELS: dict[str, Model] = {m.name: m for m in (
     TRANSLATION,
     RIGID,
     SIMILARITY,
+    NONRIGID,
 )}
 
 #: the model a run uses unless told otherwise

@@ -111,10 +111,18 @@ class RegistrationOptions:
         the ``gpu`` extra), or None (default): where the stack is -- CuPy
         stacks on their GPU, everything else on the CPU. Not part of
         :meth:`fingerprint`: both give the same shifts (within 1e-3 px).
-    model : {"translation", "rigid", "similarity"}
+    model : {"translation", "rigid", "similarity", "nonrigid"}
         The transform per frame: a shift (default; 2D or 3D frames), a
-        rotation and a shift, or a rotation, a uniform scale and a shift
-        (2D frames).
+        rotation and a shift, a rotation, a uniform scale and a shift, or
+        (``"nonrigid"``) a smooth field: the global masked translation plus a
+        cubic B-spline per frame (2D frames; a frame, an image or the mean as
+        the reference). See :class:`~napari_maskalign.engine.NonrigidResult`.
+    grid_spacing : float
+        Non-rigid only: the control grid's spacing in pixels (default 32; a
+        coarse pass runs at twice it).
+    patch_size, patch_stride : int
+        Non-rigid only: the patches whose masked correlation starts each
+        frame's field (default 64 and 48 px).
     refine : bool, optional
         Refine each frame's transform by Gauss-Newton on the valid pixels
         after the correlation peak (continuous estimates at the Cramer-Rao
@@ -142,6 +150,9 @@ class RegistrationOptions:
     device: str | None = None
     model: str = DEFAULT_MODEL
     refine: bool | None = None
+    grid_spacing: float = 32.0
+    patch_size: int = 64
+    patch_stride: int = 48
 
     def __post_init__(self):
         def put(name, value):
@@ -199,6 +210,17 @@ class RegistrationOptions:
                 f"the {self.model} model always ends in the Gauss-Newton refinement; "
                 f"refine=False applies to {optional} only"
             )
+        if self.model == "nonrigid":
+            from ._nonrigid import settings_of
+
+            settings_of(self)  # checks grid_spacing, patch_size, patch_stride
+            if self.mode in ("previous", "template"):
+                raise ValueError(
+                    f"the nonrigid model registers against a fixed reference (a frame index, an "
+                    f"image or 'mean'), not reference={self.mode!r}"
+                )
+            if self.device == "gpu":
+                raise ValueError("the nonrigid model runs on the CPU; use device='cpu' or None")
         nd = self.reference.ndim if self.mode == "image" else None
         if nd is not None and nd not in model.frame_ndims:
             raise ValueError(
@@ -314,6 +336,9 @@ class RegistrationOptions:
         )
         out = {k: d[k] for k in keep}
         out["refine"] = self.refines
+        if self.model == "nonrigid":
+            out.update(grid_spacing=float(self.grid_spacing), patch_size=int(self.patch_size),
+                       patch_stride=int(self.patch_stride))
         for k in ("reference_range", "max_shift"):
             if isinstance(out[k], tuple):
                 out[k] = list(out[k])

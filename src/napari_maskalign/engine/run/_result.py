@@ -39,6 +39,9 @@ class FrameRecord:
         Rigid and similarity models: the registering transform, a homogeneous
         matrix (see :attr:`RegistrationResult.transforms`), of which ``shift``
         is the frame centre's shift. None for translation.
+    nonrigid : NonrigidRecord or None
+        The non-rigid model: the frame's field (spline coefficients), patch
+        shifts and fallback flag; ``shift`` is then the global translation.
     """
 
     shift: np.ndarray
@@ -46,6 +49,7 @@ class FrameRecord:
     peak: np.ndarray
     xcorr: np.ndarray | None = None
     transform: np.ndarray | None = None
+    nonrigid: Any = None
 
 
 @dataclass(frozen=True)

@@ -133,6 +133,10 @@ class RegistrationRun(Steps):
         # run stays unmasked (phase or plain correlation) with them filled in every frame
         self.valid = used if given is not None else None
         self.fill = hot if given is None and hot is not None and hot.any() else None
+        if opts.model == "nonrigid":
+            from ._nonrigid import nonrigid_steps
+
+            return (yield from nonrigid_steps(self, given, hot))
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
         table = _Table(count, len(self.frame_shape), radius, opts.transform_model)

@@ -1,0 +1,58 @@
+"""The Register dock's nonrigid model: aligned by the fields, patch shifts as vectors,
+the deformation as a lazy image."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+pytest.importorskip("napari", reason="the widget tests need napari: pip install -e '.[test]'")
+pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip install -e '.[test]'")
+
+from napari.layers import Vectors
+
+from napari_maskalign import apply_fields
+from napari_maskalign._nonrigid_sample import make_nonrigid_stack
+from napari_maskalign.widgets import RegisterWidget
+
+
+def test_nonrigid_run_shows_fields(qtbot, viewer_model):
+    synth = make_nonrigid_stack(3, (128, 128), amplitude=1.0, seed=6)
+    viewer_model.add_image(synth.stack, name="warp")
+    viewer_model.add_labels(synth.beam_block.astype(np.uint8), name="warp mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.reference.value = "index"
+    w.model_choice.value = "nonrigid"
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as blocker:
+        assert w.run() is not None
+    assert blocker.args[0] == "done"
+    aligned = viewer_model.layers["warp aligned"]
+    meta = aligned.metadata["maskalign"]
+    assert meta["model"] == "nonrigid" and meta["fields"] is not None
+    # the aligned frames are the frames warped by the fields (not just shifted)
+    expected, data = apply_fields(synth.stack, meta["fields"], valid_mask=meta["valid"],
+                                  return_valid=True)
+    got = np.asarray(aligned.data)
+    np.testing.assert_allclose(got[data], expected[data], rtol=1e-5, atol=1e-4)
+    vectors = viewer_model.layers["warp patch shifts"]
+    assert isinstance(vectors, Vectors) and len(vectors.data)
+    assert set(np.unique(vectors.data[:, 0, 0])) <= {0.0, 1.0, 2.0}  # time-indexed
+    assert "quality" in vectors.features and vectors.length > 1
+    deformation = viewer_model.layers["warp deformation"]
+    assert isinstance(deformation.data, da.Array) and deformation.data.shape == (3, 128, 128)
+    # frame 0 is the reference: no deformation; the others deform by about 1 px
+    d = np.asarray(deformation.data[1])[synth.valid]
+    assert np.asarray(deformation.data[0]).max() < 1e-4 and 0.3 < np.median(d) < 2.5
+    # the Shifts plot has a deformation panel
+    from napari_maskalign.widgets._model import AlignedResult
+    from napari_maskalign.widgets._plot import _extra_panels
+
+    res = AlignedResult.from_layer(aligned)
+    panels = dict(_extra_panels(res))
+    # the engine's RMS is that of the deformation layer over the valid pixels
+    valid = meta["valid"] if meta["valid"] is not None else np.ones((128, 128), bool)
+    rms = [np.sqrt(np.mean(np.asarray(deformation.data[i])[valid] ** 2)) for i in range(3)]
+    np.testing.assert_allclose(panels["deformation RMS (px)"], rms, rtol=1e-3, atol=1e-4)
+    assert panels["deformation RMS (px)"][0] == 0 and np.all(panels["deformation RMS (px)"][1:] > 0.3)
