@@ -36,6 +36,10 @@ class FrameRecord:
         Rigid and similarity models: the registering transform, a homogeneous
         matrix (see :attr:`RegistrationResult.transforms`), of which ``shift``
         is the frame centre's shift. None for translation.
+    sigma : ndarray or None
+        One-sigma error of ``shift`` per axis in pixels, then (rigid and
+        similarity) of the rotation in degrees and of the scale; NaN or None
+        where unknown (see :attr:`RegistrationResult.uncertainties`).
     """
 
     shift: np.ndarray
@@ -43,6 +47,7 @@ class FrameRecord:
     peak: np.ndarray
     xcorr: np.ndarray | None = None
     transform: np.ndarray | None = None
+    sigma: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,21 @@ class RegistrationResult:
         The mask registration used (True = valid): the given mask without the
         hot pixels; None when every pixel was used. Aligning with it makes
         the ignored pixels NaN where they land.
+    uncertainties : ndarray, shape (n_frames, ndim)
+        One-sigma error of each frame's measured shift per axis (row, col), in
+        pixels: from the curvature of the fit (the refinement's weighted
+        normal matrix; without refinement the correlation peak's curvature
+        plus the grid's quantization) scaled by the residual noise measured on
+        that frame, both frames' noise included. NaN where unknown (frames
+        without contrast, tables without it). With ``reference="previous"``
+        the errors of the steps add up along the chain.
+    parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity: one-sigma error of the rotation (degrees) and of
+        the scale; None for translation.
+    warnings : list of str
+        What makes the result doubtful (a lock on a static structure, a
+        mask that looks inverted): plain sentences for a person to read;
+        empty when nothing was found.
     """
 
     shifts: np.ndarray
@@ -148,8 +168,13 @@ class RegistrationResult:
     raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
     valid_mask: np.ndarray | None = None
+    uncertainties: np.ndarray | None = None
+    parameter_uncertainties: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.uncertainties is None:
+            self.uncertainties = np.full(np.shape(self.raw_shifts), np.nan)
         if self.transforms is None:
             self.transforms = shift_transforms(self.shifts)
         if self.raw_transforms is None:
@@ -216,6 +241,9 @@ def build_result(
     frame_shape=None,
     hot_pixels=None,
     valid_mask=None,
+    uncertainties=None,
+    parameter_uncertainties=None,
+    warnings=None,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
@@ -223,7 +251,9 @@ def build_result(
     For rigid and similarity models the table also holds each frame's
     rotation (degrees) and scale, ``raw_shifts`` are the frame centre's
     shifts and ``frame_shape`` says where that centre is; interpolation then
-    covers the rotation and the logarithm of the scale too.
+    covers the rotation and the logarithm of the scale too. ``uncertainties``
+    (per frame and axis, px) and ``parameter_uncertainties`` (rotation in
+    degrees, scale) are kept as measured (NaN where unknown).
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -256,4 +286,8 @@ def build_result(
         raw_transforms=raw_transforms,
         hot_pixels=hot_pixels,
         valid_mask=valid_mask,
+        uncertainties=None if uncertainties is None else np.asarray(uncertainties, dtype=float),
+        parameter_uncertainties=(None if parameter_uncertainties is None
+                                 else np.asarray(parameter_uncertainties, dtype=float)),
+        warnings=list(warnings or []),
     )

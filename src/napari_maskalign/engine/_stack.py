@@ -28,6 +28,8 @@ class _Table:
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
+        # one-sigma errors: the shift per axis, then rotation (deg) and scale for models
+        self.sigma = np.full((count, ndim if model == "translation" else ndim + 2), np.nan)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
         if model != "translation":
@@ -35,6 +37,7 @@ class _Table:
 
     def put(self, k: int, record: FrameRecord) -> None:
         self.shifts[k], self.peaks[k], self.quality[k] = record.shift, record.peak, record.quality
+        self.sigma[k] = np.nan if record.sigma is None else record.sigma
         if self.xcorr is not None:
             self.xcorr[k] = record.xcorr
         if self.transforms is not None:
@@ -42,10 +45,13 @@ class _Table:
 
     def parameters(self, frame_shape) -> dict:
         """``rotations``, ``scales`` and ``frame_shape`` for :func:`build_result`."""
+        ndim = self.shifts.shape[1]
         if self.transforms is None:
-            return {}
+            return {"uncertainties": self.sigma}
         _, rotations, scales = transform_parameters(self.transforms, frame_shape)
-        return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape}
+        return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape,
+                "uncertainties": self.sigma[:, :ndim],
+                "parameter_uncertainties": self.sigma[:, ndim:]}
 
 
 class RegistrationRun:
@@ -206,13 +212,20 @@ class RegistrationRun:
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
         model = self.options.model != "translation"
+        # the chain's variance: each step's error adds to the frames after it (a resumed
+        # run does not know the earlier steps' errors and starts from 0)
+        var = None
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
             if i == 0:  # the first frame is the origin of the chain
                 zero = np.zeros(len(self.frame_shape))
                 rec = dataclasses.replace(rec, shift=zero, peak=zero,
-                                          transform=np.eye(len(zero) + 1) if model else None)
+                                          transform=np.eye(len(zero) + 1) if model else None,
+                                          sigma=None if rec.sigma is None else 0 * rec.sigma)
+            if rec.sigma is not None:
+                var = rec.sigma**2 if var is None else var + rec.sigma**2
+                rec = dataclasses.replace(rec, sigma=np.sqrt(var))
             if model:  # the step maps frame i onto frame i - 1, acc frame i - 1 onto the first
                 acc = acc @ rec.transform
                 shift = transform_parameters(acc[None], self.frame_shape)[0][0]
