@@ -7,16 +7,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._device import namespace_for
-from ._fft import default_workers, real_dtype_for
-from ._frames import check_stack, is_dask, iter_frames, read_frame
+from ..backends._device import namespace_for
+from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
+from ..kernels._fft import default_workers, real_dtype_for
+from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
-from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -242,7 +242,7 @@ class RegistrationRun:
 
     def _template(self, table: _Table):
         """Register to the mean, average the aligned frames, register again."""
-        from ._transforms import warp_frame
+        from ..models._transforms import warp_frame
 
         stack, n, dtype, opts = self.stack, self.n_frames, self.dtype, self.options
         passes = opts.template_iterations + 1
