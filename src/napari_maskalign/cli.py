@@ -151,6 +151,26 @@ def _read_mask(args, frame_shape):
         raise CLIError(f"{exc}{hint}") from None
 
 
+def _check_mask(args, valid, stack, frame_index: int = 0) -> None:
+    """The mask's sanity check (that of the Register dock): a mask that is almost
+    surely inverted stops the run with the fix; a doubtful one is a warning."""
+    if valid is None:
+        return
+    from .workflow.checks import looks_inverted, mask_problems
+
+    frame = np.asarray(stack[frame_index])
+    problems = mask_problems(valid, frame, Path(args.mask).name)
+    if not problems:
+        return
+    text = " ".join(problems)
+    if looks_inverted(problems):
+        fix = ("drop --invert-mask" if args.invert_mask else
+               "if your mask file marks the valid pixels with nonzero (as scikit-ued's do), "
+               "add --invert-mask")
+        raise CLIError(f"{text} The mask looks inverted: {fix}.")
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def _remove_stale(out: Path) -> None:
     from .io import remove_path, stale_partials
 
@@ -183,6 +203,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     with _plain_errors():
         options.check_for(n, frame_shape)
     valid = _read_mask(args, frame_shape)
+    _check_mask(args, valid, stack, options.reference_index(n) if options.mode == "index" else 0)
     settings = run_settings(args.input, stack, valid, options)
     wanted = _output_paths(args, stack, args.shifts)  # --resume: continue_run decides
     paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
@@ -297,6 +318,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
     given, options = _read_mask(args, stack.shape[1:]), RegistrationOptions(
         hot_pixels=_hot_pixels(args.hot_pixels))
+    _check_mask(args, given, stack)
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
             options.check_for(n, stack.shape[1:])

@@ -28,6 +28,7 @@ from .models._transforms import (
     warp_frame,
 )
 from .run._hotpixels import find_static_outliers, mask_with_outliers
+from .run._lock import lock_warning, run_warnings
 from .run._masks import (
     check_valid_mask,
     grow_ignore,
@@ -65,9 +66,11 @@ __all__ = [
     "interpolate_flagged",
     "interpolate_turns",
     "iter_register_stack",
+    "lock_warning",
     "mask_with_outliers",
     "phase_cross_correlation",
     "register_stack",
+    "run_warnings",
     "shift_bound",
     "shrink_ignore",
     "similarity_transforms",

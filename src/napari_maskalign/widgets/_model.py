@@ -74,6 +74,9 @@ class AlignedResult:
         Rigid and similarity models: each frame's rotation (degrees,
         counterclockwise as seen in napari) and scale about the frame's
         centre, whose shift ``shifts`` then is. None for translation.
+    uncertainties : ndarray, shape (n_frames, ndim), or None
+        One-sigma error of each measured shift (px per axis; NaN where
+        unknown), None when the result has none (an old table).
     """
 
     source: str
@@ -94,10 +97,24 @@ class AlignedResult:
     mean_outliers: bool = False
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
+    uncertainties: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return int(len(self.shifts))
+
+    def shift_uncertainties(self) -> np.ndarray | None:
+        """The one-sigma errors of :attr:`shifts` as they stand: NaN on frames whose
+        shift was interpolated or edited (not measured); None when there are none."""
+        if self.uncertainties is None:
+            return None
+        sigma = np.array(self.uncertainties, dtype=float)
+        if sigma.shape != self.shifts.shape:
+            return None
+        measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
+        measured[np.asarray(self.edited, int)] = False
+        sigma[~measured] = np.nan
+        return sigma
 
     @property
     def ndim(self) -> int:
@@ -174,6 +191,7 @@ class AlignedResult:
             model=result.model,
             rotations=np.asarray(result.rotations, float) if moves else None,
             scales=np.asarray(result.scales, float) if moves else None,
+            uncertainties=getattr(result, "uncertainties", None),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -204,7 +222,7 @@ class AlignedResult:
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
-        for key in ("rotations", "scales"):
+        for key in ("rotations", "scales", "uncertainties"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

@@ -315,7 +315,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
     # -- CSV ----------------------------------------------------------------------
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
-        """Write the shifts as CSV (frame, shift_[z,]y,x, quality)."""
+        """Write the shifts as CSV (frame, shift_[z,]y,x, quality, and the one-sigma
+        errors sigma_[z,]y,x of the measured shifts when known)."""
         found = self.attempt(self._require_result)
         if found is None:
             return None
@@ -324,7 +325,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
         if path is None:
             return None
         out = self.write_file(path, lambda p: write_shifts_csv(
-            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales))
+            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales,
+            uncertainties=res.shift_uncertainties()))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out
@@ -342,8 +344,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             return None
         n, shape = int(stack.data.shape[0]), frame_shape(stack)
         try:
-            shifts, quality, rotations, scales = read_shift_table(path, n_frames=n,
-                                                                  ndim=len(shape))
+            table = read_shift_table(path, n_frames=n, ndim=len(shape))
+            shifts, quality, rotations, scales = table[:4]
             outliers = flag_outliers(shifts, quality)
         except (ValueError, OSError) as exc:
             self.report(f"cannot use this shift table for '{stack.name}': {explain(exc)}")
@@ -358,6 +360,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
             rotations=rotations, scales=scales, model="translation" if rotations is None
             else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
+            uncertainties=table.uncertainties,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

@@ -14,7 +14,13 @@ import contextlib
 
 import numpy as np
 
-from ..engine import RegistrationRun, build_result, mask_with_outliers, transform_parameters
+from ..engine import (
+    RegistrationRun,
+    build_result,
+    mask_with_outliers,
+    run_warnings,
+    transform_parameters,
+)
 from ..io import as_dask
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]
@@ -142,20 +148,26 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
             if moves:
                 previous = (previous, journal.rotations[start - 1], journal.scales[start - 1])
         run = RegistrationRun(run_stack, run_options, mask=mask, start=start,
-                              previous_shift=previous)
+                              previous_shift=previous,
+                              previous_sigma=journal.sigma[start - 1] if start else None)
         template = options.mode == "template"
         try:
             with cluster_guard(client):
                 for p in run:
                     if not template:
                         journal.record([p.frame], p.shift[None], [p.quality],
-                                       *_rotation_scale(p.record.transform, frame_shape))
+                                       *_rotation_scale(p.record.transform, frame_shape),
+                                       sigma=p.record.sigma)
                         journal.save()
                     yield p
             if template:
                 res = run.result
+                sigma = res.uncertainties
+                if moves:
+                    sigma = np.column_stack([sigma, res.parameter_uncertainties])
                 journal.record(np.arange(start, n), res.raw_shifts, res.quality,
-                               *_rotation_scale(res.raw_transforms if moves else None, frame_shape))
+                               *_rotation_scale(res.raw_transforms if moves else None, frame_shape),
+                               sigma=sigma)
         finally:
             if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                 journal.save(force=True)
@@ -172,6 +184,9 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         frame_shape=frame_shape if moves else None,
         hot_pixels=hot,
         valid_mask=used,
+        uncertainties=journal.uncertainties,
+        parameter_uncertainties=journal.parameter_uncertainties,
+        **run_warnings(stack, journal.shifts, used, options.model),
     )
 
 

@@ -151,9 +151,12 @@ class RegistrationResult:
         Rigid and similarity: one-sigma error of the rotation (degrees) and of
         the scale; None for translation.
     warnings : list of str
-        What makes the result doubtful (a lock on a static structure, a
-        mask that looks inverted): plain sentences for a person to read;
-        empty when nothing was found.
+        What makes the result doubtful (a lock on a static structure):
+        plain sentences for a person to read; empty when nothing was found.
+    lock_suspected : bool
+        The shifts sit near zero while the frames, aligned by them, do not
+        match within the noise: the run has probably locked onto something
+        static (see :mod:`._lock`); the shifts should not be trusted.
     """
 
     shifts: np.ndarray
@@ -171,6 +174,7 @@ class RegistrationResult:
     uncertainties: np.ndarray | None = None
     parameter_uncertainties: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    lock_suspected: bool = False
 
     def __post_init__(self):
         if self.uncertainties is None:
@@ -244,6 +248,7 @@ def build_result(
     uncertainties=None,
     parameter_uncertainties=None,
     warnings=None,
+    lock_suspected: bool = False,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
@@ -290,4 +295,5 @@ def build_result(
         parameter_uncertainties=(None if parameter_uncertainties is None
                                  else np.asarray(parameter_uncertainties, dtype=float)),
         warnings=list(warnings or []),
+        lock_suspected=bool(lock_suspected),
     )

@@ -12,6 +12,7 @@ from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
 from ..kernels._fft import default_workers, real_dtype_for
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
+from ._lock import run_warnings
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
@@ -84,10 +85,14 @@ class RegistrationRun:
         shift of frame ``start - 1`` (rigid and similarity models: its
         accumulated transform, a homogeneous matrix, or its centre shift,
         rotation and scale as ``(shift, rotation, scale)``).
+    previous_sigma : array, optional
+        With ``reference="previous"`` and ``start``: the one-sigma errors of
+        frame ``start - 1`` (its row of ``uncertainties``, then for models of
+        ``parameter_uncertainties``), which the chain's errors continue from.
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 start: int = 0, previous_shift=None):
+                 start: int = 0, previous_shift=None, previous_sigma=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
@@ -103,6 +108,9 @@ class RegistrationRun:
         self.previous_shift = None
         if opts.mode == "previous":
             self.previous_shift = _previous_start(previous_shift, ndim, opts.model, frame_shape)
+        self.previous_sigma = None
+        if previous_sigma is not None and opts.mode == "previous" and start:
+            self.previous_sigma = np.asarray(previous_sigma, dtype=float)
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
@@ -152,6 +160,9 @@ class RegistrationRun:
             yield from self._template(table)
         else:
             yield from self._fixed(table)
+        # a resumed run's table is partial: the workflow checks the whole one
+        checks = run_warnings(self.stack, table.shifts, self.valid, opts.model) \
+            if self.start == 0 else {}
         return build_result(
             table.shifts,
             table.quality,
@@ -163,6 +174,7 @@ class RegistrationRun:
             hot_pixels=hot,
             valid_mask=self.valid,
             **table.parameters(self.frame_shape),
+            **checks,
         )
 
     def _reference_image(self) -> np.ndarray:
@@ -212,9 +224,10 @@ class RegistrationRun:
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
         model = self.options.model != "translation"
-        # the chain's variance: each step's error adds to the frames after it (a resumed
-        # run does not know the earlier steps' errors and starts from 0)
-        var = None
+        # each step's error adds (in quadrature) to the frames after it; a resumed run
+        # continues from frame start - 1's sigma (carried as the sigma itself, not its
+        # square, so that it continues bit for bit)
+        chain = self.previous_sigma
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
@@ -224,8 +237,8 @@ class RegistrationRun:
                                           transform=np.eye(len(zero) + 1) if model else None,
                                           sigma=None if rec.sigma is None else 0 * rec.sigma)
             if rec.sigma is not None:
-                var = rec.sigma**2 if var is None else var + rec.sigma**2
-                rec = dataclasses.replace(rec, sigma=np.sqrt(var))
+                chain = rec.sigma if chain is None else np.sqrt(chain**2 + rec.sigma**2)
+                rec = dataclasses.replace(rec, sigma=chain)
             if model:  # the step maps frame i onto frame i - 1, acc frame i - 1 onto the first
                 acc = acc @ rec.transform
                 shift = transform_parameters(acc[None], self.frame_shape)[0][0]

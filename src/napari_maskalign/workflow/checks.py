@@ -1,5 +1,8 @@
 """A look at the mask before a run: plain words when it is probably wrong (no Qt).
 
+Shared by both faces: the Register dock asks the person, ``maskalign register``
+and ``apply`` stop with the fix (``--invert-mask``) or warn.
+
 A beam-block mask ignores a small, dark part of the frame. Two signs that
 the mask was painted the other way round (the pattern painted, the block
 left out) or is otherwise off:
@@ -10,8 +13,11 @@ left out) or is otherwise off:
   purpose) are bright by nature, so this is only asked of masks that cover
   at least :data:`BRIGHT_MIN_AREA` of the frame.
 
-:func:`mask_warning` decides; the Register dock asks the person (Invert /
-Run anyway / Cancel) only when it returns text.
+:func:`mask_problems` finds the signs; :func:`mask_warning` words them for
+the Register dock, which asks the person (Invert / Run anyway / Cancel) only
+when it returns text; :func:`looks_inverted` is the command line's test for
+an error (both signs at once: a mask that is almost surely the wrong way
+round).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ MOST = 0.5
 BRIGHT_MIN_AREA = 0.02
 
 
-def mask_warning(valid, frame, mask: str = "the mask") -> str | None:
-    """Why the mask is probably wrong, in plain words; None when it looks fine.
+def mask_problems(valid, frame, mask: str = "the mask") -> list[str]:
+    """The signs that the mask is probably wrong, one sentence each (empty: it looks
+    fine).
 
     Parameters
     ----------
@@ -56,6 +63,18 @@ def mask_warning(valid, frame, mask: str = "the mask") -> str | None:
                     f"The pixels it ignores are brighter than the ones it uses (median "
                     f"{dark_in:.4g} against {dark_out:.4g}), while a beam block's shadow is dark."
                 )
+    return problems
+
+
+def looks_inverted(problems) -> bool:
+    """Both signs at once: most of the frame ignored, and the ignored part brighter."""
+    return len(problems) >= 2
+
+
+def mask_warning(valid, frame, mask: str = "the mask") -> str | None:
+    """Why the mask is probably wrong, in plain words for the Register dock; None when
+    it looks fine (see :func:`mask_problems`)."""
+    problems = mask_problems(valid, frame, mask)
     if not problems:
         return None
     return " ".join(problems) + (
