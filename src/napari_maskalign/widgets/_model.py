@@ -77,6 +77,9 @@ class AlignedResult:
     uncertainties : ndarray, shape (n_frames, ndim), or None
         One-sigma error of each measured shift (px per axis; NaN where
         unknown), None when the result has none (an old table).
+    parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity: one-sigma error of the rotation (degrees) and the
+        scale, as measured.
     """
 
     source: str
@@ -98,6 +101,7 @@ class AlignedResult:
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
     uncertainties: np.ndarray | None = None
+    parameter_uncertainties: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -111,10 +115,24 @@ class AlignedResult:
         sigma = np.array(self.uncertainties, dtype=float)
         if sigma.shape != self.shifts.shape:
             return None
+        sigma[~self._measured()] = np.nan
+        return sigma
+
+    def turn_uncertainties(self) -> np.ndarray | None:
+        """:attr:`parameter_uncertainties` as they stand (NaN where not measured)."""
+        if self.parameter_uncertainties is None or self.rotations is None:
+            return None
+        sigma = np.array(self.parameter_uncertainties, dtype=float)
+        if sigma.shape != (self.n_frames, 2):
+            return None
+        sigma[~self._measured()] = np.nan
+        return sigma
+
+    def _measured(self) -> np.ndarray:
+        """Frames whose shift is as measured (not interpolated, not edited)."""
         measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
         measured[np.asarray(self.edited, int)] = False
-        sigma[~measured] = np.nan
-        return sigma
+        return measured
 
     @property
     def ndim(self) -> int:
@@ -192,6 +210,7 @@ class AlignedResult:
             rotations=np.asarray(result.rotations, float) if moves else None,
             scales=np.asarray(result.scales, float) if moves else None,
             uncertainties=getattr(result, "uncertainties", None),
+            parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -222,7 +241,7 @@ class AlignedResult:
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
-        for key in ("rotations", "scales", "uncertainties"):
+        for key in ("rotations", "scales", "uncertainties", "parameter_uncertainties"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

@@ -326,7 +326,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             return None
         out = self.write_file(path, lambda p: write_shifts_csv(
             p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales,
-            uncertainties=res.shift_uncertainties()))
+            uncertainties=res.shift_uncertainties(),
+            parameter_uncertainties=res.turn_uncertainties()))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out
@@ -361,6 +362,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
             rotations=rotations, scales=scales, model="translation" if rotations is None
             else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
             uncertainties=table.uncertainties,
+            parameter_uncertainties=table.parameter_uncertainties,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

@@ -51,6 +51,8 @@ PARAMS = {"rigid": 3, "similarity": 4}
 _BINS = 16
 #: pixels the translation model mirrors each frame out by before its transform
 _MIRROR = 8
+_WIENER = "radial"
+_WIENER_BOX = 3
 
 #: ``select`` keeps at least this many pixels (small frames keep them all)
 MIN_POINTS = 4000
@@ -152,11 +154,18 @@ def wiener_estimate(image, valid=None):
     corner = np.ones(spec.shape, bool)
     for kk in k:
         corner &= np.abs(kk) > 0.7 * np.pi
-    noise = float(np.mean(power[corner])) if corner.any() else 0.0
+    # the median, not the mean: a noise periodogram is exponentially distributed
+    # (median = ln 2 times its mean), while sharp periodic content (a lattice of
+    # spots) puts a few strong peaks even there, which the median ignores
+    noise = float(np.median(power[corner])) / np.log(2.0) if corner.any() else 0.0
     bins = np.minimum((kr * 64).astype(int), int(64 * np.sqrt(ndim)) + 1)
     counts = np.bincount(bins.ravel())
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
-    gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)[bins]
+    if _WIENER == "radial":
+        gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)[bins]
+    else:
+        local = ndi.uniform_filter(power, _WIENER_BOX, mode="wrap")
+        gain = np.clip(1.0 - noise / np.maximum(local, 1e-300), 0.0, 1.0)
     spec *= gain
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
     level = sfft.irfftn(spec, big.shape)[inner]
@@ -179,6 +188,30 @@ def peak_curvature(reference, valid=None):
     valid = np.ones(ref.shape, bool) if valid is None else np.asarray(valid, bool)
     _, grad, _ = wiener_estimate(ref, valid)
     return _curvature(ref, valid, grad)
+
+
+def noise_spread(reference, valid=None):
+    """``(K, P)`` for the error of an unweighted least-squares shift: ``K = sum g g^T v``
+    over the pixels (``g`` the reference's noiseless gradient, a Wiener estimate,
+    ``v`` its noise variance fitted as ``alpha * level + beta`` over bins of the
+    level, from the reference's difference to its Wiener estimate) and ``P = sum v``;
+    both frames' noise alike (the factor cancels when a frame's residual scales
+    them)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    valid = np.ones(ref.shape, bool) if valid is None else np.asarray(valid, bool)
+    level, grad, _ = wiener_estimate(ref, valid)
+    lv, e = level[valid], (ref - level)[valid]
+    order = np.argsort(lv, kind="stable")
+    chunks = np.array_split(order, _BINS)
+    x = np.array([lv[c].mean() for c in chunks if c.size])
+    var = np.array([np.mean(e[c] ** 2) for c in chunks if c.size])
+    alpha, beta = (np.polyfit(x, var, 1) if x.size >= 2 and np.ptp(x) > 0
+                   else (0.0, float(np.mean(var))))
+    if alpha < 0:
+        alpha, beta = 0.0, float(np.mean(var))
+    v = np.maximum(alpha * lv + beta, 1e-12 * max(float(var.max()), 1e-300))
+    g = np.stack([gr[valid] for gr in grad])
+    return (g * v) @ g.T, float(np.sum(v))
 
 
 class RefineResult:
@@ -233,10 +266,17 @@ class Refiner:
     centre : array, optional
         The point the rotation and scale turn about, in this image's pixels
         (default: its centre; a reduced level passes the full frame's centre).
+    noise_first : bool
+        Fit the noise model at the start (a fine correlation peak is close
+        enough for its residuals to be noise), so that the first step is
+        weighted already: two steps instead of three. The Jacobian's scale is
+        an estimate (a few % off on sharp content), so the steps go on to
+        ``tol`` rather than trust one.
     """
 
     def __init__(self, reference, ref_valid=None, mov_valid=None, model="translation", *,
-                 select=None, margin=3, weighted=True, max_iter=12, tol=1e-4, centre=None):
+                 select=None, margin=3, weighted=True, max_iter=12, tol=1e-4, centre=None,
+                 noise_first=False):
         ref = np.asarray(reference, dtype=np.float64)
         self.shape, self.ndim, self.model = ref.shape, ref.ndim, model
         if model != "translation" and ref.ndim != 2:
@@ -244,6 +284,7 @@ class Refiner:
         ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
         mov_valid = ref_valid if mov_valid is None else np.asarray(mov_valid, bool)
         self.margin, self.weighted, self.max_iter, self.tol = margin, weighted, max_iter, tol
+        self.noise_first = bool(noise_first)
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
         self.centre = np.asarray(centre, dtype=float)
@@ -279,6 +320,7 @@ class Refiner:
         #: the spline, whose filled block rings less into the few planes a volume has
         #: (measured, 16x32x32 noiseless: 0.08 px off in Fourier space, 0.01 with it)
         self.fourier = model == "translation" and self.ndim == 2
+        self._usable_cache = {}
         # the translation model's frame, mirrored out by _pad, on a fast FFT size
         self._pad = [min(_MIRROR, n - 1) for n in self.shape]
         self._pshape = tuple(sfft.next_fast_len(n + 2 * p, real=True)
@@ -356,6 +398,18 @@ class Refiner:
         idx = np.rint(self.d + (self.centre + whole)[:, None]).astype(np.intp)
         return out[tuple(np.clip(i, 0, n - 1) for i, n in zip(idx, self.shape))]
 
+    def _usable_shift(self, shift) -> np.ndarray:
+        """:meth:`_usable` for a shift, by its nearest whole pixels (cached: the frames
+        of a drifting stack keep landing on the same ones)."""
+        key = tuple(int(v) for v in np.rint(shift))
+        ok = self._usable_cache.get(key)
+        if ok is None:
+            ok = self._usable(self.d + (self.centre + np.asarray(key, float))[:, None])
+            if len(self._usable_cache) > 64:
+                self._usable_cache.clear()
+            self._usable_cache[key] = ok
+        return ok
+
     def _usable(self, pos) -> np.ndarray:
         """Points whose sample is at least ``margin`` from the frame's edge and from the
         moving frame's invalid pixels."""
@@ -408,15 +462,22 @@ class Refiner:
         jac[:, k] = -self.level
         jac[:, k + 1] = -1.0
         for it in range(1, self.max_iter + 1):
-            pos, jgeo = self._warp(params)
-            ok = self._usable(pos)
+            if self.fourier:  # a shift: which points are usable depends on its whole pixels
+                pos, jgeo, ok = None, self.g.T, self._usable_shift(params)
+            else:
+                pos, jgeo = self._warp(params)
+                ok = self._usable(pos)
             if ok.sum() < need:
                 break
             m, used = self._sample(coeffs, pos, params), ok
+            first = self.noise_first and it == 1 and self.weighted and noise is None
             e = np.where(ok, m - gain * self.r - offset, 0.0)
             jac[:, :k] = jgeo
             # unusable points take part with weight 0 (cheaper than cutting them out)
-            if self.weighted and it > 1:
+            if first:  # the noise model from the start, its gain and offset taken out
+                g_fit, o_fit = _gain_offset(m[ok], self.r[ok])
+                noise = self._fit_noise(np.where(ok, m - g_fit * self.r - o_fit, 0.0), ok)
+            elif self.weighted and it > 1:
                 noise = self._fit_noise(e, ok)
             weighted = noise is not None
             w = self._weights(noise, ok) if weighted else ok.astype(np.float64)
@@ -441,6 +502,16 @@ class Refiner:
         quality = 0.0 if m is None else _pearson(m[used], self.r[used])
         return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points),
                             noise, cov)
+
+
+def _gain_offset(m, level):
+    """Least-squares ``(gain, offset)`` of ``m`` against ``level`` (1, 0 for equal
+    arrays, exactly)."""
+    lm, mm = float(level.mean()), float(m.mean())
+    dl = level - lm
+    var = float(dl @ dl)
+    gain = float(dl @ (m - mm)) / var if var > 0 else 1.0
+    return gain, mm - gain * lm
 
 
 def _covariance(normal, k: int, residuals=None):

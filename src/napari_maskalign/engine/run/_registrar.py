@@ -108,6 +108,9 @@ class FrameRegistrar:
                 xp=self.xp,
             )
         elif opts.model == "translation":
+            # unmasked, the refinement is a Newton step on the cross-power spectrum the
+            # correlation holds anyway: no transform, no pixel pass (the frame's own
+            # refinement cost 8x the correlation)
             self._corr = PhaseCorrelator(
                 ref,
                 normalization=opts.normalization,
@@ -115,6 +118,7 @@ class FrameRegistrar:
                 zero_mean=True,
                 max_shift=opts.max_shift,
                 workers=opts.workers,
+                newton=opts.refines,
             )
         self.model, self.refines, self._max_shift = opts.model, opts.refines, opts.max_shift
         self._overlap_ratio, self._upsample = opts.overlap_ratio, opts.upsample_factor
@@ -134,17 +138,22 @@ class FrameRegistrar:
             else:
                 self._models.set_reference(ref)
         else:
-            from ..models._refine import Refiner, peak_curvature
+            from ..models._refine import Refiner, noise_spread, peak_curvature
 
-            if self.refines:
+            if self.refines and self.masked:
                 # every valid pixel: at low dose the strongest 30 % alone were 1.2x
                 # further from the bound (measured: 1.74 against 1.46 at 20 counts);
-                # from a 1/u peak two or three steps converge to 1/500 px
+                # from a fine 1/u peak two weighted steps converge to 1/500 px, from a
+                # coarse one three; a start that needs more than four was wrong (a
+                # lock, a wrong peak) and keeps the peak
                 self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation",
-                                        tol=2e-3)
+                                        tol=2e-3, noise_first=self._upsample >= 10,
+                                        max_iter=4)
                 self._curvature = self._refiner.curvature
             else:
                 self._curvature = peak_curvature(ref, self.ref_valid)
+            if self.refines and not self.masked:  # the Newton step's error bar
+                self._corr.noise_terms = noise_spread(ref)
 
     def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
         state = self.__dict__.copy()
@@ -221,7 +230,7 @@ class FrameRegistrar:
         # grid positions are sums of 1/upsample_factor steps: round away the
         # float dust (0.09999999999999998) so shift tables read as measured
         shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
-        sigma = None
+        sigma = peak.sigma
         if self._refiner is not None and peak.quality > 0:
             shift, sigma = self._refined(to_host(frame), shift)
         if sigma is None:
