@@ -51,8 +51,6 @@ PARAMS = {"rigid": 3, "similarity": 4}
 _BINS = 16
 #: pixels the translation model mirrors each frame out by before its transform
 _MIRROR = 8
-_WIENER = "radial"
-_WIENER_BOX = 3
 
 #: ``select`` keeps at least this many pixels (small frames keep them all)
 MIN_POINTS = 4000
@@ -161,11 +159,7 @@ def wiener_estimate(image, valid=None):
     bins = np.minimum((kr * 64).astype(int), int(64 * np.sqrt(ndim)) + 1)
     counts = np.bincount(bins.ravel())
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
-    if _WIENER == "radial":
-        gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)[bins]
-    else:
-        local = ndi.uniform_filter(power, _WIENER_BOX, mode="wrap")
-        gain = np.clip(1.0 - noise / np.maximum(local, 1e-300), 0.0, 1.0)
+    gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)[bins]
     spec *= gain
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
     level = sfft.irfftn(spec, big.shape)[inner]
