@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..engine.models import AXIS_NAMES, table_columns
 from .writers import atomic_write_text
 
 __all__ = [
@@ -41,10 +42,9 @@ __all__ = [
     "write_shifts_csv",
 ]
 
-AXIS_NAMES = "zyx"
-
-#: the columns a rigid or similarity table adds (degrees; magnification)
-TRANSFORM_COLUMNS = ("rotation_deg", "scale")
+#: the columns a rigid or similarity table adds (degrees; magnification): every
+#: model's columns, from the model registry
+TRANSFORM_COLUMNS = table_columns()
 
 #: the one-sigma errors of the rotation and the scale (rigid, similarity)
 TRANSFORM_SIGMA_COLUMNS = ("sigma_rotation_deg", "sigma_scale")

@@ -33,13 +33,12 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ..kernels._masked import MaskedCorrelator, soft_weights
-from ._refine import Refiner, filled, nearest_fill_index, transform_from_params
+from ._base import Model
+from ._fill import filled, nearest_fill_index
+from ._refine import Refiner
 from ._transforms import transform_parameters
 
-__all__ = ["MODELS", "LogPolar", "ModelRegistrar"]
-
-#: the transform models
-MODELS = ("translation", "rigid", "similarity")
+__all__ = ["LogPolar", "ModelRegistrar"]
 
 #: the largest scale change the coarse step looks for (either way)
 MAX_LOG_SCALE = float(np.log(1.25))
@@ -203,17 +202,20 @@ class ModelRegistrar:
     reference : ndarray, 2D
     ref_valid, mov_valid : ndarray of bool
         Valid pixels of the reference and of the frames (True = valid).
-    model : {"rigid", "similarity"}
+    model : Model
+        A model with a rotation (and a scale): rigid or similarity.
     overlap_ratio : float
         For the coarse shift (as in :class:`~._masked.MaskedCorrelator`).
     """
 
-    def __init__(self, reference, ref_valid, mov_valid, model: str, *, overlap_ratio=0.3):
+    def __init__(self, reference, ref_valid, mov_valid, model: Model, *, overlap_ratio=0.3):
         ref = np.asarray(reference, dtype=np.float64)
         if ref.ndim != 2:
+            from . import models_for
+
             raise ValueError(
-                f"the {model} model needs 2D frames; these are {ref.ndim}D (use "
-                "model='translation' for 3D frames)"
+                f"the {model.name} model needs 2D frames; these are {ref.ndim}D (use "
+                f"{models_for(ref.ndim)} for {ref.ndim}D frames)"
             )
         self.model, self.shape = model, ref.shape
         self.ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
@@ -290,7 +292,7 @@ class ModelRegistrar:
             levels = pyramid(frame, (self.f_polar, self.f_coarse))
         angle, log_scale = self.polar.estimate(
             self.ref_polar, self.polar.transform(levels[self.f_polar]),
-            scale=self.model == "similarity",
+            scale=self.model.scales,
         )
         fc = self.f_coarse
         mov = filled(levels[fc], self.fill_coarse)
@@ -320,21 +322,19 @@ class ModelRegistrar:
             raise ValueError("the frame's valid pixels never overlap the reference's")
         _, theta, lin, shift = best
         u = -lin @ shift * fc
-        if self.model == "rigid":
-            return np.array([u[0], u[1], theta])
-        return np.array([u[0], u[1], lin[1, 0], lin[0, 0] - 1.0])
+        return self.model.from_coarse(u, theta, lin)
 
-    def register(self, frame, start=None):
+    def register(self, frame):
         """``(transform, quality)`` of one frame (finite on its valid pixels)."""
-        transform, quality, _ = self.register_with_sigma(frame, start)
+        transform, quality, _ = self.register_with_sigma(frame)
         return transform, quality
 
-    def register_with_sigma(self, frame, start=None):
+    def register_with_sigma(self, frame):
         """``(transform, quality, sigma)`` of one frame: ``sigma`` the one-sigma errors of
         the centre's shift (px per axis), the rotation (degrees) and the scale, from the
         full-resolution refinement's covariance (NaN when unknown)."""
         levels = pyramid(frame, (1, self.f_polar, self.f_coarse))
-        params = self.coarse(frame, levels) if start is None else np.asarray(start, float)
+        params = self.coarse(frame, levels)
         result, noise = None, None
         for f in self.levels:
             p = params.copy()
@@ -347,7 +347,7 @@ class ModelRegistrar:
                 noise = (alpha * f * f, beta * f * f, floor * f * f)
         centre = (np.asarray(self.shape, float) - 1) / 2
         sigma = model_sigma(params, result.covariance, self.model, centre)
-        return transform_from_params(params, self.model, centre), result.quality, sigma
+        return self.model.transform(params, centre), result.quality, sigma
 
     def xcorr_window(self, frame, transform, radius: int) -> np.ndarray:
         """The masked correlation around zero shift of the frame with its rotation and
@@ -366,7 +366,7 @@ class ModelRegistrar:
 
 def _readout(params, model, centre) -> np.ndarray:
     """The centre's shift, rotation (degrees) and scale of a warp's registering transform."""
-    t = transform_from_params(params, model, centre)[None]
+    t = model.transform(params, centre)[None]
     shifts, rotations, scales = transform_parameters(t, 2 * np.asarray(centre) + 1)
     return np.array([shifts[0, 0], shifts[0, 1], rotations[0], scales[0]])
 

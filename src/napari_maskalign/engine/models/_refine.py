@@ -24,9 +24,10 @@ least-squares sense. What makes it reach the bound (measured with
   pixels first filled from their nearest valid neighbour, the frame mirrored
   a few pixels out; one inverse transform per step, no interpolation bias:
   cubic splines floored at 3.1x the bound at 200 counts on real content),
-  cubic splines for rotation, scale and 3D volumes; on the reference pixels
-  that are valid and at least ``margin`` pixels from an invalid moving pixel
-  and from the frame's edge, with a gain and an offset.
+  cubic splines (prefiltered once per frame) for rotation, scale and 3D
+  volumes; on the reference pixels that are valid and at least ``margin``
+  pixels from an invalid moving pixel and from the frame's edge, with a gain
+  and an offset.
 * **an error bar per frame**: the inverse of the weighted normal matrix at
   the solution (gain and offset marginalised) is the covariance of the
   parameters, the noise of both frames included since the noise model is
@@ -36,6 +37,24 @@ The transform is parametrised as the warp ``W(q) = c + A (q - c) + u`` that
 takes a reference pixel ``q`` to where the moving frame holds its content
 (``c`` the frame's centre): ``u`` alone for translation, ``A`` a rotation for
 rigid, a rotation times a scale for similarity.
+
+References
+----------
+Baker S, Matthews I. "Lucas-Kanade 20 years on: a unifying framework."
+International Journal of Computer Vision 56(3):221-255 (2004).
+https://doi.org/10.1023/B:VISI.0000011205.11775.fd (the Gauss-Newton
+refinement of a warp, "forwards additive").
+Unser M. "Splines: a perfect fit for signal and image processing." IEEE
+Signal Processing Magazine 16(6):22-38 (1999). https://doi.org/10.1109/79.799930 (the
+cubic spline sampling).
+Knutsson H, Westin C-F. "Normalized and differential convolution." Proc.
+IEEE Conference on Computer Vision and Pattern Recognition, 515-523 (1993).
+https://doi.org/10.1109/CVPR.1993.341081
+(the smooth fill of masked pixels before the Wiener estimate).
+Robinson D, Milanfar P. "Fundamental performance limits in image
+registration." IEEE Transactions on Image Processing 13(9):1185-1199 (2004).
+https://doi.org/10.1109/TIP.2004.832923 (the bound the
+refinement is measured against).
 """
 
 from __future__ import annotations
@@ -44,77 +63,17 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-__all__ = ["PARAMS", "Refiner", "params_from_transform", "transform_from_params"]
+from ._base import Model
+from ._fill import filled, nearest_fill_index
 
-#: number of warp parameters per model (2D); translation has one per axis
-PARAMS = {"rigid": 3, "similarity": 4}
+__all__ = ["Refiner", "noise_spread", "peak_curvature"]
+
 _BINS = 16
 #: pixels the translation model mirrors each frame out by before its transform
 _MIRROR = 8
 
 #: ``select`` keeps at least this many pixels (small frames keep them all)
 MIN_POINTS = 4000
-
-
-def _linear(params, model) -> np.ndarray:
-    """The warp's matrix ``A`` for 2D ``params`` (u_y, u_x, then angle or b, a)."""
-    if model == "rigid":
-        t = params[2]
-        return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    b, a = params[2], params[3]
-    return np.array([[1 + a, -b], [b, 1 + a]])
-
-
-def transform_from_params(params, model: str, centre) -> np.ndarray:
-    """The registering transform (moving pixel -> reference coordinate) of a warp."""
-    params = np.asarray(params, dtype=float)
-    c = np.asarray(centre, dtype=float)
-    ndim = len(c)
-    out = np.eye(ndim + 1)
-    if model == "translation":
-        out[:ndim, ndim] = -params
-        return out
-    inv = np.linalg.inv(_linear(params, model))
-    out[:2, :2] = inv
-    out[:2, 2] = c - inv @ (c + params[:2])
-    return out
-
-
-def params_from_transform(transform, model: str, centre) -> np.ndarray:
-    """The warp parameters of a registering transform (its inverse, parametrised)."""
-    t = np.asarray(transform, dtype=float)
-    c = np.asarray(centre, dtype=float)
-    ndim = len(c)
-    if model == "translation":
-        return -t[:ndim, ndim]
-    lin = np.linalg.inv(t[:2, :2])  # W = T^-1: W(q) = lin (q - t) = c + lin (q - c) + u
-    u = lin @ (c - t[:2, 2]) - c
-    if model == "rigid":
-        return np.array([u[0], u[1], np.arctan2(lin[1, 0] - lin[0, 1], lin[0, 0] + lin[1, 1])])
-    a = (lin[0, 0] + lin[1, 1]) / 2 - 1
-    b = (lin[1, 0] - lin[0, 1]) / 2
-    return np.array([u[0], u[1], b, a])
-
-
-def nearest_fill_index(valid):
-    """``(targets, sources)``: flat indices of the invalid pixels and of their nearest
-    valid pixel, for :func:`filled`; None when every pixel is valid."""
-    valid = np.asarray(valid, bool)
-    if valid.all():
-        return None
-    idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    targets = np.flatnonzero(~valid)
-    sources = np.ravel_multi_index(tuple(i.ravel()[targets] for i in idx), valid.shape)
-    return targets, sources
-
-
-def filled(frame, index) -> np.ndarray:
-    """A float64 copy of ``frame`` whose invalid pixels hold their nearest valid value."""
-    out = np.array(frame, dtype=np.float64)
-    if index is not None:
-        flat = out.reshape(-1)
-        flat[index[0]] = flat[index[1]]
-    return out
 
 
 def _smooth_fill(image, valid, sigma: float = 4.0) -> np.ndarray:
@@ -210,8 +169,9 @@ def noise_spread(reference, valid=None):
 
 class RefineResult:
     """The outcome of one refinement: warp ``params``, ``gain``, ``offset``, the
-    correlation ``quality`` over the pixels used, ``iterations``, ``converged`` and the
-    fitted ``noise`` model ``(alpha, beta)`` (None when not weighted)."""
+    correlation ``quality`` over the pixels used, ``iterations``, ``converged``, the
+    fitted ``noise`` model ``(alpha, beta)`` (None when not weighted) and the
+    ``covariance`` of ``params``."""
 
     __slots__ = ("converged", "covariance", "gain", "iterations", "noise", "offset", "params",
                  "points", "quality")
@@ -247,16 +207,15 @@ class Refiner:
     ref_valid, mov_valid : ndarray of bool, optional
         Valid pixels of the reference and of the moving frames (True =
         valid); all by default, ``mov_valid`` defaults to ``ref_valid``.
-    model : {"translation", "rigid", "similarity"}
+    model : Model
+        The motion model (its warp, Jacobian and transform); one of
+        :data:`~napari_maskalign.engine.models.MODELS`.
     select : float, optional
         Use only this fraction of the reference's valid pixels (at least
         ``MIN_POINTS`` of them), those with the strongest gradient: they carry
         the information. All by default.
     margin : int
         Pixels this close to an invalid pixel or the frame's edge are not used.
-    weighted : bool
-        Fit the noise model and weight the residuals by it (else plain least
-        squares).
     centre : array, optional
         The point the rotation and scale turn about, in this image's pixels
         (default: its centre; a reduced level passes the full frame's centre).
@@ -268,16 +227,16 @@ class Refiner:
         ``tol`` rather than trust one.
     """
 
-    def __init__(self, reference, ref_valid=None, mov_valid=None, model="translation", *,
-                 select=None, margin=3, weighted=True, max_iter=12, tol=1e-4, centre=None,
-                 noise_first=False):
+    def __init__(self, reference, ref_valid, mov_valid, model: Model, *,
+                 select=None, margin=3, max_iter=12, tol=1e-4, centre=None, noise_first=False):
         ref = np.asarray(reference, dtype=np.float64)
         self.shape, self.ndim, self.model = ref.shape, ref.ndim, model
-        if model != "translation" and ref.ndim != 2:
-            raise ValueError(f"the {model} model is for 2D frames; these are {ref.ndim}D")
+        if ref.ndim not in model.frame_ndims:
+            raise ValueError(
+                f"the {model.name} model is for {model.frames_text} frames; these are {ref.ndim}D")
         ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
         mov_valid = ref_valid if mov_valid is None else np.asarray(mov_valid, bool)
-        self.margin, self.weighted, self.max_iter, self.tol = margin, weighted, max_iter, tol
+        self.margin, self.max_iter, self.tol = margin, max_iter, tol
         self.noise_first = bool(noise_first)
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
@@ -313,7 +272,7 @@ class Refiner:
         #: spline reached 3.1x the bound at 200 counts on real content); 3D volumes keep
         #: the spline, whose filled block rings less into the few planes a volume has
         #: (measured, 16x32x32 noiseless: 0.08 px off in Fourier space, 0.01 with it)
-        self.fourier = model == "translation" and self.ndim == 2
+        self.fourier = model.shift_only and self.ndim == 2
         self._usable_cache = {}
         # the translation model's frame, mirrored out by _pad, on a fast FFT size
         self._pad = [min(_MIRROR, n - 1) for n in self.shape]
@@ -324,11 +283,11 @@ class Refiner:
 
     @property
     def n_params(self) -> int:
-        return self.ndim if self.model == "translation" else PARAMS[self.model]
+        return self.model.n_params(self.ndim)
 
     def prepare(self, frame) -> np.ndarray:
         """What :meth:`run` samples the frame from (masked pixels filled first): its
-        spectrum for translation (the frame moves in Fourier space: exact for the
+        spectrum for 2D translation (the frame moves in Fourier space: exact for the
         band-limited frame, no interpolation bias), else its cubic spline coefficients."""
         if self.fourier:
             # mirrored a few pixels out: the periodic extension's jump between opposite
@@ -358,33 +317,27 @@ class Refiner:
     def _warp(self, params):
         """Sample positions ``W(q)`` ``(ndim, K)`` and the Jacobian's geometric columns
         ``(K, n_params)``."""
-        if self.model == "translation":
+        if self.model.shift_only:
             return self.d + (self.centre + params)[:, None], self.g.T
-        lin = _linear(params, self.model)
+        lin = self.model.warp_matrix(params)
         pos = lin @ self.d + (self.centre + params[:2])[:, None]
         grad = np.linalg.inv(lin).T @ self.g  # the moving frame's gradient at W(q)
         cols = np.empty((self.n_points, self.n_params))
         cols[:, :2] = grad.T
-        if self.model == "rigid":
-            t = params[2]
-            turn = np.array([[-np.sin(t), -np.cos(t)], [np.cos(t), -np.sin(t)]]) @ self.d
-            cols[:, 2] = grad[0] * turn[0] + grad[1] * turn[1]
-        else:
-            cols[:, 2] = grad[1] * self.d[0] - grad[0] * self.d[1]
-            cols[:, 3] = grad[0] * self.d[0] + grad[1] * self.d[1]
+        self.model.jacobian(params, grad, self.d, cols)
         return pos, cols
 
     def _sample(self, coeffs, pos, params) -> np.ndarray:
-        """The moving frame at every ``pos`` (meaningless where unusable): for a shift
-        the frame moved in Fourier space (one inverse transform) and gathered at the
-        reference's pixels, else its spline."""
-        if self.model != "translation":
+        """The moving frame at every ``pos`` (meaningless where unusable): for a 2D
+        shift the frame moved in Fourier space (one inverse transform) and gathered at
+        the reference's pixels, else its spline. A 3D shift puts every spline sample at
+        the same fraction of a pixel, so the cubic weights are shared: 4-tap passes
+        over the frame and a gather, a few times cheaper than general sampling."""
+        if not self.model.shift_only:
             return ndi.map_coordinates(coeffs, pos, order=3, mode="mirror", prefilter=False)
         if self.fourier:
             moved = sfft.irfftn(coeffs * self._phase(params), self._pshape)
             return moved.reshape(-1)[self._flat].astype(np.float64)
-        # a shift puts every spline sample at the same fraction of a pixel, so the
-        # cubic weights are shared: two 4-tap passes over the frame and a gather
         whole = np.floor(params)
         out = coeffs
         for ax, frac in enumerate(params - whole):
@@ -438,7 +391,7 @@ class Refiner:
         return ok / np.maximum(alpha * self.level + beta, floor)
 
     def run(self, frame, params, *, coeffs=None, noise=None) -> RefineResult:
-        """Refine ``params`` (the warp, see :func:`params_from_transform`) for ``frame``;
+        """Refine ``params`` (the warp, see :class:`~._base.Model`) for ``frame``;
         ``noise``: a noise model to weight by from the first step (else the first step
         is unweighted and its residuals give the model)."""
         params = np.array(params, dtype=np.float64)
@@ -446,7 +399,6 @@ class Refiner:
             coeffs = self.prepare(frame)
         gain, offset, m, used = 1.0, 0.0, None, None
         converged, weighted, it, cov = False, False, 0, None
-        noise = noise if self.weighted else None
         k = self.n_params
         need = 8 * (k + 2)
         # the gain's column is the smoothed reference, not the noisy one: regressing on
@@ -464,14 +416,14 @@ class Refiner:
             if ok.sum() < need:
                 break
             m, used = self._sample(coeffs, pos, params), ok
-            first = self.noise_first and it == 1 and self.weighted and noise is None
+            first = self.noise_first and it == 1 and noise is None
             e = np.where(ok, m - gain * self.r - offset, 0.0)
             jac[:, :k] = jgeo
             # unusable points take part with weight 0 (cheaper than cutting them out)
             if first:  # the noise model from the start, its gain and offset taken out
                 g_fit, o_fit = _gain_offset(m[ok], self.r[ok])
                 noise = self._fit_noise(np.where(ok, m - g_fit * self.r - o_fit, 0.0), ok)
-            elif self.weighted and it > 1:
+            elif it > 1:
                 noise = self._fit_noise(e, ok)
             weighted = noise is not None
             w = self._weights(noise, ok) if weighted else ok.astype(np.float64)
@@ -487,10 +439,8 @@ class Refiner:
             params += step[:k]
             gain += step[k]
             offset += step[k + 1]
-            moved = np.linalg.norm(step[:self.ndim if self.model == "translation" else 2])
-            if self.model != "translation":
-                moved += np.sum(np.abs(step[2:k])) * self.rmax
-            if moved < self.tol and (weighted or not self.weighted):
+            moved = self.model.step_size(step[:k], self.rmax)
+            if moved < self.tol and weighted:
                 converged = True
                 break
         quality = 0.0 if m is None else _pearson(m[used], self.r[used])

@@ -103,12 +103,12 @@ def lock_warning(read, n_frames: int, shifts, valid=None) -> str | None:
     )
 
 
-def run_warnings(stack, shifts, valid=None, model: str = "translation") -> dict:
+def run_warnings(stack, shifts, valid=None, shift_only: bool = True) -> dict:
     """What a finished run carries besides its shifts: ``{"warnings": [...],
-    "lock_suspected": bool}`` for :func:`build_result` (translation only: rotations
-    and scales would not be undone here)."""
+    "lock_suspected": bool}`` for :func:`build_result` (``shift_only`` models only:
+    rotations and scales would not be undone here)."""
     text = None
-    if model == "translation":
+    if shift_only:
         from ..backends._frames import read_frame
 
         text = lock_warning(lambda i: read_frame(stack, i, np.float64), int(stack.shape[0]),

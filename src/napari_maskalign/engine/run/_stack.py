@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import namespace_for
 from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
 from ..kernels._fft import default_workers, real_dtype_for
+from ..models import Model
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
 from ._lock import run_warnings
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
-from ._registrar import FrameRegistrar, has_contrast
-from ._result import FrameRecord, Progress, RegistrationResult, build_result
+from ._registrar import FrameRegistrar, check_backend, has_contrast
+from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -25,15 +26,15 @@ __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 class _Table:
     """The per-frame results of a run, filled as frames finish."""
 
-    def __init__(self, count: int, ndim: int, radius: int | None, model: str = "translation"):
+    def __init__(self, count: int, ndim: int, radius: int | None, model: Model):
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
         # one-sigma errors: the shift per axis, then rotation (deg) and scale for models
-        self.sigma = np.full((count, ndim if model == "translation" else ndim + 2), np.nan)
+        self.sigma = np.full((count, ndim if model.shift_only else ndim + 2), np.nan)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
-        if model != "translation":
+        if not model.shift_only:
             self.transforms = np.broadcast_to(np.eye(ndim + 1), (count, ndim + 1, ndim + 1)).copy()
 
     def put(self, k: int, record: FrameRecord) -> None:
@@ -55,7 +56,7 @@ class _Table:
                 "parameter_uncertainties": self.sigma[:, ndim:]}
 
 
-class RegistrationRun:
+class RegistrationRun(Steps):
     """The registration of a stack, one frame at a time.
 
     An iterator of :class:`Progress` (one per frame registration: the place
@@ -79,6 +80,9 @@ class RegistrationRun:
         The settings (defaults if omitted).
     mask : ndarray of bool, optional
         True on valid pixels, one frame's shape (engine convention).
+    mask_name : str
+        What the mask is, in the messages that refuse it (``"mask file
+        block.tif"``, ``"mask 'beam block'"``).
     start, previous_shift
         Register only frames ``start..n-1`` (resuming an interrupted run);
         with ``reference="previous"``, ``previous_shift`` is the accumulated
@@ -92,11 +96,12 @@ class RegistrationRun:
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 start: int = 0, previous_shift=None, previous_sigma=None):
+                 mask_name: str = "mask", start: int = 0, previous_shift=None,
+                 previous_sigma=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
-        self.valid = check_mask(mask, frame_shape)
+        self.valid = check_mask(mask, frame_shape, mask_name)
         opts.check_for(n, frame_shape)
         if not _is_index(start) or not 0 <= start < n:
             raise ValueError(f"start must be a frame index in [0, {n}), got {start}")
@@ -107,7 +112,8 @@ class RegistrationRun:
         ndim = len(frame_shape)
         self.previous_shift = None
         if opts.mode == "previous":
-            self.previous_shift = _previous_start(previous_shift, ndim, opts.model, frame_shape)
+            self.previous_shift = _previous_start(previous_shift, ndim, opts.transform_model,
+                                                  frame_shape)
         self.previous_sigma = None
         if previous_sigma is not None and opts.mode == "previous" and start:
             self.previous_sigma = np.asarray(previous_sigma, dtype=float)
@@ -115,29 +121,16 @@ class RegistrationRun:
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
         #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``;
-        #: unmasked registration runs on the CPU unless a GPU is asked for by name)
+        #: unmasked registration runs on the CPU, and refuses a GPU asked for by name)
         self.xp = namespace_for(opts.device, stack if self.valid is not None else None)
+        # decided here, from the arguments alone: static outliers found later in the
+        # data never turn an unmasked GPU run into a masked one
+        check_backend(backend_for(self.xp), self.valid is not None, opts.transform_model)
         passes = opts.template_iterations + 1 if opts.mode == "template" else 1
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
         self.result: RegistrationResult | None = None
         self._steps = self._run()
-
-    # -- the iterator protocol ------------------------------------------------
-    def __iter__(self) -> Iterator[Progress]:
-        return self
-
-    def __next__(self) -> Progress:
-        try:
-            return next(self._steps)
-        except StopIteration as stop:
-            if stop.value is not None:
-                self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        """Stop early (frames in flight are dropped; no result)."""
-        self._steps.close()
 
     def run(self) -> RegistrationResult:
         """Register every remaining frame and return the result."""
@@ -153,7 +146,7 @@ class RegistrationRun:
         self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
-        table = _Table(count, len(self.frame_shape), radius, opts.model)
+        table = _Table(count, len(self.frame_shape), radius, opts.transform_model)
         if opts.mode == "previous":
             yield from self._previous(table)
         elif opts.mode == "template":
@@ -161,8 +154,10 @@ class RegistrationRun:
         else:
             yield from self._fixed(table)
         # a resumed run's table is partial: the workflow checks the whole one
-        checks = run_warnings(self.stack, table.shifts, self.valid, opts.model) \
-            if self.start == 0 else {}
+        checks = {}
+        if self.start == 0:
+            checks = run_warnings(self.stack, table.shifts, self.valid,
+                                  opts.transform_model.shift_only)
         return build_result(
             table.shifts,
             table.quality,
@@ -223,7 +218,7 @@ class RegistrationRun:
             first -= 1
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
-        model = self.options.model != "translation"
+        model = not self.options.transform_model.shift_only
         # each step's error adds (in quadrature) to the frames after it; a resumed run
         # continues from frame start - 1's sigma (carried as the sigma itself, not its
         # square, so that it continues bit for bit)
@@ -294,10 +289,10 @@ def _shift_matrix(shift) -> np.ndarray:
     return similarity_transforms(np.asarray(shift, float)[None])[0]
 
 
-def _previous_start(previous, ndim: int, model: str, frame_shape):
+def _previous_start(previous, ndim: int, model: Model, frame_shape):
     """The accumulated shift (translation) or transform (rigid, similarity) of the
     frame before ``start``; zero / identity when not given."""
-    if model == "translation":
+    if model.shift_only:
         prev = np.zeros(ndim) if previous is None else np.asarray(previous, float)
         if prev.shape != (ndim,):
             raise ValueError(f"previous_shift must have {ndim} values, got {prev.shape}")
@@ -348,53 +343,53 @@ def iter_register_stack(
 def register_stack(stack, **arguments) -> RegistrationResult:
     """Register every frame of a stack against a reference.
 
-    Keyword arguments only (those of :func:`iter_register_stack`, which
-    runs the same registration one frame per step):
-
     Parameters
     ----------
     stack : array, shape (n_frames, *frame_shape)
         Frames along the first axis, 2D or 3D each: numpy, memory-mapped,
         dask, or anything indexable per frame with ``shape`` and ``dtype``.
-    mask : ndarray of bool, optional
-        True on valid pixels (engine convention), one frame's shape; static
-        over the stack. A painted beam-block mask (nonzero = ignore) converts
-        with :func:`valid_from_ignore`. With a mask the masked normalized
-        cross-correlation is used, without one phase correlation.
-    options : RegistrationOptions, optional
-        The settings as one object; keywords below override its fields.
-    start, previous_shift
-        Register only frames ``start..n-1`` (resuming an interrupted run);
-        with ``reference="previous"``, ``previous_shift`` is the accumulated
-        shift of frame ``start - 1``.
-    **settings
-        Any field of :class:`RegistrationOptions`, which holds every default
-        and check:
+    **arguments : Any
+        Keywords only, those of :func:`iter_register_stack` (which runs the
+        same registration one frame per step):
 
-        * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
-          the frames in ``reference_range``), ``"previous"`` (each frame
-          against the one before, shifts accumulated to the first frame) or
-          ``"template"`` (register to the mean, average the aligned frames,
-          register again ``template_iterations`` times; for noisy data --
-          template shifts register each frame onto the final template, which
-          sits near the frames' average position rather than frame 0);
-        * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
-          or not (1 to 1000; default 1);
-        * ``max_shift`` -- largest shift to look for, per axis, in pixels;
-          bounding it also makes masked registration faster;
-        * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
-          pixels is below this fraction of the largest (default 0.3);
-        * ``normalization`` -- unmasked: None (default; smooth images such as
-          diffraction patterns) or "phase" (whitened spectrum);
-        * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
-          thresholds (see :func:`flag_outliers`; default: robust statistics
-          of the run) and whether flagged frames get interpolated shifts
-          (``raw_shifts`` keeps the measured ones);
-        * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
-          window, shifts -radius..radius with zero shift at its centre;
-        * ``workers`` -- threads (default: all cores);
-        * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
-          where the stack is: CuPy stacks on their GPU, others on the CPU).
+        * ``mask`` -- ndarray of bool, True on valid pixels (engine
+          convention), one frame's shape; static over the stack. A painted
+          beam-block mask (nonzero = ignore) converts with
+          :func:`valid_from_ignore`. With a mask the masked normalized
+          cross-correlation is used, without one phase correlation;
+        * ``options`` -- the settings as one :class:`RegistrationOptions`;
+          the keywords below override its fields;
+        * ``start``, ``previous_shift`` -- register only frames
+          ``start..n-1`` (resuming an interrupted run); with
+          ``reference="previous"``, ``previous_shift`` is the accumulated
+          shift of frame ``start - 1``;
+        * any field of :class:`RegistrationOptions`, which holds every
+          default and check:
+
+            * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
+              the frames in ``reference_range``), ``"previous"`` (each frame
+              against the one before, shifts accumulated to the first frame) or
+              ``"template"`` (register to the mean, average the aligned frames,
+              register again ``template_iterations`` times; for noisy data --
+              template shifts register each frame onto the final template, which
+              sits near the frames' average position rather than frame 0);
+            * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
+              or not (1 to 1000; default 1);
+            * ``max_shift`` -- largest shift to look for, per axis, in pixels;
+              bounding it also makes masked registration faster;
+            * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
+              pixels is below this fraction of the largest (default 0.3);
+            * ``normalization`` -- unmasked: None (default; smooth images such as
+              diffraction patterns) or "phase" (whitened spectrum);
+            * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
+              thresholds (see :func:`flag_outliers`; default: robust statistics
+              of the run) and whether flagged frames get interpolated shifts
+              (``raw_shifts`` keeps the measured ones);
+            * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
+              window, shifts -radius..radius with zero shift at its centre;
+            * ``workers`` -- threads (default: all cores);
+            * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
+              where the stack is: CuPy stacks on their GPU, others on the CPU).
 
     Returns
     -------
