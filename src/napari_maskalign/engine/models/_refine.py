@@ -66,7 +66,7 @@ from scipy import ndimage as ndi
 from ._base import Model
 from ._fill import filled, nearest_fill_index
 
-__all__ = ["Refiner", "noise_spread", "peak_curvature"]
+__all__ = ["Refiner", "noise_spread", "peak_curvature", "unmasked_terms"]
 
 _BINS = 16
 #: pixels the translation model mirrors each frame out by before its transform
@@ -143,6 +143,15 @@ def peak_curvature(reference, valid=None):
     return _curvature(ref, valid, grad)
 
 
+def unmasked_terms(reference):
+    """``(peak_curvature, noise_spread)`` of an unmasked reference from one Wiener
+    estimate (the Newton step's error bar, and the peak's when the step fails)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    valid = np.ones(ref.shape, bool)
+    level, grad, _ = wiener_estimate(ref, valid)
+    return _curvature(ref, valid, grad), _spread(ref, valid, level, grad)
+
+
 def noise_spread(reference, valid=None):
     """``(K, P)`` for the error of an unweighted least-squares shift: ``K = sum g g^T v``
     over the pixels (``g`` the reference's noiseless gradient, a Wiener estimate,
@@ -153,6 +162,10 @@ def noise_spread(reference, valid=None):
     ref = np.asarray(reference, dtype=np.float64)
     valid = np.ones(ref.shape, bool) if valid is None else np.asarray(valid, bool)
     level, grad, _ = wiener_estimate(ref, valid)
+    return _spread(ref, valid, level, grad)
+
+
+def _spread(ref, valid, level, grad):
     lv, e = level[valid], (ref - level)[valid]
     order = np.argsort(lv, kind="stable")
     chunks = np.array_split(order, _BINS)
