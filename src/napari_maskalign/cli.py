@@ -172,7 +172,7 @@ def _check_mask(args, valid, stack, frame_index: int = 0) -> None:
     from .workflow.checks import looks_inverted, mask_problems
 
     frame = np.asarray(stack[frame_index])
-    if frame.shape != np.shape(valid):  # the workflow names that problem
+    if frame.shape != np.shape(valid) or not np.any(valid):  # the workflow names these
         return
     problems = mask_problems(valid, frame, Path(args.mask).name)
     if not problems:

@@ -100,8 +100,9 @@ class Registration(Steps):
             if journal.rotations is not None:
                 previous = (previous, journal.rotations[self.start - 1],
                             journal.scales[self.start - 1])
+        chain = {} if previous_sigma is None else {"previous_sigma": previous_sigma}
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
-                               previous_shift=previous, previous_sigma=previous_sigma)
+                               previous_shift=previous, **chain)
 
     # -- the steps --------------------------------------------------------------
     def _steps_of_run(self):

@@ -98,7 +98,7 @@ def lock_warning(read, n_frames: int, shifts, valid=None) -> str | None:
         f"the shifts sit near 0 for {still.mean():.0%} of the frames, but the first and last "
         f"frames, aligned by them, differ {ratio:.1f} times more than two neighbouring frames "
         "do: the registration has probably locked onto something static (an unpainted beam "
-        "block, hot pixels, detector seams) instead of the pattern. Paint the static parts "
+        "block, clusters of hot or dead detector pixels, detector seams) instead of the pattern. Paint the static parts "
         "into the mask, keep hot_pixels='auto', or check the mask is not inverted."
     )
 
