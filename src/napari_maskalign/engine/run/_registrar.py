@@ -274,9 +274,8 @@ class FrameRegistrar:
         inside = self._max_shift is None or np.all(np.abs(refined) <= np.asarray(self._max_shift))
         if not (res.converged and inside and np.all(np.abs(refined - shift) <= 1.0)):
             return shift, None
-        # the frame moves in float32 Fourier space: 1e-6 px is its precision and far
-        # below any noise; the reference frame itself reads 0, not 5e-8
-        return np.round(refined, 6) + 0.0, res.sigma
+        # far below any noise; the reference frame itself reads 0, not 1e-16
+        return np.round(refined, 10) + 0.0, res.sigma
 
     def _register_model(self, frame) -> FrameRecord:
         transform, quality, sigma = self._models.register_with_sigma(frame)
