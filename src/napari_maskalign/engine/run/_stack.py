@@ -20,7 +20,7 @@ from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, check_backend, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
-__all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
+__all__ = ["RegistrationRun", "iter_register_stack", "outlier_params", "register_stack"]
 
 
 class _Table:
@@ -143,7 +143,11 @@ class RegistrationRun(Steps):
         opts = self.options
         # static outliers (hot, dead pixels) join the mask before any registrar is made
         given = self.valid
-        self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
+        used, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
+        # one estimator whatever is found: a masked run gets them in its mask, an unmasked
+        # run stays unmasked (phase or plain correlation) with them filled in every frame
+        self.valid = used if given is not None else None
+        self.fill = hot if given is None and hot is not None and hot.any() else None
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
         table = _Table(count, len(self.frame_shape), radius, opts.transform_model)
@@ -164,10 +168,10 @@ class RegistrationRun(Steps):
             opts,
             peaks=table.peaks,
             xcorr=table.xcorr,
-            params={"masked": given is not None, "start": self.start, "n_frames": self.n_frames,
-                    "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+            params={"start": self.start, "n_frames": self.n_frames,
+                    **outlier_params(given is not None, hot, opts)},
             hot_pixels=hot,
-            valid_mask=self.valid,
+            valid_mask=used,
             **table.parameters(self.frame_shape),
             **checks,
         )
@@ -183,7 +187,7 @@ class RegistrationRun(Steps):
     def _fixed(self, table: _Table):
         """Every frame against one reference: in threads, or on a dask cluster."""
         registrar = FrameRegistrar(self._reference_image(), self.valid, self.options, dtype=self.dtype,
-                                   xp=self.xp)
+                                   xp=self.xp, fill=self.fill)
         stack, start, n, total = self.stack, self.start, self.n_frames, self.total
         client = None
         if is_dask(stack):
@@ -217,7 +221,8 @@ class RegistrationRun(Steps):
         while first > 0 and not has_contrast(ref0, self.valid):
             first -= 1
             ref0 = read_frame(stack, first, dtype)
-        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
+        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp,
+                                   fill=self.fill)
         model = not self.options.transform_model.shift_only
         # each step's error adds (in quadrature) to the frames after it; a resumed run
         # continues from frame start - 1's sigma (carried as the sigma itself, not its
@@ -261,7 +266,8 @@ class RegistrationRun(Steps):
         done = 0
         for p in range(passes):
             registrar = FrameRegistrar(template, valid, opts, reference_mask=template_valid,
-                                       dtype=dtype, xp=self.xp)
+                                       dtype=dtype, xp=self.xp,
+                                       fill=self.fill if valid is None else None)
             last = p == passes - 1
             acc = np.zeros(template.shape)
             weight = np.zeros(template.shape)
@@ -270,6 +276,8 @@ class RegistrationRun(Steps):
                 rec = registrar.register(frame)
                 table.put(i, rec)
                 if not last:
+                    if registrar.fill is not None:  # static outliers stay out of the template
+                        frame = registrar.fill(frame)
                     t = rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
                     acc += warp_frame(np.where(w > 0, frame, 0) * w, t, fill_value=0.0)
                     weight += warp_frame(w, t, fill_value=0.0)
@@ -281,8 +289,26 @@ class RegistrationRun(Steps):
                 template = np.where(template_valid, acc / np.maximum(weight, 1e-12), 0).astype(dtype)
                 if self.valid is None:
                     template_valid = None if template_valid.all() else template_valid
-                    if template_valid is not None:
-                        valid = np.ones(template.shape, bool)
+                    if template_valid is not None:  # masked from here: outliers join it
+                        valid = np.ones(template.shape, bool) if self.fill is None else ~self.fill
+
+
+def outlier_params(masked: bool, hot, options) -> dict:
+    """What a run did with the mask and the static outliers, for ``result.params``:
+    ``masked`` (a mask was given), ``n_hot_pixels``, ``hot_pixels_masked`` (added to
+    the mask) or ``hot_pixels_filled`` (filled from their neighbourhood in an unmasked
+    run), and ``correlator``: the estimator that ran, which outliers never change
+    (``"masked"``: masked NCC; ``"phase"`` or ``"plain"``: unmasked correlation; the
+    model's name for rigid and similarity)."""
+    n = 0 if hot is None else int(np.count_nonzero(hot))
+    if not options.transform_model.shift_only:
+        correlator = options.model
+    elif masked:
+        correlator = "masked"
+    else:
+        correlator = "phase" if options.normalization == "phase" else "plain"
+    return {"masked": bool(masked), "n_hot_pixels": n, "hot_pixels_masked": n if masked else 0,
+            "hot_pixels_filled": 0 if masked else n, "correlator": correlator}
 
 
 def _shift_matrix(shift) -> np.ndarray:
