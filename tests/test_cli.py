@@ -538,7 +538,8 @@ def test_register_similarity_writes_rotation_and_scale_and_apply_uses_them(tmp_p
     text = capsys.readouterr().out
     assert "rotation: median" in text and "scale: max change" in text
     assert shifts_csv.read_text().splitlines()[0] == (
-        "frame,shift_y,shift_x,rotation_deg,scale,quality")
+        "frame,shift_y,shift_x,rotation_deg,scale,quality,sigma_y,sigma_x,sigma_rotation_deg,"
+        "sigma_scale")
     table = io.read_shift_table(shifts_csv, n_frames=6, ndim=2)
     np.testing.assert_allclose(table.rotations, -turning.rotation, atol=0.2)  # 64 px: noisy
     np.testing.assert_allclose(table.scales, 1 / turning.scale, atol=3e-3)
@@ -570,3 +571,58 @@ def test_refine_flags_and_their_errors(run, sample, capsys):
     np.save(vol, np.zeros((3, 4, 8, 8), np.float32))
     assert cli("register", vol, "--model", "rigid", "--shifts", run / "v.csv") == 1
     assert "the rigid model needs 2D frames" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# the mask's sanity check and the lock warning: no confident wrong answer
+
+
+def _inverted_png(run):
+    """The block mask as scikit-ued writes them: nonzero marks the VALID pixels."""
+    from PIL import Image
+
+    block = np.asarray(Image.open(run / "block.png")) > 0
+    Image.fromarray((~block).astype(np.uint8) * 255).save(run / "valid.png")
+    return run / "valid.png"
+
+
+@pytest.mark.parametrize("command", ["register", "apply"])
+def test_an_inverted_mask_stops_with_the_fix(run, capsys, command):
+    valid_png = _inverted_png(run)
+    io.write_shifts_csv(run / "zero.csv", np.zeros((N, 2)), np.ones(N))
+    out = ["--shifts", run / "s.csv"] if command == "register" else [
+        "--shifts", run / "zero.csv", "--output", run / "o.tif"]
+    assert cli(command, run / "run", "--mask", valid_png, *out) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "looks inverted" in err and "add --invert-mask" in err
+    assert not (run / "s.csv").exists() and not (run / "o.tif").exists()
+    # with the switch the same file is the right mask, and nothing is said about it
+    assert cli(command, run / "run", "--mask", valid_png, "--invert-mask", *out) == 0
+    captured = capsys.readouterr()
+    assert "inverted" not in captured.err and "warning" not in captured.out
+
+
+def test_a_doubtful_mask_is_a_warning(run, capsys):
+    from PIL import Image
+
+    # a small bright patch painted out on purpose, plus the block: ignored pixels are
+    # brighter than the rest, but the mask covers little of the frame
+    block = np.asarray(Image.open(run / "block.png")) > 0
+    frame = io.open_stack(str(run / "run"))[0]
+    bright = frame > np.percentile(frame, 97)
+    Image.fromarray((bright & ~block).astype(np.uint8) * 255).save(run / "bright.png")
+    assert cli("register", run / "run", "--mask", run / "bright.png",
+               "--shifts", run / "s.csv") == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "warning: " in err and "brighter" in err
+
+
+def test_register_prints_the_median_error(run, capsys):
+    assert cli("register", run / "run", "--mask", run / "block.png", "--upsample", "20",
+               "--shifts", run / "s.csv") == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "error (one sigma): median y " in out and "lock" not in out
+    table = io.read_shift_table(run / "s.csv")
+    assert table.uncertainties.shape == (N, 2)
+    assert np.all(table.uncertainties[1:] > 0) and np.all(table.uncertainties[1:] < 0.2)

@@ -119,8 +119,10 @@ def test_export_and_import_carry_rotation_and_scale(qtbot, tmp_path, shifts_dock
     path = shifts_dock.export_csv(tmp_path / "t.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["frame", "shift_y", "shift_x", "rotation_deg", "scale", "quality"]
+    assert rows[0] == ["frame", "shift_y", "shift_x", "rotation_deg", "scale", "quality",
+                       "sigma_y", "sigma_x", "sigma_rotation_deg", "sigma_scale"]
     np.testing.assert_allclose(np.array(rows[1:], float)[:, 3], before["rotations"])
+    assert np.isfinite(np.array(rows[2:], float)[:, 6:]).all()  # every error bar, measured
     for name in ("turning xcorr peak", "turning xcorr", "turning aligned"):
         registered.layers.remove(name)
     wait_job(qtbot, shifts_dock, lambda: shifts_dock.import_csv(path))

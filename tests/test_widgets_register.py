@@ -650,7 +650,7 @@ def test_threads_row_and_device_choice(widget, loaded_model):
 
 
 def test_mask_warning_in_plain_words(small_stack):
-    from napari_maskalign.widgets._checks import mask_warning
+    from napari_maskalign.workflow.checks import mask_warning
 
     frame = small_stack.stack[0]
     block = small_stack.beam_block
@@ -701,3 +701,21 @@ def test_the_work_runs_below_the_main_threads_priority(qtbot, monkeypatch, widge
     assert run_and_wait(qtbot, widget) == "done"
     assert seen and seen[0] >= max(main, _common.BACKGROUND_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # untouched
+
+
+def test_a_locked_run_is_a_warning_in_the_dock(qtbot, viewer_model, notes):
+    from test_engine_lock import plant_clusters
+
+    synth = make_beam_block_stack(8, (128, 128), max_drift=5.0, counts=200, seed=3)
+    stack, _ = plant_clusters(synth, n=200, seed=1)
+    viewer_model.add_image(stack, name="lock")
+    viewer_model.add_labels(synth.beam_block.astype(np.uint8), name="lock mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.reference.value = "index"
+    w.hot_pixels.value = False  # only the block painted, the clusters left in: a lock
+    assert run_and_wait(qtbot, w) == "done"
+    assert "Warning: The shifts sit near 0" in w.status.text()
+    assert any("locked" in m for m in notes())
+    meta = viewer_model.layers["lock aligned"].metadata["maskalign"]
+    assert np.asarray(meta["uncertainties"]).shape == (8, 2)

@@ -165,10 +165,14 @@ def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes, d
     path = widget.export_csv(tmp_path / "shifts.csv")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["frame", "shift_y", "shift_x", "quality"]
+    assert rows[0] == ["frame", "shift_y", "shift_x", "quality", "sigma_y", "sigma_x"]
     assert len(rows) == 21
     meta = meta_of(registered)
     np.testing.assert_allclose(np.array(rows[1:], float)[:, 1:3], meta["shifts"])
+    # the error bars travel with the shifts they belong to (NaN where not measured)
+    sigma = np.array(rows[1:], float)[:, 4:6]
+    measured = ~np.asarray(meta["outliers"], bool)
+    np.testing.assert_array_equal(sigma[measured], np.asarray(meta["uncertainties"])[measured])
 
     registered.layers.remove("stack xcorr peak")
     registered.layers.remove("stack xcorr")
@@ -179,6 +183,7 @@ def test_export_csv_then_import_it(qtbot, tmp_path, widget, registered, notes, d
     imported = meta_of(registered)
     np.testing.assert_allclose(imported["shifts"], meta["shifts"])
     np.testing.assert_allclose(imported["quality"], meta["quality"])
+    np.testing.assert_array_equal(imported["uncertainties"], sigma)
     assert imported["mask"] == "stack mask"  # the stack's mask: NaN where the block lands
     aligned, mean = expected_outputs(drain, registered, "stack", imported["shifts"],
                                      imported["outliers"])

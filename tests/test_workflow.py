@@ -372,9 +372,13 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drai
         next(steps)
     steps.close()
     header = path.read_text().splitlines()[0]
-    assert header == "frame,shift_y,shift_x,rotation_deg,scale,quality"
+    assert header == ("frame,shift_y,shift_x,rotation_deg,scale,quality,"
+                      "sigma_y,sigma_x,sigma_rotation_deg,sigma_scale")
     done = resume_rows(path, settings, n, 2)
     assert len(done.shifts) == 5 and done.rotations is not None
+    # the one-sigma errors come back with the rows they belong to
+    np.testing.assert_array_equal(done.uncertainties, full.uncertainties[:5])
+    np.testing.assert_array_equal(done.parameter_uncertainties, full.parameter_uncertainties[:5])
     resumed = ShiftJournal(path, n, 2, settings, interval=0)
     resumed.preload(*done)
     _, result = drain(register(turning.stack, options, mask=turning.valid, journal=resumed))

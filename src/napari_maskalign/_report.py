@@ -257,6 +257,7 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
         if model.scales:
             text += f"; scale: max change {100 * scl.max():.2f} %"
         lines.append(text)
+    lines += uncertainty_lines(result)
     if result.hot_pixels is not None:
         found = "found in the stack" if result.params.get("hot_pixels") == "auto" else "given"
         how = ""
@@ -273,5 +274,30 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
                          "aligned output (the shifts file keeps the measured ones)")
     else:
         lines.append("outliers: none flagged")
+    lines += [f"warning: {w}" for w in getattr(result, "warnings", ())]
     lines.append(f"shifts: {shifts_path}")
     return lines
+
+
+def uncertainty_lines(result) -> list[str]:
+    """The median one-sigma error per axis (one line; none when unknown)."""
+    sigma = getattr(result, "uncertainties", None)
+    if sigma is None:
+        return []
+    sigma = np.asarray(sigma, float)
+    axes = "zyx"[-sigma.shape[1]:] if sigma.ndim == 2 and 1 <= sigma.shape[1] <= 3 else ""
+    known = np.isfinite(sigma).all(axis=1) & (np.abs(sigma).sum(axis=1) > 0) if axes else None
+    if known is None or not known.any():
+        return []
+    med = np.median(sigma[known], axis=0)
+    text = ", ".join(f"{a} {v:.3g}" for a, v in zip(axes, med))
+    line = f"error (one sigma): median {text} px"
+    extra = getattr(result, "parameter_uncertainties", None)
+    if extra is not None:
+        extra = np.asarray(extra, float)[known]
+        if np.isfinite(extra).all():
+            rot, scl = np.median(extra, axis=0)
+            line += f"; rotation {rot:.2g} degrees"
+            if result.model == "similarity":
+                line += f", scale {100 * scl:.2g} %"
+    return [line]

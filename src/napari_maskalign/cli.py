@@ -182,6 +182,28 @@ def _mask_hint(args):
         raise
 
 
+def _check_mask(args, valid, stack, frame_index: int = 0) -> None:
+    """The mask's sanity check (that of the Register dock): a mask that is almost
+    surely inverted stops the run with the fix; a doubtful one is a warning."""
+    if valid is None:
+        return
+    from .workflow.checks import looks_inverted, mask_problems
+
+    frame = np.asarray(stack[frame_index])
+    if frame.shape != np.shape(valid) or not np.any(valid):  # the workflow names these
+        return
+    problems = mask_problems(valid, frame, Path(args.mask).name)
+    if not problems:
+        return
+    text = " ".join(problems)
+    if looks_inverted(problems):
+        fix = ("drop --invert-mask" if args.invert_mask else
+               "if your mask file marks the valid pixels with nonzero (as scikit-ued's do), "
+               "add --invert-mask")
+        raise CLIError(f"{text} The mask looks inverted: {fix}.")
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def _remove_stale(out: Path) -> None:
     from .io import remove_path, stale_partials
 
@@ -219,6 +241,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         options.check_for(n, frame_shape)
     valid, mask_name = _read_mask(args)
     _warn_saturated(stack, valid, options)
+    _check_mask(args, valid, stack, options.reference_index(n) if options.mode == "index" else 0)
     settings = run_settings(args.input, stack, valid, options)
     # --resume: every output may exist, continue_run decides
     paths = _output_paths(args, stack, shifts=args.shifts,
@@ -377,6 +400,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     _lock_outputs(args, paths)
     valid, mask_name = _read_mask(args)
     options = RegistrationOptions(hot_pixels=_hot_pixels(args.hot_pixels))
+    _check_mask(args, valid, stack)
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
             # the pixels registration ignored are ignored here too: same table, same output

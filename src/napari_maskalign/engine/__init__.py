@@ -56,10 +56,12 @@ _LAZY = {
     "interpolate_flagged": "napari_maskalign.engine.run._outliers",
     "interpolate_turns": "napari_maskalign.engine.run._outliers",
     "iter_register_stack": "napari_maskalign.engine.run._stack",
+    "lock_warning": "napari_maskalign.engine.run._lock",
     "mask_with_outliers": "napari_maskalign.engine.run._hotpixels",
     "model_named": "napari_maskalign.engine.models",
     "phase_cross_correlation": "napari_maskalign.engine.run._pcc",
     "register_stack": "napari_maskalign.engine.run._stack",
+    "run_warnings": "napari_maskalign.engine.run._lock",
     "shift_bound": "napari_maskalign.engine.models._bound",
     "shrink_ignore": "napari_maskalign.engine.run._masks",
     "similarity_transforms": "napari_maskalign.engine.models._transforms",
@@ -99,10 +101,12 @@ __all__ = [
     "interpolate_flagged",
     "interpolate_turns",
     "iter_register_stack",
+    "lock_warning",
     "mask_with_outliers",
     "model_named",
     "phase_cross_correlation",
     "register_stack",
+    "run_warnings",
     "shift_bound",
     "shrink_ignore",
     "similarity_transforms",
@@ -127,6 +131,7 @@ if TYPE_CHECKING:  # pragma: no cover
         warp_frame,
     )
     from .run._hotpixels import find_static_outliers, mask_with_outliers
+    from .run._lock import lock_warning, run_warnings
     from .run._masks import (
         check_valid_mask,
         grow_ignore,

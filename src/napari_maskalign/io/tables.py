@@ -9,6 +9,12 @@ Rigid and similarity registrations add ``rotation_deg`` and ``scale`` before
 ``((rows - 1) / 2, (cols - 1) / 2)`` (see
 :func:`napari_maskalign.engine.similarity_transforms`). A translation table
 has exactly the columns it always had.
+
+Tables of a registration also carry each frame's one-sigma error after
+``quality``: ``sigma_y``, ``sigma_x`` (``sigma_z`` first for 3D frames) in
+pixels, and for rigid and similarity runs ``sigma_rotation_deg`` and
+``sigma_scale``; ``nan`` where unknown. They are optional when reading (older
+tables have none).
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ __all__ = [
     "read_shift_table",
     "read_shifts_csv",
     "shift_columns",
+    "sigma_columns",
     "write_shifts_csv",
 ]
 
 #: the columns a rigid or similarity table adds (degrees; magnification): every
 #: model's columns, from the model registry
 TRANSFORM_COLUMNS = table_columns()
+
+#: the one-sigma errors of the rotation and the scale (rigid, similarity)
+TRANSFORM_SIGMA_COLUMNS = ("sigma_rotation_deg", "sigma_scale")
 
 
 class ShiftTable(NamedTuple):
@@ -48,6 +58,10 @@ class ShiftTable(NamedTuple):
     quality: np.ndarray
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
+    #: one-sigma error of each shift (px, per axis), None when the table has none
+    uncertainties: np.ndarray | None = None
+    #: one-sigma error of the rotation (degrees) and the scale, None when absent
+    parameter_uncertainties: np.ndarray | None = None
 
     def transforms(self, frame_shape) -> np.ndarray:
         """The rows as ``(n, ndim + 1, ndim + 1)`` matrices for frames of ``frame_shape``."""
@@ -63,7 +77,23 @@ def shift_columns(ndim: int) -> list[str]:
     return [f"shift_{a}" for a in AXIS_NAMES[-ndim:]]
 
 
-def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None) -> str:
+def sigma_columns(ndim: int) -> list[str]:
+    """``["sigma_y", "sigma_x"]`` for 2D frames (``sigma_z`` first for 3D): the
+    one-sigma error of each shift, in pixels."""
+    return [c.replace("shift_", "sigma_") for c in shift_columns(ndim)]
+
+
+def _per_row(values, n, width, what) -> list | None:
+    if values is None:
+        return None
+    values = np.asarray(values, dtype=float)
+    if values.shape != (n, width):
+        raise ValueError(f"{what} must have shape {(n, width)}, got {values.shape}")
+    return values.tolist()
+
+
+def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None,
+                      uncertainties=None, parameter_uncertainties=None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
@@ -81,30 +111,45 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
         if rot.shape != (n,) or scl.shape != (n,):
             raise ValueError(f"rotations and scales must have one value per frame ({n})")
         extra = np.column_stack([rot, scl]).tolist()
+    sig = _per_row(uncertainties, n, ndim, "uncertainties")
+    psig = _per_row(parameter_uncertainties, n, 2, "parameter_uncertainties") if extra else None
+    if sig is not None and extra and psig is None:
+        psig = np.full((n, 2), np.nan).tolist()
     columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
+    if sig is not None:
+        columns += [*sigma_columns(ndim), *(TRANSFORM_SIGMA_COLUMNS if extra else ())]
     lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
     # run continues from exactly the numbers it wrote
     for k, (f, row, q) in enumerate(zip(frames.tolist(), shifts.tolist(), quality.tolist())):
-        values = [*row, *(extra[k] if extra else ())]
+        values = [*row, *(extra[k] if extra else ()), q]
+        if sig is not None:
+            values += [*sig[k], *(psig[k] if extra else ())]
         # (+ 0.0 turns -0.0 into 0.0)
-        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values), repr(q + 0.0)]))
+        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values)]))
     return "\n".join(lines) + "\n"
 
 
 def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
-                     rotations=None, scales=None) -> None:
+                     rotations=None, scales=None, uncertainties=None,
+                     parameter_uncertainties=None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
     frames), ``quality``. Shifts follow scikit-image's convention: the shift
     that registers each frame onto the reference. With ``rotations``
     (degrees) or ``scales`` the columns ``rotation_deg`` and ``scale`` come
-    before ``quality`` (the shifts are then the frame centre's). Floats are
-    written with full precision (they read back exactly).
+    before ``quality`` (the shifts are then the frame centre's). With
+    ``uncertainties`` (one-sigma errors, ``(n, ndim)`` px) the columns
+    ``sigma_y``, ``sigma_x`` follow ``quality`` (with ``sigma_rotation_deg``
+    and ``sigma_scale`` from ``parameter_uncertainties`` for rigid and
+    similarity tables). Floats are written with full precision (they read
+    back exactly).
     """
-    atomic_write_text(path, format_shifts_csv(shifts, quality, frames, rotations=rotations,
-                                              scales=scales), durable=durable)
+    text = format_shifts_csv(shifts, quality, frames, rotations=rotations, scales=scales,
+                             uncertainties=uncertainties,
+                             parameter_uncertainties=parameter_uncertainties)
+    atomic_write_text(path, text, durable=durable)
 
 
 def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
@@ -120,7 +165,9 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
     Columns are found by name: ``frame``, ``shift_y``, ``shift_x`` (and
     ``shift_z`` for 3D frames), optional ``rotation_deg`` and ``scale``
     (2D frames; either one makes the other default to 0 or 1), optional
-    ``quality`` (NaN when absent); other columns are ignored. Rows must count
+    ``quality`` (NaN when absent), optional one-sigma errors ``sigma_y``,
+    ``sigma_x`` (``sigma_z``), ``sigma_rotation_deg``, ``sigma_scale``; other
+    columns are ignored. Rows must count
     frames ``0, 1, 2, ...`` in order.
 
     Parameters
@@ -134,7 +181,9 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
     -------
     ShiftTable
         ``shifts`` (n_rows, ndim), ``quality`` (n_rows,), ``rotations`` and
-        ``scales`` (n_rows,) or None for a translation table.
+        ``scales`` (n_rows,) or None for a translation table;
+        ``uncertainties`` (n_rows, ndim) and ``parameter_uncertainties``
+        (n_rows, 2) or None when the table has no such columns.
 
     Raises ``ValueError`` in plain words for a table that does not fit.
     """
@@ -190,7 +239,13 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
             f"the shifts file {name} has {', '.join(idx_t)} but the frames are {ndim}D: "
             "rotation and scale are for 2D frames"
         )
+    idx_sig = [header.index(c) for c in sigma_columns(ndim) if c in header]
+    idx_sig = idx_sig if len(idx_sig) == ndim else []
+    idx_psig = [header.index(c) for c in TRANSFORM_SIGMA_COLUMNS if c in header]
+    idx_psig = idx_psig if len(idx_psig) == 2 and idx_t else []
     body = rows[1:]
+    sig = np.full((len(body), ndim), np.nan)
+    psig = np.full((len(body), 2), np.nan)
     shifts = np.empty((len(body), ndim))
     quality = np.full(len(body), np.nan)
     extra = {"rotation_deg": np.zeros(len(body)), "scale": np.ones(len(body))}
@@ -217,6 +272,10 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
                 raise ValueError(f"line {line} of {name}: scale must be positive, got {row[i]}")
         if idx_q is not None and row[idx_q].strip():
             quality[r] = _number(row[idx_q], line, "quality", name, allow_nan=True)
+        for out, idx in ((sig, idx_sig), (psig, idx_psig)):
+            for k, c in enumerate(idx):
+                if row[c].strip():
+                    out[r, k] = _number(row[c], line, header[c], name, allow_nan=True)
     if not np.all(np.isfinite(shifts)):
         bad = int(np.argwhere(~np.isfinite(shifts))[0, 0])
         raise ValueError(f"the shifts file {name} has a NaN or infinite shift for frame {bad}")
@@ -225,9 +284,11 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
             f"the shifts file {name} has {len(body)} rows but the stack has {n_frames} frames; "
             "it must have one row per frame"
         )
+    sig = sig if idx_sig else None
     if not idx_t:
-        return ShiftTable(shifts, quality)
-    return ShiftTable(shifts, quality, extra["rotation_deg"], extra["scale"])
+        return ShiftTable(shifts, quality, uncertainties=sig)
+    return ShiftTable(shifts, quality, extra["rotation_deg"], extra["scale"], sig,
+                      psig if idx_psig else None)
 
 
 def _number(text: str, line: int, column: str, name: str, allow_nan: bool = False) -> float:

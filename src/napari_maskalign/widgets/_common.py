@@ -17,7 +17,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox
 from napari.layers import Layer
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QDockWidget, QPushButton, QWidget
 
@@ -35,6 +35,11 @@ def notify_error(what: str, message: str) -> None:
 
 def notify_info(message: str) -> None:
     show_info(message)
+
+
+def notify_warning(message: str) -> None:
+    """A napari warning notification: the result is there but doubtful."""
+    show_warning(message)
 
 
 def explain(exc: BaseException) -> str:

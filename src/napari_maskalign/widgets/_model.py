@@ -78,6 +78,12 @@ class AlignedResult:
     deformation_rms : ndarray, shape (n_frames,), or None
         The non-rigid model: each frame's field beyond its global shift, RMS over
         the valid pixels (px); the Shifts plot draws it.
+    uncertainties : ndarray, shape (n_frames, ndim), or None
+        One-sigma error of each measured shift (px per axis; NaN where
+        unknown), None when the result has none (an old table).
+    parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity: one-sigma error of the rotation (degrees) and the
+        scale, as measured.
     """
 
     source: str
@@ -100,10 +106,39 @@ class AlignedResult:
     scales: np.ndarray | None = None
     fields: Any = None
     deformation_rms: np.ndarray | None = None
+    uncertainties: np.ndarray | None = None
+    parameter_uncertainties: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return int(len(self.shifts))
+
+    def shift_uncertainties(self) -> np.ndarray | None:
+        """The one-sigma errors of :attr:`shifts` as they stand: NaN on frames whose
+        shift was interpolated or edited (not measured); None when there are none."""
+        if self.uncertainties is None:
+            return None
+        sigma = np.array(self.uncertainties, dtype=float)
+        if sigma.shape != self.shifts.shape:
+            return None
+        sigma[~self._measured()] = np.nan
+        return sigma
+
+    def turn_uncertainties(self) -> np.ndarray | None:
+        """:attr:`parameter_uncertainties` as they stand (NaN where not measured)."""
+        if self.parameter_uncertainties is None or self.rotations is None:
+            return None
+        sigma = np.array(self.parameter_uncertainties, dtype=float)
+        if sigma.shape != (self.n_frames, 2):
+            return None
+        sigma[~self._measured()] = np.nan
+        return sigma
+
+    def _measured(self) -> np.ndarray:
+        """Frames whose shift is as measured (not interpolated, not edited)."""
+        measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
+        measured[np.asarray(self.edited, int)] = False
+        return measured
 
     @property
     def ndim(self) -> int:
@@ -181,6 +216,8 @@ class AlignedResult:
             model=result.model,
             rotations=np.asarray(result.rotations, float) if moves else None,
             scales=np.asarray(result.scales, float) if moves else None,
+            uncertainties=getattr(result, "uncertainties", None),
+            parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -213,7 +250,8 @@ class AlignedResult:
         d["align"] = AlignSettings.from_dict(d.get("align"))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
-        for key in ("rotations", "scales", "deformation_rms"):
+        for key in ("rotations", "scales", "deformation_rms", "uncertainties",
+                    "parameter_uncertainties"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

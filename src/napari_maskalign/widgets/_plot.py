@@ -144,6 +144,7 @@ class ShiftPlot(FigureCanvasQTAgg):
             changed = outliers & ~np.isclose(rcol, column)
             if changed.any():  # interpolated outliers: show what was measured
                 ax_s.plot(frames[changed], rcol[changed], "x", color=OUTLIER_COLOR, ms=6)
+        _error_bars(ax_s, res, shifts, k)
         error, true = None, None
         if truth is not None:
             true = _truth_for(res, np.asarray(truth, float)) * k
@@ -310,3 +311,16 @@ def _pin_off_scale(ax, frames, shifts, raw, outliers, background, also=None) -> 
                         color=OUTLIER_COLOR, fontsize=7, va="top" if up else "bottom",
                         bbox={"boxstyle": "round,pad=0.2", "fc": background,
                               "ec": "none", "alpha": 0.85})
+
+
+def _error_bars(ax, res: AlignedResult, shifts, k) -> None:
+    """One-sigma error bars on the measured shifts (not on interpolated or edited ones,
+    which were not measured); nothing when the result has no uncertainties."""
+    sigma = res.shift_uncertainties()
+    if sigma is None:
+        return
+    for name, column, err in zip(axis_names(shifts.shape[1]), shifts.T, (sigma * k).T):
+        show = np.isfinite(err)
+        if show.any():
+            ax.errorbar(np.flatnonzero(show), column[show], yerr=err[show], fmt="none",
+                        ecolor=AXIS_COLORS[name], elinewidth=0.9, capsize=1.5, alpha=0.7)

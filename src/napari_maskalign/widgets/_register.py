@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 from napari_maskalign.engine import Progress, RegistrationResult, valid_from_ignore
 from napari_maskalign.workflow import AlignProgress, AlignSettings, Registration, register
 
-from ._checks import inverted, mask_warning
+from ..workflow.checks import inverted, mask_warning
 from ._common import (
     DockWidget,
     LayerCombo,
@@ -31,6 +31,7 @@ from ._common import (
     fixed_height,
     layer_list_events,
     notify_info,
+    notify_warning,
     publish_in_turns,
     scrolled,
     start_worker,
@@ -401,13 +402,21 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             text += "; no outliers."
         if result.n_hot_pixels:
             text += f" Ignored {result.n_hot_pixels} hot or dead pixels."
+        sigma = result.uncertainties[np.isfinite(result.uncertainties).all(axis=1)]
+        if sigma.size:
+            text += f" Median error (one sigma) {np.median(sigma):.3g} px."
         mean = layer_named(self.viewer, mean_name(self.job.source))
         if self.job.mean and mean is not None:
             frames = mean.metadata.get("maskalign", {}).get("frames", 0)
             text += (f" '{mean.name}' averages {frames} frames"
                      + ("." if mean.visible else " (hidden: click its eye icon to see it)."))
+        for warning in result.warnings:  # e.g. a suspected lock: the shifts are doubtful
+            text += f" Warning: {warning[:1].upper()}{warning[1:]}"
         self.status.setText(text)
-        notify_info(f"'{aligned_name(self.job.source)}': {text}")
+        if result.warnings:
+            notify_warning(f"'{aligned_name(self.job.source)}': {text}")
+        else:
+            notify_info(f"'{aligned_name(self.job.source)}': {text}")
 
     def _on_errored(self, exc) -> None:
         self._progress_shown.cancel()

@@ -325,7 +325,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
     # -- CSV ----------------------------------------------------------------------
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
-        """Write the shifts as CSV (frame, shift_[z,]y,x, quality)."""
+        """Write the shifts as CSV (frame, shift_[z,]y,x, quality, and the one-sigma
+        errors sigma_[z,]y,x of the measured shifts when known)."""
         found = self.attempt(self._require_result)
         if found is None:
             return None
@@ -334,7 +335,9 @@ class ShiftsWidget(EditsFrames, DockWidget):
         if path is None:
             return None
         out = self.write_file(path, lambda p: write_shifts_csv(
-            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales))
+            p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales,
+            uncertainties=res.shift_uncertainties(),
+            parameter_uncertainties=res.turn_uncertainties()))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out
@@ -352,8 +355,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             return None
         n, shape = int(stack.data.shape[0]), frame_shape(stack)
         try:
-            shifts, quality, rotations, scales = read_shift_table(path, n_frames=n,
-                                                                  ndim=len(shape))
+            table = read_shift_table(path, n_frames=n, ndim=len(shape))
+            shifts, quality, rotations, scales = table[:4]
             outliers = flag_outliers(shifts, quality)
         except (ValueError, OSError) as exc:
             self.report(f"cannot use this shift table for '{stack.name}': {explain(exc)}")
@@ -370,6 +373,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
             reference="" if ref is None else f"frame {ref}", reference_frame=ref,
             params={"imported": str(path)},
             rotations=rotations, scales=scales, model=model_for_table(rotations, scales).name,
+            uncertainties=table.uncertainties,
+            parameter_uncertainties=table.parameter_uncertainties,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

@@ -132,7 +132,9 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
             f"cannot resume: {path.name} has no rotation_deg and scale columns, which a "
             f"{settings['model']} run writes"
         )
-    return table if moves else ShiftTable(table.shifts, table.quality)
+    if moves:
+        return table
+    return ShiftTable(table.shifts, table.quality, uncertainties=table.uncertainties)
 
 
 def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,
@@ -208,6 +210,8 @@ class ShiftJournal:
         self.rotations = self.scales = None
         if not model_named(settings.get("model", DEFAULT_MODEL)).shift_only:
             self.rotations, self.scales = np.zeros(n_frames), np.ones(n_frames)
+        #: one-sigma errors: the shifts (px per axis), then rotation and scale for models
+        self.sigma = np.full((n_frames, ndim + (2 if self.rotations is not None else 0)), np.nan)
         self.interval = float(interval)
         self.saved = 0  # rows on disk
         self.writes = 0
@@ -219,25 +223,45 @@ class ShiftJournal:
     def n_frames(self) -> int:
         return len(self.done)
 
-    def preload(self, shifts, quality, rotations=None, scales=None) -> None:
-        """Rows already on disk from an earlier run (frames ``0..k-1``)."""
+    def preload(self, shifts, quality, rotations=None, scales=None, uncertainties=None,
+                parameter_uncertainties=None) -> None:
+        """Rows already on disk from an earlier run (frames ``0..k-1``; the fields of a
+        :class:`~napari_maskalign.io.ShiftTable`, in its order)."""
         k = len(shifts)
         if k and not pending_path(self.path).exists():  # a resumed table continues in place
             self.writing, self.sidecar = self.path, sidecar_path(self.path)
         self.shifts[:k], self.quality[:k], self.done[:k] = shifts, quality, True
         self._put(slice(0, k), rotations, scales)
+        ndim = self.shifts.shape[1]
+        if uncertainties is not None:
+            self.sigma[:k, :ndim] = uncertainties
+        if parameter_uncertainties is not None and self.rotations is not None:
+            self.sigma[:k, ndim:] = parameter_uncertainties
         self.saved = k
 
-    def record(self, frames, shifts, quality, rotations=None, scales=None) -> None:
-        """Frames that finished (any order)."""
+    def record(self, frames, shifts, quality, rotations=None, scales=None, sigma=None) -> None:
+        """Frames that finished (any order); ``sigma``: their one-sigma errors (shift
+        per axis, then rotation and scale for models), when known."""
         self.shifts[frames], self.quality[frames], self.done[frames] = shifts, quality, True
-        self._put(frames, rotations, scales)
+        self._put(frames, rotations, scales, sigma)
 
-    def _put(self, where, rotations, scales) -> None:
+    def _put(self, where, rotations, scales, sigma=None) -> None:
         if self.rotations is not None and rotations is not None:
             self.rotations[where] = rotations
         if self.scales is not None and scales is not None:
             self.scales[where] = scales
+        if sigma is not None:
+            self.sigma[where] = sigma
+
+    @property
+    def uncertainties(self) -> np.ndarray:
+        """The shifts' one-sigma errors ``(n_frames, ndim)`` (NaN where unknown)."""
+        return self.sigma[:, :self.shifts.shape[1]]
+
+    @property
+    def parameter_uncertainties(self) -> np.ndarray | None:
+        """Rotation and scale one-sigma errors ``(n_frames, 2)``; None for translation."""
+        return None if self.rotations is None else self.sigma[:, self.shifts.shape[1]:]
 
     def prefix(self) -> int:
         """How many leading frames are finished: what may be written."""
@@ -267,7 +291,10 @@ class ShiftJournal:
         try:
             write_shifts_csv(self.writing, self.shifts[:k], self.quality[:k],
                              rotations=self.rotations[:k] if moves else None,
-                             scales=self.scales[:k] if moves else None)
+                             scales=self.scales[:k] if moves else None,
+                             uncertainties=self.uncertainties[:k],
+                             parameter_uncertainties=(self.parameter_uncertainties[:k]
+                                                      if moves else None))
         except OSError as exc:  # a full disk: the last table written is whole, and says how far
             raise WriteFailed(
                 exc.errno,

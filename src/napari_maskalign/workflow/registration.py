@@ -33,6 +33,7 @@ from ..engine import (
     RegistrationRun,
     build_result,
     mask_with_outliers,
+    run_warnings,
     transform_parameters,
 )
 from ..engine.models import model_for_table
@@ -101,14 +102,16 @@ class Registration(Steps):
         if client is not None:
             with cluster_guard(client):
                 stack, options = cluster_stack(stack, options, client, chunk_frames)
-        previous = None
+        previous = previous_sigma = None
         if journal is not None and options.mode == "previous" and self.start:
             previous = journal.shifts[self.start - 1]
+            previous_sigma = journal.sigma[self.start - 1]  # the chain's error goes on too
             if not options.transform_model.shift_only:  # frames turn: its whole transform
                 previous = (previous, journal.rotations[self.start - 1],
                             journal.scales[self.start - 1])
+        chain = {} if previous_sigma is None else {"previous_sigma": previous_sigma}
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
-                               previous_shift=previous)
+                               previous_shift=previous, **chain)
 
     # -- the steps --------------------------------------------------------------
     def _steps_of_run(self):
@@ -130,14 +133,18 @@ class Registration(Steps):
                     for p in run:
                         if not template:
                             journal.record([p.frame], p.shift[None], [p.quality],
-                                           *_rotation_scale(p.record.transform, self.frame_shape))
+                                           *_rotation_scale(p.record.transform, self.frame_shape),
+                                           sigma=p.record.sigma)
                             journal.save()
                         yield p
                 if template:
                     res = run.result
+                    sigma = res.uncertainties
+                    if turns:
+                        sigma = np.column_stack([sigma, res.parameter_uncertainties])
                     journal.record(np.arange(start, self.n_frames), res.raw_shifts, res.quality,
                                    *_rotation_scale(res.raw_transforms if turns else None,
-                                                    self.frame_shape))
+                                                    self.frame_shape), sigma=sigma)
             finally:
                 if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                     journal.save(force=True)
@@ -145,9 +152,14 @@ class Registration(Steps):
         journal.save(force=True)
         if self._fields and run is not None:
             return run.result  # the table holds its global shifts; the result its fields
+        # the lock check over the whole table (a resumed engine run saw only its part)
+        checks = run_warnings(self.stack, journal.shifts, used,
+                              self.options.transform_model.shift_only)
         return _over_table(journal.shifts, journal.quality, journal.rotations, journal.scales,
                            self.options, self.frame_shape, used=used, hot=hot,
-                           masked=self.mask is not None, start=start)
+                           masked=self.mask is not None, start=start,
+                           uncertainties=journal.uncertainties,
+                           parameter_uncertainties=journal.parameter_uncertainties, **checks)
 
 
 def register(stack, options: RegistrationOptions | None = None, *, mask=None,
@@ -210,12 +222,15 @@ def table_result(stack, table, options: RegistrationOptions | None = None, *, ma
     given = check_mask(mask, frame_shape, mask_name)
     used, hot = mask_with_outliers(stack, given, options.hot_pixels)
     return _over_table(table.shifts, table.quality, table.rotations, table.scales, options,
-                       frame_shape, used=used, hot=hot, masked=given is not None, start=0)
+                       frame_shape, used=used, hot=hot, masked=given is not None, start=0,
+                       uncertainties=table.uncertainties,
+                       parameter_uncertainties=table.parameter_uncertainties)
 
 
 def _over_table(shifts, quality, rotations, scales, options, frame_shape, *, used, hot,
-                masked: bool, start: int) -> RegistrationResult:
-    """The result over a whole table of measured rows, with the mask the run used."""
+                masked: bool, start: int, **more) -> RegistrationResult:
+    """The result over a whole table of measured rows, with the mask the run used;
+    ``more``: the rows' uncertainties, the run's warnings (see :func:`build_result`)."""
     n = len(shifts)
     return build_result(
         shifts,
@@ -227,6 +242,7 @@ def _over_table(shifts, quality, rotations, scales, options, frame_shape, *, use
         frame_shape=frame_shape,
         hot_pixels=hot,
         valid_mask=used,
+        **more,
     )
 
 

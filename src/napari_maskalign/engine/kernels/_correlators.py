@@ -42,6 +42,9 @@ class CorrelationPeak:
     # only): scikit-image's error metric is computed from them
     ref_energy: float = 0.0
     mov_energy: float = 0.0
+    # one-sigma error per axis of ``shift`` when the correlator measured it (the
+    # Newton step of an unmasked correlation), else None
+    sigma: np.ndarray | None = None
 
 
 def window_around(surface: np.ndarray, radius: int) -> np.ndarray:
@@ -105,6 +108,7 @@ class PhaseCorrelator:
         zero_mean=False,
         max_shift=None,
         workers=None,
+        newton=False,
     ):
         if normalization not in ("phase", None):
             raise ValueError("normalization must be either phase or None")
@@ -116,6 +120,11 @@ class PhaseCorrelator:
         self.zero_mean = zero_mean
         self.max_shift = max_shift
         self.workers = default_workers(workers)
+        #: end with a Newton step on the cross-power spectrum (see :meth:`newton_step`)
+        self.newton = bool(newton)
+        #: ``(K, P)`` of :func:`~napari_maskalign.engine.models._refine.noise_spread`:
+        #: where the noise is, for the Newton step's error (None: white noise)
+        self.noise_terms = None
         self._w = half_spectrum_weights(self.shape[-1], self.dtype)
         self.set_reference(ref)
         self._allowed = None
@@ -195,6 +204,9 @@ class PhaseCorrelator:
 
             shift, value = refine_two_stage(on_grid, shift, self.upsample_factor)
             peak = value * size
+        sigma = None
+        if self.newton:
+            shift, sigma = self.newton_step(raw, shift, mov_energy)
         for ax, n in enumerate(shape):
             if n == 1:
                 shift[ax] = 0.0
@@ -216,7 +228,64 @@ class PhaseCorrelator:
             xcorr=window,
             ref_energy=self.ref_energy,
             mov_energy=mov_energy,
+            sigma=sigma,
         )
+
+    def newton_step(self, raw, shift, mov_energy):
+        """The continuous maximum of the (unwhitened) cross-correlation near ``shift``
+        and its one-sigma error per axis: one Newton step on the cross-power spectrum
+        ``raw`` (no transform: its value, gradient and curvature at ``shift`` are
+        weighted sums over the spectrum).
+
+        The maximum of ``C(s) = sum m(q) r(q - s)`` is the least-squares shift of two
+        frames (with a gain); its covariance is the residual noise per pixel
+        ``(E_m - C^2 / E_r) / N`` over ``gain * (-C'') / N``. The curvature is that of
+        the cross term, so the noise of either frame does not inflate it. Returns the
+        grid's ``shift`` and None when the step leaves its cell or the surface does not
+        curve down there.
+        """
+        shape, ndim = self.shape, len(self.shape)
+        freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+        ks = []
+        phase = None
+        for ax, (f, u) in enumerate(zip(freqs, shift)):
+            view = [1] * ndim
+            view[ax] = f.size
+            k = (2 * np.pi * f).reshape(view)
+            e = np.exp(1j * k * u).astype(raw.dtype)
+            phase = e if phase is None else phase * e
+            ks.append(k)
+        terms = raw * phase
+        re = terms.real * self._w
+        im = terms.imag * self._w
+        value = float(np.sum(re, dtype=np.float64))
+        grad = np.array([-float(np.sum(im * k, dtype=np.float64)) for k in ks])
+        hess = np.empty((ndim, ndim))
+        for a in range(ndim):
+            for b in range(a, ndim):
+                hess[a, b] = hess[b, a] = -float(np.sum(re * ks[a] * ks[b], dtype=np.float64))
+        try:
+            step = -np.linalg.solve(hess, grad)
+            curv = np.linalg.inv(-hess)
+        except np.linalg.LinAlgError:
+            return shift, None
+        cell = 1.0 / max(self.upsample_factor, 1.0)
+        if not (np.all(np.isfinite(step)) and np.all(np.abs(step) <= cell)
+                and np.all(np.linalg.eigvalsh(-hess) > 0) and value > 0 and self.ref_energy > 0):
+            return shift, None
+        n = float(np.prod(shape))
+        gain = value / self.ref_energy
+        residual = max(mov_energy - value * value / self.ref_energy, 0.0) / n  # sum of e^2
+        if self.noise_terms is None:  # white noise: the residual's mean power everywhere
+            cov = residual / n * n / gain * curv
+        else:
+            # a sandwich: the noise where the gradient is (Poisson counts are noisiest
+            # on the bright rings) from the reference's noise model, scaled to this
+            # frame's residual
+            spread, power = self.noise_terms
+            inv = curv * n / gain  # (gain * -C'' / N)^-1
+            cov = residual / power * inv @ spread @ inv
+        return shift + step, np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
     def _evaluate(self, spectrum: np.ndarray, shift: np.ndarray) -> float:
         """The real inverse transform of ``spectrum`` at one (fractional) position."""

@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 from ..kernels._masked import MaskedCorrelator, soft_weights
 from ._fill import filled, nearest_fill_index
 from ._refine import Refiner
+from ._transforms import transform_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._base import Model
@@ -324,6 +325,13 @@ class ModelRegistrar:
 
     def register(self, frame):
         """``(transform, quality)`` of one frame (finite on its valid pixels)."""
+        transform, quality, _ = self.register_with_sigma(frame)
+        return transform, quality
+
+    def register_with_sigma(self, frame):
+        """``(transform, quality, sigma)`` of one frame: ``sigma`` the one-sigma errors of
+        the centre's shift (px per axis), the rotation (degrees) and the scale, from the
+        full-resolution refinement's covariance (NaN when unknown)."""
         levels = pyramid(frame, (1, self.f_polar, self.f_coarse))
         params = self.coarse(frame, levels)
         result, noise = None, None
@@ -337,7 +345,8 @@ class ModelRegistrar:
                 alpha, beta, floor = result.noise
                 noise = (alpha * f * f, beta * f * f, floor * f * f)
         centre = (np.asarray(self.shape, float) - 1) / 2
-        return self.model.transform(params, centre), result.quality
+        sigma = model_sigma(params, result.covariance, self.model, centre)
+        return self.model.transform(params, centre), result.quality, sigma
 
     def xcorr_window(self, frame, transform, radius: int) -> np.ndarray:
         """The masked correlation around zero shift of the frame with its rotation and
@@ -352,3 +361,28 @@ class ModelRegistrar:
         corr = MaskedCorrelator(self.reference, self.ref_valid, moved_valid, overlap_ratio=0.0,
                                 max_shift=radius + 1, workers=1)
         return corr.register(np.where(moved_valid, moved, 0.0), xcorr_radius=radius).xcorr
+
+
+def _readout(params, model, centre) -> np.ndarray:
+    """The centre's shift, rotation (degrees) and scale of a warp's registering transform."""
+    t = model.transform(params, centre)[None]
+    shifts, rotations, scales = transform_parameters(t, 2 * np.asarray(centre) + 1)
+    return np.array([shifts[0, 0], shifts[0, 1], rotations[0], scales[0]])
+
+
+def model_sigma(params, covariance, model, centre) -> np.ndarray:
+    """One-sigma errors of the centre's shift (2 axes, px), rotation (degrees) and scale,
+    propagated from the warp parameters' ``covariance`` (numerically: the readout is
+    nearly linear over an error's size); NaN when the covariance is unknown."""
+    if covariance is None:
+        return np.full(4, np.nan)
+    params = np.asarray(params, float)
+    base = _readout(params, model, centre)
+    jac = np.empty((4, len(params)))
+    for j in range(len(params)):
+        h = 1e-6 if j >= 2 else 1e-4
+        step = params.copy()
+        step[j] += h
+        jac[:, j] = (_readout(step, model, centre) - base) / h
+    cov = jac @ np.asarray(covariance, float) @ jac.T
+    return np.sqrt(np.clip(np.diag(cov), 0.0, None))

@@ -42,6 +42,10 @@ class FrameRecord:
     nonrigid : NonrigidRecord or None
         The non-rigid model: the frame's field (spline coefficients), patch
         shifts and fallback flag; ``shift`` is then the global translation.
+    sigma : ndarray or None
+        One-sigma error of ``shift`` per axis in pixels, then (rigid and
+        similarity) of the rotation in degrees and of the scale; NaN or None
+        where unknown (see :attr:`RegistrationResult.uncertainties`).
     """
 
     shift: np.ndarray
@@ -50,6 +54,7 @@ class FrameRecord:
     xcorr: np.ndarray | None = None
     transform: np.ndarray | None = None
     nonrigid: Any = None
+    sigma: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,24 @@ class RegistrationResult:
         The mask registration used (True = valid): the given mask without the
         hot pixels; None when every pixel was used. Aligning with it makes
         the ignored pixels NaN where they land.
+    uncertainties : ndarray, shape (n_frames, ndim)
+        One-sigma error of each frame's measured shift per axis (row, col), in
+        pixels: from the curvature of the fit (the refinement's weighted
+        normal matrix; without refinement the correlation peak's curvature
+        plus the grid's quantization) scaled by the residual noise measured on
+        that frame, both frames' noise included. NaN where unknown (frames
+        without contrast, tables without it). With ``reference="previous"``
+        the errors of the steps add up along the chain.
+    parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity: one-sigma error of the rotation (degrees) and of
+        the scale; None for translation.
+    warnings : list of str
+        What makes the result doubtful (a lock on a static structure):
+        plain sentences for a person to read; empty when nothing was found.
+    lock_suspected : bool
+        The shifts sit near zero while the frames, aligned by them, do not
+        match within the noise: the run has probably locked onto something
+        static (see :mod:`._lock`); the shifts should not be trusted.
     """
 
     shifts: np.ndarray
@@ -157,8 +180,14 @@ class RegistrationResult:
     raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
     valid_mask: np.ndarray | None = None
+    uncertainties: np.ndarray | None = None
+    parameter_uncertainties: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    lock_suspected: bool = False
 
     def __post_init__(self):
+        if self.uncertainties is None:
+            self.uncertainties = np.full(np.shape(self.raw_shifts), np.nan)
         if self.transforms is None:
             self.transforms = shift_transforms(self.shifts)
         if self.raw_transforms is None:
@@ -247,6 +276,10 @@ def build_result(
     frame_shape=None,
     hot_pixels=None,
     valid_mask=None,
+    uncertainties=None,
+    parameter_uncertainties=None,
+    warnings=None,
+    lock_suspected: bool = False,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
@@ -254,7 +287,9 @@ def build_result(
     For rigid and similarity models the table also holds each frame's
     rotation (degrees) and scale, ``raw_shifts`` are the frame centre's
     shifts and ``frame_shape`` says where that centre is; interpolation then
-    covers the rotation and the logarithm of the scale too.
+    covers the rotation and the logarithm of the scale too. ``uncertainties``
+    (per frame and axis, px) and ``parameter_uncertainties`` (rotation in
+    degrees, scale) are kept as measured (NaN where unknown).
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -290,6 +325,11 @@ def build_result(
         raw_transforms=raw_transforms,
         hot_pixels=hot_pixels,
         valid_mask=valid_mask,
+        uncertainties=None if uncertainties is None else np.asarray(uncertainties, dtype=float),
+        parameter_uncertainties=(None if parameter_uncertainties is None
+                                 else np.asarray(parameter_uncertainties, dtype=float)),
+        warnings=list(warnings or []),
+        lock_suspected=bool(lock_suspected),
     )
 
 

@@ -13,6 +13,7 @@ from ..kernels._fft import default_workers, real_dtype_for
 from ..models import Model
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
+from ._lock import run_warnings
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
@@ -29,6 +30,8 @@ class _Table:
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
+        # one-sigma errors: the shift per axis, then rotation (deg) and scale for models
+        self.sigma = np.full((count, ndim if model.shift_only else ndim + 2), np.nan)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
         if not model.shift_only:
@@ -36,6 +39,7 @@ class _Table:
 
     def put(self, k: int, record: FrameRecord) -> None:
         self.shifts[k], self.peaks[k], self.quality[k] = record.shift, record.peak, record.quality
+        self.sigma[k] = np.nan if record.sigma is None else record.sigma
         if self.xcorr is not None:
             self.xcorr[k] = record.xcorr
         if self.transforms is not None:
@@ -43,10 +47,13 @@ class _Table:
 
     def parameters(self, frame_shape) -> dict:
         """``rotations``, ``scales`` and ``frame_shape`` for :func:`build_result`."""
+        ndim = self.shifts.shape[1]
         if self.transforms is None:
-            return {}
+            return {"uncertainties": self.sigma}
         _, rotations, scales = transform_parameters(self.transforms, frame_shape)
-        return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape}
+        return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape,
+                "uncertainties": self.sigma[:, :ndim],
+                "parameter_uncertainties": self.sigma[:, ndim:]}
 
 
 class RegistrationRun(Steps):
@@ -82,10 +89,15 @@ class RegistrationRun(Steps):
         shift of frame ``start - 1`` (rigid and similarity models: its
         accumulated transform, a homogeneous matrix, or its centre shift,
         rotation and scale as ``(shift, rotation, scale)``).
+    previous_sigma : array, optional
+        With ``reference="previous"`` and ``start``: the one-sigma errors of
+        frame ``start - 1`` (its row of ``uncertainties``, then for models of
+        ``parameter_uncertainties``), which the chain's errors continue from.
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 mask_name: str = "mask", start: int = 0, previous_shift=None):
+                 mask_name: str = "mask", start: int = 0, previous_shift=None,
+                 previous_sigma=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
@@ -102,6 +114,9 @@ class RegistrationRun(Steps):
         if opts.mode == "previous":
             self.previous_shift = _previous_start(previous_shift, ndim, opts.transform_model,
                                                   frame_shape)
+        self.previous_sigma = None
+        if previous_sigma is not None and opts.mode == "previous" and start:
+            self.previous_sigma = np.asarray(previous_sigma, dtype=float)
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
@@ -146,6 +161,11 @@ class RegistrationRun(Steps):
             yield from self._template(table)
         else:
             yield from self._fixed(table)
+        # a resumed run's table is partial: the workflow checks the whole one
+        checks = {}
+        if self.start == 0:
+            checks = run_warnings(self.stack, table.shifts, self.valid,
+                                  opts.transform_model.shift_only)
         return build_result(
             table.shifts,
             table.quality,
@@ -157,6 +177,7 @@ class RegistrationRun(Steps):
             hot_pixels=hot,
             valid_mask=used,
             **table.parameters(self.frame_shape),
+            **checks,
         )
 
     def _reference_image(self) -> np.ndarray:
@@ -207,13 +228,21 @@ class RegistrationRun(Steps):
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp,
                                    fill=self.fill)
         model = not self.options.transform_model.shift_only
+        # each step's error adds (in quadrature) to the frames after it; a resumed run
+        # continues from frame start - 1's sigma (carried as the sigma itself, not its
+        # square, so that it continues bit for bit)
+        chain = self.previous_sigma
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
             if i == 0:  # the first frame is the origin of the chain
                 zero = np.zeros(len(self.frame_shape))
                 rec = dataclasses.replace(rec, shift=zero, peak=zero,
-                                          transform=np.eye(len(zero) + 1) if model else None)
+                                          transform=np.eye(len(zero) + 1) if model else None,
+                                          sigma=None if rec.sigma is None else 0 * rec.sigma)
+            if rec.sigma is not None:
+                chain = rec.sigma if chain is None else np.sqrt(chain**2 + rec.sigma**2)
+                rec = dataclasses.replace(rec, sigma=chain)
             if model:  # the step maps frame i onto frame i - 1, acc frame i - 1 onto the first
                 acc = acc @ rec.transform
                 shift = transform_parameters(acc[None], self.frame_shape)[0][0]
