@@ -89,7 +89,9 @@ class RegistrationOptions:
     reference_range : (first, stop), optional
         Frames averaged for ``reference="mean"`` (default: all).
     template_iterations : int
-        Refinement passes for ``reference="template"`` (at least 1).
+        Most refinement passes for ``reference="template"`` (at least 1); the
+        passes stop earlier once no shift moved by more than a tenth of its
+        uncertainty.
     max_jump, min_quality : float, optional
         Outlier thresholds (see :func:`flag_outliers`); None: from the run.
     interpolate_outliers : bool
@@ -130,7 +132,7 @@ class RegistrationOptions:
     overlap_ratio: float = 0.3
     normalization: str | None = None
     reference_range: tuple[int, int] | None = None
-    template_iterations: int = 2
+    template_iterations: int = 4
     max_jump: float | None = None
     min_quality: float | None = None
     interpolate_outliers: bool = False

@@ -134,6 +134,10 @@ class RegistrationResult:
         The mask registration used (True = valid): the given mask without the
         hot pixels; None when every pixel was used. Aligning with it makes
         the ignored pixels NaN where they land.
+    uncertainties : ndarray, shape (n_frames, ndim), or None
+        One-sigma uncertainty of each frame's measured shift (:attr:`raw_shifts`),
+        in pixels, where the run measured it (template registration: from
+        the curvature of the match scaled by the residual noise); None otherwise.
     """
 
     shifts: np.ndarray
@@ -148,6 +152,7 @@ class RegistrationResult:
     raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
     valid_mask: np.ndarray | None = None
+    uncertainties: np.ndarray | None = None
 
     def __post_init__(self):
         if self.transforms is None:
@@ -216,6 +221,7 @@ def build_result(
     frame_shape=None,
     hot_pixels=None,
     valid_mask=None,
+    uncertainties=None,
 ) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
@@ -256,4 +262,5 @@ def build_result(
         raw_transforms=raw_transforms,
         hot_pixels=hot_pixels,
         valid_mask=valid_mask,
+        uncertainties=None if uncertainties is None else np.asarray(uncertainties, dtype=float),
     )

@@ -107,6 +107,10 @@ class RegistrationRun:
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
         self.result: RegistrationResult | None = None
+        #: per-frame one-sigma shift uncertainties (px) a run measured, if any
+        self.uncertainties: np.ndarray | None = None
+        #: template refinement passes run (they stop once the shifts settle)
+        self.template_passes: int | None = None
         self._steps = self._run()
 
     # -- the iterator protocol ------------------------------------------------
@@ -153,9 +157,12 @@ class RegistrationRun:
             peaks=table.peaks,
             xcorr=table.xcorr,
             params={"masked": given is not None, "start": self.start, "n_frames": self.n_frames,
-                    "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+                    "n_hot_pixels": 0 if hot is None else int(hot.sum()),
+                    **({} if self.template_passes is None else
+                       {"template_passes": self.template_passes})},
             hot_pixels=hot,
             valid_mask=self.valid,
+            uncertainties=self.uncertainties,
             **table.parameters(self.frame_shape),
         )
 
@@ -228,40 +235,122 @@ class RegistrationRun:
             yield Progress(k + 1, self.total, i, rec)
 
     def _template(self, table: _Table):
-        """Register to the mean, average the aligned frames, register again."""
-        from ._transforms import warp_frame
+        """Register to the mean, then to the stack's own template until it settles.
+
+        Pass 0 registers every frame to the unaligned mean. Each later pass
+        builds the template from the frames moved by their own transforms
+        (:class:`~._template.TemplateSums`: Fourier shifts, ignored pixels and
+        edges left out, each pixel the mean over the frames that saw it) and
+        registers each frame against it with that frame's own contribution taken
+        out (leave-one-out). It stops when no shift moved by more than a tenth of
+        its uncertainty (up to a common offset), or after ``template_iterations``
+        passes.
+        """
+        from ._template import TemplateSums
 
         stack, n, dtype, opts = self.stack, self.n_frames, self.dtype, self.options
-        passes = opts.template_iterations + 1
-        template = mean_frame(stack, 0, n, dtype)
-        valid, template_valid = self.valid, self.valid
-        # each frame's weight in the next template: its valid pixels (all without a mask)
-        w = np.ones(template.shape) if valid is None else valid.astype(np.float64)
-        done = 0
-        for p in range(passes):
-            registrar = FrameRegistrar(template, valid, opts, reference_mask=template_valid,
-                                       dtype=dtype, xp=self.xp)
-            last = p == passes - 1
-            acc = np.zeros(template.shape)
-            weight = np.zeros(template.shape)
-            stage = "registering to the mean" if p == 0 else f"refining template {p}/{passes - 1}"
-            for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
-                rec = registrar.register(frame)
-                table.put(i, rec)
-                if not last:
-                    t = rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
-                    acc += warp_frame(np.where(w > 0, frame, 0) * w, t, fill_value=0.0)
-                    weight += warp_frame(w, t, fill_value=0.0)
-                done += 1
-                yield Progress(done, self.total, i, rec, stage)
-            if not last:
-                # the template is where most aligned frames saw valid pixels
-                template_valid = weight >= 0.5 * n
-                template = np.where(template_valid, acc / np.maximum(weight, 1e-12), 0).astype(dtype)
-                if self.valid is None:
-                    template_valid = None if template_valid.all() else template_valid
-                    if template_valid is not None:
-                        valid = np.ones(template.shape, bool)
+        shape, ndim = self.frame_shape, len(self.frame_shape)
+        cap = opts.template_iterations
+        registrar = FrameRegistrar(mean_frame(stack, 0, n, dtype), self.valid, opts, dtype=dtype,
+                                   xp=self.xp)
+        transforms = np.empty((n, ndim + 1, ndim + 1))
+        frames_in = frames_for(registrar, stack, 0, n, dtype)
+        threads = default_workers(opts.workers)
+        for i, rec in enumerate(register_frames(registrar, frames_in, threads)):
+            table.put(i, rec)
+            transforms[i] = _record_transform(rec)
+            yield Progress(i + 1, self.total, i, rec, "registering to the mean")
+        done = n
+        sums = TemplateSums(shape, self.valid)
+        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
+            sums.add(frame, transforms[i])
+        sigma = np.full((n, ndim), np.nan)
+        for p in range(1, cap + 1):
+            before = table.shifts.copy()
+            yield from self._template_pass(table, sums, transforms, sigma, done,
+                                           f"refining template {p}/{cap}")
+            done += n
+            self.template_passes = p
+            if _settled(table.shifts - before, sigma, table.quality):
+                break
+        self.uncertainties = sigma
+
+    def _template_pass(self, table: _Table, sums, transforms, sigma, done: int, stage: str):
+        """One pass against the template of ``sums``: each frame refined from its
+        transform in ``transforms`` against the template without its own contribution
+        (leave-one-out); ``sums``, ``transforms`` and ``sigma`` are updated in place."""
+        from ._refine import Refiner, params_from_transform, transform_from_params
+        from ._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
+
+        stack, n, dtype, model = self.stack, self.n_frames, self.dtype, self.options.model
+        shape = self.frame_shape
+        centre = (np.asarray(shape, float) - 1.0) / 2.0
+        valid = self.valid if self.valid is not None else np.ones(shape, bool)
+        full, full_valid = sums.template()
+        match = level = grad = None
+        if model == "translation":
+            match = TemplateMatch(sums, full, full_valid)
+        else:
+            level, grad = template_gradient(full, full_valid)
+        # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
+        select, tol = (0.3, 2e-3) if model == "translation" else (0.12, 1e-3)
+        nxt = TemplateSums(shape, self.valid)
+        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
+            reference = full
+            if n > 2:  # the frame's own noise out of the template it is compared with
+                loo, loo_valid = sums.template(sums.contribution(frame, transforms[i]))
+                reference = np.where(loo_valid, loo, full)
+            quality = float(table.quality[i])
+            if quality > 0 and match is not None:
+                start = transforms[i][:-1, -1].copy()
+                found, sig, q, ok = match.run(frame, reference, start)
+                if ok and np.all(np.abs(found - start) <= 1.0) and self._inside(found, model):
+                    transforms[i] = _shift_matrix(np.round(found, 10) + 0.0)
+                    quality = q
+                    sigma[i] = sig
+            elif quality > 0:  # frames without contrast keep their zero shift
+                refiner = Refiner(reference, full_valid, valid, model, select=select, tol=tol)
+                start = params_from_transform(transforms[i], model, centre)
+                res = refiner.run(frame, start)
+                moved_by = np.abs(res.params[:len(shape)] - start[:len(shape)])
+                if res.converged and np.all(moved_by <= 1.0) and self._inside(res.params, model):
+                    transforms[i] = np.round(transform_from_params(res.params, model, centre), 12)
+                    quality = res.quality
+            t = transforms[i]
+            shift = t[:-1, :-1] @ centre + t[:-1, -1] - centre
+            rec = FrameRecord(np.round(shift, 10) + 0.0, quality, table.peaks[i].copy(),
+                              None if table.xcorr is None else table.xcorr[i],
+                              None if table.transforms is None else t.copy())
+            table.put(i, rec)
+            moved, w = nxt.contribution(frame, t)
+            nxt.acc += moved
+            nxt.weight += w
+            nxt.count += 1
+            if quality > 0 and match is None:
+                sigma[i] = fisher_sigma(moved, w, level, grad, full_valid)
+            done += 1
+            yield Progress(done, self.total, i, rec, stage)
+        sums.__dict__.update(nxt.__dict__)
+
+    def _inside(self, params, model) -> bool:
+        """Whether a translation stays inside the ``max_shift`` box."""
+        box = self.options.max_shift
+        return model != "translation" or box is None or bool(
+            np.all(np.abs(params) <= np.asarray(box)))
+
+
+def _record_transform(rec: FrameRecord) -> np.ndarray:
+    return rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
+
+
+def _settled(moved, sigma, quality, fraction: float = 0.1) -> bool:
+    """Whether no frame's shift moved by more than ``fraction`` of its uncertainty
+    between two passes, up to a common offset (the template's own position is free)."""
+    use = (quality > 0) & np.all(np.isfinite(sigma) & (sigma > 0), axis=1)
+    if not use.any():
+        return True
+    d = moved[use] - np.median(moved[use], axis=0)
+    return bool(np.all(np.abs(d) <= fraction * sigma[use]))
 
 
 def _shift_matrix(shift) -> np.ndarray:

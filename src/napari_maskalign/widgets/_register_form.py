@@ -52,9 +52,9 @@ MAIN = [
     ("range_last", SpinBox, dict(value=0, min=0, max=0, label="to frame",
                                  tooltip="Last frame of the mean (included).")),
     ("iterations", SpinBox, dict(
-        value=2, min=1, max=10, label="passes",
-        tooltip="How many times the template is rebuilt from the aligned frames. 2 is usually "
-        "enough.")),
+        value=4, min=1, max=10, label="passes",
+        tooltip="At most this many times the template is rebuilt from the aligned frames; it "
+        "stops earlier once no shift moves by more than a tenth of its uncertainty.")),
     ("model_choice", ComboBox, dict(
         choices=[("translation (shift)", "translation"), ("rigid (rotation + shift)", "rigid"),
                  ("similarity (+ scale)", "similarity")],
