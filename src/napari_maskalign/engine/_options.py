@@ -22,6 +22,7 @@ __all__ = [
     "MAX_UPSAMPLE",
     "MODELS",
     "REFERENCE_MODES",
+    "SMOOTHING",
     "RegistrationOptions",
     "check_upsample_factor",
 ]
@@ -31,6 +32,9 @@ REFERENCE_MODES = ("mean", "previous", "template")
 
 #: transform models: shifts; rotation and shift; rotation, uniform scale and shift
 MODELS = ("translation", "rigid", "similarity")
+
+#: smoothing over time: none, or strength and jumps from the data
+SMOOTHING = ("off", "auto")
 
 #: the finest grid offered: 1/1000 px is far below what any frame's noise allows,
 #: and the refinement's work grows with the square of the factor
@@ -124,6 +128,13 @@ class RegistrationOptions:
         rigid and similarity, whose method ends in it (``refine=False`` is
         refused there); off for whole-pixel translation, which then matches
         scikit-image. See :attr:`refines`.
+    smoothing : {"off", "auto"}
+        Smoothing over time (:func:`~._smooth.smooth_series`): "auto" finds
+        the jumps against the per-frame uncertainties, smooths the drift
+        between them with a strength chosen from the data (generalised
+        cross-validation), rotation and scale too; ``raw_shifts`` keeps the
+        measured values. "off" (default) reports the measured shifts. Not
+        part of :meth:`fingerprint`: it does not change what is measured.
     """
 
     reference: Any = 0
@@ -143,6 +154,7 @@ class RegistrationOptions:
     device: str | None = None
     model: str = "translation"
     refine: bool | None = None
+    smoothing: str = "off"
 
     def __post_init__(self):
         def put(name, value):
@@ -192,6 +204,10 @@ class RegistrationOptions:
         if self.refine is not None and not isinstance(self.refine, (bool, np.bool_)):
             raise ValueError(f"refine must be True, False or None (automatic), got {self.refine!r}")
         put("refine", None if self.refine is None else bool(self.refine))
+        if not isinstance(self.smoothing, str) or self.smoothing not in SMOOTHING:
+            raise ValueError(
+                f"smoothing must be one of {', '.join(map(repr, SMOOTHING))}, got {self.smoothing!r}"
+            )
         if self.model != "translation" and self.refine is False:
             raise ValueError(
                 f"the {self.model} model always ends in the Gauss-Newton refinement; "

@@ -453,6 +453,11 @@ def register_stack(stack, **arguments) -> RegistrationResult:
           thresholds (see :func:`flag_outliers`; default: robust statistics
           of the run) and whether flagged frames get interpolated shifts
           (``raw_shifts`` keeps the measured ones);
+        * ``smoothing`` -- "off" (default) or "auto": smooth the shifts (and
+          rotation and scale) over time with a strength that follows their
+          uncertainties, never across a jump it finds; ``raw_shifts`` keeps
+          the measured ones, ``jumps`` and ``smoothed_uncertainties`` say
+          what it did;
         * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
           window, shifts -radius..radius with zero shift at its centre;
         * ``workers`` -- threads (default: all cores);
