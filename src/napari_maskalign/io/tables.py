@@ -63,7 +63,8 @@ def shift_columns(ndim: int) -> list[str]:
     return [f"shift_{a}" for a in AXIS_NAMES[-ndim:]]
 
 
-def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None) -> str:
+def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None,
+                      raw_shifts=None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
@@ -81,19 +82,27 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
         if rot.shape != (n,) or scl.shape != (n,):
             raise ValueError(f"rotations and scales must have one value per frame ({n})")
         extra = np.column_stack([rot, scl]).tolist()
+    raw = None
+    if raw_shifts is not None:
+        raw = np.asarray(raw_shifts, dtype=float)
+        if raw.shape != shifts.shape:
+            raise ValueError(f"raw_shifts must have the shape of shifts {shifts.shape}, got {raw.shape}")
     columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
+    if raw is not None:
+        columns += ["raw_" + c for c in shift_columns(ndim)]
     lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
     # run continues from exactly the numbers it wrote
     for k, (f, row, q) in enumerate(zip(frames.tolist(), shifts.tolist(), quality.tolist())):
         values = [*row, *(extra[k] if extra else ())]
         # (+ 0.0 turns -0.0 into 0.0)
-        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values), repr(q + 0.0)]))
+        tail = [] if raw is None else [repr(v + 0.0) for v in raw[k].tolist()]
+        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values), repr(q + 0.0), *tail]))
     return "\n".join(lines) + "\n"
 
 
 def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
-                     rotations=None, scales=None) -> None:
+                     rotations=None, scales=None, raw_shifts=None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
@@ -101,10 +110,13 @@ def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool =
     that registers each frame onto the reference. With ``rotations``
     (degrees) or ``scales`` the columns ``rotation_deg`` and ``scale`` come
     before ``quality`` (the shifts are then the frame centre's). Floats are
-    written with full precision (they read back exactly).
+    written with full precision (they read back exactly). With ``raw_shifts``
+    (smoothed shifts: the measured ones) the columns ``raw_shift_y``,
+    ``raw_shift_x`` come last; readers take the ``shift_*`` columns.
     """
     atomic_write_text(path, format_shifts_csv(shifts, quality, frames, rotations=rotations,
-                                              scales=scales), durable=durable)
+                                              scales=scales, raw_shifts=raw_shifts),
+                      durable=durable)
 
 
 def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):

@@ -15,7 +15,7 @@ import contextlib
 import numpy as np
 
 from ..engine import RegistrationRun, build_result, mask_with_outliers, transform_parameters
-from ..io import as_dask
+from ..io import as_dask, write_shifts_csv
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client", "register_to_journal"]
 
@@ -127,6 +127,7 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
     """
     n = journal.n_frames
     start = journal.saved
+    measured = None  # per-frame uncertainties, when this run measured every frame
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     moves = journal.rotations is not None
     if start == n:  # nothing left to register; the outputs still need the mask it used
@@ -160,8 +161,9 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
             if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                 journal.save(force=True)
         used, hot = run.result.valid_mask, run.result.hot_pixels
+        measured = run.result.uncertainties if start == 0 else None
     journal.save(force=True)
-    return build_result(
+    result = build_result(
         journal.shifts,
         journal.quality,
         options,
@@ -172,7 +174,13 @@ def register_to_journal(stack, journal, options, *, mask=None, client=None, chun
         frame_shape=frame_shape if moves else None,
         hot_pixels=hot,
         valid_mask=used,
+        uncertainties=measured,
     )
+    if result.jumps is not None:  # smoothed: the table holds both, the smoothed shifts first
+        write_shifts_csv(journal.path, result.shifts, result.quality,
+                         rotations=result.rotations if moves else None,
+                         scales=result.scales if moves else None, raw_shifts=result.raw_shifts)
+    return result
 
 
 def _rotation_scale(transforms, frame_shape):
