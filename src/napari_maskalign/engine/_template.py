@@ -215,7 +215,7 @@ class TemplateMatch:
         self.full_valid = np.asarray(full_valid, bool)
         level, grad = template_gradient(full, full_valid)
         self.columns = [self._spectrum(g) for g in grad] + [self._spectrum(level)]
-        self.core = sums.core > 0  # the frame's pixels far from ignored ones and the edge
+        self.valid = sums.valid  # the frame's own pixels: not moved, so all of them count
         self.margin = margin
         v = self.full_valid
         self._fill = None
@@ -256,7 +256,7 @@ class TemplateMatch:
             d = -s
             inside = ndi.shift(self.full_valid.astype(np.float64), d, order=1, mode="constant",
                                cval=0.0) > 0.999
-            use = self.core & inside
+            use = self.valid & inside
             if use.sum() < 8 * (ndim + 2):
                 return s, np.full(ndim, np.nan), 0.0, False
             f = frame[use]
@@ -282,9 +282,12 @@ class TemplateMatch:
             gain += step[ndim]
             offset += step[ndim + 1]
             quality = _pearson(f, model_t)
-            if noise is not None and np.linalg.norm(step[:ndim]) < tol:
+            moved = float(np.linalg.norm(step[:ndim]))
+            if noise is not None and moved < tol:
                 converged = True
                 break
+        else:  # the weights still settling: close enough is far below any noise
+            converged = noise is not None and moved < 10 * tol
         sigma = np.sqrt(np.maximum(np.diag(cov)[:ndim], 0.0)) if noise is not None else \
             np.full(ndim, np.nan)
         return s, sigma, quality, converged
