@@ -74,6 +74,10 @@ class AlignedResult:
         Rigid and similarity models: each frame's rotation (degrees,
         counterclockwise as seen in napari) and scale about the frame's
         centre, whose shift ``shifts`` then is. None for translation.
+    jumps : tuple of int or None
+        Smoothed over time (``smoothing="auto"``): the frames that start a new
+        segment (``shifts`` are smoothed, ``raw_shifts`` measured); None when
+        the shifts were not smoothed.
     """
 
     source: str
@@ -94,6 +98,7 @@ class AlignedResult:
     mean_outliers: bool = False
     rotations: np.ndarray | None = None
     scales: np.ndarray | None = None
+    jumps: tuple[int, ...] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -174,6 +179,8 @@ class AlignedResult:
             model=result.model,
             rotations=np.asarray(result.rotations, float) if moves else None,
             scales=np.asarray(result.scales, float) if moves else None,
+            jumps=None if getattr(result, "jumps", None) is None else tuple(
+                int(j) for j in result.jumps),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -181,6 +188,8 @@ class AlignedResult:
         """``{META: {...}}`` for ``layer.metadata`` (plain values, role "aligned")."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["edited"] = list(self.edited)
+        if self.jumps is not None:
+            d["jumps"] = list(self.jumps)
         if self.moves:  # the matrices too, for anyone reading the metadata
             d["transforms"] = self.transforms
         return {META: {"role": "aligned", "axes": self.axes, **d}}
@@ -202,6 +211,8 @@ class AlignedResult:
         d["outliers"] = np.asarray(d.get("outliers", np.zeros(len(shifts), bool)), bool)
         d["frame_shape"] = tuple(d.get("frame_shape", ()))
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
+        if d.get("jumps") is not None:
+            d["jumps"] = tuple(int(j) for j in d["jumps"])
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales"):

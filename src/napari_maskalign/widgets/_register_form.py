@@ -104,6 +104,11 @@ MORE = [
         value=False, text="replace outliers by interpolation",
         tooltip="Use, for flagged frames, the shift interpolated from good neighbours "
         "(the measured shift is kept too and shown in the Shifts plot).")),
+    ("smoothing", CheckBox, dict(
+        value=False, text="smooth the drift over time",
+        tooltip="Smooth the shifts over time: the strength follows each frame's uncertainty "
+        "and the data, jumps (the beam steered) are found and never smoothed across. The "
+        "measured shifts are kept and drawn in the Shifts plot beside the smoothed line.")),
     ("preview", CheckBox, dict(
         value=True, text="cross-correlation preview",
         tooltip="Also show '<image> xcorr' beside the stack: for each frame the correlation "
@@ -250,6 +255,7 @@ class RegisterForm:
             min_quality=float(self.min_quality.value) or None,
             max_jump=float(self.max_jump.value) or None,
             interpolate_outliers=bool(self.interpolate.value),
+            smoothing="auto" if self.smoothing.value else "off",
             return_xcorr=bool(self.preview.value),
             xcorr_radius=radius,
             hot_pixels="auto" if self.hot_pixels.value else "off",
