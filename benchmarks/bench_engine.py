@@ -34,8 +34,8 @@ from skimage.registration import phase_cross_correlation as sk_pcc
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
 from napari_maskalign.engine import find_static_outliers
-from napari_maskalign.engine._fft import fast_shape
-from napari_maskalign.engine._masked import MaskedCorrelator
+from napari_maskalign.engine.kernels._fft import fast_shape
+from napari_maskalign.engine.kernels._masked import MaskedCorrelator
 
 #: the correlation alone, as scikit-image computes it: no hot-pixel search, no refinement
 #: (the rows that add them say so)

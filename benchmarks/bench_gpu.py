@@ -28,8 +28,8 @@ from functools import partial
 import numpy as np
 
 from napari_maskalign import make_beam_block_stack, register_stack
-from napari_maskalign.engine._device import gpu_available
-from napari_maskalign.engine._masked import MaskedCorrelator
+from napari_maskalign.engine.backends._device import gpu_available
+from napari_maskalign.engine.kernels._masked import MaskedCorrelator
 
 FRAMES = {512: 48, 1024: 24, 2048: 8}
 

@@ -492,7 +492,7 @@ def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsy
 def test_threads_and_device_options(run, sample, capsys):
     """--threads sets the frames registered at once (same shifts as the default), --device cpu
     computes on the CPU; --device gpu without CuPy or a GPU is one plain line naming the extra."""
-    from napari_maskalign.engine._device import gpu_available
+    from napari_maskalign.engine.backends._device import gpu_available
 
     assert cli("register", run / "run", "--mask", run / "block.png", "--shifts", run / "a.csv",
                "--threads", 1, "--device", "cpu") == 0  # fmt: skip

@@ -311,7 +311,7 @@ def test_an_interrupted_overwrite_run_resumes(run, capsys, monkeypatch):
 
 def test_a_lost_cluster_saves_the_finished_frames_and_says_how_to_resume(run, capsys, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    from napari_maskalign.engine import _dask
+    from napari_maskalign.engine.run import _dask
 
     real = _dask.iter_register_chunks
 

@@ -11,8 +11,8 @@ import tifffile
 from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, register_stack
-from napari_maskalign.engine._dask import active_client, iter_register_chunks
-from napari_maskalign.engine._frames import frame_groups, iter_frames
+from napari_maskalign.engine.backends._frames import frame_groups, iter_frames
+from napari_maskalign.engine.run._dask import active_client, iter_register_chunks
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_the_next_group_is_read_while_a_group_is_handed_out(sample):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(da.Array, "compute", counting)
-        mp.setattr("napari_maskalign.engine._frames.GROUP_FRAMES", 4)
+        mp.setattr("napari_maskalign.engine.backends._frames.GROUP_FRAMES", 4)
         frames = iter_frames(lazy, 0, 12)
         first = next(frames)
         # the first frame is out; the second group's read has started (or will, without

@@ -9,7 +9,7 @@ import pytest
 
 from napari_maskalign import make_beam_block_stack, register_stack
 from napari_maskalign.engine import shift_bound
-from napari_maskalign.engine._smooth import find_jumps, scatter_sigma, smooth_series
+from napari_maskalign.engine.run._smooth import find_jumps, scatter_sigma, smooth_series
 
 
 def _errors(shifts, truth):

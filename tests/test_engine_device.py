@@ -13,9 +13,9 @@ import pytest
 
 from napari_maskalign import make_beam_block_stack, register_stack
 from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, RegistrationRun
-from napari_maskalign.engine._device import GPU_MISSING, gpu_available, namespace_for
-from napari_maskalign.engine._masked import MaskedCorrelator
-from napari_maskalign.engine._parallel import register_frames
+from napari_maskalign.engine.backends._device import GPU_MISSING, gpu_available, namespace_for
+from napari_maskalign.engine.kernels._masked import MaskedCorrelator
+from napari_maskalign.engine.run._parallel import register_frames
 
 xp_strict = pytest.importorskip("array_api_strict")
 needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")
@@ -144,7 +144,7 @@ def test_cropped_refinement_stays_within_one_grid_step(upsample):
 
 
 def test_crop_is_chosen_for_megapixel_frames(monkeypatch, synth):
-    from napari_maskalign.engine import _masked
+    from napari_maskalign.engine.kernels import _masked
 
     ref, valid = synth.stack[0], synth.valid
     assert MaskedCorrelator(ref, valid, upsample_factor=20).refine_window is None

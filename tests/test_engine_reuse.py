@@ -9,7 +9,7 @@ import pytest
 from skimage.registration import phase_cross_correlation as sk_pcc
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation
-from napari_maskalign.engine import _reuse
+from napari_maskalign.engine.kernels import _reuse
 
 
 @pytest.fixture

@@ -589,7 +589,7 @@ def test_threads_row_and_device_choice(widget, loaded_model):
     offered only where CuPy sees a GPU, and the CPU is used otherwise."""
     import os
 
-    from napari_maskalign.engine._device import gpu_available
+    from napari_maskalign.engine.backends._device import gpu_available
 
     image = loaded_model.layers["stack"]
     assert widget.threads.value == max(1, (os.cpu_count() or 2) - 1)

@@ -91,7 +91,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _check_device(args) -> None:
     """--device gpu without CuPy or a GPU: said before any work (and any log line)."""
-    from .engine._device import GPU_MISSING, gpu_available
+    from .engine.backends._device import GPU_MISSING, gpu_available
 
     if args.device == "gpu" and not gpu_available():
         raise CLIError(GPU_MISSING)

@@ -17,30 +17,30 @@ the matrix-multiply DFT of Guizar-Sicairos et al. (2008); the References of
 :func:`register_stack` give their DOIs.
 """
 
-from ._bound import fisher_information, gradient_of, shift_bound
-from ._correlators import PhaseCorrelator
-from ._hotpixels import find_static_outliers, mask_with_outliers
-from ._masked import MaskedCorrelator
-from ._masks import (
+from .kernels._correlators import PhaseCorrelator
+from .kernels._masked import MaskedCorrelator
+from .models._bound import fisher_information, gradient_of, shift_bound
+from .models._shift import aligned_dtype, apply_shifts
+from .models._transforms import (
+    apply_transforms,
+    similarity_transforms,
+    transform_parameters,
+    warp_frame,
+)
+from .run._hotpixels import find_static_outliers, mask_with_outliers
+from .run._masks import (
     check_valid_mask,
     grow_ignore,
     shrink_ignore,
     suggest_beam_block,
     valid_from_ignore,
 )
-from ._options import MODELS, RegistrationOptions
-from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
-from ._pcc import phase_cross_correlation
-from ._registrar import FrameRegistrar
-from ._result import FrameRecord, Progress, RegistrationResult, build_result
-from ._shift import aligned_dtype, apply_shifts
-from ._stack import RegistrationRun, iter_register_stack, register_stack
-from ._transforms import (
-    apply_transforms,
-    similarity_transforms,
-    transform_parameters,
-    warp_frame,
-)
+from .run._options import MODELS, RegistrationOptions
+from .run._outliers import flag_outliers, interpolate_flagged, interpolate_turns
+from .run._pcc import phase_cross_correlation
+from .run._registrar import FrameRegistrar
+from .run._result import FrameRecord, Progress, RegistrationResult, build_result
+from .run._stack import RegistrationRun, iter_register_stack, register_stack
 
 __all__ = [
     "MODELS",

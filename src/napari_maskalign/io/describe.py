@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine._frames import is_dask
+from ..engine.backends._frames import is_dask
 from .detectors import DetectorStack
 from .stacks import TIFF_SUFFIXES, FrameSequence, TiffPages
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine._frames import is_dask
+from ..engine.backends._frames import is_dask
 
 __all__ = [
     "FrameSequence",

@@ -16,7 +16,7 @@ from napari.layers import Image
 from superqt import QCollapsible
 
 from napari_maskalign.engine import RegistrationOptions
-from napari_maskalign.engine._device import gpu_available
+from napari_maskalign.engine.backends._device import gpu_available
 
 from ._common import fixed_height
 from ._layers import current_frame

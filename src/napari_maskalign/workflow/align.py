@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine import aligned_dtype, apply_shifts, apply_transforms
-from ..engine._device import namespace_for, namespace_of, to_host, to_namespace
+from ..engine.backends._device import namespace_for, namespace_of, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
 __all__ = [

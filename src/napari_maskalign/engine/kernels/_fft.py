@@ -13,7 +13,7 @@ import numpy as np
 import scipy.fft as sfft
 from array_api_compat import array_namespace
 
-from ._device import to_host
+from ..backends._device import to_host
 
 __all__ = [
     "default_workers",

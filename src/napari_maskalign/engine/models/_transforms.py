@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._device import namespace_of
+from ..backends._device import namespace_of
 from ._shift import (
     _ndimage,
     _shift_valid,

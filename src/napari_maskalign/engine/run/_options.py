@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._device import check_device
+from ..backends._device import check_device
 
 __all__ = [
     "MAX_UPSAMPLE",

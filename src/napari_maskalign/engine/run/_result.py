@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..models._transforms import similarity_transforms, transform_parameters
 from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
-from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
 

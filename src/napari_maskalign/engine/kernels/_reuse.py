@@ -23,8 +23,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..backends._memory import warm_heap
 from ._masked import MaskedCorrelator
-from ._memory import warm_heap
 
 __all__ = ["CorrelatorCache", "masked_correlator"]
 

@@ -24,8 +24,8 @@ import threading
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..backends._device import Ops, to_host, to_namespace
 from ._correlators import CorrelationPeak, outer_and
-from ._device import Ops, to_host, to_namespace
 from ._fft import (
     default_workers,
     fast_shape,
@@ -214,7 +214,7 @@ class MaskedCorrelator(FineGridRefinement):
     def __setstate__(self, state):
         host = state.pop("_host_namespace")
         self.__dict__.update(state)
-        from ._device import namespace_of
+        from ..backends._device import namespace_of
 
         xp = np if host else namespace_of(self._mov_w_x)
         self.xp, self._ops, self._local = xp, Ops(xp), threading.local()

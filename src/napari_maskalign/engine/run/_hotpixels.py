@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._frames import read_frame
+from ..backends._frames import read_frame
 
 __all__ = ["find_static_outliers", "mask_with_outliers"]
 

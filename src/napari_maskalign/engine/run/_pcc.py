@@ -9,11 +9,11 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._correlators import PhaseCorrelator
-from ._fft import default_workers
+from ..kernels._correlators import PhaseCorrelator
+from ..kernels._fft import default_workers
+from ..kernels._reuse import masked_correlator
 from ._masks import finite_where_valid
 from ._options import check_upsample_factor
-from ._reuse import masked_correlator
 
 __all__ = ["phase_cross_correlation"]
 

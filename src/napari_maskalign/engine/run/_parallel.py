@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from ._device import is_foreign_array
-from ._frames import iter_frames
-from ._memory import hot_memory
+from ..backends._device import is_foreign_array
+from ..backends._frames import iter_frames
+from ..backends._memory import hot_memory
 from ._result import FrameRecord
 
 __all__ = ["BATCH_BYTES", "batch_size", "frames_for", "in_threads", "register_frames"]

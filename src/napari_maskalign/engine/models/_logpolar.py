@@ -32,7 +32,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._masked import MaskedCorrelator, soft_weights
+from ..kernels._masked import MaskedCorrelator, soft_weights
 from ._refine import Refiner, filled, nearest_fill_index, transform_from_params
 
 __all__ = ["MODELS", "LogPolar", "ModelRegistrar"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._correlators import PhaseCorrelator
-from ._device import is_foreign_array, to_host, to_namespace
-from ._fft import default_workers, real_dtype_for
-from ._masked import MaskedCorrelator
+from ..backends._device import is_foreign_array, to_host, to_namespace
+from ..kernels._correlators import PhaseCorrelator
+from ..kernels._fft import default_workers, real_dtype_for
+from ..kernels._masked import MaskedCorrelator
+from ..models._transforms import frame_centre
 from ._masks import check_valid_mask
 from ._options import RegistrationOptions
 from ._result import FrameRecord
-from ._transforms import frame_centre
 
 __all__ = ["FrameRegistrar", "has_contrast"]
 
@@ -126,7 +126,7 @@ class FrameRegistrar:
         if self.masked:
             ref = np.where(self.ref_valid, ref, 0)
         if self.model != "translation":
-            from ._models import ModelRegistrar
+            from ..models._logpolar import ModelRegistrar
 
             if self._models is None:
                 self._models = ModelRegistrar(ref, self.ref_valid, self.valid, self.model,
@@ -134,7 +134,7 @@ class FrameRegistrar:
             else:
                 self._models.set_reference(ref)
         elif self.refines:
-            from ._refine import Refiner
+            from ..models._refine import Refiner
 
             # the strongest 30 % of the pixels carry nearly all the information
             # (measured: as close to the bound as all of them); from a 1/u peak two

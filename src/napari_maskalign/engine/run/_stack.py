@@ -7,16 +7,16 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._device import namespace_for
-from ._fft import default_workers, real_dtype_for
-from ._frames import check_stack, is_dask, iter_frames, read_frame
+from ..backends._device import namespace_for
+from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
+from ..kernels._fft import default_workers, real_dtype_for
+from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, build_result
-from ._transforms import similarity_transforms, transform_parameters
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -246,7 +246,7 @@ class RegistrationRun:
         its uncertainty (up to a common offset), or after ``template_iterations``
         passes.
         """
-        from ._template import TemplateSums
+        from ..models._template import TemplateSums
 
         stack, n, dtype, opts = self.stack, self.n_frames, self.dtype, self.options
         shape, ndim = self.frame_shape, len(self.frame_shape)
@@ -279,8 +279,8 @@ class RegistrationRun:
         """One pass against the template of ``sums``: each frame refined from its
         transform in ``transforms`` against the template without its own contribution
         (leave-one-out); ``sums``, ``transforms`` and ``sigma`` are updated in place."""
-        from ._refine import Refiner, params_from_transform, transform_from_params
-        from ._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
+        from ..models._refine import Refiner, params_from_transform, transform_from_params
+        from ..models._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
 
         stack, n, dtype, model = self.stack, self.n_frames, self.dtype, self.options.model
         shape = self.frame_shape

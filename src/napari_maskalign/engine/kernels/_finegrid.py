@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends._device import namespace_of, to_host
 from ._correlators import inside_box, refine_two_stage
-from ._device import namespace_of, to_host
 from ._fft import rfftn, upsampled_real
 
 __all__ = ["FineGridRefinement"]

@@ -6,9 +6,9 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._correlators import outer_and
-from ._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
-from ._frames import is_dask
+from ..backends._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
+from ..backends._frames import is_dask
+from ..kernels._correlators import outer_and
 from ._refine import nearest_fill_index
 
 __all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "ignored_filler", "map_frames",
