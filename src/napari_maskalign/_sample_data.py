@@ -246,6 +246,7 @@ def make_beam_block_stack(
     scale=None,
     seed: int = 0,
     dtype=np.float32,
+    spots: bool = True,
 ) -> SyntheticStack:
     """Make a drifting diffraction-like stack with a static beam block.
 
@@ -287,6 +288,9 @@ def make_beam_block_stack(
         Seed of the random drift, rotation, scale and the noise.
     dtype : numpy dtype
         Output dtype.
+    spots : bool
+        Draw the Bragg spots (sharp features; default). False leaves the smooth
+        rings, the direct beam and the background.
 
     Returns
     -------
@@ -296,6 +300,7 @@ def make_beam_block_stack(
         ``.expected_transforms()``; ``.noiseless(i)``, ``.gradient(i)`` and
         ``.noise_variance(i)`` give the truth behind frame ``i``'s noise.
     """
+    spots_wanted = bool(spots)
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     if ndim not in (2, 3):
@@ -321,6 +326,8 @@ def make_beam_block_stack(
     # a fixed subpixel offset so the pattern centre is not on the pixel grid
     centre0 = np.array(shape) / 2.0 + np.array([0.37, -0.21, 0.13][:ndim])
     spots, spot_r = _lattice_points(ndim, 0.2 * half, 0.92 * half, angle=0.3)
+    if not spots_wanted:
+        spots, spot_r = spots[:0], spot_r[:0]
     sigma_spot = max(1.0, 0.012 * half)
     block = _beam_block(shape, centre0, half) if beam_block else np.zeros(shape, bool)
     args = dict(shape=shape, centre0=centre0, spots=spots, spot_r=spot_r, half=half,

@@ -218,6 +218,8 @@ class TemplateMatch:
         self.valid = sums.valid  # the frame's own pixels: not moved, so all of them count
         self.margin = margin
         v = self.full_valid
+        # the template where its fill cannot ring into it: its valid area, eroded
+        self.trusted = ndi.binary_erosion(v, iterations=margin, border_value=0).astype(np.float64)
         self._fill = None
         if not v.all():
             w = ndi.gaussian_filter(v.astype(np.float64), 4.0)
@@ -254,8 +256,7 @@ class TemplateMatch:
         quality = 0.0
         for it in range(max_iter):
             d = -s
-            inside = ndi.shift(self.full_valid.astype(np.float64), d, order=1, mode="constant",
-                               cval=0.0) > 0.999
+            inside = ndi.shift(self.trusted, d, order=1, mode="constant", cval=0.0) > 0.999
             use = self.valid & inside
             if use.sum() < 8 * (ndim + 2):
                 return s, np.full(ndim, np.nan), 0.0, False

@@ -65,22 +65,26 @@ class Smoothed:
 
 
 def scatter_sigma(values) -> np.ndarray:
-    """``(n, k)``: one uncertainty per column from the scatter of the second differences.
+    """``(n, k)``: one uncertainty per column from the scatter of the series' differences.
 
-    For independent noise of standard deviation ``s`` on a series that is
-    smooth from frame to frame, ``y[i-1] - 2 y[i] + y[i+1]`` has standard
-    deviation ``sqrt(6) s``; the median absolute deviation makes jumps and
-    outliers count for little.
+    For independent noise of standard deviation ``s``, the ``d``-th difference
+    of the series has standard deviation ``sqrt(C(2d, d)) s`` (``sqrt(6) s``
+    for the second), while a drift that is smooth over a few frames adds
+    little to it, the less the higher ``d``. Per column this takes the
+    smallest estimate over ``d = 2, 3, 4``, each from the median absolute
+    deviation (jumps and outliers count for little).
     """
     y = np.asarray(values, dtype=float)
     y2 = y.reshape(len(y), -1)
     out = np.full(y2.shape, np.nan)
-    if len(y2) < 4:
-        return out.reshape(y.shape) if y.ndim > 1 else out[:, 0]
-    d2 = y2[:-2] - 2 * y2[1:-1] + y2[2:]
-    mad = np.median(np.abs(d2 - np.median(d2, axis=0)), axis=0) / 0.6744897501960817
-    s = mad / np.sqrt(6.0)
-    out[:] = np.where(s > 0, s, np.nan)
+    best = np.full(y2.shape[1], np.inf)
+    for d, norm in ((2, 6.0), (3, 20.0), (4, 70.0)):
+        if len(y2) < d + 3:
+            break
+        diff = np.diff(y2, n=d, axis=0)
+        mad = np.median(np.abs(diff - np.median(diff, axis=0)), axis=0) / 0.6744897501960817
+        best = np.minimum(best, mad / np.sqrt(norm))
+    out[:] = np.where(np.isfinite(best) & (best > 0), best, np.nan)
     return out.reshape(y.shape) if y.ndim > 1 else out[:, 0]
 
 
