@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -295,41 +297,58 @@ class RegistrationRun:
         # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
         select, tol = (0.3, 2e-3) if model == "translation" else (0.12, 1e-3)
         nxt = TemplateSums(shape, self.valid)
-        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
+
+        def one(i, frame):
+            """Frame ``i`` against its leave-one-out template: its record, its
+            contribution to the next template and its uncertainty (any thread)."""
             reference = full
             if n > 2:  # the frame's own noise out of the template it is compared with
                 loo, loo_valid = sums.template(sums.contribution(frame, transforms[i]))
                 reference = np.where(loo_valid, loo, full)
-            quality = float(table.quality[i])
+            quality, t, sig = float(table.quality[i]), transforms[i], None
             if quality > 0 and match is not None:
-                start = transforms[i][:-1, -1].copy()
-                found, sig, q, ok = match.run(frame, reference, start)
+                start = t[:-1, -1].copy()
+                found, found_sig, q, ok = match.run(frame, reference, start)
                 if ok and np.all(np.abs(found - start) <= 1.0) and self._inside(found, model):
-                    transforms[i] = _shift_matrix(np.round(found, 10) + 0.0)
-                    quality = q
-                    sigma[i] = sig
+                    t, quality, sig = _shift_matrix(np.round(found, 10) + 0.0), q, found_sig
             elif quality > 0:  # frames without contrast keep their zero shift
                 refiner = Refiner(reference, full_valid, valid, model, select=select, tol=tol)
-                start = params_from_transform(transforms[i], model, centre)
+                start = params_from_transform(t, model, centre)
                 res = refiner.run(frame, start)
                 moved_by = np.abs(res.params[:len(shape)] - start[:len(shape)])
                 if res.converged and np.all(moved_by <= 1.0) and self._inside(res.params, model):
-                    transforms[i] = np.round(transform_from_params(res.params, model, centre), 12)
+                    t = np.round(transform_from_params(res.params, model, centre), 12)
                     quality = res.quality
-            t = transforms[i]
             shift = t[:-1, :-1] @ centre + t[:-1, -1] - centre
             rec = FrameRecord(np.round(shift, 10) + 0.0, quality, table.peaks[i].copy(),
                               None if table.xcorr is None else table.xcorr[i],
                               None if table.transforms is None else t.copy())
-            table.put(i, rec)
             moved, w = nxt.contribution(frame, t)
-            nxt.acc += moved
-            nxt.weight += w
-            nxt.count += 1
             if quality > 0 and match is None:
-                sigma[i] = fisher_sigma(moved, w, level, grad, full_valid)
-            done += 1
-            yield Progress(done, self.total, i, rec, stage)
+                sig = fisher_sigma(moved, w, level, grad, full_valid)
+            return i, t, rec, moved, w, sig
+
+        # frames in threads (the FFTs and filters release the GIL), at most a few
+        # in flight; their sums are added here, in order
+        threads = default_workers(self.options.workers)
+        with ThreadPoolExecutor(threads) as pool:
+            pending = deque()
+            frames_in = iter_frames(stack, 0, n, dtype)
+            for i, frame in enumerate(frames_in):
+                pending.append(pool.submit(one, i, frame))
+                if len(pending) < 2 * threads and i + 1 < n:
+                    continue
+                while pending and (len(pending) >= 2 * threads or i + 1 == n):
+                    k, t, rec, moved, w, sig = pending.popleft().result()
+                    transforms[k] = t
+                    table.put(k, rec)
+                    nxt.acc += moved
+                    nxt.weight += w
+                    nxt.count += 1
+                    if sig is not None:
+                        sigma[k] = sig
+                    done += 1
+                    yield Progress(done, self.total, k, rec, stage)
         sums.__dict__.update(nxt.__dict__)
 
     def _inside(self, params, model) -> bool:
