@@ -56,7 +56,7 @@ step "ruff"
 
 if [ -f mkdocs.yml ]; then
   step "docs build (warnings are errors)"
-  NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
+  NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --site-dir "$(mktemp -d)"
 fi
 
 step "pytest under Xvfb"

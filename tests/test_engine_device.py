@@ -157,7 +157,7 @@ def test_apply_shifts_and_mean_devices(synth, drain):
     """device="cpu" is today's numpy path; a namespace without ndimage is refused plainly;
     device="gpu" without CuPy or a GPU names the extra (with one: equals the CPU)."""
     from napari_maskalign.engine import apply_shifts
-    from napari_maskalign.workflow import iter_mean
+    from napari_maskalign.workflow import AlignSettings, iter_mean
 
     shifts = register_stack(synth.stack, mask=synth.valid, upsample_factor=10).shifts
     np.testing.assert_array_equal(apply_shifts(synth.stack, shifts, device="cpu"),
@@ -165,8 +165,9 @@ def test_apply_shifts_and_mean_devices(synth, drain):
     with pytest.raises(ValueError, match="numpy or CuPy"):
         apply_shifts(xp_strict.asarray(synth.stack), shifts)
 
-    def mean(**kw):
-        return drain(iter_mean(synth.stack, shifts, valid=synth.valid, **kw))[1]
+    def mean(device):
+        settings = AlignSettings(device=device)
+        return drain(iter_mean(synth.stack, shifts, settings=settings, valid=synth.valid))[1]
 
     cpu = mean(device="cpu")
     if not gpu_available():

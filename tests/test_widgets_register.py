@@ -17,7 +17,7 @@ from napari.layers import Image, Labels, Points
 
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.widgets import RegisterWidget, _common, _layers, _register
-from napari_maskalign.workflow import AlignProgress, iter_align, iter_mean
+from napari_maskalign.workflow import AlignProgress, AlignSettings, iter_align, iter_mean
 
 RUN_TIMEOUT_MS = 60_000
 
@@ -437,7 +437,8 @@ def test_integer_stacks_can_stay_integer_with_a_per_frame_mask(qtbot, viewer_mod
     nodata = viewer_model.layers["counts aligned mask"]
     assert aligned.data.dtype == np.uint16 and isinstance(nodata, Labels)
     shifts = aligned.metadata["maskalign"]["shifts"]
-    _, (expected, data) = drain(iter_align(counts, shifts, valid=small_stack.valid, integer=True,
+    as_input = AlignSettings(integer=True)
+    _, (expected, data) = drain(iter_align(counts, shifts, valid=small_stack.valid, settings=as_input,
                                            return_data=True))
     np.testing.assert_array_equal(aligned.data, expected)
     np.testing.assert_array_equal(nodata.data, ~data)  # painted (nonzero) = no data

@@ -16,7 +16,7 @@ from napari.utils.theme import get_theme
 
 from napari_maskalign.engine import apply_shifts, valid_from_ignore
 from napari_maskalign.widgets import RegisterWidget, ShiftsWidget
-from napari_maskalign.workflow import iter_align, iter_mean
+from napari_maskalign.workflow import AlignSettings, iter_align, iter_mean
 
 TIMEOUT_MS = 60_000
 
@@ -446,7 +446,8 @@ def test_editing_integer_output_updates_its_no_data_mask(qtbot, viewer_model, sm
     qtbot.addWidget(w)
     assert w.set_frame_shift(4, [2.5, -3.0])
     pixels, data = align_frame(counts, meta_of(viewer_model, "counts aligned")["shifts"], 4,
-                               valid=small_stack.valid, integer=True, return_data=True)
+                               valid=small_stack.valid, settings=AlignSettings(integer=True),
+                               return_data=True)
     np.testing.assert_array_equal(viewer_model.layers["counts aligned"].data[4], pixels)
     np.testing.assert_array_equal(viewer_model.layers["counts aligned mask"].data[4], ~data)
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # the mean, averaged again

@@ -12,15 +12,16 @@ from napari_maskalign import io
 from napari_maskalign._sample_data import make_beam_block_stack
 from napari_maskalign.engine import FrameRecord, Progress, RegistrationOptions, register_stack
 from napari_maskalign.workflow import (
+    AlignSettings,
     ShiftJournal,
     iter_align,
     iter_mean,
-    register_to_journal,
+    register,
     resume_rows,
     run_settings,
     write_aligned,
 )
-from napari_maskalign.workflow import run as run_module
+from napari_maskalign.workflow import registration as registration_module
 
 N = 12
 
@@ -95,7 +96,9 @@ class OutOfOrderRun:
 
     order = [3, 0, 5, 1, 2, 4, 8, 6, 7, 11, 9, 10]
 
-    def __init__(self, stack, options, *, mask=None, start=0, previous_shift=None):
+    def __init__(self, stack, options, *, mask=None, mask_name="mask", start=0,
+                 previous_shift=None):
+        self.valid = mask
         self.shifts, self.quality = table()
         self.total = N - start
         self.frames = [f for f in self.order if f >= start]
@@ -107,14 +110,14 @@ class OutOfOrderRun:
             yield Progress(done, self.total, f, rec)
 
 
-def test_register_to_journal_keeps_the_prefix_when_frames_come_out_of_order(
+def test_register_with_a_journal_keeps_the_prefix_when_frames_come_out_of_order(
     tmp_path, sample, monkeypatch
 ):
-    monkeypatch.setattr(run_module, "RegistrationRun", OutOfOrderRun)
+    monkeypatch.setattr(registration_module, "RegistrationRun", OutOfOrderRun)
     path = tmp_path / "s.csv"
     journal = ShiftJournal(path, N, 2, {}, interval=0)
     seen = []
-    steps = register_to_journal(sample.stack, journal, RegistrationOptions())
+    steps = register(sample.stack, RegistrationOptions(), journal=journal)
     for _ in steps:
         seen.append(len(rows_on_disk(path)[0]))
     # after frames 3, 0, 5, 1, 2, 4, 8, 6, ... the leading finished run is 0, 1, 1, 2, 4, 6, 6, 7, ...
@@ -123,10 +126,10 @@ def test_register_to_journal_keeps_the_prefix_when_frames_come_out_of_order(
 
 
 def test_an_interrupted_run_keeps_its_finished_frames(tmp_path, sample, monkeypatch):
-    monkeypatch.setattr(run_module, "RegistrationRun", OutOfOrderRun)
+    monkeypatch.setattr(registration_module, "RegistrationRun", OutOfOrderRun)
     path = tmp_path / "s.csv"
     journal = ShiftJournal(path, N, 2, {}, interval=3600)  # nothing saved while it runs
-    steps = register_to_journal(sample.stack, journal, RegistrationOptions())
+    steps = register(sample.stack, RegistrationOptions(), journal=journal)
     for _ in range(5):  # frames 3, 0, 5, 1, 2
         next(steps)
     steps.close()  # Ctrl-C, a cancel, a lost cluster...
@@ -137,7 +140,7 @@ def test_an_interrupted_run_keeps_its_finished_frames(tmp_path, sample, monkeypa
 # resuming and registering to disk
 
 
-def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample, drain):
+def test_register_with_a_journal_then_resume_equals_one_run(tmp_path, sample, drain):
     options = RegistrationOptions(upsample_factor=20, reference="previous")
     valid = sample.valid
     settings = run_settings(tmp_path / "in.npy", sample.stack, valid, options)
@@ -145,7 +148,7 @@ def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample, drain)
 
     path = tmp_path / "s.csv"
     journal = ShiftJournal(path, N, 2, settings, interval=0)
-    steps = register_to_journal(sample.stack, journal, options, mask=valid)
+    steps = register(sample.stack, options, mask=valid, journal=journal)
     for _ in range(7):
         next(steps)
     steps.close()
@@ -153,7 +156,7 @@ def test_register_to_journal_then_resume_equals_one_run(tmp_path, sample, drain)
     assert len(done[0]) == 7
     resumed = ShiftJournal(path, N, 2, settings, interval=0)
     resumed.preload(*done)
-    progress, result = drain(register_to_journal(sample.stack, resumed, options, mask=valid))
+    progress, result = drain(register(sample.stack, options, mask=valid, journal=resumed))
     assert [p.frame for p in progress] == list(range(7, N))
     np.testing.assert_allclose(result.raw_shifts, full.raw_shifts, atol=1e-9)
     np.testing.assert_array_equal(result.outliers, full.outliers)  # flagged over the whole table
@@ -165,7 +168,7 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, sample):
     settings = run_settings(tmp_path / "in.npy", sample.stack, sample.valid, options)
     path = tmp_path / "s.csv"
     journal = ShiftJournal(path, N, 2, settings, interval=0)
-    for _ in register_to_journal(sample.stack, journal, options, mask=sample.valid):
+    for _ in register(sample.stack, options, mask=sample.valid, journal=journal):
         pass
     other = run_settings(tmp_path / "in.npy", sample.stack, sample.valid, options.replace(max_shift=5))
     with pytest.raises(ValueError, match=r"different settings \(max_shift: earlier None, now 5.0\)"):
@@ -181,7 +184,7 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, sample):
 def test_the_outlier_thresholds_of_the_options_decide_the_flags(tmp_path, sample, drain):
     strict = RegistrationOptions(min_quality=1.01)  # nothing is that good
     journal = ShiftJournal(tmp_path / "s.csv", N, 2, {}, interval=0)
-    _, result = drain(register_to_journal(sample.stack, journal, strict, mask=sample.valid))
+    _, result = drain(register(sample.stack, strict, mask=sample.valid, journal=journal))
     assert result.outliers.all()
 
 
@@ -267,7 +270,7 @@ def test_integer_output_keeps_the_type_and_gives_the_data_area(clean, drain):
     counts = np.clip(synth.stack, 0, 65535).astype(np.uint16)
     shifts = synth.expected_shifts()
     _, (as_float, data) = drain(iter_align(counts, shifts, valid=synth.valid, return_data=True))
-    _, as_int = drain(iter_align(counts, shifts, valid=synth.valid, integer=True))
+    _, as_int = drain(iter_align(counts, shifts, valid=synth.valid, settings=AlignSettings(integer=True)))
     assert as_float.dtype == np.float32 and as_int.dtype == np.uint16
     np.testing.assert_array_equal(as_int[data], np.clip(np.rint(as_float[data]), 0, 65535))
     assert (as_int[~data] == 0).all()
@@ -320,9 +323,10 @@ def test_align_frame_gives_the_data_area_of_one_frame(clean, drain):
     synth, _ = clean
     shifts = synth.expected_shifts()
     counts = np.clip(synth.stack, 0, 65535).astype(np.uint16)
-    _, (whole, data) = drain(iter_align(counts, shifts, valid=synth.valid, integer=True,
+    as_input = AlignSettings(integer=True)
+    _, (whole, data) = drain(iter_align(counts, shifts, valid=synth.valid, settings=as_input,
                                         return_data=True))
-    frame, frame_data = align_frame(counts, shifts, 6, valid=synth.valid, integer=True,
+    frame, frame_data = align_frame(counts, shifts, 6, valid=synth.valid, settings=as_input,
                                     return_data=True)
     np.testing.assert_array_equal(frame, whole[6])
     np.testing.assert_array_equal(frame_data, data[6])
@@ -363,7 +367,7 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drai
     full = register_stack(turning.stack, mask=turning.valid, options=options)
     path = tmp_path / "s.csv"
     journal = ShiftJournal(path, n, 2, settings, interval=0)
-    steps = register_to_journal(turning.stack, journal, options, mask=turning.valid)
+    steps = register(turning.stack, options, mask=turning.valid, journal=journal)
     for _ in range(5):
         next(steps)
     steps.close()
@@ -373,7 +377,7 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drai
     assert len(done.shifts) == 5 and done.rotations is not None
     resumed = ShiftJournal(path, n, 2, settings, interval=0)
     resumed.preload(*done)
-    _, result = drain(register_to_journal(turning.stack, resumed, options, mask=turning.valid))
+    _, result = drain(register(turning.stack, options, mask=turning.valid, journal=resumed))
     assert result.model == "rigid" and result.params["start"] == 5
     np.testing.assert_allclose(result.transforms, full.transforms, atol=1e-9)
     # a translation table cannot continue a rigid run

@@ -10,6 +10,8 @@ import argparse
 import math
 import os
 
+from .engine.models import DEFAULT_MODEL, MODELS
+
 MASK_HELP = (
     "mask file (.npy, .tif/.tiff or .png) of one frame's shape: NONZERO MARKS PIXELS TO "
     "IGNORE (the beam block, as painted in napari); zero marks pixels to use. Use "
@@ -319,11 +321,12 @@ def _add_commands(sub) -> None:
     )
     reg.add_argument(
         "--model",
-        choices=("translation", "rigid", "similarity"),
-        default="translation",
-        help="what moves between frames: translation (shifts; default), rigid (rotation and "
-        "shift) or similarity (rotation, uniform scale and shift; 2D frames). The shifts file "
-        "then adds rotation_deg and scale columns and its shifts are the frame centre's",
+        choices=tuple(MODELS),
+        default=DEFAULT_MODEL,
+        help="what moves between frames: "
+        + ", ".join(f"{m.name} ({m.summary})" for m in MODELS.values())
+        + ". The shifts file then adds rotation_deg and scale columns and its shifts are the "
+        "frame centre's",
     )
     reg.add_argument(
         "--refine",

@@ -264,10 +264,11 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
         f"shift: median {np.median(mag):.3f} px, max {mag.max():.3f} px (frame {int(mag.argmax())}); "
         f"quality: median {np.median(quality):.3f}, min {quality.min():.3f}",
     ]
-    if result.model != "translation":
+    model = result.transform_model
+    if not model.shift_only:
         rot, scl = np.abs(result.rotations), np.abs(result.scales - 1)
         text = f"rotation: median {np.median(rot):.3f}, max {rot.max():.3f} degrees (absolute)"
-        if result.model == "similarity":
+        if model.scales:
             text += f"; scale: max change {100 * scl.max():.2f} %"
         lines.append(text)
     if result.hot_pixels is not None:

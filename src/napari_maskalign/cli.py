@@ -52,27 +52,30 @@ def _open_input(source: str, mask=None):
         return open_stack(source, exclude=[mask] if mask else ())
 
 
-def _check_outputs(args, outputs: dict, *, overwrite: bool, may_exist=()) -> dict:
-    """Every output checked together, before any work (see workflow.paths)."""
+def _output_paths(args, stack, *, shifts=None, may_exist=()):
+    """Every output of the command, checked together before any work (see workflow.paths)."""
     from .io import source_file
-    from .workflow import check_output_names, check_outputs
+    from .workflow import OutputPaths
 
+    planned = OutputPaths.plan(shifts=shifts, output=args.output, mean=args.mean,
+                               plot=getattr(args, "plot", None), stack_dtype=stack.dtype,
+                               integer=args.dtype == "input")
     inputs = {"input": source_file(args.input), "mask": getattr(args, "mask", None)}
     try:
-        check_output_names(outputs)
-        return check_outputs(outputs, inputs=inputs, overwrite=overwrite, may_exist=may_exist)
+        return planned.check(inputs=inputs, overwrite=args.overwrite, may_exist=may_exist)
     except FileExistsError as exc:
         raise CLIError(f"{exc}; use --overwrite to replace it") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
 
 
-def _output_paths(args, stack, shifts=None) -> dict:
-    from .workflow import planned_outputs
+def _align_settings(args):
+    """How the aligned frames are made: --method, --order, --fill, --dtype, --device, --threads."""
+    from .workflow import AlignSettings
 
-    return planned_outputs(shifts=shifts, output=args.output, mean=args.mean,
-                           plot=getattr(args, "plot", None), stack_dtype=stack.dtype,
-                           integer=args.dtype == "input")
+    return AlignSettings(method=args.method, order=args.order, fill_value=args.fill,
+                         integer=args.dtype == "input", device=args.device,
+                         workers=args.threads or os.cpu_count())
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -133,23 +136,33 @@ def _hot_pixels(value: str):
         raise CLIError(f"--hot-pixels takes auto, off or a mask file; there is no file {value}") from None
 
 
-def _read_mask(args, frame_shape):
+def _read_mask(args):
+    """``--mask FILE`` as the engine mask (True = valid) and its name for messages; it is
+    checked against the frames by the workflow call that takes it."""
     if not args.mask:
-        return None
+        return None, "mask"
     from .io import read_valid_mask
 
     try:
-        return read_valid_mask(args.mask, frame_shape, invert=args.invert_mask)
+        return (read_valid_mask(args.mask, invert=args.invert_mask),
+                f"mask {Path(args.mask).name}")
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
-        hint = ""
-        if "masks every pixel" in str(exc) and not args.invert_mask:
-            hint = (
-                "; in mask files nonzero marks pixels to ignore -- if yours marks the valid "
-                "pixels with nonzero, add --invert-mask"
-            )
-        raise CLIError(f"{exc}{hint}") from None
+        raise CLIError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def _mask_hint(args):
+    """A mask that ignores every pixel was probably written the other way round."""
+    try:
+        yield
+    except ValueError as exc:
+        if "masks every pixel" in str(exc) and args.mask and not args.invert_mask:
+            raise ValueError(
+                f"{exc}; in mask files nonzero marks pixels to ignore -- if yours marks the "
+                "valid pixels with nonzero, add --invert-mask") from None
+        raise
 
 
 def _remove_stale(out: Path) -> None:
@@ -164,12 +177,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from .io import stale_partials
     from .workflow import (
         ClusterLost,
+        OutputPaths,
         ShiftJournal,
         continue_run,
         dask_client,
-        register_to_journal,
+        register,
         run_settings,
-        to_apply,
     )
 
     options = _options(args)
@@ -183,18 +196,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
     n, frame_shape = int(stack.shape[0]), tuple(int(s) for s in stack.shape[1:])
     with _plain_errors():
         options.check_for(n, frame_shape)
-    valid = _read_mask(args, frame_shape)
+    valid, mask_name = _read_mask(args)
     settings = run_settings(args.input, stack, valid, options)
-    wanted = _output_paths(args, stack, args.shifts)  # --resume: continue_run decides
-    paths = _check_outputs(args, wanted, overwrite=args.overwrite, may_exist=tuple(wanted)
-                           if args.resume else ("shifts settings file",))
-    shifts_path, out = paths["shifts file"], paths.get("output")
+    # --resume: every output may exist, continue_run decides
+    paths = _output_paths(args, stack, shifts=args.shifts,
+                          may_exist=OutputPaths.kinds() if args.resume else ("shifts_settings",))
     done = (np.zeros((0, len(frame_shape))), np.zeros(0))
     if args.resume:
-        others = {k: v for k, v in paths.items() if k not in ("shifts file", "shifts settings file")}
         try:
-            done, nothing = continue_run(shifts_path, settings, n, len(frame_shape), outputs=others,
-                                         overwrite=args.overwrite)
+            done, nothing = continue_run(
+                paths.shifts, settings, n, len(frame_shape), overwrite=args.overwrite,
+                outputs=paths.described(without=("shifts", "shifts_settings")))
         except FileExistsError as exc:
             raise CLIError(f"{exc}; add --overwrite to replace it") from None
         except ValueError as exc:
@@ -202,23 +214,26 @@ def _cmd_register(args: argparse.Namespace) -> int:
         if nothing:
             print(f"nothing to do: {args.shifts} has all {n} frames and every output exists")
             return 0
+    out = paths.output
     if out is not None and stale_partials(out):
         if args.overwrite or args.resume:
             _remove_stale(out)
         else:
             print(f"note: {stale_partials(out)[0]} is the unfinished output of an earlier run that "
                   "was stopped; --resume or --overwrite removes it", file=sys.stderr)
-    journal = ShiftJournal(shifts_path, n, len(frame_shape), settings, interval=args.save_interval,
+    journal = ShiftJournal(paths.shifts, n, len(frame_shape), settings,
+                           interval=args.save_interval,
                            note={"output": None if out is None else str(out),
-                                 "mean": None if args.mean is None else str(paths["mean"])})
+                                 "mean": None if paths.mean is None else str(paths.mean)})
     journal.preload(*done)
     start = journal.saved
     steps = None
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
             t0 = time.perf_counter()  # a cluster's start-up is not registration time
-            steps = register_to_journal(stack, journal, options, mask=valid, client=client,
-                                        chunk_frames=args.chunk_frames)
+            with _mask_hint(args):
+                steps = register(stack, options, mask=valid, mask_name=mask_name, journal=journal,
+                                 client=client, chunk_frames=args.chunk_frames)
             result = follow(steps, "registering", initial=start if options.mode != "template" else 0,
                             quiet=args.quiet)
             print("\n".join(summary_lines(
@@ -229,30 +244,28 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 from ._drift_plot import save_drift_plot
 
                 with _plain_errors(f"cannot write the plot {args.plot}: "):
-                    save_drift_plot(paths["plot"], result, title=str(args.input))
+                    save_drift_plot(paths.plot, result, title=str(args.input))
                 print(f"plot: {args.plot}")
-            exclude = None if args.mean_with_outliers else result.outliers
-            # the mask registration used (the painted one without the hot pixels): NaN in outputs
-            _write_outputs(args, stack, to_apply(result), paths, result.valid_mask, client,
-                           exclude, settings["input"])
+            # the result carries what applying needs: its moves, the mask it used, its outliers
+            _write_outputs(args, stack, result, paths, client, settings["input"],
+                           mean_outliers=args.mean_with_outliers)
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
-        print(f"\ninterrupted: {journal.saved} of {n} frames are saved in {shifts_path}; "
+        print(f"\ninterrupted: {journal.saved} of {n} frames are saved in {paths.shifts}; "
               "run the same command with --resume to continue", file=sys.stderr)
         return 130
     except ClusterLost as exc:
-        raise CLIError(f"{exc}: {journal.saved} of {n} frames are saved in {shifts_path}; run the "
-                       "same command with --resume to continue") from None
+        raise CLIError(f"{exc}: {journal.saved} of {n} frames are saved in {paths.shifts}; run "
+                       "the same command with --resume to continue") from None
     return 0
 
 
-def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -> None:
-    """The aligned stack and/or the mean, in one pass (register and apply)."""
+def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers: bool) -> None:
+    """The aligned stack and/or the mean of a result, in one pass (register and apply)."""
     from .workflow import write_outputs
 
-    out, mean = paths.get("output"), paths.get("mean")
-    if out is None and mean is None:
+    if paths.output is None and paths.mean is None:
         return
     t1 = time.perf_counter()
     lazy = None
@@ -260,15 +273,14 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
         from .io import as_dask
 
         lazy = as_dask(stack, args.chunk_frames)
-    with _plain_errors(f"cannot write {out or mean}: "):
+    with _plain_errors(f"cannot write {paths.output or paths.mean}: "):
         written = follow(write_outputs(
-            stack, shifts, output=out, mean=mean, valid=valid, exclude=exclude,
-            integer=args.dtype == "input", overwrite=args.overwrite,
+            stack, result, paths, _align_settings(args), mean_outliers=mean_outliers,
+            overwrite=args.overwrite,
             attrs={"maskalign": {"shifts": str(args.shifts), "input": str(source)}},
-            dask_stack=lazy, chunk_frames=args.chunk_frames, method=args.method, order=args.order,
-            fill_value=args.fill, device=args.device, workers=args.threads or os.cpu_count()),
-            "writing" if out is not None else "averaging", quiet=args.quiet)
-    for what, path in written.items():
+            dask_stack=lazy, chunk_frames=args.chunk_frames),
+            "writing" if paths.output is not None else "averaging", quiet=args.quiet)
+    for what, path in written.described().items():
         print(f"{what}: {path}")
     print(f"outputs written in {time.perf_counter() - t1:.1f} s")
 
@@ -278,34 +290,33 @@ def _write_outputs(args, stack, shifts, paths, valid, client, exclude, source) -
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from .engine import RegistrationOptions, mask_with_outliers
+    from .engine import RegistrationOptions
     from .io import read_shift_table
-    from .workflow import ClusterLost, dask_client
+    from .workflow import ClusterLost, dask_client, table_result
 
     _check_device(args)
     stack = _open_input(args.input, args.mask)
     n, ndim = int(stack.shape[0]), len(stack.shape) - 1
     try:
         table = read_shift_table(args.shifts, n_frames=n, ndim=ndim)
-        # a rigid or similarity table turns the frames about their centre as well
-        shifts = table.shifts if table.rotations is None else table.transforms(stack.shape[1:])
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
         raise CLIError(f"the shifts do not fit the input: {exc}") from None
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
-    paths = _check_outputs(args, _output_paths(args, stack), overwrite=args.overwrite)
-    given, options = _read_mask(args, stack.shape[1:]), RegistrationOptions(
-        hot_pixels=_hot_pixels(args.hot_pixels))
+    paths = _output_paths(args, stack)
+    valid, mask_name = _read_mask(args)
+    options = RegistrationOptions(hot_pixels=_hot_pixels(args.hot_pixels))
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
-            options.check_for(n, stack.shape[1:])
             # the pixels registration ignored are ignored here too: same table, same output
-            valid, hot = mask_with_outliers(stack, given, options.hot_pixels)
-            if hot is not None:
-                print(f"hot pixels: ignored {int(hot.sum())} hot or dead pixels")
-            _write_outputs(args, stack, shifts, paths, valid, client, None, args.input)
+            with _mask_hint(args):
+                result = table_result(stack, table, options, mask=valid, mask_name=mask_name)
+            if result.hot_pixels is not None:
+                print(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels")
+            # a rigid or similarity table turns the frames about their centre as well
+            _write_outputs(args, stack, result, paths, client, args.input, mean_outliers=True)
     except KeyboardInterrupt:
         print("\ninterrupted: no output was written", file=sys.stderr)
         return 130

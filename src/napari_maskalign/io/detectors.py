@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .stacks import _LazyArrayMixin
+from ._indexing import FrameIndexing
 
 __all__ = [
     "DETECTOR_SUFFIXES",
@@ -61,7 +61,7 @@ def _require(module: str, extra: str, what: str):
         ) from None
 
 
-class DetectorStack(_LazyArrayMixin):
+class DetectorStack(FrameIndexing):
     """A stack in a detector file; subclasses open it (``_open``) and read frame ``i``."""
 
     kind = "detector file"

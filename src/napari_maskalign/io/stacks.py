@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.backends._frames import is_dask
+from ._indexing import FrameIndexing
+from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
 
 __all__ = [
     "FrameSequence",
@@ -143,68 +145,7 @@ def _tiff_header(path: str) -> tuple[tuple[int, ...], np.dtype]:
         raise ValueError(f"cannot read {path} as a TIFF image: {exc}") from exc
 
 
-class _LazyArrayMixin:
-    """Indexing on top of ``_read(i) -> frame``: ints, slices, index lists, tuples."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def _read(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __getitem__(self, key):
-        rest: tuple = ()
-        if isinstance(key, tuple):
-            if not key:
-                key = slice(None)
-            else:
-                key, rest = key[0], key[1:]
-        n = self.shape[0]
-
-        def frame_index(i) -> int:
-            i = int(i)
-            if not -n <= i < n:
-                raise IndexError(f"frame {i} is out of range: the stack has {n} frames")
-            return i % n
-
-        if isinstance(key, (int, np.integer)):
-            frame = self._read(frame_index(key))
-            return frame[rest] if rest else frame
-        if isinstance(key, slice):
-            idx = range(*key.indices(n))
-        elif key is Ellipsis:
-            idx, rest = range(n), (Ellipsis, *rest)
-        else:
-            arr = np.asarray(key)
-            if arr.dtype == bool:
-                arr = np.flatnonzero(arr)
-            idx = [frame_index(i) for i in arr.ravel()]
-        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
-        for j, i in enumerate(idx):
-            out[j] = self._read(i)
-        return out[(slice(None), *rest)] if rest else out
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-
-class FrameSequence(_LazyArrayMixin):
+class FrameSequence(FrameIndexing):
     """A stack whose frames are single-frame TIFF files, read one file per access.
 
     Looks like a read-only array of shape ``(n_files, *frame_shape)``:
@@ -268,7 +209,7 @@ class FrameSequence(_LazyArrayMixin):
         )
 
 
-class TiffPages(_LazyArrayMixin):
+class TiffPages(FrameIndexing):
     """A multi-page TIFF that cannot be memory-mapped (e.g. compressed), read page by page.
 
     Frame ``i`` is the ``i``-th group of pages of the file's first series. The
@@ -387,8 +328,6 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
     if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
         return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
     text = os.fspath(source)
-    from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
-
     detector = open_detector_stack(text)
     if detector is not None:
         return detector

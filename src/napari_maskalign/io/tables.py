@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..engine.models import AXIS_NAMES, table_columns
 from .writers import atomic_write_text
 
 __all__ = [
@@ -34,10 +35,9 @@ __all__ = [
     "write_shifts_csv",
 ]
 
-AXIS_NAMES = "zyx"
-
-#: the columns a rigid or similarity table adds (degrees; magnification)
-TRANSFORM_COLUMNS = ("rotation_deg", "scale")
+#: the columns a rigid or similarity table adds (degrees; magnification): every
+#: model's columns, from the model registry
+TRANSFORM_COLUMNS = table_columns()
 
 
 class ShiftTable(NamedTuple):

@@ -197,11 +197,6 @@ def frame_props(props: dict[str, Any]) -> dict[str, Any]:
     return {**props, "scale": tuple(props["scale"][1:]), "translate": tuple(props["translate"][1:])}
 
 
-def geometry(props: dict[str, Any]) -> dict[str, Any]:
-    """Only where a layer sits (for outputs that keep their own look)."""
-    return {"scale": props["scale"], "translate": props["translate"]}
-
-
 def shift_units(layer: Layer | None, ndim: int) -> tuple[np.ndarray, str]:
     """Factors from pixels to the unit the frames' axes are measured in, and its name.
 

@@ -14,20 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from napari_maskalign.engine.models import AXIS_NAMES, DEFAULT_MODEL
+from napari_maskalign.workflow.align import AlignSettings
+
 __all__ = ["AXIS_NAMES", "META", "AlignedResult", "axis_names"]
 
 #: key of the per-layer result dictionary in ``layer.metadata``
 META = "maskalign"
 
-AXIS_NAMES = ("z", "y", "x")
-
 
 def axis_names(ndim: int) -> tuple[str, ...]:
     return AXIS_NAMES[-ndim:]
-
-
-def _default_align() -> dict:
-    return {"method": "spline", "fill_value": np.nan, "integer": False}
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,9 @@ class AlignedResult:
         The mask layer's name, if one was used.
     params : dict
         The settings of the run (or where an imported table came from).
-    align : dict
-        How the aligned copy is made: ``method``, ``fill_value`` and ``integer``
-        (keywords of :func:`~napari_maskalign.workflow.iter_align`).
+    align : AlignSettings
+        How the aligned copy is made (method, fill value, integer output); in
+        ``layer.metadata`` as a plain dictionary.
     model : str
         The transform model.
     edited : tuple of int
@@ -89,8 +86,8 @@ class AlignedResult:
     reference: str = ""
     mask: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    align: dict[str, Any] = field(default_factory=_default_align)
-    model: str = "translation"
+    align: AlignSettings = field(default_factory=AlignSettings)
+    model: str = DEFAULT_MODEL
     edited: tuple[int, ...] = ()
     shifts_from: str | None = None
     valid: np.ndarray | None = None
@@ -133,11 +130,6 @@ class AlignedResult:
     def replace(self, **changes) -> AlignedResult:
         return dataclasses.replace(self, **changes)
 
-    def align_kwargs(self) -> dict:
-        """Keywords of :func:`~napari_maskalign.workflow.iter_align` (and ``align_frame``,
-        ``align_lazy``, ``iter_mean``) that remake the aligned frames."""
-        return {**_default_align(), **self.align, "valid": self.valid}
-
     def mismatch(self, name: str, n_frames: int, frame_shape) -> str | None:
         """Why these shifts cannot align the stack ``name`` (``n_frames`` frames of
         ``frame_shape``), in plain words; None if they can."""
@@ -161,10 +153,10 @@ class AlignedResult:
     # -- to and from layers ---------------------------------------------------
     @classmethod
     def from_registration(cls, result, *, source: str, frame_shape, reference: str,
-                          mask: str | None, align: dict, **fields) -> AlignedResult:
+                          mask: str | None, align: AlignSettings, **fields) -> AlignedResult:
         """From the engine's :class:`~napari_maskalign.engine.RegistrationResult`;
         ``fields``: the others (``valid``, ``reference_frame``, ...)."""
-        moves = result.model != "translation"
+        moves = not result.transform_model.shift_only
         return cls(
             source=source,
             shifts=np.asarray(result.shifts, float),
@@ -175,7 +167,7 @@ class AlignedResult:
             reference=reference,
             mask=mask,
             params=dict(result.params),
-            align=dict(align),
+            align=align,
             model=result.model,
             rotations=np.asarray(result.rotations, float) if moves else None,
             scales=np.asarray(result.scales, float) if moves else None,
@@ -190,6 +182,7 @@ class AlignedResult:
         d["edited"] = list(self.edited)
         if self.jumps is not None:
             d["jumps"] = list(self.jumps)
+        d["align"] = self.align.to_dict()
         if self.moves:  # the matrices too, for anyone reading the metadata
             d["transforms"] = self.transforms
         return {META: {"role": "aligned", "axes": self.axes, **d}}
@@ -213,6 +206,7 @@ class AlignedResult:
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
         if d.get("jumps") is not None:
             d["jumps"] = tuple(int(j) for j in d["jumps"])
+        d["align"] = AlignSettings.from_dict(d.get("align"))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales"):

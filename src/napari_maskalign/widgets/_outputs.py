@@ -11,6 +11,7 @@ the frames that saw it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,13 @@ class Outputs:
 
 
 def is_integer_output(stack, res: AlignedResult) -> bool:
-    return bool(res.align.get("integer")) and np.dtype(stack.dtype).kind in "biu"
+    return bool(res.align.integer) and np.dtype(stack.dtype).kind in "biu"
+
+
+def align_settings(stack, res: AlignedResult) -> workflow.AlignSettings:
+    """How ``res``'s aligned frames of ``stack`` are made: integer output only for integer
+    frames."""
+    return dataclasses.replace(res.align, integer=is_integer_output(stack, res))
 
 
 def mean_block(stack) -> int:
@@ -92,43 +99,43 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
     (nothing computed) and the mean reads the stack a block at a time, an
     ``AlignProgress`` per block. Returns :class:`Outputs`.
     """
-    kw = res.align_kwargs()
-    kw["integer"] = integer = is_integer_output(stack, res)
+    settings = align_settings(stack, res)
+    integer = settings.integer
     acc = None
     if mean and not lazy:
         acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
-    got = yield from workflow.iter_align(stack, res.to_apply, lazy=lazy, return_data=integer,
-                                         mean=acc, exclude=res.mean_exclude(), **kw)
+    got = yield from workflow.iter_align(stack, res.to_apply, settings=settings, lazy=lazy,
+                                         valid=res.valid, return_data=integer, mean=acc,
+                                         exclude=res.mean_exclude())
     aligned, data = got if integer else (got, None)
     nodata = None if data is None else (~data).astype(np.uint8)
     averaged = None
     if acc is not None:
         averaged = acc.result()
     elif mean:
-        averaged = yield from workflow.iter_mean(stack, res.to_apply, valid=kw["valid"],
-                                                 exclude=res.mean_exclude(),
-                                                 block=mean_block(stack), method=kw["method"])
+        averaged = yield from mean_job(stack, res)
     return Outputs(aligned, nodata, averaged)
 
 
 def mean_job(stack, res: AlignedResult):
     """Only the mean of ``res``'s aligned frames (after an edit): a generator."""
-    kw = res.align_kwargs()
-    return (yield from workflow.iter_mean(stack, res.to_apply, valid=kw["valid"],
-                                          exclude=res.mean_exclude(), block=mean_block(stack),
-                                          method=kw["method"]))
+    return (yield from workflow.iter_mean(stack, res.to_apply, settings=align_settings(stack, res),
+                                          valid=res.valid, exclude=res.mean_exclude(),
+                                          block=mean_block(stack)))
 
 
 def realigned(stack, res: AlignedResult, frame: int | None = None) -> tuple:
     """After an edit (main thread): ``(pixels, nodata)`` of aligned frame ``frame`` made
     now, or with ``frame=None`` of the whole stack as a lazy graph (cheap to make);
     ``nodata`` as in :class:`Outputs` (None for float output)."""
-    kw = res.align_kwargs()
-    kw["integer"] = integer = is_integer_output(stack, res)
+    settings = align_settings(stack, res)
+    integer = settings.integer
     if frame is None:
-        got = workflow.align_lazy(stack, res.to_apply, return_data=integer, **kw)
+        got = workflow.align_lazy(stack, res.to_apply, settings=settings, valid=res.valid,
+                                  return_data=integer)
     else:
-        got = workflow.align_frame(stack, res.to_apply, frame, return_data=integer, **kw)
+        got = workflow.align_frame(stack, res.to_apply, frame, settings=settings,
+                                   valid=res.valid, return_data=integer)
     pixels, data = got if integer else (got, None)
     return pixels, None if data is None else (~data).astype(np.uint8)
 

@@ -1,7 +1,9 @@
 """Dock widget: register a stack in a worker thread and show the aligned stack and its mean.
 
 The mask follows what a person paints: nonzero pixels of the Labels layer are
-the beam block and are ignored; the engine gets ``valid_from_ignore(mask)``.
+the beam block and are ignored; :func:`napari_maskalign.workflow.register`,
+the call ``maskalign register`` makes too, gets ``valid_from_ignore(mask)``
+and checks it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,8 @@ from napari.layers import Image, Labels, Points
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 
-from napari_maskalign.engine import (
-    Progress,
-    RegistrationResult,
-    RegistrationRun,
-    check_valid_mask,
-    valid_from_ignore,
-)
-from napari_maskalign.workflow import AlignProgress
+from napari_maskalign.engine import Progress, RegistrationResult, valid_from_ignore
+from napari_maskalign.workflow import AlignProgress, AlignSettings, Registration, register
 
 from ._checks import inverted, mask_warning
 from ._common import (
@@ -43,7 +39,6 @@ from ._layers import (
     check_output_name,
     display_props,
     drop_preview,
-    frame_shape,
     is_output_layer,
     layer_named,
     mean_name,
@@ -67,11 +62,10 @@ class RegisterJob:
 
     source: str
     stack: Any
-    run: RegistrationRun
+    run: Registration
     lazy: bool
     reference_label: str
-    align: dict = field(default_factory=dict)
-    valid: np.ndarray | None = None
+    align: AlignSettings = field(default_factory=AlignSettings)
     reference_frame: int | None = None
     mean: bool = True
     mean_outliers: bool = False
@@ -93,8 +87,7 @@ class RegisterJob:
         return AlignedResult.from_registration(
             result, source=self.source, frame_shape=self.run.frame_shape,
             reference=self.reference_label, mask=self.mask_name, align=self.align,
-            # the mask registration used: the painted one without the hot pixels
-            valid=result.valid_mask, reference_frame=self.reference_frame,
+            reference_frame=self.reference_frame,
             mean_outliers=self.mean_outliers,
         )
 
@@ -111,6 +104,11 @@ def register_job(job: RegisterJob):
     res = job.result(result)
     out = yield from make_outputs(job.stack, res, lazy=job.lazy, mean=job.mean)
     return result, res, out
+
+
+def _mask_name(layer) -> str:
+    """The mask layer as messages name it."""
+    return "mask" if layer is None else f"mask '{layer.name}'"
 
 
 class RegisterWidget(PicksMask, RegisterForm, DockWidget):
@@ -205,29 +203,21 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         problem = stack_problem(image)
         if problem:
             raise ValueError(problem)
-        shape = frame_shape(image)
         mask_layer = self.mask_combo.value
         valid = None
-        if mask_layer is not None:
-            ignore = np.asarray(mask_layer.data)
-            if ignore.shape != shape:
-                raise ValueError(
-                    f"the mask '{mask_layer.name}' has shape {ignore.shape} but one frame of "
-                    f"'{image.name}' has shape {shape}; a mask covers one frame"
-                )
-            valid = valid_from_ignore(ignore)  # painted (nonzero) = ignore -> True = valid
-            check_valid_mask(valid, shape, what=f"mask '{mask_layer.name}'")
+        if mask_layer is not None:  # painted (nonzero) = ignore -> True = valid
+            valid = valid_from_ignore(np.asarray(mask_layer.data))
         options, label = self.options(image)
         # the frame matched with itself (previous frame: shifts add up from frame 0)
         index = {"index": options.reference, "previous": 0}.get(options.mode)
         return RegisterJob(
             source=image.name,
             stack=image.data,
-            run=RegistrationRun(image.data, options, mask=valid),
+            # the same call as `maskalign register`: it checks the mask against the frames
+            run=register(image.data, options, mask=valid, mask_name=_mask_name(mask_layer)),
             lazy=wants_lazy(image.data),
             reference_label=label,
             align=self.align_settings(),
-            valid=valid,
             reference_frame=None if index is None else int(index) % int(image.data.shape[0]),
             mean=bool(self.mean.value),
             mean_outliers=bool(self.mean_outliers.value),
@@ -239,10 +229,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     def mask_problem(self, job: RegisterJob) -> str | None:
         """Plain words when the job's mask is probably wrong (see ``mask_warning``)."""
-        if job.valid is None:
+        if job.run.mask is None:
             return None
         frame = job.stack[job.reference_frame or 0]
-        return mask_warning(job.valid, np.asarray(frame), job.mask_name)
+        return mask_warning(job.run.mask, np.asarray(frame), job.mask_name)
 
     def ask_about_mask(self, text: str) -> str:
         """Ask what to do about a suspicious mask: "invert", "run" or "cancel"."""
@@ -263,10 +253,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def run(self, check_mask: bool = True):
+    def run(self):
         """Start registering in a worker thread; returns the worker (None if refused).
 
-        With ``check_mask``, a mask that looks wrong (most of the frame
+        A mask that looks wrong (most of the frame
         ignored, or brighter than the rest) is shown to the person first:
         invert it and run, run anyway, or cancel.
         """
@@ -274,7 +264,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             return None
         try:
             job = self.prepare()
-            problem = self.mask_problem(job) if check_mask else None
+            problem = self.mask_problem(job)
             if problem:
                 answer = self.ask_about_mask(problem)
                 if answer == "cancel":

@@ -15,8 +15,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 from napari.layers import Image
 from superqt import QCollapsible
 
-from napari_maskalign.engine import RegistrationOptions
+from napari_maskalign.engine import DEFAULT_MODEL, MODELS, RegistrationOptions
 from napari_maskalign.engine.backends._device import gpu_available
+from napari_maskalign.workflow import AlignSettings
 
 from ._common import fixed_height
 from ._layers import current_frame
@@ -56,9 +57,8 @@ MAIN = [
         tooltip="At most this many times the template is rebuilt from the aligned frames; it "
         "stops earlier once no shift moves by more than a tenth of its uncertainty.")),
     ("model_choice", ComboBox, dict(
-        choices=[("translation (shift)", "translation"), ("rigid (rotation + shift)", "rigid"),
-                 ("similarity (+ scale)", "similarity")],
-        value="translation", label="model",
+        choices=[(m.label, m.name) for m in MODELS.values()],
+        value=DEFAULT_MODEL, label="model",
         tooltip="What moves between frames. Translation: the pattern only drifts. Rigid: it "
         "also turns. Similarity: it also grows or shrinks (camera length). Rigid and "
         "similarity need 2D frames; the aligned frames are then turned and scaled too.")),
@@ -266,8 +266,8 @@ class RegisterForm:
         )
         return options, label
 
-    def align_settings(self) -> dict:
-        """How the aligned frames are made: ``iter_align`` keywords (the mask apart)."""
+    def align_settings(self) -> AlignSettings:
+        """How the aligned frames are made (the mask apart)."""
         fill = {"nan": np.nan, "zero": 0.0, "edge": None}[self.fill.value]
-        return {"method": self.method.value, "fill_value": fill,
-                "integer": bool(self.integer.value) and self.integer.enabled}
+        return AlignSettings(method=self.method.value, fill_value=fill,
+                             integer=bool(self.integer.value) and self.integer.enabled)

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_maskalign.engine import flag_outliers
+from napari_maskalign.engine.models import model_for_table
 from napari_maskalign.io import read_shift_table, write_shifts_csv
 
 from ._common import (
@@ -356,8 +357,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
             raw_shifts=shifts.copy(), frame_shape=shape, valid=valid,
             mask=None if valid is None else mask.name,
             reference=f"imported from {Path(path).name}", params={"imported": str(path)},
-            rotations=rotations, scales=scales, model="translation" if rotations is None
-            else "rigid" if np.allclose(scales, 1, rtol=0, atol=1e-9) else "similarity",
+            rotations=rotations, scales=scales, model=model_for_table(rotations, scales).name,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
                 f"{n} shifts in {Path(path).name}.")

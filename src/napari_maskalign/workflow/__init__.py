@@ -2,10 +2,15 @@
 
 * :mod:`.journal` -- the shifts table written as frames finish, its
   settings file, and resuming a killed run;
-* :mod:`.run` -- registering a stack to disk, locally or on a dask cluster;
+* :mod:`.registration` -- :func:`register`, the registration both faces call
+  (the mask, the options, a journal, a cluster), and :func:`table_result`
+  for a saved table;
+* :mod:`.run` -- a dask cluster: its client, losing it;
 * :mod:`.align` -- shifts (or transforms) -> aligned frames, in memory,
-  lazily or into a file, with progress;
-* :mod:`.outputs` -- the aligned stack and the masked mean in one pass;
+  lazily or into a file, with progress, made as one :class:`AlignSettings`
+  says;
+* :mod:`.outputs` -- a result applied: the aligned stack and the masked
+  mean in one pass, to the typed :class:`OutputPaths`;
 * :mod:`.paths` -- output paths checked before any work.
 
 The ``maskalign`` command and the napari widgets are thin layers over these
@@ -15,6 +20,7 @@ and the engine; a setting walks from either face to the engine in one
 
 from .align import (
     AlignProgress,
+    AlignSettings,
     MaskedMean,
     MeanAccumulator,
     align_frame,
@@ -26,28 +32,30 @@ from .align import (
 )
 from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
 from .outputs import (
+    OutputPaths,
     aligned_mask_path,
     check_mean_name,
-    check_output_names,
     count_path,
-    planned_outputs,
     write_mean,
     write_outputs,
 )
 from .paths import check_output_path, check_outputs, sibling
-from .run import ClusterLost, cluster_errors, dask_client, register_to_journal
+from .registration import Registration, register, table_result
+from .run import ClusterLost, cluster_errors, dask_client
 
 __all__ = [
     "AlignProgress",
+    "AlignSettings",
     "ClusterLost",
     "MaskedMean",
     "MeanAccumulator",
+    "OutputPaths",
+    "Registration",
     "ShiftJournal",
     "align_frame",
     "aligned_mask_path",
     "align_lazy",
     "check_mean_name",
-    "check_output_names",
     "check_output_path",
     "check_outputs",
     "cluster_errors",
@@ -56,12 +64,12 @@ __all__ = [
     "dask_client",
     "iter_align",
     "iter_mean",
-    "planned_outputs",
-    "register_to_journal",
+    "register",
     "resume_rows",
     "run_settings",
     "sibling",
     "sidecar_path",
+    "table_result",
     "to_apply",
     "write_aligned",
     "write_mean",

@@ -15,7 +15,7 @@ similarity result's ``transforms``).
 Pixels that are not data after alignment -- shifted in from outside the
 field of view, or ignored by the mask (the beam block, hot pixels), which
 lands elsewhere in every frame once the frame is moved -- are NaN in float
-output. Integer output (``integer=True``: rounded and clipped to the input's
+output. Integer output (``AlignSettings(integer=True)``: rounded and clipped to the input's
 type) cannot hold NaN; the valid area is then returned beside the frames.
 The mean averages each pixel over the frames that saw it.
 """
@@ -23,16 +23,18 @@ The mean averages each pixel over the frames that saw it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..engine import aligned_dtype, apply_shifts, apply_transforms
-from ..engine.backends._device import namespace_for, namespace_of, to_host, to_namespace
+from ..engine.backends._device import namespace_for, namespace_of, native, to_host, to_namespace
 from ..io import StackWriter, as_dask, iter_blocks
 
 __all__ = [
     "AlignProgress",
+    "AlignSettings",
     "MaskedMean",
     "MeanAccumulator",
     "align_frame",
@@ -42,6 +44,61 @@ __all__ = [
     "to_apply",
     "write_aligned",
 ]
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """How aligned frames are made from a stack and its shifts (or transforms).
+
+    The same for both faces: the Register dock's "aligned output" settings
+    and the ``maskalign`` options ``--method``, ``--order``, ``--fill``,
+    ``--dtype``, ``--device``, ``--threads``.
+
+    Attributes
+    ----------
+    method : {"spline", "fourier"}
+        Spline interpolation of ``order``, or a Fourier shift (see
+        :func:`~napari_maskalign.engine.apply_shifts`).
+    order : int
+        The spline's order (0-5).
+    fill_value : float or None
+        What pixels shifted in from outside the field get (NaN by default;
+        None extends the edge).
+    integer : bool
+        Keep an integer input's type (rounded, clipped, 0 where there is no
+        data, the data area beside it); float output otherwise.
+    device : str or None
+        Where frames are shifted: "cpu", "gpu" (CuPy) or None (where the
+        stack is).
+    workers : int or None
+        Frames shifted at once (threads); None: one.
+    """
+
+    method: str = "spline"
+    order: int = 3
+    fill_value: float | None = np.nan
+    integer: bool = False
+    device: str | None = None
+    workers: int | None = None
+
+    def engine_keywords(self) -> dict:
+        """The keywords of :func:`~napari_maskalign.engine.apply_shifts` and
+        :func:`~napari_maskalign.engine.apply_transforms` these settings give."""
+        return {"method": self.method, "order": self.order, "fill_value": self.fill_value,
+                "device": self.device, "workers": self.workers}
+
+    def to_dict(self) -> dict:
+        """Plain values (layer metadata)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> AlignSettings:
+        """From :meth:`to_dict`'s values; unknown keys are ignored, missing ones default."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
+DEFAULT_ALIGN = AlignSettings()
 
 
 @dataclass(frozen=True)
@@ -86,8 +143,8 @@ class MeanAccumulator:
         """Add frames (a block along the first axis) and where each holds data; CuPy
         blocks are summed on their GPU (the sums move there with the first one)."""
         xp = namespace_of(aligned)
-        if xp is not np and isinstance(self.total, np.ndarray):
-            self.total, self.count = xp.asarray(self.total), xp.asarray(self.count)
+        # the sums move where the blocks are (a GPU) with the first one
+        self.total, self.count = xp.asarray(self.total), xp.asarray(self.count)
         for i in range(int(aligned.shape[0])):
             ok = valid[i]
             self.total += xp.where(ok, aligned[i], 0.0)
@@ -122,16 +179,16 @@ def output_dtype(stack_dtype, integer: bool) -> np.dtype:
 def to_apply(result):
     """What aligns the frames of a registration result: its shifts for translation,
     its transforms (rotation and scale too) for rigid and similarity models."""
-    return result.shifts if result.model == "translation" else result.transforms
+    return result.shifts if result.transform_model.shift_only else result.transforms
 
 
-def _apply(stack, moves, **kwargs):
+def _apply(stack, moves, settings: AlignSettings, *, valid, return_valid: bool):
     """:func:`apply_shifts` for shifts ``(n, ndim)``, :func:`apply_transforms` for
     transforms ``(n, ndim + 1, ndim + 1)``."""
     moves = np.asarray(moves, dtype=float)
-    if moves.ndim == 3:
-        return apply_transforms(stack, moves, **kwargs)
-    return apply_shifts(stack, moves, **kwargs)
+    apply = apply_transforms if moves.ndim == 3 else apply_shifts
+    return apply(stack, moves, valid_mask=valid, return_valid=return_valid,
+                 **settings.engine_keywords())
 
 
 def _checked(stack, moves) -> np.ndarray:
@@ -147,8 +204,8 @@ def _checked(stack, moves) -> np.ndarray:
     return moves
 
 
-def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: int = 1,
-                  lazy=None, **kwargs):
+def _float_blocks(stack, shifts, settings: AlignSettings, *, valid=None, need_data: bool = False,
+                  block: int = 1, lazy=None):
     """``(lo, hi, aligned, data)`` for frames ``lo..hi-1``, in order.
 
     ``aligned``: float frames (:func:`~napari_maskalign.engine.aligned_dtype`),
@@ -156,21 +213,20 @@ def _float_blocks(stack, shifts, *, valid=None, need_data: bool = False, block: 
     pixel once the frame is moved, and, with the default fill value, outside
     the field. ``data``: where they hold real data (inside the field and
     valid), when ``need_data`` or a mask asks for it; else None. ``lazy``: the
-    same frames as a dask array, aligned by dask (e.g. on a cluster).
-    ``kwargs`` go to :func:`~napari_maskalign.engine.apply_shifts`."""
+    same frames as a dask array, aligned by dask (e.g. on a cluster)."""
     n = int(stack.shape[0])
     shifts = _checked(stack, shifts)
     want = need_data or valid is not None
     if lazy is not None:
-        graph = _apply(lazy, shifts, valid_mask=valid, return_valid=want, **kwargs)
+        graph = _apply(lazy, shifts, settings, valid=valid, return_valid=want)
         aligned_all, data_all = graph if want else (graph, None)
     for lo, hi in iter_blocks(n, block):
         if lazy is not None:
             aligned = aligned_all[lo:hi].compute()
             data = None if data_all is None else data_all[lo:hi].compute()
         else:
-            frames = stack[lo:hi] if namespace_of(stack) is not np else np.asarray(stack[lo:hi])
-            out = _apply(frames, shifts[lo:hi], valid_mask=valid, return_valid=want, **kwargs)
+            frames = native(stack[lo:hi])
+            out = _apply(frames, shifts[lo:hi], settings, valid=valid, return_valid=want)
             aligned, data = out if want else (out, None)
         if valid is not None:
             aligned[~data] = np.nan  # the block (and hot pixels) where they land
@@ -181,31 +237,31 @@ def _converted(aligned, data, dtype):
     return aligned if np.dtype(dtype).kind == "f" else _as_input_type(aligned, data, dtype)
 
 
-def align_frame(stack, shifts, i: int, *, valid=None, integer: bool = False,
-                return_data: bool = False, **kwargs):
+def align_frame(stack, shifts, i: int, *, settings: AlignSettings = DEFAULT_ALIGN, valid=None,
+                return_data: bool = False):
     """Frame ``i`` of the aligned stack, computed now (also for one edited frame); with
     ``return_data`` also where it holds data (as :func:`iter_align`)."""
     n = int(stack.shape[0])
     if not (isinstance(i, (int, np.integer)) and -n <= i < n):
         raise ValueError(f"frame {i} does not exist: the stack has {n} frames")
     i, shifts = int(i) % n, _checked(stack, shifts)
-    dtype = output_dtype(stack.dtype, integer)
-    _, _, aligned, data = next(_float_blocks(stack[i : i + 1], shifts[i : i + 1], valid=valid,
-                                             need_data=return_data or dtype.kind != "f",
-                                             **kwargs))
+    dtype = output_dtype(stack.dtype, settings.integer)
+    _, _, aligned, data = next(_float_blocks(stack[i : i + 1], shifts[i : i + 1], settings,
+                                             valid=valid,
+                                             need_data=return_data or dtype.kind != "f"))
     frame = _converted(aligned, data, dtype)[0]
     return (frame, data[0]) if return_data else frame
 
 
-def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data: bool = False,
-               **kwargs):
+def align_lazy(stack, shifts, *, settings: AlignSettings = DEFAULT_ALIGN, valid=None,
+               return_data: bool = False):
     """The whole aligned stack as a lazy dask array (nothing is computed yet); with
     ``return_data`` also where it holds data, lazily."""
     import dask.array as da
 
-    aligned, data = _apply(as_dask(stack), _checked(stack, shifts), valid_mask=valid,
-                           return_valid=True, **kwargs)
-    out_dtype = output_dtype(stack.dtype, integer)
+    aligned, data = _apply(as_dask(stack), _checked(stack, shifts), settings, valid=valid,
+                           return_valid=True)
+    out_dtype = output_dtype(stack.dtype, settings.integer)
     if out_dtype.kind != "f":
         aligned = da.map_blocks(_as_input_type, aligned, data, out_dtype, dtype=out_dtype)
     elif valid is not None:
@@ -213,17 +269,18 @@ def align_lazy(stack, shifts, *, valid=None, integer: bool = False, return_data:
     return (aligned, data) if return_data else aligned
 
 
-def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool = False,
-               return_data: bool = False, mean: MeanAccumulator | None = None, exclude=None,
-               **kwargs):
+def iter_align(stack, shifts, *, settings: AlignSettings = DEFAULT_ALIGN, lazy: bool = False,
+               valid=None, return_data: bool = False, mean: MeanAccumulator | None = None,
+               exclude=None):
     """Apply ``shifts``, yielding :class:`AlignProgress` per frame.
 
     Returns the aligned stack (the value of ``yield from``): a numpy array,
     or at once a lazy dask array when ``lazy`` (nothing is computed then);
     with ``return_data``, ``(aligned, data)`` where ``data`` says which
     pixels of each aligned frame are real data (what integer output needs
-    beside it). ``valid`` is the engine mask (NaN where it lands), ``integer`` keeps an
-    integer input's type (rounded, clipped, 0 where there is no data).
+    beside it). ``valid`` is the engine mask (NaN where it lands); ``settings``
+    say how frames are moved and whether an integer input keeps its type
+    (rounded, clipped, 0 where there is no data).
 
     With ``mean`` (not lazy), every frame not flagged in ``exclude`` is also
     added to that accumulator in the same pass, as :func:`write_aligned`
@@ -232,14 +289,13 @@ def iter_align(stack, shifts, *, lazy: bool = False, valid=None, integer: bool =
     if lazy:
         if mean is not None:
             raise ValueError("a lazy aligned stack is not computed here: average it with iter_mean")
-        return align_lazy(stack, shifts, valid=valid, integer=integer, return_data=return_data,
-                          **kwargs)
+        return align_lazy(stack, shifts, settings=settings, valid=valid, return_data=return_data)
     n = int(stack.shape[0])
     skip = _exclusion(exclude, n)
-    out = np.empty(tuple(stack.shape), output_dtype(stack.dtype, integer))
+    out = np.empty(tuple(stack.shape), output_dtype(stack.dtype, settings.integer))
     data_out = np.empty(tuple(stack.shape), bool) if return_data else None
     need = return_data or out.dtype.kind != "f" or mean is not None
-    for lo, hi, aligned, data in _float_blocks(stack, shifts, valid=valid, need_data=need, **kwargs):
+    for lo, hi, aligned, data in _float_blocks(stack, shifts, settings, valid=valid, need_data=need):
         if mean is not None:
             keep = ~skip[lo:hi]
             mean.add(aligned[keep], data[keep])
@@ -266,8 +322,8 @@ def _read_frames(stack, idx) -> np.ndarray:
     return np.stack([to_host(stack[int(i)]) for i in idx])
 
 
-def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device=None,
-              **kwargs):
+def iter_mean(stack, shifts, *, settings: AlignSettings = DEFAULT_ALIGN, valid=None, exclude=None,
+              block: int = 1):
     """The masked mean of the aligned frames, yielding :class:`AlignProgress` per block.
 
     Each pixel is averaged over the frames in which it is data after
@@ -276,9 +332,10 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device
     frames and two frame-sized sums, whatever the stack's length, so a lazy
     stack is averaged without loading it. With ``device="gpu"`` (or a CuPy
     stack) the frames are shifted and summed on the GPU (CuPy, the ``gpu``
-    extra). Returns a :class:`MaskedMean` (numpy arrays).
+    extra). Returns a :class:`MaskedMean` (numpy arrays). ``settings.integer``
+    does not matter here: the mean is float.
     """
-    xp = namespace_for(device, stack)
+    xp = namespace_for(settings.device, stack)
     shifts = _checked(stack, shifts)
     keep = np.flatnonzero(~_exclusion(exclude, int(stack.shape[0])))
     acc = MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
@@ -286,19 +343,19 @@ def iter_mean(stack, shifts, *, valid=None, exclude=None, block: int = 1, device
     for lo, hi in iter_blocks(len(keep), block):
         idx = keep[lo:hi]
         frames = _read_frames(stack, idx)
-        if xp is not np:
-            frames = to_namespace(xp, frames)
-        for _, _, aligned, data in _float_blocks(frames, shifts[idx], valid=valid, need_data=True,
-                                                 block=len(idx), **kwargs):
+        frames = to_namespace(xp, frames)
+        for _, _, aligned, data in _float_blocks(frames, shifts[idx], settings, valid=valid,
+                                                 need_data=True, block=len(idx)):
             acc.add(aligned, data)
         done = hi
         yield AlignProgress(done, len(keep), "averaging")
     return acc.result()
 
 
-def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict | None = None,
-                  dask_stack=None, chunk_frames: int = 16, valid=None, integer: bool = False,
-                  mean: MeanAccumulator | None = None, exclude=None, mask_path=None, **kwargs):
+def write_aligned(path, stack, shifts, *, settings: AlignSettings = DEFAULT_ALIGN,
+                  overwrite: bool = False, attrs: dict | None = None, dask_stack=None,
+                  chunk_frames: int = 16, valid=None, mean: MeanAccumulator | None = None,
+                  exclude=None, mask_path=None):
     """Write the aligned stack to ``path`` (.zarr or .tif); a generator of progress.
 
     The file is written under a temporary name and renamed when complete; on
@@ -310,17 +367,16 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
     each aligned frame holds no data (shifted in from outside the field, or
     behind the mask) is written there as a stack of the same shape, uint8,
     **nonzero = no data** (the mask-file convention: nonzero = ignore) --
-    what integer output (``integer``) needs, since it cannot hold NaN.
-    ``workers`` (in ``kwargs``, for
-    :func:`~napari_maskalign.engine.apply_shifts`) shifts that many frames at
-    once. Returns the path written.
+    what integer output (``settings.integer``) needs, since it cannot hold
+    NaN. ``settings.workers`` frames are shifted at once. Returns the path
+    written.
     """
     n = int(stack.shape[0])
     shifts = _checked(stack, shifts)
     skip = _exclusion(exclude, n)
     # frames shifted at once here: as many as apply_shifts has threads for
-    block = chunk_frames if dask_stack is not None else max(1, int(kwargs.get("workers") or 1))
-    dtype = output_dtype(stack.dtype, integer)
+    block = chunk_frames if dask_stack is not None else max(1, int(settings.workers or 1))
+    dtype = output_dtype(stack.dtype, settings.integer)
     need = mean is not None or dtype.kind != "f" or mask_path is not None
     with contextlib.ExitStack() as files:
         writer = files.enter_context(StackWriter(path, stack.shape, dtype, overwrite=overwrite,
@@ -328,7 +384,7 @@ def write_aligned(path, stack, shifts, *, overwrite: bool = False, attrs: dict |
         masks = None if mask_path is None else files.enter_context(
             StackWriter(mask_path, stack.shape, np.uint8, overwrite=overwrite, attrs=attrs))
         for lo, hi, aligned, data in _float_blocks(
-            stack, shifts, valid=valid, need_data=need, block=block, lazy=dask_stack, **kwargs
+            stack, shifts, settings, valid=valid, need_data=need, block=block, lazy=dask_stack
         ):
             if mean is not None:
                 keep = ~skip[lo:hi]

@@ -12,7 +12,6 @@ when the settings match.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.models import DEFAULT_MODEL, model_named
+from ..engine.run._options import array_digest
 from ..io import (
     ShiftTable,
     is_glob,
@@ -42,11 +43,11 @@ def run_settings(source, stack, valid, options) -> dict:
     """What decides a run's shifts, JSON-serializable: a resumed run must match it.
 
     ``source`` is the input as given (a glob stays a pattern, a path becomes
-    absolute); ``valid`` the engine mask (True = valid) or None.
+    absolute); ``valid`` the engine mask (True = valid) or None, named by
+    :func:`~napari_maskalign.engine.run._options.array_digest` as the options name
+    their images.
     """
-    digest = None
-    if valid is not None:
-        digest = hashlib.sha256(np.packbits(np.asarray(valid, bool)).tobytes()).hexdigest()
+    digest = None if valid is None else array_digest(np.asarray(valid, bool))
     text = os.fspath(source)
     file = source_file(text)  # run.h5:/entry/data: the file resolved, the dataset kept
     return {
@@ -71,7 +72,7 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
     """
     path = Path(os.fspath(shifts_path))
     side = sidecar_path(path)
-    moves = settings.get("model", "translation") != "translation"
+    moves = not model_named(settings.get("model", DEFAULT_MODEL)).shift_only
     if not path.exists():
         return ShiftTable(np.zeros((0, ndim)), np.zeros(0), *((np.zeros(0), np.ones(0)) if moves
                                                              else ()))
@@ -177,7 +178,7 @@ class ShiftJournal:
         self.done = np.zeros(n_frames, bool)
         #: rigid and similarity runs: rotation (degrees) and scale per frame, else None
         self.rotations = self.scales = None
-        if settings.get("model", "translation") != "translation":
+        if not model_named(settings.get("model", DEFAULT_MODEL)).shift_only:
             self.rotations, self.scales = np.zeros(n_frames), np.ones(n_frames)
         self.interval = float(interval)
         self.saved = 0  # rows on disk

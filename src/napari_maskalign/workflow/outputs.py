@@ -10,22 +10,32 @@ stack. Every file appears under its final name only when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..engine import aligned_dtype
 from ..io import replacing
-from .align import MaskedMean, MeanAccumulator, iter_mean, write_aligned
-from .paths import sibling
+from .align import (
+    DEFAULT_ALIGN,
+    AlignSettings,
+    MaskedMean,
+    MeanAccumulator,
+    iter_mean,
+    to_apply,
+    write_aligned,
+)
+from .journal import sidecar_path
+from .paths import check_outputs, sibling
 
 __all__ = [
     "MEAN_SUFFIXES",
+    "OutputPaths",
     "aligned_mask_path",
     "check_mean_name",
-    "check_output_names",
-    "planned_outputs",
     "count_path",
     "write_mean",
     "write_outputs",
@@ -54,33 +64,96 @@ def check_mean_name(path) -> Path:
     return p
 
 
-def planned_outputs(*, shifts=None, output=None, mean=None, plot=None, stack_dtype=None,
-                    integer: bool = False) -> dict:
-    """What a run writes, by what it is (None: not asked for): the shifts table and its
-    settings file, the aligned stack (and, for integer output of integer frames, its
-    no-data mask), the mean and its frame count, the drift plot."""
-    from .journal import sidecar_path
-
-    paths = {"shifts file": shifts, "shifts settings file": shifts and sidecar_path(shifts),
-             "output": output, "mean": mean, "mean's frame count": mean and count_path(mean),
-             "plot": plot}
-    if output is not None and integer and np.dtype(stack_dtype).kind in "biu":
-        paths["output mask"] = aligned_mask_path(output)
-    return paths
+#: what each output is, in words (messages name outputs by these)
+_WHAT = {
+    "shifts": "shifts file",
+    "shifts_settings": "shifts settings file",
+    "output": "output",
+    "output_mask": "output mask",
+    "mean": "mean",
+    "mean_count": "mean's frame count",
+    "plot": "plot",
+}
 
 
-def check_output_names(outputs: dict) -> None:
-    """The formats the names ask for, known (``ValueError`` in plain words otherwise)."""
-    from ..io import output_format
+@dataclass(frozen=True)
+class OutputPaths:
+    """Every file a run writes (None: not asked for), typed.
 
-    if outputs.get("output") is not None:
-        output_format(outputs["output"])
-    if outputs.get("mean") is not None:
-        check_mean_name(outputs["mean"])
-    plot = outputs.get("plot")
-    if plot is not None and Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ValueError(f"cannot tell the plot's format from {Path(plot).name!r}: end the "
-                         "name with .png, .pdf or .svg")
+    Attributes
+    ----------
+    shifts, shifts_settings : Path or None
+        The shifts table and, beside it, its settings file
+        (:func:`~napari_maskalign.workflow.journal.sidecar_path`).
+    output, output_mask : Path or None
+        The aligned stack and, for integer output of integer frames, its
+        no-data mask (:func:`aligned_mask_path`).
+    mean, mean_count : Path or None
+        The masked mean and its per-pixel frame count (:func:`count_path`).
+    plot : Path or None
+        The drift plot.
+    """
+
+    shifts: Path | None = None
+    shifts_settings: Path | None = None
+    output: Path | None = None
+    output_mask: Path | None = None
+    mean: Path | None = None
+    mean_count: Path | None = None
+    plot: Path | None = None
+
+    @classmethod
+    def plan(cls, *, shifts=None, output=None, mean=None, plot=None, stack_dtype=None,
+             integer: bool = False) -> OutputPaths:
+        """What a run writes, the files beside the ones asked for included."""
+        integer_out = output is not None and integer and np.dtype(stack_dtype).kind in "biu"
+        return cls(
+            shifts=_path(shifts),
+            shifts_settings=None if shifts is None else sidecar_path(shifts),
+            output=_path(output),
+            output_mask=aligned_mask_path(output) if integer_out else None,
+            mean=_path(mean),
+            mean_count=None if mean is None else count_path(mean),
+            plot=_path(plot),
+        )
+
+    @classmethod
+    def kinds(cls) -> tuple[str, ...]:
+        """The field names: every kind of output a run may write."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def described(self, *, without: tuple[str, ...] = ()) -> dict[str, Path]:
+        """``{what it is, in words: path}`` for the outputs asked for (messages), leaving
+        out the fields named in ``without``."""
+        return {_WHAT[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in without and getattr(self, f.name) is not None}
+
+    def check_names(self) -> None:
+        """The formats the names ask for, known (``ValueError`` in plain words otherwise)."""
+        from ..io import output_format
+
+        if self.output is not None:
+            output_format(self.output)
+        if self.mean is not None:
+            check_mean_name(self.mean)
+        if self.plot is not None and self.plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ValueError(f"cannot tell the plot's format from {self.plot.name!r}: end the "
+                             "name with .png, .pdf or .svg")
+
+    def check(self, *, inputs: dict, overwrite: bool = False,
+              may_exist: tuple[str, ...] = ()) -> OutputPaths:
+        """Every output checked together, before any work (:func:`check_outputs`): their
+        formats, their folders, no output twice or over an input. ``may_exist``: fields
+        that may exist without ``overwrite`` (a resumed run's table). Returns the
+        checked paths (``~`` expanded)."""
+        self.check_names()
+        checked = check_outputs(self.described(), inputs=inputs, overwrite=overwrite,
+                                may_exist=tuple(_WHAT[f] for f in may_exist))
+        return OutputPaths(**{f: checked.get(what) for f, what in _WHAT.items()})
+
+
+def _path(value) -> Path | None:
+    return None if value is None else Path(os.fspath(value))
 
 
 def _save_image(path: Path, image: np.ndarray) -> None:
@@ -108,38 +181,39 @@ def write_mean(path, mean: MaskedMean) -> tuple[Path, Path]:
     return p, counts
 
 
-def write_outputs(stack, shifts, *, output=None, mean=None, valid=None, exclude=None,
-                  integer: bool = False, overwrite: bool = False, attrs: dict | None = None,
-                  dask_stack=None, chunk_frames: int = 16, **kwargs):
-    """The aligned stack and/or the masked mean in one pass over the frames.
+def write_outputs(stack, result, paths: OutputPaths, settings: AlignSettings = DEFAULT_ALIGN, *,
+                  mean_outliers: bool = False, overwrite: bool = False,
+                  attrs: dict | None = None, dask_stack=None, chunk_frames: int = 16):
+    """A registration result applied: the aligned stack and/or the masked mean in one pass.
 
     A generator of :class:`~napari_maskalign.workflow.align.AlignProgress`.
-    ``output``: the aligned stack's path (.zarr or .tif), NaN where ``valid``
-    (the engine mask, True = valid) lands in float output; with ``integer``
-    the input's integer type, and the no-data mask beside it
-    (:func:`aligned_mask_path`). ``mean``: the masked mean's path
-    (:func:`write_mean`); frames flagged in ``exclude`` are left out of it.
-    ``kwargs`` go to :func:`~napari_maskalign.engine.apply_shifts` (method,
-    order, fill_value). Returns ``{"output": path, "mean": path, ...}``
-    for what was written.
+    ``result`` is a :class:`~napari_maskalign.engine.RegistrationResult`
+    (from :func:`~napari_maskalign.workflow.register`, or
+    :func:`~napari_maskalign.workflow.table_result` for a saved table): its
+    shifts (transforms for rigid and similarity), the mask it used
+    (``valid_mask``: NaN where it lands in float output) and its outliers,
+    which the mean leaves out unless ``mean_outliers``. ``paths.output``:
+    the aligned stack (.zarr or .tif; with ``settings.integer`` the input's
+    integer type and the no-data mask at ``paths.output_mask``);
+    ``paths.mean``: the masked mean (:func:`write_mean`). Returns the
+    :class:`OutputPaths` written.
     """
+    moves, valid = to_apply(result), result.valid_mask
+    exclude = None if mean_outliers else result.outliers
     written: dict = {}
     dtype = aligned_dtype(stack.dtype)
-    if output is not None:
-        acc = None if mean is None else MeanAccumulator(stack.shape[1:], dtype)
-        integer_out = integer and np.dtype(stack.dtype).kind in "biu"
-        mask_path = aligned_mask_path(output) if integer_out else None
+    if paths.output is not None:
+        acc = None if paths.mean is None else MeanAccumulator(stack.shape[1:], dtype)
         written["output"] = yield from write_aligned(
-            output, stack, shifts, overwrite=overwrite, attrs=attrs, dask_stack=dask_stack,
-            chunk_frames=chunk_frames, valid=valid, integer=integer, mean=acc, exclude=exclude,
-            mask_path=mask_path, **kwargs)
-        if mask_path is not None:
-            written["output mask"] = mask_path
-        result = None if acc is None else acc.result()
-    elif mean is not None:
+            paths.output, stack, moves, settings=settings, overwrite=overwrite, attrs=attrs,
+            dask_stack=dask_stack, chunk_frames=chunk_frames, valid=valid, mean=acc,
+            exclude=exclude, mask_path=paths.output_mask)
+        written["output_mask"] = paths.output_mask
+        mean = None if acc is None else acc.result()
+    elif paths.mean is not None:
         block = chunk_frames if dask_stack is not None else 1
-        result = yield from iter_mean(stack, shifts, valid=valid, exclude=exclude, block=block,
-                                      **kwargs)
-    if mean is not None:
-        written["mean"], written["mean count"] = write_mean(mean, result)
-    return written
+        mean = yield from iter_mean(stack, moves, settings=settings, valid=valid, exclude=exclude,
+                                    block=block)
+    if paths.mean is not None:
+        written["mean"], written["mean_count"] = write_mean(paths.mean, mean)
+    return OutputPaths(**written)

@@ -2,8 +2,8 @@
 namespace of the array API standard (array-api-strict in the tests).
 
 The per-frame kernels are written against the array API standard (through
-``array-api-compat``); numpy arrays use numpy itself, with a few in-place
-forms (``out=``) that the standard does not have, in :class:`Ops`.
+``array-api-compat``); what differs between libraries is asked of their
+:class:`~._base.Backend` (the registry in :mod:`._registry`).
 
 ``device`` (a :class:`~napari_maskalign.engine.RegistrationOptions` field):
 
@@ -16,17 +16,23 @@ forms (``out=``) that the standard does not have, in :class:`Ops`.
 from __future__ import annotations
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj, is_dask_array, is_numpy_array
+from array_api_compat import array_namespace, is_array_api_obj
+
+from ._base import is_foreign_array
+from ._cupy import CupyBackend
+from ._registry import backend_for, to_host
 
 __all__ = [
     "DEVICES",
     "GPU_MISSING",
-    "Ops",
     "check_device",
     "gpu_available",
+    "is_foreign_array",
     "namespace_for",
     "namespace_of",
+    "native",
     "to_host",
+    "to_namespace",
 ]
 
 #: the values of the ``device`` option
@@ -46,28 +52,9 @@ def check_device(device):
     return device
 
 
-def _cupy():
-    """The cupy module if it is installed and sees a GPU, else None."""
-    try:
-        import cupy
-    except Exception:  # ImportError, or a CUDA library that fails to load
-        return None
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-    except Exception:  # no driver, no device
-        return None
-    return cupy
-
-
 def gpu_available() -> bool:
     """Whether CuPy is installed and sees at least one GPU."""
-    return _cupy() is not None
-
-
-def is_foreign_array(x) -> bool:
-    """An array API array that is neither numpy nor dask (CuPy, array-api-strict, ...)."""
-    return is_array_api_obj(x) and not is_numpy_array(x) and not is_dask_array(x)
+    return CupyBackend.available()
 
 
 def namespace_of(x):
@@ -83,70 +70,22 @@ def namespace_for(device, *inputs):
     if device == "cpu":
         return np
     if device == "gpu":
-        cupy = _cupy()
-        if cupy is None:
+        xp = CupyBackend.default_namespace()
+        if xp is None:
             raise ValueError(GPU_MISSING)
-        return array_namespace(cupy.empty(0))
+        return xp
     for x in inputs:
         if x is not None and is_foreign_array(x):
             return array_namespace(x)
     return np
 
 
-def to_host(x) -> np.ndarray:
-    """Any array as a numpy array (copied from a GPU; numpy arrays as they are)."""
-    if isinstance(x, np.ndarray):
-        return x
-    if type(x).__module__.startswith("cupy"):
-        return x.get()
-    return np.asarray(x)
-
-
 def to_namespace(xp, x, dtype=None):
     """``x`` (numpy or ``xp``) as an array of namespace ``xp``."""
-    if xp is np:
-        return np.asarray(to_host(x), dtype=dtype)
-    if not is_foreign_array(x):
-        x = np.ascontiguousarray(x)
-    out = xp.asarray(x)
-    return out if dtype is None else xp.astype(out, dtype)
+    return backend_for(xp).own(x, dtype)
 
 
-class Ops:
-    """The few in-place operations of the kernels: ``out=`` for numpy, new
-    arrays elsewhere (the standard has in-place operators but no ``out=``)."""
-
-    def __init__(self, xp):
-        self.xp = xp
-        self.numpy = xp is np
-
-    def conj(self, x):
-        return np.conjugate(x, out=x) if self.numpy else self.xp.conj(x)
-
-    def rsub(self, a, b):
-        """``a - b``, in ``b``'s memory where possible."""
-        return np.subtract(a, b, out=b) if self.numpy else a - b
-
-    def clamp_low(self, x, lo):
-        return np.maximum(x, lo, out=x) if self.numpy else self.xp.maximum(x, lo)
-
-    def sqrt(self, x):
-        return np.sqrt(x, out=x) if self.numpy else self.xp.sqrt(x)
-
-    def clip(self, x, lo, hi):
-        return np.clip(x, lo, hi, out=x) if self.numpy else self.xp.clip(x, lo, hi)
-
-    def divide_where(self, num, den, ok):
-        """``num / den`` where ``ok``, 0 elsewhere."""
-        if self.numpy:
-            out = np.zeros_like(den)
-            return np.divide(num, den, out=out, where=ok)
-        xp = self.xp
-        return xp.where(ok, num / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(den))
-
-    def multiply_into(self, out, index, a, b):
-        """``out[index] = a * b``."""
-        if self.numpy:
-            np.multiply(a, b, out=out[index])
-        else:
-            out[index] = a * b
+def native(x):
+    """``x`` where it is: arrays of an array API library (CuPy, dask) as they are,
+    anything else (memory maps, lists) as a numpy array."""
+    return x if is_array_api_obj(x) and not isinstance(x, np.ndarray) else np.asarray(x)

@@ -25,8 +25,9 @@ from ._fft import (
     rfftn,
     upsampled_real,
 )
+from ._grid import outer_and
 
-__all__ = ["CorrelationPeak", "PhaseCorrelator", "outer_and", "inside_box", "refine_two_stage"]
+__all__ = ["CorrelationPeak", "PhaseCorrelator", "inside_box", "refine_two_stage"]
 
 
 @dataclass
@@ -235,12 +236,3 @@ def inside_box(starts, region, u, max_shift, offset=0.0):
     return outer_and(
         [np.abs(s + steps + o) <= m + 1e-9 for s, o, m in zip(np.asarray(starts, float), off, ms)]
     )
-
-
-def outer_and(flags):
-    """Broadcast per-axis boolean vectors to their n-dimensional AND."""
-    nd = len(flags)
-    out = np.ones(tuple(len(f) for f in flags), dtype=bool)
-    for ax, f in enumerate(flags):
-        out &= np.asarray(f, dtype=bool).reshape([-1 if i == ax else 1 for i in range(nd)])
-    return out

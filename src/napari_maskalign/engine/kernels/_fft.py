@@ -3,6 +3,12 @@
 The transforms take arrays of any namespace of the array API standard:
 numpy arrays go through ``scipy.fft`` (threads via ``workers``), others
 (CuPy, array-api-strict) through their namespace's ``fft`` module.
+
+References
+----------
+Guizar-Sicairos M, Thurman ST, Fienup JR. "Efficient subpixel image
+registration algorithms." Optics Letters 33(2):156-158 (2008).
+https://doi.org/10.1364/OL.33.000156
 """
 
 from __future__ import annotations

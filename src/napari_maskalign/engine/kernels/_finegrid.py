@@ -8,13 +8,20 @@ size), or, for megapixel frames, from a small window of the whole-pixel terms
 cropped around the peak (a cost independent of the frame size, within one
 ``1/u`` step of the exact grid). A mixin of
 :class:`~napari_maskalign.engine.MaskedCorrelator`.
+
+References
+----------
+Guizar-Sicairos M, Thurman ST, Fienup JR. "Efficient subpixel image
+registration algorithms." Optics Letters 33(2):156-158 (2008).
+https://doi.org/10.1364/OL.33.000156
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backends._device import namespace_of, to_host
+from ..backends import backend_for, backend_of
+from ..backends._device import to_host
 from ._correlators import inside_box, refine_two_stage
 from ._fft import rfftn, upsampled_real
 
@@ -35,8 +42,8 @@ class FineGridRefinement:
             xp = self.xp
             shape = list(surface.shape)
             shape[ax] = 1
-            join = np.concatenate if xp is np else xp.concat
-            surface = join([surface, xp.zeros(tuple(shape), dtype=surface.dtype)], axis=ax)
+            surface = backend_for(xp).concat([surface, xp.zeros(tuple(shape), dtype=surface.dtype)],
+                                             axis=ax)
             pos = np.where(pos < 0, surface.shape[ax] - 1, pos)
         return _gather(surface, [pos if k == ax else i for k, i in enumerate(index)], dtype)
 
@@ -127,7 +134,7 @@ def _outer_product(vectors) -> np.ndarray:
 def _gather(surface, index, dtype=np.float32) -> np.ndarray:
     """``surface`` at the outer product of per-axis integer ``index`` lists, as a
     numpy array (the small gather runs where ``surface`` is)."""
-    xp = namespace_of(surface)
+    backend = backend_of(surface)
     for ax, idx in enumerate(index):
-        surface = xp.take(surface, xp.asarray(idx) if xp is not np else idx, axis=ax)
+        surface = backend.take(surface, idx, axis=ax)
     return np.ascontiguousarray(to_host(surface), dtype=dtype)

@@ -15,6 +15,15 @@ The set-up (masks, reference) runs once on the host with numpy and scipy;
 the per-frame work is written against the array API standard, so it runs
 where the frames are (numpy, CuPy; array-api-strict in the tests), one frame
 or a batch of frames (a leading axis) at a time.
+
+References
+----------
+Padfield D. "Masked object registration in the Fourier domain." IEEE
+Transactions on Image Processing 21(5):2706-2718 (2012).
+https://doi.org/10.1109/TIP.2011.2181402
+Guizar-Sicairos M, Thurman ST, Fienup JR. "Efficient subpixel image
+registration algorithms." Optics Letters 33(2):156-158 (2008).
+https://doi.org/10.1364/OL.33.000156
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ import threading
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..backends._device import Ops, to_host, to_namespace
-from ._correlators import CorrelationPeak, outer_and
+from ..backends import backend_for
+from ..backends._device import namespace_of, to_host, to_namespace
+from ._correlators import CorrelationPeak
 from ._fft import (
     default_workers,
     fast_shape,
@@ -36,6 +46,7 @@ from ._fft import (
     rfftn_padded,
 )
 from ._finegrid import FineGridRefinement
+from ._grid import outer_and
 
 __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 
@@ -190,7 +201,7 @@ class MaskedCorrelator(FineGridRefinement):
 
     def _set_namespace(self, xp) -> None:
         """Copy the per-frame constants of the masks to namespace ``xp``."""
-        self.xp, self._ops = xp, Ops(xp)
+        self.xp, self._ops = xp, backend_for(xp)
         self._local = threading.local()
         dev = self._dev
         self._mask_f_ref_x = dev(self._mask_f_ref)
@@ -201,23 +212,19 @@ class MaskedCorrelator(FineGridRefinement):
             self._overlap_grid = dev(self._raw_overlap.astype(np.float64))
 
     def _dev(self, a):
-        return a if self.xp is np else to_namespace(self.xp, a)
+        return to_namespace(self.xp, a)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         for key in ("xp", "_ops", "_local"):
             state.pop(key, None)
         state["_fine_cache"] = {}
-        state["_host_namespace"] = self.xp is np
         return state
 
     def __setstate__(self, state):
-        host = state.pop("_host_namespace")
         self.__dict__.update(state)
-        from ..backends._device import namespace_of
-
-        xp = np if host else namespace_of(self._mov_w_x)
-        self.xp, self._ops, self._local = xp, Ops(xp), threading.local()
+        xp = namespace_of(self._mov_w_x)  # the constants' arrays say where they are
+        self.xp, self._ops, self._local = xp, backend_for(xp), threading.local()
 
     def set_reference(self, reference) -> None:
         """Swap in a new reference image with the same mask: only the terms
@@ -349,7 +356,7 @@ class MaskedCorrelator(FineGridRefinement):
     def register(self, moving, *, xcorr_radius=None) -> CorrelationPeak:
         """Register ``moving`` (finite: callers zero or refuse NaN first, see
         :func:`~napari_maskalign.engine._masks.finite_where_valid`)."""
-        mov = moving if self.xp is not np else np.asarray(moving)
+        mov = self._ops.own(moving)
         if tuple(mov.shape) != self.mov_shape:
             raise ValueError(f"moving image has shape {tuple(mov.shape)}, expected {self.mov_shape}")
         return self.register_batch(mov[None, ...], xcorr_radius=xcorr_radius)[0]
@@ -359,10 +366,7 @@ class MaskedCorrelator(FineGridRefinement):
         correlator's namespace): the transforms and the whole-pixel search run on
         all of them at once, the refinement frame by frame."""
         xp = self.xp
-        if xp is np:
-            frames = np.asarray(frames).astype(self.dtype, copy=False)
-        else:
-            frames = xp.astype(frames, self._mov_w_x.dtype, copy=False)
+        frames = self._ops.astype(frames, self._mov_w_x.dtype)
         prods, (sum_m, sum_mm, sum_mf) = self._terms(frames)
         ncc, den_max = self._whole_pixel_ncc(sum_m, sum_mm, sum_mf)
         count = int(frames.shape[0])

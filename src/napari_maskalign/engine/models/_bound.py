@@ -10,6 +10,12 @@ between them is the difference of two positions, so its covariance is at
 least ``F_moving^-1 + F_reference^-1`` (``2 F^-1`` when both frames are
 alike: the textbook ``var >= 2 / sum (dI/dx)^2 / sigma^2``). The median
 absolute error of a Gaussian estimate is 0.6745 standard deviations.
+
+References
+----------
+Robinson D, Milanfar P. "Fundamental performance limits in image
+registration." IEEE Transactions on Image Processing 13(9):1185-1199 (2004).
+https://doi.org/10.1109/TIP.2004.832923
 """
 
 from __future__ import annotations

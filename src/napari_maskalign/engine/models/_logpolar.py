@@ -33,12 +33,11 @@ import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ..kernels._masked import MaskedCorrelator, soft_weights
-from ._refine import Refiner, filled, nearest_fill_index, transform_from_params
+from ._base import Model
+from ._fill import filled, nearest_fill_index
+from ._refine import Refiner
 
-__all__ = ["MODELS", "LogPolar", "ModelRegistrar"]
-
-#: the transform models
-MODELS = ("translation", "rigid", "similarity")
+__all__ = ["LogPolar", "ModelRegistrar"]
 
 #: the largest scale change the coarse step looks for (either way)
 MAX_LOG_SCALE = float(np.log(1.25))
@@ -202,17 +201,20 @@ class ModelRegistrar:
     reference : ndarray, 2D
     ref_valid, mov_valid : ndarray of bool
         Valid pixels of the reference and of the frames (True = valid).
-    model : {"rigid", "similarity"}
+    model : Model
+        A model with a rotation (and a scale): rigid or similarity.
     overlap_ratio : float
         For the coarse shift (as in :class:`~._masked.MaskedCorrelator`).
     """
 
-    def __init__(self, reference, ref_valid, mov_valid, model: str, *, overlap_ratio=0.3):
+    def __init__(self, reference, ref_valid, mov_valid, model: Model, *, overlap_ratio=0.3):
         ref = np.asarray(reference, dtype=np.float64)
         if ref.ndim != 2:
+            from . import models_for
+
             raise ValueError(
-                f"the {model} model needs 2D frames; these are {ref.ndim}D (use "
-                "model='translation' for 3D frames)"
+                f"the {model.name} model needs 2D frames; these are {ref.ndim}D (use "
+                f"{models_for(ref.ndim)} for {ref.ndim}D frames)"
             )
         self.model, self.shape = model, ref.shape
         self.ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
@@ -289,7 +291,7 @@ class ModelRegistrar:
             levels = pyramid(frame, (self.f_polar, self.f_coarse))
         angle, log_scale = self.polar.estimate(
             self.ref_polar, self.polar.transform(levels[self.f_polar]),
-            scale=self.model == "similarity",
+            scale=self.model.scales,
         )
         fc = self.f_coarse
         mov = filled(levels[fc], self.fill_coarse)
@@ -319,14 +321,12 @@ class ModelRegistrar:
             raise ValueError("the frame's valid pixels never overlap the reference's")
         _, theta, lin, shift = best
         u = -lin @ shift * fc
-        if self.model == "rigid":
-            return np.array([u[0], u[1], theta])
-        return np.array([u[0], u[1], lin[1, 0], lin[0, 0] - 1.0])
+        return self.model.from_coarse(u, theta, lin)
 
-    def register(self, frame, start=None):
+    def register(self, frame):
         """``(transform, quality)`` of one frame (finite on its valid pixels)."""
         levels = pyramid(frame, (1, self.f_polar, self.f_coarse))
-        params = self.coarse(frame, levels) if start is None else np.asarray(start, float)
+        params = self.coarse(frame, levels)
         result, noise = None, None
         for f in self.levels:
             p = params.copy()
@@ -338,7 +338,7 @@ class ModelRegistrar:
                 alpha, beta, floor = result.noise
                 noise = (alpha * f * f, beta * f * f, floor * f * f)
         centre = (np.asarray(self.shape, float) - 1) / 2
-        return transform_from_params(params, self.model, centre), result.quality
+        return self.model.transform(params, centre), result.quality
 
     def xcorr_window(self, frame, transform, radius: int) -> np.ndarray:
         """The masked correlation around zero shift of the frame with its rotation and

@@ -30,6 +30,24 @@ The transform is parametrised as the warp ``W(q) = c + A (q - c) + u`` that
 takes a reference pixel ``q`` to where the moving frame holds its content
 (``c`` the frame's centre): ``u`` alone for translation, ``A`` a rotation for
 rigid, a rotation times a scale for similarity.
+
+References
+----------
+Baker S, Matthews I. "Lucas-Kanade 20 years on: a unifying framework."
+International Journal of Computer Vision 56(3):221-255 (2004).
+https://doi.org/10.1023/B:VISI.0000011205.11775.fd (the Gauss-Newton
+refinement of a warp, "forwards additive").
+Unser M. "Splines: a perfect fit for signal and image processing." IEEE
+Signal Processing Magazine 16(6):22-38 (1999). https://doi.org/10.1109/79.799930 (the
+cubic spline sampling).
+Knutsson H, Westin C-F. "Normalized and differential convolution." Proc.
+IEEE Conference on Computer Vision and Pattern Recognition, 515-523 (1993).
+https://doi.org/10.1109/CVPR.1993.341081
+(the smooth fill of masked pixels before the Wiener estimate).
+Robinson D, Milanfar P. "Fundamental performance limits in image
+registration." IEEE Transactions on Image Processing 13(9):1185-1199 (2004).
+https://doi.org/10.1109/TIP.2004.832923 (the bound the
+refinement is measured against).
 """
 
 from __future__ import annotations
@@ -38,75 +56,15 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-__all__ = ["PARAMS", "Refiner", "params_from_transform", "transform_from_params"]
+from ._base import Model
+from ._fill import filled, nearest_fill_index
 
-#: number of warp parameters per model (2D); translation has one per axis
-PARAMS = {"rigid": 3, "similarity": 4}
+__all__ = ["Refiner"]
+
 _BINS = 16
 
 #: ``select`` keeps at least this many pixels (small frames keep them all)
 MIN_POINTS = 4000
-
-
-def _linear(params, model) -> np.ndarray:
-    """The warp's matrix ``A`` for 2D ``params`` (u_y, u_x, then angle or b, a)."""
-    if model == "rigid":
-        t = params[2]
-        return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-    b, a = params[2], params[3]
-    return np.array([[1 + a, -b], [b, 1 + a]])
-
-
-def transform_from_params(params, model: str, centre) -> np.ndarray:
-    """The registering transform (moving pixel -> reference coordinate) of a warp."""
-    params = np.asarray(params, dtype=float)
-    c = np.asarray(centre, dtype=float)
-    ndim = len(c)
-    out = np.eye(ndim + 1)
-    if model == "translation":
-        out[:ndim, ndim] = -params
-        return out
-    inv = np.linalg.inv(_linear(params, model))
-    out[:2, :2] = inv
-    out[:2, 2] = c - inv @ (c + params[:2])
-    return out
-
-
-def params_from_transform(transform, model: str, centre) -> np.ndarray:
-    """The warp parameters of a registering transform (its inverse, parametrised)."""
-    t = np.asarray(transform, dtype=float)
-    c = np.asarray(centre, dtype=float)
-    ndim = len(c)
-    if model == "translation":
-        return -t[:ndim, ndim]
-    lin = np.linalg.inv(t[:2, :2])  # W = T^-1: W(q) = lin (q - t) = c + lin (q - c) + u
-    u = lin @ (c - t[:2, 2]) - c
-    if model == "rigid":
-        return np.array([u[0], u[1], np.arctan2(lin[1, 0] - lin[0, 1], lin[0, 0] + lin[1, 1])])
-    a = (lin[0, 0] + lin[1, 1]) / 2 - 1
-    b = (lin[1, 0] - lin[0, 1]) / 2
-    return np.array([u[0], u[1], b, a])
-
-
-def nearest_fill_index(valid):
-    """``(targets, sources)``: flat indices of the invalid pixels and of their nearest
-    valid pixel, for :func:`filled`; None when every pixel is valid."""
-    valid = np.asarray(valid, bool)
-    if valid.all():
-        return None
-    idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    targets = np.flatnonzero(~valid)
-    sources = np.ravel_multi_index(tuple(i.ravel()[targets] for i in idx), valid.shape)
-    return targets, sources
-
-
-def filled(frame, index) -> np.ndarray:
-    """A float64 copy of ``frame`` whose invalid pixels hold their nearest valid value."""
-    out = np.array(frame, dtype=np.float64)
-    if index is not None:
-        flat = out.reshape(-1)
-        flat[index[0]] = flat[index[1]]
-    return out
 
 
 def _smooth_fill(image, valid, sigma: float = 4.0) -> np.ndarray:
@@ -184,30 +142,30 @@ class Refiner:
     ref_valid, mov_valid : ndarray of bool, optional
         Valid pixels of the reference and of the moving frames (True =
         valid); all by default, ``mov_valid`` defaults to ``ref_valid``.
-    model : {"translation", "rigid", "similarity"}
+    model : Model
+        The motion model (its warp, Jacobian and transform); one of
+        :data:`~napari_maskalign.engine.models.MODELS`.
     select : float, optional
         Use only this fraction of the reference's valid pixels (at least
         ``MIN_POINTS`` of them), those with the strongest gradient: they carry
         the information. All by default.
     margin : int
         Pixels this close to an invalid pixel or the frame's edge are not used.
-    weighted : bool
-        Fit the noise model and weight the residuals by it (else plain least
-        squares).
     centre : array, optional
         The point the rotation and scale turn about, in this image's pixels
         (default: its centre; a reduced level passes the full frame's centre).
     """
 
-    def __init__(self, reference, ref_valid=None, mov_valid=None, model="translation", *,
-                 select=None, margin=3, weighted=True, max_iter=12, tol=1e-4, centre=None):
+    def __init__(self, reference, ref_valid, mov_valid, model: Model, *,
+                 select=None, margin=3, max_iter=12, tol=1e-4, centre=None):
         ref = np.asarray(reference, dtype=np.float64)
         self.shape, self.ndim, self.model = ref.shape, ref.ndim, model
-        if model != "translation" and ref.ndim != 2:
-            raise ValueError(f"the {model} model is for 2D frames; these are {ref.ndim}D")
+        if ref.ndim not in model.frame_ndims:
+            raise ValueError(
+                f"the {model.name} model is for {model.frames_text} frames; these are {ref.ndim}D")
         ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
         mov_valid = ref_valid if mov_valid is None else np.asarray(mov_valid, bool)
-        self.margin, self.weighted, self.max_iter, self.tol = margin, weighted, max_iter, tol
+        self.margin, self.max_iter, self.tol = margin, max_iter, tol
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
         self.centre = np.asarray(centre, dtype=float)
@@ -239,7 +197,7 @@ class Refiner:
 
     @property
     def n_params(self) -> int:
-        return self.ndim if self.model == "translation" else PARAMS[self.model]
+        return self.model.n_params(self.ndim)
 
     def prepare(self, frame) -> np.ndarray:
         """The frame's cubic spline coefficients (masked pixels filled first)."""
@@ -248,20 +206,14 @@ class Refiner:
     def _warp(self, params):
         """Sample positions ``W(q)`` ``(ndim, K)`` and the Jacobian's geometric columns
         ``(K, n_params)``."""
-        if self.model == "translation":
+        if self.model.shift_only:
             return self.d + (self.centre + params)[:, None], self.g.T
-        lin = _linear(params, self.model)
+        lin = self.model.warp_matrix(params)
         pos = lin @ self.d + (self.centre + params[:2])[:, None]
         grad = np.linalg.inv(lin).T @ self.g  # the moving frame's gradient at W(q)
         cols = np.empty((self.n_points, self.n_params))
         cols[:, :2] = grad.T
-        if self.model == "rigid":
-            t = params[2]
-            turn = np.array([[-np.sin(t), -np.cos(t)], [np.cos(t), -np.sin(t)]]) @ self.d
-            cols[:, 2] = grad[0] * turn[0] + grad[1] * turn[1]
-        else:
-            cols[:, 2] = grad[1] * self.d[0] - grad[0] * self.d[1]
-            cols[:, 3] = grad[0] * self.d[0] + grad[1] * self.d[1]
+        self.model.jacobian(params, grad, self.d, cols)
         return pos, cols
 
     def _sample(self, coeffs, pos, params) -> np.ndarray:
@@ -269,7 +221,7 @@ class Refiner:
         shift puts every sample at the same fraction of a pixel, so the cubic weights
         are shared: two 4-tap passes over the frame and a gather, a few times cheaper
         than general sampling."""
-        if self.model != "translation":
+        if not self.model.shift_only:
             return ndi.map_coordinates(coeffs, pos, order=3, mode="mirror", prefilter=False)
         whole = np.floor(params)
         out = coeffs
@@ -312,7 +264,7 @@ class Refiner:
         return ok / np.maximum(alpha * self.level + beta, floor)
 
     def run(self, frame, params, *, coeffs=None, noise=None) -> RefineResult:
-        """Refine ``params`` (the warp, see :func:`params_from_transform`) for ``frame``;
+        """Refine ``params`` (the warp, see :class:`~._base.Model`) for ``frame``;
         ``noise``: a noise model to weight by from the first step (else the first step
         is unweighted and its residuals give the model)."""
         params = np.array(params, dtype=np.float64)
@@ -320,7 +272,6 @@ class Refiner:
             coeffs = self.prepare(frame)
         gain, offset, m, used = 1.0, 0.0, None, None
         converged, weighted, it = False, False, 0
-        noise = noise if self.weighted else None
         k = self.n_params
         need = 8 * (k + 2)
         # the gain's column is the smoothed reference, not the noisy one: regressing on
@@ -338,7 +289,7 @@ class Refiner:
             e = np.where(ok, m - gain * self.r - offset, 0.0)
             jac[:, :k] = jgeo
             # unusable points take part with weight 0 (cheaper than cutting them out)
-            if self.weighted and it > 1:
+            if it > 1:
                 noise = self._fit_noise(e, ok)
             weighted = noise is not None
             w = self._weights(noise, ok) if weighted else ok.astype(np.float64)
@@ -352,10 +303,8 @@ class Refiner:
             params += step[:k]
             gain += step[k]
             offset += step[k + 1]
-            moved = np.linalg.norm(step[:self.ndim if self.model == "translation" else 2])
-            if self.model != "translation":
-                moved += np.sum(np.abs(step[2:k])) * self.rmax
-            if moved < self.tol and (weighted or not self.weighted):
+            moved = self.model.step_size(step[:k], self.rmax)
+            if moved < self.tol and weighted:
                 converged = True
                 break
         quality = 0.0 if m is None else _pearson(m[used], self.r[used])

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft as sfft
-from scipy import ndimage as ndi
 
-from ..backends._device import is_foreign_array, namespace_for, namespace_of, to_host, to_namespace
+from ..backends import backend_for
+from ..backends._device import (
+    is_foreign_array,
+    namespace_for,
+    namespace_of,
+    native,
+    to_host,
+    to_namespace,
+)
 from ..backends._frames import is_dask
-from ..kernels._correlators import outer_and
-from ._refine import nearest_fill_index
+from ..kernels._grid import outer_and
+from ._fill import nearest_fill_index
 
 __all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "ignored_filler", "map_frames",
-           "shift_frame"]
+           "shift_frame", "shift_valid"]
 
 METHODS = ("spline", "fourier")
 
@@ -33,27 +39,13 @@ def _inside(shape, shift) -> np.ndarray:
     return outer_and(flags)
 
 
-def _ndimage(xp):
-    """scipy.ndimage for numpy arrays, cupyx.scipy.ndimage for CuPy ones (the GPU
-    hook of every shift and transform of frames)."""
-    if xp is np:
-        return ndi, sfft
-    if xp.__name__.endswith("cupy"):
-        import cupy
-        from cupyx.scipy import ndimage as cundi
-
-        return cundi, cupy.fft
-    raise ValueError(
-        f"shifting frames needs numpy or CuPy arrays, got arrays of {xp.__name__}"
-    )
-
-
 def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
     """Shift one frame by ``shift`` (pixels, per axis); outside pixels get ``fill_value``.
     A CuPy frame is shifted on its GPU and stays there."""
     xp = namespace_of(frame)
-    frame = np.asarray(frame) if xp is np else frame
-    ndimage, fft = _ndimage(xp)
+    frame = native(frame)
+    backend = backend_for(xp)
+    ndimage, fft = backend.ndimage, backend.fft
     shift = np.asarray(shift, dtype=float)
     out_dtype = aligned_dtype(frame.dtype)
     work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
@@ -69,16 +61,17 @@ def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
     out = out.astype(out_dtype, copy=False)
     if fill_value is not None:
         outside = ~_inside(frame.shape, shift)
-        out[outside if xp is np else xp.asarray(outside)] = fill_value
+        out[xp.asarray(outside)] = fill_value
     return out
 
 
-def _shift_valid(valid, shift):
+def shift_valid(valid, shift):
+    """Where the shifted frame holds real data: inside the field and valid before."""
     xp = namespace_of(valid)
-    ndimage, _ = _ndimage(xp)
+    ndimage = backend_for(xp).ndimage
     moved = ndimage.shift(valid.astype(np.float32), tuple(shift), order=1, mode="constant", cval=0.0)
     inside = _inside(valid.shape, shift)
-    return (moved > 0.999) & (inside if xp is np else xp.asarray(inside))
+    return (moved > 0.999) & xp.asarray(inside)
 
 
 def _check(stack_shape, shifts, valid_mask, method, order):
@@ -188,7 +181,7 @@ def apply_shifts(
     """
     stack = check_frames(stack)
     shifts, valid_mask = _check(tuple(stack.shape), shifts, valid_mask, method, order)
-    return map_frames(stack, shifts, shift_frame, _shift_valid, valid_mask, return_valid,
+    return map_frames(stack, shifts, shift_frame, shift_valid, valid_mask, return_valid,
                       device=device, workers=workers, method=method, order=order,
                       fill_value=fill_value)
 
@@ -235,7 +228,7 @@ def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *
         def move(frame, m, **kw):
             return inner(fill(frame), m, **kw)
 
-    if xp is not np:
+    if not backend_for(xp).on_host:
         return _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw)
     base = np.ones(tuple(stack.shape[1:]), bool) if valid_mask is None else valid_mask
     out_dtype = aligned_dtype(stack.dtype)
@@ -281,8 +274,8 @@ def map_frames(stack, moves, move, move_valid, valid_mask, return_valid: bool, *
 def _map_on_device(xp, stack, moves, move, move_valid, valid_mask, return_valid, kw):
     """:func:`map_frames` on a GPU, frame by frame: a CuPy stack gives CuPy arrays,
     any other stack numpy arrays (each frame copied back when done). ``move`` and
-    ``move_valid`` resample through :func:`_ndimage`, which works on both."""
-    _ndimage(xp)  # refuses a namespace that cannot resample frames, before any work
+    ``move_valid`` resample through the backend's ndimage, which works on both."""
+    _ = backend_for(xp).ndimage  # refuses a namespace that cannot resample, before any work
     foreign = is_foreign_array(stack)
     lib = xp if foreign else np
     n, frame_shape = int(stack.shape[0]), tuple(stack.shape[1:])

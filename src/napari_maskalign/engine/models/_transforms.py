@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends._device import namespace_of
+from ..backends import backend_for
+from ..backends._device import namespace_of, native
 from ._shift import (
-    _ndimage,
-    _shift_valid,
     aligned_dtype,
     check_frames,
     check_resampling,
     map_frames,
     shift_frame,
+    shift_valid,
 )
 
 __all__ = [
@@ -161,18 +161,17 @@ def warp_frame(frame, transform, *, method="spline", order=3, fill_value=np.nan)
             "a Fourier shift can only shift; frames that rotate or scale need method='spline'"
         )
     xp = namespace_of(frame)  # a CuPy frame is warped on its GPU and stays there
-    frame = np.asarray(frame) if xp is np else frame
-    ndimage, _ = _ndimage(xp)
+    frame = native(frame)
+    ndimage = backend_for(xp).ndimage
     out_dtype = aligned_dtype(frame.dtype)
     work = frame.astype(np.float64 if out_dtype == np.float64 else np.float32, copy=False)
     inv = np.linalg.inv(t)
-    matrix, offset = (inv[:ndim, :ndim], inv[:ndim, ndim]) if xp is np else (
-        xp.asarray(inv[:ndim, :ndim]), tuple(inv[:ndim, ndim]))
+    matrix, offset = xp.asarray(inv[:ndim, :ndim]), tuple(inv[:ndim, ndim])
     out = ndimage.affine_transform(work, matrix, offset=offset, order=order, mode="nearest",
                                    prefilter=order > 1).astype(out_dtype, copy=False)
     if fill_value is not None:
         outside = ~_inside(frame.shape, inv)
-        out[outside if xp is np else xp.asarray(outside)] = fill_value
+        out[xp.asarray(outside)] = fill_value
     return out
 
 
@@ -181,16 +180,15 @@ def warp_valid(valid, transform) -> np.ndarray:
     t = np.asarray(transform, dtype=float)
     ndim = t.shape[0] - 1
     if is_translation(t[None])[0]:
-        return _shift_valid(valid, t[:ndim, ndim])
+        return shift_valid(valid, t[:ndim, ndim])
     xp = namespace_of(valid)
-    ndimage, _ = _ndimage(xp)
+    ndimage = backend_for(xp).ndimage
     inv = np.linalg.inv(t)
-    matrix, offset = (inv[:ndim, :ndim], inv[:ndim, ndim]) if xp is np else (
-        xp.asarray(inv[:ndim, :ndim]), tuple(inv[:ndim, ndim]))
+    matrix, offset = xp.asarray(inv[:ndim, :ndim]), tuple(inv[:ndim, ndim])
     moved = ndimage.affine_transform(valid.astype(np.float32), matrix, offset=offset, order=1,
                                      mode="constant", cval=0.0)
     inside = _inside(valid.shape, inv)
-    return (moved > 0.999) & (inside if xp is np else xp.asarray(inside))
+    return (moved > 0.999) & xp.asarray(inside)
 
 
 def apply_transforms(stack, transforms, *, method="spline", order=3, fill_value=np.nan,

@@ -32,6 +32,14 @@ from a bounded sample of frames:
 
 Pixels the mask already ignores take no part (so the block's edge is not an
 outlier) and are never reported.
+
+References
+----------
+The search itself is this project's own (see above); it rests on
+Hampel FR. "The influence curve and its role in robust estimation." Journal
+of the American Statistical Association 69(346):383-393 (1974).
+https://doi.org/10.1080/01621459.1974.10482962 (the
+median absolute deviation, the robust spread the thresholds are in units of).
 """
 
 from __future__ import annotations

@@ -72,8 +72,9 @@ def check_valid_mask(valid: np.ndarray, frame_shape: tuple[int, ...], what: str 
         raise ValueError(f"the {what} leaves only {n_valid} valid pixels: too few to register")
 
 
-def check_mask(mask, frame_shape: tuple[int, ...]) -> np.ndarray | None:
-    """An engine mask argument checked: None, or a boolean valid mask of one frame."""
+def check_mask(mask, frame_shape: tuple[int, ...], what: str = "mask") -> np.ndarray | None:
+    """An engine mask argument checked: None, or a boolean valid mask of one frame;
+    ``what`` names it in the messages (a file, a layer)."""
     if mask is None:
         return None
     valid = np.asarray(mask)
@@ -82,7 +83,7 @@ def check_mask(mask, frame_shape: tuple[int, ...]) -> np.ndarray | None:
             "mask must be a boolean array with True on valid pixels (engine convention); "
             "convert a painted mask (nonzero = ignore) with valid_from_ignore()"
         )
-    check_valid_mask(valid, frame_shape)
+    check_valid_mask(valid, frame_shape, what)
     return valid
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..backends._device import check_device
+from ..models import DEFAULT_MODEL, MODELS, Model, model_named, models_for
 
 __all__ = [
     "MAX_UPSAMPLE",
-    "MODELS",
     "REFERENCE_MODES",
     "SMOOTHING",
     "RegistrationOptions",
@@ -29,9 +29,6 @@ __all__ = [
 
 #: reference modes besides a frame index or an explicit image
 REFERENCE_MODES = ("mean", "previous", "template")
-
-#: transform models: shifts; rotation and shift; rotation, uniform scale and shift
-MODELS = ("translation", "rigid", "similarity")
 
 #: smoothing over time: none, or strength and jumps from the data
 SMOOTHING = ("off", "auto")
@@ -152,7 +149,7 @@ class RegistrationOptions:
     workers: int | None = None
     hot_pixels: Any = "auto"
     device: str | None = None
-    model: str = "translation"
+    model: str = DEFAULT_MODEL
     refine: bool | None = None
     smoothing: str = "off"
 
@@ -197,10 +194,11 @@ class RegistrationOptions:
         check_device(self.device)
         put("interpolate_outliers", bool(self.interpolate_outliers))
         put("return_xcorr", bool(self.return_xcorr))
-        if not isinstance(self.model, str) or self.model not in MODELS:
+        if not isinstance(self.model, str):
             raise ValueError(
                 f"model must be one of {', '.join(map(repr, MODELS))}, got {self.model!r}"
             )
+        model = model_named(self.model)
         if self.refine is not None and not isinstance(self.refine, (bool, np.bool_)):
             raise ValueError(f"refine must be True, False or None (automatic), got {self.refine!r}")
         put("refine", None if self.refine is None else bool(self.refine))
@@ -208,25 +206,33 @@ class RegistrationOptions:
             raise ValueError(
                 f"smoothing must be one of {', '.join(map(repr, SMOOTHING))}, got {self.smoothing!r}"
             )
-        if self.model != "translation" and self.refine is False:
+        if not model.refine_optional and self.refine is False:
+            optional = " or ".join(f"model={m.name!r}" for m in MODELS.values()
+                                   if m.refine_optional)
             raise ValueError(
                 f"the {self.model} model always ends in the Gauss-Newton refinement; "
-                "refine=False applies to model='translation' only"
+                f"refine=False applies to {optional} only"
             )
-        if self.model != "translation" and self.mode == "image" and self.reference.ndim != 2:
+        nd = self.reference.ndim if self.mode == "image" else None
+        if nd is not None and nd not in model.frame_ndims:
             raise ValueError(
-                f"the {self.model} model needs 2D frames, but the reference image is "
-                f"{self.reference.ndim}D; use model='translation' for 3D frames"
+                f"the {self.model} model needs {model.frames_text} frames, but the reference "
+                f"image is {nd}D; use {models_for(nd)} for {nd}D frames"
             )
 
     # -- derived -------------------------------------------------------------
+    @property
+    def transform_model(self) -> Model:
+        """The :class:`~napari_maskalign.engine.models.Model` named by ``model``."""
+        return MODELS[self.model]
+
     @property
     def refines(self) -> bool:
         """Whether frames are refined: ``refine``, or when None, on for rigid and
         similarity and for subpixel translation (``upsample_factor > 1``)."""
         if self.refine is not None:
             return self.refine
-        return self.model != "translation" or self.upsample_factor > 1
+        return not self.transform_model.refine_optional or self.upsample_factor > 1
 
     def replace(self, **changes) -> RegistrationOptions:
         """A copy with ``changes`` (checked like the original)."""
@@ -277,11 +283,12 @@ class RegistrationOptions:
                 f"the hot_pixels mask has shape {self.hot_pixels.shape} but one frame has "
                 f"shape {tuple(frame_shape)}"
             )
-        if self.model != "translation" and len(frame_shape) != 2:
+        model, nd = self.transform_model, len(frame_shape)
+        if nd not in model.frame_ndims:
             raise ValueError(
-                f"the {self.model} model needs 2D frames, but these frames are "
-                f"{len(frame_shape)}D ({'x'.join(map(str, frame_shape))}); use "
-                "model='translation' for 3D frames"
+                f"the {self.model} model needs {model.frames_text} frames, but these frames "
+                f"are {nd}D ({'x'.join(map(str, frame_shape))}); use {models_for(nd)} for "
+                f"{nd}D frames"
             )
 
     def describe(self) -> dict[str, Any]:
@@ -306,9 +313,9 @@ class RegistrationOptions:
         """
         d = self.describe()
         if self.mode == "image":
-            d["reference"] = "image sha256:" + _digest(self.reference)
+            d["reference"] = "image sha256:" + array_digest(self.reference)
         if not isinstance(self.hot_pixels, str):
-            d["hot_pixels"] = "mask sha256:" + _digest(self.hot_pixels)
+            d["hot_pixels"] = "mask sha256:" + array_digest(self.hot_pixels)
         keep = (
             "reference", "reference_range", "upsample_factor", "max_shift",
             "overlap_ratio", "normalization", "template_iterations", "hot_pixels", "model",
@@ -321,7 +328,9 @@ class RegistrationOptions:
         return out
 
 
-def _digest(arr) -> str:
+def array_digest(arr) -> str:
+    """The SHA-256 of an array's type, shape and values (hex): how a run's settings name
+    an image or a mask (the reference, the hot pixels, the mask in the journal)."""
     arr = np.ascontiguousarray(arr)
     return hashlib.sha256(str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()).hexdigest()
 

@@ -72,7 +72,7 @@ def frames_for(registrar, stack, start: int, stop: int, dtype) -> Iterator:
     """Frames ``start..stop-1`` where the registrar wants them: a CuPy stack's frames
     stay on its GPU when the registrar runs there, everything else is read to the
     host (:func:`~._frames.iter_frames`)."""
-    if registrar.xp is not np and is_foreign_array(stack):
+    if registrar.backend.batches and is_foreign_array(stack):
         return (stack[i, ...] for i in range(start, stop))
     return iter_frames(stack, start, stop, dtype)
 
@@ -80,7 +80,7 @@ def frames_for(registrar, stack, start: int, stop: int, dtype) -> Iterator:
 def register_frames(registrar, frames: Iterable, threads: int) -> Iterator[FrameRecord]:
     """One :class:`FrameRecord` per frame of ``frames``, in order."""
     with hot_memory():
-        if registrar.xp is not np:
+        if registrar.backend.batches:
             for batch in _batches(frames, batch_size(registrar)):
                 yield from registrar.register_batch(batch)
             return

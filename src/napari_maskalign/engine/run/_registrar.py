@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import is_foreign_array, to_host, to_namespace
 from ..kernels._correlators import PhaseCorrelator
 from ..kernels._fft import default_workers, real_dtype_for
@@ -13,7 +14,28 @@ from ._masks import check_valid_mask
 from ._options import RegistrationOptions
 from ._result import FrameRecord
 
-__all__ = ["FrameRegistrar", "has_contrast"]
+__all__ = ["FrameRegistrar", "check_backend", "has_contrast"]
+
+
+def check_backend(backend, masked: bool, model) -> None:
+    """Refuse, in plain words, what a batched backend (a GPU) cannot register: frames
+    without a mask, or a model it has no path for. Runs and registrars call it when
+    they are made, so the answer never depends on the data."""
+    if not backend.batches:
+        return
+    if not masked:
+        raise ValueError(
+            "registration on a GPU needs a mask (masked correlation); without one, "
+            "use device='cpu'"
+        )
+    if not model.gpu:
+        from ..models import MODELS
+
+        able = " and ".join(m.name for m in MODELS.values() if m.gpu)
+        raise ValueError(
+            f"the {model.name} model runs on the CPU; use device='cpu' (the GPU path "
+            f"registers {able})"
+        )
 
 
 def has_contrast(frame, valid=None) -> bool:
@@ -70,16 +92,10 @@ class FrameRegistrar:
     ):
         opts = RegistrationOptions() if options is None else options
         self.xp = np if xp is None else xp
-        if self.xp is not np and valid_mask is None:
-            raise ValueError(
-                "registration on a GPU needs a mask (masked correlation); without one, "
-                "use device='cpu'"
-            )
-        if self.xp is not np and opts.model != "translation":
-            raise ValueError(
-                f"the {opts.model} model runs on the CPU; use device='cpu' (the GPU path "
-                "registers translations)"
-            )
+        #: the array library the per-frame work runs with (numpy, CuPy, ...)
+        self.backend = backend_for(self.xp)
+        check_backend(self.backend, valid_mask is not None, opts.transform_model)
+        model = opts.transform_model
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
         ref = ref.astype(self.dtype, copy=False)
@@ -91,10 +107,10 @@ class FrameRegistrar:
             self.valid = np.asarray(valid_mask, dtype=bool)
             self.ref_valid = self.valid if reference_mask is None else np.asarray(reference_mask, bool)
             check_valid_mask(self.ref_valid, self.shape, "reference's valid area")
-            self._valid_x = self.valid if self.xp is np else to_namespace(self.xp, self.valid)
+            self._valid_x = self.backend.own(self.valid)
         self._check_reference(ref)
         self._corr = None
-        if opts.model == "translation" and self.masked:
+        if model.shift_only and self.masked:
             self._corr = MaskedCorrelator(
                 ref,
                 self.ref_valid,
@@ -107,7 +123,7 @@ class FrameRegistrar:
                 dtype=self.dtype,
                 xp=self.xp,
             )
-        elif opts.model == "translation":
+        elif model.shift_only:
             self._corr = PhaseCorrelator(
                 ref,
                 normalization=opts.normalization,
@@ -116,7 +132,7 @@ class FrameRegistrar:
                 max_shift=opts.max_shift,
                 workers=opts.workers,
             )
-        self.model, self.refines, self._max_shift = opts.model, opts.refines, opts.max_shift
+        self.model, self.refines, self._max_shift = model, opts.refines, opts.max_shift
         self._overlap_ratio = opts.overlap_ratio
         self._refiner = self._models = None
         self._prepare(ref)
@@ -125,31 +141,29 @@ class FrameRegistrar:
         """The refinement's (or the rigid/similarity model's) reference side."""
         if self.masked:
             ref = np.where(self.ref_valid, ref, 0)
-        if self.model != "translation":
-            from ..models._logpolar import ModelRegistrar
-
-            if self._models is None:
-                self._models = ModelRegistrar(ref, self.ref_valid, self.valid, self.model,
-                                              overlap_ratio=self._overlap_ratio)
-            else:
-                self._models.set_reference(ref)
-        elif self.refines:
+        if self._models is not None:
+            self._models.set_reference(ref)
+            return
+        self._models = self.model.searcher(ref, self.ref_valid, self.valid,
+                                           overlap_ratio=self._overlap_ratio)
+        if self._models is None and self.refines:
             from ..models._refine import Refiner
 
             # the strongest 30 % of the pixels carry nearly all the information
             # (measured: as close to the bound as all of them); from a 1/u peak two
             # or three steps converge to 1/500 px
-            self._refiner = Refiner(ref, self.ref_valid, self.valid, "translation", select=0.3,
+            self._refiner = Refiner(ref, self.ref_valid, self.valid, self.model, select=0.3,
                                     tol=2e-3)
 
     def __getstate__(self):  # a namespace (a module) does not pickle: the correlator knows it
         state = self.__dict__.copy()
-        state["xp"] = None
+        state["xp"] = state["backend"] = None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.xp = getattr(self._corr, "xp", np) if self._corr is not None else np
+        self.backend = backend_for(self.xp)
 
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
@@ -181,12 +195,12 @@ class FrameRegistrar:
         if self.xcorr_radius is not None:
             window = np.zeros((2 * self.xcorr_radius + 1,) * len(self.shape), np.float32)
         zero = np.zeros(len(self.shape))
-        eye = None if self.model == "translation" else np.eye(len(self.shape) + 1)
+        eye = None if self.model.shift_only else np.eye(len(self.shape) + 1)
         return FrameRecord(zero, 0.0, zero, window, eye)
 
     def register(self, frame) -> FrameRecord:
         """Register one frame; a frame without contrast gets quality 0, shift 0."""
-        if self.xp is not np:
+        if self.backend.batches:
             return self.register_batch([frame])[0]
         frame = np.asarray(frame)
         if frame.shape != self.shape:
@@ -249,7 +263,7 @@ class FrameRegistrar:
         with frames along its first axis), in this registrar's namespace: the
         checks, the transforms and the whole-pixel search run on the whole batch
         (masked registration; with numpy, one frame after the other)."""
-        if self.xp is np or not self.masked:
+        if not (self.backend.batches and self.masked):
             return [self.register(f) for f in frames]
         xp = self.xp
         if isinstance(frames, (list, tuple)):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..models import DEFAULT_MODEL, Model, model_named
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
 
-__all__ = ["FrameRecord", "Progress", "RegistrationResult", "build_result", "shift_transforms"]
+__all__ = ["FrameRecord", "Progress", "RegistrationResult", "Steps", "build_result",
+           "shift_transforms"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,9 @@ class RegistrationResult:
     params : dict
         The settings the registration ran with.
     model : str
-        The transform model: ``"translation"``, ``"rigid"`` or ``"similarity"``.
+        The transform model's name (a key of
+        :data:`~napari_maskalign.engine.MODELS`; the object is
+        :attr:`transform_model`).
     transforms : ndarray, shape (n_frames, ndim + 1, ndim + 1)
         Per frame, the homogeneous matrix in data-axis (row, col) order, as
         napari's ``affine``, mapping a pixel of the frame to the reference
@@ -154,7 +159,7 @@ class RegistrationResult:
     peaks: np.ndarray | None = None
     xcorr: np.ndarray | None = None
     params: dict[str, Any] = field(default_factory=dict)
-    model: str = "translation"
+    model: str = DEFAULT_MODEL
     transforms: np.ndarray | None = None
     raw_transforms: np.ndarray | None = None
     hot_pixels: np.ndarray | None = None
@@ -168,6 +173,11 @@ class RegistrationResult:
             self.transforms = shift_transforms(self.shifts)
         if self.raw_transforms is None:
             self.raw_transforms = shift_transforms(self.raw_shifts)
+
+    @property
+    def transform_model(self) -> Model:
+        """The :class:`~napari_maskalign.engine.Model` named by :attr:`model`."""
+        return model_named(self.model)
 
     @property
     def n_hot_pixels(self) -> int:
@@ -302,3 +312,27 @@ def rotations_or(rotations, n: int) -> np.ndarray:
 
 def scales_or(scales, n: int) -> np.ndarray:
     return np.ones(n) if scales is None else np.asarray(scales, dtype=float)
+
+
+class Steps:
+    """An iterator over a registration's steps (``self._steps``, a generator) that keeps
+    the generator's return value, the result, in :attr:`result` once it is exhausted
+    (it is also the ``StopIteration`` value, so ``result = yield from steps`` works)."""
+
+    result: Any = None
+    _steps: Iterator
+
+    def __iter__(self) -> Iterator[Progress]:
+        return self
+
+    def __next__(self) -> Progress:
+        try:
+            return next(self._steps)
+        except StopIteration as stop:
+            if stop.value is not None:
+                self.result = stop.value
+            raise
+
+    def close(self) -> None:
+        """Stop at the frame under way (no result)."""
+        self._steps.close()

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..backends import backend_for
 from ..backends._device import namespace_for
 from ..backends._frames import check_stack, is_dask, iter_frames, read_frame
 from ..kernels._fft import default_workers, real_dtype_for
+from ..models import Model
 from ..models._transforms import similarity_transforms, transform_parameters
 from ._hotpixels import mask_with_outliers
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
 from ._parallel import frames_for, register_frames
-from ._registrar import FrameRegistrar, has_contrast
-from ._result import FrameRecord, Progress, RegistrationResult, build_result
+from ._registrar import FrameRegistrar, check_backend, has_contrast
+from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
 __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 
@@ -26,13 +27,13 @@ __all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
 class _Table:
     """The per-frame results of a run, filled as frames finish."""
 
-    def __init__(self, count: int, ndim: int, radius: int | None, model: str = "translation"):
+    def __init__(self, count: int, ndim: int, radius: int | None, model: Model):
         self.shifts = np.zeros((count, ndim))
         self.peaks = np.zeros((count, ndim))
         self.quality = np.zeros(count)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
-        if model != "translation":
+        if not model.shift_only:
             self.transforms = np.broadcast_to(np.eye(ndim + 1), (count, ndim + 1, ndim + 1)).copy()
 
     def put(self, k: int, record: FrameRecord) -> None:
@@ -50,7 +51,7 @@ class _Table:
         return {"rotations": rotations, "scales": scales, "frame_shape": frame_shape}
 
 
-class RegistrationRun:
+class RegistrationRun(Steps):
     """The registration of a stack, one frame at a time.
 
     An iterator of :class:`Progress` (one per frame registration: the place
@@ -74,6 +75,9 @@ class RegistrationRun:
         The settings (defaults if omitted).
     mask : ndarray of bool, optional
         True on valid pixels, one frame's shape (engine convention).
+    mask_name : str
+        What the mask is, in the messages that refuse it (``"mask file
+        block.tif"``, ``"mask 'beam block'"``).
     start, previous_shift
         Register only frames ``start..n-1`` (resuming an interrupted run);
         with ``reference="previous"``, ``previous_shift`` is the accumulated
@@ -83,11 +87,11 @@ class RegistrationRun:
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
-                 start: int = 0, previous_shift=None):
+                 mask_name: str = "mask", start: int = 0, previous_shift=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
-        self.valid = check_mask(mask, frame_shape)
+        self.valid = check_mask(mask, frame_shape, mask_name)
         opts.check_for(n, frame_shape)
         if not _is_index(start) or not 0 <= start < n:
             raise ValueError(f"start must be a frame index in [0, {n}), got {start}")
@@ -98,13 +102,17 @@ class RegistrationRun:
         ndim = len(frame_shape)
         self.previous_shift = None
         if opts.mode == "previous":
-            self.previous_shift = _previous_start(previous_shift, ndim, opts.model, frame_shape)
+            self.previous_shift = _previous_start(previous_shift, ndim, opts.transform_model,
+                                                  frame_shape)
         self.stack, self.options, self.start = stack, opts, int(start)
         self.n_frames, self.frame_shape = n, frame_shape
         self.dtype = real_dtype_for(stack)
         #: where the frames are registered: numpy, or CuPy for a GPU (``options.device``;
-        #: unmasked registration runs on the CPU unless a GPU is asked for by name)
+        #: unmasked registration runs on the CPU, and refuses a GPU asked for by name)
         self.xp = namespace_for(opts.device, stack if self.valid is not None else None)
+        # decided here, from the arguments alone: static outliers found later in the
+        # data never turn an unmasked GPU run into a masked one
+        check_backend(backend_for(self.xp), self.valid is not None, opts.transform_model)
         passes = opts.template_iterations + 1 if opts.mode == "template" else 1
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
@@ -114,22 +122,6 @@ class RegistrationRun:
         #: template refinement passes run (they stop once the shifts settle)
         self.template_passes: int | None = None
         self._steps = self._run()
-
-    # -- the iterator protocol ------------------------------------------------
-    def __iter__(self) -> Iterator[Progress]:
-        return self
-
-    def __next__(self) -> Progress:
-        try:
-            return next(self._steps)
-        except StopIteration as stop:
-            if stop.value is not None:
-                self.result = stop.value
-            raise
-
-    def close(self) -> None:
-        """Stop early (frames in flight are dropped; no result)."""
-        self._steps.close()
 
     def run(self) -> RegistrationResult:
         """Register every remaining frame and return the result."""
@@ -145,7 +137,7 @@ class RegistrationRun:
         self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
-        table = _Table(count, len(self.frame_shape), radius, opts.model)
+        table = _Table(count, len(self.frame_shape), radius, opts.transform_model)
         if opts.mode == "previous":
             yield from self._previous(table)
         elif opts.mode == "template":
@@ -214,7 +206,7 @@ class RegistrationRun:
             first -= 1
             ref0 = read_frame(stack, first, dtype)
         registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
-        model = self.options.model != "translation"
+        model = not self.options.transform_model.shift_only
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
             rec = registrar.register(cur)
@@ -281,21 +273,22 @@ class RegistrationRun:
         """One pass against the template of ``sums``: each frame refined from its
         transform in ``transforms`` against the template without its own contribution
         (leave-one-out); ``sums``, ``transforms`` and ``sigma`` are updated in place."""
-        from ..models._refine import Refiner, params_from_transform, transform_from_params
+        from ..models._refine import Refiner
         from ..models._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
 
-        stack, n, dtype, model = self.stack, self.n_frames, self.dtype, self.options.model
+        stack, n, dtype = self.stack, self.n_frames, self.dtype
+        model = self.options.transform_model
         shape = self.frame_shape
         centre = (np.asarray(shape, float) - 1.0) / 2.0
         valid = self.valid if self.valid is not None else np.ones(shape, bool)
         full, full_valid = sums.template()
         match = level = grad = None
-        if model == "translation":
+        if model.shift_only:
             match = TemplateMatch(sums, full, full_valid)
         else:
             level, grad = template_gradient(full, full_valid)
         # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
-        select, tol = (0.3, 2e-3) if model == "translation" else (0.12, 1e-3)
+        select, tol = (0.3, 2e-3) if model.shift_only else (0.12, 1e-3)
         nxt = TemplateSums(shape, self.valid)
 
         def one(i, frame):
@@ -313,11 +306,11 @@ class RegistrationRun:
                     t, quality, sig = _shift_matrix(np.round(found, 10) + 0.0), q, found_sig
             elif quality > 0:  # frames without contrast keep their zero shift
                 refiner = Refiner(reference, full_valid, valid, model, select=select, tol=tol)
-                start = params_from_transform(t, model, centre)
+                start = _warp_params(t, model, centre)
                 res = refiner.run(frame, start)
                 moved_by = np.abs(res.params[:len(shape)] - start[:len(shape)])
                 if res.converged and np.all(moved_by <= 1.0) and self._inside(res.params, model):
-                    t = np.round(transform_from_params(res.params, model, centre), 12)
+                    t = np.round(model.transform(res.params, centre), 12)
                     quality = res.quality
             shift = t[:-1, :-1] @ centre + t[:-1, -1] - centre
             rec = FrameRecord(np.round(shift, 10) + 0.0, quality, table.peaks[i].copy(),
@@ -354,8 +347,19 @@ class RegistrationRun:
     def _inside(self, params, model) -> bool:
         """Whether a translation stays inside the ``max_shift`` box."""
         box = self.options.max_shift
-        return model != "translation" or box is None or bool(
+        return not model.shift_only or box is None or bool(
             np.all(np.abs(params) <= np.asarray(box)))
+
+
+def _warp_params(transform, model: Model, centre) -> np.ndarray:
+    """The warp parameters (``W = T^-1``: shift ``u``, then the model's own) of a
+    registering transform of a rotating or scaling model."""
+    t = np.asarray(transform, dtype=float)
+    c = np.asarray(centre, dtype=float)
+    lin = np.linalg.inv(t[:2, :2])  # W(q) = lin (q - t) = c + lin (q - c) + u
+    u = lin @ (c - t[:2, 2]) - c
+    theta = float(np.arctan2(lin[1, 0] - lin[0, 1], lin[0, 0] + lin[1, 1]))
+    return model.from_coarse(u, theta, lin)
 
 
 def _record_transform(rec: FrameRecord) -> np.ndarray:
@@ -376,10 +380,10 @@ def _shift_matrix(shift) -> np.ndarray:
     return similarity_transforms(np.asarray(shift, float)[None])[0]
 
 
-def _previous_start(previous, ndim: int, model: str, frame_shape):
+def _previous_start(previous, ndim: int, model: Model, frame_shape):
     """The accumulated shift (translation) or transform (rigid, similarity) of the
     frame before ``start``; zero / identity when not given."""
-    if model == "translation":
+    if model.shift_only:
         prev = np.zeros(ndim) if previous is None else np.asarray(previous, float)
         if prev.shape != (ndim,):
             raise ValueError(f"previous_shift must have {ndim} values, got {prev.shape}")
@@ -430,58 +434,59 @@ def iter_register_stack(
 def register_stack(stack, **arguments) -> RegistrationResult:
     """Register every frame of a stack against a reference.
 
-    Keyword arguments only (those of :func:`iter_register_stack`, which
-    runs the same registration one frame per step):
-
     Parameters
     ----------
     stack : array, shape (n_frames, *frame_shape)
         Frames along the first axis, 2D or 3D each: numpy, memory-mapped,
         dask, or anything indexable per frame with ``shape`` and ``dtype``.
-    mask : ndarray of bool, optional
-        True on valid pixels (engine convention), one frame's shape; static
-        over the stack. A painted beam-block mask (nonzero = ignore) converts
-        with :func:`valid_from_ignore`. With a mask the masked normalized
-        cross-correlation is used, without one phase correlation.
-    options : RegistrationOptions, optional
-        The settings as one object; keywords below override its fields.
-    start, previous_shift
-        Register only frames ``start..n-1`` (resuming an interrupted run);
-        with ``reference="previous"``, ``previous_shift`` is the accumulated
-        shift of frame ``start - 1``.
-    **settings
-        Any field of :class:`RegistrationOptions`, which holds every default
-        and check:
+    **arguments : Any
+        Keywords only, those of :func:`iter_register_stack` (which runs the
+        same registration one frame per step):
 
-        * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
-          the frames in ``reference_range``), ``"previous"`` (each frame
-          against the one before, shifts accumulated to the first frame) or
-          ``"template"`` (register to the mean, average the aligned frames,
-          register again ``template_iterations`` times; for noisy data --
-          template shifts register each frame onto the final template, which
-          sits near the frames' average position rather than frame 0);
-        * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
-          or not (1 to 1000; default 1);
-        * ``max_shift`` -- largest shift to look for, per axis, in pixels;
-          bounding it also makes masked registration faster;
-        * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
-          pixels is below this fraction of the largest (default 0.3);
-        * ``normalization`` -- unmasked: None (default; smooth images such as
-          diffraction patterns) or "phase" (whitened spectrum);
-        * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
-          thresholds (see :func:`flag_outliers`; default: robust statistics
-          of the run) and whether flagged frames get interpolated shifts
-          (``raw_shifts`` keeps the measured ones);
-        * ``smoothing`` -- "off" (default) or "auto": smooth the shifts (and
-          rotation and scale) over time with a strength that follows their
-          uncertainties, never across a jump it finds; ``raw_shifts`` keeps
-          the measured ones, ``jumps`` and ``smoothed_uncertainties`` say
-          what it did;
-        * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
-          window, shifts -radius..radius with zero shift at its centre;
-        * ``workers`` -- threads (default: all cores);
-        * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
-          where the stack is: CuPy stacks on their GPU, others on the CPU).
+        * ``mask`` -- ndarray of bool, True on valid pixels (engine
+          convention), one frame's shape; static over the stack. A painted
+          beam-block mask (nonzero = ignore) converts with
+          :func:`valid_from_ignore`. With a mask the masked normalized
+          cross-correlation is used, without one phase correlation;
+        * ``options`` -- the settings as one :class:`RegistrationOptions`;
+          the keywords below override its fields;
+        * ``start``, ``previous_shift`` -- register only frames
+          ``start..n-1`` (resuming an interrupted run); with
+          ``reference="previous"``, ``previous_shift`` is the accumulated
+          shift of frame ``start - 1``;
+        * any field of :class:`RegistrationOptions`, which holds every
+          default and check:
+
+            * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
+              the frames in ``reference_range``), ``"previous"`` (each frame
+              against the one before, shifts accumulated to the first frame) or
+              ``"template"`` (register to the mean, then to the stack's own
+              template, each frame left out of its own, until the shifts settle,
+              at most ``template_iterations`` passes; for noisy data -- template
+              shifts register each frame onto the final template, which sits near
+              the frames' average position rather than frame 0);
+            * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
+              or not (1 to 1000; default 1);
+            * ``max_shift`` -- largest shift to look for, per axis, in pixels;
+              bounding it also makes masked registration faster;
+            * ``overlap_ratio`` -- masked: reject shifts whose overlap of valid
+              pixels is below this fraction of the largest (default 0.3);
+            * ``normalization`` -- unmasked: None (default; smooth images such as
+              diffraction patterns) or "phase" (whitened spectrum);
+            * ``max_jump``, ``min_quality``, ``interpolate_outliers`` -- outlier
+              thresholds (see :func:`flag_outliers`; default: robust statistics
+              of the run) and whether flagged frames get interpolated shifts
+              (``raw_shifts`` keeps the measured ones);
+            * ``smoothing`` -- "off" (default) or "auto": smooth the shifts (and
+              rotation and scale) over time with a strength that follows their
+              uncertainties, never across a jump it finds; ``raw_shifts`` keeps
+              the measured ones, ``jumps`` and ``smoothed_uncertainties`` say
+              what it did;
+            * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
+              window, shifts -radius..radius with zero shift at its centre;
+            * ``workers`` -- threads (default: all cores);
+            * ``device`` -- "cpu", "gpu" (CuPy, the ``gpu`` extra) or None (default:
+              where the stack is: CuPy stacks on their GPU, others on the CPU).
 
     Returns
     -------
