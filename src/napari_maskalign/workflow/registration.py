@@ -135,7 +135,7 @@ class Registration(Steps):
                 if journal.prefix() > journal.saved:  # keep what finished, however the run ends
                     journal.save(force=True)
             used, hot = run.result.valid_mask, run.result.hot_pixels
-            measured = run.result.uncertainties if start == 0 else None
+            measured = getattr(run.result, "uncertainties", None) if start == 0 else None
         journal.save(force=True)
         result = _over_table(journal.shifts, journal.quality, journal.rotations, journal.scales,
                              self.options, self.frame_shape, used=used, hot=hot,
