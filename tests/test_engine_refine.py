@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from napari_maskalign import make_beam_block_stack, phase_cross_correlation, register_stack
 from napari_maskalign.engine import FrameRegistrar, RegistrationOptions, shift_bound
+from napari_maskalign.engine.models import MODELS
 from napari_maskalign.engine.models._refine import Refiner
 
 # ---------------------------------------------------------------------------
@@ -55,7 +56,7 @@ def frames():
 
 def _refiner(s, ref, **kw):
     # the translation refiner as FrameRegistrar makes it (strongest 30 % of the pixels)
-    return Refiner(ref, s.valid, s.valid, "translation", select=0.3, **kw)
+    return Refiner(ref, s.valid, s.valid, MODELS["translation"], select=0.3, **kw)
 
 
 def test_the_refinement_converges_from_most_of_a_pixel_away_to_its_fixed_point(frames):

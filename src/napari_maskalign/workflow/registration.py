@@ -35,6 +35,7 @@ from ..engine import (
     mask_with_outliers,
     transform_parameters,
 )
+from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
 from ..io import write_shifts_csv
@@ -96,7 +97,7 @@ class Registration(Steps):
         previous = None
         if journal is not None and options.mode == "previous" and self.start:
             previous = journal.shifts[self.start - 1]
-            if journal.rotations is not None:
+            if not options.transform_model.shift_only:  # frames turn: its whole transform
                 previous = (previous, journal.rotations[self.start - 1],
                             journal.scales[self.start - 1])
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
@@ -112,7 +113,7 @@ class Registration(Steps):
         whatever stops the run, the finished leading frames are saved first. Template
         refinement's shifts are final only after its last pass: recorded then."""
         journal, run, start = self.journal, self._run, self.start
-        moves = journal.rotations is not None
+        turns = not self.options.transform_model.shift_only
         measured = None  # per-frame uncertainties, when this run measured every frame
         if run is None:  # nothing left to register; the outputs still need the mask it used
             used, hot = mask_with_outliers(self.stack, self.mask, self.options.hot_pixels)
@@ -129,7 +130,7 @@ class Registration(Steps):
                 if template:
                     res = run.result
                     journal.record(np.arange(start, self.n_frames), res.raw_shifts, res.quality,
-                                   *_rotation_scale(res.raw_transforms if moves else None,
+                                   *_rotation_scale(res.raw_transforms if turns else None,
                                                     self.frame_shape))
             finally:
                 if journal.prefix() > journal.saved:  # keep what finished, however the run ends
@@ -142,8 +143,8 @@ class Registration(Steps):
                              masked=self.mask is not None, start=start, uncertainties=measured)
         if result.jumps is not None:  # smoothed: the table holds both, the smoothed shifts first
             write_shifts_csv(journal.path, result.shifts, result.quality,
-                             rotations=result.rotations if moves else None,
-                             scales=result.scales if moves else None, raw_shifts=result.raw_shifts)
+                             rotations=result.rotations if turns else None,
+                             scales=result.scales if turns else None, raw_shifts=result.raw_shifts)
         return result
 
 
@@ -197,11 +198,11 @@ def table_result(stack, table, options: RegistrationOptions | None = None, *, ma
     measured; a rigid or similarity table turns the frames too). The mask is
     checked and the static outliers of ``options.hot_pixels`` are added to it,
     as :func:`register` does: the pixels registration ignored are ignored
-    here too. Outliers are flagged with the options' thresholds.
+    here too. The model is the one the table's columns describe; outliers are
+    flagged with the options' thresholds.
     """
     options = RegistrationOptions() if options is None else options
-    if table.rotations is not None and options.model == "translation":
-        options = options.replace(model="similarity")
+    options = options.replace(model=model_for_table(table.rotations, table.scales).name)
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     options.check_for(int(stack.shape[0]), frame_shape)
     given = check_mask(mask, frame_shape, mask_name)
@@ -222,7 +223,7 @@ def _over_table(shifts, quality, rotations, scales, options, frame_shape, *, use
                 "n_hot_pixels": 0 if hot is None else int(hot.sum())},
         rotations=rotations,
         scales=scales,
-        frame_shape=frame_shape if rotations is not None else None,
+        frame_shape=frame_shape,
         hot_pixels=hot,
         valid_mask=used,
         uncertainties=uncertainties,

@@ -14,7 +14,11 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import is_array_api_obj, is_dask_array, is_numpy_array
 
-__all__ = ["Backend", "is_foreign_array"]
+__all__ = ["Backend", "is_foreign_array", "registered", "to_host"]
+
+#: the backend classes by name, filled by :mod:`._registry` (here, so that every
+#: backend module can reach them without importing the registry)
+registered: dict[str, type[Backend]] = {}
 
 
 def is_foreign_array(x) -> bool:
@@ -67,8 +71,6 @@ class Backend:
 
     def own(self, x, dtype=None):
         """``x`` (numpy or this library's) as this library's array."""
-        from ._registry import to_host
-
         if not is_foreign_array(x):
             x = np.ascontiguousarray(to_host(x))
         out = self.xp.asarray(x)
@@ -122,3 +124,11 @@ class Backend:
     def multiply_into(self, out, index, a, b):
         """``out[index] = a * b``."""
         out[index] = a * b
+
+
+def to_host(x) -> np.ndarray:
+    """Any array as a numpy array (copied from a GPU; numpy arrays as they are)."""
+    for cls in registered.values():
+        if cls.owns(x):
+            return cls.host(x)
+    return np.asarray(x)

@@ -20,7 +20,7 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from ._base import is_foreign_array
 from ._cupy import CupyBackend
-from ._registry import backend_for, to_host
+from ._registry import backend_for, namespace_of, to_host
 
 __all__ = [
     "DEVICES",
@@ -55,13 +55,6 @@ def check_device(device):
 def gpu_available() -> bool:
     """Whether CuPy is installed and sees at least one GPU."""
     return CupyBackend.available()
-
-
-def namespace_of(x):
-    """numpy itself for numpy arrays, else the array's array API namespace."""
-    if isinstance(x, np.ndarray) or not is_array_api_obj(x):
-        return np
-    return array_namespace(x)
 
 
 def namespace_for(device, *inputs):

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._base import Backend
+from ._base import Backend, to_host
 
 __all__ = ["NumpyBackend"]
 
@@ -34,8 +34,6 @@ class NumpyBackend(Backend):
         return x
 
     def own(self, x, dtype=None):
-        from ._registry import to_host
-
         return np.asarray(to_host(x), dtype=dtype)
 
     def astype(self, x, dtype):

@@ -8,19 +8,21 @@ one line in :data:`BACKENDS`.
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj
 
-from ._base import Backend
+from ._base import Backend, registered, to_host
 from ._cupy import CupyBackend
 from ._numpy import NumpyBackend
 
-__all__ = ["BACKENDS", "NUMPY", "backend_for", "backend_of", "to_host"]
+__all__ = ["BACKENDS", "NUMPY", "backend_for", "backend_of", "namespace_of", "to_host"]
 
 #: the array libraries the engine knows by name (any other namespace of the array
 #: API standard gets the generic :class:`~._base.Backend`)
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (
+BACKENDS: dict[str, type[Backend]] = registered
+BACKENDS.update({b.name: b for b in (
     NumpyBackend,
     CupyBackend,
-)}
+)})
 
 #: the CPU backend
 NUMPY = NumpyBackend()
@@ -36,16 +38,13 @@ def backend_for(xp) -> Backend:
     return Backend(xp)
 
 
+def namespace_of(x):
+    """numpy itself for numpy arrays, else the array's array API namespace."""
+    if isinstance(x, np.ndarray) or not is_array_api_obj(x):
+        return np
+    return array_namespace(x)
+
+
 def backend_of(x) -> Backend:
     """The backend of array ``x`` (numpy for anything that is not an array API array)."""
-    from ._device import namespace_of
-
     return backend_for(namespace_of(x))
-
-
-def to_host(x) -> np.ndarray:
-    """Any array as a numpy array (copied from a GPU; numpy arrays as they are)."""
-    for cls in BACKENDS.values():
-        if cls.owns(x):
-            return cls.host(x)
-    return np.asarray(x)

@@ -355,7 +355,7 @@ class MaskedCorrelator(FineGridRefinement):
 
     def register(self, moving, *, xcorr_radius=None) -> CorrelationPeak:
         """Register ``moving`` (finite: callers zero or refuse NaN first, see
-        :func:`~napari_maskalign.engine._masks.finite_where_valid`)."""
+        :func:`~napari_maskalign.engine.run._masks.finite_where_valid`)."""
         mov = self._ops.own(moving)
         if tuple(mov.shape) != self.mov_shape:
             raise ValueError(f"moving image has shape {tuple(mov.shape)}, expected {self.mov_shape}")

@@ -62,11 +62,6 @@ class Model:
     def __repr__(self) -> str:
         return f"<{self.name} model>"
 
-    def __reduce__(self):  # unpickles as the registry's own object
-        from . import model_named
-
-        return model_named, (self.name,)
-
     @property
     def frames_text(self) -> str:
         """``"2D"`` or ``"2D or 3D"``: the frames it takes, in words."""

@@ -28,14 +28,18 @@ scale-invariant image registration." IEEE Transactions on Image Processing
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
 from ..kernels._masked import MaskedCorrelator, soft_weights
-from ._base import Model
 from ._fill import filled, nearest_fill_index
 from ._refine import Refiner
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._base import Model
 
 __all__ = ["LogPolar", "ModelRegistrar"]
 
@@ -210,12 +214,7 @@ class ModelRegistrar:
     def __init__(self, reference, ref_valid, mov_valid, model: Model, *, overlap_ratio=0.3):
         ref = np.asarray(reference, dtype=np.float64)
         if ref.ndim != 2:
-            from . import models_for
-
-            raise ValueError(
-                f"the {model.name} model needs 2D frames; these are {ref.ndim}D (use "
-                f"{models_for(ref.ndim)} for {ref.ndim}D frames)"
-            )
+            raise ValueError(f"the {model.name} model needs 2D frames; these are {ref.ndim}D")
         self.model, self.shape = model, ref.shape
         self.ref_valid = np.ones(ref.shape, bool) if ref_valid is None else np.asarray(ref_valid, bool)
         self.mov_valid = self.ref_valid if mov_valid is None else np.asarray(mov_valid, bool)

@@ -2,7 +2,7 @@
 
 A cross-correlation peak on a ``1/u`` grid is quantized and, as an estimator,
 sits 1.4-5x above the Cramer-Rao bound on our stacks. :class:`Refiner` takes
-it (or the coarse rotation and scale of :mod:`._models`) as the starting
+it (or the coarse rotation and scale of :mod:`._logpolar`) as the starting
 point and solves for the transform that makes the moving frame, sampled on
 the reference's pixels, equal ``gain * reference + offset`` in the weighted
 least-squares sense. What makes it reach the bound (measured with
@@ -52,12 +52,16 @@ refinement is measured against).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._base import Model
 from ._fill import filled, nearest_fill_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._base import Model
 
 __all__ = ["Refiner"]
 

@@ -52,10 +52,12 @@ class FrameRegistrar:
     refinement's Jacobian) is computed here once. This is where frames and the
     reference are checked: the correlators below trust what they get.
 
+    The model (``options.transform_model``) decides the coarse search.
     Translation: the correlation peak, then (``options.refines``) the
-    Gauss-Newton refinement of :mod:`._refine` from it. Rigid and similarity:
-    :class:`~._models.ModelRegistrar` (coarse rotation, scale and shift, then
-    the same refinement of all parameters).
+    Gauss-Newton refinement of :mod:`~napari_maskalign.engine.models._refine`
+    from it. Rigid and similarity:
+    :class:`~napari_maskalign.engine.models._logpolar.ModelRegistrar` (coarse
+    rotation, scale and shift, then the same refinement of all parameters).
 
     Parameters
     ----------
