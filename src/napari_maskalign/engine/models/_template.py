@@ -147,18 +147,8 @@ def fisher_sigma(moved, weight, level, grad, template_valid) -> np.ndarray:
     a = np.stack([lv, np.ones_like(lv)], axis=1)
     coef, *_ = np.linalg.lstsq(a, mv, rcond=None)
     e2 = (mv - a @ coef) ** 2
-    # variance model over 16 quantile bins of the level (robust to a few hot pixels)
-    order = np.argsort(lv, kind="stable")
-    xs, ys = [], []
-    for chunk in np.array_split(order, 16):
-        if chunk.size:
-            xs.append(lv[chunk].mean())
-            ys.append(np.median(e2[chunk]) / 0.4549364231195724)  # median of chi2(1)
-    xs, ys = np.array(xs), np.array(ys)
-    alpha, beta = np.polyfit(xs, ys, 1) if np.ptp(xs) > 0 else (0.0, float(ys.mean()))
-    if alpha < 0:
-        alpha, beta = 0.0, float(ys.mean())
-    var = np.maximum(alpha * lv + beta, max(1e-3 * float(ys.max()), 1e-300))
+    alpha, beta, floor = _noise_model(lv, e2)
+    var = np.maximum(alpha * lv + beta, floor)
     g = grad[:, use] * coef[0]
     fisher = (g / var) @ g.T
     try:
