@@ -21,6 +21,14 @@ the first update (reading the reference and preparing its spectra). The
 reference row is the same timer with the viewer idle, measured in the same
 run: on a busy machine it is not 10 ms, and the run's gaps should be read
 against it (the ratio column).
+
+With ``folder`` among the sources, the last row is the command line on the
+same folder with the same settings (``maskalign register FOLDER --mask ...
+--max-shift ... --shifts ... --mean ...``, called in this process after the
+docked runs), and the line under the table says how long the GUI's run took
+against it: the dock's run ends when its shifts, the aligned stack, the mean
+and the preview are in the viewer, the command's when the shifts table and
+the mean are on disk (target: the GUI within 1.3x).
 """
 
 from __future__ import annotations
@@ -150,6 +158,27 @@ def run_once(viewer, widget, data, block, max_shift: float) -> dict:
     }
 
 
+def run_cli(folder: Path, block, max_shift: float, tmp: Path) -> dict:
+    """``maskalign register`` on the same folder and settings, in this process: seconds."""
+    import tifffile
+
+    from napari_maskalign.cli import main as cli_main
+
+    mask = tmp / "cli_mask.tif"
+    tifffile.imwrite(mask, block.astype(np.uint8))  # nonzero = ignore, as painted
+    args = ["register", str(folder), "--mask", str(mask), "--shifts", str(tmp / "cli.csv"),
+            "--mean", str(tmp / "cli_mean.tif"), "--quiet", "--overwrite"]
+    if max_shift:
+        args += ["--max-shift", str(max_shift)]
+    gc.collect()
+    t0 = time.perf_counter()
+    code = cli_main(args)
+    total = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"maskalign register exited with {code}")
+    return {"total_s": total}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=200)
@@ -189,6 +218,9 @@ def main(argv=None) -> int:
                 raise SystemExit(f"unknown source {source!r}: use memory or folder")
             rows.append((f"run, {source}", None, run_once(viewer, widget, data,
                                                           base.beam_block, args.max_shift)))
+        cli = None
+        if any(name == "run, folder" for name, _, _ in rows):
+            cli = run_cli(Path(tmp) / "frames", base.beam_block, args.max_shift, Path(tmp))
     load1 = os.getloadavg()
     viewer.close()
 
@@ -213,6 +245,13 @@ def main(argv=None) -> int:
         total = (f"{res['total_s']:.1f} s, publishing {res['publish_ms']:.0f} ms"
                  if res else "")
         print(f"| {name} | {' | '.join(cells)} | {ratio} | {stall} | {first} | {total} |")
+    if cli is not None:
+        gui = next(res for name, _, res in rows if name == "run, folder")["total_s"]
+        print(f"| maskalign register, folder (same settings, --mean) | | | | | | | | "
+              f"{cli['total_s']:.1f} s |")
+        print()
+        print(f"GUI run / CLI run on the same folder: {gui:.1f} s / {cli['total_s']:.1f} s = "
+              f"{gui / cli['total_s']:.2f}x (target 1.3x)")
     return 0
 
 

@@ -22,7 +22,12 @@ sample has it):
 * ``failure_no_mask.png``  -- the same stack registered without a mask and with phase
   normalization (scikit-image's default): the preview's peak sits on zero shift (the
   beam block matched itself; the contrast lowered to show the true drift's weak spot)
-  and the shifts miss the true drift.
+  and the shifts miss the true drift;
+* ``screen_1920x1080.png``, ``screen_1366x768.png`` -- the whole window on a screen of
+  that size (an Xvfb screen of it, the window filling it) with the three docks docked
+  after a run: the canvas, the Run button and the Shifts plot must all be in sight.
+  Each is made in a process of its own under ``xvfb-run`` (``--screen WxH`` makes one
+  in the current display; ``--only-screens`` skips the other shots).
 
 Everything goes through the widgets' public methods, as a user's clicks would.
 """
@@ -98,12 +103,99 @@ def run_and_wait(widget) -> None:
         raise SystemExit(f"the registration ended: {outcome or 'not within 10 minutes'}")
 
 
+SCREENS = ((1920, 1080), (1366, 768))
+
+
+def screen_shot(width: int, height: int, out: Path) -> Path:
+    """The window filling a ``width`` x ``height`` screen, the three docks docked, after a run.
+
+    Raises SystemExit when the window cannot fit the screen (the docks' minimum
+    heights would push it taller) or when the Run button or the Shifts plot is
+    out of sight.
+    """
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    synth, stack = make_data()
+    viewer = napari.Viewer(title="napari-maskalign")
+    window = viewer.window._qt_window
+    screen = QApplication.primaryScreen().geometry()
+    if (screen.width(), screen.height()) != (width, height):
+        raise SystemExit(f"the screen is {screen.width()}x{screen.height()}, not {width}x{height}:"
+                         f" run under xvfb-run -s '-screen 0 {width}x{height}x24'")
+    window.setGeometry(0, 0, width, height)
+    image = viewer.add_image(stack, name="UED run", colormap="magma",
+                             contrast_limits=(0, float(np.percentile(stack[0], 99.5))),
+                             metadata={"expected_shifts": synth.expected_shifts(0)})
+    mask = viewer.add_labels(synth.beam_block.astype(np.uint8), name="UED run mask")
+    from napari_maskalign._display import mask_colormap
+
+    mask.colormap = mask_colormap()
+    widgets = {}
+    for name in ("Beam-block mask", "Register stack", "Shifts"):
+        _, widgets[name] = viewer.window.add_plugin_dock_widget("napari-maskalign", name)
+    settle(500)
+    window.setGeometry(0, 0, width, height)
+    settle(500)
+    reg_w = widgets["Register stack"]
+    reg_w.image_combo.value = image
+    reg_w.mask_combo.value = mask
+    reg_w.max_shift.value = 12
+    mask.visible = image.visible = False
+    run_and_wait(reg_w)
+    viewer.dims.set_current_step(0, 20)
+    viewer.reset_view()
+    settle(800)
+    size = window.frameGeometry()
+    if size.width() > width or size.height() > height:
+        docks = ", ".join(f"{name} {w.minimumSizeHint().height()}"
+                          for name, w in widgets.items())
+        raise SystemExit(f"the window is {size.width()}x{size.height()}: it does not fit the "
+                         f"{width}x{height} screen (the docks' minimum heights: {docks} px)")
+    for what, widget in (("the Run button", reg_w.run_button),
+                         ("the Shifts plot", widgets["Shifts"].plot),
+                         ("the canvas", viewer.window._qt_viewer.canvas.native)):
+        seen = widget.visibleRegion().boundingRect()
+        if not widget.isVisible() or seen.height() < min(widget.height(), 120) or seen.width() < 100:
+            raise SystemExit(f"{what} is not in sight at {width}x{height} "
+                             f"({seen.width()}x{seen.height()} of it shows)")
+    path = out / f"screen_{width}x{height}.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"wrote {path} (window {size.width()}x{size.height()}; Shifts plot "
+          f"{widgets['Shifts'].plot.width()}x{widgets['Shifts'].plot.height()} px)")
+    viewer.close()
+    return path
+
+
+def shoot_screens(out: Path) -> None:
+    """Each screen size in a process of its own, on an Xvfb screen of that size."""
+    import subprocess
+    import sys
+
+    for width, height in SCREENS:
+        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {width}x{height}x24", sys.executable,
+               __file__, "--screen", f"{width}x{height}", "--out", str(out)]
+        subprocess.run(cmd, check=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/images"))
+    parser.add_argument("--screen", metavar="WxH",
+                        help="only the whole-window shot on this display, which is WxH")
+    parser.add_argument("--only-screens", action="store_true",
+                        help="only the whole-window shots (each under its own xvfb-run)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+    if args.screen:
+        width, height = (int(v) for v in args.screen.lower().split("x"))
+        screen_shot(width, height, out)
+        return 0
+    if args.only_screens:
+        shoot_screens(out)
+        return 0
 
     # no info toasts over the canvas (an environment override: not saved to settings)
     os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
@@ -221,6 +313,7 @@ def main(argv=None) -> int:
     shoot("failure_no_mask.png")
 
     viewer.close()
+    shoot_screens(out)
     return 0
 
 

@@ -462,9 +462,10 @@ def test_hot_pixels_are_found_by_default_and_said_in_the_summary(tmp_path, capsy
         shifts, _ = io.read_shifts_csv(tmp_path / f"{name}.csv")
         errors[name] = np.median(np.abs(shifts - truth)[1:])
         if name == "auto":
-            assert "hot pixels: ignored 60 hot or dead pixels (found in the stack)" in out
+            assert ("hot pixels: ignored 60 hot or dead pixels (found in the stack, added to the "
+                    "mask)") in out
         elif name == "file":
-            assert "hot pixels: ignored 60 hot or dead pixels (given)" in out
+            assert "hot pixels: ignored 60 hot or dead pixels (given, added to the mask)" in out
         else:
             assert "hot pixels" not in out
     assert errors["off"] > 1.0 and errors["auto"] < 0.05 and errors["file"] < 0.05

@@ -1,4 +1,5 @@
-"""The napari reader: a folder (glob, list) of TIFF frames opens as one lazy stack."""
+"""The napari reader: a folder (glob, list) of TIFF frames, HDF5, MRC, DM3/DM4, MIB and zarr
+open as one lazy stack, with the contrast of the pattern and the slider labelled "frame"."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_maskalign._reader import get_reader
+from napari_maskalign._display import sample_indices
+from napari_maskalign._reader import get_reader, read_stack
 from napari_maskalign._sample_data import make_beam_block_stack
 
 
@@ -46,7 +48,7 @@ def test_reader_claims_folders_globs_and_lists_of_frames(frames_dir, tmp_path, s
     assert callable(get_reader(str(frames_dir / "img*.tiff")))
     files = sorted(str(p) for p in frames_dir.iterdir())
     assert callable(get_reader(files))
-    # single files, other folders and zarr stores are left to other readers
+    # single TIFFs and other folders are left to other readers
     assert get_reader(files[0]) is None
     assert get_reader([files[0]]) is None
     assert get_reader(str(tmp_path / "nothing_*.tif")) is None
@@ -56,7 +58,7 @@ def test_reader_claims_folders_globs_and_lists_of_frames(frames_dir, tmp_path, s
     assert get_reader(str(other)) is None
     z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=(2, 4, 4), dtype="f4")
     z[:] = 1
-    assert get_reader(str(tmp_path / "s.zarr")) is None
+    assert get_reader(str(tmp_path / "s.zarr")) is read_stack  # the CLI reads zarr: so do we
 
 
 def test_folder_opens_lazily_in_natural_order(frames_dir, sample, reads):
@@ -68,11 +70,16 @@ def test_folder_opens_lazily_in_natural_order(frames_dir, sample, reads):
     assert isinstance(data, da.Array)
     assert data.shape == sample.stack.shape and data.dtype == sample.stack.dtype
     assert data.chunks[0] == (1,) * 11  # one file per chunk
-    assert reads == ["img0.tiff"]  # only the first frame (for contrast limits) was read
+    # only a few frames spread over the stack were read (for the contrast limits)
+    assert reads == [f"img{i}.tiff" for i in sample_indices(11)] and len(reads) < 11
     np.testing.assert_array_equal(data[10].compute(), sample.stack[10])  # img10 after img9
     assert reads[-1] == "img10.tiff"
     lo, hi = kwargs["contrast_limits"]
-    assert lo == sample.stack[0].min() and hi == sample.stack[0].max()
+    sampled = sample.stack[sample_indices(11)]
+    # percentiles of the sampled frames (less the few pixels found static, if any)
+    assert lo == pytest.approx(np.percentile(sampled, 0.1), rel=0.01)
+    assert hi == pytest.approx(np.percentile(sampled, 99.9), rel=0.01)
+    assert kwargs["axis_labels"] == ("frame", "y", "x")
 
 
 def test_glob_and_list_open_the_matching_frames(frames_dir, sample):
@@ -105,11 +112,11 @@ def test_napari_opens_the_folder_as_one_lazy_layer(frames_dir, sample):
     # the manifest claims directories only: single files never offer this reader
     png = frames_dir.parent / "mask.png"
     readers = {r.command for r in pm.iter_compatible_readers([str(frames_dir / "img0.tiff")])}
-    assert "napari-maskalign.read_frames" not in readers
-    assert "napari-maskalign.read_frames" not in {
+    assert "napari-maskalign.read_stack" not in readers
+    assert "napari-maskalign.read_stack" not in {
         r.command for r in pm.iter_compatible_readers([str(png)])
     }
-    assert "napari-maskalign.read_frames" in {
+    assert "napari-maskalign.read_stack" in {
         r.command for r in pm.iter_compatible_readers([str(frames_dir)])
     }
     viewer = ViewerModel()
@@ -134,3 +141,112 @@ def test_the_lazy_layer_registers_and_aligns_without_loading(frames_dir, sample,
         aligned[4].compute(), apply_shifts(sample.stack[4:5], result.shifts[4:5])[0]
     )
     assert reads == ["img4.tiff"]
+
+
+# ----------------------------------------------------------------------------
+# every format the command line reads, through napari
+
+
+def _viewer():
+    pytest.importorskip("napari", reason="opening through napari needs napari")
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def _hot(stack: np.ndarray, n: int = 12, seed: int = 0) -> np.ndarray:
+    """``stack`` with ``n`` static hot pixels far above the pattern."""
+    out = stack.astype(np.float32).copy()
+    rng = np.random.default_rng(seed)
+    flat = rng.choice(out[0].size, n, replace=False)
+    out.reshape(len(out), -1)[:, flat] = 60000.0
+    return out
+
+
+def _open_in_napari(path):
+    viewer = _viewer()
+    layers = viewer.open(path, plugin="napari-maskalign")
+    assert len(layers) == 1
+    return viewer, layers[0]
+
+
+def _check_layer(viewer, layer, expected):
+    assert isinstance(layer.data, da.Array)
+    assert layer.data.chunks[0] == (1,) * len(expected)  # one frame per read
+    np.testing.assert_array_equal(np.asarray(layer.data[len(expected) - 1]), expected[-1])
+    # the pattern's contrast, not the hot pixels' (they hold 60000)
+    hi = layer.contrast_limits[1]
+    assert hi <= 2 * np.percentile(expected[expected < 60000], 99.9)
+    assert viewer.dims.axis_labels[0] == "frame"  # not "-3"
+
+
+def test_hdf5_opens_in_napari_with_a_dataset_choice(tmp_path, sample):
+    h5py = pytest.importorskip("h5py")
+    stack = _hot(sample.stack)
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as f:
+        f["meta/flat"] = np.zeros((4, 4))  # 2D: not a stack
+        f["entry/data"] = stack
+        f["entry/other"] = stack[::-1] + 1
+    viewer, layer = _open_in_napari(str(path))  # no dataset named: the first stack
+    _check_layer(viewer, layer, stack)
+    assert layer.name == "run.h5:/entry/data"
+    assert layer.metadata["datasets"] == ["/entry/data", "/entry/other"]
+    # a dataset named as FILE:/path, as the command line takes it (napari's viewer.open
+    # and npe2 match a path that exists by its suffix, so this form is for the reader's
+    # own callers: scripts, the docks)
+    spec = f"{path}:/entry/other"
+    assert get_reader(spec) is read_stack
+    viewer = _viewer()
+    for data, kwargs, kind in read_stack(spec):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    layer = viewer.layers[-1]
+    _check_layer(viewer, layer, stack[::-1] + 1)
+    assert layer.name == "run.h5:/entry/other"
+
+
+def test_mrc_opens_in_napari(tmp_path, sample):
+    mrcfile = pytest.importorskip("mrcfile")
+    stack = _hot(sample.stack)
+    path = tmp_path / "movie.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(stack)
+    _check_layer(*_open_in_napari(str(path)), stack)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_gatan_dm_opens_in_napari(tmp_path, sample, version):
+    pytest.importorskip("rsciio")
+    from test_io_detectors import _dm_bytes
+
+    stack = _hot(sample.stack)
+    path = tmp_path / f"stack.dm{version}"
+    path.write_bytes(_dm_bytes(stack, version))
+    _check_layer(*_open_in_napari(str(path)), stack)
+
+
+def test_merlin_mib_opens_in_napari(tmp_path, sample):
+    pytest.importorskip("rsciio")
+    from test_io_detectors import _mib_bytes
+
+    counts = np.clip(_hot(sample.stack), 0, 60000).astype(np.uint16)
+    path = tmp_path / "scan.mib"
+    path.write_bytes(_mib_bytes(counts))
+    viewer, layer = _open_in_napari(str(path))
+    _check_layer(viewer, layer, counts[:, ::-1])  # upside down, as RosettaSciIO shows it
+
+
+def test_zarr_opens_in_napari(tmp_path, sample):
+    stack = _hot(sample.stack)
+    z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=stack.shape, dtype="f4")
+    z[:] = stack
+    _check_layer(*_open_in_napari(str(tmp_path / "s.zarr")), stack)
+
+
+def test_hdf5_without_a_stack_is_refused_by_name(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "flat.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = np.zeros((4, 4))
+    with pytest.raises(ValueError, match="flat.h5 holds no dataset of 3 or more dimensions"):
+        read_stack(str(path))

@@ -85,9 +85,33 @@ def test_model_choice_gives_transforms_in_the_layer_metadata(registered, turning
     assert registered.layers["turning xcorr"].data.shape == (10, 9, 9)
 
 
-def test_the_plot_shows_rotation_and_scale_panels(shifts_dock):
-    labels = [ax.get_ylabel() for ax in shifts_dock.plot.axes_list]
-    assert labels == ["centre shift (px)", "rotation (°)", "scale", "quality"]
+def test_the_plot_shows_rotation_and_scale_panels(shifts_dock, registered):
+    """Four panels that read: the plot as tall as four panels need, rotation in degrees,
+    the scale as its change in % (or ppm), the values as they are (no "+9.999e-1" offset),
+    the y labels in one column (not on top of each other)."""
+    from napari_maskalign.widgets._plot import PANEL_PX, PLOT_HEADER_PX, scale_panel
+
+    plot = shifts_dock.plot
+    labels = [ax.get_ylabel() for ax in plot.axes_list]
+    assert labels == ["centre shift (px)", "rotation\n(°)", "Δscale\n(%)", "quality"]
+    assert plot.minimumHeight() == PLOT_HEADER_PX + 4 * PANEL_PX
+    plot.resize(320, plot.minimumHeight())  # as small as the dock ever shows it
+    plot.draw()
+    scales = np.asarray(meta_of(registered)["scales"])
+    ax_scale = plot.axes_list[2]
+    line = ax_scale.get_lines()[0]
+    np.testing.assert_allclose(line.get_ydata(), (scales - 1) * 100)
+    for ax in plot.axes_list:
+        assert ax.yaxis.get_offset_text().get_text() == ""
+    right = [ax.yaxis.label.get_window_extent().x1 for ax in plot.axes_list]
+    assert max(right) - min(right) < 1.5  # in one column, next to the axes
+    boxes = [ax.yaxis.label.get_window_extent() for ax in plot.axes_list]
+    for upper, lower in zip(boxes, boxes[1:]):
+        assert lower.y1 <= upper.y0 + 1  # no label overlaps the next one
+    # tiny changes read in ppm
+    label, values = scale_panel(np.array([1.0, 1.0 + 2e-5, 1.0 - 1e-5]))
+    assert label == "Δscale\n(ppm)"
+    np.testing.assert_allclose(values, [0, 20, -10])
 
 
 def test_export_and_import_carry_rotation_and_scale(qtbot, tmp_path, shifts_dock, registered):

@@ -337,10 +337,12 @@ def test_publishing_makes_one_layer_change_per_event_loop_turn(qtbot, widget, lo
     assert changes == ["inserted"] * 5
 
 
-def test_progress_reaches_the_main_thread_frame_by_frame(qtbot, widget, loaded_model):
+def test_progress_reaches_the_main_thread_frame_by_frame(qtbot, widget, loaded_model,
+                                                         monkeypatch):
     """Progress arrives once per frame and in order, in the registration and in the
-    aligning pass, and each arrival moves the bar: the bar never waits for a batch. No
-    layer changes while the worker runs."""
+    aligning pass, and (no pace set) each arrival moves the bar: the bar never waits for a
+    batch. No layer changes while the worker runs."""
+    monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)
     seen, bar = [], []
     layers = []
     loaded_model.layers.events.inserted.connect(lambda e: layers.append(len(seen)))
@@ -353,6 +355,26 @@ def test_progress_reaches_the_main_thread_frame_by_frame(qtbot, widget, loaded_m
     assert registered == list(range(20)) and aligned == list(range(1, 21))
     assert bar == list(range(1, 41))
     assert layers and min(layers) == 40  # the first layer only after the last progress
+
+
+def test_progress_is_repainted_at_the_windows_pace(qtbot, widget, loaded_model, monkeypatch):
+    """Every progress is counted, but the bar and the status are repainted at most once per
+    PROGRESS_EVERY_S (each repaint recomposes the window with its canvas, holding the GIL):
+    with a pace longer than the run, the first progress shows, then the last one at the end."""
+    monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 3600.0)
+    shown = []
+    real = widget._show_progress
+    monkeypatch.setattr(widget, "_show_progress",
+                        lambda p: (real(p), shown.append(widget.progress_bar.value())))
+    widget._progress_shown = _common.Throttled(widget._show_progress)
+    worker = widget.run()
+    seen = []
+    worker.yielded.connect(seen.append)
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        pass
+    assert blocker.args == ["done"] and len(seen) == 40
+    assert shown == [1, 40]  # the first at once, the last when the worker returned
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40
 
 
 # -- closing the dock ---------------------------------------------------------------------
@@ -585,15 +607,38 @@ def test_hot_pixels_are_ignored_by_default_and_counted(qtbot, viewer_model, smal
     assert np.abs(locked).max() < 0.5 < np.abs(relative_truth(small_stack, 0)).max()
 
 
+def test_hot_pixels_leave_the_aligned_and_mean_contrast_to_the_pattern(qtbot, viewer_model,
+                                                                       small_stack):
+    """napari's own limits (min, max) would reach the hot pixels and show the pattern black."""
+    stack = small_stack.stack.copy()
+    rng = np.random.default_rng(4)
+    hot = np.zeros(small_stack.valid.shape, bool)
+    hot.flat[rng.choice(np.flatnonzero(small_stack.valid), 40, replace=False)] = True
+    stack[:, hot] = 30 * stack.max()
+    source = viewer_model.add_image(stack, name="hot")
+    limits_before = tuple(source.contrast_limits)
+    assert limits_before[1] == stack.max()  # napari's choice: the hot pixels'
+    viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="hot mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    assert run_and_wait(qtbot, w) == "done"
+    p999 = float(np.percentile(stack[:, small_stack.valid & ~hot], 99.9))
+    for name in ("hot aligned", "hot mean"):
+        lo, hi = viewer_model.layers[name].contrast_limits
+        assert p999 / 2 <= hi <= 2 * p999, (name, hi, p999)
+        assert lo < hi
+    assert tuple(source.contrast_limits) == limits_before  # the source's look is its own
+
+
 def test_threads_row_and_device_choice(widget, loaded_model):
-    """The threads row is the run's workers (default: all cores but one); the device choice is
-    offered only where CuPy sees a GPU, and the CPU is used otherwise."""
+    """The threads row is the run's workers (default: all cores, as on the command line); the
+    device choice is offered only where CuPy sees a GPU, and the CPU is used otherwise."""
     import os
 
     from napari_maskalign.engine.backends._device import gpu_available
 
     image = loaded_model.layers["stack"]
-    assert widget.threads.value == max(1, (os.cpu_count() or 2) - 1)
+    assert widget.threads.value == max(1, os.cpu_count() or 1)
     widget.threads.value = 1
     options, _ = widget.options(image)
     assert options.workers == 1

@@ -308,6 +308,35 @@ def test_import_over_a_registration_drops_its_stale_preview(qtbot, tmp_path, wid
     assert "stack xcorr" not in names and "stack xcorr peak" not in names
 
 
+def test_an_imported_table_is_drawn_as_after_its_run(qtbot, tmp_path, widget, registered):
+    """Export after a run, import it back: the same title (no "vs imported from ..."), the
+    reference frame pinned on the quality panel as before."""
+    registered.layers["stack"].metadata.pop("expected_shifts", None)
+    before = meta_of(registered)
+    widget.refresh()
+    title = widget.plot.figure.get_suptitle()
+    pinned = [t.get_text() for t in widget.plot.axes_list[-1].texts]
+    assert title == "stack vs frame 0" and any(t.startswith("ref ") for t in pinned)
+    path = widget.export_csv(tmp_path / "s.csv")
+    assert wait_job(qtbot, widget, lambda: widget.import_csv(path)) == "done"
+    after = meta_of(registered)
+    assert after["reference"] == "frame 0" and after["reference_frame"] == 0
+    np.testing.assert_allclose(after["shifts"], before["shifts"], atol=1e-6)
+    widget.refresh()
+    assert widget.plot.figure.get_suptitle() == title
+    assert [t.get_text() for t in widget.plot.axes_list[-1].texts] == pinned
+
+
+def test_table_reference_is_the_frame_matched_with_itself():
+    from napari_maskalign.widgets._shifts import table_reference
+
+    shifts = np.array([[0.5, 0.1], [0.0, 0.0], [0.2, -0.3]])
+    assert table_reference(shifts, [0.9, 1.0, 0.95]) == 1
+    assert table_reference(shifts, [0.9, 0.97, 0.95]) is None  # not matched with itself
+    assert table_reference(np.zeros((3, 2)), np.ones(3)) is None  # a flat table: no one frame
+    assert table_reference(shifts, [0.9, 1.0, 0.95], rotations=[0, 0.2, 0]) is None
+
+
 def test_editing_a_lazy_aligned_stack_keeps_it_lazy(qtbot, viewer_model, small_stack):
     import dask.array as da
 

@@ -18,15 +18,10 @@ def run_demo(screenshot: str | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from .widgets._common import mask_colormap
-
     viewer = napari.Viewer(title="napari-maskalign demo")
     # wide enough for the image beside three docked widgets
     viewer.window.resize(1600, 1000)
-    layers = viewer.open_sample(PLUGIN, "beam_block")
-    for layer in layers:
-        if layer.name.endswith(" mask"):
-            layer.colormap = mask_colormap()  # the same bright colour the mask widget paints
+    layers = viewer.open_sample(PLUGIN, "beam_block")  # the mask in the mask dock's colours
     for name in WIDGETS:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)
     # the image stays selected so the widgets start on it

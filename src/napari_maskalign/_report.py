@@ -273,7 +273,11 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
         lines.append(text)
     if result.hot_pixels is not None:
         found = "found in the stack" if result.params.get("hot_pixels") == "auto" else "given"
-        lines.append(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels ({found})")
+        how = ""
+        if result.n_hot_pixels and "correlator" in result.params:  # what ran around them
+            how = (", filled from their neighbours: the correlation stays unmasked"
+                   if result.params.get("hot_pixels_filled") else ", added to the mask")
+        lines.append(f"hot pixels: ignored {result.n_hot_pixels} hot or dead pixels ({found}{how})")
     flagged = np.flatnonzero(result.outliers)
     if flagged.size:
         shown = ", ".join(map(str, flagged[:20])) + (", ..." if flagged.size > 20 else "")

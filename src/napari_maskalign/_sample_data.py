@@ -11,7 +11,11 @@ interpolation), so the true transform is exact to floating-point precision:
 * a very bright direct beam at the centre and a diffuse background,
 * a static beam block that does *not* drift: a rod from the edge of the
   detector to the centre plus a disk over the direct beam,
-* Poisson (counting) or Gaussian noise.
+* Poisson (counting) or Gaussian noise,
+* optionally (``outliers="detector"``) static hot and dead pixels in clusters of
+  1 to 12 pixels with the size and brightness mix of a real detector,
+* optionally (``pattern="bragg"``) a crystal's pattern: many sharp Bragg spots
+  (about a pixel wide) over faint rings.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class SyntheticStack:
         relative to frame 0. Zero for 3D frames.
     scale : ndarray, shape (n_frames,)
         Magnification of the pattern about its centre relative to frame 0.
+    outlier_labels : ndarray of int, shape frame_shape, or None
+        The planted static outliers (``outliers="detector"``): 0 elsewhere, one
+        label per cluster of hot or dead pixels (clusters never touch).
     """
 
     stack: np.ndarray
@@ -52,6 +59,7 @@ class SyntheticStack:
     rotation: np.ndarray | None = None
     scale: np.ndarray | None = None
     _render_args: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    outlier_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         n = len(self.drift)
@@ -59,6 +67,13 @@ class SyntheticStack:
             object.__setattr__(self, "rotation", np.zeros(n))
         if self.scale is None:
             object.__setattr__(self, "scale", np.ones(n))
+
+    @property
+    def static_outliers(self) -> np.ndarray:
+        """True on the planted hot and dead pixels (none unless ``outliers`` was asked for)."""
+        if self.outlier_labels is None:
+            return np.zeros(self.beam_block.shape, bool)
+        return self.outlier_labels > 0
 
     @property
     def valid(self) -> np.ndarray:
@@ -112,7 +127,8 @@ class SyntheticStack:
             raise ValueError("this SyntheticStack was not made by make_beam_block_stack")
         linear = pattern_linear(len(a["shape"]), self.rotation[i], self.scale[i])
         img = _render(a["shape"], a["centre0"] + self.drift[i] + offset, a["spots"], a["spot_r"],
-                      a["half"], a["sigma_spot"], linear)
+                      a["half"], a["sigma_spot"], linear, a.get("spot_amp", 0.8),
+                      a.get("rings", 1.0))
         if a["beam_block"]:
             img = np.where(self.beam_block, 0.01 + 0.002 * img, img)
         return img * a["counts"]
@@ -188,9 +204,10 @@ def _centred_grids(shape, centre):
     return grids, np.sqrt(sum(g * g for g in grids))
 
 
-def _render(shape, centre, spots, spot_r, half, sigma_spot, linear=None):
+def _render(shape, centre, spots, spot_r, half, sigma_spot, linear=None, spot_amp=0.8, rings=1.0):
     """The noiseless pattern, centred at ``centre`` (continuous coordinates), changed
-    by the matrix ``linear`` (a rotation times a scale) about that centre."""
+    by the matrix ``linear`` (a rotation times a scale) about that centre; the rings'
+    brightness times ``rings``, the spots' ``spot_amp``."""
     scale = 1.0 if linear is None else float(abs(np.linalg.det(linear)) ** (1.0 / len(shape)))
     _, r = _centred_grids(shape, centre)
     r = r / scale  # the radius in the pattern's own coordinates
@@ -198,7 +215,7 @@ def _render(shape, centre, spots, spot_r, half, sigma_spot, linear=None):
     img = 0.08 + 0.2 * np.exp(-r / (0.5 * half))
     for frac, width, amp in ((0.22, 0.012, 1.0), (0.36, 0.015, 0.7), (0.5, 0.02, 0.45),
                              (0.63, 0.02, 0.35), (0.78, 0.025, 0.25)):
-        img = img + amp * np.exp(-0.5 * ((r - frac * half) / (width * half + 0.8)) ** 2)
+        img = img + rings * amp * np.exp(-0.5 * ((r - frac * half) / (width * half + 0.8)) ** 2)
     img = img + 40.0 * np.exp(-0.5 * (r / (0.03 * half + 1.0)) ** 2)  # direct beam
     # Bragg spots, each rendered in a small window around it
     sigma_spot = sigma_spot * scale
@@ -212,7 +229,7 @@ def _render(shape, centre, spots, spot_r, half, sigma_spot, linear=None):
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         local = np.meshgrid(*[np.arange(a, b) - q for a, b, q in zip(lo, hi, pos)], indexing="ij", sparse=True)
         d2 = sum(g * g for g in local)
-        img[sl] += 0.8 * np.exp(-pr / half) * np.exp(-0.5 * d2 / sigma_spot**2)
+        img[sl] += spot_amp * np.exp(-pr / half) * np.exp(-0.5 * d2 / sigma_spot**2)
     return img
 
 
@@ -246,6 +263,8 @@ def make_beam_block_stack(
     scale=None,
     seed: int = 0,
     dtype=np.float32,
+    pattern: str = "rings",
+    outliers: str | None = None,
     spots: bool = True,
 ) -> SyntheticStack:
     """Make a drifting diffraction-like stack with a static beam block.
@@ -288,6 +307,20 @@ def make_beam_block_stack(
         Seed of the random drift, rotation, scale and the noise.
     dtype : numpy dtype
         Output dtype.
+    pattern : {"rings", "bragg"}
+        ``"rings"``: rings and a sparse lattice of smooth spots (the default).
+        ``"bragg"``: a single crystal's pattern, a dense lattice of sharp, bright
+        Bragg spots (about a pixel wide) over faint rings: content that looks
+        like hot pixels in one frame but moves with the drift.
+    outliers : {None, "detector"}
+        ``"detector"``: static hot and dead pixels with a real detector's mix,
+        per 256 x 256 pixels (scaled to the frame's area): ~360 single, ~70
+        pairs, ~25 of 3, ~12 of 4 and ~15 clusters of 5-12 pixels, each pixel
+        100 to 30000 counts above the pattern (log-uniform, Poisson per frame
+        with Poisson noise), plus ~20 dead pixels (0) and 3 dead pairs. Placed
+        anywhere (the block too), clusters never touch; ``.outlier_labels``
+        says where. Drawn from their own random stream: the rest of the stack
+        is the same as without them.
     spots : bool
         Draw the Bragg spots (sharp features; default). False leaves the smooth
         rings, the direct beam and the background.
@@ -307,6 +340,10 @@ def make_beam_block_stack(
         raise ValueError(f"frames must be 2D or 3D, got shape {shape}")
     if n_frames < 1:
         raise ValueError(f"n_frames must be at least 1, got {n_frames}")
+    if pattern not in ("rings", "bragg"):
+        raise ValueError(f"pattern must be 'rings' or 'bragg', got {pattern!r}")
+    if outliers not in (None, "detector"):
+        raise ValueError(f"outliers must be None or 'detector', got {outliers!r}")
     if noise not in ("poisson", "gaussian", None):
         raise ValueError(f"noise must be 'poisson', 'gaussian' or None, got {noise!r}")
     rng = np.random.default_rng(seed)
@@ -325,14 +362,18 @@ def make_beam_block_stack(
     half = min(shape) / 2.0
     # a fixed subpixel offset so the pattern centre is not on the pixel grid
     centre0 = np.array(shape) / 2.0 + np.array([0.37, -0.21, 0.13][:ndim])
-    spots, spot_r = _lattice_points(ndim, 0.2 * half, 0.92 * half, angle=0.3)
+    if pattern == "bragg":  # a crystal: many sharp bright spots, faint rings
+        spots, spot_r = _lattice_points(ndim, 0.09 * half, 0.95 * half, angle=0.3)
+        sigma_spot, spot_amp, rings = 0.7, 2.5, 0.3
+    else:
+        spots, spot_r = _lattice_points(ndim, 0.2 * half, 0.92 * half, angle=0.3)
+        sigma_spot, spot_amp, rings = max(1.0, 0.012 * half), 0.8, 1.0
     if not spots_wanted:
         spots, spot_r = spots[:0], spot_r[:0]
-    sigma_spot = max(1.0, 0.012 * half)
     block = _beam_block(shape, centre0, half) if beam_block else np.zeros(shape, bool)
     args = dict(shape=shape, centre0=centre0, spots=spots, spot_r=spot_r, half=half,
                 sigma_spot=sigma_spot, beam_block=beam_block, counts=float(counts),
-                noise=noise, sigma=float(sigma))
+                noise=noise, sigma=float(sigma), spot_amp=spot_amp, rings=rings)
     synth = SyntheticStack(np.empty((n_frames, *shape), dtype=dtype), block, drift, rotation,
                            scale, args)
     out = synth.stack
@@ -343,7 +384,76 @@ def make_beam_block_stack(
         elif noise == "gaussian":
             img = img + rng.normal(scale=sigma, size=shape) * counts
         out[i] = img
+    if outliers == "detector":
+        labels, excess = _detector_outliers(shape, np.random.default_rng([seed, 18]))
+        object.__setattr__(synth, "outlier_labels", labels)
+        hot, dead = excess > 0, excess < 0
+        for i in range(n_frames):
+            img = out[i].astype(np.float64)
+            level = excess[hot]
+            if noise == "poisson":  # a hot pixel's dark current counts too
+                level = rng.poisson(level).astype(np.float64)
+            img[hot] += level
+            img[dead] = 0.0
+            out[i] = img
     return synth
+
+
+#: a real detector's static outliers per 256 x 256 pixels: (cluster size, count)
+DETECTOR_CLUSTERS = ((1, 360), (2, 70), (3, 25), (4, 12), ((5, 12), 15))
+
+
+def _grow_cluster(rng, size: int, ndim: int) -> np.ndarray:
+    """Offsets ``(size, ndim)`` of a connected cluster grown pixel by pixel."""
+    pts = [np.zeros(ndim, int)]
+    steps = np.array([s for s in np.ndindex(*(3,) * ndim) if any(v != 1 for v in s)]) - 1
+    while len(pts) < size:
+        nxt = pts[rng.integers(len(pts))] + steps[rng.integers(len(steps))]
+        if not any((nxt == p).all() for p in pts):
+            pts.append(nxt)
+    return np.array(pts)
+
+
+def _detector_outliers(shape, rng) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, excess)``: clusters of static outliers (labels 1..n, never touching)
+    and each pixel's excess counts (negative: dead)."""
+    from scipy import ndimage as ndi
+
+    ndim = len(shape)
+    area = float(np.prod(shape)) / 256.0**2
+    sizes = []
+    for size, count in DETECTOR_CLUSTERS:
+        k = int(round(count * area))
+        sizes += ([size] * k if isinstance(size, int)
+                  else list(rng.integers(size[0], size[1] + 1, k)))
+    dead = [1] * int(round(20 * area)) + [2] * int(round(3 * area))
+    kinds = [1] * len(sizes) + [-1] * len(dead)
+    sizes += dead
+    labels = np.zeros(shape, np.int32)
+    taken = np.zeros(shape, bool)  # a cluster and the ring around it
+    excess = np.zeros(shape)
+    lo = np.array([2] * ndim)
+    hi = np.array(shape) - 3
+    for n, (size, kind) in enumerate(zip(sizes, kinds), start=1):
+        offsets = _grow_cluster(rng, int(size), ndim)
+        for _ in range(100):
+            pos = offsets + rng.integers(lo, hi, ndim)
+            if (pos >= 0).all() and (pos < np.array(shape)).all() and not taken[tuple(pos.T)].any():
+                break
+        else:
+            continue
+        idx = tuple(pos.T)
+        labels[idx] = n
+        if kind > 0:  # 100 to 30000 counts, log-uniform; dimmer around the brightest pixel
+            peak = np.exp(rng.uniform(np.log(100.0), np.log(30000.0)))
+            excess[idx] = peak * np.r_[1.0, rng.uniform(0.3, 1.0, len(offsets) - 1)]
+            excess[idx] = np.maximum(excess[idx], 100.0)
+        else:
+            excess[idx] = -1.0
+        one = np.zeros(shape, bool)
+        one[idx] = True
+        taken |= ndi.binary_dilation(one, np.ones((3,) * ndim, bool))
+    return labels, excess
 
 
 def _per_frame(rng, name, values, largest, n_frames, neutral) -> np.ndarray:
@@ -365,17 +475,22 @@ def make_sample_data(n_frames: int = 20, shape: tuple[int, int] = (256, 256)):
     Returns layer data tuples for an Image layer (the stack) and a Labels
     layer (the beam block: nonzero = pixels registration ignores).
     """
+    from ._display import mask_colormap, pattern_limits
+
     synth = make_beam_block_stack(n_frames=n_frames, shape=shape, seed=1)
     name = "UED sample"
-    # frames to the contrast a person expects: rings visible, direct beam saturated
-    hi = float(np.percentile(synth.stack[0], 99.5))
     image_meta = {
         "name": name,
         "colormap": "magma",
-        "contrast_limits": (0.0, hi),
+        # percentiles of the pixels beside the block, as every layer the plugin makes
+        "contrast_limits": pattern_limits(synth.stack, synth.valid),
+        "axis_labels": ("frame", "y", "x"),
         "metadata": {"expected_shifts": synth.expected_shifts(0), "drift": synth.drift},
     }
-    labels_meta = {"name": f"{name} mask", "opacity": 0.5}
+    # the colours `maskalign demo` and the mask dock paint with (napari's default
+    # colour for label 1 is a dark brown, nearly invisible on magma)
+    labels_meta = {"name": f"{name} mask", "opacity": 0.5, "colormap": mask_colormap(),
+                   "axis_labels": ("y", "x")}
     return [
         (synth.stack, image_meta, "image"),
         (synth.beam_block.astype(np.uint8), labels_meta, "labels"),

@@ -37,12 +37,12 @@ class CLIError(Exception):
 
 
 @contextlib.contextmanager
-def _plain_errors(prefix: str = ""):
+def _plain_errors(prefix: str = "", suffix: str = ""):
     """``ValueError`` / ``OSError`` from the workflow become one-line CLI errors."""
     try:
         yield
     except (ValueError, OSError) as exc:  # FileNotFoundError included
-        raise CLIError(f"{prefix}{exc}") from None
+        raise CLIError(f"{prefix}{exc}{suffix}") from None
 
 
 def _open_input(source: str, mask=None):
@@ -66,6 +66,21 @@ def _output_paths(args, stack, *, shifts=None, may_exist=()):
     except FileExistsError as exc:
         raise CLIError(f"{exc}; use --overwrite to replace it") from None
     except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+#: the outputs a run locks while it writes them (the others go with these)
+LOCKED = ("shifts", "output", "mean")
+
+
+def _lock_outputs(args, paths) -> None:
+    """Hold the outputs' locks until the command ends: a second run at the same outputs is
+    refused while this one lives, so it never takes this run's partial output as stale."""
+    from .io import OutputBusy, output_locks
+
+    try:
+        args.held.enter_context(output_locks(getattr(paths, k, None) for k in LOCKED))
+    except OutputBusy as exc:
         raise CLIError(str(exc)) from None
 
 
@@ -134,6 +149,8 @@ def _hot_pixels(value: str):
         return read_mask(value) != 0
     except FileNotFoundError:
         raise CLIError(f"--hot-pixels takes auto, off or a mask file; there is no file {value}") from None
+    except ValueError as exc:
+        raise CLIError(f"--hot-pixels {value}: {exc}") from None
 
 
 def _read_mask(args):
@@ -186,6 +203,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
     )
 
     options = _options(args)
+    if not options.transform_model.shift_only and args.method == "fourier" and (
+            args.output or args.mean):
+        raise CLIError(f"--method fourier can only shift, but a {options.model} run's frames "
+                       "also turn (and scale); use --method spline (the default)")
     if args.resume and options.mode == "template":
         raise CLIError(
             "--reference template re-registers every frame in each refinement pass, so its shifts "
@@ -197,10 +218,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     with _plain_errors():
         options.check_for(n, frame_shape)
     valid, mask_name = _read_mask(args)
+    _warn_saturated(stack, valid, options)
     settings = run_settings(args.input, stack, valid, options)
     # --resume: every output may exist, continue_run decides
     paths = _output_paths(args, stack, shifts=args.shifts,
                           may_exist=OutputPaths.kinds() if args.resume else ("shifts_settings",))
+    _lock_outputs(args, paths)
     done = (np.zeros((0, len(frame_shape))), np.zeros(0))
     if args.resume:
         try:
@@ -248,20 +271,45 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 print(f"plot: {args.plot}")
             # the result carries what applying needs: its moves, the mask it used, its outliers
             _write_outputs(args, stack, result, paths, client, settings["input"],
-                           mean_outliers=args.mean_with_outliers)
+                           mean_outliers=args.mean_with_outliers,
+                           note=f"; all {n} shifts are saved in {journal.path}")
     except KeyboardInterrupt:
         if steps is not None:
             steps.close()  # saves the finished frames
-        print(f"\ninterrupted: {journal.saved} of {n} frames are saved in {paths.shifts}; "
-              "run the same command with --resume to continue", file=sys.stderr)
+        print(f"\ninterrupted: {_saved_where(journal)}; run the same command with --resume to "
+              "continue", file=sys.stderr)
         return 130
     except ClusterLost as exc:
-        raise CLIError(f"{exc}: {journal.saved} of {n} frames are saved in {paths.shifts}; run "
-                       "the same command with --resume to continue") from None
+        raise CLIError(f"{exc}: {_saved_where(journal)}; run the same command with --resume to "
+                       "continue") from None
     return 0
 
 
-def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers: bool) -> None:
+def _warn_saturated(stack, valid, options) -> None:
+    """Saturated pixels pull every shift to 0 with quality 1: said before the run."""
+    from .engine.backends._frames import read_frame
+    from .workflow import saturation_warning
+
+    i = options.reference_index(int(stack.shape[0])) if options.mode == "index" else 0
+    with _plain_errors():
+        frame = read_frame(stack, i)
+    if valid is not None and np.shape(valid) != frame.shape:
+        valid = None  # the run refuses it in its own words
+    text = saturation_warning(frame, valid, which=f"frame {i}")
+    if text:
+        print(f"warning: {text}", file=sys.stderr)
+
+
+def _saved_where(journal) -> str:
+    """How many frames a stopped run saved, and where (the older table is kept meanwhile)."""
+    text = f"{journal.saved} of {journal.n_frames} frames are saved in {journal.writing}"
+    if journal.writing != journal.path:
+        text += f" ({journal.path} is kept as it was until the new table is complete)"
+    return text
+
+
+def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers: bool,
+                   note: str = "") -> None:
     """The aligned stack and/or the mean of a result, in one pass (register and apply)."""
     from .workflow import write_outputs
 
@@ -273,7 +321,7 @@ def _write_outputs(args, stack, result, paths, client, source, *, mean_outliers:
         from .io import as_dask
 
         lazy = as_dask(stack, args.chunk_frames)
-    with _plain_errors(f"cannot write {paths.output or paths.mean}: "):
+    with _plain_errors(f"cannot write {paths.output or paths.mean}: ", note):
         written = follow(write_outputs(
             stack, result, paths, _align_settings(args), mean_outliers=mean_outliers,
             overwrite=args.overwrite,
@@ -303,9 +351,13 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     except ValueError as exc:
         raise CLIError(f"the shifts do not fit the input: {exc}") from None
+    if table.rotations is not None and args.method == "fourier":
+        raise CLIError(f"--method fourier can only shift, but {args.shifts} also turns (and "
+                       "scales) the frames; use --method spline (the default)")
     if args.output is None and args.mean is None:
         raise CLIError("nothing to write: give --output OUT, --mean MEAN.tif or both")
     paths = _output_paths(args, stack)
+    _lock_outputs(args, paths)
     valid, mask_name = _read_mask(args)
     options = RegistrationOptions(hot_pixels=_hot_pixels(args.hot_pixels))
     try:
@@ -352,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(HANDLERS[args.command](args) or 0)
+        with contextlib.ExitStack() as args.held:  # what the command holds until it ends (locks)
+            return int(HANDLERS[args.command](args) or 0)
     except CLIError as exc:
         print(f"maskalign {args.command}: error: {exc}", file=sys.stderr)
         return 1

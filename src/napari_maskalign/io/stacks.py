@@ -12,6 +12,7 @@ array.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import re
@@ -27,7 +28,9 @@ from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
 __all__ = [
     "FrameSequence",
     "TiffPages",
+    "ZarrStack",
     "as_dask",
+    "check_pixel_dtype",
     "is_glob",
     "is_tiff_name",
     "is_zarr_dir",
@@ -129,6 +132,28 @@ def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+#: what a dtype that cannot be registered holds, in the user's words
+_NOT_NUMBERS = {"O": "Python objects", "U": "text", "S": "bytes", "c": "complex numbers",
+                "V": "records", "M": "dates", "m": "time spans"}
+
+
+def check_pixel_dtype(dtype, source) -> np.dtype:
+    """``dtype`` if its pixels are real numbers (bool, integers, floats), else ``ValueError``
+    naming ``source``. Checked from the header, before any frame is read: an object
+    array may be decoded by unpickling, which can run code."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = np.dtype(object)
+    if dt.kind not in "biuf":
+        what = _NOT_NUMBERS.get(dt.kind, f"dtype {dt}")
+        raise ValueError(
+            f"cannot use {source}: its pixels are {what} (dtype {dt}); a stack must hold real "
+            "numbers (integers, floats or booleans)"
+        )
+    return dt
+
+
 _NO_IMAGE = "no image found in it (a damaged or truncated file, or not a TIFF)"
 
 
@@ -165,6 +190,7 @@ class FrameSequence(FrameIndexing):
             raise ValueError("no frame files given")
         self.files = files
         frame_shape, dtype = _tiff_header(files[0])
+        check_pixel_dtype(dtype, files[0])
         if check_shapes:
             for f in files[1:]:
                 s, d = _tiff_header(f)
@@ -230,6 +256,10 @@ class TiffPages(FrameIndexing):
             page_shape = tuple(page.shape) if page is not None else shape[1:]
             comp = getattr(page, "compression", None)
             self.compression = str(getattr(comp, "name", comp)).lower()
+            try:  # the pages the file really holds (a truncated file ends its chain early)
+                pages = len(tf.pages)
+            except Exception:  # tifffile raises many types for a broken page chain
+                pages = 0
         if len(shape) < 3:
             raise ValueError(f"{self.path} holds a single image of shape {shape}, not a stack")
         self.shape = shape
@@ -242,6 +272,11 @@ class TiffPages(FrameIndexing):
             )
         self.pages_per_frame = frame_size // page_size
         self._tf = None
+        if pages < shape[0] * self.pages_per_frame:
+            raise ValueError(
+                f"{self.path} is truncated: it holds {pages // self.pages_per_frame} whole frames of "
+                f"the {shape[0]} its header announces (a copy cut short, or a run still writing)"
+            )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -255,8 +290,12 @@ class TiffPages(FrameIndexing):
             self._tf = tifffile.TiffFile(self.path)
         k = self.pages_per_frame
         key = list(range(i * k, (i + 1) * k)) if k > 1 else i * k
-        data = self._tf.series[0].asarray(key=key)
-        return np.asarray(data).reshape(self.shape[1:])
+        try:
+            data = self._tf.series[0].asarray(key=key)
+            return np.asarray(data).reshape(self.shape[1:])
+        except Exception as exc:  # IndexError past a truncated end, tifffile's own errors
+            raise ValueError(f"cannot read frame {i} from {self.path}: the file ends before it or "
+                             f"is damaged ({type(exc).__name__}: {exc})") from None
 
     @property
     def chunking(self) -> str:
@@ -278,27 +317,155 @@ class TiffPages(FrameIndexing):
             pass
 
 
+def _unsafe_codec(meta) -> str | None:
+    """The reason a zarr metadata document (parsed JSON, any depth) is unsafe to decode:
+    the pickle codec anywhere (a filter, a compressor, a v3 codec) or an object dtype,
+    whose chunks are decoded by an object codec."""
+    if isinstance(meta, dict):
+        for key in ("id", "name", "object_codec_id"):
+            if str(meta.get(key, "")).lower() == "pickle":
+                return "the pickle codec"
+        dtype = meta.get("dtype")
+        if isinstance(dtype, str) and dtype.lstrip("|<>=").startswith("O"):
+            return "Python objects (dtype O)"
+        values = meta.values()
+    elif isinstance(meta, list):
+        values = meta
+    else:
+        return None
+    for value in values:
+        found = _unsafe_codec(value)
+        if found:
+            return found
+    return None
+
+
+def _check_zarr_metadata(store: Path, folder: Path, depth: int = 4) -> None:
+    """Refuse, before zarr opens anything, a store whose metadata asks for unpickling: zarr 2
+    with numcodecs before 0.15.2 would run the code in such chunks on the first read.
+
+    ``folder`` is the store or a node in it; a group's nodes are checked too (folders
+    only, ``depth`` levels down; an array's chunks are not listed)."""
+    group = True
+    for name in (".zarray", ".zmetadata", "zarr.json", ".zgroup"):
+        meta = folder / name
+        if not meta.is_file():
+            continue
+        try:
+            doc = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot open {store} as a zarr array: {meta.relative_to(store.parent)}"
+                             f" is not readable ({exc})") from None
+        if name == ".zarray" or (name == "zarr.json" and isinstance(doc, dict)
+                                 and doc.get("node_type") == "array"):
+            group = False
+        why = _unsafe_codec(doc)
+        if why:
+            raise ValueError(
+                f"refusing {store}: its metadata ({meta.relative_to(store.parent)}) asks for "
+                f"{why}, which could run code when the frames are read; a stack must hold "
+                "real numbers (a zarr array written with the pickle codec is not one)"
+            )
+    if group and depth > 0:
+        with os.scandir(folder) as entries:
+            subfolders = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+        for sub in subfolders:
+            _check_zarr_metadata(store, sub, depth - 1)
+
+
+def _multiscales_path(path: Path, attrs) -> str:
+    """The full-resolution array of an OME-Zarr image, from its ``multiscales`` metadata."""
+    multiscales = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    try:
+        sub = multiscales[0]["datasets"][0]["path"]
+        if not isinstance(sub, str) or not sub or ".." in Path(sub).parts or Path(sub).is_absolute():
+            raise TypeError(f"path {sub!r}")
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(
+            f"cannot read {path} as OME-Zarr: its 'multiscales' metadata is malformed (no "
+            f"datasets[0].path in multiscales[0]: {exc})"
+        ) from None
+    return sub
+
+
 def _open_zarr(path: Path):
     import zarr
 
+    _check_zarr_metadata(path, path)
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise ValueError(f"cannot open {path} as a zarr array: {exc}") from exc
     if hasattr(node, "shape"):
         return node
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if multiscales:  # OME-Zarr: the full-resolution level
-        return node[multiscales[0]["datasets"][0]["path"]]
+    attrs = node.attrs
+    if attrs.get("multiscales") or (isinstance(attrs.get("ome"), dict)
+                                    and attrs["ome"].get("multiscales")):
+        return _zarr_child(path, node, _multiscales_path(path, attrs))  # OME-Zarr: full resolution
     arrays = sorted(name for name, _ in node.arrays())
     if len(arrays) == 1:
-        return node[arrays[0]]
+        return _zarr_child(path, node, arrays[0])
     if not arrays:
         raise ValueError(f"the zarr group {path} contains no arrays")
     raise ValueError(
         f"the zarr group {path} contains several arrays ({', '.join(arrays)}); give one of "
         f"them, e.g. {path / arrays[0]}"
     )
+
+
+class ZarrStack(FrameIndexing):
+    """A zarr array as a stack: reads go straight to zarr; a chunk that cannot be decoded
+    (corrupt, cut short) is a ``ValueError`` naming the store and the frames."""
+
+    kind = "zarr array"
+
+    def __init__(self, array, path):
+        self.array = array
+        self.path = Path(os.fspath(path))
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    @property
+    def chunks(self):
+        return self.array.chunks
+
+    @property
+    def compressors(self):
+        comp = getattr(self.array, "compressors", None)
+        return comp if comp is not None else getattr(self.array, "compressor", None)
+
+    @property
+    def attrs(self):
+        return self.array.attrs
+
+    def _read(self, i: int) -> np.ndarray:
+        return self[i]
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.array[key])
+        except IndexError:
+            raise
+        except Exception as exc:  # numcodecs and zarr raise RuntimeError, ValueError, ...
+            first = key[0] if isinstance(key, tuple) and key else key
+            if isinstance(first, slice):
+                lo, hi, _ = first.indices(self.shape[0])
+                where = f"frames {lo} to {hi - 1}"
+            else:
+                where = f"frame {first}"
+            raise ValueError(f"cannot read {self.path} ({where}): a chunk is damaged "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    def __repr__(self) -> str:
+        return f"ZarrStack({str(self.path)!r}, shape {self.shape}, {self.dtype})"
+
+
+def _zarr_child(path: Path, group, name: str):
+    """The array ``name`` of a zarr group, its metadata checked before zarr reads it."""
+    try:
+        return group[name]
+    except Exception as exc:  # zarr raises KeyError, ValueError, ... for broken metadata
+        raise ValueError(f"cannot open the array {name!r} of {path}: {exc}") from None
 
 
 def open_stack(source, *, check_shapes: bool = True, exclude=()):
@@ -323,19 +490,27 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
     -------
     An array-like of shape ``(n_frames, *frame_shape)`` with ``dtype`` and
     per-frame indexing. Raises ``FileNotFoundError`` for a missing input and
-    ``ValueError`` (plain words) for one that cannot be read as a stack.
+    ``ValueError`` (plain words, naming the file) for one that cannot be read as
+    a stack: a damaged or truncated file, malformed OME-Zarr metadata, pixels
+    that are not real numbers (objects, text, complex; checked from the header
+    before any frame is read), or zarr metadata that asks for the pickle codec
+    (refused before zarr opens the store). A zarr array comes back as a
+    :class:`ZarrStack`, whose damaged chunks are a ``ValueError`` naming the
+    frames.
     """
     if isinstance(source, (list, tuple)) or is_glob(os.fspath(source)):
         return FrameSequence(list_frame_files(source, exclude), check_shapes=check_shapes)
     text = os.fspath(source)
     detector = open_detector_stack(text)
     if detector is not None:
+        check_pixel_dtype(detector.dtype, text)
         return detector
     path = Path(text).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     if is_zarr_dir(path):
         stack = _open_zarr(path)
+        stack = ZarrStack(stack, path) if len(stack.shape) >= 3 else stack
     elif path.is_dir():
         return FrameSequence(list_frame_files(path, exclude), check_shapes=check_shapes)
     elif path.suffix.lower() == ".npy":
@@ -355,6 +530,7 @@ def open_stack(source, *, check_shapes: bool = True, exclude=()):
         raise ValueError(
             f"{path} holds a single image of shape {tuple(stack.shape)}, not a stack of frames"
         )
+    check_pixel_dtype(stack.dtype, path)  # before any frame is read
     return stack
 
 

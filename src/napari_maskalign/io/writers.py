@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,12 +25,16 @@ import numpy as np
 from .stacks import TIFF_SUFFIXES
 
 __all__ = [
+    "OutputLock",
+    "OutputBusy",
     "StackWriter",
+    "WriteFailed",
     "atomic_write_text",
     "iter_blocks",
     "ngff_attrs",
     "open_ngff_array",
     "output_format",
+    "output_locks",
     "partial_name",
     "remove_path",
     "replacing",
@@ -103,6 +109,103 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+class WriteFailed(OSError):
+    """Writing an output failed (a full disk, a lost mount): the text names the file and
+    says what was saved; ``errno`` is the system's."""
+
+    def __init__(self, errno: int | None, message: str, filename=None):
+        super().__init__(errno, message, *(() if filename is None else (str(filename),)))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class OutputBusy(ValueError):
+    """Another live run is writing the output (it holds the output's lock)."""
+
+
+class OutputLock:
+    """The lock of one output while a run writes it: ``.NAME.lock`` beside it.
+
+    The lock file holds the owner's pid; the lock itself is an ``fcntl.flock``
+    on it, which the system drops when the owner ends, however it ends (kill
+    -9 included). So a lock file without a lock is a dead run's, and the
+    output's unfinished ``.partial-*`` files are stale only while the lock can
+    be taken. :meth:`acquire` raises :class:`OutputBusy` (a ``ValueError``)
+    naming the output and the owner's pid when a live run holds it. Released
+    (and its file removed) on :meth:`release` or leaving the ``with`` block.
+    """
+
+    def __init__(self, output):
+        self.output = Path(os.fspath(output)).expanduser()
+        self.path = self.path_for(self.output)
+        self._fd = None
+
+    @staticmethod
+    def path_for(output) -> Path:
+        output = Path(os.fspath(output)).expanduser()
+        return output.with_name(f".{output.name}.lock")
+
+    def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows has no flock: outputs are not locked there
+            return self
+
+        for _ in range(10):  # the owner may remove the file between our open and our lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    owner = os.read(fd, 64).decode(errors="replace").split()
+                finally:
+                    os.close(fd)
+                pid = f"pid {owner[0]}" if owner else "pid unknown"
+                raise OutputBusy(
+                    f"{self.output} is being written by another run ({pid}, lock {self.path.name});"
+                    " wait for it to finish or stop it (its unfinished output is not removed)"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                self._fd = fd
+                return self
+            os.close(fd)
+        raise OutputBusy(f"cannot take the lock {self.path} of {self.output}")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: no one holds a lock on a removed file
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def output_locks(paths):
+    """Hold the :class:`OutputLock` of every path (None skipped) for a ``with`` block."""
+    with contextlib.ExitStack() as stack:
+        for p in paths:
+            if p is not None:
+                stack.enter_context(OutputLock(p))
+        yield
+
+
 class StackWriter:
     """Write a stack frame by frame under a temporary name; rename it when complete.
 
@@ -151,7 +254,10 @@ class StackWriter:
         if exc_type is None:
             self.commit()
         else:
-            self.abort()
+            try:
+                self.abort()
+            except OSError:  # never in place of what stopped the write (Ctrl-C, a full disk)
+                pass  # the partial output is stale now: the next run removes it
         return False
 
     def open(self):
@@ -174,15 +280,24 @@ class StackWriter:
         lo, hi = self.written, self.written + block.shape[0]
         if hi > self.shape[0]:
             raise ValueError(f"too many frames: the output holds {self.shape[0]}")
-        if self._z is not None:
-            self._z[lo:hi] = block
-        else:
-            for j, frame in enumerate(block):
-                if lo + j == 0:
-                    # tifffile keeps the series' shape in a JSON description
-                    self._tw.write(frame, contiguous=True, metadata=dict(self.attrs))
-                else:
-                    self._tw.write(frame, contiguous=True)
+        try:
+            if self._z is not None:
+                self._z[lo:hi] = block
+            else:
+                for j, frame in enumerate(block):
+                    if lo + j == 0:
+                        # tifffile keeps the series' shape in a JSON description
+                        self._tw.write(frame, contiguous=True, metadata=dict(self.attrs))
+                    else:
+                        self._tw.write(frame, contiguous=True)
+                    self.written = lo + j + 1
+        except OSError as exc:  # a full disk: say which file, and how far it got
+            raise WriteFailed(
+                exc.errno,
+                f"{exc.strerror or exc} ({self.written} of {self.shape[0]} frames were written; "
+                "the unfinished output is removed)",
+                self.path,
+            ) from exc
         self.written = hi
 
     def commit(self) -> Path:
@@ -217,8 +332,16 @@ class StackWriter:
                 pass
             self._tw = None
         self._z = None
-        if self.tmp.exists():
-            remove_path(self.tmp)
+        for attempt in range(3):  # zarr may still be finishing a chunk in another thread
+            if not self.tmp.exists():
+                return
+            try:
+                remove_path(self.tmp)
+                return
+            except OSError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
 
 
 def ngff_attrs(shape, name: str = "") -> dict:

@@ -51,8 +51,41 @@ def explain(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------
 # the docks' base
 
+#: the docks share their column's height this long after a dock or the window changed
+#: (the window lays the docks out first, which would undo an earlier share)
+SHARE_DELAY_MS = 100
 
-class DockWidget(QWidget):
+
+#: docks taken out of a viewer's window (its close button), by (viewer id, class): the
+#: Plugins menu reopens the same one, as it was, instead of a new, reset one
+_KEPT: dict = {}
+
+
+def _viewer_id(viewer) -> int:
+    """The viewer's identity, also through the proxy napari hands to plugins (a new one
+    each time)."""
+    return id(getattr(viewer, "__wrapped__", viewer))
+
+
+def _drop_kept(viewer_id: int, *_) -> None:
+    """The viewer's window is gone: forget its closed docks."""
+    for key in [k for k in _KEPT if k[0] == viewer_id]:
+        del _KEPT[key]
+
+
+class _Reopens(type(QWidget)):
+    """Making a dock for a viewer whose closed dock of that class is kept gives that one
+    back (neither built again nor reset): napari's close button takes a dock widget out
+    of the window and its Plugins menu would otherwise make a second, fresh one."""
+
+    def __call__(cls, napari_viewer=None, *args, **kwargs):
+        kept = _KEPT.pop((_viewer_id(napari_viewer), cls), None)
+        if kept is not None and kept.parentWidget() is None:
+            return kept
+        return super().__call__(napari_viewer, *args, **kwargs)
+
+
+class DockWidget(QWidget, metaclass=_Reopens):
     """Base of the dock widgets: the viewer, connections dropped with the widget,
     plain-word notifications titled ``WHAT``, buttons and file dialogs.
 
@@ -60,10 +93,14 @@ class DockWidget(QWidget):
     button, ``dock.close()``, ``viewer.window.remove_dock_widget`` -- or the
     widget is destroyed, :meth:`stop_work` is called: a closed dock leaves no
     work running behind it. (A dock hidden behind another tab is not closed.)
+    A dock taken out of its window is kept until the window goes: reopened
+    from the Plugins menu, it comes back as it was (its settings, its plot).
     """
 
     #: the dock's title, at the start of its notifications
     WHAT = "Mask Align"
+    #: the share of a dock column's height the dock takes beside the others of the plugin
+    SHARE = 1.0
 
     def __init__(self, napari_viewer):
         super().__init__()
@@ -102,8 +139,49 @@ class DockWidget(QWidget):
         if dock is not None:
             dock.installEventFilter(self)
             dock.destroyed.connect(self._dock_destroyed)
+            _KEPT.pop((_viewer_id(self.viewer), type(self)), None)
+            window = dock.parentWidget()
+            if window is not None:  # its resizes share the column again (not a dragged edge)
+                window.installEventFilter(self)
+                # a partial of plain objects: it still runs while the window dies
+                window.destroyed.connect(functools.partial(_drop_kept,
+                                                           _viewer_id(self.viewer)))
+            # once the dock is shown in its area and the window has laid it out
+            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
         elif old is not None:  # taken out of its dock (remove_dock_widget)
             self.stop_work()
+            if self.parentWidget() is None:  # out of the window: kept for the Plugins menu
+                _KEPT[(_viewer_id(self.viewer), type(self))] = self
+
+    def _share_height(self) -> None:
+        """Share the height of the dock column with the plugin's other docks there by
+        their ``SHARE`` (the Shifts plot gets the most, the mask dock the least): Qt
+        would give the first dock added most of it, and the plot only its minimum."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QMainWindow
+
+        dock = self._dock
+        try:
+            window = dock.parentWidget() if dock is not None else None
+        except RuntimeError:  # the dock is gone
+            return
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        area = window.dockWidgetArea(dock)
+        ours = []
+        for other in window.findChildren(QDockWidget):
+            if (other.isVisible() and not other.isFloating()
+                    and window.dockWidgetArea(other) == area):
+                inner = other.findChildren(DockWidget)
+                if inner:
+                    ours.append((other, inner[0].SHARE))
+        if len(ours) < 2:
+            return
+        total = sum(d.height() for d, _ in ours)
+        weight = sum(share for _, share in ours)
+        window.resizeDocks([d for d, _ in ours],
+                           [max(1, int(total * share / weight)) for _, share in ours],
+                           Qt.Orientation.Vertical)
 
     def _dock_destroyed(self, *_) -> None:
         self._dock = None
@@ -112,6 +190,10 @@ class DockWidget(QWidget):
     def eventFilter(self, obj, e) -> bool:
         if e.type() == QEvent.Type.Close and obj is self._dock:
             self.stop_work()
+        elif (e.type() == QEvent.Type.Resize and self._dock is not None
+              and obj is not self._dock and e.size().height() != e.oldSize().height()):
+            # the main window got taller or shorter
+            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
         return False
 
     def report(self, problem) -> None:
@@ -253,6 +335,45 @@ def fixed_height(widget):
     return widget
 
 
+def scrolled(*items, stretch: bool = True, hint: int | None = None):
+    """A column of widgets and layouts in a vertical scroll area without a frame.
+
+    A dock's controls go in one so that the dock asks for little height: three
+    docks stacked beside the canvas then fit a laptop's screen (1366 x 768), each
+    scrolling what does not fit, instead of pushing the window taller than the
+    screen. ``stretch``: a stretch below the items (they keep their natural
+    heights at the top). ``hint``: the height the area asks for at most, so
+    that a dock shares the screen's height (the rest scrolls).
+    """
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QLayout, QScrollArea, QVBoxLayout
+
+    class _Area(QScrollArea):
+        def sizeHint(self) -> QSize:
+            size = super().sizeHint()
+            if hint is not None:
+                size.setHeight(min(size.height(), hint))
+            return size
+
+    body = QWidget()
+    column = QVBoxLayout(body)
+    column.setContentsMargins(0, 0, 0, 0)
+    for item in items:
+        if isinstance(item, QLayout):
+            column.addLayout(item)
+        else:
+            column.addWidget(item)
+    if stretch:
+        column.addStretch(1)
+    area = _Area()
+    area.setObjectName("maskalign_scroll")
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(body)
+    return area
+
+
 def wrap_label(text: str = ""):
     """A word-wrapped QLabel that claims the height its wrapped text needs, also
     when its text changes.
@@ -281,8 +402,6 @@ def wrap_label(text: str = ""):
     return label
 
 
-#: the label "Suggest from stack" paints hot, dead and saturated pixels with
-HOT_LABEL = 2
 def ask(parent, title: str, text: str, choices: list[tuple[str, str]], default: str) -> str:
     """A modal question with buttons ``choices`` (``(label, answer)``, the first one
     accepting); the answer of the button clicked, ``default`` if the box is closed."""
@@ -301,16 +420,6 @@ def ask(parent, title: str, text: str, choices: list[tuple[str, str]], default: 
     box.exec()
     clicked = box.clickedButton()
     return next((a for a, b in buttons.items() if b is clicked), default)
-
-
-def mask_colormap():
-    """Painted labels in one bright colour that stands out on dark and on magma-like
-    images, hot pixels (label 2) in magenta; unpainted pixels transparent."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(
-        color_dict={None: "#00e5ff", 0: "transparent", HOT_LABEL: "#ff3df5"}
-    )
 
 
 def layer_list_events(viewer) -> list:
@@ -357,6 +466,57 @@ def _publish_turn(steps: list, done, failed, alive: list) -> None:
 
 
 # ----------------------------------------------------------------------------
+# progress shown at a pace the window can afford
+
+#: a dock repaints its progress at most this often (seconds). Each repaint of a widget
+#: recomposes the window with the canvas while the GIL is held: repainting on every
+#: frame tripled a run's time (bench_gui.py)
+PROGRESS_EVERY_S = 0.25
+
+
+class Throttled:
+    """``show(value)`` at most every ``PROGRESS_EVERY_S``, the latest value always shown in
+    the end: a call that comes too soon is kept and shown when the interval is over
+    (or by :meth:`flush`). Main thread only."""
+
+    def __init__(self, show: Callable[[Any], Any]):
+        self._show = show
+        self._last = float("-inf")
+        self._pending = False
+        self._value: Any = None
+
+    def __call__(self, value) -> None:
+        import time
+
+        self._value = value
+        wait = self._last + PROGRESS_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self._fire()
+        elif not self._pending:
+            self._pending = True
+            QTimer.singleShot(max(1, int(wait * 1000)), self.flush)
+
+    def flush(self) -> None:
+        """Show the latest value now if it has not been shown."""
+        if self._pending:
+            self._fire()
+
+    def cancel(self) -> None:
+        """Forget a value not yet shown."""
+        self._pending = False
+
+    def _fire(self) -> None:
+        import time
+
+        self._pending = False
+        self._last = time.monotonic()
+        try:
+            self._show(self._value)
+        except RuntimeError:  # the widget was closed in the meantime
+            pass
+
+
+# ----------------------------------------------------------------------------
 # workers
 
 
@@ -372,20 +532,24 @@ def start_worker(
     finished: Callable | None = None,
     owner=None,
 ):
-    """Run generator ``job`` in a napari worker with a progress bar in the activity dock.
+    """Run generator ``job`` in a napari worker; the dock shows its progress.
 
     The job runs at background priority (:func:`background_priority`). The
     slots run in the main thread (Qt queues the signals), so they are the
     only place that touches layers or widgets. When the QWidget ``owner`` is
     destroyed, the worker is told to stop and the slots are no longer called
     (signals already queued would otherwise reach a deleted widget).
+
+    ``total`` and ``desc`` describe the job (``worker.total``, ``worker.desc``)
+    but no bar is put in napari's activity dock: while one is there, napari
+    animates a busy indicator in the status bar, and every frame of it repaints
+    the window -- the canvas composed while the GIL is held -- which made a run
+    ten times slower than the same job without a viewer (``bench_gui.py``).
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(
-        _in_background(job), *args, _progress={"total": int(total), "desc": desc},
-        _ignore_errors=True,
-    )
+    worker = create_worker(_in_background(job), *args, _ignore_errors=True)
+    worker.total, worker.desc = int(total), desc
     alive = [True]
 
     def guarded(slot):
@@ -409,8 +573,11 @@ def start_worker(
     return worker
 
 
-#: how much nicer than napari's main thread our workers run (Linux)
-BACKGROUND_NICE = 10
+#: how much nicer than napari's main thread our workers run (Linux). Enough for the main
+#: thread to win the CPU when both want it (a nice of 2 weighs 0.64 of a 0), little
+#: enough that on a machine busy with other programs the run keeps about the share
+#: the command line gets (at 10 it got a tenth of it and ran 10x slower than the CLI)
+BACKGROUND_NICE = 2
 
 
 def background_priority() -> None:

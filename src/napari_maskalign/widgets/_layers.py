@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer, Points
 
+from .._display import stack_axis_labels
 from ._model import META, AlignedResult
 
 #: above this many output bytes the aligned stack is a lazy dask array
@@ -181,20 +182,33 @@ def upsert_layer(viewer, name: str, data, kind: str = "image", *, layer_type: ty
     return layer
 
 
+def output_axis_labels(layer: Layer) -> tuple[str, ...]:
+    """The axis labels outputs of ``layer`` carry: its own when someone named its axes,
+    else :func:`stack_axis_labels`."""
+    labels = tuple(str(a) for a in getattr(layer, "axis_labels", ()))
+    defaults = tuple(str(i) for i in range(-layer.ndim, 0))
+    return stack_axis_labels(layer.ndim) if not labels or labels == defaults else labels
+
+
 def display_props(layer: Image) -> dict[str, Any]:
-    """What an aligned copy shares with its source: geometry and look."""
+    """What an aligned copy shares with its source: geometry and look (the frame
+    slider named "frame" unless the source names its axes)."""
     return {
         "scale": tuple(layer.scale),
         "translate": tuple(layer.translate),
         "colormap": layer.colormap,
         "contrast_limits": tuple(layer.contrast_limits),
         "gamma": layer.gamma,
+        "axis_labels": output_axis_labels(layer),
     }
 
 
 def frame_props(props: dict[str, Any]) -> dict[str, Any]:
     """``display_props`` for one frame of the stack (the mean): the frame axis dropped."""
-    return {**props, "scale": tuple(props["scale"][1:]), "translate": tuple(props["translate"][1:])}
+    out = {**props, "scale": tuple(props["scale"][1:]), "translate": tuple(props["translate"][1:])}
+    if "axis_labels" in out:
+        out["axis_labels"] = tuple(out["axis_labels"][1:])
+    return out
 
 
 def shift_units(layer: Layer | None, ndim: int) -> tuple[np.ndarray, str]:

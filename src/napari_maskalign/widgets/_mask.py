@@ -24,15 +24,15 @@ from napari_maskalign.engine import (
 )
 from napari_maskalign.io import read_mask, write_mask
 
+from .._display import HOT_LABEL, mask_colormap
 from ._common import (
-    HOT_LABEL,
     DockWidget,
     LayerCombo,
     PicksMask,
     fixed_height,
     layer_list_events,
-    mask_colormap,
     notify_info,
+    scrolled,
     wrap_label,
 )
 from ._layers import frame_shape, layer_named, mask_name, stack_problem
@@ -58,6 +58,7 @@ class MaskWidget(PicksMask, DockWidget):
     """
 
     WHAT = "Beam-block mask"
+    SHARE = 0.6  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -145,10 +146,8 @@ class MaskWidget(PicksMask, DockWidget):
             grid.addWidget(button, k // 2, k % 2)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(help_label)
-        layout.addWidget(fixed_height(self.form.native))
-        layout.addLayout(grid)
-        layout.addStretch(1)
+        # the buttons first: the help text below them scrolls when the dock is short
+        layout.addWidget(scrolled(fixed_height(self.form.native), grid, help_label, hint=150))
 
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
         self.image_combo.changed.connect(self._on_image_changed)

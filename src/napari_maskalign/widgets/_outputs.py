@@ -20,6 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_maskalign import workflow
+from napari_maskalign._display import pattern_limits
 from napari_maskalign.engine import aligned_dtype
 from napari_maskalign.workflow import MaskedMean
 
@@ -55,11 +56,16 @@ class Outputs:
         nonzero = ignore), else None (float output carries NaN there).
     mean : MaskedMean or None
         The masked mean of the aligned frames, if asked for.
+    aligned_limits, mean_limits : (float, float) or None
+        Contrast limits that show the pattern (:func:`pattern_limits`: percentiles
+        of the valid pixels, the mask and the static outliers left out).
     """
 
     aligned: Any
     nodata: Any = None
     mean: MaskedMean | None = None
+    aligned_limits: tuple[float, float] | None = None
+    mean_limits: tuple[float, float] | None = None
 
 
 def is_integer_output(stack, res: AlignedResult) -> bool:
@@ -114,7 +120,15 @@ def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
         averaged = acc.result()
     elif mean:
         averaged = yield from mean_job(stack, res)
-    return Outputs(aligned, nodata, averaged)
+    # the source's valid pixels hold the values the aligned frames hold (read a few frames
+    # of the source: no frame is shifted again for this)
+    return Outputs(aligned, nodata, averaged, pattern_limits(stack, res.valid),
+                   None if averaged is None else mean_limit(averaged))
+
+
+def mean_limit(mean: MaskedMean) -> tuple[float, float] | None:
+    """Contrast limits of a masked mean (NaN where no frame saw a pixel)."""
+    return pattern_limits(mean.mean, stack_axis=False)
 
 
 def mean_job(stack, res: AlignedResult):
@@ -152,9 +166,11 @@ def check_output_names(viewer, source: str) -> None:
         check_output_name(viewer, name, cls)
 
 
-def mean_steps(viewer, res: AlignedResult, mean: MaskedMean | None, props: dict) -> list:
+def mean_steps(viewer, res: AlignedResult, mean: MaskedMean | None, props: dict,
+               limits: tuple[float, float] | None = None) -> list:
     """The steps that publish ``<source> mean`` and its (hidden) ``<source> mean count``,
-    or remove a stale pair when there is no mean."""
+    or remove a stale pair when there is no mean. ``limits``: its contrast limits
+    (default: :func:`mean_limit`)."""
     source = res.source
     if mean is None:
         return [functools.partial(drop_outputs, viewer, mean_name(source), count_name(source))]
@@ -163,6 +179,9 @@ def mean_steps(viewer, res: AlignedResult, mean: MaskedMean | None, props: dict)
     meta = {META: {"role": "mean", **common, "excluded": excluded,
                    "count_layer": count_name(source)}}
     one = frame_props(props)
+    limits = limits if limits is not None else mean_limit(mean)
+    if limits is not None:
+        one["contrast_limits"] = limits
 
     def add_mean():  # hidden at first: it would cover the aligned frames
         upsert_layer(viewer, mean_name(source), mean.mean, metadata=meta,
@@ -186,6 +205,8 @@ def output_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dic
     holds the aligned layer once published. Names are checked first."""
     source = res.source
     check_output_names(viewer, source)
+    if out.aligned_limits is not None:
+        props = {**props, "contrast_limits": out.aligned_limits}
 
     def add_aligned():
         box["aligned"] = upsert_layer(viewer, aligned_name(source), out.aligned,
@@ -204,4 +225,4 @@ def output_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dic
     steps = [add_aligned]
     if out.nodata is not None or layer_named(viewer, nodata_name(source)) is not None:
         steps.append(add_nodata)
-    return steps + mean_steps(viewer, res, out.mean, props)
+    return steps + mean_steps(viewer, res, out.mean, props, out.mean_limits)

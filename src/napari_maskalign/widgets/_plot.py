@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from napari.utils.theme import get_theme
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
@@ -23,6 +23,9 @@ from ._model import AlignedResult, axis_names
 
 AXIS_COLORS = {"z": "#9ccc65", "y": "#ffb74d", "x": "#4fc3f7"}
 OUTLIER_COLOR = "#ff5252"
+#: the plot's minimum height: the title and legend, then this much per panel
+PLOT_HEADER_PX = 90
+PANEL_PX = 70
 
 
 class ShiftPlot(FigureCanvasQTAgg):
@@ -37,7 +40,7 @@ class ShiftPlot(FigureCanvasQTAgg):
     def __init__(self, on_frame: Callable[[int], None] | None = None):
         self.figure = Figure(figsize=(4.2, 3.6), layout="constrained")
         super().__init__(self.figure)
-        self.setMinimumHeight(260)
+        self.fit_panels(2)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.setToolTip("Click a point to show that frame.")
         self._on_frame = on_frame
@@ -47,6 +50,11 @@ class ShiftPlot(FigureCanvasQTAgg):
         self.colors: dict[str, str] = {}
         self.mpl_connect("button_press_event", self._on_click)
         self.set_theme("dark")
+
+    def fit_panels(self, count: int) -> None:
+        """Claim the height ``count`` panels need to read (the title, the legend and each
+        panel's ticks and label): more panels, a taller plot, never squeezed panels."""
+        self.setMinimumHeight(PLOT_HEADER_PX + PANEL_PX * count)
 
     # -- theme, frame line, clicks ---------------------------------------------
     def set_theme(self, theme_id: str) -> None:
@@ -117,6 +125,7 @@ class ShiftPlot(FigureCanvasQTAgg):
         outliers, edited = res.outliers, np.asarray(res.edited, int)
         frames = np.arange(n)
         panels = _extra_panels(res)
+        self.fit_panels(2 + len(panels))
         axes = fig.subplots(2 + len(panels), 1, sharex=True,
                             height_ratios=[2.2, *(1,) * len(panels), 1])
         ax_s, ax_q = axes[0], axes[-1]
@@ -173,15 +182,15 @@ class ShiftPlot(FigureCanvasQTAgg):
         ax_q.set_ylabel("quality")
         ax_q.set_xlabel("frame")
         title = res.source + (f" vs {res.reference}" if res.reference else "")
-        if error is not None:
-            title += f"\nmedian error against the true drift {error:.3f} {unit}"
-        fig.suptitle(title, fontsize=8.5, color=c["text"], x=0.02, ha="left")
+        if error is not None:  # one line: the panels keep the height
+            title += f" · median error against the true drift {error:.3f} {unit}"
+        fig.suptitle(title, fontsize=8, color=c["text"], x=0.02, ha="left", wrap=True)
         # above the data, never on it
         handles, labels = ax_s.get_legend_handles_labels()
-        legend = ax_s.legend(handles, labels, fontsize=8, loc="lower left",
+        legend = ax_s.legend(handles, labels, fontsize=7.5, loc="lower left",
                              bbox_to_anchor=(0.0, 1.01), ncols=2,
-                             frameon=False, borderaxespad=0.0, handlelength=1.8,
-                             columnspacing=1.0)
+                             frameon=False, borderaxespad=0.0, handlelength=1.5,
+                             columnspacing=0.8, handletextpad=0.4)
         for text in legend.get_texts():
             text.set_color(c["text"])
         for ax in self.axes_list:
@@ -196,7 +205,15 @@ class ShiftPlot(FigureCanvasQTAgg):
             ax.grid(True, color=c["grid"], lw=0.6, alpha=0.8)
             ax.set_xlim(-0.5, n - 0.5)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            # values as they are: no "+9.999e-1" offset above the axis
+            plain = ScalarFormatter(useOffset=False)
+            plain.set_scientific(False)
+            ax.yaxis.set_major_formatter(plain)
             self._vlines.append(ax.axvline(0, color=c["current"], lw=1.5, alpha=0.9))
+        for ax in axes[1:]:  # the panels below the shifts: a few ticks, readable
+            if ax is not ax_q:
+                ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+        fig.align_ylabels(list(axes))
         self.request_draw()
 
     def _draw_quality(self, ax, res: AlignedResult, frames, marker) -> None:
@@ -239,13 +256,24 @@ class ShiftPlot(FigureCanvasQTAgg):
 
 
 def _extra_panels(res: AlignedResult) -> list:
-    """(label, values) of the rotation and scale panels of a rigid or similarity result."""
+    """(label, values) of the rotation and scale panels of a rigid or similarity result:
+    rotation in degrees, scale as its change from 1 in ppm (below 0.1 %) or %."""
     out = []
     if res.rotations is not None:
-        out.append(("rotation (°)", np.asarray(res.rotations, float)))
+        out.append(("rotation\n(°)", np.asarray(res.rotations, float)))  # two lines: fits a small panel
     if res.scales is not None and np.any(np.asarray(res.scales) != 1):
-        out.append(("scale", np.asarray(res.scales, float)))
+        out.append(scale_panel(np.asarray(res.scales, float)))
     return out
+
+
+def scale_panel(scales: np.ndarray) -> tuple[str, np.ndarray]:
+    """The scale panel's label and values: the change from 1, in ppm while it stays below
+    0.1 %, else in %."""
+    change = scales - 1.0
+    largest = float(np.nanmax(np.abs(change))) if np.isfinite(change).any() else 0.0
+    if largest < 1e-3:
+        return "Δscale\n(ppm)", change * 1e6
+    return "Δscale\n(%)", change * 100
 
 
 def _truth_for(res: AlignedResult, truth: np.ndarray) -> np.ndarray:

@@ -25,12 +25,14 @@ from ._common import (
     DockWidget,
     LayerCombo,
     PicksMask,
+    Throttled,
     ask,
     explain,
     fixed_height,
     layer_list_events,
     notify_info,
     publish_in_turns,
+    scrolled,
     start_worker,
     wrap_label,
 )
@@ -126,6 +128,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     run_finished = Signal(str)
 
     WHAT = "Register stack"
+    SHARE = 1.0  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -133,6 +136,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.job: RegisterJob | None = None
         self._outcome = "failed"  # of the run under way: "done", "cancelled" or "failed"
         self._yields = 0
+        self._progress_shown = Throttled(self._show_progress)  # at the window's pace
         self._worker_done = True
         self._publishing = False
         self._closed = False  # the dock was closed during the run under way
@@ -181,13 +185,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.progress_bar.setFormat("%p%")
         self.status = wrap_label("Choose a stack (and its mask) and click Run.")
 
+        # Run and the progress stay in sight; what happened (the status) and the settings
+        # scroll below them when the dock is short (three docks on a laptop's screen)
+        self.settings_area = scrolled(self.status, fixed_height(self.form.native), self.more,
+                                      hint=260)
         layout = QVBoxLayout(self)
-        layout.addWidget(fixed_height(self.form.native))
-        layout.addWidget(self.more)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        layout.addWidget(self.settings_area, 1)
 
     # -- reacting to the viewer -------------------------------------------
 
@@ -321,7 +326,11 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     # -- worker slots (main thread) -------------------------------------------
 
     def _on_yielded(self, p) -> None:
+        """Count every progress; show it at most every ``PROGRESS_EVERY_S``."""
         self._yields += 1
+        self._progress_shown(p)
+
+    def _show_progress(self, p) -> None:
         self.progress_bar.setValue(min(self._yields, self.progress_bar.maximum()))
         job = self.job
         if isinstance(p, Progress):
@@ -336,6 +345,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self.status.setText(text)
 
     def _on_returned(self, value) -> None:
+        self._progress_shown.flush()  # the last frame's progress, before the result
         if self._closed:  # the dock was closed as the worker finished: publish nothing
             self._on_aborted()
             return
@@ -392,9 +402,11 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         notify_info(f"'{aligned_name(self.job.source)}': {text}")
 
     def _on_errored(self, exc) -> None:
+        self._progress_shown.cancel()
         self._fail(exc)
 
     def _on_aborted(self) -> None:
+        self._progress_shown.cancel()
         self._outcome = "cancelled"
         if self._closed:
             text = "Registration stopped: its dock was closed. No layer was changed."

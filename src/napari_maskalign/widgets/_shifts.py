@@ -30,11 +30,13 @@ from napari_maskalign.io import read_shift_table, write_shifts_csv
 from ._common import (
     DockWidget,
     LayerCombo,
+    Throttled,
     explain,
     fixed_height,
     layer_list_events,
     notify_info,
     publish_in_turns,
+    scrolled,
     start_worker,
     wrap_label,
 )
@@ -81,6 +83,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
     """
 
     WHAT = "Shifts"
+    SHARE = 2.6  # of the dock column's height, beside the other docks
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer)
@@ -165,12 +168,18 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self._stack_form = Container(widgets=[self.stack_combo], labels=True)
         self._target_form = Container(widgets=[self.target_combo], labels=True)
         layout.addWidget(fixed_height(self._stack_form.native))
-        layout.addWidget(self.plot, 1)
+        # the plot at the height its panels need to read, scrolled when the dock is shorter
+        self.plot_area = scrolled(self.plot, stretch=False)
+        self.plot_area.setMinimumHeight(150)
+        layout.addWidget(self.plot_area, 1)
         layout.addLayout(csv_row)
-        layout.addWidget(fixed_height(self.edit_box))
         apply_layout.addWidget(fixed_height(self._target_form.native))
         apply_layout.addWidget(self.apply_button)
-        layout.addWidget(fixed_height(apply_box))
+        # the edits and the other layer scroll below the plot when the dock is short
+        self.tools_area = scrolled(fixed_height(self.edit_box), fixed_height(apply_box),
+                                   stretch=False, hint=56)
+        self.tools_area.setMinimumHeight(48)  # a line of it, and its scroll bar
+        layout.addWidget(self.tools_area)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
 
@@ -352,11 +361,14 @@ class ShiftsWidget(EditsFrames, DockWidget):
         mask = layer_named(self.viewer, f"{stack.name} mask")
         ignore = None if mask is None else np.asarray(mask.data)
         valid = ignore == 0 if ignore is not None and ignore.shape == shape else None
+        ref = table_reference(shifts, quality, rotations, scales)
         res = AlignedResult(
             source=stack.name, shifts=shifts, quality=quality, outliers=outliers,
             raw_shifts=shifts.copy(), frame_shape=shape, valid=valid,
             mask=None if valid is None else mask.name,
-            reference=f"imported from {Path(path).name}", params={"imported": str(path)},
+            # drawn as after the run that wrote the table: against its reference frame
+            reference="" if ref is None else f"frame {ref}", reference_frame=ref,
+            params={"imported": str(path)},
             rotations=rotations, scales=scales, model=model_for_table(rotations, scales).name,
         )
         done = (f"Made '{aligned_name(stack.name)}' and '{mean_name(stack.name)}' from the "
@@ -417,6 +429,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
 
         def finished():
             self.worker = None
+            self._steps_shown.cancel()
             self.progress_bar.setVisible(False)
             self.refresh()
 
@@ -436,9 +449,15 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self.progress_bar.setValue(0)
         self.progress_bar.setVisible(True)
         self.status.setText(text + "…")
+        self._steps = 0
+        self._steps_shown = Throttled(self._show_steps)  # at the window's pace
 
     def _step(self, _p=None) -> None:
-        self.progress_bar.setValue(min(self.progress_bar.value() + 1, self.progress_bar.maximum()))
+        self._steps += 1
+        self._steps_shown(self._steps)
+
+    def _show_steps(self, steps: int) -> None:
+        self.progress_bar.setValue(min(steps, self.progress_bar.maximum()))
 
     def _made(self, stack: Image, box: dict, text: str) -> None:
         """The aligned stack and its mean are published: say so (the stack stays chosen)."""
@@ -463,3 +482,18 @@ class ShiftsWidget(EditsFrames, DockWidget):
         for worker in (self.worker, self.mean_worker):
             if worker is not None:
                 worker.quit()
+
+
+def table_reference(shifts, quality, rotations=None, scales=None) -> int | None:
+    """The reference frame of a shift table: the frame matched with itself (no shift, no
+    turn, scale 1, quality 1, as a run writes it); None when no frame is, or several
+    are (a flat table)."""
+    still = np.all(np.abs(np.asarray(shifts, float)) < 1e-9, axis=1)
+    if rotations is not None:
+        still &= np.abs(np.asarray(rotations, float)) < 1e-9
+    if scales is not None:
+        still &= np.abs(np.asarray(scales, float) - 1) < 1e-9
+    quality = np.asarray(quality, float)
+    still &= np.isfinite(quality) & (quality >= 1 - 1e-4)  # 0.999998 after the refinement
+    found = np.flatnonzero(still)
+    return int(found[0]) if len(found) == 1 else None

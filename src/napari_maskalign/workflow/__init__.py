@@ -30,7 +30,15 @@ from .align import (
     to_apply,
     write_aligned,
 )
-from .journal import ShiftJournal, continue_run, resume_rows, run_settings, sidecar_path
+from .checks import saturation_warning
+from .journal import (
+    ShiftJournal,
+    continue_run,
+    pending_path,
+    resume_rows,
+    run_settings,
+    sidecar_path,
+)
 from .outputs import (
     OutputPaths,
     aligned_mask_path,
@@ -64,9 +72,11 @@ __all__ = [
     "dask_client",
     "iter_align",
     "iter_mean",
+    "pending_path",
     "register",
     "resume_rows",
     "run_settings",
+    "saturation_warning",
     "sibling",
     "sidecar_path",
     "table_result",

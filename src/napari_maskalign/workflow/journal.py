@@ -7,6 +7,12 @@ registration options' :meth:`~napari_maskalign.engine.RegistrationOptions.finger
 A run that is killed leaves a table that is always a valid prefix (frames
 ``0..k-1``, written atomically), and :func:`resume_rows` continues it only
 when the settings match.
+
+A table that exists when a run starts (``--overwrite``) is kept until the new
+one is complete: the new rows go to ``.SHIFTS.csv.partial`` (with its own
+settings file, :func:`pending_path`), which is renamed over the old table
+after the last frame; a killed run's partial table is what ``--resume``
+continues.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from ..engine.models import DEFAULT_MODEL, model_named
 from ..engine.run._options import array_digest
 from ..io import (
     ShiftTable,
+    WriteFailed,
     is_glob,
     read_shift_table,
     source_file,
@@ -30,13 +37,26 @@ from ..io import (
     write_shifts_csv,
 )
 
-__all__ = ["ShiftJournal", "continue_run", "resume_rows", "run_settings", "sidecar_path"]
+__all__ = ["ShiftJournal", "continue_run", "pending_path", "resume_rows", "run_settings",
+           "sidecar_path"]
 
 
 def sidecar_path(shifts_path) -> Path:
     """The settings file next to a shifts table: ``NAME.csv.json``."""
     p = Path(os.fspath(shifts_path))
     return p.with_name(p.name + ".json")
+
+
+def pending_path(shifts_path) -> Path:
+    """Where a run writes its table while an older table exists: ``.NAME.csv.partial``."""
+    p = Path(os.fspath(shifts_path))
+    return p.with_name(f".{p.name}.partial")
+
+
+def _current(shifts_path) -> Path:
+    """The table a resumed run continues: an unfinished replacement if there is one."""
+    pending = pending_path(shifts_path)
+    return pending if pending.exists() else Path(os.fspath(shifts_path))
 
 
 def run_settings(source, stack, valid, options) -> dict:
@@ -70,8 +90,10 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
     settings file is missing or unreadable, the settings differ (each
     difference is named), or the table does not fit the input.
     """
-    path = Path(os.fspath(shifts_path))
+    path = _current(shifts_path)
     side = sidecar_path(path)
+    if not side.exists() and path != Path(os.fspath(shifts_path)):
+        side = sidecar_path(shifts_path)  # killed between the settings' rename and the table's
     moves = not model_named(settings.get("model", DEFAULT_MODEL)).shift_only
     if not path.exists():
         return ShiftTable(np.zeros((0, ndim)), np.zeros(0), *((np.zeros(0), np.ones(0)) if moves
@@ -83,6 +105,8 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
         )
     try:
         saved = json.loads(side.read_text())["registration"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"its 'registration' section is {saved!r}, not a table of settings")
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise ValueError(f"cannot resume: {side} is not readable ({exc})") from None
     diffs = [
@@ -125,8 +149,9 @@ def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outpu
     table that a kill cut short (temporary files) are removed.
     """
     path = Path(os.fspath(shifts_path))
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
+    for name in (path.name, pending_path(path).name):
+        for tmp in path.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
     rows = resume_rows(path, settings, n_frames, ndim)
     existing = {what: p for what, p in outputs.items() if p is not None and Path(p).exists()}
     if len(rows[0]) == n_frames and len(existing) == sum(p is not None for p in outputs.values()):
@@ -166,7 +191,10 @@ class ShiftJournal:
     def __init__(self, path, n_frames: int, ndim: int, settings: dict, *, interval: float = 1.0,
                  note: dict | None = None):
         self.path = Path(os.fspath(path))
-        self.sidecar = sidecar_path(self.path)
+        #: the file the rows go to: the table, or beside an older table until this one is complete
+        pending = pending_path(self.path)
+        self.writing = pending if self.path.exists() or pending.exists() else self.path
+        self.sidecar = sidecar_path(self.writing)
         self.info = {
             "registration": settings,
             **(note or {}),
@@ -194,6 +222,8 @@ class ShiftJournal:
     def preload(self, shifts, quality, rotations=None, scales=None) -> None:
         """Rows already on disk from an earlier run (frames ``0..k-1``)."""
         k = len(shifts)
+        if k and not pending_path(self.path).exists():  # a resumed table continues in place
+            self.writing, self.sidecar = self.path, sidecar_path(self.path)
         self.shifts[:k], self.quality[:k], self.done[:k] = shifts, quality, True
         self._put(slice(0, k), rotations, scales)
         self.saved = k
@@ -225,19 +255,39 @@ class ShiftJournal:
         if k == self.saved and not force:
             return
         if not self._started:
-            # first save of this run: the settings file goes first, and a table
-            # left by an earlier run (overwrite) goes, so that a table never sits
-            # next to the settings of another run
-            if self.saved == 0 and self.path.exists():
-                self.path.unlink()
+            # first save of this run: the settings file goes first, and an unfinished
+            # table left by an earlier run goes, so that a table never sits next to
+            # the settings of another run (an older complete table waits at self.path)
+            if self.saved == 0 and self.writing.exists():
+                self.writing.unlink()
             write_json_atomic(self.sidecar, self.info)
             self._started = True
         t0 = time.perf_counter()
         moves = self.rotations is not None
-        write_shifts_csv(self.path, self.shifts[:k], self.quality[:k],
-                         rotations=self.rotations[:k] if moves else None,
-                         scales=self.scales[:k] if moves else None)
+        try:
+            write_shifts_csv(self.writing, self.shifts[:k], self.quality[:k],
+                             rotations=self.rotations[:k] if moves else None,
+                             scales=self.scales[:k] if moves else None)
+        except OSError as exc:  # a full disk: the last table written is whole, and says how far
+            raise WriteFailed(
+                exc.errno,
+                f"cannot write {self.writing}: {exc.strerror or exc}; {self.saved} of "
+                f"{self.n_frames} frames are saved in {self.writing}; make room and run the same "
+                "command with --resume to continue",
+                self.writing,
+            ) from exc
         self._last_cost = time.perf_counter() - t0
         self.writes += 1
         self._last = time.monotonic()
         self.saved = k
+        if k == self.n_frames and self.writing != self.path:
+            self._replace_old_table()
+
+    def _replace_old_table(self) -> None:
+        """The table is complete: it and its settings take the older table's place. A kill
+        between the two renames leaves the new settings and the complete new table at
+        :func:`pending_path`, which ``--resume`` reads and ends the swap."""
+        final_side = sidecar_path(self.path)
+        os.replace(self.sidecar, final_side)
+        os.replace(self.writing, self.path)
+        self.writing, self.sidecar = self.path, final_side

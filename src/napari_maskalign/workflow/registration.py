@@ -38,6 +38,7 @@ from ..engine import (
 from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
+from ..engine.run._stack import outlier_params
 from ..io import write_shifts_csv
 from .run import cluster_guard, cluster_stack
 
@@ -219,8 +220,7 @@ def _over_table(shifts, quality, rotations, scales, options, frame_shape, *, use
         shifts,
         quality,
         options,
-        params={"masked": masked, "start": start, "n_frames": n,
-                "n_hot_pixels": 0 if hot is None else int(hot.sum())},
+        params={"start": start, "n_frames": n, **outlier_params(masked, hot, options)},
         rotations=rotations,
         scales=scales,
         frame_shape=frame_shape,

@@ -8,12 +8,20 @@ and losing the cluster said in plain words.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 
 from ..io import as_dask
 
 __all__ = ["ClusterLost", "cluster_errors", "dask_client"]
+
+#: seconds a run waits for a scheduler to have at least one worker
+WORKER_WAIT = 60.0
+
+#: the loggers of dask.distributed, quiet while a client is held: a lost worker is one
+#: line from the command (ClusterLost), not the tracebacks of every process that saw it
+DASK_LOGGERS = ("distributed", "tornado", "asyncio")
 
 
 class ClusterLost(RuntimeError):
@@ -74,20 +82,44 @@ def dask_client(scheduler: str | None = None, workers: int | None = None):
             "a dask cluster needs dask.distributed: pip install 'napari-maskalign[distributed]'"
         ) from None
     if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise ValueError(f"cannot connect to the dask scheduler at {scheduler}: {exc}") from None
-        with client:
-            yield client
+        with _quiet_dask():
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(f"cannot connect to the dask scheduler at {scheduler}: {exc}") from None
+            with client:
+                try:
+                    client.wait_for_workers(1, timeout=WORKER_WAIT)
+                except (TimeoutError, OSError):
+                    raise ValueError(
+                        f"the dask scheduler at {scheduler} has no workers (waited "
+                        f"{WORKER_WAIT:g} s); start some with 'dask worker {scheduler}'"
+                    ) from None
+                yield client
         return
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+    with _quiet_dask():
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+        except (RuntimeError, OSError, TimeoutError) as exc:  # a worker killed while starting
+            raise ValueError(f"cannot start a local dask cluster of {workers} workers: "
+                             f"{exc}") from None
+        with cluster, Client(cluster) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _quiet_dask():
+    """dask.distributed's loggers at CRITICAL for a ``with`` block, then as they were."""
+    loggers = [logging.getLogger(name) for name in DASK_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def cluster_stack(stack, options, client, chunk_frames: int = 16):

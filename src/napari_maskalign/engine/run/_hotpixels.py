@@ -1,37 +1,53 @@
-"""Static outlier pixels: hot, dead, stuck and saturated detector pixels.
+"""Static outlier pixels: hot, dead, stuck and saturated detector pixels, alone or in clusters.
 
-They are a second static object, like the beam block: single pixels far above
-(or below) their neighbourhood in every frame, at the same place, so they pull
-a correlation towards zero shift. :func:`find_static_outliers` finds them
-from a bounded sample of frames:
+They are a second static object, like the beam block: pixels far above (or
+below) the pattern, at the same detector position in every frame, so they
+pull a correlation towards zero shift. On a real detector a quarter of them
+sit in clusters of 2 to a dozen pixels. What tells them from the pattern is
+the physics: **they stay put in detector coordinates while the content
+moves**. :func:`find_static_outliers` uses that on a small sample of frames
+(a few frames' worth of work, however long the stack):
 
-1. up to ``n_frames`` frames spread over the stack are read (fewer for large
-   frames, so memory stays bounded), and their per-pixel median ``M`` is taken
-   (a cosmic ray in one frame does not survive it; the moving pattern is
-   blurred by it, a static outlier is not);
-2. the noise is measured from one frame as the robust spread of each pixel's
-   difference from the median of its neighbours, in bins of brightness, so
-   the threshold follows Poisson counts (noise growing with the level) and
-   Gaussian noise (constant) alike; the noise of ``M`` is that over the
-   square root of the number of frames;
-3. candidates are pixels of ``M`` that stand out from the median of their
-   5x5 neighbourhood; each is then tested in every sampled frame: it must be
-   beyond all but one of its 8 neighbours (a pair of adjacent hot pixels is
-   still found) and *sharp* -- its neighbours sit near the background, not
-   near it, which is what tells a single pixel from a Bragg spot or a ring a
-   few pixels wide -- in at least 3/4 of the frames, and its median excess
-   must be ``threshold`` noise levels and 10 % of the local level; its value
-   (dead, stuck, saturated) or its excess (hot) must stay put from frame to
-   frame (within 3 noise levels or 20 %). Beside the
-   mask, with 3 to 5 valid neighbours, a pixel must instead be beyond every
-   valid neighbour by most of its excess, and its excess twice the spread of
-   its 5x5 neighbourhood; candidates
-   beside a found outlier are judged once more with it set aside;
-4. pixels that are NaN or inf in (nearly) every sampled frame are static
-   outliers too (a NaN in one frame is not static: registration refuses it).
+1. *Candidates* (a cheap, generous first pass): up to ``n_frames`` frames
+   spread over the stack are read; the per-pixel minimum over them keeps
+   what is bright in every frame (hot pixels; a moving spot is gone from it
+   once it has moved by its width), the maximum what is dark in every frame
+   (dead pixels). Whatever stands out from its 7-pixel neighbourhood there
+   (a grey-level top hat: narrower than 7 px, so clusters of a dozen pixels
+   too) by 5 noise levels, and keeps its value from frame to frame (within
+   35 % of its excess: a spot that moves less than its width does not), is a
+   candidate.
+2. *Coarse registration*: the sampled frames are registered onto the
+   middle one by masked correlation of 4x (2x for small frames) binned
+   frames with the candidates and ignored pixels masked, so nothing static
+   pulls them to zero, then by Gauss-Newton steps (shift, gain, offset) on
+   smoothed frames at half resolution: a few hundredths of a pixel.
+3. *Residuals in detector coordinates*: the frames, candidates filled from
+   their nearest clean neighbour, are moved onto the middle one and averaged
+   in Fourier space (a static pixel lands on a different place in each);
+   that content, without the frame's own share, is moved back onto each
+   frame (with a fitted gain and offset) and subtracted from the frame as it
+   was read. The median of these residuals over the frames, pixel by pixel,
+   is noise on the moving pattern and the outlier's own excess where a static
+   pixel sits: it piles up there and nowhere else. A frame takes no part at a
+   pixel whose content came from outside the frame or beside ignored pixels.
+4. *Final pass*: pixels whose median residual is ``threshold`` noise levels
+   (measured on the residual map itself, by brightness, so Poisson and
+   Gaussian noise both work) and half the local level from zero, and more
+   than twice any neighbour of the opposite sign (a sharp feature of the
+   content slightly misplaced leaves a dipole), are static outliers when the
+   group of connected pixels beyond 3 noise levels they belong to has at
+   most ``max_cluster`` pixels: a larger static object (an unpainted beam
+   block, its edge) is not an outlier pixel and is left alone (paint it into
+   the mask). Where too few frames could judge a pixel (the frame's edge,
+   which moved frames wrap around; beside the block), a candidate far above
+   its background (three times it; dead: below a fifth of it) is taken.
 
-Pixels the mask already ignores take no part (so the block's edge is not an
-outlier) and are never reported.
+Pixels that are NaN or inf in (nearly) every sampled frame are static
+outliers too (a NaN in one frame is not static: registration refuses it).
+Pixels the mask already ignores take no part and are never reported.
+Without drift between the sampled frames nothing is static *relative to the
+content*, and nothing but non-finite pixels is reported.
 
 References
 ----------
@@ -39,56 +55,64 @@ The search itself is this project's own (see above); it rests on
 Hampel FR. "The influence curve and its role in robust estimation." Journal
 of the American Statistical Association 69(346):383-393 (1974).
 https://doi.org/10.1080/01621459.1974.10482962 (the
-median absolute deviation, the robust spread the thresholds are in units of).
+median absolute deviation, the robust spread the thresholds are in units of),
+and on the Gauss-Newton (Lucas-Kanade) steps of Lucas BD, Kanade T. "An
+iterative image registration technique with an application to stereo vision."
+IJCAI 1981, 674-679.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from ..backends._frames import read_frame
+from ..kernels._fft import default_workers
+from ..kernels._masked import MaskedCorrelator
+from ._parallel import in_threads
 
 __all__ = ["find_static_outliers", "mask_with_outliers"]
 
-#: a sharp pixel's neighbours rise above the background by less than this
-#: fraction of the pixel's own excess (a Bragg spot 1 px wide reaches ~0.4)
-SHARPNESS = 0.3
-#: ... in at least this fraction of the sampled frames
+#: a pixel NaN or inf in at least this fraction of the sampled frames is static
 CONSISTENCY = 0.75
-#: and its excess is at least this fraction of the local level
-RELATIVE = 0.1
-#: the sampled frames take at most this much memory (float32) ...
+#: a static outlier's median residual is at least this fraction of the local level
+RELATIVE = 0.5
+#: the sampled frames take at most this much memory (float32)
 SAMPLE_BYTES = 64 * 2**20
-#: ... and the neighbourhoods of the candidates tested at once about this much
-CHUNK_BYTES = 8 * 2**20
+#: a candidate's value over the sampled frames spans less than this fraction of its excess
+STEADY = 0.35
+#: the width of the top hat that finds candidates (clusters narrower than it)
+HAT = 7
 
 
-def _ring(radius: int, ndim: int) -> np.ndarray:
-    fp = np.ones((2 * radius + 1,) * ndim, bool)
-    fp[(radius,) * ndim] = False
-    return fp
+
+def _sample(stack, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, frames)``: up to ``n_frames`` frames spread over the stack, float32."""
+    n = int(stack.shape[0])
+    per_frame = max(1, int(np.prod(stack.shape[1:]))) * 4
+    k = int(max(1, min(n, n_frames, SAMPLE_BYTES // per_frame)))
+    picks = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+    return picks, np.stack([read_frame(stack, int(i), np.float32) for i in picks])
 
 
-def _noise_model(frame: np.ndarray, use: np.ndarray, bins: int = 16):
-    """(levels, sigmas): the single-frame noise by brightness, from each pixel's
-    difference to the median of its neighbours (robust spread per level bin)."""
-    fill = np.where(use, frame, np.nanmedian(frame[use]) if use.any() else 0.0)
-    nb = ndi.median_filter(fill, footprint=_ring(1, frame.ndim), mode="reflect")
-    levels, resid = nb[use], (fill - nb)[use]
-    if levels.size < 50:
+def _binned_spread(values: np.ndarray, levels: np.ndarray, bins: int = 12) -> tuple:
+    """``(centres, sigmas)``: the robust spread (1.4826 MAD about the median) of
+    ``values`` in bins of ``levels``, for :func:`np.interp` (from at most ~30000 of them,
+    evenly strided: plenty for a spread, and cheap on large frames)."""
+    if values.size < 30:  # nothing to measure: nothing stands out
         return np.array([0.0]), np.array([np.inf])
+    step = max(1, values.size // 30000)
+    values, levels = values[::step], levels[::step]
     edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, levels, side="right") - 1, 0, max(len(edges) - 2, 0))
     centres, sigmas = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (levels >= lo) & (levels <= hi)
-        if sel.sum() < 50:
+    for b in range(max(len(edges) - 1, 1)):
+        v = values[which == b]
+        if v.size < 30:
             continue
-        r = resid[sel]
-        centres.append(float(np.median(levels[sel])))
-        sigmas.append(1.4826 * float(np.median(np.abs(r - np.median(r)))))
+        centres.append(float(np.median(levels[which == b])))
+        sigmas.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
     if not centres:
         return np.array([0.0]), np.array([np.inf])
     sigmas = np.asarray(sigmas)
@@ -97,24 +121,39 @@ def _noise_model(frame: np.ndarray, use: np.ndarray, bins: int = 16):
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
 
 
-def _neighbourhoods(frames: np.ndarray, points: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per frame and point: the value, its 8 (26 in 3D) neighbours and its 5x5 ring
-    (mirrored at the frame's edge)."""
-    ndim = frames.ndim - 1
-    offsets = np.stack(np.meshgrid(*[np.arange(-2, 3)] * ndim, indexing="ij"), -1).reshape(-1, ndim)
-    cheb = np.abs(offsets).max(axis=1)
-    idx = []
-    for k, p in enumerate(points):
-        i = np.asarray(p)[:, None] + offsets[:, k][None, :]
-        n = frames.shape[k + 1]
-        idx.append(np.abs(np.where(i >= n, 2 * (n - 1) - i, i)))  # reflect, as np.pad does
-    patches = frames[(slice(None), *idx)]  # (K, n_points, 5**ndim)
-    centre = patches[..., cheb == 0][..., 0]
-    return centre, patches[..., cheb == 1], patches[..., cheb >= 1]
+def _filler(valid: np.ndarray):
+    """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
+    if valid.all():
+        return lambda frames: frames
+    idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    holes = np.flatnonzero(~valid)
+    src = np.ravel_multi_index(tuple(i.ravel()[holes] for i in idx), valid.shape)
+
+    def fill(frames):
+        out = frames.reshape(*frames.shape[: frames.ndim - valid.ndim], -1).copy()
+        out[..., holes] = out[..., src]
+        return out.reshape(frames.shape)
+
+    return fill
 
 
-def find_static_outliers(stack, *, valid=None, n_frames: int = 16, threshold: float = 8.0) -> np.ndarray:
-    """Find hot, dead, stuck and saturated pixels: outliers in (nearly) every frame.
+def _small_groups(core: np.ndarray, loose: np.ndarray, max_cluster: int) -> np.ndarray:
+    """The pixels of ``core`` whose connected group in ``loose`` (which holds
+    ``core``) has at most ``max_cluster`` pixels."""
+    labels, n = ndi.label(loose, np.ones((3,) * core.ndim, bool))
+    if n == 0:
+        return core
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_cluster
+    small[0] = False
+    return core & small[labels]
+
+
+def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: float = 6.0,
+                         max_cluster: int = 40, workers=None, details: dict | None = None
+                         ) -> np.ndarray:
+    """Find hot, dead, stuck and saturated pixels, alone or in clusters: static in
+    detector coordinates while the content drifts.
 
     Parameters
     ----------
@@ -127,131 +166,264 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 16, threshold: fl
     n_frames : int
         How many frames to sample at most (fewer when frames are large).
     threshold : float
-        How many noise levels a pixel's median excess over its neighbourhood
-        must reach.
+        How many noise levels a pixel's median residual must reach.
+    max_cluster : int
+        The largest group of connected static pixels reported; larger static
+        objects (an unpainted beam block) are not outlier pixels.
+    workers : int, optional
+        Threads for the FFTs.
+    details : dict, optional
+        Filled with what the search did: ``frames`` (the sampled indices),
+        ``shifts`` (their coarse registration onto the middle one),
+        ``candidates`` (how many pixels the first pass proposed) and
+        ``judged`` (how many pixels a residual judged).
 
     Returns
     -------
     outliers : ndarray of bool, one frame's shape
         True on static outlier pixels: pixels to ignore, like the block.
-
-    Notes
-    -----
-    Moving content is not flagged: Bragg spots and rings a pixel wide or
-    more are not *sharp* (their neighbours are bright too), and the
-    beam block's edge takes no part when it is masked. Without a mask,
-    isolated bright corners of an unpainted static object can be flagged;
-    they are static too. Pixels stuck at the level of their neighbours are
-    not found (and do not pull a registration).
     """
     n = int(stack.shape[0])
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     if n < 1:
         raise ValueError("the stack has no frames")
-    per_frame = max(1, int(np.prod(frame_shape))) * 4
-    k = int(max(1, min(n, n_frames, SAMPLE_BYTES // per_frame)))
-    picks = np.unique(np.linspace(0, n - 1, k).round().astype(int))
-    frames = np.stack([read_frame(stack, i, np.float32) for i in picks])
+    dt = np.dtype(getattr(stack, "dtype", None) or np.asarray(stack[0]).dtype)
+    if dt.kind not in "biuf":  # before any frame is read (an object array may unpickle)
+        raise ValueError(f"cannot look for hot pixels in images of dtype {dt}: expected real "
+                         f"numbers, got {'complex numbers' if dt.kind == 'c' else dt.name}")
+    ndim = len(frame_shape)
+    workers = default_workers(workers)
+    picks, frames = _sample(stack, n_frames)
+    k = len(picks)
     finite = np.isfinite(frames)
     nonfinite = (~finite).mean(axis=0) >= CONSISTENCY  # NaN or inf in (nearly) every frame
-    use = finite if valid is None else finite & np.asarray(valid, bool)
-    frames = np.where(use, frames, np.nan)  # ignored pixels take no part
-    if (use == use[0]).all():  # the usual case: the same pixels ignored in every frame
-        med = np.median(np.where(use[0], frames, 0), axis=0)  # twice as fast as nanmedian
-        med[~use[0]] = np.nan
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels (the block)
-            med = np.nanmedian(frames, axis=0)
-    usable = np.isfinite(med)
-    outliers = nonfinite.copy()
-    if usable.sum() < 50:
-        return outliers & (True if valid is None else np.asarray(valid, bool))
-    levels, sigmas = _noise_model(frames[len(picks) // 2], use[len(picks) // 2])
-    filled = np.where(usable, med, np.median(med[usable]))
-    bg = ndi.median_filter(filled, footprint=_ring(2, len(frame_shape)), mode="reflect")
-    nb = ndi.median_filter(filled, footprint=_ring(1, len(frame_shape)), mode="reflect")
-    excess = filled - bg
-    sigma_frame = np.interp(bg, levels, sigmas)
-    sigma_med = 1.2533 * sigma_frame / np.sqrt(len(picks))
-    # candidates: half way to the final thresholds on the median frame, loosely sharp
-    candidates = (
-        usable
-        & (np.abs(excess) > 0.5 * np.maximum(threshold * sigma_med, RELATIVE * np.abs(bg)))
-        & (np.sign(excess) * (nb - bg) < 0.6 * np.abs(excess))
-    )
-    limit = np.stack([threshold * sigma_med, sigma_frame])
-    found = _test(frames, frames, candidates, limit)
-    # a second look at the candidates beside what was found, with those set aside: an
-    # outlier next to another (a dead pair beside the block, say) is judged against its
-    # real neighbours, and a pixel that only beat its outlier neighbours is dropped
-    near = candidates & ndi.binary_dilation(found, np.ones((3,) * len(frame_shape), bool))
-    near &= ~found | ndi.binary_dilation(found, _ring(1, len(frame_shape))) & found
-    if near.any():
-        again = _test(np.where(found, np.nan, frames), frames, near, limit)
-        found = np.where(near, again, found)
-    outliers |= found
-    return outliers & (True if valid is None else np.asarray(valid, bool))
+    base = np.ones(frame_shape, bool) if valid is None else np.asarray(valid, bool)
+    use = base & finite.all(axis=0)
+    outliers = nonfinite & base
+    if details is not None:
+        details.update(frames=picks, shifts=np.zeros((k, ndim)), candidates=0, judged=0)
+    if use.sum() < 50 or k < 3:
+        return outliers
+    frames = np.where(use, frames, 0).astype(np.float32, copy=False)
+
+    # 1. candidates: bright in every frame (minimum) or dark in every frame (maximum)
+    lo, hi = _filler(use)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
+    # (each against its neighbourhood with the opposite kind taken out first: a hot
+    # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
+    size = (HAT,) * ndim
+    bg_lo = ndi.grey_opening(ndi.grey_closing(lo, size=size), size=size)
+    bg_hi = ndi.grey_closing(ndi.grey_opening(hi, size=size), size=size)
+    hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
+    # the noise by the level of the background around a pixel (not the pixel's own)
+    c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
+    c_dead, s_dead = _binned_spread(hat_dead[use], bg_hi[use])
+    sig_hot, sig_dead = np.interp(bg_lo, c_hot, s_hot), np.interp(bg_hi, c_dead, s_dead)
+    # ... and steady: a static pixel keeps its value from frame to frame (its own noise
+    # aside), a spot of the pattern that moves less than its width does not
+    # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
+    ok = c_hot > 0
+    gain = float(np.median(s_hot[ok] ** 2 / c_hot[ok])) if ok.any() else 0.0
+    wobble = 3 * np.sqrt(gain * np.abs(lo)) if np.isfinite(gain) else 0.0
+    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead) + wobble
+    candidates = use & steady & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
+    clean = use & ~candidates
+
+    # 2. coarse registration of the sampled frames onto the middle one: masked correlation
+    # of 2x binned frames with the candidates (and the block) ignored, so nothing static
+    # pulls it to zero; then Gauss-Newton steps on the smoothed frames, at half resolution
+    # (smoothed, they carry nothing finer)
+    r = k // 2
+    b = 2 if min(frame_shape) >= 64 else 1
+    bc = 4 if min(frame_shape) >= 1024 else b  # the whole-pixel search: 4x binned when large
+    clean_b, clean_c = (_binned(clean[None].astype(np.float32), f)[0] > 0.999 for f in (b, bc))
+    binned = _binned(frames, bc)
+    # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
+    reach = [max(8, n // 4) for n in binned.shape[1:]]
+    corr = MaskedCorrelator(binned[r], clean_c, clean_c, shrink=True, workers=workers,
+                            dtype=np.float32, max_shift=reach)
+    fill = _filler(clean)
+    axes = tuple(range(1, ndim + 1))
+    spectra = sfft.rfftn(fill(frames), axes=axes, workers=workers)
+    grids = _grids(frame_shape)
+    small, keep, low = _low_band(frame_shape, b)
+    # the gradient of a noisy frame is mostly noise: the steps are taken on smoothed frames
+    smooth = np.exp(-2 * np.pi**2 * 1.5**2 * sum(g * g for g in low)).astype(np.float32)
+    lows = spectra[(slice(None), *keep)] * smooth
+    ref = sfft.irfftn(lows[r], s=small, workers=workers)
+    grad = [sfft.irfftn(lows[r] * (2j * np.pi * g).astype(np.complex64), s=small, workers=workers)
+            for g in low]
+    basis = np.stack([*grad, ref, np.ones_like(ref)])  # shift, gain, offset
+    inner = ndi.binary_erosion(clean_b, np.ones((5,) * ndim, bool), border_value=0)
+    threads = min(workers, k)
+    one = 1 if threads > 1 else workers  # frames in threads, or the FFTs
+
+    def register(j):
+        """(shift, misfit): the misfit is what the fit leaves of the reference's variance."""
+        if j == r:
+            return np.zeros(ndim), 0.0
+        shift = np.asarray(corr.register(binned[j]).shift, float) * bc
+        for _ in range(5):
+            back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
+            w = inner & _moved(inner, np.round(shift / b).astype(int))
+            coef = _solve(basis, back - ref, w)
+            shift += np.clip(coef[:ndim], -bc, bc)
+            if np.abs(coef[:ndim]).max() < 0.02:
+                break
+        left = (back - ref - np.tensordot(coef, basis, 1))[w]
+        spread = (ref - ref[w].mean())[w]
+        return shift, float(np.dot(left, left)) / max(float(np.dot(spread, spread)), 1e-30)
+
+    fits = list(in_threads(register, range(k), threads))
+    # a frame the search could not register (a periodic pattern can match a lattice
+    # vector away at low resolution) fits far worse than the others: it takes no part
+    misfit = np.array([m for _, m in fits])
+    others = np.delete(misfit, r)
+    keep = misfit <= 2 * np.median(others) + 1e-3
+    if keep.sum() < 3:
+        return outliers
+    shifts = np.array([sh for sh, _ in fits])[keep]
+    frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
+    r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
+    picks = picks[keep]
+
+    # 3. the content: the sampled frames aligned onto the middle one and averaged (in
+    # Fourier space, from the spectra at hand: a static pixel lands on a different place
+    # in each); data where at most one frame had ignored pixels or the frame's edge there
+    # (a candidate's fill is its neighbour's value, good enough at one part in k)
+    aligned = np.stack([_phase(grids, -sh) for sh in shifts])
+    mean_f = np.mean(spectra * aligned, axis=0)
+    trusted = ndi.binary_erosion(use, np.ones((5,) * ndim, bool), border_value=0)
+    steps = np.round(shifts).astype(int)
+    cover = sum(_moved(trusted, st).astype(np.int16) for st in steps)
+    content_ok = cover >= k - 1
+    # ... moved onto every frame: residuals in detector coordinates (the middle frame's
+    # model is the level of the content)
+    resid = np.empty_like(frames)
+
+    def residual(j):
+        # the content from the other frames (its own fill and noise are not its model)
+        loo = (k * mean_f * aligned[j].conj() - spectra[j]) / (k - 1)
+        m = sfft.irfftn(loo, s=frame_shape, workers=one)
+        ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
+        gain, offset = _solve(np.stack([m, np.ones_like(m)]), frames[j], ok & clean)
+        resid[j] = np.where(ok, frames[j] - (gain * m + offset), np.inf)  # inf: no vote
+        return m if j == r else None
+
+    level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
+    votes = k - np.isinf(resid).sum(axis=0)
+    resid.sort(axis=0)  # the votes first; their median:
+    half = np.maximum(votes - 1, 0)
+    med = 0.5 * (np.take_along_axis(resid, (half // 2)[None], 0)[0]
+                 + np.take_along_axis(resid, ((half + 1) // 2)[None], 0)[0])
+    # the frame's edge is static too: moved frames ring there (they wrap around)
+    edge = int(np.ceil(np.abs(shifts).max())) + 6
+    inside = np.zeros(frame_shape, bool)
+    inside[tuple(slice(edge, n - edge) for n in frame_shape)] = True
+    judged = use & inside & (votes >= max(3, k // 2 + 1))  # a majority of the frames
+    med = np.where(judged, med, 0.0)
+
+    # 4. the final pass: beyond the noise of the median residual, in small groups
+    c, s = _binned_spread(med[judged & clean], level[judged & clean])
+    sigma = np.interp(level, c, s)
+    rel = RELATIVE * np.abs(level)
+    found = np.zeros(frame_shape, bool)
+    for sign in (1.0, -1.0):
+        e = sign * med
+        # a static outlier stands alone; a residual beside an opposite one is the content
+        # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
+        # pass missed, ringing when the frames were moved
+        # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
+        echo = ndi.maximum_filter(np.maximum(-e, 0), size=3)
+        alone = (e > 2 * echo) | (hi - lo < STEADY * e)
+        core = judged & (e > threshold * sigma) & (e > rel) & alone
+        found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
+    # nor is anything beside a large static object (an unpainted block: its edge, of
+    # either sign, breaks up into small groups along it)
+    large = np.zeros(frame_shape, bool)
+    if found.any():
+        loud = judged & (np.abs(med) > 3 * sigma)
+        large = loud & ~_small_groups(np.ones(frame_shape, bool), loud, max_cluster)
+    if large.any():  # (an outlier far above the level there is no edge: it stays)
+        weak = np.abs(med) < 3 * np.abs(level)
+        found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
+    # pixels too few frames could judge (the frame's edge under a large drift, beside the
+    # block): the top hat alone, far beyond the noise and the level
+    blind = use & ~judged
+    if blind.any():
+        strong = blind & candidates & (((hat_hot > threshold * sig_hot) & (hat_hot > 3 * np.abs(bg_lo)))
+                          | ((hat_dead > threshold * sig_dead) & (hi < 0.2 * bg_hi)))
+        found |= _small_groups(strong, candidates & blind | strong, max_cluster)
+    if details is not None and "debug" in details:
+        details["debug"] = dict(locals())
+    if details is not None:
+        details.update(frames=picks, shifts=shifts, candidates=int(candidates.sum()),
+                       judged=int(judged.sum()))
+    return outliers | (found & base)
 
 
-def _test(around: np.ndarray, frames: np.ndarray, candidates: np.ndarray,
-          limit: np.ndarray) -> np.ndarray:
-    """The candidates confirmed as static outliers (a mask), a bounded chunk at a time:
-    each pixel of ``frames`` against its neighbours in ``around``."""
-    found = np.zeros(candidates.shape, bool)
-    points = np.nonzero(candidates)
-    step = max(1, CHUNK_BYTES // (frames.shape[0] * 5 ** candidates.ndim * 4))
-    for lo in range(0, points[0].size, step):  # bounded memory, however many candidates
-        chunk = tuple(p[lo : lo + step] for p in points)
-        centre = frames[(slice(None), *chunk)]
-        found[chunk] = _confirmed(centre, *_neighbourhoods(around, chunk)[1:],
-                                  *limit[(slice(None), *chunk)])
-    return found
+def _binned(frames: np.ndarray, b: int) -> np.ndarray:
+    """Frames (k, *shape) averaged over b-pixel blocks along every frame axis."""
+    if b == 1:
+        return frames
+    shape = frames.shape[1:]
+    cut = frames[(slice(None), *(slice(0, n - n % b) for n in shape))]
+    split = [frames.shape[0]] + [v for n in shape for v in (n // b, b)]
+    return cut.reshape(split).mean(axis=tuple(range(2, 2 + 2 * len(shape), 2)))
 
 
-def _confirmed(centre: np.ndarray, inner: np.ndarray, ring: np.ndarray, limit: np.ndarray,
-               noise: np.ndarray) -> np.ndarray:
-    """Which points are static outliers, from their value and neighbourhood in every
-    sampled frame: ``centre`` (K, n), ``inner`` and ``ring`` (K, n, neighbours);
-    ``limit`` the excess they need, ``noise`` one frame's noise there."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        bg = np.nanmedian(ring, axis=-1)
-        nb = np.nanmedian(inner, axis=-1)
-        e = centre - bg
-        excess = np.nanmedian(e, axis=0)
-        level = np.abs(np.nanmedian(bg, axis=0))
-    hot = excess > 0
-    high = np.sort(np.where(np.isnan(inner), -np.inf, inner), axis=-1)
-    low = np.sort(np.where(np.isnan(inner), np.inf, inner), axis=-1)
-    # beyond all but one neighbour (a pair of hot pixels), and sharp
-    peak = np.where(hot, centre >= high[..., -2], centre <= low[..., 1])
-    sharp = np.where(hot, nb - bg < SHARPNESS * e, bg - nb < SHARPNESS * -e)
-    usual = (peak & sharp & np.isfinite(e)).mean(axis=0) >= CONSISTENCY
-    # beside the mask: beyond every valid neighbour by most of its excess, and far beyond
-    # the spread of its 5x5 neighbourhood (a ridge of the pattern running under the block is not)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        spread = 1.4826 * np.nanmedian(np.abs(ring - bg[..., None]), axis=-1)
-    gap = np.where(hot, centre - high[..., -1], low[..., 0] - centre)
-    alone = (gap > 0.5 * np.abs(e)) & (np.abs(e) > 2 * spread) & np.isfinite(e)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        gap_med = np.nanmedian(np.where(np.isfinite(gap), gap, np.nan), axis=0)
-    beside = (alone.mean(axis=0) >= CONSISTENCY) & (gap_med > limit)
-    n_valid = np.isfinite(inner[0]).sum(axis=-1)
-    strong = np.abs(excess) > np.maximum(limit, RELATIVE * level)
-    # and static: its value (dead, stuck, saturated) or its excess over its neighbours (hot)
-    # stays put from frame to frame; a bright pixel of the moving pattern at the corner of
-    # an unpainted block changes in both as the pattern moves past
-    def wobble(x):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return 1.4826 * np.nanmedian(np.abs(x - np.nanmedian(x, axis=0)), axis=0)
+def _grids(shape) -> list:
+    """Sparse frequency grids (cycles per pixel) of an rfftn half spectrum."""
+    freqs = [np.fft.fftfreq(m) for m in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+    return np.meshgrid(*freqs, indexing="ij", sparse=True)
 
-    allowed = np.maximum(3 * noise, 0.2 * np.abs(excess))
-    strong &= (wobble(centre) <= allowed) | (wobble(centre - nb) <= allowed)
-    return strong & np.where(n_valid >= 6 * inner.shape[-1] // 8, usual, (n_valid >= 3) & beside)
+
+def _low_band(shape, b: int):
+    """``(small, keep, grids)``: the shape of frames downsampled ``b`` times, the index of
+    their band in the half spectrum of ``shape``, and its frequencies in cycles per
+    pixel of the full frame."""
+    small = tuple(n // b for n in shape)
+    idx = [np.r_[0:(m + 1) // 2, n - m // 2:n] for n, m in zip(shape[:-1], small[:-1])]
+    idx.append(np.arange(small[-1] // 2 + 1))
+    freqs = [np.fft.fftfreq(n)[i] for n, i in zip(shape[:-1], idx[:-1])]
+    freqs.append(np.fft.rfftfreq(shape[-1])[idx[-1]])
+    return small, np.ix_(*idx), np.meshgrid(*freqs, indexing="ij", sparse=True)
+
+
+def _phase(grids, shift) -> np.ndarray:
+    """The half spectrum's factor that moves an image by ``-shift``: ``f(x + shift)``
+    (one exponential per axis, their outer product)."""
+    out = np.ones((), np.complex64)
+    for g, d in zip(grids, shift):
+        out = out * np.exp((2j * np.pi * float(d)) * g).astype(np.complex64)
+    return out
+
+
+def _solve(basis: np.ndarray, target: np.ndarray, weight=None) -> np.ndarray:
+    """Least-squares coefficients of ``target ~ sum(c[i] * basis[i])`` over the pixels
+    where ``weight`` (all pixels when None)."""
+    p = len(basis)
+    flat = basis.reshape(p, -1)
+    t = target.reshape(-1)
+    wb = flat if weight is None else flat * weight.reshape(-1)
+    h = (wb @ flat.T).astype(np.float64)
+    try:
+        return np.linalg.solve(h, (wb @ t).astype(np.float64))
+    except np.linalg.LinAlgError:
+        return np.zeros(p)
+
+
+def _moved(mask: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``mask`` moved by whole pixels ``step`` (False where it moved in from outside)."""
+    out = np.zeros_like(mask)
+    src, dst = [], []
+    for d, m in zip(step, mask.shape):
+        d = int(d)
+        if abs(d) >= m:
+            return out
+        src.append(slice(max(0, -d), m - max(0, d)))
+        dst.append(slice(max(0, d), m - max(0, -d)))
+    out[tuple(dst)] = mask[tuple(src)]
+    return out
 
 
 def mask_with_outliers(stack, valid, hot_pixels) -> tuple[np.ndarray | None, np.ndarray | None]:

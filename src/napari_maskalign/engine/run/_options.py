@@ -33,6 +33,10 @@ REFERENCE_MODES = ("mean", "previous", "template")
 #: smoothing over time: none, or strength and jumps from the data
 SMOOTHING = ("off", "auto")
 
+#: rigid and similarity frames are at least this many pixels on each side (the
+#: log-polar resampling of a 2-pixel-wide frame has no rings)
+MIN_MODEL_SIDE = 8
+
 #: the finest grid offered: 1/1000 px is far below what any frame's noise allows,
 #: and the refinement's work grows with the square of the factor
 MAX_UPSAMPLE = 1000
@@ -289,6 +293,12 @@ class RegistrationOptions:
                 f"the {self.model} model needs {model.frames_text} frames, but these frames "
                 f"are {nd}D ({'x'.join(map(str, frame_shape))}); use {models_for(nd)} for "
                 f"{nd}D frames"
+            )
+        if not model.shift_only and min(frame_shape) < MIN_MODEL_SIDE:
+            raise ValueError(
+                f"the {self.model} model needs frames of at least {MIN_MODEL_SIDE} x "
+                f"{MIN_MODEL_SIDE} pixels (its log-polar transform of smaller frames is empty); "
+                f"these are {'x'.join(map(str, frame_shape))}"
             )
 
     def describe(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from ..backends._device import is_foreign_array, to_host, to_namespace
 from ..kernels._correlators import PhaseCorrelator
 from ..kernels._fft import default_workers, real_dtype_for
 from ..kernels._masked import MaskedCorrelator
+from ..models._shift import ignored_filler
 from ..models._transforms import frame_centre
 from ._masks import check_valid_mask
 from ._options import RegistrationOptions
@@ -80,6 +81,12 @@ class FrameRegistrar:
         Where the per-frame work runs: numpy (default), or a CuPy namespace
         for a GPU (masked translation only; the refinement runs on the host);
         frames may come as numpy arrays.
+    fill : ndarray of bool, optional
+        Static outlier pixels (hot, dead) of an unmasked registration: in the
+        reference and in every frame they take the value of their nearest
+        other pixel, and the registration stays what it is (phase or plain
+        correlation, no mask). With a mask, outliers belong in the mask instead
+        (refused here).
     """
 
     def __init__(
@@ -91,16 +98,22 @@ class FrameRegistrar:
         reference_mask=None,
         dtype=None,
         xp=None,
+        fill=None,
     ):
         opts = RegistrationOptions() if options is None else options
         self.xp = np if xp is None else xp
+        if fill is not None and valid_mask is not None:
+            raise ValueError("with a mask, static outliers join the mask: fill is for unmasked runs")
+        #: copies a frame with the outlier pixels filled from their neighbourhood (or None)
+        self.fill = None if fill is None else ignored_filler(~np.asarray(fill, bool))
+        self._fill_shape = None if fill is None else np.shape(fill)
         #: the array library the per-frame work runs with (numpy, CuPy, ...)
         self.backend = backend_for(self.xp)
         check_backend(self.backend, valid_mask is not None, opts.transform_model)
         model = opts.transform_model
         ref = np.asarray(reference_image)
         self.dtype = np.dtype(dtype) if dtype is not None else real_dtype_for(ref)
-        ref = ref.astype(self.dtype, copy=False)
+        ref = self._filled(ref.astype(self.dtype, copy=False))
         self.shape = ref.shape
         self.xcorr_radius = opts.xcorr_radius if opts.return_xcorr else None
         self.masked = valid_mask is not None
@@ -167,6 +180,12 @@ class FrameRegistrar:
         self.xp = getattr(self._corr, "xp", np) if self._corr is not None else np
         self.backend = backend_for(self.xp)
 
+    def _filled(self, image):
+        """``image`` with the static outliers filled (itself when there are none)."""
+        if self.fill is None or image.shape != self._fill_shape:  # a wrong shape is refused later
+            return image
+        return self.fill(image)
+
     def _check_reference(self, ref):
         vals = ref[self.ref_valid] if self.masked else ref
         if not np.all(np.isfinite(vals)):
@@ -180,6 +199,7 @@ class FrameRegistrar:
         mask geometry and FFT sizes are kept, only the reference's spectra are
         recomputed. Used by the "previous" mode."""
         ref = np.asarray(reference_image).astype(self.dtype, copy=False)
+        ref = self._filled(ref)
         if ref.shape != self.shape:
             raise ValueError(f"the reference has shape {ref.shape}, expected {self.shape}")
         self._check_reference(ref)
@@ -207,7 +227,7 @@ class FrameRegistrar:
         frame = np.asarray(frame)
         if frame.shape != self.shape:
             raise ValueError(f"a frame has shape {frame.shape}, expected {self.shape}")
-        frame = frame.astype(self.dtype, copy=False)
+        frame = self._filled(frame.astype(self.dtype, copy=False))
         if self.masked:
             if not np.isfinite(frame).all():
                 # min/max over the valid pixels without copying them out

@@ -227,6 +227,23 @@ def _magnifications(transforms) -> np.ndarray:
     return transform_parameters(t, np.ones(t.shape[-1] - 1))[2]
 
 
+#: a measured scale beyond this share (in log) of the coarse search's range (+-25 %,
+#: ``_models.MAX_LOG_SCALE``) is flagged: near the edge of the search the peak may be
+#: the edge, not the scale (scales below about 0.82 or above 1.22)
+SCALE_FLAG_SHARE = 0.9
+
+
+def scale_beyond_search(scales) -> np.ndarray:
+    """Frames whose scale lies near or beyond the coarse search's +-25 %: flagged, since
+    a larger change is outside what the search looks for and may come back wrong."""
+    from ..models._logpolar import MAX_LOG_SCALE
+
+    s = np.asarray(scales, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        far = np.abs(np.log(s)) > SCALE_FLAG_SHARE * MAX_LOG_SCALE
+    return far | ~np.isfinite(s) | (s <= 0)
+
+
 def build_result(
     raw_shifts,
     quality,
@@ -266,6 +283,9 @@ def build_result(
         rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
         scale = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
         raw_transforms = similarity_transforms(raw, rot, scale, frame_shape)
+        outliers = outliers | scale_beyond_search(scale)
+        if options.interpolate_outliers:
+            shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
     smoothed_sigma = jumps = None

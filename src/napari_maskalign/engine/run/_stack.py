@@ -21,7 +21,7 @@ from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar, check_backend, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
-__all__ = ["RegistrationRun", "iter_register_stack", "register_stack"]
+__all__ = ["RegistrationRun", "iter_register_stack", "outlier_params", "register_stack"]
 
 
 class _Table:
@@ -134,7 +134,11 @@ class RegistrationRun(Steps):
         opts = self.options
         # static outliers (hot, dead pixels) join the mask before any registrar is made
         given = self.valid
-        self.valid, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
+        used, hot = mask_with_outliers(self.stack, given, opts.hot_pixels)
+        # one estimator whatever is found: a masked run gets them in its mask, an unmasked
+        # run stays unmasked (phase or plain correlation) with them filled in every frame
+        self.valid = used if given is not None else None
+        self.fill = hot if given is None and hot is not None and hot.any() else None
         count = self.n_frames - self.start
         radius = opts.xcorr_radius if opts.return_xcorr else None
         table = _Table(count, len(self.frame_shape), radius, opts.transform_model)
@@ -150,12 +154,12 @@ class RegistrationRun(Steps):
             opts,
             peaks=table.peaks,
             xcorr=table.xcorr,
-            params={"masked": given is not None, "start": self.start, "n_frames": self.n_frames,
-                    "n_hot_pixels": 0 if hot is None else int(hot.sum()),
+            params={"start": self.start, "n_frames": self.n_frames,
+                    **outlier_params(given is not None, hot, opts),
                     **({} if self.template_passes is None else
                        {"template_passes": self.template_passes})},
             hot_pixels=hot,
-            valid_mask=self.valid,
+            valid_mask=used,
             uncertainties=self.uncertainties,
             **table.parameters(self.frame_shape),
         )
@@ -171,7 +175,7 @@ class RegistrationRun(Steps):
     def _fixed(self, table: _Table):
         """Every frame against one reference: in threads, or on a dask cluster."""
         registrar = FrameRegistrar(self._reference_image(), self.valid, self.options, dtype=self.dtype,
-                                   xp=self.xp)
+                                   xp=self.xp, fill=self.fill)
         stack, start, n, total = self.stack, self.start, self.n_frames, self.total
         client = None
         if is_dask(stack):
@@ -205,7 +209,8 @@ class RegistrationRun(Steps):
         while first > 0 and not has_contrast(ref0, self.valid):
             first -= 1
             ref0 = read_frame(stack, first, dtype)
-        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp)
+        registrar = FrameRegistrar(ref0, self.valid, self.options, dtype=dtype, xp=self.xp,
+                                   fill=self.fill)
         model = not self.options.transform_model.shift_only
         for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
             i = start + k
@@ -246,7 +251,7 @@ class RegistrationRun(Steps):
         shape, ndim = self.frame_shape, len(self.frame_shape)
         cap = opts.template_iterations
         registrar = FrameRegistrar(mean_frame(stack, 0, n, dtype), self.valid, opts, dtype=dtype,
-                                   xp=self.xp)
+                                   xp=self.xp, fill=self.fill)
         transforms = np.empty((n, ndim + 1, ndim + 1))
         frames_in = frames_for(registrar, stack, 0, n, dtype)
         threads = default_workers(opts.workers)
@@ -255,7 +260,7 @@ class RegistrationRun(Steps):
             transforms[i] = _record_transform(rec)
             yield Progress(i + 1, self.total, i, rec, "registering to the mean")
         done = n
-        sums = TemplateSums(shape, self.valid)
+        sums = TemplateSums(shape, self._template_valid())
         for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
             sums.add(frame, transforms[i])
         sigma = np.full((n, ndim), np.nan)
@@ -280,7 +285,8 @@ class RegistrationRun(Steps):
         model = self.options.transform_model
         shape = self.frame_shape
         centre = (np.asarray(shape, float) - 1.0) / 2.0
-        valid = self.valid if self.valid is not None else np.ones(shape, bool)
+        valid = self._template_valid()
+        valid = valid if valid is not None else np.ones(shape, bool)
         full, full_valid = sums.template()
         match = level = grad = None
         if model.shift_only:
@@ -289,7 +295,7 @@ class RegistrationRun(Steps):
             level, grad = template_gradient(full, full_valid)
         # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
         select, tol = (0.3, 2e-3) if model.shift_only else (0.12, 1e-3)
-        nxt = TemplateSums(shape, self.valid)
+        nxt = TemplateSums(shape, self._template_valid())
 
         def one(i, frame):
             """Frame ``i`` against its leave-one-out template: its record, its
@@ -344,6 +350,13 @@ class RegistrationRun(Steps):
                     yield Progress(done, self.total, k, rec, stage)
         sums.__dict__.update(nxt.__dict__)
 
+    def _template_valid(self):
+        """The pixels the template passes use: the mask, or without one every pixel but
+        the static outliers (which an unmasked run fills for its correlation)."""
+        if self.valid is not None or self.fill is None:
+            return self.valid
+        return ~self.fill
+
     def _inside(self, params, model) -> bool:
         """Whether a translation stays inside the ``max_shift`` box."""
         box = self.options.max_shift
@@ -374,6 +387,24 @@ def _settled(moved, sigma, quality, fraction: float = 0.1) -> bool:
         return True
     d = moved[use] - np.median(moved[use], axis=0)
     return bool(np.all(np.abs(d) <= fraction * sigma[use]))
+
+
+def outlier_params(masked: bool, hot, options) -> dict:
+    """What a run did with the mask and the static outliers, for ``result.params``:
+    ``masked`` (a mask was given), ``n_hot_pixels``, ``hot_pixels_masked`` (added to
+    the mask) or ``hot_pixels_filled`` (filled from their neighbourhood in an unmasked
+    run), and ``correlator``: the estimator that ran, which outliers never change
+    (``"masked"``: masked NCC; ``"phase"`` or ``"plain"``: unmasked correlation; the
+    model's name for rigid and similarity)."""
+    n = 0 if hot is None else int(np.count_nonzero(hot))
+    if not options.transform_model.shift_only:
+        correlator = options.model
+    elif masked:
+        correlator = "masked"
+    else:
+        correlator = "phase" if options.normalization == "phase" else "plain"
+    return {"masked": bool(masked), "n_hot_pixels": n, "hot_pixels_masked": n if masked else 0,
+            "hot_pixels_filled": 0 if masked else n, "correlator": correlator}
 
 
 def _shift_matrix(shift) -> np.ndarray:
