@@ -626,3 +626,30 @@ def test_register_prints_the_median_error(run, capsys):
     table = io.read_shift_table(run / "s.csv")
     assert table.uncertainties.shape == (N, 2)
     assert np.all(table.uncertainties[1:] > 0) and np.all(table.uncertainties[1:] < 0.2)
+
+
+def test_register_smoothing_writes_smoothed_and_raw_shifts_and_says_what_it_did(tmp_path, capsys):
+    t = np.arange(40)
+    drift = np.stack([0.5 * np.sin(2 * np.pi * t / 60), 0.01 * t], axis=1)
+    drift[20:, 0] += 1.5
+    s = make_beam_block_stack(40, (96, 96), counts=50, drift=drift, seed=1)
+    np.save(tmp_path / "stack.npy", s.stack)
+    np.save(tmp_path / "block.npy", s.beam_block.astype(np.uint8))
+    shifts_csv = tmp_path / "s.csv"
+    assert cli("register", tmp_path / "stack.npy", "--mask", tmp_path / "block.npy",
+               "--upsample", 20, "--hot-pixels", "off", "--smoothing", "auto",
+               "--shifts", shifts_csv) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "smoothing: kept 1 jump(s) (at frame 20); uncertainty lowered" in text
+    lines = shifts_csv.read_text().splitlines()
+    assert lines[0] == "frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x"
+    rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    measured = register_stack(s.stack, mask=s.valid, upsample_factor=20, hot_pixels="off")
+    np.testing.assert_allclose(rows[:, 6:], measured.raw_shifts)
+    table = io.read_shift_table(shifts_csv, n_frames=40, ndim=2)  # readers take the smoothed
+    np.testing.assert_allclose(table.shifts, rows[:, 1:3])
+    truth = s.expected_shifts(0)
+    err = np.abs(table.shifts - truth).mean()
+    assert err < np.abs(measured.raw_shifts - truth).mean()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["register", "x.npy", "--smoothing", "strong"])

@@ -174,11 +174,13 @@ def test_reference_template_gets_relative_shifts_right():
     )
     rel = r.shifts - s.expected_shifts()  # template shifts are relative to the template's position
     assert np.ptp(rel, axis=0).max() < 0.15, rel
-    assert len(progress) == 3 * 10
+    # the mean, then at most two template passes (fewer once the shifts settle)
+    assert len(progress) in (2 * 10, 3 * 10)
     assert {p.total for p in progress} == {30}
-    assert [p.done for p in progress] == list(range(1, 31))
-    assert len({p.stage for p in progress}) == 3
+    assert [p.done for p in progress] == list(range(1, len(progress) + 1))
+    assert len({p.stage for p in progress}) == len(progress) // 10
     assert r.params["template_iterations"] == 2
+    assert r.uncertainties.shape == (10, 2) and np.all(r.uncertainties > 0)
 
 
 # ---------------------------------------------------------------------------

@@ -228,3 +228,15 @@ def ndi_far(valid, pixels):
     from scipy import ndimage as ndi
 
     return ndi.binary_erosion(valid, iterations=pixels, border_value=0)
+
+
+def test_rings_only_leaves_the_spots_out():
+    """``spots=False``: the same rings, beam and block without the sharp Bragg spots
+    (the benchmarks' smooth content): the difference is the spots alone, all positive,
+    on a minority of the pixels."""
+    with_spots = make_beam_block_stack(1, (96, 96), noise=None, seed=2)
+    rings = make_beam_block_stack(1, (96, 96), noise=None, seed=2, spots=False)
+    diff = with_spots.noiseless(0) - rings.noiseless(0)
+    assert diff.min() >= -1e-12 and diff.max() > 0
+    # spots are small: they touch a minority of the pixels
+    assert 0 < np.mean(diff > 0.01 * diff.max()) < 0.5

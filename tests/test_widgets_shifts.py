@@ -485,3 +485,35 @@ def test_editing_integer_output_updates_its_no_data_mask(qtbot, viewer_model, sm
     np.testing.assert_array_equal(viewer_model.layers["counts aligned"].data[4], pixels)
     np.testing.assert_array_equal(viewer_model.layers["counts aligned mask"].data[4], ~data)
     qtbot.waitUntil(lambda: not w.busy, timeout=TIMEOUT_MS)  # the mean, averaged again
+
+
+def test_smoothing_from_the_register_dock_plots_measured_dots_smoothed_lines_and_jumps(
+        qtbot, loaded_model):
+    reg = RegisterWidget(loaded_model)
+    qtbot.addWidget(reg)
+    reg.reference.value = "index"
+    reg.smoothing.value = True
+    with qtbot.waitSignal(reg.run_finished, timeout=TIMEOUT_MS) as blocker:
+        reg.run()
+    assert blocker.args == ["done"]
+    meta = meta_of(loaded_model)
+    assert meta["jumps"] is not None and meta["params"]["smoothing"] == "auto"
+    assert not np.allclose(meta["shifts"], meta["raw_shifts"])  # smoothed, measured kept
+    w = ShiftsWidget(loaded_model)
+    qtbot.addWidget(w)
+    ax = w.plot.axes_list[0]
+    smooth = [line for line in ax.get_lines() if line.get_label().endswith("smoothed")]
+    assert [line.get_label() for line in smooth] == ["shift y, smoothed", "shift x, smoothed"]
+    for line, column in zip(smooth, meta["shifts"].T):
+        np.testing.assert_allclose(line.get_ydata(), column)
+    dots = [line for line in ax.get_lines() if line.get_marker() == "." and len(line.get_ydata())]
+    for line, column in zip(dots, meta["raw_shifts"].T):
+        np.testing.assert_allclose(line.get_ydata(), column)
+    # a jump kept at frame 5: a dashed line between frames 4 and 5, and the legend says so
+    layer = loaded_model.layers["stack aligned"]
+    layer.metadata = {**layer.metadata, "maskalign": {**meta, "jumps": [5]}}
+    w.refresh()
+    ax = w.plot.axes_list[0]
+    assert any(np.allclose(line.get_xdata(), 4.5) for line in ax.get_lines()
+               if line.get_linestyle() == "--")
+    assert "jump (1)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -231,6 +231,15 @@ def _add_issue12_register(reg) -> None:
         "shifts file keeps the measured shifts)",
     )
     reg.add_argument(
+        "--smoothing",
+        choices=("off", "auto"),
+        default="off",
+        help="smooth the drift over time: 'auto' finds jumps against the per-frame "
+        "uncertainties, never smooths across one, and chooses the strength from the data "
+        "(the shifts file then has the smoothed shifts and the measured ones as raw_shift_* "
+        "columns); default off",
+    )
+    reg.add_argument(
         "--mean-with-outliers",
         action="store_true",
         help="average flagged frames into --mean too (default: left out)",

@@ -236,6 +236,20 @@ def info_rows(d: dict, source) -> list[tuple[str, str]]:
     return rows
 
 
+def smoothing_line(result) -> str:
+    """How many jumps smoothing kept and by how much it lowered the uncertainty."""
+    jumps = result.jumps
+    shown = ", ".join(map(str, jumps[:10])) + (", ..." if len(jumps) > 10 else "")
+    text = f"smoothing: kept {len(jumps)} jump(s)" + (f" (at frame {shown})" if len(jumps) else "")
+    raw, smooth = result.uncertainties, result.smoothed_uncertainties
+    if raw is not None and smooth is not None and np.isfinite(raw).any() and np.isfinite(smooth).any():
+        before, after = float(np.nanmedian(raw)), float(np.nanmedian(smooth))
+        if after > 0:
+            text += (f"; uncertainty lowered {before / after:.1f}x (median {before:.4f} -> "
+                     f"{after:.4f} px)")
+    return text
+
+
 def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_path,
                   interpolated: bool = False) -> list[str]:
     """What ``maskalign register`` prints when the shifts are done."""
@@ -275,6 +289,8 @@ def summary_lines(result, *, start: int, seconds: float, shape, dtype, shifts_pa
     else:
         lines.append("outliers: none flagged")
     lines += [f"warning: {w}" for w in getattr(result, "warnings", ())]
+    if getattr(result, "jumps", None) is not None:
+        lines.append(smoothing_line(result))
     lines.append(f"shifts: {shifts_path}")
     return lines
 

@@ -265,6 +265,7 @@ def make_beam_block_stack(
     dtype=np.float32,
     pattern: str = "rings",
     outliers: str | None = None,
+    spots: bool = True,
 ) -> SyntheticStack:
     """Make a drifting diffraction-like stack with a static beam block.
 
@@ -320,6 +321,9 @@ def make_beam_block_stack(
         anywhere (the block too), clusters never touch; ``.outlier_labels``
         says where. Drawn from their own random stream: the rest of the stack
         is the same as without them.
+    spots : bool
+        Draw the Bragg spots (sharp features; default). False leaves the smooth
+        rings, the direct beam and the background.
 
     Returns
     -------
@@ -329,6 +333,7 @@ def make_beam_block_stack(
         ``.expected_transforms()``; ``.noiseless(i)``, ``.gradient(i)`` and
         ``.noise_variance(i)`` give the truth behind frame ``i``'s noise.
     """
+    spots_wanted = bool(spots)
     shape = tuple(int(s) for s in shape)
     ndim = len(shape)
     if ndim not in (2, 3):
@@ -363,6 +368,8 @@ def make_beam_block_stack(
     else:
         spots, spot_r = _lattice_points(ndim, 0.2 * half, 0.92 * half, angle=0.3)
         sigma_spot, spot_amp, rings = max(1.0, 0.012 * half), 0.8, 1.0
+    if not spots_wanted:
+        spots, spot_r = spots[:0], spot_r[:0]
     block = _beam_block(shape, centre0, half) if beam_block else np.zeros(shape, bool)
     args = dict(shape=shape, centre0=centre0, spots=spots, spot_r=spot_r, half=half,
                 sigma_spot=sigma_spot, beam_block=beam_block, counts=float(counts),

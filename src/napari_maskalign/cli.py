@@ -128,6 +128,7 @@ def _options(args):
             overlap_ratio=args.overlap_ratio,
             normalization=None if args.normalization == "none" else args.normalization,
             max_jump=args.max_jump,
+            smoothing=getattr(args, "smoothing", "off"),
             min_quality=args.min_quality,
             interpolate_outliers=args.interpolate_outliers,
             hot_pixels=_hot_pixels(args.hot_pixels),

@@ -93,7 +93,8 @@ def _per_row(values, n, width, what) -> list | None:
 
 
 def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None,
-                      uncertainties=None, parameter_uncertainties=None) -> str:
+                      uncertainties=None, parameter_uncertainties=None,
+                      raw_shifts=None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
@@ -118,6 +119,13 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
     columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
     if sig is not None:
         columns += [*sigma_columns(ndim), *(TRANSFORM_SIGMA_COLUMNS if extra else ())]
+    raw = None
+    if raw_shifts is not None:
+        raw = np.asarray(raw_shifts, dtype=float)
+        if raw.shape != shifts.shape:
+            raise ValueError(f"raw_shifts must have the shape of shifts {shifts.shape}, got {raw.shape}")
+    if raw is not None:
+        columns += ["raw_" + c for c in shift_columns(ndim)]
     lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
     # run continues from exactly the numbers it wrote
@@ -126,13 +134,15 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
         if sig is not None:
             values += [*sig[k], *(psig[k] if extra else ())]
         # (+ 0.0 turns -0.0 into 0.0)
+        if raw is not None:
+            values += raw[k].tolist()
         lines.append(",".join([str(f), *(repr(v + 0.0) for v in values)]))
     return "\n".join(lines) + "\n"
 
 
 def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
                      rotations=None, scales=None, uncertainties=None,
-                     parameter_uncertainties=None) -> None:
+                     parameter_uncertainties=None, raw_shifts=None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
@@ -143,12 +153,15 @@ def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool =
     ``uncertainties`` (one-sigma errors, ``(n, ndim)`` px) the columns
     ``sigma_y``, ``sigma_x`` follow ``quality`` (with ``sigma_rotation_deg``
     and ``sigma_scale`` from ``parameter_uncertainties`` for rigid and
-    similarity tables). Floats are written with full precision (they read
+    similarity tables). With ``raw_shifts`` (smoothed shifts: the measured
+    ones) the columns ``raw_shift_y``, ``raw_shift_x`` come last; readers take
+    the ``shift_*`` columns. Floats are written with full precision (they read
     back exactly).
     """
     text = format_shifts_csv(shifts, quality, frames, rotations=rotations, scales=scales,
                              uncertainties=uncertainties,
-                             parameter_uncertainties=parameter_uncertainties)
+                             parameter_uncertainties=parameter_uncertainties,
+                             raw_shifts=raw_shifts)
     atomic_write_text(path, text, durable=durable)
 
 

@@ -84,6 +84,10 @@ class AlignedResult:
     parameter_uncertainties : ndarray, shape (n_frames, 2), or None
         Rigid and similarity: one-sigma error of the rotation (degrees) and the
         scale, as measured.
+    jumps : tuple of int or None
+        Smoothed over time (``smoothing="auto"``): the frames that start a new
+        segment (``shifts`` are smoothed, ``raw_shifts`` measured); None when
+        the shifts were not smoothed.
     """
 
     source: str
@@ -108,6 +112,7 @@ class AlignedResult:
     deformation_rms: np.ndarray | None = None
     uncertainties: np.ndarray | None = None
     parameter_uncertainties: np.ndarray | None = None
+    jumps: tuple[int, ...] | None = None
 
     @property
     def n_frames(self) -> int:
@@ -218,6 +223,8 @@ class AlignedResult:
             scales=np.asarray(result.scales, float) if moves else None,
             uncertainties=getattr(result, "uncertainties", None),
             parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
+            jumps=None if getattr(result, "jumps", None) is None else tuple(
+                int(j) for j in result.jumps),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -225,6 +232,8 @@ class AlignedResult:
         """``{META: {...}}`` for ``layer.metadata`` (plain values, role "aligned")."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["edited"] = list(self.edited)
+        if self.jumps is not None:
+            d["jumps"] = list(self.jumps)
         d["align"] = self.align.to_dict()
         if self.moves:  # the matrices too, for anyone reading the metadata
             d["transforms"] = self.transforms
@@ -247,6 +256,8 @@ class AlignedResult:
         d["outliers"] = np.asarray(d.get("outliers", np.zeros(len(shifts), bool)), bool)
         d["frame_shape"] = tuple(d.get("frame_shape", ()))
         d["edited"] = tuple(int(i) for i in d.get("edited", ()))
+        if d.get("jumps") is not None:
+            d["jumps"] = tuple(int(j) for j in d["jumps"])
         d["align"] = AlignSettings.from_dict(d.get("align"))
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)

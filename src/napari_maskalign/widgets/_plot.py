@@ -138,13 +138,26 @@ class ShiftPlot(FigureCanvasQTAgg):
                         mec=OUTLIER_COLOR, mew=1.5)
             ax.set_ylabel(label)
         marker = "o" if n <= 200 else None
+        smoothed = res.jumps is not None
         for name, column, rcol in zip(axis_names(ndim), shifts.T, raw.T):
+            if smoothed:  # the measured estimates as dots, the smoothed drift as a line
+                ax_s.plot(frames, rcol, ".", ms=4, alpha=0.45, color=AXIS_COLORS[name])
+                ax_s.plot(frames, column, lw=1.6, color=AXIS_COLORS[name],
+                          label=f"shift {name}, smoothed")
+                continue
             ax_s.plot(frames, column, marker=marker, ms=3, lw=1.3, color=AXIS_COLORS[name],
                       label=f"shift {name}")
             changed = outliers & ~np.isclose(rcol, column)
             if changed.any():  # interpolated outliers: show what was measured
                 ax_s.plot(frames[changed], rcol[changed], "x", color=OUTLIER_COLOR, ms=6)
         _error_bars(ax_s, res, shifts, k)
+        if smoothed:
+            ax_s.plot([], [], ".", ms=4, alpha=0.6, color=c["text"], label="measured")
+            for j in res.jumps:  # between frames j - 1 and j: never smoothed across
+                ax_s.axvline(j - 0.5, ls="--", lw=1.0, color=c["text"], alpha=0.7)
+            if res.jumps:
+                ax_s.plot([], [], ls="--", lw=1.0, color=c["text"],
+                          label=f"jump ({len(res.jumps)})")
         error, true = None, None
         if truth is not None:
             true = _truth_for(res, np.asarray(truth, float)) * k

@@ -53,9 +53,9 @@ MAIN = [
     ("range_last", SpinBox, dict(value=0, min=0, max=0, label="to frame",
                                  tooltip="Last frame of the mean (included).")),
     ("iterations", SpinBox, dict(
-        value=2, min=1, max=10, label="passes",
-        tooltip="How many times the template is rebuilt from the aligned frames. 2 is usually "
-        "enough.")),
+        value=4, min=1, max=10, label="passes",
+        tooltip="At most this many times the template is rebuilt from the aligned frames; it "
+        "stops earlier once no shift moves by more than a tenth of its uncertainty.")),
     ("model_choice", ComboBox, dict(
         choices=[(m.label, m.name) for m in MODELS.values()],
         value=DEFAULT_MODEL, label="model",
@@ -106,6 +106,11 @@ MORE = [
         value=False, text="replace outliers by interpolation",
         tooltip="Use, for flagged frames, the shift interpolated from good neighbours "
         "(the measured shift is kept too and shown in the Shifts plot).")),
+    ("smoothing", CheckBox, dict(
+        value=False, text="smooth the drift over time",
+        tooltip="Smooth the shifts over time: the strength follows each frame's uncertainty "
+        "and the data, jumps (the beam steered) are found and never smoothed across. The "
+        "measured shifts are kept and drawn in the Shifts plot beside the smoothed line.")),
     ("preview", CheckBox, dict(
         value=True, text="cross-correlation preview",
         tooltip="Also show '<image> xcorr' beside the stack: for each frame the correlation "
@@ -253,6 +258,7 @@ class RegisterForm:
             min_quality=float(self.min_quality.value) or None,
             max_jump=float(self.max_jump.value) or None,
             interpolate_outliers=bool(self.interpolate.value),
+            smoothing="auto" if self.smoothing.value else "off",
             return_xcorr=bool(self.preview.value),
             xcorr_radius=radius,
             hot_pixels="auto" if self.hot_pixels.value else "off",

@@ -40,6 +40,7 @@ from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
 from ..engine.run._stack import outlier_params
+from ..io import write_shifts_csv
 from .run import cluster_guard, cluster_stack
 
 __all__ = ["Registration", "register", "table_result"]
@@ -141,7 +142,10 @@ class Registration(Steps):
                     res = run.result
                     sigma = res.uncertainties
                     if turns:
-                        sigma = np.column_stack([sigma, res.parameter_uncertainties])
+                        psig = res.parameter_uncertainties
+                        if psig is None:  # the template run measures the shifts' errors only
+                            psig = np.full((len(sigma), 2), np.nan)
+                        sigma = np.column_stack([sigma, psig])
                     journal.record(np.arange(start, self.n_frames), res.raw_shifts, res.quality,
                                    *_rotation_scale(res.raw_transforms if turns else None,
                                                     self.frame_shape), sigma=sigma)
@@ -155,11 +159,20 @@ class Registration(Steps):
         # the lock check over the whole table (a resumed engine run saw only its part)
         checks = run_warnings(self.stack, journal.shifts, used,
                               self.options.transform_model.shift_only)
-        return _over_table(journal.shifts, journal.quality, journal.rotations, journal.scales,
-                           self.options, self.frame_shape, used=used, hot=hot,
-                           masked=self.mask is not None, start=start,
-                           uncertainties=journal.uncertainties,
-                           parameter_uncertainties=journal.parameter_uncertainties, **checks)
+        result = _over_table(journal.shifts, journal.quality, journal.rotations, journal.scales,
+                             self.options, self.frame_shape, used=used, hot=hot,
+                             masked=self.mask is not None, start=start,
+                             uncertainties=journal.uncertainties,
+                             parameter_uncertainties=journal.parameter_uncertainties, **checks)
+        if result.jumps is not None:  # smoothed: the table holds both, the smoothed shifts first
+            write_shifts_csv(journal.path, result.shifts, result.quality,
+                             rotations=result.rotations if turns else None,
+                             scales=result.scales if turns else None,
+                             uncertainties=result.smoothed_uncertainties,
+                             parameter_uncertainties=(result.parameter_uncertainties
+                                                      if turns else None),
+                             raw_shifts=result.raw_shifts)
+        return result
 
 
 def register(stack, options: RegistrationOptions | None = None, *, mask=None,

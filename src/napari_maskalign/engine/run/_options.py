@@ -22,12 +22,16 @@ from ..models import DEFAULT_MODEL, MODELS, Model, model_named, models_for
 __all__ = [
     "MAX_UPSAMPLE",
     "REFERENCE_MODES",
+    "SMOOTHING",
     "RegistrationOptions",
     "check_upsample_factor",
 ]
 
 #: reference modes besides a frame index or an explicit image
 REFERENCE_MODES = ("mean", "previous", "template")
+
+#: smoothing over time: none, or strength and jumps from the data
+SMOOTHING = ("off", "auto")
 
 #: rigid and similarity frames are at least this many pixels on each side (the
 #: log-polar resampling of a 2-pixel-wide frame has no rings)
@@ -90,7 +94,9 @@ class RegistrationOptions:
     reference_range : (first, stop), optional
         Frames averaged for ``reference="mean"`` (default: all).
     template_iterations : int
-        Refinement passes for ``reference="template"`` (at least 1).
+        Most refinement passes for ``reference="template"`` (at least 1); the
+        passes stop earlier once no shift moved by more than a tenth of its
+        uncertainty.
     max_jump, min_quality : float, optional
         Outlier thresholds (see :func:`flag_outliers`); None: from the run.
     interpolate_outliers : bool
@@ -131,6 +137,13 @@ class RegistrationOptions:
         rigid and similarity, whose method ends in it (``refine=False`` is
         refused there); off for whole-pixel translation, which then matches
         scikit-image. See :attr:`refines`.
+    smoothing : {"off", "auto"}
+        Smoothing over time (:func:`~._smooth.smooth_series`): "auto" finds
+        the jumps against the per-frame uncertainties, smooths the drift
+        between them with a strength chosen from the data (generalised
+        cross-validation), rotation and scale too; ``raw_shifts`` keeps the
+        measured values. "off" (default) reports the measured shifts. Not
+        part of :meth:`fingerprint`: it does not change what is measured.
     """
 
     reference: Any = 0
@@ -139,7 +152,7 @@ class RegistrationOptions:
     overlap_ratio: float = 0.3
     normalization: str | None = None
     reference_range: tuple[int, int] | None = None
-    template_iterations: int = 2
+    template_iterations: int = 4
     max_jump: float | None = None
     min_quality: float | None = None
     interpolate_outliers: bool = False
@@ -153,6 +166,7 @@ class RegistrationOptions:
     grid_spacing: float = 32.0
     patch_size: int = 64
     patch_stride: int = 48
+    smoothing: str = "off"
 
     def __post_init__(self):
         def put(name, value):
@@ -203,6 +217,10 @@ class RegistrationOptions:
         if self.refine is not None and not isinstance(self.refine, (bool, np.bool_)):
             raise ValueError(f"refine must be True, False or None (automatic), got {self.refine!r}")
         put("refine", None if self.refine is None else bool(self.refine))
+        if not isinstance(self.smoothing, str) or self.smoothing not in SMOOTHING:
+            raise ValueError(
+                f"smoothing must be one of {', '.join(map(repr, SMOOTHING))}, got {self.smoothing!r}"
+            )
         if not model.refine_optional and self.refine is False:
             optional = " or ".join(f"model={m.name!r}" for m in MODELS.values()
                                    if m.refine_optional)

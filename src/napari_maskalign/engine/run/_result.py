@@ -107,7 +107,7 @@ class RegistrationResult:
         Shift that registers each frame onto the reference (scikit-image's
         sign convention: apply it to the frame, e.g. with
         :func:`apply_shifts`, to align it). After outlier interpolation when
-        that was asked for.
+        that was asked for, and smoothed over time with ``smoothing="auto"``.
     quality : ndarray, shape (n_frames,)
         Match quality in [0, 1]: the normalized correlation at the peak
         (masked normalized cross-correlation with a mask; zero-mean
@@ -116,7 +116,7 @@ class RegistrationResult:
     outliers : ndarray of bool, shape (n_frames,)
         Frames whose quality or shift jump is implausible.
     raw_shifts : ndarray, shape (n_frames, ndim)
-        Shifts as measured, before any outlier interpolation.
+        Shifts as measured, before any outlier interpolation or smoothing.
     peaks : ndarray, shape (n_frames, ndim)
         Each frame's correlation peak against the image it was compared with
         (see :attr:`FrameRecord.peak`): where the peak sits in its
@@ -166,6 +166,12 @@ class RegistrationResult:
         The shifts sit near zero while the frames, aligned by them, do not
         match within the noise: the run has probably locked onto something
         static (see :mod:`._lock`); the shifts should not be trusted.
+    smoothed_uncertainties : ndarray, shape (n_frames, ndim), or None
+        With ``smoothing="auto"``: the one-sigma uncertainty of :attr:`shifts`
+        after smoothing (propagated from :attr:`uncertainties`); else None.
+    jumps : ndarray of int or None
+        With ``smoothing="auto"``: the frames that start a new segment (a jump
+        between frame ``j - 1`` and ``j`` that smoothing kept sharp); else None.
     """
 
     shifts: np.ndarray
@@ -184,6 +190,8 @@ class RegistrationResult:
     parameter_uncertainties: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     lock_suspected: bool = False
+    smoothed_uncertainties: np.ndarray | None = None
+    jumps: np.ndarray | None = None
 
     def __post_init__(self):
         if self.uncertainties is None:
@@ -301,8 +309,9 @@ def build_result(
     )
     shifts = interpolate_flagged(raw, outliers) if options.interpolate_outliers else raw.copy()
     transforms = raw_transforms = None
-    if rotations is not None or scales is not None:
-        n = len(raw)
+    moves = rotations is not None or scales is not None
+    n = len(raw)
+    if moves:
         rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
         scale = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
         raw_transforms = similarity_transforms(raw, rot, scale, frame_shape)
@@ -311,6 +320,28 @@ def build_result(
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
+    smoothed_sigma = jumps = None
+    if getattr(options, "smoothing", "off") == "auto" and n >= 2:
+        from ._smooth import smooth_series
+
+        # outliers are predicted from their neighbours and do not pull on them
+        cols = [raw] + ([rotations_or(rotations, n)[:, None],
+                         np.log(scales_or(scales, n))[:, None]] if moves else [])
+        given = None if uncertainties is None else np.asarray(uncertainties, dtype=float)
+        sig = np.full((n, sum(c.shape[1] for c in cols)), np.nan)
+        if given is not None:
+            sig[:, :raw.shape[1]] = given
+        if moves and parameter_uncertainties is not None:  # rotation (deg), log-scale
+            pu = np.asarray(parameter_uncertainties, dtype=float)
+            sig[:, raw.shape[1]] = pu[:, 0]
+            sig[:, raw.shape[1] + 1] = pu[:, 1] / scales_or(scales, n)
+        sm = smooth_series(np.hstack(cols), sig, used=~outliers)
+        d = raw.shape[1]
+        shifts = sm.values[:, :d]
+        if moves:
+            rot, scale = sm.values[:, d], np.exp(sm.values[:, d + 1])
+        uncertainties, smoothed_sigma, jumps = sm.raw_sigma[:, :d], sm.sigma[:, :d], sm.jumps
+    if moves:
         transforms = similarity_transforms(shifts, rot, scale, frame_shape)
     return RegistrationResult(
         shifts=shifts,
@@ -330,7 +361,17 @@ def build_result(
                                  else np.asarray(parameter_uncertainties, dtype=float)),
         warnings=list(warnings or []),
         lock_suspected=bool(lock_suspected),
+        smoothed_uncertainties=smoothed_sigma,
+        jumps=jumps,
     )
+
+
+def rotations_or(rotations, n: int) -> np.ndarray:
+    return np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
+
+
+def scales_or(scales, n: int) -> np.ndarray:
+    return np.ones(n) if scales is None else np.asarray(scales, dtype=float)
 
 
 class Steps:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -130,6 +132,10 @@ class RegistrationRun(Steps):
         #: how many :class:`Progress` steps the run yields
         self.total = passes * n if opts.mode == "template" else n - self.start
         self.result: RegistrationResult | None = None
+        #: per-frame one-sigma shift uncertainties (px) a run measured, if any
+        self.uncertainties: np.ndarray | None = None
+        #: template refinement passes run (they stop once the shifts settle)
+        self.template_passes: int | None = None
         self._steps = self._run()
 
     def run(self) -> RegistrationResult:
@@ -173,9 +179,12 @@ class RegistrationRun(Steps):
             peaks=table.peaks,
             xcorr=table.xcorr,
             params={"start": self.start, "n_frames": self.n_frames,
-                    **outlier_params(given is not None, hot, opts)},
+                    **outlier_params(given is not None, hot, opts),
+                    **({} if self.template_passes is None else
+                       {"template_passes": self.template_passes})},
             hot_pixels=hot,
             valid_mask=used,
+            uncertainties=self.uncertainties,
             **table.parameters(self.frame_shape),
             **checks,
         )
@@ -258,43 +267,159 @@ class RegistrationRun(Steps):
             yield Progress(k + 1, self.total, i, rec)
 
     def _template(self, table: _Table):
-        """Register to the mean, average the aligned frames, register again."""
-        from ..models._transforms import warp_frame
+        """Register to the mean, then to the stack's own template until it settles.
+
+        Pass 0 registers every frame to the unaligned mean. Each later pass
+        builds the template from the frames moved by their own transforms
+        (:class:`~._template.TemplateSums`: Fourier shifts, ignored pixels and
+        edges left out, each pixel the mean over the frames that saw it) and
+        registers each frame against it with that frame's own contribution taken
+        out (leave-one-out). It stops when no shift moved by more than a tenth of
+        its uncertainty (up to a common offset), or after ``template_iterations``
+        passes.
+        """
+        from ..models._template import TemplateSums
 
         stack, n, dtype, opts = self.stack, self.n_frames, self.dtype, self.options
-        passes = opts.template_iterations + 1
-        template = mean_frame(stack, 0, n, dtype)
-        valid, template_valid = self.valid, self.valid
-        # each frame's weight in the next template: its valid pixels (all without a mask)
-        w = np.ones(template.shape) if valid is None else valid.astype(np.float64)
-        done = 0
-        for p in range(passes):
-            registrar = FrameRegistrar(template, valid, opts, reference_mask=template_valid,
-                                       dtype=dtype, xp=self.xp,
-                                       fill=self.fill if valid is None else None)
-            last = p == passes - 1
-            acc = np.zeros(template.shape)
-            weight = np.zeros(template.shape)
-            stage = "registering to the mean" if p == 0 else f"refining template {p}/{passes - 1}"
-            for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
-                rec = registrar.register(frame)
-                table.put(i, rec)
-                if not last:
-                    if registrar.fill is not None:  # static outliers stay out of the template
-                        frame = registrar.fill(frame)
-                    t = rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
-                    acc += warp_frame(np.where(w > 0, frame, 0) * w, t, fill_value=0.0)
-                    weight += warp_frame(w, t, fill_value=0.0)
-                done += 1
-                yield Progress(done, self.total, i, rec, stage)
-            if not last:
-                # the template is where most aligned frames saw valid pixels
-                template_valid = weight >= 0.5 * n
-                template = np.where(template_valid, acc / np.maximum(weight, 1e-12), 0).astype(dtype)
-                if self.valid is None:
-                    template_valid = None if template_valid.all() else template_valid
-                    if template_valid is not None:  # masked from here: outliers join it
-                        valid = np.ones(template.shape, bool) if self.fill is None else ~self.fill
+        shape, ndim = self.frame_shape, len(self.frame_shape)
+        cap = opts.template_iterations
+        registrar = FrameRegistrar(mean_frame(stack, 0, n, dtype), self.valid, opts, dtype=dtype,
+                                   xp=self.xp, fill=self.fill)
+        transforms = np.empty((n, ndim + 1, ndim + 1))
+        frames_in = frames_for(registrar, stack, 0, n, dtype)
+        threads = default_workers(opts.workers)
+        for i, rec in enumerate(register_frames(registrar, frames_in, threads)):
+            table.put(i, rec)
+            transforms[i] = _record_transform(rec)
+            yield Progress(i + 1, self.total, i, rec, "registering to the mean")
+        done = n
+        sums = TemplateSums(shape, self._template_valid())
+        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
+            sums.add(frame, transforms[i])
+        sigma = np.full((n, ndim), np.nan)
+        for p in range(1, cap + 1):
+            before = table.shifts.copy()
+            yield from self._template_pass(table, sums, transforms, sigma, done,
+                                           f"refining template {p}/{cap}")
+            done += n
+            self.template_passes = p
+            if _settled(table.shifts - before, sigma, table.quality):
+                break
+        self.uncertainties = sigma
+
+    def _template_pass(self, table: _Table, sums, transforms, sigma, done: int, stage: str):
+        """One pass against the template of ``sums``: each frame refined from its
+        transform in ``transforms`` against the template without its own contribution
+        (leave-one-out); ``sums``, ``transforms`` and ``sigma`` are updated in place."""
+        from ..models._refine import Refiner
+        from ..models._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
+
+        stack, n, dtype = self.stack, self.n_frames, self.dtype
+        model = self.options.transform_model
+        shape = self.frame_shape
+        centre = (np.asarray(shape, float) - 1.0) / 2.0
+        valid = self._template_valid()
+        valid = valid if valid is not None else np.ones(shape, bool)
+        full, full_valid = sums.template()
+        match = level = grad = None
+        if model.shift_only:
+            match = TemplateMatch(sums, full, full_valid)
+        else:
+            level, grad = template_gradient(full, full_valid)
+        # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
+        select, tol = (0.3, 2e-3) if model.shift_only else (0.12, 1e-3)
+        nxt = TemplateSums(shape, self._template_valid())
+
+        def one(i, frame):
+            """Frame ``i`` against its leave-one-out template: its record, its
+            contribution to the next template and its uncertainty (any thread)."""
+            reference = full
+            if n > 2:  # the frame's own noise out of the template it is compared with
+                loo, loo_valid = sums.template(sums.contribution(frame, transforms[i]))
+                reference = np.where(loo_valid, loo, full)
+            quality, t, sig = float(table.quality[i]), transforms[i], None
+            if quality > 0 and match is not None:
+                start = t[:-1, -1].copy()
+                found, found_sig, q, ok = match.run(frame, reference, start)
+                if ok and np.all(np.abs(found - start) <= 1.0) and self._inside(found, model):
+                    t, quality, sig = _shift_matrix(np.round(found, 10) + 0.0), q, found_sig
+            elif quality > 0:  # frames without contrast keep their zero shift
+                refiner = Refiner(reference, full_valid, valid, model, select=select, tol=tol)
+                start = _warp_params(t, model, centre)
+                res = refiner.run(frame, start)
+                moved_by = np.abs(res.params[:len(shape)] - start[:len(shape)])
+                if res.converged and np.all(moved_by <= 1.0) and self._inside(res.params, model):
+                    t = np.round(model.transform(res.params, centre), 12)
+                    quality = res.quality
+            shift = t[:-1, :-1] @ centre + t[:-1, -1] - centre
+            rec = FrameRecord(np.round(shift, 10) + 0.0, quality, table.peaks[i].copy(),
+                              None if table.xcorr is None else table.xcorr[i],
+                              None if table.transforms is None else t.copy())
+            moved, w = nxt.contribution(frame, t)
+            if quality > 0 and match is None:
+                sig = fisher_sigma(moved, w, level, grad, full_valid)
+            return i, t, rec, moved, w, sig
+
+        # frames in threads (the FFTs and filters release the GIL), at most a few
+        # in flight; their sums are added here, in order
+        threads = default_workers(self.options.workers)
+        with ThreadPoolExecutor(threads) as pool:
+            pending = deque()
+            frames_in = iter_frames(stack, 0, n, dtype)
+            for i, frame in enumerate(frames_in):
+                pending.append(pool.submit(one, i, frame))
+                if len(pending) < 2 * threads and i + 1 < n:
+                    continue
+                while pending and (len(pending) >= 2 * threads or i + 1 == n):
+                    k, t, rec, moved, w, sig = pending.popleft().result()
+                    transforms[k] = t
+                    table.put(k, rec)
+                    nxt.acc += moved
+                    nxt.weight += w
+                    nxt.count += 1
+                    if sig is not None:
+                        sigma[k] = sig
+                    done += 1
+                    yield Progress(done, self.total, k, rec, stage)
+        sums.__dict__.update(nxt.__dict__)
+
+    def _template_valid(self):
+        """The pixels the template passes use: the mask, or without one every pixel but
+        the static outliers (which an unmasked run fills for its correlation)."""
+        if self.valid is not None or self.fill is None:
+            return self.valid
+        return ~self.fill
+
+    def _inside(self, params, model) -> bool:
+        """Whether a translation stays inside the ``max_shift`` box."""
+        box = self.options.max_shift
+        return not model.shift_only or box is None or bool(
+            np.all(np.abs(params) <= np.asarray(box)))
+
+
+def _warp_params(transform, model: Model, centre) -> np.ndarray:
+    """The warp parameters (``W = T^-1``: shift ``u``, then the model's own) of a
+    registering transform of a rotating or scaling model."""
+    t = np.asarray(transform, dtype=float)
+    c = np.asarray(centre, dtype=float)
+    lin = np.linalg.inv(t[:2, :2])  # W(q) = lin (q - t) = c + lin (q - c) + u
+    u = lin @ (c - t[:2, 2]) - c
+    theta = float(np.arctan2(lin[1, 0] - lin[0, 1], lin[0, 0] + lin[1, 1]))
+    return model.from_coarse(u, theta, lin)
+
+
+def _record_transform(rec: FrameRecord) -> np.ndarray:
+    return rec.transform if rec.transform is not None else _shift_matrix(rec.shift)
+
+
+def _settled(moved, sigma, quality, fraction: float = 0.1) -> bool:
+    """Whether no frame's shift moved by more than ``fraction`` of its uncertainty
+    between two passes, up to a common offset (the template's own position is free)."""
+    use = (quality > 0) & np.all(np.isfinite(sigma) & (sigma > 0), axis=1)
+    if not use.any():
+        return True
+    d = moved[use] - np.median(moved[use], axis=0)
+    return bool(np.all(np.abs(d) <= fraction * sigma[use]))
 
 
 def outlier_params(masked: bool, hot, options) -> dict:
@@ -399,10 +524,11 @@ def register_stack(stack, **arguments) -> RegistrationResult:
             * ``reference`` -- a frame index (default 0), an image, ``"mean"`` (of
               the frames in ``reference_range``), ``"previous"`` (each frame
               against the one before, shifts accumulated to the first frame) or
-              ``"template"`` (register to the mean, average the aligned frames,
-              register again ``template_iterations`` times; for noisy data --
-              template shifts register each frame onto the final template, which
-              sits near the frames' average position rather than frame 0);
+              ``"template"`` (register to the mean, then to the stack's own
+              template, each frame left out of its own, until the shifts settle,
+              at most ``template_iterations`` passes; for noisy data -- template
+              shifts register each frame onto the final template, which sits near
+              the frames' average position rather than frame 0);
             * ``upsample_factor`` -- shifts to ``1/upsample_factor`` pixel, masked
               or not (1 to 1000; default 1);
             * ``max_shift`` -- largest shift to look for, per axis, in pixels;
@@ -415,6 +541,11 @@ def register_stack(stack, **arguments) -> RegistrationResult:
               thresholds (see :func:`flag_outliers`; default: robust statistics
               of the run) and whether flagged frames get interpolated shifts
               (``raw_shifts`` keeps the measured ones);
+            * ``smoothing`` -- "off" (default) or "auto": smooth the shifts (and
+              rotation and scale) over time with a strength that follows their
+              uncertainties, never across a jump it finds; ``raw_shifts`` keeps
+              the measured ones, ``jumps`` and ``smoothed_uncertainties`` say
+              what it did;
             * ``return_xcorr``, ``xcorr_radius`` -- keep each frame's correlation
               window, shifts -radius..radius with zero shift at its centre;
             * ``workers`` -- threads (default: all cores);
