@@ -306,7 +306,7 @@ class FrameRegistrar:
         window = None
         if self.xcorr_radius is not None:
             window = self._models.xcorr_window(frame, transform, self.xcorr_radius)
-        return FrameRecord(shift, float(quality), shift.copy(), window, transform, sigma)
+        return FrameRecord(shift, float(quality), shift.copy(), window, transform, sigma=sigma)
 
     def register_batch(self, frames) -> list[FrameRecord]:
         """Register a batch of frames at once (a sequence of frames, or one array

@@ -232,7 +232,7 @@ def _segment_score(y, s, used, j, a, b, window) -> float:
     idx = np.arange(lo, hi)
     idx = idx[used[idx]]
     left, right = np.count_nonzero(idx < j), np.count_nonzero(idx >= j)
-    if left < 2 or right < 2:
+    if left < 3 or right < 3:  # a step beside the first or last frames is an outlier's
         return 0.0
     t = (idx - (j - 0.5)) / window
     deg = min(DEGREE, len(idx) - 3)
@@ -255,6 +255,8 @@ def _segment_score(y, s, used, j, a, b, window) -> float:
         # the fit's own scatter, when larger than the uncertainties say (never smaller)
         chi2 = float(np.sum((yw - xw @ coef) ** 2)) / dof if dof > 0 else 1.0
         se = np.sqrt(cov[-1, -1] * max(1.0, chi2))
+        if not (np.isfinite(se) and se > 0):  # too few frames to tell a step from the drift
+            continue
         best = max(best, abs(coef[-1]) / se)
     return best
 
@@ -308,7 +310,11 @@ def smooth_series(values, sigma=None, used=None, *, jumps=None,
         s = est
     else:
         s = np.asarray(sigma, dtype=float).reshape(n, k).copy()
-        bad = ~(np.isfinite(s) & (s > 0))
+        # the reference frame's own sigma is ~0 (it is matched with itself): it says
+        # nothing about the noise of the series, so it counts as unknown, as NaN does
+        with np.errstate(invalid="ignore"):
+            typical = np.nanmedian(np.where(s > 0, s, np.nan), axis=0)
+        bad = ~(np.isfinite(s) & (s > 1e-3 * np.nan_to_num(typical)[None, :]) & (s > 0))
         s[bad] = est[bad]
     # a column without any noise estimate (constant, too short) is left as it is
     tiny = ~(np.isfinite(s) & (s > 0))

@@ -184,10 +184,17 @@ class RegistrationRun(Steps):
                        {"template_passes": self.template_passes})},
             hot_pixels=hot,
             valid_mask=used,
-            uncertainties=self.uncertainties,
-            **table.parameters(self.frame_shape),
+            **self._parameters(table),
             **checks,
         )
+
+    def _parameters(self, table) -> dict:
+        """The table's rotations, scales and uncertainties; a template run's own
+        uncertainties (measured against its final template) replace the first pass's."""
+        par = table.parameters(self.frame_shape)
+        if self.uncertainties is not None:
+            par["uncertainties"] = self.uncertainties
+        return par
 
     def _reference_image(self) -> np.ndarray:
         opts, stack = self.options, self.stack
