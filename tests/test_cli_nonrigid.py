@@ -34,12 +34,12 @@ def test_register_nonrigid_writes_fields_and_apply_reads_them(tmp_path, capsys):
     np.testing.assert_array_equal(extras["fallback"], res.fallback)
     # the shifts CSV: the global translation, then the per-frame summary
     lines = shifts.read_text().splitlines()
-    assert lines[0] == ("frame,shift_y,shift_x,quality,deformation_rms,deformation_max,"
-                        "valid_patches,fallback")
+    assert lines[0] == ("frame,shift_y,shift_x,quality,sigma_y,sigma_x,deformation_rms,"
+                        "deformation_max,valid_patches,fallback")
     rows = np.array([[float(c) for c in line.split(",")] for line in lines[1:]])
     np.testing.assert_allclose(rows[:, 1:3], res.shifts, atol=1e-9)
-    np.testing.assert_allclose(rows[:, 4], res.deformation_rms)
-    np.testing.assert_array_equal(rows[:, 7], res.fallback)
+    np.testing.assert_allclose(rows[:, 6], res.deformation_rms)
+    np.testing.assert_array_equal(rows[:, 9], res.fallback)
     # the aligned zarr says how it was made, and holds the frames aligned by the fields
     import zarr
 

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from .engine.models import model_named
+
 __all__ = ["LogLines", "follow", "format_duration", "info_rows", "summary_lines"]
 
 #: seconds between two progress lines in a log, at most (while the run goes on)
@@ -314,6 +316,6 @@ def uncertainty_lines(result) -> list[str]:
         if np.isfinite(extra).all():
             rot, scl = np.median(extra, axis=0)
             line += f"; rotation {rot:.2g} degrees"
-            if result.model == "similarity":
+            if model_named(result.model).scales:
                 line += f", scale {100 * scl:.2g} %"
     return [line]

@@ -18,6 +18,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QVBoxLayout
 
 from napari_maskalign.engine import Progress, RegistrationResult, valid_from_ignore
+from napari_maskalign.engine.models import model_named
 from napari_maskalign.workflow import AlignProgress, AlignSettings, Registration, register
 
 from ..workflow.checks import inverted, mask_warning
@@ -468,7 +469,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             fit = preview_is_new(self.viewer, job.source)
             steps += preview_steps(self.viewer, job.source, result, job.props,
                                    job.run.frame_shape)
-        if result.model == "nonrigid":
+        if model_named(result.model).fields:
             for name, cls in ((vectors_name(job.source), Vectors),
                               (deformation_name(job.source), Image)):
                 check_output_name(self.viewer, name, cls)

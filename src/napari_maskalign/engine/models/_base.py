@@ -47,6 +47,9 @@ class Model:
         ``refine=False`` is allowed (the peak alone is an answer).
     gpu : bool
         The GPU path registers it.
+    fields : bool
+        Its frames are aligned by a field per frame (the result's ``field(i)``),
+        not by the table's transforms; its stack run is its own.
     """
 
     name: str = ""
@@ -58,6 +61,15 @@ class Model:
     scales: bool = False
     refine_optional: bool = False
     gpu: bool = False
+    fields: bool = False
+
+    def check_options(self, options) -> None:
+        """The model's own checks of a :class:`RegistrationOptions` (``ValueError`` in
+        plain words); the options' general checks have passed."""
+
+    def fingerprint_items(self, options) -> dict:
+        """The model's own settings that decide its results (a resumed run must match)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<{self.name} model>"

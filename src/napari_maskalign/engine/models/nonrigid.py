@@ -26,8 +26,26 @@ class Nonrigid(Model):
     shift_only = True
     refine_optional = False  # its Gauss-Newton on the spline always runs
     gpu = False
-    #: aligning needs the result's fields, not its transforms
-    fields = True
+    fields = True  # aligning needs the result's fields, not its transforms
+
+    def check_options(self, options) -> None:
+        from ._nonrigid_fit import NonrigidSettings  # scipy: only when a run is made
+
+        NonrigidSettings(grid_spacing=float(options.grid_spacing),
+                         patch_size=int(options.patch_size),
+                         patch_stride=int(options.patch_stride))  # checks them
+        if options.mode in ("previous", "template"):
+            raise ValueError(
+                f"the {self.name} model registers against a fixed reference (a frame index, an "
+                f"image or 'mean'), not reference={options.mode!r}"
+            )
+        if options.device == "gpu":
+            raise ValueError(f"the {self.name} model runs on the CPU; use device='cpu' or None")
+
+    def fingerprint_items(self, options) -> dict:
+        return {"grid_spacing": float(options.grid_spacing),
+                "patch_size": int(options.patch_size),
+                "patch_stride": int(options.patch_stride)}
 
     def fits_table(self, rotations, scales) -> bool:
         return False  # a table of its global shifts reads as translation

@@ -14,6 +14,7 @@ from ..kernels._bspline import SplineGrid
 from ..kernels._fft import default_workers
 from ..models._fields import FieldStack
 from ..models._nonrigid_fit import NonrigidRegistrar, NonrigidSettings
+from ..models._translation import TRANSLATION
 from ._parallel import frames_for, register_frames
 from ._registrar import FrameRegistrar
 from ._result import Progress, RegistrationResult, build_result
@@ -32,7 +33,7 @@ class NonrigidFrameRegistrar:
 
     def __init__(self, reference, valid, options, *, dtype=None):
 
-        glob = options.replace(model="translation", refine=None,
+        glob = options.replace(model=TRANSLATION.name, refine=None,
                                upsample_factor=max(options.upsample_factor, 20.0))
         self._global = FrameRegistrar(reference, valid, glob, dtype=dtype)
         self.backend = self._global.backend  # numpy: frames are registered on the CPU

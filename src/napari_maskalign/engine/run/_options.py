@@ -228,17 +228,7 @@ class RegistrationOptions:
                 f"the {self.model} model always ends in the Gauss-Newton refinement; "
                 f"refine=False applies to {optional} only"
             )
-        if self.model == "nonrigid":
-            from ._nonrigid import settings_of
-
-            settings_of(self)  # checks grid_spacing, patch_size, patch_stride
-            if self.mode in ("previous", "template"):
-                raise ValueError(
-                    f"the nonrigid model registers against a fixed reference (a frame index, an "
-                    f"image or 'mean'), not reference={self.mode!r}"
-                )
-            if self.device == "gpu":
-                raise ValueError("the nonrigid model runs on the CPU; use device='cpu' or None")
+        model.check_options(self)
         nd = self.reference.ndim if self.mode == "image" else None
         if nd is not None and nd not in model.frame_ndims:
             raise ValueError(
@@ -354,9 +344,7 @@ class RegistrationOptions:
         )
         out = {k: d[k] for k in keep}
         out["refine"] = self.refines
-        if self.model == "nonrigid":
-            out.update(grid_spacing=float(self.grid_spacing), patch_size=int(self.patch_size),
-                       patch_stride=int(self.patch_stride))
+        out.update(self.transform_model.fingerprint_items(self))
         for k in ("reference_range", "max_shift"):
             if isinstance(out[k], tuple):
                 out[k] = list(out[k])

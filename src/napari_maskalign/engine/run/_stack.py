@@ -154,7 +154,7 @@ class RegistrationRun(Steps):
         # run stays unmasked (phase or plain correlation) with them filled in every frame
         self.valid = used if given is not None else None
         self.fill = hot if given is None and hot is not None and hot.any() else None
-        if opts.model == "nonrigid":
+        if opts.transform_model.fields:
             from ._nonrigid import nonrigid_steps
 
             return (yield from nonrigid_steps(self, given, hot))
