@@ -206,7 +206,11 @@ def test_every_reference_mode_ignores_them(ued, reference):
     r = register_stack(stack[:6], mask=synth.valid, upsample_factor=10, reference=reference)
     expected = synth.expected_shifts()[:6]
     rel = r.shifts - expected
-    assert np.ptp(rel, axis=0).max() < 0.25, rel  # right up to a constant (mean/template)
+    # right up to a constant (mean/template); the unaligned mean is a blurred reference
+    # (frames 5 px apart averaged), against which the refinement on every valid pixel
+    # lands 0.4 px apart at worst here, where the 1000 pixels left in lock it (3-5 px)
+    tolerance = 0.6 if reference == "mean" else 0.25
+    assert np.ptp(rel, axis=0).max() < tolerance, rel
     assert r.n_hot_pixels > 900
 
 

@@ -125,32 +125,19 @@ class FrameRegistrar:
             self._valid_x = self.backend.own(self.valid)
         self._check_reference(ref)
         self._corr = None
+        # what both correlators take from the options
+        search = dict(upsample_factor=opts.upsample_factor, max_shift=opts.max_shift,
+                      workers=opts.workers)
         if model.shift_only and self.masked:
-            self._corr = MaskedCorrelator(
-                ref,
-                self.ref_valid,
-                self.valid,
-                overlap_ratio=opts.overlap_ratio,
-                upsample_factor=opts.upsample_factor,
-                max_shift=opts.max_shift,
-                shrink=True,
-                workers=opts.workers,
-                dtype=self.dtype,
-                xp=self.xp,
-            )
+            self._corr = MaskedCorrelator(ref, self.ref_valid, self.valid,
+                                          overlap_ratio=opts.overlap_ratio, shrink=True,
+                                          dtype=self.dtype, xp=self.xp, **search)
         elif model.shift_only:
             # unmasked, the refinement is a Newton step on the cross-power spectrum the
             # correlation holds anyway: no transform, no pixel pass (the frame's own
             # refinement cost 8x the correlation)
-            self._corr = PhaseCorrelator(
-                ref,
-                normalization=opts.normalization,
-                upsample_factor=opts.upsample_factor,
-                zero_mean=True,
-                max_shift=opts.max_shift,
-                workers=opts.workers,
-                newton=opts.refines,
-            )
+            self._corr = PhaseCorrelator(ref, normalization=opts.normalization, zero_mean=True,
+                                         newton=opts.refines, **search)
         self.model, self.refines, self._max_shift = model, opts.refines, opts.max_shift
         self._overlap_ratio, self._upsample = opts.overlap_ratio, opts.upsample_factor
         self._refiner = self._models = None
