@@ -651,5 +651,12 @@ def test_register_smoothing_writes_smoothed_and_raw_shifts_and_says_what_it_did(
     truth = s.expected_shifts(0)
     err = np.abs(table.shifts - truth).mean()
     assert err < np.abs(measured.raw_shifts - truth).mean()
+    # --resume continues from the measured shifts, not the smoothed ones
+    assert cli("register", tmp_path / "stack.npy", "--mask", tmp_path / "block.npy",
+               "--upsample", 20, "--hot-pixels", "off", "--smoothing", "auto",
+               "--shifts", shifts_csv, "--resume") == 0  # fmt: skip
+    again = np.array([[float(v) for v in line.split(",")]
+                      for line in shifts_csv.read_text().splitlines()[1:]])
+    np.testing.assert_allclose(again[:, 6:], measured.raw_shifts)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["register", "x.npy", "--smoothing", "strong"])
