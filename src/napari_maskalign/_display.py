@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .engine.backends._frames import spread_indices
+
 __all__ = [
     "HOT_LABEL",
     "SAMPLE_FRAMES",
@@ -44,9 +46,7 @@ OUTLIER_PIXELS = 1 << 20
 
 def sample_indices(n: int, k: int = SAMPLE_FRAMES) -> list[int]:
     """Up to ``k`` frame numbers spread evenly over ``n`` frames (first and last included)."""
-    if n <= 0:
-        return []
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(n, k))})
+    return spread_indices(n, k).tolist()
 
 
 def pattern_limits(stack, valid=None, *, stack_axis: bool = True, find_outliers: bool = False,

@@ -28,6 +28,7 @@ __all__ = [
     "is_dask",
     "iter_frames",
     "read_frame",
+    "spread_indices",
 ]
 
 #: dask stacks are read in groups of whole chunks of at least this many frames ...
@@ -82,6 +83,12 @@ def frame_groups(chunks0, start: int, target: int, stop: int | None = None):
         hi = min(hi, stop)
         yield lo, hi
         lo = hi
+
+
+def spread_indices(n: int, k: int) -> np.ndarray:
+    """Up to ``k`` frame numbers spread evenly over ``n`` frames, first and last
+    included, sorted and without repeats (the frames a search looks at)."""
+    return np.unique(np.linspace(0, n - 1, max(0, min(n, k))).round().astype(int))
 
 
 def read_frame(stack, i: int, dtype=None) -> np.ndarray:

@@ -67,7 +67,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from ..backends._frames import read_frame
+from ..backends._frames import read_frame, spread_indices
 from ..kernels._fft import default_workers
 from ..kernels._masked import MaskedCorrelator
 from ._parallel import in_threads
@@ -92,7 +92,7 @@ def _sample(stack, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     n = int(stack.shape[0])
     per_frame = max(1, int(np.prod(stack.shape[1:]))) * 4
     k = int(max(1, min(n, n_frames, SAMPLE_BYTES // per_frame)))
-    picks = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+    picks = spread_indices(n, k)
     return picks, np.stack([read_frame(stack, int(i), np.float32) for i in picks])
 
 

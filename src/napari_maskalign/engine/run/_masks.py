@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..backends._frames import spread_indices
+
 __all__ = [
     "check_mask",
     "check_valid_mask",
@@ -146,7 +148,7 @@ def suggest_beam_block(
     n = stack.shape[0]
     if n == 0:
         raise ValueError("the stack has no frames")
-    idx = np.unique(np.linspace(0, n - 1, min(n, n_frames)).round().astype(int))
+    idx = spread_indices(n, n_frames)
     frames = np.stack([np.asarray(stack[int(i)], dtype=np.float32) for i in idx])
     frames = np.where(np.isfinite(frames), frames, 0.0)
     brightest = frames.max(axis=0)
