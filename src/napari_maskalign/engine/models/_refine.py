@@ -70,7 +70,7 @@ from ._fill import filled, nearest_fill_index
 if TYPE_CHECKING:  # pragma: no cover
     from ._base import Model
 
-__all__ = ["Refiner", "noise_spread", "peak_curvature", "unmasked_terms"]
+__all__ = ["Refiner", "noise_spread", "peak_curvature", "pearson", "unmasked_terms"]
 
 _BINS = 16
 #: pixels the translation model mirrors each frame out by before its transform
@@ -465,7 +465,7 @@ class Refiner:
             if moved < self.tol and weighted:
                 converged = True
                 break
-        quality = 0.0 if m is None else _pearson(m[used], self.r[used])
+        quality = 0.0 if m is None else pearson(m[used], self.r[used])
         return RefineResult(params, quality, gain, offset, it, converged, int(self.n_points),
                             noise, cov)
 
@@ -501,7 +501,7 @@ def _cubic_weights(t: float) -> np.ndarray:
     return np.array([(1 - t) ** 3, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3]) / 6.0
 
 
-def _pearson(a, b) -> float:
+def pearson(a, b) -> float:
     """Correlation coefficient of two samples, clipped to [0, 1] (no BLAS: cheap and
     free of thread contention)."""
     a = a - a.mean()

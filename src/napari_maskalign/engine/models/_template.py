@@ -28,7 +28,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._refine import wiener_estimate
+from ._refine import pearson, wiener_estimate
 from ._transforms import is_translation
 
 __all__ = ["TemplateMatch", "TemplateSums", "fisher_sigma", "template_gradient"]
@@ -201,12 +201,10 @@ class TemplateMatch:
 
     def __init__(self, sums: TemplateSums, full, full_valid, margin: int = MARGIN):
         self.shape, self.pad = sums.shape, sums.pad
-        self.sums = sums
         self.full_valid = np.asarray(full_valid, bool)
         level, grad = template_gradient(full, full_valid)
         self.columns = [self._spectrum(g) for g in grad] + [self._spectrum(level)]
         self.valid = sums.valid  # the frame's own pixels: not moved, so all of them count
-        self.margin = margin
         v = self.full_valid
         # the template where its fill cannot ring into it: its valid area, eroded
         self.trusted = ndi.binary_erosion(v, iterations=margin, border_value=0).astype(np.float64)
@@ -272,7 +270,7 @@ class TemplateMatch:
             s += step[:ndim]
             gain += step[ndim]
             offset += step[ndim + 1]
-            quality = _pearson(f, model_t)
+            quality = pearson(f, model_t)
             moved = float(np.linalg.norm(step[:ndim]))
             if noise is not None and moved < tol:
                 converged = True
@@ -283,9 +281,3 @@ class TemplateMatch:
             np.full(ndim, np.nan)
         return s, sigma, quality, converged
 
-
-def _pearson(a, b) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
-    return float(np.clip(np.sum(a * b) / den, 0.0, 1.0)) if den > 0 else 0.0

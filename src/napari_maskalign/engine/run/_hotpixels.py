@@ -70,6 +70,7 @@ from scipy import ndimage as ndi
 from ..backends._frames import read_frame, spread_indices
 from ..kernels._fft import default_workers
 from ..kernels._masked import MaskedCorrelator
+from ..models._fill import nearest_fill_index
 from ._parallel import in_threads
 
 __all__ = ["find_static_outliers", "mask_with_outliers"]
@@ -125,9 +126,7 @@ def _filler(valid: np.ndarray):
     """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
     if valid.all():
         return lambda frames: frames
-    idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
-    holes = np.flatnonzero(~valid)
-    src = np.ravel_multi_index(tuple(i.ravel()[holes] for i in idx), valid.shape)
+    holes, src = nearest_fill_index(valid)
 
     def fill(frames):
         out = frames.reshape(*frames.shape[: frames.ndim - valid.ndim], -1).copy()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -18,7 +16,7 @@ from ._hotpixels import mask_with_outliers
 from ._lock import run_warnings
 from ._masks import check_mask
 from ._options import RegistrationOptions, _is_index
-from ._parallel import frames_for, register_frames
+from ._parallel import frames_for, in_threads, register_frames
 from ._registrar import FrameRegistrar, check_backend, has_contrast
 from ._result import FrameRecord, Progress, RegistrationResult, Steps, build_result
 
@@ -370,24 +368,17 @@ class RegistrationRun(Steps):
         # frames in threads (the FFTs and filters release the GIL), at most a few
         # in flight; their sums are added here, in order
         threads = default_workers(self.options.workers)
-        with ThreadPoolExecutor(threads) as pool:
-            pending = deque()
-            frames_in = iter_frames(stack, 0, n, dtype)
-            for i, frame in enumerate(frames_in):
-                pending.append(pool.submit(one, i, frame))
-                if len(pending) < 2 * threads and i + 1 < n:
-                    continue
-                while pending and (len(pending) >= 2 * threads or i + 1 == n):
-                    k, t, rec, moved, w, sig = pending.popleft().result()
-                    transforms[k] = t
-                    table.put(k, rec)
-                    nxt.acc += moved
-                    nxt.weight += w
-                    nxt.count += 1
-                    if sig is not None:
-                        sigma[k] = sig
-                    done += 1
-                    yield Progress(done, self.total, k, rec, stage)
+        frames_in = enumerate(iter_frames(stack, 0, n, dtype))
+        for k, t, rec, moved, w, sig in in_threads(lambda item: one(*item), frames_in, threads):
+            transforms[k] = t
+            table.put(k, rec)
+            nxt.acc += moved
+            nxt.weight += w
+            nxt.count += 1
+            if sig is not None:
+                sigma[k] = sig
+            done += 1
+            yield Progress(done, self.total, k, rec, stage)
         sums.__dict__.update(nxt.__dict__)
 
     def _template_valid(self):
