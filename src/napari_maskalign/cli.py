@@ -183,14 +183,13 @@ def _mask_hint(args):
         raise
 
 
-def _check_mask(args, valid, stack, frame_index: int = 0) -> None:
-    """The mask's sanity check (that of the Register dock): a mask that is almost
-    surely inverted stops the run with the fix; a doubtful one is a warning."""
+def _check_mask(args, valid, frame) -> None:
+    """The mask's sanity check (that of the Register dock) against ``frame``: a mask that
+    is almost surely inverted stops the run with the fix; a doubtful one is a warning."""
     if valid is None:
         return
     from .workflow.checks import looks_inverted, mask_problems
 
-    frame = np.asarray(stack[frame_index])
     if frame.shape != np.shape(valid) or not np.any(valid):  # the workflow names these
         return
     problems = mask_problems(valid, frame, Path(args.mask).name)
@@ -241,8 +240,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
     with _plain_errors():
         options.check_for(n, frame_shape)
     valid, mask_name = _read_mask(args)
-    _warn_saturated(stack, valid, options)
-    _check_mask(args, valid, stack, options.reference_index(n) if options.mode == "index" else 0)
+    from .engine.backends._frames import read_frame
+
+    i = options.reference_index(n) if options.mode == "index" else 0
+    with _plain_errors():
+        frame = read_frame(stack, i)  # both looks before the run see the reference frame
+    _warn_saturated(frame, valid, i)
+    _check_mask(args, valid, frame)
     settings = run_settings(args.input, stack, valid, options)
     # --resume: every output may exist, continue_run decides
     paths = _output_paths(args, stack, shifts=args.shifts,
@@ -324,14 +328,11 @@ def _write_fields(shifts_path, result) -> dict:
     return {**fields_summary(result), "file": str(path)}
 
 
-def _warn_saturated(stack, valid, options) -> None:
-    """Saturated pixels pull every shift to 0 with quality 1: said before the run."""
-    from .engine.backends._frames import read_frame
+def _warn_saturated(frame, valid, i: int) -> None:
+    """Saturated pixels pull every shift to 0 with quality 1: said before the run
+    (``frame`` is frame ``i``, the reference)."""
     from .workflow import saturation_warning
 
-    i = options.reference_index(int(stack.shape[0])) if options.mode == "index" else 0
-    with _plain_errors():
-        frame = read_frame(stack, i)
     if valid is not None and np.shape(valid) != frame.shape:
         valid = None  # the run refuses it in its own words
     text = saturation_warning(frame, valid, which=f"frame {i}")
@@ -401,7 +402,11 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     _lock_outputs(args, paths)
     valid, mask_name = _read_mask(args)
     options = RegistrationOptions(hot_pixels=_hot_pixels(args.hot_pixels))
-    _check_mask(args, valid, stack)
+    if valid is not None:
+        from .engine.backends._frames import read_frame
+
+        with _plain_errors():
+            _check_mask(args, valid, read_frame(stack, 0))
     try:
         with _plain_errors(), dask_client(args.scheduler, args.workers) as client:
             # the pixels registration ignored are ignored here too: same table, same output
