@@ -220,8 +220,6 @@ def test_unmasked_nonrigid_runs():
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
-        ({"reference": "previous"}, "fixed reference"),
-        ({"reference": "template"}, "fixed reference"),
         ({"grid_spacing": 2}, "grid_spacing"),
         ({"patch_size": 4}, "patch_size"),
         ({"patch_stride": 0}, "patch_stride"),

@@ -20,8 +20,8 @@ class Nonrigid(Model):
 
     name = "nonrigid"
     label = "nonrigid (smooth field)"
-    summary = ("a smooth field per frame (2D; a frame, an image or the mean as reference): the "
-               "shifts file holds the global translation, SHIFTS.fields.npz the fields")
+    summary = ("a smooth field per frame (2D; any reference): the shifts file holds the global "
+               "translation, SHIFTS.fields.npz the fields")
     frame_ndims = (2,)
     shift_only = True
     refine_optional = False  # its Gauss-Newton on the spline always runs
@@ -34,11 +34,6 @@ class Nonrigid(Model):
         NonrigidSettings(grid_spacing=float(options.grid_spacing),
                          patch_size=int(options.patch_size),
                          patch_stride=int(options.patch_stride))  # checks them
-        if options.mode in ("previous", "template"):
-            raise ValueError(
-                f"the {self.name} model registers against a fixed reference (a frame index, an "
-                f"image or 'mean'), not reference={options.mode!r}"
-            )
         if options.device == "gpu":
             raise ValueError(f"the {self.name} model runs on the CPU; use device='cpu' or None")
 

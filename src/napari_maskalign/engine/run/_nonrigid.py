@@ -1,6 +1,7 @@
 """The non-rigid model in a stack run: a frame registrar (global translation, then
-:class:`~napari_maskalign.engine.models._nonrigid_fit.NonrigidRegistrar`), the run over a
-fixed reference, and its :class:`NonrigidResult`."""
+:class:`~napari_maskalign.engine.models._nonrigid_fit.NonrigidRegistrar`), the runs for
+every reference mode (a fixed reference, the previous frame, the stack's own template),
+and its :class:`NonrigidResult`."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ from dataclasses import dataclass
 from dataclasses import fields as dc_fields
 
 import numpy as np
+from scipy import ndimage as ndi
 
+from ..backends._frames import iter_frames, read_frame
 from ..kernels._bspline import SplineGrid
 from ..kernels._fft import default_workers
-from ..models._fields import FieldStack
+from ..models._fields import FieldStack, apply_fields
 from ..models._nonrigid_fit import NonrigidRegistrar, NonrigidSettings
 from ..models._translation import TRANSLATION
 from ._parallel import frames_for, register_frames
-from ._registrar import FrameRegistrar
+from ._registrar import FrameRegistrar, has_contrast
 from ._result import Progress, RegistrationResult, build_result
 
-__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "settings_of",
-           "with_fields"]
+__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "nonrigid_template",
+           "settings_of", "with_fields"]
 
 
 class NonrigidFrameRegistrar:
@@ -69,47 +72,219 @@ def settings_of(options) -> NonrigidSettings:
                             patch_stride=int(options.patch_stride))
 
 
-def nonrigid_steps(run, given, hot):
-    """The stack run for ``model="nonrigid"`` (fixed references: a frame, an image, the
-    mean): yields :class:`~._result.Progress` per frame, returns a
-    :class:`~._fields.NonrigidResult`."""
-    opts = run.options
-    registrar = NonrigidFrameRegistrar(run._reference_image(), run.valid, opts, dtype=run.dtype)
-    start, n, total = run.start, run.n_frames, run.total
-    count = n - start
-    ndim = 2
-    shifts, peaks, quality = np.zeros((count, ndim)), np.zeros((count, ndim)), np.zeros(count)
-    radius = opts.xcorr_radius if opts.return_xcorr else None
-    xcorr = None if radius is None else np.zeros((count, 2 * radius + 1, 2 * radius + 1), np.float32)
-    ny, nx = registrar.grid.grid_shape
-    m = len(registrar.patch_centres)
-    coef = np.zeros((count, 2, ny, nx), np.float32)
-    pshift = np.full((count, m, 2), np.nan, np.float32)
-    pq = np.zeros((count, m), np.float32)
-    fallback = np.zeros(count, bool)
-    d_rms, d_max, vp = np.zeros(count), np.zeros(count), np.zeros(count)
-    threads = default_workers(opts.workers)
-    frames_in = frames_for(registrar, run.stack, start, n, run.dtype)
-    for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
-        shifts[k], peaks[k], quality[k] = rec.shift, rec.peak, rec.quality
-        if xcorr is not None and rec.xcorr is not None:
-            xcorr[k] = rec.xcorr
+class _Table:
+    """A non-rigid run's per-frame results, filled as frames finish (a few KB a frame:
+    coefficients, patch shifts, the summary; never the fields themselves)."""
+
+    def __init__(self, count: int, registrar: NonrigidFrameRegistrar, radius: int | None):
+        self.grid = registrar.grid
+        self.centres = registrar.patch_centres.copy()
+        ny, nx = self.grid.grid_shape
+        m = len(self.centres)
+        self.shifts, self.peaks = np.zeros((count, 2)), np.zeros((count, 2))
+        self.quality = np.zeros(count)
+        self.xcorr = None if radius is None else np.zeros((count, 2 * radius + 1, 2 * radius + 1),
+                                                           np.float32)
+        self.coef = np.zeros((count, 2, ny, nx), np.float32)
+        self.pshift = np.full((count, m, 2), np.nan, np.float32)
+        self.pq = np.zeros((count, m), np.float32)
+        self.fallback = np.zeros(count, bool)
+        self.d_rms, self.d_max, self.vp = np.zeros(count), np.zeros(count), np.zeros(count)
+
+    def put(self, k: int, rec) -> None:
+        self.shifts[k], self.peaks[k], self.quality[k] = rec.shift, rec.peak, rec.quality
+        if self.xcorr is not None and rec.xcorr is not None:
+            self.xcorr[k] = rec.xcorr
         nr = rec.nonrigid
-        coef[k], pshift[k], pq[k] = nr.coefficients, nr.patch_shifts, nr.patch_quality
-        fallback[k], d_rms[k], d_max[k], vp[k] = nr.fallback, nr.rms, nr.max, nr.valid_patches
-        yield Progress(k + 1, total, start + k, rec)
-    base = build_result(
-        shifts, quality, opts, peaks=peaks, xcorr=xcorr,
-        params={"masked": given is not None, "start": start, "n_frames": n,
-                "n_hot_pixels": 0 if hot is None else int(hot.sum()),
-                "grid": registrar.grid.describe()},
-        hot_pixels=hot, valid_mask=run.valid,
-    )
-    kept = {f.name: getattr(base, f.name) for f in dc_fields(RegistrationResult)}
-    return NonrigidResult(**kept, coefficients=coef, grid=registrar.grid,
-                          patch_centres=registrar.patch_centres.copy(), patch_shifts=pshift,
-                          patch_quality=pq, fallback=fallback, deformation_rms=d_rms,
-                          deformation_max=d_max, valid_patches=vp)
+        self.coef[k], self.pshift[k], self.pq[k] = nr.coefficients, nr.patch_shifts, nr.patch_quality
+        self.fallback[k], self.d_rms[k], self.d_max[k] = nr.fallback, nr.rms, nr.max
+        self.vp[k] = nr.valid_patches
+
+    def result(self, run, given, hot, params: dict) -> NonrigidResult:
+        opts = run.options
+        base = build_result(
+            self.shifts, self.quality, opts, peaks=self.peaks, xcorr=self.xcorr,
+            params={"masked": given is not None, "start": run.start, "n_frames": run.n_frames,
+                    "n_hot_pixels": 0 if hot is None else int(hot.sum()),
+                    "grid": self.grid.describe(), **params},
+            hot_pixels=hot, valid_mask=run.valid,
+        )
+        kept = {f.name: getattr(base, f.name) for f in dc_fields(RegistrationResult)}
+        return NonrigidResult(**kept, coefficients=self.coef, grid=self.grid,
+                              patch_centres=self.centres, patch_shifts=self.pshift,
+                              patch_quality=self.pq, fallback=self.fallback,
+                              deformation_rms=self.d_rms, deformation_max=self.d_max,
+                              valid_patches=self.vp)
+
+
+def nonrigid_steps(run, given, hot):
+    """The stack run for ``model="nonrigid"``, every reference mode: yields
+    :class:`~._result.Progress` per frame registration, returns a
+    :class:`NonrigidResult`.
+
+    A fixed reference (a frame, an image, the mean) registers every frame against
+    it in threads. ``"previous"`` registers each frame against the one before and
+    composes the fields onto the first frame's grid. ``"template"`` registers to
+    the mean, then to the mean of the frames aligned by their own fields, until
+    the fields settle.
+    """
+    opts = run.options
+    radius = opts.xcorr_radius if opts.return_xcorr else None
+    params = {}
+    if opts.mode == "previous":
+        table = yield from _previous(run, radius)
+    elif opts.mode == "template":
+        table = yield from _template(run, radius)
+        params["template_passes"] = run.template_passes
+    else:
+        registrar = NonrigidFrameRegistrar(run._reference_image(), run.valid, opts, dtype=run.dtype)
+        table = _Table(run.n_frames - run.start, registrar, radius)
+        yield from _all_frames(run, registrar, table, run.start, 0)
+    return table.result(run, given, hot, params)
+
+
+def _all_frames(run, registrar, table: _Table, start: int, done: int, stage: str = ""):
+    """Frames ``start..n-1`` against ``registrar``'s reference, in threads, into
+    ``table`` (row 0 is frame ``start``)."""
+    threads = default_workers(run.options.workers)
+    frames_in = frames_for(registrar, run.stack, start, run.n_frames, run.dtype)
+    for k, rec in enumerate(register_frames(registrar, frames_in, threads)):
+        table.put(k, rec)
+        yield Progress(done + k + 1, run.total, start + k, rec, stage)
+
+
+def _previous(run, radius):
+    """Each frame against the one before (the last one with contrast); the fields
+    compose onto the first frame's grid: if frame ``i - 1`` aligns by ``V`` and
+    frame ``i`` onto frame ``i - 1`` by ``w``, frame ``i`` aligns by
+    ``V(x) + w(x + V(x))``, refitted on the spline grid. The global shifts add up
+    as for a translation run. A resumed run continues from ``run.previous_field``
+    (frame ``start - 1``'s coefficients) and ``run.previous_shift``."""
+    stack, start, n, dtype, opts = run.stack, run.start, run.n_frames, run.dtype, run.options
+    first = start - 1 if start else 0
+    ref = read_frame(stack, first, dtype)
+    while first > 0 and not has_contrast(ref, run.valid):
+        first -= 1
+        ref = read_frame(stack, first, dtype)
+    registrar = NonrigidFrameRegistrar(ref, run.valid, opts, dtype=dtype)
+    table = _Table(n - start, registrar, radius)
+    grid = registrar.grid
+    h, w = grid.shape
+    rows, cols = np.mgrid[:h, :w].astype(np.float64)
+    acc_shift = np.asarray(run.previous_shift, float)
+    acc = getattr(run, "previous_field", None)
+    if acc is None:
+        if start:
+            raise ValueError("resuming a non-rigid run against the previous frame needs the "
+                             "field of the frame before the first one (previous_field)")
+        acc = np.zeros((2, *grid.grid_shape))
+    acc = np.asarray(acc, np.float64)
+    if acc.shape != (2, *grid.grid_shape):
+        raise ValueError(f"previous_field must be coefficients of shape {(2, *grid.grid_shape)}, "
+                         f"got {acc.shape}")
+    centres = table.centres
+    for k, cur in enumerate(iter_frames(stack, start, n, dtype)):
+        i = start + k
+        rec = registrar.register(cur)
+        nr = rec.nonrigid
+        if i == 0:  # the origin of the chain: the registration against itself falls back
+            acc_shift = np.zeros(2)
+            coef = np.zeros((2, *grid.grid_shape))
+            rec = dataclasses.replace(rec, shift=acc_shift.copy(), peak=np.zeros(2), sigma=None,
+                                      nonrigid=dataclasses.replace(
+                                          nr, coefficients=coef.astype(np.float32), rms=0.0,
+                                          max=0.0))
+        else:
+            at = grid.evaluate_at(acc, centres[:, 0], centres[:, 1]).T  # the chain so far
+            before = grid.evaluate(acc)
+            step = grid.evaluate(nr.coefficients)
+            landed = [rows + before[0], cols + before[1]]
+            field = before + np.stack([ndi.map_coordinates(s, landed, order=3, mode="nearest")
+                                       for s in step])
+            acc = grid.fit_field(field)
+            acc_shift = acc_shift + rec.shift
+            rms, mx = _deformation(grid.evaluate(acc), acc_shift, run.valid)
+            nr = dataclasses.replace(nr, coefficients=acc.astype(np.float32),
+                                     # the patches' view of the chain: its field at
+                                     # each centre so far plus the step measured there
+                                     patch_shifts=(nr.patch_shifts + at).astype(np.float32),
+                                     rms=rms, max=mx)
+            rec = dataclasses.replace(rec, shift=acc_shift.copy(), sigma=None, nonrigid=nr)
+        table.put(k, rec)
+        if i + 1 < n and has_contrast(cur, run.valid):
+            registrar = NonrigidFrameRegistrar(cur, run.valid, opts, dtype=dtype)
+        yield Progress(k + 1, run.total, i, rec)
+    return table
+
+
+def _template(run, radius):
+    """Register to the mean, then to the stack's own template: the mean of the frames
+    aligned by their fields (each pixel over the frames that hold data there, kept
+    where at least half of them do), until no frame's field moves by more than
+    0.05 px RMS between passes (up to a common field: the template's own position is
+    free), at most ``template_iterations`` passes. The template keeps every frame
+    (no leave-one-out: a frame's own noise is ``1/n`` of it)."""
+    stack, n, dtype, opts = run.stack, run.n_frames, run.dtype, run.options
+    mean = np.zeros(run.frame_shape)
+    for frame in iter_frames(stack, 0, n, np.float64):
+        mean += frame
+    registrar = NonrigidFrameRegistrar((mean / n).astype(dtype), run.valid, opts, dtype=dtype)
+    table = _Table(n, registrar, radius)
+    yield from _all_frames(run, registrar, table, 0, 0, "registering to the mean")
+    done = n
+    cap = opts.template_iterations
+    for p in range(1, cap + 1):
+        template, seen = nonrigid_template(stack, table.coef, table.grid, run.valid,
+                                           table.quality > 0, dtype)
+        use = seen if run.valid is None else seen & run.valid
+        filled = np.where(use, template, np.nanmean(template[use]) if use.any() else 0.0)
+        registrar = NonrigidFrameRegistrar(filled.astype(dtype), use, opts, dtype=dtype)
+        before = table.coef.copy()
+        yield from _all_frames(run, registrar, table, 0, done, f"refining template {p}/{cap}")
+        done += n
+        run.template_passes = p
+        if _fields_settled(table.coef - before, table.quality > 0):
+            break
+    return table
+
+
+def nonrigid_template(stack, coefficients, grid: SplineGrid, valid, use, dtype):
+    """``(template, seen)``: the mean of the frames ``use`` aligned by their fields
+    (``frame(x + v(x))``; ignored pixels and the frame's edges left out), and where at
+    least half of them hold data."""
+    acc = np.zeros(grid.shape)
+    count = np.zeros(grid.shape)
+    for i, frame in enumerate(iter_frames(stack, 0, len(coefficients), dtype)):
+        if not use[i]:
+            continue
+        v = grid.evaluate(coefficients[i])[None]
+        aligned, ok = apply_fields(frame[None], v, valid_mask=valid, return_valid=True)
+        ok = ok[0] & np.isfinite(aligned[0])
+        acc[ok] += aligned[0][ok]
+        count += ok
+    need = max(1.0, 0.5 * int(np.sum(use)))
+    seen = count >= need
+    return np.where(seen, acc / np.maximum(count, 1), np.nan), seen
+
+
+def _fields_settled(moved, use, tol: float = 0.05) -> bool:
+    """Whether no frame's field moved by more than ``tol`` px RMS between two passes,
+    up to a field common to all frames."""
+    if not use.any():
+        return True
+    d = moved[use].astype(np.float64)
+    d = d - np.median(d, axis=0)
+    rms = np.sqrt((d * d).sum(axis=1).mean(axis=(1, 2)))
+    return bool(np.all(rms <= tol))
+
+
+def _deformation(field, shift, valid) -> tuple[float, float]:
+    """RMS and maximum of a field beyond the global shift over valid pixels (px)."""
+    d = field + np.asarray(shift, float)[:, None, None]
+    mag = np.sqrt((d * d).sum(axis=0))
+    if valid is not None:
+        mag = mag[valid]
+    return (float(np.sqrt(np.mean(mag**2))), float(mag.max())) if mag.size else (0.0, 0.0)
 
 
 @dataclass(repr=False)

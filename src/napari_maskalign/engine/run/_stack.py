@@ -93,11 +93,15 @@ class RegistrationRun(Steps):
         With ``reference="previous"`` and ``start``: the one-sigma errors of
         frame ``start - 1`` (its row of ``uncertainties``, then for models of
         ``parameter_uncertainties``), which the chain's errors continue from.
+    previous_field : array, optional
+        ``model="nonrigid"``, ``reference="previous"`` and ``start``: frame
+        ``start - 1``'s spline coefficients ``(2, ny, nx)``, which the chain of
+        fields continues from.
     """
 
     def __init__(self, stack, options: RegistrationOptions | None = None, *, mask=None,
                  mask_name: str = "mask", start: int = 0, previous_shift=None,
-                 previous_sigma=None):
+                 previous_sigma=None, previous_field=None):
         opts = RegistrationOptions() if options is None else options
         stack, shape = check_stack(stack)
         n, frame_shape = shape[0], shape[1:]
@@ -114,6 +118,8 @@ class RegistrationRun(Steps):
         if opts.mode == "previous":
             self.previous_shift = _previous_start(previous_shift, ndim, opts.transform_model,
                                                   frame_shape)
+        #: a non-rigid run against the previous frame: frame ``start - 1``'s coefficients
+        self.previous_field = previous_field
         self.previous_sigma = None
         if previous_sigma is not None and opts.mode == "previous" and start:
             self.previous_sigma = np.asarray(previous_sigma, dtype=float)
@@ -480,6 +486,7 @@ def iter_register_stack(
     options: RegistrationOptions | None = None,
     start: int = 0,
     previous_shift=None,
+    previous_field=None,
     **settings,
 ) -> RegistrationRun:
     """Register every frame of a stack, one frame per step: a :class:`RegistrationRun`.
@@ -490,7 +497,8 @@ def iter_register_stack(
     raise ``ValueError`` here, before anything is read.
     """
     options = (RegistrationOptions() if options is None else options).replace(**settings)
-    return RegistrationRun(stack, options, mask=mask, start=start, previous_shift=previous_shift)
+    return RegistrationRun(stack, options, mask=mask, start=start, previous_shift=previous_shift,
+                           previous_field=previous_field)
 
 
 def register_stack(stack, **arguments) -> RegistrationResult:
@@ -515,7 +523,8 @@ def register_stack(stack, **arguments) -> RegistrationResult:
         * ``start``, ``previous_shift`` -- register only frames
           ``start..n-1`` (resuming an interrupted run); with
           ``reference="previous"``, ``previous_shift`` is the accumulated
-          shift of frame ``start - 1``;
+          shift of frame ``start - 1`` (and, for ``model="nonrigid"``,
+          ``previous_field`` its spline coefficients);
         * any field of :class:`RegistrationOptions`, which holds every
           default and check:
 
