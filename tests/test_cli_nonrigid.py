@@ -1,8 +1,14 @@
 """maskalign register --model nonrigid and apply: the fields travel beside the shifts file."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import pytest
 
 from napari_maskalign import apply_fields, io, register_stack
 from napari_maskalign._nonrigid_sample import make_nonrigid_stack
@@ -58,15 +64,88 @@ def test_register_nonrigid_writes_fields_and_apply_reads_them(tmp_path, capsys):
     assert settings["model"] == "nonrigid" and settings["grid_spacing"] == 24
 
 
-def test_nonrigid_resume_is_refused_in_plain_words(tmp_path, capsys):
-    synth = make_nonrigid_stack(3, (96, 96), amplitude=1.0, seed=4)
+def _interrupt_after(frames: int):
+    """A stand-in for the progress bar that stops the run with Ctrl-C after ``frames``
+    frame registrations (the command saves what finished and exits 130)."""
+    def follow(steps, *args, **kwargs):
+        for k, _ in enumerate(steps):
+            if k + 1 == frames:
+                raise KeyboardInterrupt
+        return steps.result
+    return follow
+
+
+@pytest.mark.parametrize("reference", ["0", "previous"])
+def test_interrupted_nonrigid_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys,
+                                                             reference):
+    synth = make_nonrigid_stack(5, (96, 96), amplitude=1.0, max_shift=1.5, seed=4)
+    np.save(tmp_path / "stack.npy", synth.stack)
+    np.save(tmp_path / "block.npy", synth.beam_block.astype(np.uint8))
+
+    def args(name):
+        return ("register", tmp_path / "stack.npy", "--mask", tmp_path / "block.npy",
+                "--model", "nonrigid", "--reference", reference, "--hot-pixels", "off",
+                "--save-interval", "0", "--shifts", tmp_path / f"{name}.csv",
+                "--output", tmp_path / f"{name}.zarr")  # fmt: skip
+
+    assert cli(*args("whole")) == 0
+    import napari_maskalign.cli as cli_module
+
+    real = cli_module.follow
+    monkeypatch.setattr(cli_module, "follow", _interrupt_after(3))
+    assert cli(*args("cut")) == 130
+    partial = tmp_path / ".cut.csv.fields.partial.npz"
+    assert len(io.read_shifts_csv(tmp_path / "cut.csv")[0]) == 3
+    with np.load(partial) as z:
+        assert len(z["coefficients"]) == 3  # the fields of the saved rows wait beside them
+    assert not fields_path_for(tmp_path / "cut.csv").exists()
+    monkeypatch.setattr(cli_module, "follow", real)
+    capsys.readouterr()
+    assert cli(*args("cut"), "--resume") == 0
+    assert "resumed at frame 3" in capsys.readouterr().out
+    # the same table (shifts, uncertainties, the summary columns), fields and output
+    assert (tmp_path / "cut.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    a, ea = read_fields(fields_path_for(tmp_path / "cut.csv"))
+    b, eb = read_fields(fields_path_for(tmp_path / "whole.csv"))
+    np.testing.assert_array_equal(a.coefficients, b.coefficients)
+    for key in ("fallback", "deformation_rms", "patch_shifts", "patch_centres"):
+        np.testing.assert_array_equal(ea[key], eb[key])
+    np.testing.assert_array_equal(np.asarray(io.open_stack(tmp_path / "cut.zarr")),
+                                  np.asarray(io.open_stack(tmp_path / "whole.zarr")))
+    assert not partial.exists()
+    # the uninterrupted fields are the engine's
+    res = register_stack(synth.stack, mask=synth.valid, model="nonrigid",
+                         reference="previous" if reference == "previous" else 0,
+                         hot_pixels="off")
+    np.testing.assert_allclose(b.coefficients, res.coefficients, atol=1e-4)
+
+
+def test_kill_9_then_resume_a_nonrigid_run(tmp_path):
+    """A run killed at any moment resumes to the table and fields of a run never stopped."""
+    synth = make_nonrigid_stack(8, (96, 96), amplitude=1.0, seed=2)
     np.save(tmp_path / "stack.npy", synth.stack)
     shifts = tmp_path / "s.csv"
-    args = ("register", tmp_path / "stack.npy", "--model", "nonrigid", "--hot-pixels", "off",
-            "--shifts", shifts)
-    assert cli(*args) == 0
-    # cut the table to one frame, as an interrupted run leaves it, and resume
-    lines = shifts.read_text().splitlines()
-    shifts.write_text("\n".join(lines[:2]) + "\n")
-    assert cli(*args, "--resume") == 1
-    assert "cannot be resumed" in capsys.readouterr().err
+    cmd = [sys.executable, "-m", "napari_maskalign.cli", "register", str(tmp_path / "stack.npy"),
+           "--model", "nonrigid", "--hot-pixels", "off", "--shifts", str(shifts)]
+    proc = subprocess.Popen([*cmd, "--save-interval", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    hang = time.monotonic() + 300  # a guard against a hang, not a window for the kill
+    try:
+        while (not shifts.exists() or len(shifts.read_text().splitlines()) < 3) and \
+                proc.poll() is None:
+            assert time.monotonic() < hang, "the run neither wrote rows nor ended"
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert cli("register", tmp_path / "stack.npy", "--model", "nonrigid", "--hot-pixels", "off",
+               "--shifts", tmp_path / "whole.csv") == 0  # fmt: skip
+    assert shifts.read_text() == (tmp_path / "whole.csv").read_text()
+    a, _ = read_fields(fields_path_for(shifts))
+    b, _ = read_fields(fields_path_for(tmp_path / "whole.csv"))
+    np.testing.assert_array_equal(a.coefficients, b.coefficients)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

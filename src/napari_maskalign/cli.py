@@ -285,6 +285,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
             with _mask_hint(args):
                 steps = register(stack, options, mask=valid, mask_name=mask_name, journal=journal,
                                  client=client, chunk_frames=args.chunk_frames)
+            start = steps.start  # a non-rigid run goes back to the frames whose fields were saved
             result = follow(steps, "registering", initial=start if options.mode != "template" else 0,
                             quiet=args.quiet)
             print("\n".join(summary_lines(
@@ -315,13 +316,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _write_fields(shifts_path, result) -> dict:
-    """A non-rigid run's fields beside its shifts file; what the outputs' attributes say."""
-    from .io.fields import add_summary_columns, fields_path_for, fields_summary, write_fields
+    """A non-rigid run's fields, which the journal wrote beside its shifts file (and its
+    summary columns into it): what the outputs' attributes say."""
+    from .io.fields import fields_path_for, fields_summary
 
     path = fields_path_for(shifts_path)
-    with _plain_errors(f"cannot write the fields {path}: "):
-        write_fields(path, result)
-        add_summary_columns(shifts_path, result)
     fb = int(result.fallback.sum())
     print(f"fields: {path} (grid {result.grid.spacing:g} px; median deformation "
           f"{np.median(result.deformation_rms):.2f} px RMS, {fb} frame(s) kept the global shift)")

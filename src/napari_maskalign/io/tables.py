@@ -94,7 +94,7 @@ def _per_row(values, n, width, what) -> list | None:
 
 def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None,
                       uncertainties=None, parameter_uncertainties=None,
-                      raw_shifts=None) -> str:
+                      raw_shifts=None, columns=None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
@@ -116,6 +116,10 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
     psig = _per_row(parameter_uncertainties, n, 2, "parameter_uncertainties") if extra else None
     if sig is not None and extra and psig is None:
         psig = np.full((n, 2), np.nan).tolist()
+    more = {} if columns is None else {k: np.asarray(v, dtype=float) for k, v in columns.items()}
+    for name, v in more.items():
+        if v.shape != (n,):
+            raise ValueError(f"column {name} must have one value per frame ({n}), got {v.shape}")
     columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
     if sig is not None:
         columns += [*sigma_columns(ndim), *(TRANSFORM_SIGMA_COLUMNS if extra else ())]
@@ -126,6 +130,8 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
             raise ValueError(f"raw_shifts must have the shape of shifts {shifts.shape}, got {raw.shape}")
     if raw is not None:
         columns += ["raw_" + c for c in shift_columns(ndim)]
+    columns += list(more)
+    last = np.column_stack(list(more.values())).tolist() if more else None
     lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
     # run continues from exactly the numbers it wrote
@@ -136,13 +142,15 @@ def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=No
         # (+ 0.0 turns -0.0 into 0.0)
         if raw is not None:
             values += raw[k].tolist()
+        if last is not None:
+            values += last[k]
         lines.append(",".join([str(f), *(repr(v + 0.0) for v in values)]))
     return "\n".join(lines) + "\n"
 
 
 def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
                      rotations=None, scales=None, uncertainties=None,
-                     parameter_uncertainties=None, raw_shifts=None) -> None:
+                     parameter_uncertainties=None, raw_shifts=None, columns=None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
@@ -154,14 +162,15 @@ def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool =
     ``sigma_y``, ``sigma_x`` follow ``quality`` (with ``sigma_rotation_deg``
     and ``sigma_scale`` from ``parameter_uncertainties`` for rigid and
     similarity tables). With ``raw_shifts`` (smoothed shifts: the measured
-    ones) the columns ``raw_shift_y``, ``raw_shift_x`` come last; readers take
-    the ``shift_*`` columns. Floats are written with full precision (they read
-    back exactly).
+    ones) the columns ``raw_shift_y``, ``raw_shift_x`` follow; readers take
+    the ``shift_*`` columns. ``columns`` (name -> one value per row) come last
+    (a non-rigid run's summary; readers ignore them). Floats are written with
+    full precision (they read back exactly).
     """
     text = format_shifts_csv(shifts, quality, frames, rotations=rotations, scales=scales,
                              uncertainties=uncertainties,
                              parameter_uncertainties=parameter_uncertainties,
-                             raw_shifts=raw_shifts)
+                             raw_shifts=raw_shifts, columns=columns)
     atomic_write_text(path, text, durable=durable)
 
 

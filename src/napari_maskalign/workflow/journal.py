@@ -171,12 +171,23 @@ def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outpu
             tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
     rows = resume_rows(path, settings, n_frames, ndim)
     existing = {what: p for what, p in outputs.items() if p is not None and Path(p).exists()}
-    if len(rows[0]) == n_frames and len(existing) == sum(p is not None for p in outputs.values()):
+    if (len(rows[0]) == n_frames and len(existing) == sum(p is not None for p in outputs.values())
+            and _fields_written(path, settings)):
         return rows, True
     if existing and not overwrite:
         what, p = next(iter(existing.items()))
         raise FileExistsError(f"the {what} {p} exists (from an earlier run)")
     return rows, False
+
+
+def _fields_written(path: Path, settings: dict) -> bool:
+    """Whether a complete table's fields file exists, for a model with fields (non-rigid:
+    a kill after the table's last rewrite and before the fields file leaves it to do)."""
+    if not getattr(model_named(settings.get("model", DEFAULT_MODEL)), "fields", False):
+        return True
+    from ..io.fields import fields_path_for
+
+    return fields_path_for(path).exists()
 
 
 class ShiftJournal:
@@ -228,6 +239,9 @@ class ShiftJournal:
         #: one-sigma errors: the shifts (px per axis), then rotation and scale for models
         self.sigma = np.full((n_frames, ndim + (2 if self.rotations is not None else 0)), np.nan)
         self.interval = float(interval)
+        #: a non-rigid run's per-frame field data (:class:`~napari_maskalign.io.fields.FieldRows`):
+        #: saved beside the table before each rewrite, its summary columns in the table
+        self.fields = None
         self.saved = 0  # rows on disk
         self.writes = 0
         self._started = False
@@ -304,12 +318,15 @@ class ShiftJournal:
         t0 = time.perf_counter()
         moves = self.rotations is not None
         try:
+            if self.fields is not None:  # first: the table never has rows without their fields
+                self.fields.save(k)
             write_shifts_csv(self.writing, self.shifts[:k], self.quality[:k],
                              rotations=self.rotations[:k] if moves else None,
                              scales=self.scales[:k] if moves else None,
                              uncertainties=self.uncertainties[:k],
                              parameter_uncertainties=(self.parameter_uncertainties[:k]
-                                                      if moves else None))
+                                                      if moves else None),
+                             columns=None if self.fields is None else self.fields.columns(k))
         except OSError as exc:  # a full disk: the last table written is whole, and says how far
             raise WriteFailed(
                 exc.errno,

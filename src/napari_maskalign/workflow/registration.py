@@ -81,13 +81,13 @@ class Registration(Steps):
         self.start = 0 if journal is None else journal.saved
         self.result: RegistrationResult | None = None
         self._run: RegistrationRun | None = None
-        #: the model's result carries fields (non-rigid): returned as the engine made it
+        #: the model's result carries fields (non-rigid); with a journal they are kept
+        #: beside the table as frames finish, and a resumed run continues from them
         self._fields = bool(getattr(self.options.transform_model, "fields", False))
-        if self._fields and self.start:
-            raise ValueError(
-                f"a {self.options.model} run cannot be resumed yet (its fields are written when "
-                "it completes); run it again without --resume"
-            )
+        self._rows = None
+        if self._fields and journal is not None:
+            self._rows = _field_rows(journal, self.options, self.frame_shape)
+            self.start = journal.saved
         if self.start == self.n_frames and self.n_frames:  # the journal holds every frame
             self.options.check_for(self.n_frames, self.frame_shape)
             self.mask = check_mask(mask, self.frame_shape, mask_name)
@@ -111,6 +111,8 @@ class Registration(Steps):
                 previous = (previous, journal.rotations[self.start - 1],
                             journal.scales[self.start - 1])
         chain = {} if previous_sigma is None else {"previous_sigma": previous_sigma}
+        if previous is not None and self._rows is not None:  # the chain of fields goes on
+            chain["previous_field"] = self._rows.arrays["coefficients"][self.start - 1]
         return RegistrationRun(stack, options, mask=mask, mask_name=mask_name, start=self.start,
                                previous_shift=previous, **chain)
 
@@ -123,7 +125,7 @@ class Registration(Steps):
         """Every finished frame recorded in the journal (the table on disk follows);
         whatever stops the run, the finished leading frames are saved first. Template
         refinement's shifts are final only after its last pass: recorded then."""
-        journal, run, start = self.journal, self._run, self.start
+        journal, run, start, rows = self.journal, self._run, self.start, self._rows
         turns = not self.options.transform_model.shift_only
         if run is None:  # nothing left to register; the outputs still need the mask it used
             used, hot = mask_with_outliers(self.stack, self.mask, self.options.hot_pixels)
@@ -132,6 +134,9 @@ class Registration(Steps):
             try:
                 with cluster_guard(self.client):
                     for p in run:
+                        if rows is not None and not template:
+                            rows.patch_centres = run.patch_centres
+                            rows.record(p.frame, p.record.nonrigid)
                         if not template:
                             journal.record([p.frame], p.shift[None], [p.quality],
                                            *_rotation_scale(p.record.transform, self.frame_shape),
@@ -140,6 +145,8 @@ class Registration(Steps):
                         yield p
                 if template:
                     res = run.result
+                    if rows is not None:
+                        rows.record_result(res)
                     sigma = res.uncertainties
                     if turns:
                         psig = res.parameter_uncertainties
@@ -154,8 +161,6 @@ class Registration(Steps):
                     journal.save(force=True)
             used, hot = run.result.valid_mask, run.result.hot_pixels
         journal.save(force=True)
-        if self._fields and run is not None:
-            return run.result  # the table holds its global shifts; the result its fields
         # the lock check over the whole table (a resumed engine run saw only its part)
         checks = run_warnings(self.stack, journal.shifts, used,
                               self.options.transform_model.shift_only)
@@ -164,6 +169,12 @@ class Registration(Steps):
                              masked=self.mask is not None, start=start,
                              uncertainties=journal.uncertainties,
                              parameter_uncertainties=journal.parameter_uncertainties, **checks)
+        if rows is not None:  # the table holds the global shifts, the fields file the rest
+            from ..io.fields import fields_path_for
+
+            rows.finish(fields_path_for(journal.path))
+            result = rows.result(result)
+            result.params["grid"] = rows.grid.describe()
         if result.jumps is not None:  # smoothed: the table holds both, the smoothed shifts first
             write_shifts_csv(journal.path, result.shifts, result.quality,
                              rotations=result.rotations if turns else None,
@@ -173,6 +184,24 @@ class Registration(Steps):
                                                       if turns else None),
                              raw_shifts=result.raw_shifts)
         return result
+
+
+def _field_rows(journal, options, frame_shape):
+    """A non-rigid run's :class:`~napari_maskalign.io.fields.FieldRows`, attached to the
+    journal; a resumed run's saved frames are loaded, and the journal goes back to the
+    frames whose fields were saved (a kill between the two files)."""
+    from ..engine.kernels._bspline import SplineGrid
+    from ..io.fields import FieldRows
+
+    if len(frame_shape) != 2:
+        return None  # the run refuses such frames in its own words
+    rows = FieldRows(journal.path, journal.n_frames, SplineGrid(frame_shape, options.grid_spacing))
+    kept = rows.load(journal.saved)
+    if kept < journal.saved:
+        journal.done[kept:] = False
+        journal.saved = kept
+    journal.fields = rows
+    return rows
 
 
 def register(stack, options: RegistrationOptions | None = None, *, mask=None,

@@ -76,9 +76,10 @@ class _Table:
     """A non-rigid run's per-frame results, filled as frames finish (a few KB a frame:
     coefficients, patch shifts, the summary; never the fields themselves)."""
 
-    def __init__(self, count: int, registrar: NonrigidFrameRegistrar, radius: int | None):
+    def __init__(self, run, count: int, registrar: NonrigidFrameRegistrar, radius: int | None):
         self.grid = registrar.grid
         self.centres = registrar.patch_centres.copy()
+        run.patch_centres = self.centres  # known before the first frame (a journal keeps them)
         ny, nx = self.grid.grid_shape
         m = len(self.centres)
         self.shifts, self.peaks = np.zeros((count, 2)), np.zeros((count, 2))
@@ -138,7 +139,7 @@ def nonrigid_steps(run, given, hot):
         params["template_passes"] = run.template_passes
     else:
         registrar = NonrigidFrameRegistrar(run._reference_image(), run.valid, opts, dtype=run.dtype)
-        table = _Table(run.n_frames - run.start, registrar, radius)
+        table = _Table(run, run.n_frames - run.start, registrar, radius)
         yield from _all_frames(run, registrar, table, run.start, 0)
     return table.result(run, given, hot, params)
 
@@ -167,7 +168,7 @@ def _previous(run, radius):
         first -= 1
         ref = read_frame(stack, first, dtype)
     registrar = NonrigidFrameRegistrar(ref, run.valid, opts, dtype=dtype)
-    table = _Table(n - start, registrar, radius)
+    table = _Table(run, n - start, registrar, radius)
     grid = registrar.grid
     h, w = grid.shape
     rows, cols = np.mgrid[:h, :w].astype(np.float64)
@@ -201,7 +202,9 @@ def _previous(run, radius):
             landed = [rows + before[0], cols + before[1]]
             field = before + np.stack([ndi.map_coordinates(s, landed, order=3, mode="nearest")
                                        for s in step])
-            acc = grid.fit_field(field)
+            # the chain goes on from the stored (float32) coefficients: a resumed run, which
+            # has only those, continues bit for bit
+            acc = grid.fit_field(field).astype(np.float32).astype(np.float64)
             acc_shift = acc_shift + rec.shift
             rms, mx = _deformation(grid.evaluate(acc), acc_shift, run.valid)
             nr = dataclasses.replace(nr, coefficients=acc.astype(np.float32),
@@ -229,7 +232,7 @@ def _template(run, radius):
     for frame in iter_frames(stack, 0, n, np.float64):
         mean += frame
     registrar = NonrigidFrameRegistrar((mean / n).astype(dtype), run.valid, opts, dtype=dtype)
-    table = _Table(n, registrar, radius)
+    table = _Table(run, n, registrar, radius)
     yield from _all_frames(run, registrar, table, 0, 0, "registering to the mean")
     done = n
     cap = opts.template_iterations

@@ -140,6 +140,8 @@ class RegistrationRun(Steps):
         self.uncertainties: np.ndarray | None = None
         #: template refinement passes run (they stop once the shifts settle)
         self.template_passes: int | None = None
+        #: a non-rigid run's patch centres (m, 2), known once its first registrar is made
+        self.patch_centres: np.ndarray | None = None
         self._steps = self._run()
 
     def run(self) -> RegistrationResult:
