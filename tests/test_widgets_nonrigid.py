@@ -56,3 +56,27 @@ def test_nonrigid_run_shows_fields(qtbot, viewer_model):
     rms = [np.sqrt(np.mean(np.asarray(deformation.data[i])[valid] ** 2)) for i in range(3)]
     np.testing.assert_allclose(panels["deformation RMS (px)"], rms, rtol=1e-3, atol=1e-4)
     assert panels["deformation RMS (px)"][0] == 0 and np.all(panels["deformation RMS (px)"][1:] > 0.3)
+
+
+def test_grid_controls_show_for_nonrigid_and_reach_the_run(qtbot, viewer_model):
+    """The grid spacing and patch size appear only with the nonrigid model, and go to
+    the same workflow call as ``--grid-spacing`` / ``--patch-size``."""
+    synth = make_nonrigid_stack(2, (96, 96), amplitude=1.0, seed=6)
+    viewer_model.add_image(synth.stack, name="warp")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.show()
+    assert not w.grid_spacing.visible and not w.patch_size.visible
+    w.model_choice.value = "nonrigid"
+    assert w.grid_spacing.visible and w.patch_size.visible
+    w.grid_spacing.value, w.patch_size.value = 24, 48
+    job = w.prepare()
+    assert job.run.options.grid_spacing == 24 and job.run.options.patch_size == 48
+    # the run uses them: its fields sit on a 24 px grid
+    for _ in job.run:
+        pass
+    result = job.run.result
+    assert result.grid.spacing == 24
+    assert job.run.options.fingerprint()["grid_spacing"] == 24
+    w.model_choice.value = "translation"
+    assert not w.grid_spacing.visible and not w.patch_size.visible

@@ -337,6 +337,13 @@ def _add_commands(sub) -> None:
         "follows sharper deformations and needs more texture)",
     )
     reg.add_argument(
+        "--patch-size",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="--model nonrigid: the side of the patches whose shifts start the fit (default 64)",
+    )
+    reg.add_argument(
         "--refine",
         action=argparse.BooleanOptionalAction,
         default=None,

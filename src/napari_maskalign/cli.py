@@ -137,6 +137,7 @@ def _options(args):
             model=args.model,
             refine=args.refine,
             grid_spacing=args.grid_spacing,
+            patch_size=args.patch_size,
         )
 
 

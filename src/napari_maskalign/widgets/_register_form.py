@@ -63,7 +63,17 @@ MAIN = [
         "also turns. Similarity: it also grows or shrinks (camera length). Nonrigid: it also "
         "bends smoothly (lens distortion): a field per frame on a 32 px spline grid, shown as "
         "'<image> patch shifts' vectors and '<image> deformation'. Rigid, similarity and "
-        "nonrigid need 2D frames; nonrigid a frame, an image or the mean as reference.")),
+        "nonrigid need 2D frames.")),
+    ("grid_spacing", SpinBox, dict(
+        value=32, min=4, max=1024, step=4, label="grid spacing (px)",
+        tooltip="Nonrigid: the spline grid's spacing in pixels (--grid-spacing). Smaller "
+        "follows sharper bends and needs more texture between grid points; larger is "
+        "stiffer and steadier on sparse or noisy frames.")),
+    ("patch_size", SpinBox, dict(
+        value=64, min=8, max=1024, step=8, label="patch size (px)",
+        tooltip="Nonrigid: the side of the patches whose shifts start the fit "
+        "(--patch-size). Larger patches match more reliably on sparse content; the field "
+        "between them comes from the spline.")),
     ("upsample", SpinBox, dict(
         value=20, min=1, max=1000, label="precision 1/",
         tooltip="Shifts are found to 1/this of a pixel: 1 = whole pixels, 20 = 0.05 px. "
@@ -187,11 +197,13 @@ class RegisterForm:
         self.more = QCollapsible("More options")
         self.more.addWidget(fixed_height(self.more_form.native))
         self.reference.changed.connect(self._on_reference_changed)
+        self.model_choice.changed.connect(self._on_model_changed)
         self.preview.changed.connect(self._on_preview_changed)
         self._gpu = gpu_available()
         self.device.visible = self._gpu  # a choice only where there is one
         self.mean.changed.connect(self._on_mean_changed)
         self._on_reference_changed()
+        self._on_model_changed()
 
     def _set_frame_count(self, n: int) -> None:
         for spin in (self.ref_frame, self.range_first, self.range_last):
@@ -204,6 +216,12 @@ class RegisterForm:
         self.range_first.visible = mode == "mean"
         self.range_last.visible = mode == "mean"
         self.iterations.visible = mode == "template"
+
+    def _on_model_changed(self, _value=None) -> None:
+        """The grid controls belong to the nonrigid model alone."""
+        fields = bool(getattr(MODELS[self.model_choice.value], "fields", False))
+        self.grid_spacing.visible = fields
+        self.patch_size.visible = fields
 
     def _on_preview_changed(self, _value=None) -> None:
         self.radius.enabled = bool(self.preview.value)
@@ -263,6 +281,8 @@ class RegisterForm:
             xcorr_radius=radius,
             hot_pixels="auto" if self.hot_pixels.value else "off",
             model=self.model_choice.value,
+            grid_spacing=float(self.grid_spacing.value),
+            patch_size=int(self.patch_size.value),
             workers=int(self.threads.value),
             device=self.device.value if self._gpu else "cpu",
             **reference,
