@@ -182,7 +182,8 @@ class Registration(Steps):
                              uncertainties=result.smoothed_uncertainties,
                              parameter_uncertainties=(result.parameter_uncertainties
                                                       if turns else None),
-                             raw_shifts=result.raw_shifts)
+                             raw_shifts=result.raw_shifts,
+                             columns=None if rows is None else rows.columns(len(result.shifts)))
         return result
 
 
