@@ -166,7 +166,10 @@ def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outpu
     table that a kill cut short (temporary files) are removed.
     """
     path = Path(os.fspath(shifts_path))
-    for name in (path.name, pending_path(path).name):
+    from ..io.fields import partial_fields_path
+
+    # (a non-rigid run's partial fields file too)
+    for name in (path.name, pending_path(path).name, partial_fields_path(path).name):
         for tmp in path.parent.glob(f".{glob.escape(name)}.*.tmp"):
             tmp.unlink()  # a rewrite cut short by the kill; the table itself is whole
     rows = resume_rows(path, settings, n_frames, ndim)
