@@ -88,6 +88,11 @@ class AlignedResult:
         Smoothed over time (``smoothing="auto"``): the frames that start a new
         segment (``shifts`` are smoothed, ``raw_shifts`` measured); None when
         the shifts were not smoothed.
+    smoothed_uncertainties : ndarray, shape (n_frames, ndim), or None
+        Smoothed: the one-sigma errors of the smoothed ``shifts``.
+    raw_rotations, raw_scales : ndarray, shape (n_frames,), or None
+        Smoothed rigid and similarity results: the rotations and scales as
+        measured (``rotations`` and ``scales`` are smoothed).
     """
 
     source: str
@@ -113,37 +118,56 @@ class AlignedResult:
     uncertainties: np.ndarray | None = None
     parameter_uncertainties: np.ndarray | None = None
     jumps: tuple[int, ...] | None = None
+    smoothed_uncertainties: np.ndarray | None = None
+    raw_rotations: np.ndarray | None = None
+    raw_scales: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return int(len(self.shifts))
 
     def shift_uncertainties(self) -> np.ndarray | None:
-        """The one-sigma errors of :attr:`shifts` as they stand: NaN on frames whose
-        shift was interpolated or edited (not measured); None when there are none."""
-        if self.uncertainties is None:
-            return None
-        sigma = np.array(self.uncertainties, dtype=float)
-        if sigma.shape != self.shifts.shape:
-            return None
-        sigma[~self._measured()] = np.nan
-        return sigma
+        """The one-sigma errors of :attr:`shifts` as they stand (the smoothed shifts'
+        own when smoothed): NaN on frames whose shift was interpolated or edited (not
+        the run's); None when there are none."""
+        smoothed = self.jumps is not None
+        return self._as_they_stand(self.smoothed_uncertainties if smoothed
+                                   else self.uncertainties, self.shifts.shape)
 
     def turn_uncertainties(self) -> np.ndarray | None:
-        """:attr:`parameter_uncertainties` as they stand (NaN where not measured)."""
-        if self.parameter_uncertainties is None or self.rotations is None:
+        """:attr:`parameter_uncertainties` as they stand (NaN where not the run's)."""
+        if self.rotations is None:
             return None
-        sigma = np.array(self.parameter_uncertainties, dtype=float)
-        if sigma.shape != (self.n_frames, 2):
+        return self._as_they_stand(self.parameter_uncertainties, (self.n_frames, 2))
+
+    def _as_they_stand(self, sigma, shape) -> np.ndarray | None:
+        if sigma is None or np.shape(sigma) != shape:
             return None
+        sigma = np.array(sigma, dtype=float)
         sigma[~self._measured()] = np.nan
         return sigma
 
     def _measured(self) -> np.ndarray:
-        """Frames whose shift is as measured (not interpolated, not edited)."""
-        measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
+        """Frames whose shift is the run's: as measured, or smoothed from the measured
+        ones (not interpolated, not edited)."""
+        if self.jumps is not None:  # every frame smoothed, outliers too
+            measured = np.ones(self.n_frames, bool)
+        else:
+            measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
         measured[np.asarray(self.edited, int)] = False
         return measured
+
+    def measured_table(self):
+        """A smoothed result's values as measured (a
+        :class:`~napari_maskalign.io.ShiftTable`, the raw columns of its CSV); None
+        when the shifts were not smoothed."""
+        if self.jumps is None:
+            return None
+        from napari_maskalign.io import ShiftTable
+
+        return ShiftTable(self.raw_shifts, self.quality, self.raw_rotations, self.raw_scales,
+                          self.uncertainties,
+                          self.parameter_uncertainties if self.rotations is not None else None)
 
     @property
     def ndim(self) -> int:
@@ -225,6 +249,8 @@ class AlignedResult:
             parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
             jumps=None if getattr(result, "jumps", None) is None else tuple(
                 int(j) for j in result.jumps),
+            smoothed_uncertainties=getattr(result, "smoothed_uncertainties", None),
+            **(_raw_turns(result, frame_shape) if moves else {}),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -262,7 +288,18 @@ class AlignedResult:
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales", "deformation_rms", "uncertainties",
-                    "parameter_uncertainties"):
+                    "parameter_uncertainties", "smoothed_uncertainties", "raw_rotations",
+                    "raw_scales"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)
+
+
+def _raw_turns(result, frame_shape) -> dict:
+    """A smoothed rigid or similarity result's measured rotations and scales."""
+    if getattr(result, "jumps", None) is None:
+        return {}
+    from napari_maskalign.engine import transform_parameters
+
+    _, rotations, scales = transform_parameters(result.raw_transforms, frame_shape)
+    return {"raw_rotations": rotations, "raw_scales": scales}
