@@ -271,24 +271,9 @@ def scale_beyond_search(scales) -> np.ndarray:
     return far | ~np.isfinite(s) | (s <= 0)
 
 
-def build_result(
-    raw_shifts,
-    quality,
-    options,
-    *,
-    peaks=None,
-    xcorr=None,
-    params: dict | None = None,
-    rotations=None,
-    scales=None,
-    frame_shape=None,
-    hot_pixels=None,
-    valid_mask=None,
-    uncertainties=None,
-    parameter_uncertainties=None,
-    warnings=None,
-    lock_suspected: bool = False,
-) -> RegistrationResult:
+def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | None = None,
+                 rotations=None, scales=None, frame_shape=None, uncertainties=None,
+                 parameter_uncertainties=None, **kept) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
 
@@ -297,7 +282,9 @@ def build_result(
     shifts and ``frame_shape`` says where that centre is; interpolation then
     covers the rotation and the logarithm of the scale too. ``uncertainties``
     (per frame and axis, px) and ``parameter_uncertainties`` (rotation in
-    degrees, scale) are kept as measured (NaN where unknown).
+    degrees, scale) are kept as measured (NaN where unknown). ``kept``: the
+    result's other fields, as given (``xcorr``, ``hot_pixels``,
+    ``valid_mask``, ``warnings``, ``lock_suspected``).
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -349,20 +336,16 @@ def build_result(
         outliers=outliers,
         raw_shifts=raw,
         peaks=raw.copy() if peaks is None else np.asarray(peaks, dtype=float),
-        xcorr=xcorr,
         params={**options.describe(), **(params or {})},
         model=options.model,
         transforms=transforms,
         raw_transforms=raw_transforms,
-        hot_pixels=hot_pixels,
-        valid_mask=valid_mask,
         uncertainties=None if uncertainties is None else np.asarray(uncertainties, dtype=float),
         parameter_uncertainties=(None if parameter_uncertainties is None
                                  else np.asarray(parameter_uncertainties, dtype=float)),
-        warnings=list(warnings or []),
-        lock_suspected=bool(lock_suspected),
         smoothed_uncertainties=smoothed_sigma,
         jumps=jumps,
+        **kept,
     )
 
 
