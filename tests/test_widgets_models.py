@@ -201,7 +201,9 @@ def test_a_smoothed_similarity_result_keeps_its_measured_values_and_every_error(
                                           reference="frame 0", mask=None,
                                           align=AlignSettings())
     np.testing.assert_array_equal(res.shift_uncertainties(), result.smoothed_uncertainties)
-    np.testing.assert_array_equal(res.turn_uncertainties(), result.parameter_uncertainties)
+    np.testing.assert_array_equal(res.turn_uncertainties(),
+                                  result.smoothed_parameter_uncertainties)
+    assert np.all(res.turn_uncertainties()[1:] < result.parameter_uncertainties[1:])  # smoothed
     raw = res.measured_table()
     _, rotations, scales = transform_parameters(result.raw_transforms, shape)
     np.testing.assert_array_equal(raw.rotations, rotations)
@@ -218,3 +220,4 @@ def test_a_smoothed_similarity_result_keeps_its_measured_values_and_every_error(
     back = io.read_shift_table(path, measured=True)
     np.testing.assert_allclose(back.rotations, rotations)
     np.testing.assert_allclose(back.uncertainties, result.uncertainties)
+    np.testing.assert_allclose(back.parameter_uncertainties, result.parameter_uncertainties)

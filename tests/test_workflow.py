@@ -426,6 +426,13 @@ def test_a_smoothed_rigid_run_resumed_gives_the_table_of_one_run(tmp_path, turni
     np.testing.assert_array_equal(measured.uncertainties[1:], one.uncertainties[1:])
     np.testing.assert_array_equal(measured.parameter_uncertainties,
                                   one.parameter_uncertainties)
+    # the main columns: the smoothed values with their own (smaller) errors
+    smoothed = io.read_shift_table(tmp_path / "one.csv")
+    np.testing.assert_allclose(smoothed.rotations, one.rotations)
+    np.testing.assert_array_equal(smoothed.parameter_uncertainties,
+                                  one.smoothed_parameter_uncertainties)
+    assert np.all(smoothed.parameter_uncertainties[1:, 0]
+                  < measured.parameter_uncertainties[1:, 0])  # the rotation's
 
     killed = tmp_path / "killed.csv"
     run(killed, stop=5)

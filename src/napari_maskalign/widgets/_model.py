@@ -90,6 +90,9 @@ class AlignedResult:
         the shifts were not smoothed.
     smoothed_uncertainties : ndarray, shape (n_frames, ndim), or None
         Smoothed: the one-sigma errors of the smoothed ``shifts``.
+    smoothed_parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Smoothed rigid and similarity results: those of the smoothed rotation
+        and scale.
     raw_rotations, raw_scales : ndarray, shape (n_frames,), or None
         Smoothed rigid and similarity results: the rotations and scales as
         measured (``rotations`` and ``scales`` are smoothed).
@@ -119,6 +122,7 @@ class AlignedResult:
     parameter_uncertainties: np.ndarray | None = None
     jumps: tuple[int, ...] | None = None
     smoothed_uncertainties: np.ndarray | None = None
+    smoothed_parameter_uncertainties: np.ndarray | None = None
     raw_rotations: np.ndarray | None = None
     raw_scales: np.ndarray | None = None
 
@@ -135,10 +139,13 @@ class AlignedResult:
                                    else self.uncertainties, self.shifts.shape)
 
     def turn_uncertainties(self) -> np.ndarray | None:
-        """:attr:`parameter_uncertainties` as they stand (NaN where not the run's)."""
+        """The one-sigma errors of :attr:`rotations` and :attr:`scales` as they stand (the
+        smoothed ones' own when smoothed; NaN where not the run's)."""
         if self.rotations is None:
             return None
-        return self._as_they_stand(self.parameter_uncertainties, (self.n_frames, 2))
+        smoothed = self.jumps is not None
+        return self._as_they_stand(self.smoothed_parameter_uncertainties if smoothed
+                                   else self.parameter_uncertainties, (self.n_frames, 2))
 
     def _as_they_stand(self, sigma, shape) -> np.ndarray | None:
         if sigma is None or np.shape(sigma) != shape:
@@ -250,6 +257,8 @@ class AlignedResult:
             jumps=None if getattr(result, "jumps", None) is None else tuple(
                 int(j) for j in result.jumps),
             smoothed_uncertainties=getattr(result, "smoothed_uncertainties", None),
+            smoothed_parameter_uncertainties=getattr(result, "smoothed_parameter_uncertainties",
+                                                     None),
             **(_raw_turns(result, frame_shape) if moves else {}),
             **{"valid": result.valid_mask, **fields},
         )
@@ -288,8 +297,8 @@ class AlignedResult:
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales", "deformation_rms", "uncertainties",
-                    "parameter_uncertainties", "smoothed_uncertainties", "raw_rotations",
-                    "raw_scales"):
+                    "parameter_uncertainties", "smoothed_uncertainties",
+                    "smoothed_parameter_uncertainties", "raw_rotations", "raw_scales"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)

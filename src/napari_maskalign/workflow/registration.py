@@ -169,7 +169,7 @@ class Registration(Steps):
                              rotations=result.rotations if turns else None,
                              scales=result.scales if turns else None,
                              uncertainties=result.smoothed_uncertainties,
-                             parameter_uncertainties=(result.parameter_uncertainties
+                             parameter_uncertainties=(result.smoothed_parameter_uncertainties
                                                       if turns else None),
                              raw=ShiftTable(journal.shifts, journal.quality,
                                             journal.rotations, journal.scales,

@@ -172,6 +172,10 @@ class RegistrationResult:
     jumps : ndarray of int or None
         With ``smoothing="auto"``: the frames that start a new segment (a jump
         between frame ``j - 1`` and ``j`` that smoothing kept sharp); else None.
+    smoothed_parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity with ``smoothing="auto"``: the one-sigma
+        uncertainty of the smoothed rotation (degrees) and scale (propagated
+        from :attr:`parameter_uncertainties`); else None.
     """
 
     shifts: np.ndarray
@@ -192,6 +196,7 @@ class RegistrationResult:
     lock_suspected: bool = False
     smoothed_uncertainties: np.ndarray | None = None
     jumps: np.ndarray | None = None
+    smoothed_parameter_uncertainties: np.ndarray | None = None
 
     def __post_init__(self):
         if self.uncertainties is None:
@@ -307,7 +312,7 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
-    smoothed_sigma = jumps = None
+    smoothed_sigma = jumps = smoothed_psigma = None
     if getattr(options, "smoothing", "off") == "auto" and n >= 2:
         from ._smooth import smooth_series
 
@@ -327,6 +332,8 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
         shifts = sm.values[:, :d]
         if moves:
             rot, scale = sm.values[:, d], np.exp(sm.values[:, d + 1])
+            # (the scale's from its logarithm's: d scale = scale d log(scale))
+            smoothed_psigma = np.column_stack([sm.sigma[:, d], sm.sigma[:, d + 1] * scale])
         uncertainties, smoothed_sigma, jumps = sm.raw_sigma[:, :d], sm.sigma[:, :d], sm.jumps
     if moves:
         transforms = similarity_transforms(shifts, rot, scale, frame_shape)
@@ -345,6 +352,7 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
                                  else np.asarray(parameter_uncertainties, dtype=float)),
         smoothed_uncertainties=smoothed_sigma,
         jumps=jumps,
+        smoothed_parameter_uncertainties=smoothed_psigma,
         **kept,
     )
 
