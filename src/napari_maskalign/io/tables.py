@@ -87,13 +87,13 @@ def sigma_columns(ndim: int) -> list[str]:
     return [c.replace("shift_", "sigma_") for c in shift_columns(ndim)]
 
 
-def _per_row(values, n, width, what) -> list | None:
+def _per_row(values, n, width, what) -> np.ndarray | None:
     if values is None:
         return None
     values = np.asarray(values, dtype=float)
     if values.shape != (n, width):
         raise ValueError(f"{what} must have shape {(n, width)}, got {values.shape}")
-    return values.tolist()
+    return values
 
 
 def _columns(shifts, rotations, scales, uncertainties, parameter_uncertainties):
