@@ -519,7 +519,7 @@ def test_smoothing_from_the_register_dock_plots_measured_dots_smoothed_lines_and
         "raw_sigma_y,raw_sigma_x")
     table, measured = io.read_shift_table(path), io.read_shift_table(path, measured=True)
     np.testing.assert_allclose(table.shifts, meta["shifts"])
-    np.testing.assert_allclose(table.uncertainties, meta["smoothed_uncertainties"])
+    np.testing.assert_allclose(table.uncertainties, meta["smoothed_sigma"])
     assert np.isfinite(table.uncertainties).all()
     np.testing.assert_allclose(measured.shifts, meta["raw_shifts"])
     np.testing.assert_allclose(measured.uncertainties, meta["uncertainties"])

@@ -88,14 +88,12 @@ class AlignedResult:
         Smoothed over time (``smoothing="auto"``): the frames that start a new
         segment (``shifts`` are smoothed, ``raw_shifts`` measured); None when
         the shifts were not smoothed.
-    smoothed_uncertainties : ndarray, shape (n_frames, ndim), or None
-        Smoothed: the one-sigma errors of the smoothed ``shifts``.
-    smoothed_parameter_uncertainties : ndarray, shape (n_frames, 2), or None
-        Smoothed rigid and similarity results: those of the smoothed rotation
-        and scale.
-    raw_rotations, raw_scales : ndarray, shape (n_frames,), or None
-        Smoothed rigid and similarity results: the rotations and scales as
-        measured (``rotations`` and ``scales`` are smoothed).
+    smoothed_sigma : ndarray, shape (n_frames, ndim) or (n_frames, ndim + 2), or None
+        Smoothed: the one-sigma errors of the smoothed values: the shift per
+        axis, then for rigid and similarity the rotation (degrees) and scale.
+    measured_turns : ndarray, shape (n_frames, 2), or None
+        Smoothed rigid and similarity results: the rotation (degrees) and the
+        scale as measured (``rotations`` and ``scales`` are smoothed).
     """
 
     source: str
@@ -121,10 +119,8 @@ class AlignedResult:
     uncertainties: np.ndarray | None = None
     parameter_uncertainties: np.ndarray | None = None
     jumps: tuple[int, ...] | None = None
-    smoothed_uncertainties: np.ndarray | None = None
-    smoothed_parameter_uncertainties: np.ndarray | None = None
-    raw_rotations: np.ndarray | None = None
-    raw_scales: np.ndarray | None = None
+    smoothed_sigma: np.ndarray | None = None
+    measured_turns: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -134,18 +130,20 @@ class AlignedResult:
         """The one-sigma errors of :attr:`shifts` as they stand (the smoothed shifts'
         own when smoothed): NaN on frames whose shift was interpolated or edited (not
         the run's); None when there are none."""
-        smoothed = self.jumps is not None
-        return self._as_they_stand(self.smoothed_uncertainties if smoothed
-                                   else self.uncertainties, self.shifts.shape)
+        sigma = self.uncertainties
+        if self.jumps is not None:
+            sigma = None if self.smoothed_sigma is None else self.smoothed_sigma[:, :self.ndim]
+        return self._as_they_stand(sigma, self.shifts.shape)
 
     def turn_uncertainties(self) -> np.ndarray | None:
         """The one-sigma errors of :attr:`rotations` and :attr:`scales` as they stand (the
         smoothed ones' own when smoothed; NaN where not the run's)."""
         if self.rotations is None:
             return None
-        smoothed = self.jumps is not None
-        return self._as_they_stand(self.smoothed_parameter_uncertainties if smoothed
-                                   else self.parameter_uncertainties, (self.n_frames, 2))
+        sigma = self.parameter_uncertainties
+        if self.jumps is not None:
+            sigma = None if self.smoothed_sigma is None else self.smoothed_sigma[:, self.ndim:]
+        return self._as_they_stand(sigma, (self.n_frames, 2))
 
     def _as_they_stand(self, sigma, shape) -> np.ndarray | None:
         if sigma is None or np.shape(sigma) != shape:
@@ -172,8 +170,8 @@ class AlignedResult:
             return None
         from napari_maskalign.io import ShiftTable
 
-        return ShiftTable(self.raw_shifts, self.quality, self.raw_rotations, self.raw_scales,
-                          self.uncertainties,
+        turns = (None, None) if self.measured_turns is None else tuple(self.measured_turns.T)
+        return ShiftTable(self.raw_shifts, self.quality, *turns, self.uncertainties,
                           self.parameter_uncertainties if self.rotations is not None else None)
 
     @property
@@ -256,10 +254,8 @@ class AlignedResult:
             parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
             jumps=None if getattr(result, "jumps", None) is None else tuple(
                 int(j) for j in result.jumps),
-            smoothed_uncertainties=getattr(result, "smoothed_uncertainties", None),
-            smoothed_parameter_uncertainties=getattr(result, "smoothed_parameter_uncertainties",
-                                                     None),
-            **(_raw_turns(result, frame_shape) if moves else {}),
+            **(_smoothed(result, frame_shape, moves) if getattr(result, "jumps", None) is not None
+               else {}),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -297,18 +293,20 @@ class AlignedResult:
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales", "deformation_rms", "uncertainties",
-                    "parameter_uncertainties", "smoothed_uncertainties",
-                    "smoothed_parameter_uncertainties", "raw_rotations", "raw_scales"):
+                    "parameter_uncertainties", "smoothed_sigma", "measured_turns"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)
 
 
-def _raw_turns(result, frame_shape) -> dict:
-    """A smoothed rigid or similarity result's measured rotations and scales."""
-    if getattr(result, "jumps", None) is None:
-        return {}
+def _smoothed(result, frame_shape, moves: bool) -> dict:
+    """A smoothed result's errors of its smoothed values and (rigid, similarity) its
+    measured rotations and scales."""
+    if not moves:
+        return {"smoothed_sigma": result.smoothed_uncertainties}
     from napari_maskalign.engine import transform_parameters
 
     _, rotations, scales = transform_parameters(result.raw_transforms, frame_shape)
-    return {"raw_rotations": rotations, "raw_scales": scales}
+    return {"smoothed_sigma": np.column_stack([result.smoothed_uncertainties,
+                                               result.smoothed_parameter_uncertainties]),
+            "measured_turns": np.column_stack([rotations, scales])}
