@@ -299,8 +299,10 @@ class RegistrationRun(Steps):
             yield Progress(i + 1, self.total, i, rec, "registering to the mean")
         done = n
         sums = TemplateSums(shape, self._template_valid())
-        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
-            sums.add(frame, transforms[i])
+        # the first template's contributions in threads, as a pass makes them; summed in order
+        for moved, w in in_threads(lambda item: sums.contribution(item[1], transforms[item[0]]),
+                                   enumerate(iter_frames(stack, 0, n, dtype)), threads):
+            sums.put(moved, w)
         sigma = np.full((n, ndim), np.nan)
         for p in range(1, cap + 1):
             before = table.shifts.copy()
