@@ -98,11 +98,8 @@ class TemplateSums:
         w = (w > 0.999).astype(np.float64)
         return moved * w, w
 
-    def add(self, frame, transform) -> None:
-        self.put(*self.contribution(frame, transform))
-
     def put(self, moved, weight) -> None:
-        """Add a :meth:`contribution` computed already (in another thread)."""
+        """Add a frame's :meth:`contribution` (made in any thread)."""
         self.acc += moved
         self.weight += weight
         self.count += 1
