@@ -133,16 +133,18 @@ class FieldRows:
         deformation beyond the global shift, RMS and maximum over valid pixels in
         px, the fraction of patches that matched, 1 where the frame kept the
         translation."""
-        a = self._allocate(0)
+        a = self.arrays
+        if a is None:  # nothing recorded yet (no rows either)
+            return {}
         return {"deformation_rms": a["deformation_rms"][:k],
                 "deformation_max": a["deformation_max"][:k],
                 "valid_patches": a["valid_patches"][:k], "fallback": a["fallback"][:k]}
 
     def save(self, k: int) -> None:
         """The first ``k`` frames to :attr:`path` (uncompressed: it is rewritten often)."""
-        if k == self.saved and self.path.exists():
-            return
-        arrays = {key: v[:k] for key, v in self._allocate(0).items()}
+        if self.arrays is None or (k == self.saved and self.path.exists()):
+            return  # nothing recorded yet, or nothing new
+        arrays = {key: v[:k] for key, v in self.arrays.items()}
         if self.patch_centres is not None:
             arrays["patch_centres"] = self.patch_centres
         _write_npz(self.path, self.grid, arrays, compressed=False)
