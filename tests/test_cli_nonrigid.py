@@ -149,3 +149,27 @@ def test_kill_9_then_resume_a_nonrigid_run(tmp_path):
     b, _ = read_fields(fields_path_for(tmp_path / "whole.csv"))
     np.testing.assert_array_equal(a.coefficients, b.coefficients)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_resume_without_saved_fields_starts_over(tmp_path, monkeypatch, capsys):
+    """A table whose fields were not kept (removed, or written before fields were) is
+    registered again from frame 0, to the same result: never rows without fields."""
+    synth = make_nonrigid_stack(4, (96, 96), amplitude=1.0, seed=4)
+    np.save(tmp_path / "stack.npy", synth.stack)
+    args = ("register", tmp_path / "stack.npy", "--model", "nonrigid", "--hot-pixels", "off",
+            "--save-interval", "0", "--shifts", tmp_path / "s.csv")
+    import napari_maskalign.cli as cli_module
+
+    real = cli_module.follow
+    monkeypatch.setattr(cli_module, "follow", _interrupt_after(2))
+    assert cli(*args) == 130
+    (tmp_path / ".s.csv.fields.partial.npz").unlink()
+    monkeypatch.setattr(cli_module, "follow", real)
+    capsys.readouterr()
+    assert cli(*args, "--resume") == 0
+    out = capsys.readouterr().out
+    assert "registered 4 of 4 frames" in out and "resumed" not in out
+    res = register_stack(synth.stack, model="nonrigid", hot_pixels="off")
+    fields, extras = read_fields(fields_path_for(tmp_path / "s.csv"), n_frames=4)
+    np.testing.assert_allclose(fields.coefficients, res.coefficients, atol=1e-4)
+    np.testing.assert_allclose(io.read_shifts_csv(tmp_path / "s.csv")[0], res.shifts, atol=1e-9)
