@@ -80,3 +80,21 @@ def test_grid_controls_show_for_nonrigid_and_reach_the_run(qtbot, viewer_model):
     assert job.run.options.fingerprint()["grid_spacing"] == 24
     w.model_choice.value = "translation"
     assert not w.grid_spacing.visible and not w.patch_size.visible
+
+
+@pytest.mark.parametrize("reference", ["previous", "template"])
+def test_nonrigid_runs_from_the_dock_with_every_reference(qtbot, viewer_model, reference):
+    synth = make_nonrigid_stack(3, (96, 96), amplitude=1.0, max_shift=1.5, seed=6)
+    viewer_model.add_image(synth.stack, name="warp")
+    viewer_model.add_labels(synth.beam_block.astype(np.uint8), name="warp mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    w.reference.value = reference
+    w.model_choice.value = "nonrigid"
+    w.hot_pixels.value = False
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as blocker:
+        assert w.run() is not None
+    assert blocker.args[0] == "done"
+    meta = viewer_model.layers["warp aligned"].metadata["maskalign"]
+    assert meta["model"] == "nonrigid" and len(meta["fields"]) == 3
+    assert len(viewer_model.layers["warp patch shifts"].data)
