@@ -18,12 +18,12 @@ from ..kernels._fft import default_workers
 from ..models._fields import FieldStack, apply_fields
 from ..models._nonrigid_fit import NonrigidRegistrar, NonrigidSettings
 from ..models._translation import TRANSLATION
-from ._parallel import frames_for, register_frames
+from ._parallel import frames_for, in_threads, register_frames
 from ._registrar import FrameRegistrar, has_contrast
 from ._result import Progress, RegistrationResult, build_result
 
-__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "nonrigid_template",
-           "settings_of", "with_fields"]
+__all__ = ["NonrigidFrameRegistrar", "NonrigidResult", "nonrigid_steps", "settings_of",
+           "with_fields"]
 
 
 class NonrigidFrameRegistrar:
@@ -223,10 +223,11 @@ def _previous(run, radius):
 def _template(run, radius):
     """Register to the mean, then to the stack's own template: the mean of the frames
     aligned by their fields (each pixel over the frames that hold data there, kept
-    where at least half of them do), until no frame's field moves by more than
-    0.05 px RMS between passes (up to a common field: the template's own position is
-    free), at most ``template_iterations`` passes. The template keeps every frame
-    (no leave-one-out: a frame's own noise is ``1/n`` of it)."""
+    where at least half of them do), each frame against the template without its own
+    contribution (leave-one-out: with few frames a frame's own noise and its old
+    alignment would pull it), until no frame's field moves by more than 0.05 px RMS
+    over the valid pixels between passes (up to a common field: the template's own
+    position is free), at most ``template_iterations`` passes."""
     stack, n, dtype, opts = run.stack, run.n_frames, run.dtype, run.options
     mean = np.zeros(run.frame_shape)
     for frame in iter_frames(stack, 0, n, np.float64):
@@ -236,49 +237,72 @@ def _template(run, radius):
     yield from _all_frames(run, registrar, table, 0, 0, "registering to the mean")
     done = n
     cap = opts.template_iterations
+    threads = default_workers(opts.workers)
     for p in range(1, cap + 1):
-        template, seen = nonrigid_template(stack, table.coef, table.grid, run.valid,
-                                           table.quality > 0, dtype)
-        use = seen if run.valid is None else seen & run.valid
-        filled = np.where(use, template, np.nanmean(template[use]) if use.any() else 0.0)
-        registrar = NonrigidFrameRegistrar(filled.astype(dtype), use, opts, dtype=dtype)
+        use = table.quality > 0
+        acc, count = _template_sums(stack, table.coef, table.grid, run.valid, use, dtype)
+        need = max(1.0, 0.5 * (int(use.sum()) - 1))
         before = table.coef.copy()
-        yield from _all_frames(run, registrar, table, 0, done, f"refining template {p}/{cap}")
-        done += n
+
+        def one(item, acc=acc, count=count, need=need, use=use):
+            i, frame = item
+            a, c = acc, count
+            if use[i] and n > 2:  # the frame's own contribution out
+                own, ok = _aligned(frame, table.coef[i], table.grid, run.valid)
+                a, c = acc - np.where(ok, own, 0.0), count - ok
+            seen = c >= need
+            if run.valid is not None:
+                seen &= run.valid
+            fill = float(np.mean(a[seen] / c[seen])) if seen.any() else 0.0
+            template = np.where(seen, a / np.maximum(c, 1), fill).astype(dtype)
+            reg = NonrigidFrameRegistrar(template, seen, opts, dtype=dtype)
+            reg.set_workers(1)
+            return i, reg.register(frame)
+
+        frames_in = enumerate(iter_frames(stack, 0, n, dtype))
+        stage = f"refining template {p}/{cap}"
+        for i, rec in in_threads(one, frames_in, threads):
+            table.put(i, rec)
+            done += 1
+            yield Progress(done, run.total, i, rec, stage)
         run.template_passes = p
-        if _fields_settled(table.coef - before, table.quality > 0):
+        if _fields_settled(table.coef - before, use, table.grid, run.valid):
             break
     return table
 
 
-def nonrigid_template(stack, coefficients, grid: SplineGrid, valid, use, dtype):
-    """``(template, seen)``: the mean of the frames ``use`` aligned by their fields
-    (``frame(x + v(x))``; ignored pixels and the frame's edges left out), and where at
-    least half of them hold data."""
+def _aligned(frame, coefficients, grid: SplineGrid, valid):
+    """``(frame(x + v(x)), where it holds data)``: the frame aligned by its field, the
+    block and the frame's edges out."""
+    v = grid.evaluate(coefficients)[None]
+    aligned, ok = apply_fields(np.asarray(frame)[None], v, valid_mask=valid, return_valid=True)
+    ok = ok[0] & np.isfinite(aligned[0])
+    return np.where(ok, aligned[0], 0.0), ok
+
+
+def _template_sums(stack, coefficients, grid: SplineGrid, valid, use, dtype):
+    """``(sum, count)`` per pixel of the frames ``use`` aligned by their fields."""
     acc = np.zeros(grid.shape)
     count = np.zeros(grid.shape)
     for i, frame in enumerate(iter_frames(stack, 0, len(coefficients), dtype)):
-        if not use[i]:
-            continue
-        v = grid.evaluate(coefficients[i])[None]
-        aligned, ok = apply_fields(frame[None], v, valid_mask=valid, return_valid=True)
-        ok = ok[0] & np.isfinite(aligned[0])
-        acc[ok] += aligned[0][ok]
-        count += ok
-    need = max(1.0, 0.5 * int(np.sum(use)))
-    seen = count >= need
-    return np.where(seen, acc / np.maximum(count, 1), np.nan), seen
+        if use[i]:
+            own, ok = _aligned(frame, coefficients[i], grid, valid)
+            acc += own
+            count += ok
+    return acc, count
 
 
-def _fields_settled(moved, use, tol: float = 0.05) -> bool:
-    """Whether no frame's field moved by more than ``tol`` px RMS between two passes,
-    up to a field common to all frames."""
+def _fields_settled(moved, use, grid: SplineGrid, valid, tol: float = 0.05) -> bool:
+    """Whether no frame's field moved by more than ``tol`` px RMS over the valid pixels
+    between two passes, up to a field common to all frames (coefficients outside the
+    frame or under the block are free and do not count)."""
     if not use.any():
         return True
     d = moved[use].astype(np.float64)
     d = d - np.median(d, axis=0)
-    rms = np.sqrt((d * d).sum(axis=1).mean(axis=(1, 2)))
-    return bool(np.all(rms <= tol))
+    where = np.ones(grid.shape, bool) if valid is None else valid
+    rms = [np.sqrt(np.mean((grid.evaluate(dk) ** 2).sum(axis=0)[where])) for dk in d]
+    return bool(np.all(np.asarray(rms) <= tol))
 
 
 def _deformation(field, shift, valid) -> tuple[float, float]:
