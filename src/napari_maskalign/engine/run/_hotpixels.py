@@ -122,11 +122,31 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, bins: int = 12) -> tu
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
 
 
+def _nearest_fill(valid: np.ndarray):
+    """:func:`nearest_fill_index` of ``valid`` (not all True), its distance transform
+    taken over the box around the invalid pixels only (one pixel wider): the
+    nearest valid pixel of an invalid one always lies there (the pixel one step
+    from it towards the invalid one is nearer, so invalid). A beam block covers
+    a part of the frame: a part of the transform."""
+    bad = np.nonzero(~valid)
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in bad)
+    sub = valid[box].shape
+    if np.prod(sub) > 0.6 * valid.size:
+        return nearest_fill_index(valid)
+    holes, src = nearest_fill_index(valid[box])
+
+    def full(flat):
+        return np.ravel_multi_index(tuple(i + b.start for i, b in zip(np.unravel_index(flat, sub), box)),
+                                    valid.shape)
+
+    return full(holes), full(src)
+
+
 def _filler(valid: np.ndarray):
     """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
     if valid.all():
         return lambda frames: frames
-    holes, src = nearest_fill_index(valid)
+    holes, src = _nearest_fill(valid)
 
     def fill(frames):
         out = frames.reshape(*frames.shape[: frames.ndim - valid.ndim], -1).copy()
@@ -209,9 +229,13 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     lo, hi = _filler(use)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
     # (each against its neighbourhood with the opposite kind taken out first: a hot
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
-    size = (HAT,) * ndim
-    bg_lo = ndi.grey_opening(ndi.grey_closing(lo, size=size), size=size)
-    bg_hi = ndi.grey_closing(ndi.grey_opening(hi, size=size), size=size)
+    # (a closing then an opening: the two erosions in the middle are one erosion twice
+    # as wide, exactly, for flat symmetric windows: three filters instead of four)
+    size, twice = (HAT,) * ndim, (2 * HAT - 1,) * ndim
+    bg_lo = ndi.grey_dilation(ndi.grey_erosion(ndi.grey_dilation(lo, size=size), size=twice),
+                              size=size)
+    bg_hi = ndi.grey_erosion(ndi.grey_dilation(ndi.grey_erosion(hi, size=size), size=twice),
+                             size=size)
     hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
@@ -252,7 +276,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     grad = [sfft.irfftn(lows[r] * (2j * np.pi * g).astype(np.complex64), s=small, workers=workers)
             for g in low]
     basis = np.stack([*grad, ref, np.ones_like(ref)])  # shift, gain, offset
-    inner = ndi.binary_erosion(clean_b, np.ones((5,) * ndim, bool), border_value=0)
+    inner = _box_eroded(clean_b, 5)
     threads = min(workers, k)
     one = 1 if threads > 1 else workers  # frames in threads, or the FFTs
 
@@ -291,7 +315,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # (a candidate's fill is its neighbour's value, good enough at one part in k)
     aligned = np.stack([_phase(grids, -sh) for sh in shifts])
     mean_f = np.mean(spectra * aligned, axis=0)
-    trusted = ndi.binary_erosion(use, np.ones((5,) * ndim, bool), border_value=0)
+    trusted = _box_eroded(use, 5)
     steps = np.round(shifts).astype(int)
     cover = sum(_moved(trusted, st).astype(np.int16) for st in steps)
     content_ok = cover >= k - 1
@@ -310,7 +334,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
 
     level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
     votes = k - np.isinf(resid).sum(axis=0)
-    resid.sort(axis=0)  # the votes first; their median:
+    _sort_frames(resid)  # the votes first; their median:
     half = np.maximum(votes - 1, 0)
     med = 0.5 * (np.take_along_axis(resid, (half // 2)[None], 0)[0]
                  + np.take_along_axis(resid, ((half + 1) // 2)[None], 0)[0])
@@ -360,14 +384,44 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     return outliers | (found & base)
 
 
+def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
+    """``mask`` eroded by a ``width``-wide box, outside the frame False: the same as
+    ``binary_erosion`` with a full box, one axis at a time (a box is separable; the
+    full structure looked at width**ndim pixels for each)."""
+    return ndi.minimum_filter(mask.view(np.uint8), size=width, mode="constant", cval=0) > 0
+
+
+def _sort_frames(a: np.ndarray) -> None:
+    """Sort ``a`` (k, *shape) along its first axis in place: for the few frames of the
+    search an odd-even transposition network of elementwise minima and maxima (each a
+    contiguous pass; ``np.sort`` along the first axis strides through memory, 5x
+    slower), the same values in the same order (no NaN here)."""
+    k = a.shape[0]
+    if k > 8:
+        a.sort(axis=0)
+        return
+    low = np.empty_like(a[0])
+    for p in range(k):
+        for i in range(p % 2, k - 1, 2):
+            np.minimum(a[i], a[i + 1], out=low)
+            np.maximum(a[i], a[i + 1], out=a[i + 1])
+            a[i] = low
+
+
 def _binned(frames: np.ndarray, b: int) -> np.ndarray:
-    """Frames (k, *shape) averaged over b-pixel blocks along every frame axis."""
+    """Frames (k, *shape) averaged over b-pixel blocks along every frame axis (the sum
+    of the b**ndim strided views: a mean over the split axes strides through memory,
+    10x slower)."""
     if b == 1:
         return frames
     shape = frames.shape[1:]
     cut = frames[(slice(None), *(slice(0, n - n % b) for n in shape))]
-    split = [frames.shape[0]] + [v for n in shape for v in (n // b, b)]
-    return cut.reshape(split).mean(axis=tuple(range(2, 2 + 2 * len(shape), 2)))
+    out = None
+    for offsets in np.ndindex(*(b,) * len(shape)):
+        part = cut[(slice(None), *(slice(o, None, b) for o in offsets))]
+        out = part.copy() if out is None else np.add(out, part, out=out)
+    out /= b ** len(shape)
+    return out
 
 
 def _grids(shape) -> list:
