@@ -231,11 +231,9 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
     # (a closing then an opening: the two erosions in the middle are one erosion twice
     # as wide, exactly, for flat symmetric windows: three filters instead of four)
-    size, twice = (HAT,) * ndim, (2 * HAT - 1,) * ndim
-    bg_lo = ndi.grey_dilation(ndi.grey_erosion(ndi.grey_dilation(lo, size=size), size=twice),
-                              size=size)
-    bg_hi = ndi.grey_erosion(ndi.grey_dilation(ndi.grey_erosion(hi, size=size), size=twice),
-                             size=size)
+    mx, mn, twice = np.maximum, np.minimum, 2 * HAT - 1
+    bg_lo = _flat_filter(_flat_filter(_flat_filter(lo, HAT, mx), twice, mn), HAT, mx)
+    bg_hi = _flat_filter(_flat_filter(_flat_filter(hi, HAT, mn), twice, mx), HAT, mn)
     hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
@@ -356,7 +354,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
-        echo = ndi.maximum_filter(np.maximum(-e, 0), size=3)
+        echo = _flat_filter(np.maximum(-e, 0), 3, np.maximum)
         alone = (e > 2 * echo) | (hi - lo < STEADY * e)
         core = judged & (e > threshold * sigma) & (e > rel) & alone
         found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
@@ -382,6 +380,37 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         details.update(frames=picks, shifts=shifts, candidates=int(candidates.sum()),
                        judged=int(judged.sum()))
     return outliers | (found & base)
+
+
+def _flat_filter(image: np.ndarray, width: int, op) -> np.ndarray:
+    """The maximum (``op=np.maximum``) or minimum (``np.minimum``) over a centred box
+    ``width`` pixels wide (odd), the image mirrored at its edges: exactly
+    ``ndi.maximum_filter(image, width)`` (its ``"reflect"`` mode), and
+    ``grey_dilation`` / ``grey_erosion``. Along each axis, windows of 2, 4, 8...
+    pixels from pairs of the previous ones, the last from two overlapping ones: a
+    few whole-array passes (scipy's running filter took 4x longer)."""
+    half = width // 2
+    out = image
+    for ax in range(image.ndim):
+        pad = [(0, 0)] * image.ndim
+        pad[ax] = (half, half)
+        run = np.pad(out, pad, mode="symmetric")
+        n = run.shape[ax]
+        span = 1
+        while 2 * span <= width:
+            lead = [slice(None)] * image.ndim
+            tail = [slice(None)] * image.ndim
+            lead[ax], tail[ax] = slice(0, n - span), slice(span, n)
+            run = op(run[tuple(lead)], run[tuple(tail)])
+            n -= span
+            span *= 2
+        rest = width - span  # two windows of ``span`` overlapping to cover ``width``
+        keep = out.shape[ax]
+        lead = [slice(None)] * image.ndim
+        tail = [slice(None)] * image.ndim
+        lead[ax], tail[ax] = slice(0, keep), slice(rest, rest + keep)
+        out = op(run[tuple(lead)], run[tuple(tail)]) if rest else run[tuple(lead)]
+    return out
 
 
 def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
