@@ -142,6 +142,19 @@ def _nearest_fill(valid: np.ndarray):
     return full(holes), full(src)
 
 
+def _spread_where(levels, centres, sigmas, where, least: float) -> np.ndarray:
+    """``np.interp(levels, centres, sigmas)`` where ``where``, inf elsewhere: for
+    comparisons ``x > k * sigma`` with ``k >= least``, which ``where`` (``x > least *
+    min(sigmas)``) alone can pass. The interpolation of every pixel when ``least``
+    is not positive."""
+    if least <= 0:
+        return np.interp(levels, centres, sigmas)
+    out = np.full(levels.shape, np.inf)
+    at = np.flatnonzero(where)
+    out.flat[at] = np.interp(levels.flat[at], centres, sigmas)
+    return out
+
+
 def _filler(valid: np.ndarray):
     """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
     if valid.all():
@@ -238,7 +251,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
     c_dead, s_dead = _binned_spread(hat_dead[use], bg_hi[use])
-    sig_hot, sig_dead = np.interp(bg_lo, c_hot, s_hot), np.interp(bg_hi, c_dead, s_dead)
+    # (only where a pixel can stand out by the smallest factor used below: elsewhere
+    # it does not, whatever its level; inf there says so)
+    least = min(5.0, threshold)
+    sig_hot = _spread_where(bg_lo, c_hot, s_hot, hat_hot > least * s_hot.min(), least)
+    sig_dead = _spread_where(bg_hi, c_dead, s_dead, hat_dead > least * s_dead.min(), least)
     # ... and steady: a static pixel keeps its value from frame to frame (its own noise
     # aside), a spot of the pattern that moves less than its width does not
     # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
@@ -345,7 +362,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
     c, s = _binned_spread(med[judged & clean], level[judged & clean])
-    sigma = np.interp(level, c, s)
+    least = min(3.0, threshold)
+    sigma = _spread_where(level, c, s, judged & (np.abs(med) > least * s.min()), least)
     rel = RELATIVE * np.abs(level)
     found = np.zeros(frame_shape, bool)
     for sign in (1.0, -1.0):
