@@ -70,9 +70,9 @@ class NonrigidSettings:
     search_radius : how far (px) a patch may move beyond the global shift.
     prior_length, prior_sd : the prior on the field beyond the global shift, a
         Matern field (:meth:`SplineGrid.matern_precision`) whose correlation falls
-        to 0.1 over ``prior_length`` px, with ``prior_sd`` px per component (None:
-        from the data, 1.2 times the RMS deviation of the matched patches from the
-        global shift). Where the data say nothing it decides the field: it bends
+        to about 0.1 over ``prior_length`` px, with ``prior_sd`` px per component
+        (None: from the data: 1.2 times the RMS deviation of the matched patches
+        from the global shift; the lag where their correlation falls below 0.1). Where the data say nothing it decides the field: it bends
         back to the global shift over about ``prior_length`` instead of carrying
         the last measured value on across a featureless area.
     membrane : an extra membrane penalty on neighbouring coefficients, ``1 / sd**2``
@@ -107,7 +107,7 @@ class NonrigidSettings:
     gradient_sigma: float = 1.0
     wiener: bool = True
     absolute: bool = True
-    prior_length: float = 48.0
+    prior_length: float | None = None
     prior_sd: float | None = None
 
     def __post_init__(self):
@@ -257,6 +257,36 @@ def _irfft2(x, s):
     return sfft.irfft2(x, s, workers=1).astype(np.float64)
 
 
+def _ladder(x: float, ratio: float) -> float:
+    """``x`` rounded to the nearest power of ``ratio`` (few distinct values: cached factors)."""
+    return float(ratio ** np.round(np.log(x) / np.log(ratio)))
+
+
+def _correlation_length(centres, dev, step, spacing) -> float:
+    """The distance (px) at which the correlation of the deviations ``dev`` (m, 2)
+    measured at ``centres`` (m, 2) first falls below 0.1, from their correlogram
+    in bins of ``step`` px (linear between bins), within 1 to 8 grid spacings;
+    two grid spacings when too few patches matched to tell."""
+    lo, hi = spacing, 8.0 * spacing
+    var = float((dev**2).sum(axis=1).mean()) if len(dev) else 0.0
+    if len(dev) < 8 or var <= 0:
+        return 2.0 * spacing
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1))
+    prod = dev @ dev.T
+    prev_lag, prev_r = 0.0, 1.0
+    for k in range(1, int(np.ceil(hi / step)) + 2):
+        m = (d > (k - 0.5) * step) & (d <= (k + 0.5) * step)
+        if not m.any():
+            continue
+        r = float(prod[m].mean()) / var
+        lag = k * step
+        if r < 0.1:
+            length = prev_lag + (prev_r - 0.1) / (prev_r - r) * (lag - prev_lag)
+            return float(np.clip(length, lo, hi))
+        prev_lag, prev_r = lag, r
+    return hi
+
+
 def _starts(n, size, stride):
     if n <= size:
         return np.array([0])
@@ -270,8 +300,7 @@ class _Stage:
     """One Gauss-Newton level: a grid, its pixels, its regularised normal matrix
     factored once per stack."""
 
-    def __init__(self, grid: SplineGrid, flat, grads, target, membrane, pull, length,
-                 noise=None):
+    def __init__(self, grid: SplineGrid, flat, grads, target, membrane, pull, noise=None):
         self.grid = grid
         h, w = grid.shape
         self.flat = flat
@@ -292,20 +321,20 @@ class _Stage:
         mem = membrane * grid.membrane()
         self.reg_m = self.scale * np.kron(np.eye(2), mem)
         self.reg_p = pull * self.scale
-        # the Matern prior at 1 px: its precision scales as 1 / sd**2
-        self.matern = self.scale * np.kron(np.eye(2), grid.matern_precision(length, 1.0))
         self._solvers: dict = {}
         self._lock = threading.Lock()
 
-    def solver(self, sd):
-        """The prior's precision at ``sd`` px (the membrane and the Matern field) and
-        the Cholesky factor of the regularised normal matrix; the last few are kept
-        (frames of one stack deform alike, and ``sd`` comes in 5 % steps)."""
-        key = float(sd)
+    def solver(self, sd, length):
+        """The prior's precision (the membrane and a Matern field of ``sd`` px and
+        ``length`` px) and the Cholesky factor of the regularised normal matrix;
+        the last few are kept (frames of one stack deform alike, and both come in
+        steps of a few per cent)."""
+        key = (float(sd), float(length))
         with self._lock:
             hit = self._solvers.get(key)
         if hit is None:
-            q = self.reg_m + self.matern / key**2
+            matern = np.kron(np.eye(2), self.grid.matern_precision(key[1], key[0]))
+            q = self.reg_m + self.scale * matern
             hit = (q, cho_factor(self.hess + q + self.reg_p * np.eye(len(q))))
             with self._lock:
                 if len(self._solvers) >= 4:
@@ -372,14 +401,12 @@ class NonrigidRegistrar:
             # residual variance of one pixel: the reference's noise and the frame's
             noise = 2.0 * max(_noise_sigma(self.ref_t, self.valid) ** 2, 1e-12)
         self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane,
-                             s.pull * 0.1, s.prior_length, noise)
-        self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull,
-                           s.prior_length, noise)
+                             s.pull * 0.1, noise)
+        self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull, noise)
         self.grid = fine
         # fitting the patch shifts: the basis at the patch centres
         c = self.patches.centres
         self._patch_basis = coarse.point_basis(c[:, 0], c[:, 1])
-        self._patch_matern = coarse.matern_precision(s.prior_length, 1.0)
 
     def _transform(self, image):
         return anscombe(image) if self.stabilize else np.asarray(image, np.float64)
@@ -399,11 +426,11 @@ class NonrigidRegistrar:
         fill = np.where(self.valid, ft, ft[self.valid].mean())
         spline = ndi.spline_filter(fill, order=3)
         pshift, pq, good = self.patches.match(ft, v0)
-        sd = self._prior_sd(pshift, good, v0)
-        c = self._fit_patches(pshift, pq, good, v0, sd)
-        c = self._gauss_newton(self.coarse, spline, c, v0, sd)
+        prior = self._prior(pshift, good, v0)
+        c = self._fit_patches(pshift, pq, good, v0, prior)
+        c = self._gauss_newton(self.coarse, spline, c, v0, prior)
         c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
-        c = self._gauss_newton(self.fine, spline, c, v0, sd)
+        c = self._gauss_newton(self.fine, spline, c, v0, prior)
         # never worse than the global translation
         c_glob = self._constant(self.fine.grid, v0)
         fallback = not np.all(np.isfinite(c))
@@ -426,33 +453,39 @@ class NonrigidRegistrar:
         ny, nx = grid.grid_shape
         return np.broadcast_to(np.asarray(v0, float)[:, None, None], (2, ny, nx)).astype(np.float64)
 
-    def _prior_sd(self, pshift, good, v0) -> float:
-        """The prior's standard deviation (px per component): the setting, or from the
-        good patches' deviation from the global shift, in 5 % steps."""
-        if self.settings.prior_sd is not None:
-            return float(self.settings.prior_sd)
+    def _prior(self, pshift, good, v0) -> tuple[float, float]:
+        """The prior's standard deviation (px per component) and correlation length
+        (px): the settings, or from the good patches' deviations from the global
+        shift (their RMS; the lag at which their correlation falls below 0.1), both
+        in steps of a few per cent."""
+        s = self.settings
         dev = pshift[good] - v0
-        sd = _PRIOR_SD_FROM_PATCHES * np.sqrt((dev**2).mean()) if len(dev) else _PRIOR_SD_RANGE[0]
-        sd = float(np.clip(sd, *_PRIOR_SD_RANGE))
-        return float(np.exp(np.round(np.log(sd) / np.log(1.05)) * np.log(1.05)))
+        sd, length = s.prior_sd, s.prior_length
+        if sd is None:
+            sd = _PRIOR_SD_FROM_PATCHES * np.sqrt((dev**2).mean()) if len(dev) else 0.0
+            sd = float(np.clip(sd, *_PRIOR_SD_RANGE))
+        if length is None:
+            length = _correlation_length(self.patches.centres[good], dev,
+                                         float(s.patch_stride), float(s.grid_spacing))
+        return _ladder(sd, 1.05), _ladder(length, 1.1)
 
-    def _fit_patches(self, pshift, pq, good, v0, sd):
+    def _fit_patches(self, pshift, pq, good, v0, prior):
         """Coarse-grid coefficients fitted to the good patches' shifts (each with an
-        error of ``_PATCH_SD / quality`` px) under the Matern prior of ``sd`` px
+        error of ``_PATCH_SD / quality`` px) under the Matern ``prior`` (sd, length)
         around the global shift; patches that disagree with the first fit by over
         1.5 px are dropped once."""
         a = self._patch_basis
         n = a.shape[1]
-        prior = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
+        mean = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
         w = np.where(good, np.clip(pq, 0, 1) ** 2, 0.0)
-        sol = prior.copy()
+        q = self.coarse.grid.matern_precision(prior[1], prior[0])
+        sol = mean.copy()
         for _ in range(2):
             if w.sum() <= 0:
-                return prior.reshape(2, *self.coarse.grid.grid_shape)
-            q = self._patch_matern / sd**2
+                return mean.reshape(2, *self.coarse.grid.grid_shape)
             wp = w / _PATCH_SD**2
             lhs = (a * wp[:, None]).T @ a + q
-            rhs = (a * wp[:, None]).T @ np.nan_to_num(pshift) + q @ prior.T
+            rhs = (a * wp[:, None]).T @ np.nan_to_num(pshift) + q @ mean.T
             sol = np.linalg.solve(lhs, rhs).T
             fit = sol @ a.T
             err = np.sqrt(((fit.T - np.nan_to_num(pshift)) ** 2).sum(axis=1))
@@ -486,14 +519,14 @@ class NonrigidRegistrar:
         r[ok] = gain * (x - xm) - (y - ym)
         return r
 
-    def _gauss_newton(self, stage: _Stage, spline, c, v0, sd):
+    def _gauss_newton(self, stage: _Stage, spline, c, v0, prior):
         """Gauss-Newton steps on the coefficients ``c`` (the start, which they are
-        pulled toward) under the Matern prior of ``sd`` px around the global field ``v0``."""
+        pulled toward) under the Matern ``prior`` (sd, length) around the global field ``v0``."""
         grid = stage.grid
         shape = c.shape
         img = np.zeros(self.shape)
         flat_img = img.reshape(-1)
-        q, factor = stage.solver(sd)
+        q, factor = stage.solver(*prior)
         prior = c.reshape(-1).copy()
         mean = self._constant(grid, v0).reshape(-1)
         for _ in range(self.settings.iterations):
