@@ -48,6 +48,7 @@ __all__ = ["NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings", "anscombe"
 #: shift of a 64 px patch averages the field over the patch: about 0.5 px at 2 px
 #: of field with a wavelength of 170 px)
 _PATCH_SD = 0.5
+_MIN_Q, _QK = 0.1, 0.1
 #: the prior's standard deviation per component, relative to the RMS deviation of
 #: the good patches' shifts from the global shift (those average the field over
 #: their area, so they understate it), and its bounds in px
@@ -222,7 +223,7 @@ class _Patches:
             d = cm - 2 * c0 + cp
             sub[idx, ax] = np.where(d < 0, np.clip(0.5 * (cm - cp) / np.where(d < 0, d, -1), -0.5, 0.5), 0)
         shifts = np.stack([py, px], axis=1) - r + sub + base
-        good = self.usable & inner & (q > 0.2)
+        good = self.usable & inner & (q > _MIN_Q)
         return shifts, np.where(self.usable, q, 0.0), good
 
 
@@ -483,7 +484,7 @@ class NonrigidRegistrar:
         for _ in range(2):
             if w.sum() <= 0:
                 return mean.reshape(2, *self.coarse.grid.grid_shape)
-            wp = w / _PATCH_SD**2
+            wp = (1.0 / (_PATCH_SD**2 + (_QK / np.maximum(np.sqrt(w), 1e-3)) ** 2)) * (w > 0) if _QK else w / _PATCH_SD**2
             lhs = (a * wp[:, None]).T @ a + q
             rhs = (a * wp[:, None]).T @ np.nan_to_num(pshift) + q @ mean.T
             sol = np.linalg.solve(lhs, rhs).T
