@@ -44,11 +44,14 @@ from ..kernels._bspline import SplineGrid
 
 __all__ = ["NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings", "anscombe"]
 
-#: a patch's shift error (px) at peak correlation 1; it grows as 1 / quality (the
-#: shift of a 64 px patch averages the field over the patch: about 0.5 px at 2 px
-#: of field with a wavelength of 170 px)
-_PATCH_SD = 0.5
-_MIN_Q, _QK = 0.1, 0.1
+#: a patch's shift error (px): ``hypot(_PATCH_SD, _PATCH_SD_Q / quality)``; the first
+#: part because the shift of a 64 px patch averages the field over it (about 0.5 px at
+#: 2 px of field with a wavelength of 170 px), the second the noise (measured on the
+#: camera image's faint sky: about 1 px at peak correlations of 0.1-0.2)
+_PATCH_SD, _PATCH_SD_Q = 0.5, 0.1
+#: patches whose peak correlation is at most this are not used (measured: errors of
+#: several px below it)
+_MIN_QUALITY = 0.1
 #: the prior's standard deviation per component, relative to the RMS deviation of
 #: the good patches' shifts from the global shift (those average the field over
 #: their area, so they understate it), and its bounds in px
@@ -223,7 +226,7 @@ class _Patches:
             d = cm - 2 * c0 + cp
             sub[idx, ax] = np.where(d < 0, np.clip(0.5 * (cm - cp) / np.where(d < 0, d, -1), -0.5, 0.5), 0)
         shifts = np.stack([py, px], axis=1) - r + sub + base
-        good = self.usable & inner & (q > _MIN_Q)
+        good = self.usable & inner & (q > _MIN_QUALITY)
         return shifts, np.where(self.usable, q, 0.0), good
 
 
@@ -472,7 +475,7 @@ class NonrigidRegistrar:
 
     def _fit_patches(self, pshift, pq, good, v0, prior):
         """Coarse-grid coefficients fitted to the good patches' shifts (each with an
-        error of ``_PATCH_SD / quality`` px) under the Matern ``prior`` (sd, length)
+        error of ``hypot(_PATCH_SD, _PATCH_SD_Q / quality)`` px) under the Matern ``prior`` (sd, length)
         around the global shift; patches that disagree with the first fit by over
         1.5 px are dropped once."""
         a = self._patch_basis
@@ -484,7 +487,7 @@ class NonrigidRegistrar:
         for _ in range(2):
             if w.sum() <= 0:
                 return mean.reshape(2, *self.coarse.grid.grid_shape)
-            wp = (1.0 / (_PATCH_SD**2 + (_QK / np.maximum(np.sqrt(w), 1e-3)) ** 2)) * (w > 0) if _QK else w / _PATCH_SD**2
+            wp = np.where(w > 0, 1.0 / (_PATCH_SD**2 + _PATCH_SD_Q**2 / np.maximum(w, 1e-6)), 0.0)
             lhs = (a * wp[:, None]).T @ a + q
             rhs = (a * wp[:, None]).T @ np.nan_to_num(pshift) + q @ mean.T
             sol = np.linalg.solve(lhs, rhs).T
