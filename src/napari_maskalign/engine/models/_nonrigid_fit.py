@@ -56,6 +56,13 @@ _MIN_QUALITY = 0.1
 #: the good patches' shifts from the global shift (those average the field over
 #: their area, so they understate it), and its bounds in px
 _PRIOR_SD_FROM_PATCHES, _PRIOR_SD_RANGE = 1.2, (0.25, 5.0)
+#: the correlogram prior is tapered by a Gaussian of this many patch strides (measured
+#: at 512 px: 4 strides 0.62 / 0.81 px, 6: 0.58 / 0.74, 8: 0.57 / 0.69, none: 0.65 /
+#: 0.62 on the sample pattern / camera image with a 2 px field)
+_TAPER_LAGS = 8.0
+#: a correlogram needs this many matched patches, and a lag this many pairs (the
+#: geostatistician's rule of thumb, Journel & Huijbregts 1978); else the Matern prior
+_GRAM_MIN_PATCHES, _GRAM_MIN_PAIRS = 30, 30
 
 
 def anscombe(x) -> np.ndarray:
@@ -266,6 +273,58 @@ def _ladder(x: float, ratio: float) -> float:
     return float(ratio ** np.round(np.log(x) / np.log(ratio)))
 
 
+@dataclass(frozen=True)
+class _Prior:
+    """The prior on a frame's field beyond its global shift, per component: ``sd`` px;
+    correlated as the patches' correlogram says (``lags``, ``corr``), or, where too
+    few patches matched to tell, as a Matern field of ``length`` px."""
+
+    sd: float
+    length: float
+    lags: np.ndarray | None = None
+    corr: np.ndarray | None = None
+
+    @property
+    def key(self):
+        """Cache key of a Matern prior (None: a correlogram's, not cached)."""
+        return None if self.lags is not None else (self.sd, self.length)
+
+    def precision(self, grid: SplineGrid) -> np.ndarray:
+        """``(n, n)`` on ``grid``'s control points."""
+        if self.lags is None:
+            return grid.matern_precision(self.length, self.sd)
+        ky, kx = grid.knots
+        yy, xx = np.meshgrid(ky, kx, indexing="ij")
+        p = np.stack([yy.ravel(), xx.ravel()], axis=1)
+        d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(axis=-1))
+        # the correlogram between its lags, 0 beyond; tapered, so that its noisy far
+        # lags count less; made positive definite
+        taper = np.exp(-((d / (_TAPER_LAGS * self.lags[1])) ** 2))
+        r = np.interp(d, self.lags, self.corr, right=0.0) * taper
+        w, v = np.linalg.eigh(r)
+        w = np.maximum(w, 1e-3 * w.max())
+        return (v / w) @ v.T / self.sd**2
+
+
+def _correlogram(centres, dev, step):
+    """Lags (px, from 0) and the correlation of the deviations ``dev`` (m, 2) at
+    ``centres`` (m, 2) in bins of ``step`` px, while a bin holds enough pairs;
+    None with too few patches or fewer than three lags."""
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1))
+    prod = dev @ dev.T
+    var = float((dev**2).sum(axis=1).mean())
+    if len(dev) < _GRAM_MIN_PATCHES or var <= 0:
+        return None
+    lags, corr = [0.0], [1.0]
+    for k in range(1, 64):
+        m = (d > (k - 0.5) * step) & (d <= (k + 0.5) * step)
+        if m.sum() < 2 * _GRAM_MIN_PAIRS:  # each pair counted twice
+            break
+        lags.append(k * step)
+        corr.append(float(prod[m].mean()) / var)
+    return (np.array(lags), np.array(corr)) if len(lags) >= 3 else None
+
+
 def _correlation_length(centres, dev, step, spacing) -> float:
     """The distance (px) at which the correlation of the deviations ``dev`` (m, 2)
     measured at ``centres`` (m, 2) first falls below 0.1, from their correlogram
@@ -328,19 +387,20 @@ class _Stage:
         self._solvers: dict = {}
         self._lock = threading.Lock()
 
-    def solver(self, sd, length):
-        """The prior's precision (the membrane and a Matern field of ``sd`` px and
-        ``length`` px) and the Cholesky factor of the regularised normal matrix;
-        the last few are kept (frames of one stack deform alike, and both come in
-        steps of a few per cent)."""
-        key = (float(sd), float(length))
+    def solver(self, prior: _Prior):
+        """The prior's precision (the membrane and ``prior``) and the Cholesky factor
+        of the regularised normal matrix; a Matern prior's last few are kept (frames
+        of one stack deform alike, and its sd and length come in steps of a few per
+        cent); a correlogram's is made per frame (milliseconds)."""
+        key = prior.key
         with self._lock:
-            hit = self._solvers.get(key)
+            hit = None if key is None else self._solvers.get(key)
         if hit is None:
-            matern = np.kron(np.eye(2), self.grid.matern_precision(key[1], key[0]))
-            q = self.reg_m + self.scale * matern
+            q = self.reg_m + self.scale * np.kron(np.eye(2), prior.precision(self.grid))
             hit = (q, cho_factor(self.hess + q + self.reg_p * np.eye(len(q))))
             with self._lock:
+                if key is None:
+                    return hit
                 if len(self._solvers) >= 4:
                     self._solvers.pop(next(iter(self._solvers)))
                 self._solvers[key] = hit
@@ -457,21 +517,27 @@ class NonrigidRegistrar:
         ny, nx = grid.grid_shape
         return np.broadcast_to(np.asarray(v0, float)[:, None, None], (2, ny, nx)).astype(np.float64)
 
-    def _prior(self, pshift, good, v0) -> tuple[float, float]:
-        """The prior's standard deviation (px per component) and correlation length
-        (px): the settings, or from the good patches' deviations from the global
-        shift (their RMS; the lag at which their correlation falls below 0.1), both
-        in steps of a few per cent."""
+    def _prior(self, pshift, good, v0) -> _Prior:
+        """The prior from the settings, or from the good patches' deviations from the
+        global shift: their RMS, and their correlogram (kriging: an oscillating field
+        keeps its negative lobes, so a featureless area between two measured crests
+        is predicted to dip, not to sit at their level); where too few patches
+        matched for a correlogram, a Matern prior of the length at which their
+        correlation falls below 0.1."""
         s = self.settings
         dev = pshift[good] - v0
         sd, length = s.prior_sd, s.prior_length
         if sd is None:
             sd = _PRIOR_SD_FROM_PATCHES * np.sqrt((dev**2).mean()) if len(dev) else 0.0
             sd = float(np.clip(sd, *_PRIOR_SD_RANGE))
+        sd = _ladder(sd, 1.05)
         if length is None:
-            length = _correlation_length(self.patches.centres[good], dev,
-                                         float(s.patch_stride), float(s.grid_spacing))
-        return _ladder(sd, 1.05), _ladder(length, 1.1)
+            centres = self.patches.centres[good]
+            gram = _correlogram(centres, dev, float(s.patch_stride))
+            if gram is not None:
+                return _Prior(sd, 0.0, *gram)
+            length = _correlation_length(centres, dev, float(s.patch_stride), float(s.grid_spacing))
+        return _Prior(sd, _ladder(length, 1.1))
 
     def _fit_patches(self, pshift, pq, good, v0, prior):
         """Coarse-grid coefficients fitted to the good patches' shifts (each with an
@@ -482,7 +548,7 @@ class NonrigidRegistrar:
         n = a.shape[1]
         mean = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
         w = np.where(good, np.clip(pq, 0, 1) ** 2, 0.0)
-        q = self.coarse.grid.matern_precision(prior[1], prior[0])
+        q = prior.precision(self.coarse.grid)
         sol = mean.copy()
         for _ in range(2):
             if w.sum() <= 0:
@@ -530,7 +596,7 @@ class NonrigidRegistrar:
         shape = c.shape
         img = np.zeros(self.shape)
         flat_img = img.reshape(-1)
-        q, factor = stage.solver(*prior)
+        q, factor = stage.solver(prior)
         prior = c.reshape(-1).copy()
         mean = self._constant(grid, v0).reshape(-1)
         for _ in range(self.settings.iterations):
