@@ -9,9 +9,11 @@ mask on both (True = valid):
    correlations per patch, batched real FFTs): every reference-side spectrum
    is computed once per stack, because the block does not move;
 3. a cubic B-spline (:mod:`._bspline`) fitted to the patch shifts, weighted by
-   their quality, under a Matern prior around the global shift (its size from
-   the patches' spread): featureless areas bend back to the global shift
-   instead of carrying the nearest measurement on;
+   their quality, under a prior around the global shift whose size and
+   correlation come from the patches themselves (kriging with their
+   correlogram; a Matern field when too few matched): featureless areas follow
+   what the measured field does at that distance instead of carrying the
+   nearest measurement on;
 4. Gauss-Newton on the spline coefficients of the masked sum of squared
    differences between the reference and the warped frame, with a gain and an
    offset, on Anscombe-transformed counts, over pixels valid in the reference
@@ -79,13 +81,16 @@ class NonrigidSettings:
         twice that); smaller follows sharper deformations, needs more texture.
     patch_size, patch_stride : the patches whose shifts start the fit.
     search_radius : how far (px) a patch may move beyond the global shift.
-    prior_length, prior_sd : the prior on the field beyond the global shift, a
-        Matern field (:meth:`SplineGrid.matern_precision`) whose correlation falls
-        to about 0.1 over ``prior_length`` px, with ``prior_sd`` px per component
-        (None: from the data: 1.2 times the RMS deviation of the matched patches
-        from the global shift; the lag where their correlation falls below 0.1). Where the data say nothing it decides the field: it bends
-        back to the global shift over about ``prior_length`` instead of carrying
-        the last measured value on across a featureless area.
+    prior_length, prior_sd : the prior on the field beyond the global shift, with
+        ``prior_sd`` px per component (None: 1.2 times the RMS deviation of the
+        matched patches from the global shift). ``prior_length`` None: correlated
+        as the matched patches' correlogram says (kriging; with 30 patches or
+        more), else a Matern field (:meth:`SplineGrid.matern_precision`) whose
+        correlation falls to about 0.1 over ``prior_length`` px (None: the lag
+        where the patches' correlation does). Where the data say nothing the
+        prior decides the field: it does what the measured field does at that
+        distance instead of carrying the last measured value on across a
+        featureless area.
     membrane : an extra membrane penalty on neighbouring coefficients, ``1 / sd**2``
         with ``sd`` in px per grid step (``absolute``; else relative to the mean
         data weight).
@@ -99,11 +104,10 @@ class NonrigidSettings:
         by a Gaussian of ``gradient_sigma`` px, shrunk where the reference's own
         noise explains it (a Wiener Jacobian).
 
-    Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``): the
-    Matern prior with its size from the data took the RMS error over all valid
-    pixels from 0.86 / 1.18 px to 0.74 / 0.98 px (sample pattern / camera image,
-    2 px field), where a membrane alone carried the field across featureless
-    corners and sky unchanged.
+    Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``, same
+    stacks): a membrane prior 0.86 / 1.18 px RMS over all valid pixels (sample
+    pattern / camera image, 2 px field), the Matern prior 0.74 / 0.98, kriging
+    with the patches' correlogram 0.56 / 0.70.
     """
 
     grid_spacing: float = 32.0
