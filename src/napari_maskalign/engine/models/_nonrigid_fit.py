@@ -499,6 +499,16 @@ class NonrigidRegistrar:
         c = self._gauss_newton(self.coarse, spline, c, v0, prior)
         c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
         c = self._gauss_newton(self.fine, spline, c, v0, prior)
+        if prior.lags is not None:
+            # the correlogram again, of the fitted field at the matched patches (the
+            # patches' own shifts average the field over 64 px: they understate its
+            # amplitude and blur its shape), and the fit again under it
+            ctr = self.patches.centres
+            prior = self._prior(self.fine.grid.evaluate_at(c, ctr[:, 0], ctr[:, 1]).T, good, v0)
+            c = self._fit_patches(pshift, pq, good, v0, prior)
+            c = self._gauss_newton(self.coarse, spline, c, v0, prior)
+            c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
+            c = self._gauss_newton(self.fine, spline, c, v0, prior)
         # never worse than the global translation
         c_glob = self._constant(self.fine.grid, v0)
         fallback = not np.all(np.isfinite(c))
