@@ -107,7 +107,8 @@ class NonrigidSettings:
     Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``, same
     stacks): a membrane prior 0.86 / 1.18 px RMS over all valid pixels (sample
     pattern / camera image, 2 px field), the Matern prior 0.74 / 0.98, kriging
-    with the patches' correlogram 0.56 / 0.70.
+    with the patches' correlogram 0.56 / 0.70, with the correlogram again from
+    the fitted field and a second fit 0.46 / 0.59.
     """
 
     grid_spacing: float = 32.0
