@@ -67,7 +67,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from ..backends._frames import read_frame, spread_indices
+from ..backends._frames import check_pixel_dtype, read_frame, spread_indices
 from ..kernels._fft import default_workers
 from ..kernels._masked import MaskedCorrelator
 from ..models._fill import nearest_fill_index
@@ -187,9 +187,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     if n < 1:
         raise ValueError("the stack has no frames")
     dt = np.dtype(getattr(stack, "dtype", None) or np.asarray(stack[0]).dtype)
-    if dt.kind not in "biuf":  # before any frame is read (an object array may unpickle)
-        raise ValueError(f"cannot look for hot pixels in images of dtype {dt}: expected real "
-                         f"numbers, got {'complex numbers' if dt.kind == 'c' else dt.name}")
+    check_pixel_dtype(dt)  # before any frame is read (an object array may unpickle)
     ndim = len(frame_shape)
     workers = default_workers(workers)
     picks, frames = _sample(stack, n_frames)
