@@ -548,3 +548,15 @@ def test_the_plot_is_redrawn_only_when_what_it_shows_changes(qtbot, widget, regi
     assert settle() == 1
     registered.layers["stack"].name = "renamed"
     assert settle() >= 1
+
+
+def test_the_frame_line_redraws_only_when_it_moves(qtbot, widget, monkeypatch):
+    qtbot.wait(50)
+    draws = []
+    monkeypatch.setattr(widget.plot, "request_draw", lambda: draws.append(1))
+    widget.plot.set_frame(3)
+    widget.plot.set_frame(3)  # a step event that did not move the frame (a layer added)
+    assert len(draws) == 1
+    assert all(list(line.get_xdata()) == [3, 3] for line in widget.plot._vlines)
+    widget.plot.set_frame(4)
+    assert len(draws) == 2

@@ -506,8 +506,9 @@ def _publish_turn(steps: list, done, failed, alive: list) -> None:
 
 #: a dock repaints its progress at most this often (seconds). Each repaint of a widget
 #: recomposes the window with the canvas while the GIL is held: repainting on every
-#: frame tripled a run's time (bench_gui.py)
-PROGRESS_EVERY_S = 0.25
+#: frame tripled a run's time (bench_gui.py); at 0.25 s the repaints still took about
+#: 0.17 s of CPU each on a busy 2-core machine, most of the viewer's CPU during a run
+PROGRESS_EVERY_S = 0.5
 
 
 class Throttled:
