@@ -395,7 +395,6 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self._maybe_finish()
 
     def _show_progress(self, p) -> None:
-        self.progress_bar.setValue(min(self._yields, self.progress_bar.maximum()))
         job = self.job
         if isinstance(p, Progress):
             text = f"{p.stage.capitalize()}: frame {p.frame + 1}/{job.n_frames}"
@@ -406,7 +405,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             text = f"{what}: frame {p.done}/{p.total}"
         else:  # pragma: no cover - nothing else is yielded
             return
-        self.status.setText(text)
+        # one repaint for the bar and the text, on the next turn: QProgressBar.setValue
+        # repaints at once, and every repaint recomposes the window with the canvas
+        self.setUpdatesEnabled(False)
+        try:
+            self.progress_bar.setValue(min(self._yields, self.progress_bar.maximum()))
+            self.status.setText(text)
+        finally:
+            self.setUpdatesEnabled(True)
 
     def _on_returned(self, value) -> None:
         self._progress_shown.flush()  # the last frame's progress, before the result

@@ -247,14 +247,16 @@ class ShiftsWidget(EditsFrames, DockWidget):
         is another than at the last redraw."""
         layer = self.result_layer()
         stack = self.stack_layer()
-        shown = (id(layer), id(stack), None if stack is None else stack.name)
+        shown = (layer, stack, None if stack is None else stack.name)
         if not same_layer(layer, self._bound):
             if self._bound is not None:
                 self._conns.disconnect(self._bound.events.metadata, self._schedule_refresh)
             self._bound = layer
             if layer is not None:
                 self._conns.connect(layer.events.metadata, self._schedule_refresh)
-        if only_if_changed and shown == self._shown:
+        if only_if_changed and self._shown is not None and (
+                same_layer(layer, self._shown[0]) and same_layer(stack, self._shown[1])
+                and shown[2] == self._shown[2]):
             return
         self._shown = shown
         self._schedule_refresh()
