@@ -333,7 +333,7 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
         outliers = outliers | beyond
         said = scale_warning(beyond)
         if said is not None:
-            warnings = [*(warnings or []), said]
+            kept["warnings"] = [*(kept.get("warnings") or []), said]
         if options.interpolate_outliers:
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
