@@ -310,3 +310,42 @@ def test_single_ignored_pixels_do_not_mislead_the_coarse_rotation():
     valid[rng.integers(0, 96, 50), rng.integers(0, 96, 50)] = False
     r = register_stack(s.stack, mask=valid, model="rigid", hot_pixels="off")
     np.testing.assert_allclose(r.rotations, -(s.rotation - s.rotation[0]), atol=0.1)
+
+
+def test_a_scale_beyond_the_search_bound_is_flagged_even_when_it_looks_plausible(tmp_path,
+                                                                                 capsys):
+    """Three 64 px frames; the second magnified 1.6x, far beyond the search's +-25 %. Its
+    scale came back about 0.82 (wrong: 1/1.6 is right), within +-22 %, and unflagged: the
+    log-polar search's best match lay beyond its range, which now marks the frame's scale
+    as unbounded (infinite sigma), flags it and says so in the result and the CLI summary.
+    A frame within the search is neither flagged nor warned about."""
+    import tifffile
+
+    from napari_maskalign.cli import main
+    from napari_maskalign.engine.models._logpolar import MAX_LOG_SCALE
+
+    s = make_beam_block_stack(3, (64, 64), scale=np.array([1.0, 1.6, 1.0 / 1.6]), seed=1,
+                              max_drift=1)
+    result = register_stack(s.stack, model="similarity", mask=~s.beam_block)
+    _, _, scales = transform_parameters(result.raw_transforms, (64, 64))
+    assert abs(scales[1] * 1.6 - 1) > 0.05  # measured wrong ...
+    assert abs(np.log(scales[1])) < 0.9 * MAX_LOG_SCALE  # ... yet not near the bound
+    assert np.isposinf(result.parameter_uncertainties[1, 1])  # the search did not bound it
+    assert result.outliers.tolist() == [False, True, True]  # flagged, as is the 0.625x one
+    assert any("2 frames (1, 2)" in w and "25 %" in w for w in result.warnings)
+
+    tifffile.imwrite(tmp_path / "s.tif", s.stack)
+    tifffile.imwrite(tmp_path / "m.tif", s.beam_block.astype(np.uint8))
+    assert main(["register", str(tmp_path / "s.tif"), "--mask", str(tmp_path / "m.tif"),
+                 "--model", "similarity", "--shifts", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr()
+    assert "warning: 2 frames (1, 2) changed scale" in out.out + out.err
+
+    # within the search (10 % either way): measured right, nothing flagged or said
+    s = make_beam_block_stack(3, (64, 64), scale=np.array([1.0, 1.1, 1.0 / 1.1]), seed=1,
+                              max_drift=1)
+    result = register_stack(s.stack, model="similarity", mask=~s.beam_block)
+    _, _, scales = transform_parameters(result.raw_transforms, (64, 64))
+    np.testing.assert_allclose(scales * np.array([1.0, 1.1, 1 / 1.1]), 1, atol=0.01)
+    assert not result.outliers.any() and np.isfinite(result.parameter_uncertainties).all()
+    assert not any("scale" in w for w in result.warnings)

@@ -190,10 +190,20 @@ def test_hdf5_opens_in_napari_with_a_dataset_choice(tmp_path, sample):
         f["meta/flat"] = np.zeros((4, 4))  # 2D: not a stack
         f["entry/data"] = stack
         f["entry/other"] = stack[::-1] + 1
-    viewer, layer = _open_in_napari(str(path))  # no dataset named: the first stack
-    _check_layer(viewer, layer, stack)
-    assert layer.name == "run.h5:/entry/data"
-    assert layer.metadata["datasets"] == ["/entry/data", "/entry/other"]
+    # no dataset named: one layer per stack, in the file's order (keep the one you want)
+    viewer = _viewer()
+    layers = viewer.open(str(path), plugin="napari-maskalign")
+    assert [la.name for la in layers] == ["run.h5:/entry/data", "run.h5:/entry/other"]
+    _check_layer(viewer, layers[0], stack)
+    _check_layer(viewer, layers[1], stack[::-1] + 1)
+    for layer in layers:
+        assert layer.metadata["datasets"] == ["/entry/data", "/entry/other"]
+    assert layers[1].metadata["maskalign_source"] == f"{path}:/entry/other"
+    # one stack: one layer
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["entry/data"] = stack
+    _, layer = _open_in_napari(str(tmp_path / "one.h5"))
+    assert layer.name == "one.h5:/entry/data"
     # a dataset named as FILE:/path, as the command line takes it (napari's viewer.open
     # and npe2 match a path that exists by its suffix, so this form is for the reader's
     # own callers: scripts, the docks)
@@ -243,6 +253,40 @@ def test_zarr_opens_in_napari(tmp_path, sample):
     z = zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=stack.shape, dtype="f4")
     z[:] = stack
     _check_layer(*_open_in_napari(str(tmp_path / "s.zarr")), stack)
+
+
+def test_hdf5_with_many_stacks_opens_the_first_few_and_says_so(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py")
+    from napari_maskalign import _reader
+
+    monkeypatch.setattr(_reader, "MAX_H5_LAYERS", 2)
+    said = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", said.append)
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        for k in range(3):
+            f[f"s{k}"] = np.full((2, 8, 8), k, np.float32)
+    layers = read_stack(str(path))
+    assert [kw["name"] for _, kw, _ in layers] == ["many.h5:/s0", "many.h5:/s1"]
+    assert layers[0][1]["metadata"]["datasets"] == ["/s0", "/s1", "/s2"]
+    assert said and "holds 3 stacks; opened the first 2" in said[0]
+
+
+def test_one_hdf5_walk_for_the_reader_and_the_command_line(tmp_path):
+    """The reader and H5Stack find the same stacks with one function (h5_stacks)."""
+    h5py = pytest.importorskip("h5py")
+    from napari_maskalign import _reader
+    from napari_maskalign.io import detectors
+
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as f:
+        f["a/flat"] = np.zeros((4, 4))
+        f["a/b"] = np.zeros((2, 4, 4))
+        f["c"] = np.zeros((2, 2, 4, 4))
+    assert detectors.h5_stacks(path) == ["/a/b", "/c"]
+    assert not hasattr(_reader, "_first_h5_stack")
+    with pytest.raises(ValueError, match="datasets of 3 or more dimensions: /a/b, /c"):
+        detectors.H5Stack(path)
 
 
 def test_hdf5_without_a_stack_is_refused_by_name(tmp_path):

@@ -233,3 +233,27 @@ def test_a_closed_dock_reopens_as_it_was(make_napari_viewer, qtbot):
     other = make_napari_viewer()
     _, fresh = other.window.add_plugin_dock_widget(PLUGIN, "Register stack")
     assert fresh is not register and fresh.max_shift.value == 0.0
+
+
+def test_a_window_resize_shares_the_dock_column_once(make_napari_viewer, qtbot, monkeypatch):
+    """Each of the three docks watches the window's resizes (they did not: napari puts a
+    dock in the window after the dock first sees its parent); one resizeDocks sizes them
+    all (each dock's own share made it three)."""
+    from napari_maskalign.widgets import _common
+
+    viewer = make_napari_viewer(show=True)
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[0]
+             for name in manifest_widget_names()]
+    window = docks[0].parentWidget()
+    qtbot.wait(3 * _common.SHARE_DELAY_MS)
+    calls = []
+    real = type(window).resizeDocks
+    monkeypatch.setattr(type(window), "resizeDocks",
+                        lambda self, *a: (calls.append(len(a[0])), real(self, *a)))
+    window.resize(window.width(), window.height() + 100)
+    qtbot.wait(3 * _common.SHARE_DELAY_MS)
+    assert calls == [3]  # once, for the three docks
+    heights = [d.height() for d in docks]
+    shares = [d.findChildren(_common.DockWidget)[0].SHARE for d in docks]
+    # the column shared by SHARE (within what each dock's minimum height allows)
+    assert heights.index(max(heights)) == shares.index(max(shares))

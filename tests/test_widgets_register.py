@@ -16,6 +16,7 @@ pytest.importorskip("pytestqt", reason="the widget tests need pytest-qt: pip ins
 from napari.layers import Image, Labels, Points
 
 from napari_maskalign._sample_data import make_beam_block_stack
+from napari_maskalign.engine import Progress
 from napari_maskalign.widgets import RegisterWidget, _common, _layers, _register
 from napari_maskalign.workflow import AlignProgress, AlignSettings, iter_align, iter_mean
 
@@ -75,8 +76,9 @@ def test_run_publishes_aligned_mean_and_preview(qtbot, widget, loaded_model, sma
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40
 
     names = [layer.name for layer in loaded_model.layers]
-    assert names == ["stack", "stack mask", "stack aligned", "stack mean", "stack mean count",
-                     "stack xcorr", "stack xcorr peak"]
+    # the aligned stack and the preview as soon as the frames are registered, the mean last
+    assert names == ["stack", "stack mask", "stack aligned", "stack xcorr", "stack xcorr peak",
+                     "stack mean", "stack mean count"]
     np.testing.assert_array_equal(source.data, before)  # the source is never modified
 
     aligned = loaded_model.layers["stack aligned"]
@@ -315,33 +317,49 @@ def test_publishing_makes_one_layer_change_per_event_loop_turn(qtbot, widget, lo
                                                                monkeypatch, drain):
     """The main thread's work after a run is cut into one layer change per slot: each
     slot's cost is bounded by one layer, whatever the machine's load, and input is handled
-    between them. The turns are collected here instead of being left to a timer."""
+    between them. The turns are collected here instead of being left to a timer. The
+    aligned stack and the preview are published when the registration is done (the
+    worker still averaging), the mean when the worker returns."""
     turns = []
     monkeypatch.setattr(_common, "next_turn", turns.append)
     job = widget.prepare()
-    _, value = drain(_register.register_job(job))  # the worker's part, run here
-    widget.job, widget.worker, widget._worker_done = job, object(), True
+    yielded, value = drain(_register.register_job(job))  # the worker's part, run here
+    early = [p for p in yielded if isinstance(p, _register.Registered)]
+    assert len(early) == 1 and yielded.index(early[0]) == job.n_frames  # after registering
+    widget.job, widget.worker, widget._worker_done = job, object(), False
 
     changes = []
     for event in ("inserted", "removed"):
         getattr(loaded_model.layers.events, event).connect(lambda e, k=event: changes.append(k))
-    per_turn = []
-    widget._on_returned(value)
-    per_turn.append(len(changes))
-    while turns:
+
+    def per_turn(first):
+        counts = []
         before = len(changes)
-        turns.pop(0)()
-        per_turn.append(len(changes) - before)
-    # aligned, mean, mean count, xcorr, marks: one insertion per turn; then the view
-    assert per_turn == [1, 1, 1, 1, 1, 0]
+        first()
+        counts.append(len(changes) - before)
+        while turns:
+            before = len(changes)
+            turns.pop(0)()
+            counts.append(len(changes) - before)
+        return counts
+
+    # aligned (lazy), xcorr, marks: one insertion per turn
+    assert per_turn(lambda: widget._on_yielded(early[0])) == [1, 1, 1]
+    assert isinstance(loaded_model.layers["stack aligned"].data, da.Array)
+    assert "stack mean" not in loaded_model.layers
+    widget._worker_done = True
+    # the computed aligned frames in place, the mean, its count; then the view, the news
+    assert per_turn(lambda: widget._on_returned(value)) == [0, 1, 1, 0, 0]
     assert changes == ["inserted"] * 5
+    assert isinstance(loaded_model.layers["stack aligned"].data, np.ndarray)
+    np.testing.assert_array_equal(loaded_model.layers["stack aligned"].data, value[2].aligned)
 
 
 def test_progress_reaches_the_main_thread_frame_by_frame(qtbot, widget, loaded_model,
                                                          monkeypatch):
     """Progress arrives once per frame and in order, in the registration and in the
     aligning pass, and (no pace set) each arrival moves the bar: the bar never waits for a
-    batch. No layer changes while the worker runs."""
+    batch. No layer changes before every frame is registered."""
     monkeypatch.setattr(_common, "PROGRESS_EVERY_S", 0.0)
     seen, bar = [], []
     layers = []
@@ -350,11 +368,12 @@ def test_progress_reaches_the_main_thread_frame_by_frame(qtbot, widget, loaded_m
     worker.yielded.connect(lambda p: (seen.append(p), bar.append(widget.progress_bar.value())))
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS):
         pass
-    registered = [p.frame for p in seen if not isinstance(p, AlignProgress)]
+    registered = [p.frame for p in seen if isinstance(p, Progress)]
     aligned = [p.done for p in seen if isinstance(p, AlignProgress)]
     assert registered == list(range(20)) and aligned == list(range(1, 21))
-    assert bar == list(range(1, 41))
-    assert layers and min(layers) == 40  # the first layer only after the last progress
+    assert isinstance(seen[20], _register.Registered)  # between the two passes
+    assert bar[:20] + bar[21:] == list(range(1, 41)) and bar[20] == 20  # not a step
+    assert layers and min(layers) == 20  # the first layer once the last frame is registered
 
 
 def test_progress_is_repainted_at_the_windows_pace(qtbot, widget, loaded_model, monkeypatch):
@@ -372,7 +391,8 @@ def test_progress_is_repainted_at_the_windows_pace(qtbot, widget, loaded_model, 
     worker.yielded.connect(seen.append)
     with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
         pass
-    assert blocker.args == ["done"] and len(seen) == 40
+    steps = [p for p in seen if not isinstance(p, _register.Registered)]
+    assert blocker.args == ["done"] and len(steps) == 40
     assert shown == [1, 40]  # the first at once, the last when the worker returned
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40
 
@@ -719,3 +739,28 @@ def test_a_locked_run_is_a_warning_in_the_dock(qtbot, viewer_model, notes):
     assert any("locked" in m for m in notes())
     meta = viewer_model.layers["lock aligned"].metadata["maskalign"]
     assert np.asarray(meta["uncertainties"]).shape == (8, 2)
+
+
+def test_cancel_while_averaging_keeps_the_new_shifts_and_drops_the_old_mean(
+        qtbot, widget, loaded_model, notes):
+    """Once every frame is registered the aligned stack (lazy) and the preview are
+    published; a cancel while the mean is made keeps them (they hold the new shifts) and
+    removes the previous run's mean, which no longer matches them."""
+    assert run_and_wait(qtbot, widget) == "done"
+    assert "stack mean" in loaded_model.layers
+    widget.ref_frame.value = 5  # a second run against another frame
+
+    def cancel_when_averaging(p):
+        if isinstance(p, AlignProgress) and widget.cancel_button.isEnabled():
+            widget.cancel()
+
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS) as blocker:
+        worker = widget.run()
+        worker.yielded.connect(cancel_when_averaging)
+    assert blocker.args == ["cancelled"]
+    names = [layer.name for layer in loaded_model.layers]
+    assert "stack mean" not in names and "stack mean count" not in names
+    aligned = loaded_model.layers["stack aligned"]
+    assert isinstance(aligned.data, da.Array)  # each frame aligned as it is shown
+    assert aligned.metadata["maskalign"]["reference_frame"] == 5
+    assert "Averaging cancelled" in notes()[-1] and "no mean was made" in notes()[-1]

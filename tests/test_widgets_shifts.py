@@ -532,3 +532,46 @@ def test_smoothing_from_the_register_dock_plots_measured_dots_smoothed_lines_and
     assert any(np.allclose(line.get_xdata(), 4.5) for line in ax.get_lines()
                if line.get_linestyle() == "--")
     assert "jump (1)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_the_plot_is_redrawn_only_when_what_it_shows_changes(qtbot, widget, registered,
+                                                             monkeypatch):
+    """Layers that come and go beside the result (a run's mean, its count, the preview)
+    do not redraw the plot (each redraw cost a few hundred ms at the end of every run);
+    the result layer coming or going, its metadata, or the stack's name do."""
+    qtbot.wait(50)  # the first redraw, scheduled when the dock was made
+    drawn = []
+    monkeypatch.setattr(widget, "refresh", lambda: (drawn.append(1), setattr(
+        widget, "_refresh_pending", False)))
+
+    def settle():
+        qtbot.wait(20)
+        n = len(drawn)
+        drawn.clear()
+        return n
+
+    registered.add_image(np.zeros((8, 8)), name="unrelated")
+    registered.layers.remove("stack mean count")
+    assert settle() == 0
+    meta = dict(registered.layers["stack aligned"].metadata)
+    registered.layers["stack aligned"].metadata = {**meta, "note": 1}
+    assert settle() == 1
+    aligned = registered.layers["stack aligned"]
+    registered.layers.remove(aligned)
+    assert settle() == 1
+    registered.layers.append(aligned)
+    assert settle() == 1
+    registered.layers["stack"].name = "renamed"
+    assert settle() >= 1
+
+
+def test_the_frame_line_redraws_only_when_it_moves(qtbot, widget, monkeypatch):
+    qtbot.wait(50)
+    draws = []
+    monkeypatch.setattr(widget.plot, "request_draw", lambda: draws.append(1))
+    widget.plot.set_frame(3)
+    widget.plot.set_frame(3)  # a step event that did not move the frame (a layer added)
+    assert len(draws) == 1
+    assert all(list(line.get_xdata()) == [3, 3] for line in widget.plot._vlines)
+    widget.plot.set_frame(4)
+    assert len(draws) == 2

@@ -324,7 +324,7 @@ def _add_commands(sub) -> None:
         choices=tuple(MODELS),
         default=DEFAULT_MODEL,
         help="what moves between frames: "
-        + ", ".join(f"{m.name} ({m.summary})" for m in MODELS.values())
+        + ", ".join(f"{m.name} ({m.summary})" for m in MODELS.values()).replace("%", "%%")
         + ". Rigid and similarity add rotation_deg and scale columns to the shifts file "
         "(its shifts are then the frame centre's)",
     )

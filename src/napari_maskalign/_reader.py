@@ -6,8 +6,9 @@
   file) so that frames of mixed shapes are reported when opening, not while
   browsing;
 * HDF5 (``.h5``, ``.hdf5``, ``.hdf``, ``.nxs``, ``.he5``): the dataset named as
-  ``run.h5:/entry/data``, else the file's first dataset of 3 or more
-  dimensions (the others are listed in the layer's metadata);
+  ``run.h5:/entry/data``, else one layer per dataset of 3 or more dimensions
+  (``viewer.open("run.h5")`` offers every stack in the file: keep the layer you
+  want; each layer's metadata lists them all);
 * MRC/MRCS, Gatan DM3/DM4, Merlin MIB (through their libraries, extras);
 * zarr arrays (a ``.zarr`` folder or a group holding one array).
 
@@ -35,7 +36,7 @@ from .io import (
     open_stack,
     source_file,
 )
-from .io.detectors import H5_SUFFIXES
+from .io.detectors import H5_SUFFIXES, h5_stacks
 
 __all__ = ["get_reader", "read_frames", "read_stack"]
 
@@ -102,36 +103,54 @@ def _look(stack, ndim: int) -> dict:
     return out
 
 
-def _first_h5_stack(file: str) -> tuple[str, list[str]]:
-    """The first dataset of 3 or more dimensions of an HDF5 file, and all of them."""
-    import h5py
+#: a bare HDF5 file opens one layer per stack, at most this many (in the file's order)
+MAX_H5_LAYERS = 8
 
-    stacks: list[str] = []
-    with h5py.File(file, "r") as f:
-        f.visititems(lambda name, obj: stacks.append("/" + name)
-                     if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None)
+
+def _h5_choices(file: str) -> list[str]:
+    """The stacks (datasets of 3 or more dimensions) of an HDF5 file to open as layers;
+    a plain error when there is none."""
+    stacks = h5_stacks(file)
     if not stacks:
         raise ValueError(f"{file} holds no dataset of 3 or more dimensions (a stack of frames)")
-    return stacks[0], stacks
+    if len(stacks) > MAX_H5_LAYERS:
+        from napari.utils.notifications import show_info
+
+        show_info(f"{Path(file).name} holds {len(stacks)} stacks; opened the first "
+                  f"{MAX_H5_LAYERS} as layers (every one is listed in each layer's metadata "
+                  "under 'datasets'; open another as FILE:/path with read_stack)")
+    return stacks
+
+
+def _stack_layer(text: str, meta: dict) -> tuple:
+    """One lazy image layer (a dask array, one chunk per frame) of the source ``text``."""
+    file = source_file(text)
+    stack = open_stack(text)
+    data = as_dask(stack, frames_per_chunk=1)
+    name = Path(file).name + (text[len(file):] if text != file else "")
+    kwargs = {"name": name, "metadata": {"maskalign_source": text, **meta},
+              **_look(stack, len(stack.shape))}
+    return (data, kwargs, "image")
 
 
 def read_stack(path):
-    """Open a detector file (HDF5, MRC, DM3/DM4, MIB) or a zarr store as one lazy image
-    layer (a dask array, one chunk per frame), through ``io.open_stack``."""
+    """Open a detector file (HDF5, MRC, DM3/DM4, MIB) or a zarr store as lazy image
+    layers (dask arrays, one chunk per frame), through ``io.open_stack``.
+
+    An HDF5 file named without a dataset opens one layer per stack it holds (every
+    dataset of 3 or more dimensions, named ``run.h5:/entry/data``; at most
+    ``MAX_H5_LAYERS``): the choice of dataset is the choice of layer, and each layer's
+    metadata lists them all under ``datasets``. ``run.h5:/entry/data`` opens that one.
+    """
     text = _stack_file(path)
     if text is None:
         raise ValueError(f"{path} is not an HDF5, MRC, DM3/DM4, MIB file or a zarr store")
     file = source_file(text)
-    meta: dict = {"maskalign_source": text}
     if Path(file).suffix.lower() in H5_SUFFIXES and file == text:
-        first, found = _first_h5_stack(file)  # the dataset choice: say it as file:/path
-        text = f"{file}:{first}"
-        meta.update(maskalign_source=text, datasets=found)
-    stack = open_stack(text)
-    data = as_dask(stack, frames_per_chunk=1)
-    name = Path(file).name + (text[len(file):] if text != file else "")
-    kwargs = {"name": name, "metadata": meta, **_look(stack, len(stack.shape))}
-    return [(data, kwargs, "image")]
+        found = _h5_choices(file)
+        return [_stack_layer(f"{file}:{name}", {"datasets": found})
+                for name in found[:MAX_H5_LAYERS]]
+    return [_stack_layer(text, {})]
 
 
 def _layer_name(path) -> str:

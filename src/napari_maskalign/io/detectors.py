@@ -26,6 +26,7 @@ __all__ = [
     "DETECTOR_SUFFIXES",
     "DetectorStack",
     "H5Stack",
+    "h5_stacks",
     "MibStack",
     "MrcStack",
     "RsciioStack",
@@ -112,6 +113,18 @@ class DetectorStack(FrameIndexing):
         return f"{type(self).__name__}({self.name!r}, shape {self.shape}, {self.dtype})"
 
 
+def h5_stacks(path) -> list[str]:
+    """The datasets of an HDF5 file that can be stacks of frames (3 or more dimensions),
+    as ``/path/in/file``, in the file's order: what ``H5Stack`` takes when none is named
+    and what the napari reader opens."""
+    h5py = _require("h5py", "hdf5", "HDF5 files")
+    stacks: list[str] = []
+    with h5py.File(os.fspath(path), "r") as f:
+        f.visititems(lambda name, obj: stacks.append("/" + name)
+                     if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None)
+    return stacks
+
+
 class H5Stack(DetectorStack):
     """An HDF5 dataset (h5py), read one frame per access."""
 
@@ -119,12 +132,8 @@ class H5Stack(DetectorStack):
 
     def __init__(self, path, dataset: str | None = None):
         self.dataset = dataset
-        h5py = _require("h5py", "hdf5", "HDF5 files")
         if dataset is None:  # one stack in the file: take it
-            stacks: list[str] = []
-            with h5py.File(os.fspath(path), "r") as f:
-                f.visititems(lambda name, obj: stacks.append("/" + name)
-                             if isinstance(obj, h5py.Dataset) and obj.ndim >= 3 else None)
+            stacks = h5_stacks(path)
             if len(stacks) != 1:
                 found = ", ".join(stacks[:10]) or "none"
                 raise ValueError(

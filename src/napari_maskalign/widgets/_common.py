@@ -11,6 +11,7 @@ import functools
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,27 @@ def explain(exc: BaseException) -> str:
 #: the docks share their column's height this long after a dock or the window changed
 #: (the window lays the docks out first, which would undo an earlier share)
 SHARE_DELAY_MS = 100
+
+
+#: windows whose docks are due to share their column's height (by id): the docks of one
+#: window all see its resize, and one share covers them all
+_SHARE_DUE: set = set()
+
+
+def _share_soon(window, share: Callable[[], Any]) -> None:
+    """``share()`` in ``SHARE_DELAY_MS``, unless a share of ``window``'s docks is already
+    due: each of the plugin's docks watches the window, and one ``resizeDocks`` sizes them
+    all (three docks made three)."""
+    key = id(window)
+    if key in _SHARE_DUE:
+        return
+    _SHARE_DUE.add(key)
+
+    def run():
+        _SHARE_DUE.discard(key)
+        share()
+
+    QTimer.singleShot(SHARE_DELAY_MS, run)
 
 
 #: docks taken out of a viewer's window (its close button), by (viewer id, class): the
@@ -113,6 +135,7 @@ class DockWidget(QWidget, metaclass=_Reopens):
         self.setMinimumWidth(340)
         self._conns = Connections(self)
         self._dock = None  # the QDockWidget around us, watched for its closing
+        self._window = None  # the main window around it, watched for its resizes
 
     def stop_work(self) -> None:
         """Stop what the dock has running because it was closed (docks with workers)."""
@@ -145,18 +168,24 @@ class DockWidget(QWidget, metaclass=_Reopens):
             dock.installEventFilter(self)
             dock.destroyed.connect(self._dock_destroyed)
             _KEPT.pop((_viewer_id(self.viewer), type(self)), None)
-            window = dock.parentWidget()
-            if window is not None:  # its resizes share the column again (not a dragged edge)
-                window.installEventFilter(self)
-                # a partial of plain objects: it still runs while the window dies
-                window.destroyed.connect(functools.partial(_drop_kept,
-                                                           _viewer_id(self.viewer)))
+            window = dock.parentWidget()  # often None yet: napari docks it afterwards
+            self._watch_window(window)
             # once the dock is shown in its area and the window has laid it out
-            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
+            _share_soon(window, self._share_height)
         elif old is not None:  # taken out of its dock (remove_dock_widget)
             self.stop_work()
             if self.parentWidget() is None:  # out of the window: kept for the Plugins menu
                 _KEPT[(_viewer_id(self.viewer), type(self))] = self
+
+    def _watch_window(self, window) -> None:
+        """Watch the window the dock sits in: its resizes share the column again (not a
+        dragged edge), and its end drops the docks kept for the Plugins menu."""
+        if window is None or (self._window is not None and self._window() is window):
+            return
+        self._window = weakref.ref(window)  # not a strong one: a kept dock outlives it
+        window.installEventFilter(self)
+        # a partial of plain objects: it still runs while the window dies
+        window.destroyed.connect(functools.partial(_drop_kept, _viewer_id(self.viewer)))
 
     def _share_height(self) -> None:
         """Share the height of the dock column with the plugin's other docks there by
@@ -172,6 +201,7 @@ class DockWidget(QWidget, metaclass=_Reopens):
             return
         if not isinstance(window, QMainWindow) or dock.isFloating():
             return
+        self._watch_window(window)  # the dock was not in it yet when it was first seen
         area = window.dockWidgetArea(dock)
         ours = []
         for other in window.findChildren(QDockWidget):
@@ -179,6 +209,7 @@ class DockWidget(QWidget, metaclass=_Reopens):
                     and window.dockWidgetArea(other) == area):
                 inner = other.findChildren(DockWidget)
                 if inner:
+                    inner[0]._watch_window(window)
                     ours.append((other, inner[0].SHARE))
         if len(ours) < 2:
             return
@@ -198,7 +229,7 @@ class DockWidget(QWidget, metaclass=_Reopens):
         elif (e.type() == QEvent.Type.Resize and self._dock is not None
               and obj is not self._dock and e.size().height() != e.oldSize().height()):
             # the main window got taller or shorter
-            QTimer.singleShot(SHARE_DELAY_MS, self._share_height)
+            _share_soon(obj, self._share_height)
         return False
 
     def report(self, problem) -> None:
@@ -475,8 +506,9 @@ def _publish_turn(steps: list, done, failed, alive: list) -> None:
 
 #: a dock repaints its progress at most this often (seconds). Each repaint of a widget
 #: recomposes the window with the canvas while the GIL is held: repainting on every
-#: frame tripled a run's time (bench_gui.py)
-PROGRESS_EVERY_S = 0.25
+#: frame tripled a run's time (bench_gui.py); at 0.25 s the repaints still took about
+#: 0.17 s of CPU each on a busy 2-core machine, most of the viewer's CPU during a run
+PROGRESS_EVERY_S = 0.5
 
 
 class Throttled:

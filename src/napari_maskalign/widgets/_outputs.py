@@ -96,33 +96,47 @@ def output_total(stack, *, lazy: bool, mean: bool) -> int:
     return -(-n // mean_block(stack)) if mean else 0
 
 
-def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True):
+def lazy_outputs(stack, res: AlignedResult) -> Outputs:
+    """A lazy stack's aligned stack as a dask graph (nothing computed), its no-data mask
+    for integer output and its contrast: what can be shown before the mean is made."""
+    settings = align_settings(stack, res)
+    got = workflow.align_lazy(stack, res.to_apply, settings=settings, valid=res.valid,
+                              return_data=settings.integer)
+    aligned, data = got if settings.integer else (got, None)
+    nodata = None if data is None else (~data).astype(np.uint8)
+    # the source's valid pixels hold the values the aligned frames hold (read a few frames
+    # of the source: no frame is shifted again for this)
+    return Outputs(aligned, nodata, None, pattern_limits(stack, res.valid))
+
+
+def make_outputs(stack, res: AlignedResult, *, lazy: bool, mean: bool = True,
+                 ready: Outputs | None = None):
     """The aligned stack and its mean for ``res``'s shifts (a generator, no Qt).
 
     In memory, one pass: every frame is shifted once and added to the mean
     (flagged outliers left out unless ``res.mean_outliers``), with an
     ``AlignProgress`` per frame. Lazy: the aligned stack is a dask graph
     (nothing computed) and the mean reads the stack a block at a time, an
-    ``AlignProgress`` per block. Returns :class:`Outputs`.
+    ``AlignProgress`` per block. ``ready``: the :func:`lazy_outputs` already
+    made for ``res`` (its graph and contrast are taken as they are). Returns
+    :class:`Outputs`.
     """
+    if lazy:
+        got = ready if ready is not None else lazy_outputs(stack, res)
+        averaged = (yield from mean_job(stack, res)) if mean else None
+        return dataclasses.replace(got, mean=averaged, mean_limits=None if averaged is None
+                                   else mean_limit(averaged))
     settings = align_settings(stack, res)
     integer = settings.integer
-    acc = None
-    if mean and not lazy:
-        acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype))
-    got = yield from workflow.iter_align(stack, res.to_apply, settings=settings, lazy=lazy,
+    acc = workflow.MeanAccumulator(stack.shape[1:], aligned_dtype(stack.dtype)) if mean else None
+    got = yield from workflow.iter_align(stack, res.to_apply, settings=settings, lazy=False,
                                          valid=res.valid, return_data=integer, mean=acc,
                                          exclude=res.mean_exclude())
     aligned, data = got if integer else (got, None)
     nodata = None if data is None else (~data).astype(np.uint8)
-    averaged = None
-    if acc is not None:
-        averaged = acc.result()
-    elif mean:
-        averaged = yield from mean_job(stack, res)
-    # the source's valid pixels hold the values the aligned frames hold (read a few frames
-    # of the source: no frame is shifted again for this)
-    return Outputs(aligned, nodata, averaged, pattern_limits(stack, res.valid),
+    averaged = None if acc is None else acc.result()
+    limits = ready.aligned_limits if ready is not None else pattern_limits(stack, res.valid)
+    return Outputs(aligned, nodata, averaged, limits,
                    None if averaged is None else mean_limit(averaged))
 
 
@@ -203,6 +217,14 @@ def output_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dic
     """One callable per output layer: ``<source> aligned`` (the result in its metadata),
     its no-data mask for integer output, the mean and its count. ``box["aligned"]``
     holds the aligned layer once published. Names are checked first."""
+    return (aligned_steps(viewer, res, out, props, box)
+            + mean_steps(viewer, res, out.mean, props, out.mean_limits))
+
+
+def aligned_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dict) -> list:
+    """The steps of :func:`output_steps` without the mean's: ``<source> aligned`` and its
+    no-data mask (a lazy stack's, published while its mean is made). Every output name,
+    the mean's too, is checked first."""
     source = res.source
     check_output_names(viewer, source)
     if out.aligned_limits is not None:
@@ -225,4 +247,4 @@ def output_steps(viewer, res: AlignedResult, out: Outputs, props: dict, box: dic
     steps = [add_aligned]
     if out.nodata is not None or layer_named(viewer, nodata_name(source)) is not None:
         steps.append(add_nodata)
-    return steps + mean_steps(viewer, res, out.mean, props, out.mean_limits)
+    return steps

@@ -73,10 +73,14 @@ class ShiftPlot(FigureCanvasQTAgg):
         self.figure.set_facecolor(self.colors["background"])
 
     def set_frame(self, frame: int) -> None:
-        """Move the current-frame line."""
+        """Move the current-frame line (a redraw only if it moves: the viewer's step
+        events come also when layers are added, and each redraw lays the figure out)."""
+        moved = False
         for line in self._vlines:
-            line.set_xdata([frame, frame])
-        if self._vlines:
+            if list(line.get_xdata()) != [frame, frame]:
+                line.set_xdata([frame, frame])
+                moved = True
+        if moved:
             self.request_draw()
 
     def _on_click(self, event) -> None:

@@ -60,7 +60,14 @@ from ._nonrigid_layers import (
     patch_vectors,
     vectors_name,
 )
-from ._outputs import Outputs, make_outputs, output_steps, output_total
+from ._outputs import (
+    Outputs,
+    aligned_steps,
+    lazy_outputs,
+    make_outputs,
+    mean_steps,
+    output_total,
+)
 from ._preview import preview_is_new, preview_steps
 from ._register_form import RegisterForm
 
@@ -104,17 +111,30 @@ class RegisterJob:
         )
 
 
+@dataclass(frozen=True)
+class Registered:
+    """What :func:`register_job` yields once every frame is registered: the result and
+    the aligned stack as a lazy graph (nothing computed), which the main thread
+    publishes (with the preview) while the worker makes the mean. Not a progress step."""
+
+    result: RegistrationResult
+    res: AlignedResult
+    ready: Outputs
+
+
 def register_job(job: RegisterJob):
     """The worker's generator (no Qt): register, then make the aligned stack and its mean.
 
     Yields the engine's :class:`Progress` after every frame registration, then
-    an :class:`AlignProgress` per frame shifted (and averaged in the same
-    pass) or, for a lazy stack, per block averaged; returns
-    ``(RegistrationResult, AlignedResult, Outputs)``.
+    one :class:`Registered`, then an :class:`AlignProgress` per frame shifted
+    (and averaged in the same pass) or, for a lazy stack, per block averaged;
+    returns ``(RegistrationResult, AlignedResult, Outputs)``.
     """
     result = yield from job.run
     res = job.result(result)
-    out = yield from make_outputs(job.stack, res, lazy=job.lazy, mean=job.mean)
+    ready = lazy_outputs(job.stack, res)
+    yield Registered(result, res, ready)
+    out = yield from make_outputs(job.stack, res, lazy=job.lazy, mean=job.mean, ready=ready)
     return result, res, out
 
 
@@ -148,7 +168,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         self._yields = 0
         self._progress_shown = Throttled(self._show_progress)  # at the window's pace
         self._worker_done = True
-        self._publishing = False
+        self._publishing = False  # the final layers are being published: too late to cancel
+        self._turns: list = []  # layer updates waiting for their event-loop turn
+        self._early: Registered | None = None  # the run's registration, published early
+        self._refused: BaseException | None = None  # why the early layers could not be published
         self._closed = False  # the dock was closed during the run under way
         self._build()
         self._conns.connect_many(layer_list_events(napari_viewer), self._refresh_choices)
@@ -294,6 +317,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             return None
         self.job = job
         self._outcome = "failed"
+        self._early = self._refused = None
         self._yields = 0
         self._worker_done = False
         self._closed = False
@@ -336,12 +360,41 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
     # -- worker slots (main thread) -------------------------------------------
 
     def _on_yielded(self, p) -> None:
-        """Count every progress; show it at most every ``PROGRESS_EVERY_S``."""
+        """Count every progress; show it at most every ``PROGRESS_EVERY_S``. The
+        registration's result (:class:`Registered`) is published at once."""
+        if isinstance(p, Registered):
+            self._on_registered(p)
+            return
         self._yields += 1
         self._progress_shown(p)
 
+    def _on_registered(self, p: Registered) -> None:
+        """Every frame is registered: publish the aligned stack (lazy until the worker
+        has made it), the preview and a non-rigid run's fields now, one layer per turn,
+        while the worker makes the mean (publishing is off the run's critical path). A
+        name held by a layer of another type stops the run before anything changes."""
+        if self._closed:
+            return
+        try:
+            steps = self.early_steps(self.job, p)
+        except (ValueError, MemoryError) as exc:
+            self._refused = exc
+            if self.worker is not None:
+                self.worker.quit()
+            return
+        self._early = p
+        self._publish(steps)
+
+    def _publish(self, steps: list) -> None:
+        """Queue layer updates, one per event-loop turn, after those already waiting."""
+        self._turns.extend(steps)
+        if len(self._turns) == len(steps):  # nothing was waiting: start the turns
+            publish_in_turns(self._turns, self._turns_done, self._publish_failed, owner=self)
+
+    def _turns_done(self) -> None:
+        self._maybe_finish()
+
     def _show_progress(self, p) -> None:
-        self.progress_bar.setValue(min(self._yields, self.progress_bar.maximum()))
         job = self.job
         if isinstance(p, Progress):
             text = f"{p.stage.capitalize()}: frame {p.frame + 1}/{job.n_frames}"
@@ -352,7 +405,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             text = f"{what}: frame {p.done}/{p.total}"
         else:  # pragma: no cover - nothing else is yielded
             return
-        self.status.setText(text)
+        # one repaint for the bar and the text, on the next turn: QProgressBar.setValue
+        # repaints at once, and every repaint recomposes the window with the canvas
+        self.setUpdatesEnabled(False)
+        try:
+            self.progress_bar.setValue(min(self._yields, self.progress_bar.maximum()))
+            self.status.setText(text)
+        finally:
+            self.setUpdatesEnabled(True)
 
     def _on_returned(self, value) -> None:
         self._progress_shown.flush()  # the last frame's progress, before the result
@@ -367,15 +427,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             return
         self._publishing = True
         self.cancel_button.setEnabled(False)  # the result is in: nothing left to cancel
-        publish_in_turns(steps, functools.partial(self._published, result), self._publish_failed,
-                             owner=self)
+        self._publish([*steps, functools.partial(self._published, result)])
 
     def _published(self, result: RegistrationResult) -> None:
         self._publishing = False
         self._announce(result)
-        self._maybe_finish()
 
     def _publish_failed(self, exc) -> None:  # pragma: no cover - names are checked up front
+        self._turns.clear()
         self._publishing = False
         self._fail(exc)
         self._maybe_finish()
@@ -425,8 +484,17 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     def _on_aborted(self) -> None:
         self._progress_shown.cancel()
+        if self._refused is not None:  # the early layers could not be published
+            self._fail(self._refused)
+            return
         self._outcome = "cancelled"
-        if self._closed:
+        if self._early is not None:  # stopped while the mean was being made
+            why = "stopped (its dock was closed)" if self._closed else "cancelled"
+            text = (f"Averaging {why}: '{aligned_name(self.job.source)}' holds the new shifts "
+                    "(each frame aligned as it is shown); no mean was made.")
+            if self.job.mean:  # a mean of the previous shifts would no longer match
+                self._publish(mean_steps(self.viewer, self._early.res, None, self.job.props))
+        elif self._closed:
             text = "Registration stopped: its dock was closed. No layer was changed."
         else:
             text = "Registration cancelled: no layer was changed."
@@ -439,7 +507,7 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     def _maybe_finish(self) -> None:
         """End the run once the worker is done and every output layer is published."""
-        if not self._worker_done or self._publishing:
+        if not self._worker_done or self._publishing or self._turns or self.worker is None:
             return
         self.worker = None
         self.run_button.setEnabled(True)
@@ -452,29 +520,44 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
 
     # -- results --------------------------------------------------------------
 
-    def publish_steps(self, job: RegisterJob, result: RegistrationResult, res: AlignedResult,
-                      out: Outputs) -> list:
-        """The output-layer updates, one callable per layer (main thread only).
-
-        Name clashes are checked first, so a run that cannot publish changes nothing.
-        """
+    def early_steps(self, job: RegisterJob, p: Registered) -> list:
+        """The layer updates that need only the registration (main thread only): the
+        aligned stack as a lazy graph (the worker's computed one replaces it at the end,
+        for a stack in memory), the preview, a non-rigid run's fields. Every output name
+        is checked first, so a run that cannot publish changes nothing."""
+        result, res = p.result, p.res
         for name, cls in ((xcorr_name(job.source), Image), (peak_name(job.source), Points)):
             check_output_name(self.viewer, name, cls)
-        box: dict = {}
-        steps = output_steps(self.viewer, res, out, job.props, box)
-        if result.xcorr is None:
-            steps.append(functools.partial(drop_preview, self.viewer, job.source))
-            fit = False
-        else:
-            fit = preview_is_new(self.viewer, job.source)
-            steps += preview_steps(self.viewer, job.source, result, job.props,
-                                   job.run.frame_shape)
         if model_named(result.model).fields:
             for name, cls in ((vectors_name(job.source), Vectors),
                               (deformation_name(job.source), Image)):
                 check_output_name(self.viewer, name, cls)
+        self._box: dict = {}
+        steps = aligned_steps(self.viewer, res, p.ready, job.props, self._box)
+        if result.xcorr is None:
+            steps.append(functools.partial(drop_preview, self.viewer, job.source))
+            self._fit = False
+        else:
+            self._fit = preview_is_new(self.viewer, job.source)
+            steps += preview_steps(self.viewer, job.source, result, job.props,
+                                   job.run.frame_shape)
+        if model_named(result.model).fields:
             steps.append(functools.partial(self._show_fields, job.source, result, job.props))
-        steps.append(functools.partial(self._show, job.source, box, fit))
+        return steps
+
+    def publish_steps(self, job: RegisterJob, result: RegistrationResult, res: AlignedResult,
+                      out: Outputs) -> list:
+        """The output-layer updates at the end (main thread only): the mean and its count
+        (and a stack in memory's aligned frames, now computed); everything else was
+        published as soon as the registration was done (:meth:`early_steps`, made here
+        if it was not). Name clashes are checked first."""
+        steps = []
+        if self._early is None:  # its Registered never came through (a test's drained job)
+            steps += self.early_steps(job, Registered(result, res, out))
+        elif not job.lazy:  # the computed frames in place of the lazy graph
+            steps += aligned_steps(self.viewer, res, out, job.props, self._box)
+        steps += mean_steps(self.viewer, res, out.mean, job.props, out.mean_limits)
+        steps.append(functools.partial(self._show, job.source, self._box, self._fit))
         return steps
 
     def _show_fields(self, source: str, result, props: dict) -> None:

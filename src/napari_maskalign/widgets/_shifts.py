@@ -91,6 +91,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self.mean_worker = None  # after an edit: the mean again
         self._mean_again = None  # an edit came while the mean was being made: its result
         self._publishing = False
+        self._shown: tuple | None = None  # (result layer, stack, its name) of the last redraw
         self._closed = False  # the dock was closed while a job ran: publish nothing
         self._bound = None  # the aligned layer whose metadata we listen to
         self._refresh_pending = False
@@ -218,7 +219,10 @@ class ShiftsWidget(EditsFrames, DockWidget):
     def _on_layers_changed(self, _event=None) -> None:
         self.stack_combo.reset_choices()
         self.target_combo.reset_choices()
-        self._rebind()
+        # the plot is redrawn only when what it shows changed: a run's mean, its count and
+        # its preview coming in redrew it once each (a few hundred ms each, at the end of
+        # every run)
+        self._rebind(only_if_changed=True)
 
     def _on_active(self, _event=None) -> None:
         active = self.viewer.layers.selection.active
@@ -237,14 +241,24 @@ class ShiftsWidget(EditsFrames, DockWidget):
         self.target_combo.reset_choices()
         self._rebind()
 
-    def _rebind(self) -> None:
+    def _rebind(self, only_if_changed: bool = False) -> None:
+        """Follow the chosen stack's result layer (its metadata changes redraw the plot)
+        and redraw; with ``only_if_changed``, only if that layer or the stack (or its name)
+        is another than at the last redraw."""
         layer = self.result_layer()
+        stack = self.stack_layer()
+        shown = (layer, stack, None if stack is None else stack.name)
         if not same_layer(layer, self._bound):
             if self._bound is not None:
                 self._conns.disconnect(self._bound.events.metadata, self._schedule_refresh)
             self._bound = layer
             if layer is not None:
                 self._conns.connect(layer.events.metadata, self._schedule_refresh)
+        if only_if_changed and self._shown is not None and (
+                same_layer(layer, self._shown[0]) and same_layer(stack, self._shown[1])
+                and shown[2] == self._shown[2]):
+            return
+        self._shown = shown
         self._schedule_refresh()
 
     def _schedule_refresh(self, _event=None) -> None:

@@ -44,7 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LogPolar", "ModelRegistrar"]
 
-#: the largest scale change the coarse step looks for (either way)
+#: the largest scale change the coarse step looks for (either way): +-25 %, i.e. frames
+#: magnified by 0.8 to 1.25 against the reference. The refinement can carry a frame a
+#: little further, but a larger change is outside what the search sees: such a frame
+#: (the search's best match at its edge, or a better one beyond it) is flagged
 MAX_LOG_SCALE = float(np.log(1.25))
 
 #: log-polar peaks this close to the highest (as a fraction of its height above the
@@ -155,15 +158,23 @@ class LogPolar:
         n_a, n_r = polar.shape
         return np.conj(sfft.rfft2(polar, (n_a, 2 * n_r)))
 
-    def estimate(self, ref_spectrum, mov_polar, scale: bool) -> tuple[float, float]:
-        """``(angle, log_scale)`` of the warp that takes reference pixels to the moving
-        frame's content (angle in radians, modulo pi); ``scale=False`` keeps the scale 1."""
+    def estimate(self, ref_spectrum, mov_polar, scale: bool) -> tuple[float, float, bool]:
+        """``(angle, log_scale, beyond)`` of the warp that takes reference pixels to the
+        moving frame's content (angle in radians, modulo pi); ``scale=False`` keeps the
+        scale 1. ``beyond``: the scale lies at or beyond the search's +-25 %
+        (``MAX_LOG_SCALE``): the best match is within a sample of the searched range's
+        edge (+-22 % or more), or a better one lies beyond it, up to twice as far (the
+        estimate is then not to be trusted)."""
         n_a, n_r = mov_polar.shape
         size = (n_a, 2 * n_r)
         cc = sfft.irfft2(sfft.rfft2(mov_polar, size) * ref_spectrum, size)
-        reach = int(MAX_LOG_SCALE / self.d_log) if scale else 0
+        reach = int(np.ceil(MAX_LOG_SCALE / self.d_log)) if scale else 0  # all of +-25 %
         cols = np.r_[0 : reach + 1, 2 * n_r - reach : 2 * n_r] if reach else np.array([0])
         sub = cc[:, cols]
+        beyond = False
+        if reach:  # twice as far as the search: does a better match lie out there?
+            outer = np.r_[reach + 1 : 2 * reach + 1, 2 * n_r - 2 * reach : 2 * n_r - reach]
+            beyond = bool(cc[:, outer].max() > sub.max())
         # a pattern with rotational symmetry (a hexagonal lattice turned by 60 degrees
         # looks the same) gives several near-equal peaks: take the smallest turn among
         # those within PEAK_TIE of the highest
@@ -185,7 +196,9 @@ class LogPolar:
         # its scale; a turn that is counterclockwise in (row, col) lowers the polar
         # angle atan2(ky, kx). The warp (reference -> moving) turns and magnifies by
         # what the content did.
-        return float(-k_a * self.d_angle), float(-k_r * self.d_log)
+        # a peak within a sample (about 3 %) of the edge may be the edge, not the scale
+        beyond = beyond or (reach > 0 and abs(k_r) >= reach - 1)
+        return float(-k_a * self.d_angle), float(-k_r * self.d_log), beyond
 
 
 def _vertex(a, b, c) -> float:
@@ -285,11 +298,12 @@ class ModelRegistrar:
         return hit
 
     # -- the three steps --------------------------------------------------------
-    def coarse(self, frame, levels=None) -> np.ndarray:
-        """Warp parameters from the log-polar rotation and scale and the masked shift."""
+    def coarse(self, frame, levels=None) -> tuple[np.ndarray, bool]:
+        """Warp parameters from the log-polar rotation and scale and the masked shift, and
+        whether the scale lies at or beyond the search (:meth:`LogPolar.estimate`)."""
         if levels is None:
             levels = pyramid(frame, (self.f_polar, self.f_coarse))
-        angle, log_scale = self.polar.estimate(
+        angle, log_scale, beyond = self.polar.estimate(
             self.ref_polar, self.polar.transform(levels[self.f_polar]),
             scale=self.model.scales,
         )
@@ -321,7 +335,7 @@ class ModelRegistrar:
             raise ValueError("the frame's valid pixels never overlap the reference's")
         _, theta, lin, shift = best
         u = -lin @ shift * fc
-        return self.model.from_coarse(u, theta, lin)
+        return self.model.from_coarse(u, theta, lin), beyond
 
     def register(self, frame):
         """``(transform, quality)`` of one frame (finite on its valid pixels)."""
@@ -331,9 +345,11 @@ class ModelRegistrar:
     def register_with_sigma(self, frame):
         """``(transform, quality, sigma)`` of one frame: ``sigma`` the one-sigma errors of
         the centre's shift (px per axis), the rotation (degrees) and the scale, from the
-        full-resolution refinement's covariance (NaN when unknown)."""
+        full-resolution refinement's covariance (NaN when unknown). The scale's error is
+        infinite when the frame's scale lies at or beyond the search's +-25 %
+        (``MAX_LOG_SCALE``): the search does not bound it, and the result flags the frame."""
         levels = pyramid(frame, (1, self.f_polar, self.f_coarse))
-        params = self.coarse(frame, levels)
+        params, beyond = self.coarse(frame, levels)
         result, noise = None, None
         for f in self.levels:
             p = params.copy()
@@ -346,6 +362,8 @@ class ModelRegistrar:
                 noise = (alpha * f * f, beta * f * f, floor * f * f)
         centre = (np.asarray(self.shape, float) - 1) / 2
         sigma = model_sigma(params, result.covariance, self.model, centre)
+        if beyond:
+            sigma[3] = np.inf
         return self.model.transform(params, centre), result.quality, sigma
 
     def xcorr_window(self, frame, transform, radius: int) -> np.ndarray:

@@ -11,11 +11,18 @@ __all__ = ["SIMILARITY", "Similarity"]
 
 class Similarity(Model):
     """A rotation, a uniform scale and a shift; warp parameters ``(u_y, u_x, b, a)``
-    with ``A = [[1 + a, -b], [b, 1 + a]]`` (linear in the parameters)."""
+    with ``A = [[1 + a, -b], [b, 1 + a]]`` (linear in the parameters).
+
+    The scale is searched within +-25 % of the reference's (0.8 to 1.25:
+    ``_logpolar.MAX_LOG_SCALE``). A frame whose scale lies at or near that bound
+    (the search's best match within about 3 % of its edge, or a better one
+    beyond it), or whose measured scale is beyond about +-22 %, may be wrong: it
+    gets an infinite scale sigma, is flagged as an outlier, and the result warns.
+    """
 
     name = "similarity"
     label = "similarity (+ scale)"
-    summary = "rotation, uniform scale and shift; 2D frames"
+    summary = "rotation, uniform scale (within +-25 % of the reference's) and shift; 2D frames"
     columns = ("rotation_deg", "scale")
     scales = True
 

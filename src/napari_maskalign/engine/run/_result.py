@@ -265,15 +265,35 @@ def _magnifications(transforms) -> np.ndarray:
 SCALE_FLAG_SHARE = 0.9
 
 
-def scale_beyond_search(scales) -> np.ndarray:
+def scale_beyond_search(scales, scale_sigma=None) -> np.ndarray:
     """Frames whose scale lies near or beyond the coarse search's +-25 %: flagged, since
-    a larger change is outside what the search looks for and may come back wrong."""
+    a larger change is outside what the search looks for and may come back wrong. A
+    measured scale near the bound, or an infinite ``scale_sigma`` (the search saw its
+    best match at or beyond its edge, whatever the refinement made of it), says so."""
     from ..models._logpolar import MAX_LOG_SCALE
 
     s = np.asarray(scales, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         far = np.abs(np.log(s)) > SCALE_FLAG_SHARE * MAX_LOG_SCALE
-    return far | ~np.isfinite(s) | (s <= 0)
+    far = far | ~np.isfinite(s) | (s <= 0)
+    if scale_sigma is not None:
+        far = far | np.isposinf(np.asarray(scale_sigma, dtype=float))
+    return far
+
+
+def scale_warning(beyond) -> str | None:
+    """The result's warning for frames whose scale lies at or beyond the search bound."""
+    from ..models._logpolar import MAX_LOG_SCALE
+
+    idx = np.flatnonzero(beyond)
+    if not idx.size:
+        return None
+    bound = 100 * (np.exp(MAX_LOG_SCALE) - 1)
+    some = ", ".join(str(int(i)) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
+    return (f"{idx.size} frame{'s' if idx.size != 1 else ''} ({some}) changed scale by about "
+            f"+-{bound:.0f} % or more against the reference, at or beyond what the search "
+            "looks for: their scale may be wrong and they are flagged as outliers (register "
+            "against a reference closer in scale, e.g. the previous frame)")
 
 
 def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | None = None,
@@ -307,7 +327,13 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
         rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
         scale = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
         raw_transforms = similarity_transforms(raw, rot, scale, frame_shape)
-        outliers = outliers | scale_beyond_search(scale)
+        psig = (None if parameter_uncertainties is None
+                else np.asarray(parameter_uncertainties, dtype=float)[:, 1])
+        beyond = scale_beyond_search(scale, psig)
+        outliers = outliers | beyond
+        said = scale_warning(beyond)
+        if said is not None:
+            kept["warnings"] = [*(kept.get("warnings") or []), said]
         if options.interpolate_outliers:
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
