@@ -642,21 +642,24 @@ def test_register_smoothing_writes_smoothed_and_raw_shifts_and_says_what_it_did(
     text = capsys.readouterr().out
     assert "smoothing: kept 1 jump(s) (at frame 20); uncertainty lowered" in text
     lines = shifts_csv.read_text().splitlines()
-    assert lines[0] == "frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x"
+    assert lines[0] == ("frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x,"
+                        "raw_sigma_y,raw_sigma_x")
     rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     measured = register_stack(s.stack, mask=s.valid, upsample_factor=20, hot_pixels="off")
-    np.testing.assert_allclose(rows[:, 6:], measured.raw_shifts)
+    np.testing.assert_allclose(rows[:, 6:8], measured.raw_shifts)
+    np.testing.assert_array_equal(rows[1:, 8:], measured.uncertainties[1:])  # as measured
     table = io.read_shift_table(shifts_csv, n_frames=40, ndim=2)  # readers take the smoothed
     np.testing.assert_allclose(table.shifts, rows[:, 1:3])
     truth = s.expected_shifts(0)
     err = np.abs(table.shifts - truth).mean()
     assert err < np.abs(measured.raw_shifts - truth).mean()
-    # --resume continues from the measured shifts, not the smoothed ones
+    # --resume continues from the measured shifts and errors, not the smoothed ones
     assert cli("register", tmp_path / "stack.npy", "--mask", tmp_path / "block.npy",
                "--upsample", 20, "--hot-pixels", "off", "--smoothing", "auto",
                "--shifts", shifts_csv, "--resume") == 0  # fmt: skip
     again = np.array([[float(v) for v in line.split(",")]
                       for line in shifts_csv.read_text().splitlines()[1:]])
-    np.testing.assert_allclose(again[:, 6:], measured.raw_shifts)
+    np.testing.assert_allclose(again[:, 6:8], measured.raw_shifts)
+    np.testing.assert_array_equal(again, rows)  # the table of the one run, unchanged
     with pytest.raises(SystemExit):
         build_parser().parse_args(["register", "x.npy", "--smoothing", "strong"])

@@ -296,6 +296,35 @@ def test_shifts_csv_round_trips_exactly(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["shifts.csv"]  # no temp file left
 
 
+def test_a_smoothed_table_reads_back_smoothed_or_measured(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 6
+    smooth, raw = (io.ShiftTable(rng.normal(size=(n, 2)), rng.random(n), rng.normal(size=n),
+                                 1 + 0.01 * rng.normal(size=n), rng.random((n, 2)),
+                                 rng.random((n, 2))) for _ in range(2))
+    path = tmp_path / "s.csv"
+    io.write_shifts_csv(path, *smooth[:2], rotations=smooth.rotations, scales=smooth.scales,
+                        uncertainties=smooth.uncertainties,
+                        parameter_uncertainties=smooth.parameter_uncertainties, raw=raw)
+    for measured, expected in ((False, smooth), (True, raw)):
+        back = io.read_shift_table(path, n_frames=n, measured=measured)
+        np.testing.assert_array_equal(back.quality, smooth.quality)  # one quality column
+        for got, want in zip(back[:1] + back[2:], expected[:1] + expected[2:]):
+            np.testing.assert_array_equal(got, want)  # bit for bit
+    # a table without raw columns reads the same either way
+    io.write_shifts_csv(path, *smooth[:2], uncertainties=smooth.uncertainties)
+    np.testing.assert_array_equal(io.read_shift_table(path, measured=True).shifts, smooth.shifts)
+    # a smoothed table written before the raw_sigma columns: the measured shifts, errors unknown
+    path.write_text("frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x\n"
+                    "0,0.5,0.25,1.0,0.01,0.01,0.75,0.125\n")
+    old = io.read_shift_table(path, measured=True)
+    np.testing.assert_array_equal(old.shifts, [[0.75, 0.125]])
+    assert old.uncertainties is None
+    with pytest.raises(ValueError, match="shape of shifts"):
+        io.write_shifts_csv(path, smooth.shifts, smooth.quality, raw=io.ShiftTable(
+            raw.shifts[:2], raw.quality[:2]))
+
+
 def test_shifts_csv_3d_and_hand_written(tmp_path):
     path = tmp_path / "s.csv"
     io.write_shifts_csv(path, np.arange(9.0).reshape(3, 3), [1, 1, 1])

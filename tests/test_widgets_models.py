@@ -185,3 +185,39 @@ def test_an_imported_rigid_table_is_rigid(qtbot, tmp_path, shifts_dock, register
     path.write_text("\n".join(rows) + "\n")
     wait_job(qtbot, shifts_dock, lambda: shifts_dock.import_csv(path))
     assert meta_of(registered)["model"] == "rigid"
+
+
+def test_a_smoothed_similarity_result_keeps_its_measured_values_and_every_error(turning, tmp_path):
+    """The dock's CSV of a smoothed run: smoothed values with their own errors, the measured
+    rotation, scale and errors as raw_* columns (what --resume of a CLI table reads)."""
+    from napari_maskalign import io
+    from napari_maskalign.engine import register_stack, transform_parameters
+    from napari_maskalign.workflow import AlignSettings
+
+    result = register_stack(turning.stack, mask=turning.valid, model="similarity",
+                            smoothing="auto")
+    shape = turning.stack.shape[1:]
+    res = AlignedResult.from_registration(result, source="turning", frame_shape=shape,
+                                          reference="frame 0", mask=None,
+                                          align=AlignSettings())
+    np.testing.assert_array_equal(res.shift_uncertainties(), result.smoothed_uncertainties)
+    np.testing.assert_array_equal(res.turn_uncertainties(),
+                                  result.smoothed_parameter_uncertainties)
+    assert np.all(res.turn_uncertainties()[1:] < result.parameter_uncertainties[1:])  # smoothed
+    raw = res.measured_table()
+    _, rotations, scales = transform_parameters(result.raw_transforms, shape)
+    np.testing.assert_array_equal(raw.rotations, rotations)
+    np.testing.assert_array_equal(raw.scales, scales)
+    assert not np.allclose(raw.rotations, res.rotations)  # smoothed ones differ
+    edited = res.replace(edited=(3,))
+    assert np.isnan(edited.shift_uncertainties()[3]).all()
+    assert np.isfinite(edited.shift_uncertainties()[[2, 4]]).all()
+    path = tmp_path / "s.csv"
+    io.write_shifts_csv(path, res.shifts, res.quality, rotations=res.rotations,
+                        scales=res.scales, uncertainties=res.shift_uncertainties(),
+                        parameter_uncertainties=res.turn_uncertainties(),
+                        raw=res.measured_table())
+    back = io.read_shift_table(path, measured=True)
+    np.testing.assert_allclose(back.rotations, rotations)
+    np.testing.assert_allclose(back.uncertainties, result.uncertainties)
+    np.testing.assert_allclose(back.parameter_uncertainties, result.parameter_uncertainties)

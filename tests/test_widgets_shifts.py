@@ -488,7 +488,7 @@ def test_editing_integer_output_updates_its_no_data_mask(qtbot, viewer_model, sm
 
 
 def test_smoothing_from_the_register_dock_plots_measured_dots_smoothed_lines_and_jumps(
-        qtbot, loaded_model):
+        qtbot, loaded_model, tmp_path):
     reg = RegisterWidget(loaded_model)
     qtbot.addWidget(reg)
     reg.reference.value = "index"
@@ -509,6 +509,21 @@ def test_smoothing_from_the_register_dock_plots_measured_dots_smoothed_lines_and
     dots = [line for line in ax.get_lines() if line.get_marker() == "." and len(line.get_ydata())]
     for line, column in zip(dots, meta["raw_shifts"].T):
         np.testing.assert_allclose(line.get_ydata(), column)
+    # the dock's CSV is the command line's: the smoothed shifts with their own errors, and
+    # the measured shifts and errors as raw_* columns (they were NaN: not "measured")
+    from napari_maskalign import io
+
+    path = w.export_csv(tmp_path / "smoothed.csv")
+    assert path.read_text().splitlines()[0] == (
+        "frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x,"
+        "raw_sigma_y,raw_sigma_x")
+    table, measured = io.read_shift_table(path), io.read_shift_table(path, measured=True)
+    np.testing.assert_allclose(table.shifts, meta["shifts"])
+    np.testing.assert_allclose(table.uncertainties, meta["smoothed_sigma"])
+    assert np.isfinite(table.uncertainties).all()
+    np.testing.assert_allclose(measured.shifts, meta["raw_shifts"])
+    np.testing.assert_allclose(measured.uncertainties, meta["uncertainties"])
+    assert np.all(table.uncertainties[1:] < measured.uncertainties[1:])  # smoothing helped
     # a jump kept at frame 5: a dashed line between frames 4 and 5, and the legend says so
     layer = loaded_model.layers["stack aligned"]
     layer.metadata = {**layer.metadata, "maskalign": {**meta, "jumps": [5]}}

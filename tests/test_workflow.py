@@ -390,6 +390,63 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drai
         resume_rows(path, settings, n, 2)
 
 
+@pytest.mark.parametrize("model", ["rigid", "similarity"])
+def test_a_smoothed_rigid_run_resumed_gives_the_table_of_one_run(tmp_path, turning, model,
+                                                                  drain):
+    """A smoothed table's shift, rotation, scale and sigma columns are smoothed: a resume,
+    of a killed run or of a finished one (its outputs not written yet), must continue
+    from the measured values, kept in the raw_* columns, and end with the same table."""
+    options = RegistrationOptions(model=model, smoothing="auto")
+    n = len(turning.stack)
+    settings = run_settings(tmp_path / "in.npy", turning.stack, turning.valid, options)
+
+    def run(path, stop=None):
+        journal = ShiftJournal(path, n, 2, settings, interval=0)
+        journal.preload(*resume_rows(path, settings, n, 2))
+        steps = register(turning.stack, options, mask=turning.valid, journal=journal)
+        if stop is None:
+            return drain(steps)[1]
+        for _ in range(stop):
+            next(steps)
+        steps.close()
+
+    one = run(tmp_path / "one.csv")
+    assert one.jumps is not None and one.smoothed_uncertainties is not None
+    expected = (tmp_path / "one.csv").read_text()
+    header = expected.splitlines()[0].split(",")
+    assert header[10:] == ["raw_shift_y", "raw_shift_x", "raw_rotation_deg", "raw_scale",
+                           "raw_sigma_y", "raw_sigma_x", "raw_sigma_rotation_deg",
+                           "raw_sigma_scale"]
+    measured = io.read_shift_table(tmp_path / "one.csv", measured=True)
+    np.testing.assert_array_equal(measured.shifts, one.raw_shifts)
+    np.testing.assert_allclose(measured.transforms(turning.stack.shape[1:]), one.raw_transforms,
+                               atol=1e-12)
+    # (frame 0 is the reference: measured ~1e-17, which the smoothing counts as unknown)
+    assert np.all(measured.uncertainties[0] < 1e-12)
+    np.testing.assert_array_equal(measured.uncertainties[1:], one.uncertainties[1:])
+    np.testing.assert_array_equal(measured.parameter_uncertainties,
+                                  one.parameter_uncertainties)
+    # the main columns: the smoothed values with their own (smaller) errors
+    smoothed = io.read_shift_table(tmp_path / "one.csv")
+    np.testing.assert_allclose(smoothed.rotations, one.rotations)
+    np.testing.assert_array_equal(smoothed.parameter_uncertainties,
+                                  one.smoothed_parameter_uncertainties)
+    assert np.all(smoothed.parameter_uncertainties[1:, 0]
+                  < measured.parameter_uncertainties[1:, 0])  # the rotation's
+
+    killed = tmp_path / "killed.csv"
+    run(killed, stop=5)
+    assert len(io.read_shift_table(killed).shifts) == 5
+    run(killed)  # killed, then resumed
+    run(killed)  # finished, then resumed again (an output was missing): nothing changes
+    for mode in (False, True):
+        a = io.read_shift_table(killed, measured=mode)
+        b = io.read_shift_table(tmp_path / "one.csv", measured=mode)
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+    assert killed.read_text().splitlines()[0] == expected.splitlines()[0]
+
+
 def test_align_and_mean_follow_the_transforms(turning, drain):
     r = register_stack(turning.stack, mask=turning.valid, model="rigid")
     assert r.transforms.shape == (8, 3, 3)

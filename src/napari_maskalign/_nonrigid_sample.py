@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._sample_data import _beam_block
+from ._sample_data import _beam_block, _lattice
 
 __all__ = ["CONTENTS", "NonrigidStack", "make_nonrigid_stack"]
 
@@ -78,10 +78,8 @@ def _diffraction(shape, rng):
     centre = np.array([h / 2 + 0.37, w / 2 - 0.21])
     half = min(shape) / 2
     spacing = max(10.0, min(shape) / 28)
-    a = spacing * np.array([[np.cos(0.3), np.sin(0.3)], [np.cos(0.3 + np.pi / 3), np.sin(0.3 + np.pi / 3)]])
-    n = int(1.6 * max(shape) / spacing) + 2
-    ij = np.stack(np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij"), -1).reshape(-1, 2)
-    pts = centre + ij @ a
+    # the sample generator's hexagonal lattice, over the whole frame
+    pts = centre + _lattice(2, spacing, 0.3, int(1.6 * max(shape) / spacing) + 2)
     keep = np.all((pts > -10) & (pts < np.array(shape) + 10), axis=1)
     pts = pts[keep]
     amp = rng.uniform(0.4, 1.6, len(pts))

@@ -181,17 +181,22 @@ def _random_drift(rng: np.random.Generator, n_frames: int, ndim: int, max_drift:
     return walk * (max_drift / peak) if peak > 0 else walk
 
 
-def _lattice_points(ndim: int, spacing: float, radius: float, angle: float):
-    """Points of a (hexagonal in 2D, cubic otherwise) lattice within ``radius``."""
+def _lattice(ndim: int, spacing: float, angle: float, n: int) -> np.ndarray:
+    """The points of a (hexagonal in 2D, cubic otherwise) lattice about the origin
+    whose coefficients lie within +-``n``, in their coefficients' order."""
     if ndim == 2:
         c, s = np.cos(angle), np.sin(angle)
         basis = spacing * np.array([[c, s], [c * 0.5 - s * np.sqrt(3) / 2, s * 0.5 + c * np.sqrt(3) / 2]])
     else:
         basis = spacing * np.eye(ndim)
-    n = int(np.ceil(radius / spacing * 1.3)) + 1
     grids = np.meshgrid(*[np.arange(-n, n + 1)] * ndim, indexing="ij")
     coeffs = np.stack([g.ravel() for g in grids], axis=1)
-    pts = coeffs @ basis
+    return coeffs @ basis
+
+
+def _lattice_points(ndim: int, spacing: float, radius: float, angle: float):
+    """Points of a (hexagonal in 2D, cubic otherwise) lattice within ``radius``."""
+    pts = _lattice(ndim, spacing, angle, int(np.ceil(radius / spacing * 1.3)) + 1)
     r = np.linalg.norm(pts, axis=1)
     keep = (r > spacing * 0.5) & (r < radius)
     return pts[keep], r[keep]

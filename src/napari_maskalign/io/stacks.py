@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.backends._frames import is_dask
+from ..engine.backends._frames import check_pixel_dtype, is_dask
 from ._indexing import FrameIndexing
 from .detectors import open_detector_stack  # HDF5, MRC, DM3/DM4, MIB
 
@@ -130,28 +130,6 @@ def _frame_shape(shape: Sequence[int]) -> tuple[int, ...]:
     while len(shape) > 2 and shape[0] == 1:
         shape = shape[1:]
     return shape
-
-
-#: what a dtype that cannot be registered holds, in the user's words
-_NOT_NUMBERS = {"O": "Python objects", "U": "text", "S": "bytes", "c": "complex numbers",
-                "V": "records", "M": "dates", "m": "time spans"}
-
-
-def check_pixel_dtype(dtype, source) -> np.dtype:
-    """``dtype`` if its pixels are real numbers (bool, integers, floats), else ``ValueError``
-    naming ``source``. Checked from the header, before any frame is read: an object
-    array may be decoded by unpickling, which can run code."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = np.dtype(object)
-    if dt.kind not in "biuf":
-        what = _NOT_NUMBERS.get(dt.kind, f"dtype {dt}")
-        raise ValueError(
-            f"cannot use {source}: its pixels are {what} (dtype {dt}); a stack must hold real "
-            "numbers (integers, floats or booleans)"
-        )
-    return dt
 
 
 _NO_IMAGE = "no image found in it (a damaged or truncated file, or not a TIFF)"

@@ -15,6 +15,10 @@ Tables of a registration also carry each frame's one-sigma error after
 pixels, and for rigid and similarity runs ``sigma_rotation_deg`` and
 ``sigma_scale``; ``nan`` where unknown. They are optional when reading (older
 tables have none).
+
+A smoothed run's table (``smoothing="auto"``) holds the smoothed values in
+those columns and every one of them again as measured, ``raw_`` in front
+(``raw_shift_y``, ..., ``raw_sigma_scale``): what ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -83,66 +87,76 @@ def sigma_columns(ndim: int) -> list[str]:
     return [c.replace("shift_", "sigma_") for c in shift_columns(ndim)]
 
 
-def _per_row(values, n, width, what) -> list | None:
+def _per_row(values, n, width, what) -> np.ndarray | None:
     if values is None:
         return None
     values = np.asarray(values, dtype=float)
     if values.shape != (n, width):
         raise ValueError(f"{what} must have shape {(n, width)}, got {values.shape}")
-    return values.tolist()
+    return values
+
+
+def _columns(shifts, rotations, scales, uncertainties, parameter_uncertainties):
+    """A table's columns besides ``frame`` and ``quality``, checked: ``(names before
+    quality, their values (n, k), names after quality, their values)``."""
+    n, ndim = shifts.shape
+    names, values = shift_columns(ndim), [shifts]
+    moves = rotations is not None or scales is not None
+    if moves:
+        rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
+        scl = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
+        if rot.shape != (n,) or scl.shape != (n,):
+            raise ValueError(f"rotations and scales must have one value per frame ({n})")
+        names, values = [*names, *TRANSFORM_COLUMNS], [*values, rot[:, None], scl[:, None]]
+    after, errors = [], []
+    sig = _per_row(uncertainties, n, ndim, "uncertainties")
+    if sig is not None:
+        after, errors = sigma_columns(ndim), [sig]
+        if moves:
+            psig = _per_row(parameter_uncertainties, n, 2, "parameter_uncertainties")
+            after = [*after, *TRANSFORM_SIGMA_COLUMNS]
+            errors.append(np.full((n, 2), np.nan) if psig is None else psig)
+    return names, np.hstack(values), after, np.hstack(errors) if errors else np.zeros((n, 0))
 
 
 def format_shifts_csv(shifts, quality, frames=None, *, rotations=None, scales=None,
                       uncertainties=None, parameter_uncertainties=None,
-                      raw_shifts=None) -> str:
+                      raw: ShiftTable | None = None) -> str:
     shifts = np.asarray(shifts, dtype=float)
     if shifts.ndim != 2:
         raise ValueError(f"shifts must be a table of shape (n_frames, ndim), got {shifts.shape}")
-    n, ndim = shifts.shape
+    n = len(shifts)
     quality = np.full(n, np.nan) if quality is None else np.asarray(quality, dtype=float)
     if quality.shape != (n,):
         raise ValueError(f"quality must have one value per frame ({n}), got {quality.shape}")
     frames = np.arange(n) if frames is None else np.asarray(frames, dtype=int)
     if frames.shape != (n,):
         raise ValueError(f"frames must have one index per row ({n}), got {frames.shape}")
-    extra = []
-    if rotations is not None or scales is not None:
-        rot = np.zeros(n) if rotations is None else np.asarray(rotations, dtype=float)
-        scl = np.ones(n) if scales is None else np.asarray(scales, dtype=float)
-        if rot.shape != (n,) or scl.shape != (n,):
-            raise ValueError(f"rotations and scales must have one value per frame ({n})")
-        extra = np.column_stack([rot, scl]).tolist()
-    sig = _per_row(uncertainties, n, ndim, "uncertainties")
-    psig = _per_row(parameter_uncertainties, n, 2, "parameter_uncertainties") if extra else None
-    if sig is not None and extra and psig is None:
-        psig = np.full((n, 2), np.nan).tolist()
-    columns = ["frame", *shift_columns(ndim), *(TRANSFORM_COLUMNS if extra else ()), "quality"]
-    if sig is not None:
-        columns += [*sigma_columns(ndim), *(TRANSFORM_SIGMA_COLUMNS if extra else ())]
-    raw = None
-    if raw_shifts is not None:
-        raw = np.asarray(raw_shifts, dtype=float)
-        if raw.shape != shifts.shape:
-            raise ValueError(f"raw_shifts must have the shape of shifts {shifts.shape}, got {raw.shape}")
-    if raw is not None:
-        columns += ["raw_" + c for c in shift_columns(ndim)]
+    names, values, after, errors = _columns(shifts, rotations, scales, uncertainties,
+                                            parameter_uncertainties)
+    columns = ["frame", *names, "quality", *after]
+    blocks = [values, quality[:, None], errors]
+    if raw is not None:  # the measured values: every column again, raw_ in front
+        raw_shifts = np.asarray(raw.shifts, dtype=float)
+        if raw_shifts.shape != shifts.shape:
+            raise ValueError(f"the raw shifts must have the shape of shifts {shifts.shape}, "
+                             f"got {raw_shifts.shape}")
+        r_names, r_values, r_after, r_errors = _columns(
+            raw_shifts, raw.rotations, raw.scales, raw.uncertainties,
+            raw.parameter_uncertainties)
+        columns += ["raw_" + c for c in (*r_names, *r_after)]
+        blocks += [r_values, r_errors]
     lines = [",".join(columns)]
     # repr() is the shortest text that reads back to the same float: a resumed
-    # run continues from exactly the numbers it wrote
-    for k, (f, row, q) in enumerate(zip(frames.tolist(), shifts.tolist(), quality.tolist())):
-        values = [*row, *(extra[k] if extra else ()), q]
-        if sig is not None:
-            values += [*sig[k], *(psig[k] if extra else ())]
-        # (+ 0.0 turns -0.0 into 0.0)
-        if raw is not None:
-            values += raw[k].tolist()
-        lines.append(",".join([str(f), *(repr(v + 0.0) for v in values)]))
+    # run continues from exactly the numbers it wrote (+ 0.0 turns -0.0 into 0.0)
+    for f, row in zip(frames.tolist(), np.hstack(blocks).tolist()):
+        lines.append(",".join([str(f), *(repr(v + 0.0) for v in row)]))
     return "\n".join(lines) + "\n"
 
 
 def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool = True,
                      rotations=None, scales=None, uncertainties=None,
-                     parameter_uncertainties=None, raw_shifts=None) -> None:
+                     parameter_uncertainties=None, raw: ShiftTable | None = None) -> None:
     """Write a shift table atomically (temporary file in the same folder, then rename).
 
     Columns: ``frame``, ``shift_y``, ``shift_x`` (``shift_z`` first for 3D
@@ -153,15 +167,17 @@ def write_shifts_csv(path, shifts, quality=None, *, frames=None, durable: bool =
     ``uncertainties`` (one-sigma errors, ``(n, ndim)`` px) the columns
     ``sigma_y``, ``sigma_x`` follow ``quality`` (with ``sigma_rotation_deg``
     and ``sigma_scale`` from ``parameter_uncertainties`` for rigid and
-    similarity tables). With ``raw_shifts`` (smoothed shifts: the measured
-    ones) the columns ``raw_shift_y``, ``raw_shift_x`` come last; readers take
-    the ``shift_*`` columns. Floats are written with full precision (they read
-    back exactly).
+    similarity tables). With ``raw`` (a :class:`ShiftTable` of the measured
+    values, when the others are smoothed) every column but ``frame`` and
+    ``quality`` follows again, as measured, named ``raw_shift_y``,
+    ``raw_shift_x``, (``raw_rotation_deg``, ``raw_scale``,) ``raw_sigma_y``,
+    ... ; readers take the smoothed columns unless asked for the measured
+    ones (:func:`read_shift_table`). Floats are written with full precision
+    (they read back exactly).
     """
     text = format_shifts_csv(shifts, quality, frames, rotations=rotations, scales=scales,
                              uncertainties=uncertainties,
-                             parameter_uncertainties=parameter_uncertainties,
-                             raw_shifts=raw_shifts)
+                             parameter_uncertainties=parameter_uncertainties, raw=raw)
     atomic_write_text(path, text, durable=durable)
 
 
@@ -172,7 +188,8 @@ def read_shifts_csv(path, n_frames: int | None = None, ndim: int | None = None):
     return table.shifts, table.quality
 
 
-def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None) -> ShiftTable:
+def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None, *,
+                     measured: bool = False) -> ShiftTable:
     """Read a shift table written by :func:`write_shifts_csv` (or by hand).
 
     Columns are found by name: ``frame``, ``shift_y``, ``shift_x`` (and
@@ -182,6 +199,12 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
     ``sigma_x`` (``sigma_z``), ``sigma_rotation_deg``, ``sigma_scale``; other
     columns are ignored. Rows must count
     frames ``0, 1, 2, ...`` in order.
+
+    A smoothed table (one with ``raw_shift_*`` columns) holds the measured
+    values again in ``raw_*`` columns; ``measured=True`` reads those (what a
+    resumed run continues from), each column from its ``raw_`` twin where
+    the table has one; a smoothed table's errors without a twin (tables
+    written before those columns) are then unknown.
 
     Parameters
     ----------
@@ -243,19 +266,26 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
             f"the shifts file {name} has shifts along {', '.join(found)} but the frames are "
             f"{ndim}D ({', '.join(cols)})"
         )
+    smoothed = measured and all("raw_" + c in header for c in cols)
+
+    def where(c):  # the column read for c: its measured twin when asked for
+        return header.index("raw_" + c if smoothed and "raw_" + c in header else c)
+
     idx_frame = header.index("frame")
-    idx_shift = [header.index(c) for c in cols]
+    idx_shift = [where(c) for c in cols]
     idx_q = header.index("quality") if "quality" in header else None
-    idx_t = {c: header.index(c) for c in TRANSFORM_COLUMNS if c in header}
+    idx_t = {c: where(c) for c in TRANSFORM_COLUMNS if c in header}
     if idx_t and ndim != 2:
         raise ValueError(
             f"the shifts file {name} has {', '.join(idx_t)} but the frames are {ndim}D: "
             "rotation and scale are for 2D frames"
         )
-    idx_sig = [header.index(c) for c in sigma_columns(ndim) if c in header]
-    idx_sig = idx_sig if len(idx_sig) == ndim else []
-    idx_psig = [header.index(c) for c in TRANSFORM_SIGMA_COLUMNS if c in header]
-    idx_psig = idx_psig if len(idx_psig) == 2 and idx_t else []
+    def errors(names):  # all of them or none; a smoothed table's measured ones when asked
+        names = ["raw_" + c if smoothed else c for c in names]
+        return [header.index(c) for c in names] if all(c in header for c in names) else []
+
+    idx_sig = errors(sigma_columns(ndim))
+    idx_psig = errors(TRANSFORM_SIGMA_COLUMNS) if idx_t else []
     body = rows[1:]
     sig = np.full((len(body), ndim), np.nan)
     psig = np.full((len(body), 2), np.nan)
@@ -278,9 +308,9 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None)
                 "list frames 0, 1, 2, ... in order"
             )
         for k, c in enumerate(idx_shift):
-            shifts[r, k] = _number(row[c], line, cols[k], name)
+            shifts[r, k] = _number(row[c], line, header[c], name)
         for c, i in idx_t.items():
-            extra[c][r] = _number(row[i], line, c, name)
+            extra[c][r] = _number(row[i], line, header[i], name)
             if c == "scale" and not extra[c][r] > 0:
                 raise ValueError(f"line {line} of {name}: scale must be positive, got {row[i]}")
         if idx_q is not None and row[idx_q].strip():

@@ -88,6 +88,12 @@ class AlignedResult:
         Smoothed over time (``smoothing="auto"``): the frames that start a new
         segment (``shifts`` are smoothed, ``raw_shifts`` measured); None when
         the shifts were not smoothed.
+    smoothed_sigma : ndarray, shape (n_frames, ndim) or (n_frames, ndim + 2), or None
+        Smoothed: the one-sigma errors of the smoothed values: the shift per
+        axis, then for rigid and similarity the rotation (degrees) and scale.
+    measured_turns : ndarray, shape (n_frames, 2), or None
+        Smoothed rigid and similarity results: the rotation (degrees) and the
+        scale as measured (``rotations`` and ``scales`` are smoothed).
     """
 
     source: str
@@ -113,37 +119,60 @@ class AlignedResult:
     uncertainties: np.ndarray | None = None
     parameter_uncertainties: np.ndarray | None = None
     jumps: tuple[int, ...] | None = None
+    smoothed_sigma: np.ndarray | None = None
+    measured_turns: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return int(len(self.shifts))
 
     def shift_uncertainties(self) -> np.ndarray | None:
-        """The one-sigma errors of :attr:`shifts` as they stand: NaN on frames whose
-        shift was interpolated or edited (not measured); None when there are none."""
-        if self.uncertainties is None:
-            return None
-        sigma = np.array(self.uncertainties, dtype=float)
-        if sigma.shape != self.shifts.shape:
-            return None
-        sigma[~self._measured()] = np.nan
-        return sigma
+        """The one-sigma errors of :attr:`shifts` as they stand (the smoothed shifts'
+        own when smoothed): NaN on frames whose shift was interpolated or edited (not
+        the run's); None when there are none."""
+        sigma = self.uncertainties
+        if self.jumps is not None:
+            sigma = None if self.smoothed_sigma is None else self.smoothed_sigma[:, :self.ndim]
+        return self._as_they_stand(sigma, self.shifts.shape)
 
     def turn_uncertainties(self) -> np.ndarray | None:
-        """:attr:`parameter_uncertainties` as they stand (NaN where not measured)."""
-        if self.parameter_uncertainties is None or self.rotations is None:
+        """The one-sigma errors of :attr:`rotations` and :attr:`scales` as they stand (the
+        smoothed ones' own when smoothed; NaN where not the run's)."""
+        if self.rotations is None:
             return None
-        sigma = np.array(self.parameter_uncertainties, dtype=float)
-        if sigma.shape != (self.n_frames, 2):
+        sigma = self.parameter_uncertainties
+        if self.jumps is not None:
+            sigma = None if self.smoothed_sigma is None else self.smoothed_sigma[:, self.ndim:]
+        return self._as_they_stand(sigma, (self.n_frames, 2))
+
+    def _as_they_stand(self, sigma, shape) -> np.ndarray | None:
+        if sigma is None or np.shape(sigma) != shape:
             return None
+        sigma = np.array(sigma, dtype=float)
         sigma[~self._measured()] = np.nan
         return sigma
 
     def _measured(self) -> np.ndarray:
-        """Frames whose shift is as measured (not interpolated, not edited)."""
-        measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
+        """Frames whose shift is the run's: as measured, or smoothed from the measured
+        ones (not interpolated, not edited)."""
+        if self.jumps is not None:  # every frame smoothed, outliers too
+            measured = np.ones(self.n_frames, bool)
+        else:
+            measured = np.all(np.isclose(self.shifts, self.raw_shifts), axis=1)
         measured[np.asarray(self.edited, int)] = False
         return measured
+
+    def measured_table(self):
+        """A smoothed result's values as measured (a
+        :class:`~napari_maskalign.io.ShiftTable`, the raw columns of its CSV); None
+        when the shifts were not smoothed."""
+        if self.jumps is None:
+            return None
+        from napari_maskalign.io import ShiftTable
+
+        turns = (None, None) if self.measured_turns is None else tuple(self.measured_turns.T)
+        return ShiftTable(self.raw_shifts, self.quality, *turns, self.uncertainties,
+                          self.parameter_uncertainties if self.rotations is not None else None)
 
     @property
     def ndim(self) -> int:
@@ -225,6 +254,8 @@ class AlignedResult:
             parameter_uncertainties=getattr(result, "parameter_uncertainties", None),
             jumps=None if getattr(result, "jumps", None) is None else tuple(
                 int(j) for j in result.jumps),
+            **(_smoothed(result, frame_shape, moves) if getattr(result, "jumps", None) is not None
+               else {}),
             **{"valid": result.valid_mask, **fields},
         )
 
@@ -262,7 +293,20 @@ class AlignedResult:
         if d.get("valid") is not None:
             d["valid"] = np.asarray(d["valid"], bool)
         for key in ("rotations", "scales", "deformation_rms", "uncertainties",
-                    "parameter_uncertainties"):
+                    "parameter_uncertainties", "smoothed_sigma", "measured_turns"):
             if d.get(key) is not None:
                 d[key] = np.asarray(d[key], float)
         return cls(**d)
+
+
+def _smoothed(result, frame_shape, moves: bool) -> dict:
+    """A smoothed result's errors of its smoothed values and (rigid, similarity) its
+    measured rotations and scales."""
+    if not moves:
+        return {"smoothed_sigma": result.smoothed_uncertainties}
+    from napari_maskalign.engine import transform_parameters
+
+    _, rotations, scales = transform_parameters(result.raw_transforms, frame_shape)
+    return {"smoothed_sigma": np.column_stack([result.smoothed_uncertainties,
+                                               result.smoothed_parameter_uncertainties]),
+            "measured_turns": np.column_stack([rotations, scales])}

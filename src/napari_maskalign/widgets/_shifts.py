@@ -326,7 +326,8 @@ class ShiftsWidget(EditsFrames, DockWidget):
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Write the shifts as CSV (frame, shift_[z,]y,x, quality, and the one-sigma
-        errors sigma_[z,]y,x of the measured shifts when known)."""
+        errors sigma_[z,]y,x of the shifts when known; after smoothing, the measured
+        values again as raw_* columns, as ``maskalign register`` writes them)."""
         found = self.attempt(self._require_result)
         if found is None:
             return None
@@ -337,7 +338,7 @@ class ShiftsWidget(EditsFrames, DockWidget):
         out = self.write_file(path, lambda p: write_shifts_csv(
             p, res.shifts, res.quality, rotations=res.rotations, scales=res.scales,
             uncertainties=res.shift_uncertainties(),
-            parameter_uncertainties=res.turn_uncertainties()))
+            parameter_uncertainties=res.turn_uncertainties(), raw=res.measured_table()))
         if out is not None:
             notify_info(f"Saved {res.n_frames} shifts to {out}.")
         return out

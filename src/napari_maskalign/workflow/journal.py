@@ -118,8 +118,8 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
             + "; ".join(diffs)
             + ")"
         )
-    try:
-        table = read_shift_table(path, ndim=ndim)
+    try:  # a smoothed table: continue from what was measured, not smoothed
+        table = read_shift_table(path, ndim=ndim, measured=True)
     except ValueError as exc:
         raise ValueError(f"cannot resume from {path}: {exc}") from None
     if len(table.shifts) > n_frames:
@@ -134,22 +134,7 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
         )
     if moves:
         return table
-    raw = _raw_shifts(path, ndim, len(table.shifts))
-    if raw is not None:  # a smoothed table: continue from what was measured, not smoothed
-        return ShiftTable(raw, table.quality)
     return ShiftTable(table.shifts, table.quality, uncertainties=table.uncertainties)
-
-
-def _raw_shifts(path: Path, ndim: int, n_rows: int) -> np.ndarray | None:
-    """The ``raw_shift_*`` columns of a smoothed shift table (the measured shifts), or
-    None when it has none."""
-    header = path.read_text().splitlines()[0].split(",")
-    wanted = ["raw_shift_" + a for a in "zyx"[3 - ndim:]]
-    if not all(c in header for c in wanted):
-        return None
-    cols = [header.index(c) for c in wanted]
-    data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2)
-    return data.reshape(n_rows, ndim)
 
 
 def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,

@@ -40,7 +40,7 @@ from ..engine.models import model_for_table
 from ..engine.run._masks import check_mask
 from ..engine.run._result import Steps
 from ..engine.run._stack import outlier_params
-from ..io import write_shifts_csv
+from ..io import ShiftTable, write_shifts_csv
 from .run import cluster_guard, cluster_stack
 
 __all__ = ["Registration", "register", "table_result"]
@@ -169,9 +169,12 @@ class Registration(Steps):
                              rotations=result.rotations if turns else None,
                              scales=result.scales if turns else None,
                              uncertainties=result.smoothed_uncertainties,
-                             parameter_uncertainties=(result.parameter_uncertainties
+                             parameter_uncertainties=(result.smoothed_parameter_uncertainties
                                                       if turns else None),
-                             raw_shifts=result.raw_shifts)
+                             raw=ShiftTable(journal.shifts, journal.quality,
+                                            journal.rotations, journal.scales,
+                                            journal.uncertainties,
+                                            journal.parameter_uncertainties))
         return result
 
 

@@ -22,6 +22,7 @@ from ._device import to_host
 __all__ = [
     "GROUP_BYTES",
     "GROUP_FRAMES",
+    "check_pixel_dtype",
     "check_stack",
     "frame_groups",
     "group_target",
@@ -58,10 +59,30 @@ def check_stack(stack):
         raise ValueError("the stack has no frames")
     if any(n < 2 for n in shape[1:]):
         raise ValueError(f"frames of shape {shape[1:]} are too small to register")
-    dt = np.dtype(stack.dtype)
-    if dt.kind not in "biuf":
-        raise ValueError(f"cannot register images of dtype {dt}: expected real numbers")
+    check_pixel_dtype(stack.dtype, "the stack")
     return stack, shape
+
+
+#: what a dtype that cannot be registered holds, in the user's words
+_NOT_NUMBERS = {"O": "Python objects", "U": "text", "S": "bytes", "c": "complex numbers",
+                "V": "records", "M": "dates", "m": "time spans"}
+
+
+def check_pixel_dtype(dtype, source="the stack") -> np.dtype:
+    """``dtype`` if its pixels are real numbers (bool, integers, floats), else ``ValueError``
+    naming ``source``. Checked from the header, before any frame is read: an object
+    array may be decoded by unpickling, which can run code."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = np.dtype(object)
+    if dt.kind not in "biuf":
+        what = _NOT_NUMBERS.get(dt.kind, f"dtype {dt}")
+        raise ValueError(
+            f"cannot use {source}: its pixels are {what} (dtype {dt}); a stack must hold real "
+            "numbers (integers, floats or booleans)"
+        )
+    return dt
 
 
 def group_target(frame_shape, dtype) -> int:

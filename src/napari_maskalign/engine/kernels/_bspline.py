@@ -146,6 +146,20 @@ class SplineGrid:
         dx = np.diff(np.eye(nx), axis=0)
         return np.kron(dy.T @ dy, np.eye(nx)) + np.kron(np.eye(ny), dx.T @ dx)
 
+    def matern_precision(self, length: float, sd: float) -> np.ndarray:
+        """``(n, n)``: the precision matrix of a Matern field (smoothness 1) on the
+        control grid, ``tau (kappa**2 I + L)**2`` with ``L`` the grid's Laplacian
+        (:meth:`membrane`), whose correlation falls to about 0.1 at ``length`` px and
+        whose standard deviation is about ``sd`` px away from the grid's edges
+        (Lindgren, Rue & Lindstrom 2011, doi:10.1111/j.1467-9868.2011.00777.x):
+        a prior that pulls toward its mean as well as penalising the field's first
+        and second differences, so that where the data say nothing a field bends
+        smoothly back to the mean instead of carrying its last value on."""
+        kappa2 = 8.0 * (self.spacing / float(length)) ** 2
+        tau = 1.0 / (4.0 * np.pi * kappa2 * float(sd) ** 2)
+        a = kappa2 * np.eye(self.size) + self.membrane()
+        return tau * (a.T @ a)
+
     def fit_field(self, field) -> np.ndarray:
         """Least-squares coefficients ``(k, ny, nx)`` of a dense field ``(k, H, W)``
         (separable: two small solves per axis)."""

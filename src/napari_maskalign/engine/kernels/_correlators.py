@@ -246,24 +246,45 @@ class PhaseCorrelator:
         """
         shape, ndim = self.shape, len(self.shape)
         freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
-        ks = []
-        phase = None
-        for ax, (f, u) in enumerate(zip(freqs, shift)):
-            view = [1] * ndim
-            view[ax] = f.size
-            k = (2 * np.pi * f).reshape(view)
-            e = np.exp(1j * k * u).astype(raw.dtype)
-            phase = e if phase is None else phase * e
-            ks.append(k)
-        terms = raw * phase
-        re = terms.real * self._w
-        im = terms.imag * self._w
-        value = float(np.sum(re, dtype=np.float64))
-        grad = np.array([-float(np.sum(im * k, dtype=np.float64)) for k in ks])
+        ks = [2 * np.pi * f for f in freqs]
+        # the phase is separable: the last (half) axis is contracted first, by one
+        # matrix product with its phase times 1, k and k^2 (and the half-spectrum
+        # weights); what is left has a frame's rows only (one pass over the spectrum,
+        # not a dozen over product arrays)
+        k_last = ks[-1]
+        e_last = np.exp(1j * k_last * shift[-1]) * self._w
+        rows = raw.reshape(-1, raw.shape[-1]) @ np.stack([e_last, e_last * k_last,
+                                                          e_last * k_last * k_last], axis=1)
+        rows = rows.reshape(*raw.shape[:-1], 3)
+        phase = np.ones((), complex)
+        for ax in range(ndim - 1):
+            view = [1] * (ndim - 1)
+            view[ax] = ks[ax].size
+            phase = phase * np.exp(1j * ks[ax] * shift[ax]).reshape(view)
+        lead = tuple(range(ndim - 1))
+
+        def total(j, *axes):
+            """sum over the spectrum of raw * phase * w * (product of k over ``axes``)."""
+            t = rows[..., j] * phase
+            for ax in axes:
+                view = [1] * (ndim - 1)
+                view[ax] = ks[ax].size
+                t = t * ks[ax].reshape(view)
+            return complex(np.sum(t, axis=lead)) if lead else complex(t)
+
+        last = ndim - 1
+
+        def term(*axes):
+            """``total`` with the last axis's factors taken from the contraction."""
+            j = sum(1 for a in axes if a == last)
+            return total(j, *(a for a in axes if a != last))
+
+        value = term().real
+        grad = np.array([-term(ax).imag for ax in range(ndim)])
         hess = np.empty((ndim, ndim))
         for a in range(ndim):
             for b in range(a, ndim):
-                hess[a, b] = hess[b, a] = -float(np.sum(re * ks[a] * ks[b], dtype=np.float64))
+                hess[a, b] = hess[b, a] = -term(a, b).real
         try:
             step = -np.linalg.solve(hess, grad)
             curv = np.linalg.inv(-hess)

@@ -122,7 +122,10 @@ class MaskedCorrelator(FineGridRefinement):
         self.taper = float(taper)
         self.mov_mask = mov_mask
         ref_w = soft_weights(ref_mask, self.taper)
-        mov_w = soft_weights(mov_mask, self.taper)
+        # (one static mask for both, the usual case: one distance transform)
+        same = mov_mask is ref_mask or (mov_mask.shape == ref_mask.shape
+                                        and np.array_equal(mov_mask, ref_mask))
+        mov_w = ref_w if same else soft_weights(mov_mask, self.taper)
         self._mov_w = mov_w.astype(self.dtype)
 
         if max_shift is not None:
@@ -258,7 +261,7 @@ class MaskedCorrelator(FineGridRefinement):
         """Mask spectra, overlap counts and accepted displacements at FFT size ``pad``."""
         dt = self.dtype
         mask_f_ref = rfftn(ref_mask.astype(dt), pad, self.workers)
-        mask_f_mov = rfftn(mov_mask.astype(dt), pad, self.workers)
+        mask_f_mov = mask_f_ref if mov_mask is ref_mask else rfftn(mov_mask.astype(dt), pad, self.workers)
         overlap = irfftn(mask_f_mov.conj() * mask_f_ref, pad, self.workers)
         if self.taper == 0:
             overlap = np.round(overlap)  # binary masks: counts of pixels

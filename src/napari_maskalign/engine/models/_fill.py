@@ -1,13 +1,15 @@
-"""Ignored pixels filled from their nearest valid neighbour: before a spline or a
-Fourier transform, so that a mask's edge does not ring (the refinement, the
-log-polar search, and aligned copies of frames with ignored pixels)."""
+"""Ignored pixels filled before a spline or a Fourier transform, so that a mask's
+edge does not ring: from their nearest valid neighbour (the refinement, the
+log-polar search, and aligned copies of frames with ignored pixels), or
+smoothly from the valid pixels nearby (:func:`smooth_filler`: the Wiener
+estimate and the stack's template)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["filled", "nearest_fill_index"]
+__all__ = ["filled", "nearest_fill_index", "smooth_filler"]
 
 
 def nearest_fill_index(valid):
@@ -29,3 +31,24 @@ def filled(frame, index) -> np.ndarray:
         flat = out.reshape(-1)
         flat[index[0]] = flat[index[1]]
     return out
+
+
+def smooth_filler(valid, sigma: float = 4.0):
+    """A function giving a float64 copy of an image whose invalid pixels (False in
+    ``valid``) hold the Gaussian-weighted mean of the valid pixels nearby (normalized
+    convolution of width ``sigma``; the mean of all valid pixels where none is near):
+    smooth, so a Fourier transform does not ring on them. The mask's weights are
+    computed once, here."""
+    valid = np.asarray(valid, bool)
+    if valid.all():
+        return lambda image: np.asarray(image, dtype=np.float64)
+    w = ndi.gaussian_filter(valid.astype(np.float64), sigma)
+    weight, far = np.maximum(w, 1e-3), w <= 1e-3
+
+    def fill(image):
+        image = np.asarray(image, dtype=np.float64)
+        smooth = ndi.gaussian_filter(np.where(valid, image, 0.0), sigma) / weight
+        smooth[far] = float(image[valid].mean())
+        return np.where(valid, image, smooth)
+
+    return fill

@@ -9,15 +9,20 @@ mask on both (True = valid):
    correlations per patch, batched real FFTs): every reference-side spectrum
    is computed once per stack, because the block does not move;
 3. a cubic B-spline (:mod:`._bspline`) fitted to the patch shifts, weighted by
-   their quality, with a membrane penalty (featureless patches do not pull);
+   their quality, under a prior around the global shift whose size and
+   correlation come from the patches themselves (kriging with their
+   correlogram; a Matern field when too few matched): featureless areas follow
+   what the measured field does at that distance instead of carrying the
+   nearest measurement on;
 4. Gauss-Newton on the spline coefficients of the masked sum of squared
    differences between the reference and the warped frame, with a gain and an
    offset, on Anscombe-transformed counts, over pixels valid in the reference
    and where they land in the frame: on a coarse grid (64 px), then a fine one
-   (32 px) pulled toward the coarse answer. The Jacobian is the reference's
-   gradient (fixed per stack), so the normal matrix and its Cholesky factor
-   are computed once per stack and each iteration costs one warp and two small
-   matrix products per component;
+   (32 px) pulled toward the coarse answer, both under the same prior. The
+   Jacobian is the reference's gradient (fixed per stack), so the normal
+   matrix is computed once per stack (its Cholesky factor once per prior
+   size) and each iteration costs one warp and two small matrix products per
+   component;
 5. the frame's field is kept only where it fits the data better than the
    global translation; otherwise the frame falls back to the translation and
    is flagged.
@@ -29,6 +34,7 @@ pure shift ``s`` (scikit-image's registration shift) is ``v = -s``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,9 +46,25 @@ from ..kernels._bspline import SplineGrid
 
 __all__ = ["NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings", "anscombe"]
 
-#: the patch fit's membrane penalty and pull toward the global shift, relative to its
-#: mean data weight (measured: the Gauss-Newton steps after it matter far more)
-_PATCH_MEMBRANE, _PATCH_PULL = 0.1, 1e-3
+#: a patch's shift error (px): ``hypot(_PATCH_SD, _PATCH_SD_Q / quality)``; the first
+#: part because the shift of a 64 px patch averages the field over it (about 0.5 px at
+#: 2 px of field with a wavelength of 170 px), the second the noise (measured on the
+#: camera image's faint sky: about 1 px at peak correlations of 0.1-0.2)
+_PATCH_SD, _PATCH_SD_Q = 0.5, 0.1
+#: patches whose peak correlation is at most this are not used (measured: errors of
+#: several px below it)
+_MIN_QUALITY = 0.1
+#: the prior's standard deviation per component, relative to the RMS deviation of
+#: the good patches' shifts from the global shift (those average the field over
+#: their area, so they understate it), and its bounds in px
+_PRIOR_SD_FROM_PATCHES, _PRIOR_SD_RANGE = 1.2, (0.25, 5.0)
+#: the correlogram prior is tapered by a Gaussian of this many patch strides (measured
+#: at 512 px: 4 strides 0.62 / 0.81 px, 6: 0.58 / 0.74, 8: 0.57 / 0.69, none: 0.65 /
+#: 0.62 on the sample pattern / camera image with a 2 px field)
+_TAPER_LAGS = 8.0
+#: a correlogram needs this many matched patches, and a lag this many pairs (the
+#: geostatistician's rule of thumb, Journel & Huijbregts 1978); else the Matern prior
+_GRAM_MIN_PATCHES, _GRAM_MIN_PAIRS = 30, 30
 
 
 def anscombe(x) -> np.ndarray:
@@ -59,9 +81,19 @@ class NonrigidSettings:
         twice that); smaller follows sharper deformations, needs more texture.
     patch_size, patch_stride : the patches whose shifts start the fit.
     search_radius : how far (px) a patch may move beyond the global shift.
-    membrane : the membrane prior on neighbouring coefficients, ``1 / sd**2`` with
-        ``sd`` in px per grid step (``absolute``; else relative to the mean data
-        weight); where the data say nothing it decides the field.
+    prior_length, prior_sd : the prior on the field beyond the global shift, with
+        ``prior_sd`` px per component (None: 1.2 times the RMS deviation of the
+        matched patches from the global shift). ``prior_length`` None: correlated
+        as the matched patches' correlogram says (kriging; with 30 patches or
+        more), else a Matern field (:meth:`SplineGrid.matern_precision`) whose
+        correlation falls to about 0.1 over ``prior_length`` px (None: the lag
+        where the patches' correlation does). Where the data say nothing the
+        prior decides the field: it does what the measured field does at that
+        distance instead of carrying the last measured value on across a
+        featureless area.
+    membrane : an extra membrane penalty on neighbouring coefficients, ``1 / sd**2``
+        with ``sd`` in px per grid step (``absolute``; else relative to the mean
+        data weight).
     pull : the fine level's pull toward the coarse answer, ``1 / sd**2`` (the coarse
         level pulls toward the patch fit a tenth as hard).
     iterations, tolerance : Gauss-Newton steps per level at most; stop when no
@@ -72,16 +104,18 @@ class NonrigidSettings:
         by a Gaussian of ``gradient_sigma`` px, shrunk where the reference's own
         noise explains it (a Wiener Jacobian).
 
-    Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``): a
-    weaker membrane helps content with sparse texture (a diffraction pattern), a
-    stiffer one content with wide featureless areas (the camera image's sky).
+    Measured at 512 px, Poisson 100 counts (``benchmarks/bench_nonrigid.py``, same
+    stacks): a membrane prior 0.86 / 1.18 px RMS over all valid pixels (sample
+    pattern / camera image, 2 px field), the Matern prior 0.74 / 0.98, kriging
+    with the patches' correlogram 0.56 / 0.70, with the correlogram again from
+    the fitted field and a second fit 0.46 / 0.59.
     """
 
     grid_spacing: float = 32.0
     patch_size: int = 64
     patch_stride: int = 48
     search_radius: int = 8
-    membrane: float = 0.05
+    membrane: float = 0.0
     pull: float = 5.0
     iterations: int = 8
     tolerance: float = 0.01
@@ -89,6 +123,8 @@ class NonrigidSettings:
     gradient_sigma: float = 1.0
     wiener: bool = True
     absolute: bool = True
+    prior_length: float | None = None
+    prior_sd: float | None = None
 
     def __post_init__(self):
         g = self.grid_spacing
@@ -202,7 +238,7 @@ class _Patches:
             d = cm - 2 * c0 + cp
             sub[idx, ax] = np.where(d < 0, np.clip(0.5 * (cm - cp) / np.where(d < 0, d, -1), -0.5, 0.5), 0)
         shifts = np.stack([py, px], axis=1) - r + sub + base
-        good = self.usable & inner & (q > 0.2)
+        good = self.usable & inner & (q > _MIN_QUALITY)
         return shifts, np.where(self.usable, q, 0.0), good
 
 
@@ -237,6 +273,88 @@ def _irfft2(x, s):
     return sfft.irfft2(x, s, workers=1).astype(np.float64)
 
 
+def _ladder(x: float, ratio: float) -> float:
+    """``x`` rounded to the nearest power of ``ratio`` (few distinct values: cached factors)."""
+    return float(ratio ** np.round(np.log(x) / np.log(ratio)))
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """The prior on a frame's field beyond its global shift, per component: ``sd`` px;
+    correlated as the patches' correlogram says (``lags``, ``corr``), or, where too
+    few patches matched to tell, as a Matern field of ``length`` px."""
+
+    sd: float
+    length: float
+    lags: np.ndarray | None = None
+    corr: np.ndarray | None = None
+
+    @property
+    def key(self):
+        """Cache key of a Matern prior (None: a correlogram's, not cached)."""
+        return None if self.lags is not None else (self.sd, self.length)
+
+    def precision(self, grid: SplineGrid) -> np.ndarray:
+        """``(n, n)`` on ``grid``'s control points."""
+        if self.lags is None:
+            return grid.matern_precision(self.length, self.sd)
+        ky, kx = grid.knots
+        yy, xx = np.meshgrid(ky, kx, indexing="ij")
+        p = np.stack([yy.ravel(), xx.ravel()], axis=1)
+        d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(axis=-1))
+        # the correlogram between its lags, 0 beyond; tapered, so that its noisy far
+        # lags count less; made positive definite
+        taper = np.exp(-((d / (_TAPER_LAGS * self.lags[1])) ** 2))
+        r = np.interp(d, self.lags, self.corr, right=0.0) * taper
+        w, v = np.linalg.eigh(r)
+        w = np.maximum(w, 1e-3 * w.max())
+        return (v / w) @ v.T / self.sd**2
+
+
+def _correlogram(centres, dev, step):
+    """Lags (px, from 0) and the correlation of the deviations ``dev`` (m, 2) at
+    ``centres`` (m, 2) in bins of ``step`` px, while a bin holds enough pairs;
+    None with too few patches or fewer than three lags."""
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1))
+    prod = dev @ dev.T
+    var = float((dev**2).sum(axis=1).mean())
+    if len(dev) < _GRAM_MIN_PATCHES or var <= 0:
+        return None
+    lags, corr = [0.0], [1.0]
+    for k in range(1, 64):
+        m = (d > (k - 0.5) * step) & (d <= (k + 0.5) * step)
+        if m.sum() < 2 * _GRAM_MIN_PAIRS:  # each pair counted twice
+            break
+        lags.append(k * step)
+        corr.append(float(prod[m].mean()) / var)
+    return (np.array(lags), np.array(corr)) if len(lags) >= 3 else None
+
+
+def _correlation_length(centres, dev, step, spacing) -> float:
+    """The distance (px) at which the correlation of the deviations ``dev`` (m, 2)
+    measured at ``centres`` (m, 2) first falls below 0.1, from their correlogram
+    in bins of ``step`` px (linear between bins), within 1 to 8 grid spacings;
+    two grid spacings when too few patches matched to tell."""
+    lo, hi = spacing, 8.0 * spacing
+    var = float((dev**2).sum(axis=1).mean()) if len(dev) else 0.0
+    if len(dev) < 8 or var <= 0:
+        return 2.0 * spacing
+    d = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(axis=-1))
+    prod = dev @ dev.T
+    prev_lag, prev_r = 0.0, 1.0
+    for k in range(1, int(np.ceil(hi / step)) + 2):
+        m = (d > (k - 0.5) * step) & (d <= (k + 0.5) * step)
+        if not m.any():
+            continue
+        r = float(prod[m].mean()) / var
+        lag = k * step
+        if r < 0.1:
+            length = prev_lag + (prev_r - 0.1) / (prev_r - r) * (lag - prev_lag)
+            return float(np.clip(length, lo, hi))
+        prev_lag, prev_r = lag, r
+    return hi
+
+
 def _starts(n, size, stride):
     if n <= size:
         return np.array([0])
@@ -264,13 +382,34 @@ class _Stage:
         hyx = grid.weighted_gram(weight * gy * gx)
         hxx = grid.weighted_gram(weight * gx * gx)
         hess = np.block([[hyy, hyx], [hyx, hxx]])
+        self.hess = hess
         # absolute (a prior in px, against the residuals' noise variance) or relative
         # to the mean data weight
-        scale = noise if noise is not None else max(float(np.mean(np.diag(hess))), 1e-12)
+        self.scale = noise if noise is not None else max(float(np.mean(np.diag(hess))), 1e-12)
         mem = membrane * grid.membrane()
-        self.reg_m = scale * np.kron(np.eye(2), mem)
-        self.reg_p = pull * scale
-        self.factor = cho_factor(hess + self.reg_m + self.reg_p * np.eye(len(hess)))
+        self.reg_m = self.scale * np.kron(np.eye(2), mem)
+        self.reg_p = pull * self.scale
+        self._solvers: dict = {}
+        self._lock = threading.Lock()
+
+    def solver(self, prior: _Prior):
+        """The prior's precision (the membrane and ``prior``) and the Cholesky factor
+        of the regularised normal matrix; a Matern prior's last few are kept (frames
+        of one stack deform alike, and its sd and length come in steps of a few per
+        cent); a correlogram's is made per frame (milliseconds)."""
+        key = prior.key
+        with self._lock:
+            hit = None if key is None else self._solvers.get(key)
+        if hit is None:
+            q = self.reg_m + self.scale * np.kron(np.eye(2), prior.precision(self.grid))
+            hit = (q, cho_factor(self.hess + q + self.reg_p * np.eye(len(q))))
+            with self._lock:
+                if key is None:
+                    return hit
+                if len(self._solvers) >= 4:
+                    self._solvers.pop(next(iter(self._solvers)))
+                self._solvers[key] = hit
+        return hit
 
 
 class NonrigidRegistrar:
@@ -332,14 +471,11 @@ class NonrigidRegistrar:
             noise = 2.0 * max(_noise_sigma(self.ref_t, self.valid) ** 2, 1e-12)
         self.coarse = _Stage(coarse, flat[::2], (gy, gx), self.ref_t, s.membrane,
                              s.pull * 0.1, noise)
-
-        self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull,
-                           noise)
+        self.fine = _Stage(fine, flat, (gy, gx), self.ref_t, s.membrane, s.pull, noise)
         self.grid = fine
         # fitting the patch shifts: the basis at the patch centres
         c = self.patches.centres
         self._patch_basis = coarse.point_basis(c[:, 0], c[:, 1])
-        self._patch_membrane = coarse.membrane()
 
     def _transform(self, image):
         return anscombe(image) if self.stabilize else np.asarray(image, np.float64)
@@ -359,10 +495,21 @@ class NonrigidRegistrar:
         fill = np.where(self.valid, ft, ft[self.valid].mean())
         spline = ndi.spline_filter(fill, order=3)
         pshift, pq, good = self.patches.match(ft, v0)
-        c = self._fit_patches(pshift, pq, good, v0)
-        c = self._gauss_newton(self.coarse, spline, c, c.copy())
+        prior = self._prior(pshift, good, v0)
+        c = self._fit_patches(pshift, pq, good, v0, prior)
+        c = self._gauss_newton(self.coarse, spline, c, v0, prior)
         c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
-        c = self._gauss_newton(self.fine, spline, c, c.copy())
+        c = self._gauss_newton(self.fine, spline, c, v0, prior)
+        if prior.lags is not None:
+            # the correlogram again, of the fitted field at the matched patches (the
+            # patches' own shifts average the field over 64 px: they understate its
+            # amplitude and blur its shape), and the fit again under it
+            ctr = self.patches.centres
+            prior = self._prior(self.fine.grid.evaluate_at(c, ctr[:, 0], ctr[:, 1]).T, good, v0)
+            c = self._fit_patches(pshift, pq, good, v0, prior)
+            c = self._gauss_newton(self.coarse, spline, c, v0, prior)
+            c = self.fine.grid.fit_field(self.coarse.grid.evaluate(c))
+            c = self._gauss_newton(self.fine, spline, c, v0, prior)
         # never worse than the global translation
         c_glob = self._constant(self.fine.grid, v0)
         fallback = not np.all(np.isfinite(c))
@@ -385,22 +532,45 @@ class NonrigidRegistrar:
         ny, nx = grid.grid_shape
         return np.broadcast_to(np.asarray(v0, float)[:, None, None], (2, ny, nx)).astype(np.float64)
 
-    def _fit_patches(self, pshift, pq, good, v0):
-        """Coarse-grid coefficients fitted to the good patches' shifts (weights: their
-        quality squared), membrane penalty, a faint pull to the global shift; patches
-        that disagree with the first fit by over 1.5 px are dropped once."""
+    def _prior(self, pshift, good, v0) -> _Prior:
+        """The prior from the settings, or from the good patches' deviations from the
+        global shift: their RMS, and their correlogram (kriging: an oscillating field
+        keeps its negative lobes, so a featureless area between two measured crests
+        is predicted to dip, not to sit at their level); where too few patches
+        matched for a correlogram, a Matern prior of the length at which their
+        correlation falls below 0.1."""
+        s = self.settings
+        dev = pshift[good] - v0
+        sd, length = s.prior_sd, s.prior_length
+        if sd is None:
+            sd = _PRIOR_SD_FROM_PATCHES * np.sqrt((dev**2).mean()) if len(dev) else 0.0
+            sd = float(np.clip(sd, *_PRIOR_SD_RANGE))
+        sd = _ladder(sd, 1.05)
+        if length is None:
+            centres = self.patches.centres[good]
+            gram = _correlogram(centres, dev, float(s.patch_stride))
+            if gram is not None:
+                return _Prior(sd, 0.0, *gram)
+            length = _correlation_length(centres, dev, float(s.patch_stride), float(s.grid_spacing))
+        return _Prior(sd, _ladder(length, 1.1))
+
+    def _fit_patches(self, pshift, pq, good, v0, prior):
+        """Coarse-grid coefficients fitted to the good patches' shifts (each with an
+        error of ``hypot(_PATCH_SD, _PATCH_SD_Q / quality)`` px) under the Matern ``prior`` (sd, length)
+        around the global shift; patches that disagree with the first fit by over
+        1.5 px are dropped once."""
         a = self._patch_basis
         n = a.shape[1]
-        prior = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
+        mean = np.broadcast_to(np.asarray(v0, float)[:, None], (2, n))
         w = np.where(good, np.clip(pq, 0, 1) ** 2, 0.0)
-        sol = prior.copy()
+        q = prior.precision(self.coarse.grid)
+        sol = mean.copy()
         for _ in range(2):
             if w.sum() <= 0:
-                return prior.reshape(2, *self.coarse.grid.grid_shape)
-            ata = (a * w[:, None]).T @ a
-            scale = max(float(np.mean(np.diag(ata))), 1e-12)
-            lhs = ata + _PATCH_MEMBRANE * scale * self._patch_membrane + _PATCH_PULL * scale * np.eye(n)
-            rhs = (a * w[:, None]).T @ np.nan_to_num(pshift) + _PATCH_PULL * scale * prior.T
+                return mean.reshape(2, *self.coarse.grid.grid_shape)
+            wp = np.where(w > 0, 1.0 / (_PATCH_SD**2 + _PATCH_SD_Q**2 / np.maximum(w, 1e-6)), 0.0)
+            lhs = (a * wp[:, None]).T @ a + q
+            rhs = (a * wp[:, None]).T @ np.nan_to_num(pshift) + q @ mean.T
             sol = np.linalg.solve(lhs, rhs).T
             fit = sol @ a.T
             err = np.sqrt(((fit.T - np.nan_to_num(pshift)) ** 2).sum(axis=1))
@@ -434,11 +604,16 @@ class NonrigidRegistrar:
         r[ok] = gain * (x - xm) - (y - ym)
         return r
 
-    def _gauss_newton(self, stage: _Stage, spline, c, prior):
+    def _gauss_newton(self, stage: _Stage, spline, c, v0, prior):
+        """Gauss-Newton steps on the coefficients ``c`` (the start, which they are
+        pulled toward) under the Matern ``prior`` (sd, length) around the global field ``v0``."""
         grid = stage.grid
         shape = c.shape
         img = np.zeros(self.shape)
         flat_img = img.reshape(-1)
+        q, factor = stage.solver(prior)
+        prior = c.reshape(-1).copy()
+        mean = self._constant(grid, v0).reshape(-1)
         for _ in range(self.settings.iterations):
             vals, ok = self._warp(stage, spline, c)
             r = self._residual(vals, ok, stage.target)
@@ -450,8 +625,8 @@ class NonrigidRegistrar:
             gx = grid.project(img)
             flat = c.reshape(-1)
             g = np.concatenate([gy.ravel(), gx.ravel()])
-            g = g + stage.reg_m @ flat + stage.reg_p * (flat - prior.reshape(-1))
-            step = -cho_solve(stage.factor, g)
+            g = g + q @ (flat - mean) + stage.reg_p * (flat - prior)
+            step = -cho_solve(factor, g)
             c = (flat + step).reshape(shape)
             if not np.all(np.isfinite(c)) or np.abs(step).max() < self.settings.tolerance:
                 break

@@ -65,7 +65,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ._fill import filled, nearest_fill_index
+from ._fill import filled, nearest_fill_index, smooth_filler
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._base import Model
@@ -82,17 +82,6 @@ _MIRROR = 8
 MIN_POINTS = 4000
 
 
-def _smooth_fill(image, valid, sigma: float = 4.0) -> np.ndarray:
-    """Invalid pixels replaced by the Gaussian-weighted mean of the valid ones nearby
-    (normalized convolution; the mean of all valid pixels where none is near)."""
-    if valid.all():
-        return image
-    w = ndi.gaussian_filter(valid.astype(np.float64), sigma)
-    num = ndi.gaussian_filter(np.where(valid, image, 0.0), sigma)
-    smooth = np.where(w > 1e-3, num / np.maximum(w, 1e-3), float(np.mean(image[valid])))
-    return np.where(valid, image, smooth)
-
-
 def wiener_estimate(image, valid=None):
     """The noiseless image and its gradient, estimated from one noisy image.
 
@@ -105,7 +94,7 @@ def wiener_estimate(image, valid=None):
     """
     image = np.asarray(image, dtype=np.float64)
     if valid is not None:
-        image = _smooth_fill(image, np.asarray(valid, bool))
+        image = smooth_filler(valid)(image)
     shape, ndim = image.shape, image.ndim
     pad = [min(16, n // 4) for n in shape]
     big = np.pad(image, [(p, p) for p in pad], mode="reflect")

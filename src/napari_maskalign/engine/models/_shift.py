@@ -17,8 +17,8 @@ from ..backends._frames import is_dask
 from ..kernels._grid import outer_and
 from ._fill import nearest_fill_index
 
-__all__ = ["aligned_dtype", "apply_shifts", "check_resampling", "ignored_filler", "map_frames",
-           "shift_frame", "shift_valid"]
+__all__ = ["MirroredSpectrum", "aligned_dtype", "apply_shifts", "check_resampling",
+           "ignored_filler", "map_frames", "shift_frame", "shift_valid"]
 
 METHODS = ("spline", "fourier")
 
@@ -63,6 +63,30 @@ def shift_frame(frame, shift, *, method="spline", order=3, fill_value=np.nan):
         outside = ~_inside(frame.shape, shift)
         out[xp.asarray(outside)] = fill_value
     return out
+
+
+class MirroredSpectrum:
+    """An image's spectrum with its edges mirrored by ``pad`` pixels first, so that
+    moving it in Fourier space does not ring on the wrap-around; :meth:`moved`
+    gives the image moved by any shift (one transform, then one inverse per shift)."""
+
+    def __init__(self, image, pad: int):
+        import scipy.fft as sfft
+
+        image = np.asarray(image, dtype=np.float64)
+        self.shape, self.pad = image.shape, int(pad)
+        big = np.pad(image, self.pad, mode="reflect")
+        self.big_shape = big.shape
+        self.spectrum = sfft.rfftn(big)
+
+    def moved(self, shift) -> np.ndarray:
+        """The image moved by ``shift`` (output(x) = image(x - shift)), float64."""
+        import scipy.fft as sfft
+        from scipy import ndimage
+
+        spec = ndimage.fourier_shift(self.spectrum, shift, n=self.big_shape[-1])
+        out = sfft.irfftn(spec, self.big_shape)
+        return out[tuple(slice(self.pad, self.pad + n) for n in self.shape)]
 
 
 def shift_valid(valid, shift):

@@ -24,11 +24,14 @@ Two things make the template reach that:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
-import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ._fill import smooth_filler
 from ._refine import pearson, wiener_estimate
+from ._shift import MirroredSpectrum
 from ._transforms import is_translation
 
 __all__ = ["TemplateMatch", "TemplateSums", "fisher_sigma", "template_gradient"]
@@ -37,18 +40,12 @@ __all__ = ["TemplateMatch", "TemplateSums", "fisher_sigma", "template_gradient"]
 MARGIN = 3
 
 
-def _fourier_shift(image, shift, pad: int) -> np.ndarray:
-    """``image`` moved by ``shift`` (output(x) = image(x - shift)) with a phase ramp,
-    its edges mirrored by ``pad`` pixels first so the wrap-around does not ring."""
-    big = np.pad(image, pad, mode="reflect")
-    spec = sfft.rfftn(big)
-    spec = ndi.fourier_shift(spec, shift, n=big.shape[-1])
-    inner = tuple(slice(pad, pad + n) for n in image.shape)
-    return sfft.irfftn(spec, big.shape)[inner]
-
-
 class TemplateSums:
     """The running sums of aligned frames and of their weights.
+
+    What the mask decides (where a contribution counts, the fill's weights) is
+    computed once per run: :meth:`fresh` gives empty sums that share it, for
+    the next pass.
 
     Parameters
     ----------
@@ -67,15 +64,21 @@ class TemplateSums:
         core = ndi.binary_erosion(inside, iterations=margin + 1, border_value=0)
         self.core = core[(slice(1, -1),) * len(self.shape)].astype(np.float64)
         self.pad = max(8, min(32, min(self.shape) // 8))
-        # normalized convolution's weights for the smooth fill (the mask is static)
-        self._fill_w = None
-        if not self.valid.all():
-            w = ndi.gaussian_filter(self.valid.astype(np.float64), 4.0)
-            self._fill_w = np.maximum(w, 1e-3)
-            self._fill_far = w <= 1e-3
+        #: the frame (float64) with its ignored pixels filled smoothly from the valid
+        #: pixels nearby, so a Fourier shift does not ring (the mask is static)
+        self.filled = smooth_filler(self.valid)
+        self._empty()
+
+    def _empty(self) -> None:
         self.acc = np.zeros(self.shape)
         self.weight = np.zeros(self.shape)
         self.count = 0
+
+    def fresh(self) -> TemplateSums:
+        """Empty sums for the same frames and mask (what the mask decides is shared)."""
+        new = copy.copy(self)
+        new._empty()
+        return new
 
     def contribution(self, frame, transform) -> tuple[np.ndarray, np.ndarray]:
         """``(moved, weight)``: the frame on the template's pixels and where it counts
@@ -85,7 +88,7 @@ class TemplateSums:
         work = self.filled(frame)
         if is_translation(t[None])[0]:
             shift = t[:ndim, ndim]
-            moved = _fourier_shift(work, shift, self.pad)
+            moved = MirroredSpectrum(work, self.pad).moved(shift)
             w = ndi.shift(self.core, shift, order=1, mode="constant", cval=0.0)
         else:
             inv = np.linalg.inv(t)
@@ -95,21 +98,10 @@ class TemplateSums:
         w = (w > 0.999).astype(np.float64)
         return moved * w, w
 
-    def filled(self, frame) -> np.ndarray:
-        """The frame (float64) with its ignored pixels filled by the Gaussian-weighted
-        mean of the valid pixels nearby: smooth, so a Fourier shift does not ring."""
-        frame = np.asarray(frame, dtype=np.float64)
-        if self._fill_w is None:
-            return frame
-        data = np.where(self.valid, frame, 0.0)
-        smooth = ndi.gaussian_filter(data, 4.0) / self._fill_w
-        smooth[self._fill_far] = float(frame[self.valid].mean())
-        return np.where(self.valid, frame, smooth)
-
-    def add(self, frame, transform) -> None:
-        moved, w = self.contribution(frame, transform)
+    def put(self, moved, weight) -> None:
+        """Add a frame's :meth:`contribution` (made in any thread)."""
         self.acc += moved
-        self.weight += w
+        self.weight += weight
         self.count += 1
 
     def template(self, leave_out=None) -> tuple[np.ndarray, np.ndarray]:
@@ -203,41 +195,21 @@ class TemplateMatch:
         self.shape, self.pad = sums.shape, sums.pad
         self.full_valid = np.asarray(full_valid, bool)
         level, grad = template_gradient(full, full_valid)
-        self.columns = [self._spectrum(g) for g in grad] + [self._spectrum(level)]
+        self.columns = [MirroredSpectrum(g, self.pad) for g in grad]
+        self.columns.append(MirroredSpectrum(level, self.pad))
         self.valid = sums.valid  # the frame's own pixels: not moved, so all of them count
         v = self.full_valid
         # the template where its fill cannot ring into it: its valid area, eroded
         self.trusted = ndi.binary_erosion(v, iterations=margin, border_value=0).astype(np.float64)
-        self._fill = None
-        if not v.all():
-            w = ndi.gaussian_filter(v.astype(np.float64), 4.0)
-            self._fill = (np.maximum(w, 1e-3), w <= 1e-3)
-
-    def _filled(self, template) -> np.ndarray:
-        """The template with its invalid pixels filled smoothly from the valid ones."""
-        t = np.asarray(template, dtype=np.float64)
-        if self._fill is None:
-            return t
-        v = self.full_valid
-        smooth = ndi.gaussian_filter(np.where(v, t, 0.0), 4.0) / self._fill[0]
-        smooth[self._fill[1]] = float(t[v].mean())
-        return np.where(v, t, smooth)
-
-    def _spectrum(self, image):
-        big = np.pad(np.asarray(image, dtype=np.float64), self.pad, mode="reflect")
-        return sfft.rfftn(big), big.shape
-
-    def _moved(self, spec, shift) -> np.ndarray:
-        s, big = spec
-        out = sfft.irfftn(ndi.fourier_shift(s, shift, n=big[-1]), big)
-        return out[tuple(slice(self.pad, self.pad + n) for n in self.shape)]
+        #: the template with its invalid pixels filled smoothly from the valid ones
+        self._filled = smooth_filler(v)
 
     def run(self, frame, template, start, *, max_iter: int = 10, tol: float = 1e-3):
         """``(shift, sigma, quality, converged)`` for ``frame`` (the shift that registers
         it onto ``template``) from the shift ``start``."""
         ndim = len(self.shape)
         frame = np.asarray(frame, dtype=np.float64)
-        t_spec = self._spectrum(self._filled(template))
+        t_spec = MirroredSpectrum(self._filled(template), self.pad)
         s = np.array(start, dtype=np.float64)
         gain, offset, noise, converged = 1.0, 0.0, None, False
         cov = None
@@ -249,8 +221,8 @@ class TemplateMatch:
             if use.sum() < 8 * (ndim + 2):
                 return s, np.full(ndim, np.nan), 0.0, False
             f = frame[use]
-            model_t = self._moved(t_spec, d)[use]
-            cols = [self._moved(c, d)[use] for c in self.columns]
+            model_t = t_spec.moved(d)[use]
+            cols = [c.moved(d)[use] for c in self.columns]
             level = cols[-1]
             jac = np.stack([gain * c for c in cols[:ndim]] + [level, np.ones_like(level)], axis=1)
             e = f - gain * model_t - offset

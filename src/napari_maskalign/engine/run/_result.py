@@ -172,6 +172,10 @@ class RegistrationResult:
     jumps : ndarray of int or None
         With ``smoothing="auto"``: the frames that start a new segment (a jump
         between frame ``j - 1`` and ``j`` that smoothing kept sharp); else None.
+    smoothed_parameter_uncertainties : ndarray, shape (n_frames, 2), or None
+        Rigid and similarity with ``smoothing="auto"``: the one-sigma
+        uncertainty of the smoothed rotation (degrees) and scale (propagated
+        from :attr:`parameter_uncertainties`); else None.
     """
 
     shifts: np.ndarray
@@ -192,6 +196,7 @@ class RegistrationResult:
     lock_suspected: bool = False
     smoothed_uncertainties: np.ndarray | None = None
     jumps: np.ndarray | None = None
+    smoothed_parameter_uncertainties: np.ndarray | None = None
 
     def __post_init__(self):
         if self.uncertainties is None:
@@ -271,24 +276,9 @@ def scale_beyond_search(scales) -> np.ndarray:
     return far | ~np.isfinite(s) | (s <= 0)
 
 
-def build_result(
-    raw_shifts,
-    quality,
-    options,
-    *,
-    peaks=None,
-    xcorr=None,
-    params: dict | None = None,
-    rotations=None,
-    scales=None,
-    frame_shape=None,
-    hot_pixels=None,
-    valid_mask=None,
-    uncertainties=None,
-    parameter_uncertainties=None,
-    warnings=None,
-    lock_suspected: bool = False,
-) -> RegistrationResult:
+def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | None = None,
+                 rotations=None, scales=None, frame_shape=None, uncertainties=None,
+                 parameter_uncertainties=None, **kept) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
 
@@ -297,7 +287,9 @@ def build_result(
     shifts and ``frame_shape`` says where that centre is; interpolation then
     covers the rotation and the logarithm of the scale too. ``uncertainties``
     (per frame and axis, px) and ``parameter_uncertainties`` (rotation in
-    degrees, scale) are kept as measured (NaN where unknown).
+    degrees, scale) are kept as measured (NaN where unknown). ``kept``: the
+    result's other fields, as given (``xcorr``, ``hot_pixels``,
+    ``valid_mask``, ``warnings``, ``lock_suspected``).
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -320,7 +312,7 @@ def build_result(
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
-    smoothed_sigma = jumps = None
+    smoothed_sigma = jumps = smoothed_psigma = None
     if getattr(options, "smoothing", "off") == "auto" and n >= 2:
         from ._smooth import smooth_series
 
@@ -340,6 +332,8 @@ def build_result(
         shifts = sm.values[:, :d]
         if moves:
             rot, scale = sm.values[:, d], np.exp(sm.values[:, d + 1])
+            # (the scale's from its logarithm's: d scale = scale d log(scale))
+            smoothed_psigma = np.column_stack([sm.sigma[:, d], sm.sigma[:, d + 1] * scale])
         uncertainties, smoothed_sigma, jumps = sm.raw_sigma[:, :d], sm.sigma[:, :d], sm.jumps
     if moves:
         transforms = similarity_transforms(shifts, rot, scale, frame_shape)
@@ -349,20 +343,17 @@ def build_result(
         outliers=outliers,
         raw_shifts=raw,
         peaks=raw.copy() if peaks is None else np.asarray(peaks, dtype=float),
-        xcorr=xcorr,
         params={**options.describe(), **(params or {})},
         model=options.model,
         transforms=transforms,
         raw_transforms=raw_transforms,
-        hot_pixels=hot_pixels,
-        valid_mask=valid_mask,
         uncertainties=None if uncertainties is None else np.asarray(uncertainties, dtype=float),
         parameter_uncertainties=(None if parameter_uncertainties is None
                                  else np.asarray(parameter_uncertainties, dtype=float)),
-        warnings=list(warnings or []),
-        lock_suspected=bool(lock_suspected),
         smoothed_uncertainties=smoothed_sigma,
         jumps=jumps,
+        smoothed_parameter_uncertainties=smoothed_psigma,
+        **kept,
     )
 
 

@@ -299,13 +299,15 @@ class RegistrationRun(Steps):
             yield Progress(i + 1, self.total, i, rec, "registering to the mean")
         done = n
         sums = TemplateSums(shape, self._template_valid())
-        for i, frame in enumerate(iter_frames(stack, 0, n, dtype)):
-            sums.add(frame, transforms[i])
+        # the first template's contributions in threads, as a pass makes them; summed in order
+        for moved, w in in_threads(lambda item: sums.contribution(item[1], transforms[item[0]]),
+                                   enumerate(iter_frames(stack, 0, n, dtype)), threads):
+            sums.put(moved, w)
         sigma = np.full((n, ndim), np.nan)
         for p in range(1, cap + 1):
             before = table.shifts.copy()
-            yield from self._template_pass(table, sums, transforms, sigma, done,
-                                           f"refining template {p}/{cap}")
+            sums = yield from self._template_pass(table, sums, transforms, sigma, done,
+                                                  f"refining template {p}/{cap}")
             done += n
             self.template_passes = p
             if _settled(table.shifts - before, sigma, table.quality):
@@ -315,9 +317,10 @@ class RegistrationRun(Steps):
     def _template_pass(self, table: _Table, sums, transforms, sigma, done: int, stage: str):
         """One pass against the template of ``sums``: each frame refined from its
         transform in ``transforms`` against the template without its own contribution
-        (leave-one-out); ``sums``, ``transforms`` and ``sigma`` are updated in place."""
+        (leave-one-out); ``transforms`` and ``sigma`` are updated in place, the next
+        pass's sums are returned."""
         from ..models._refine import Refiner
-        from ..models._template import TemplateMatch, TemplateSums, fisher_sigma, template_gradient
+        from ..models._template import TemplateMatch, fisher_sigma, template_gradient
 
         stack, n, dtype = self.stack, self.n_frames, self.dtype
         model = self.options.transform_model
@@ -333,7 +336,7 @@ class RegistrationRun(Steps):
             level, grad = template_gradient(full, full_valid)
         # the strongest pixels carry the information (as FrameRegistrar and ModelRegistrar)
         select, tol = (0.3, 2e-3) if model.shift_only else (0.12, 1e-3)
-        nxt = TemplateSums(shape, self._template_valid())
+        nxt = sums.fresh()
 
         def one(i, frame):
             """Frame ``i`` against its leave-one-out template: its record, its
@@ -372,14 +375,12 @@ class RegistrationRun(Steps):
         for k, t, rec, moved, w, sig in in_threads(lambda item: one(*item), frames_in, threads):
             transforms[k] = t
             table.put(k, rec)
-            nxt.acc += moved
-            nxt.weight += w
-            nxt.count += 1
+            nxt.put(moved, w)
             if sig is not None:
                 sigma[k] = sig
             done += 1
             yield Progress(done, self.total, k, rec, stage)
-        sums.__dict__.update(nxt.__dict__)
+        return nxt
 
     def _template_valid(self):
         """The pixels the template passes use: the mask, or without one every pixel but
