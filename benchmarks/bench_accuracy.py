@@ -1,6 +1,7 @@
 """Translation accuracy against the Cramer-Rao bound, with and without ``refine``.
 
     python benchmarks/bench_accuracy.py [--size 256] [--frames 4] [--seeds 20] [--quick]
+                                        [--content "sharp spots"]
 
 Two contents. For every noise case, ``--seeds`` independent beam-block stacks
 of ``--frames`` frames of the sample generator (rings, Bragg spots, a static
@@ -221,6 +222,8 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=4, help="frames per stack")
     p.add_argument("--seeds", type=int, default=20, help="independent stacks per case")
     p.add_argument("--quick", action="store_true", help="3 stacks per case (a smoke run)")
+    p.add_argument("--content", choices=("all", *CONTENTS), default="all",
+                   help="only the rows of one content (e.g. 'sharp spots')")
     p.add_argument("--stack", action="store_true",
                    help="the second table: frame 0 / template, with and without smoothing")
     p.add_argument("--stack-frames", type=int, default=30, help="frames per stack (--stack)")
@@ -244,6 +247,7 @@ def main(argv=None):
             for label, case in CASES]
     rows += [("sharp spots", f"Poisson, {c:g} counts", partial(SharpSpots, args.frames, args.size, c))
              for c in SHARP_DOSES]
+    rows = [row for row in rows if args.content in ("all", row[0])]
     for content, label, factory in rows:
         def make(seed, factory=factory):
             return factory(seed=seed)

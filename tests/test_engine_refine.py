@@ -137,3 +137,21 @@ def test_refined_errors_near_the_bound_at_20_counts():
                    for i in range(1, len(s.stack))]
     ratio = np.median(np.concatenate(errors)) / np.median(bounds)
     assert ratio <= 1.3, ratio
+
+
+def test_the_refinement_converges_on_sharp_bragg_spots():
+    """A crystal's dense lattice of sharp Bragg spots (about a pixel wide, bright) at 200
+    counts: the refined shifts' median error is within 4x the two-frame Cramer-Rao bound.
+    Measured 2.8x; before the noise model's floor was kept non-negative and its level
+    smoothed over a fixed 2 px, the fit's weights blew up on the faint background, the
+    refinement never converged and the run fell back to the 1/20 px peak: 10.6x."""
+    ratios = []
+    for seed in range(3):
+        s = make_beam_block_stack(5, (160, 160), pattern="bragg", counts=200.0, seed=seed,
+                                  max_drift=1.5)
+        r = register_stack(s.stack, mask=s.valid, upsample_factor=20, hot_pixels="off")
+        bound = np.median([shift_bound(s.gradient(i), s.noise_variance(i), s.valid)
+                           for i in range(1, len(s.stack))])
+        ratios.append(np.abs(r.shifts[1:] - s.expected_shifts(0)[1:]) / bound)
+    ratio = float(np.median(np.concatenate(ratios)))
+    assert ratio <= 4.0, ratio
