@@ -33,7 +33,10 @@ moves**. :func:`find_static_outliers` uses that on a small sample of frames
    pixel whose content came from outside the frame or beside ignored pixels.
 4. *Final pass*: pixels whose median residual is ``threshold`` noise levels
    (measured on the residual map itself, by brightness, so Poisson and
-   Gaussian noise both work) and half the local level from zero, and more
+   Gaussian noise both work) and half the local level from zero, on that
+   side of zero in every frame that votes (content misplaced by a local,
+   non-rigid motion, or a lattice spot that lands there in most frames by
+   coincidence, is not there in all of them), and more
    than twice any neighbour of the opposite sign (a sharp feature of the
    content slightly misplaced leaves a dipole), are static outliers when the
    group of connected pixels beyond 3 noise levels they belong to has at
@@ -357,6 +360,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     inside[tuple(slice(edge, n - edge) for n in frame_shape)] = True
     judged = use & inside & (votes >= max(3, k // 2 + 1))  # a majority of the frames
     med = np.where(judged, med, 0.0)
+    # every voting frame on the median's side: a static pixel's excess is there in each
+    # frame, content misplaced by a local (non-rigid) motion or a lattice's coincidences in
+    # only some of them
+    low = resid[0]
+    top = np.take_along_axis(resid, np.maximum(votes - 1, 0)[None], 0)[0]
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
     c, s = _binned_spread(med[judged & clean], level[judged & clean])
@@ -372,7 +380,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
         echo = _flat_filter(np.maximum(-e, 0), 3, np.maximum)
         alone = (e > 2 * echo) | (hi - lo < STEADY * e)
-        core = judged & (e > threshold * sigma) & (e > rel) & alone
+        steady = (low > 0) if sign > 0 else (top < 0)
+        core = judged & (e > threshold * sigma) & (e > rel) & alone & steady
         found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
     # nor is anything beside a large static object (an unpainted block: its edge, of
     # either sign, breaks up into small groups along it)
