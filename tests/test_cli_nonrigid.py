@@ -38,6 +38,11 @@ def test_register_nonrigid_writes_fields_and_apply_reads_them(tmp_path, capsys):
                          hot_pixels="off")
     np.testing.assert_allclose(fields.coefficients, res.coefficients, atol=1e-4)
     np.testing.assert_array_equal(extras["fallback"], res.fallback)
+    # the summary counts the frames whose field fitted no better than the global shift,
+    # not the reference (flagged in the table, exact as it is)
+    assert res.fallback[0]
+    kept = [int(i) for i in np.flatnonzero(res.fallback[1:]) + 1]
+    assert f"{len(kept)} frame(s) kept the global shift" in text, text
     # the shifts CSV: the global translation, then the per-frame summary
     lines = shifts.read_text().splitlines()
     assert lines[0] == ("frame,shift_y,shift_x,quality,sigma_y,sigma_x,deformation_rms,"

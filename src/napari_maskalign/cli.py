@@ -322,9 +322,15 @@ def _write_fields(shifts_path, result) -> dict:
     from .io.fields import fields_path_for, fields_summary
 
     path = fields_path_for(shifts_path)
-    fb = int(result.fallback.sum())
+    fell_back = np.asarray(result.fallback, bool).copy()
+    ref = result.params.get("reference")
+    if isinstance(ref, (int, np.integer)) and 0 <= ref < len(fell_back):
+        fell_back[ref] = False  # the reference frame: exact as it is, nothing to fit
+    which = np.flatnonzero(fell_back)
+    listed = f": frame(s) {', '.join(str(i) for i in which[:10])}" if which.size else ""
     print(f"fields: {path} (grid {result.grid.spacing:g} px; median deformation "
-          f"{np.median(result.deformation_rms):.2f} px RMS, {fb} frame(s) kept the global shift)")
+          f"{np.median(result.deformation_rms):.2f} px RMS; {which.size} frame(s) kept the "
+          f"global shift, the field fitting no better{listed})")
     return {**fields_summary(result), "file": str(path)}
 
 
