@@ -74,7 +74,7 @@ __all__ = ["Refiner", "noise_spread", "peak_curvature", "pearson", "unmasked_ter
 
 _BINS = 16
 #: px: the smoothing of the reference level that the noise model is fitted against
-_LEVEL_SIGMA = 2.0
+_LEVEL_SIGMA = 8.0
 #: pixels the translation model mirrors each frame out by before its transform
 _MIRROR = 8
 
@@ -82,7 +82,7 @@ _MIRROR = 8
 MIN_POINTS = 4000
 
 
-def wiener_estimate(image, valid=None):
+def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -113,12 +113,26 @@ def wiener_estimate(image, valid=None):
     bins = np.minimum((kr * 64).astype(int), int(64 * np.sqrt(ndim)) + 1)
     counts = np.bincount(bins.ravel())
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
-    gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)[bins]
+    signal = radial[bins]
+    if local:  # a lattice's Bragg peaks stand far above their radial average
+        signal = np.maximum(signal, ndi.uniform_filter(power, 3, mode="wrap"))
+    gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
     spec *= gain
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
     level = sfft.irfftn(spec, big.shape)[inner]
     grad = np.stack([sfft.irfftn(1j * kk * spec, big.shape)[inner] for kk in k])
-    return level, grad, noise
+    if not grad_noise:
+        return level, grad, noise
+    # the share of white noise (variance ``noise`` per pixel) the filtered gradient
+    # keeps, per axis: noise * mean |gain k|^2 over the full spectrum (the rfft's
+    # inner columns stand for two)
+    half = np.full(spec.shape[-1], 2.0)
+    half[0] = 1.0
+    if big.shape[-1] % 2 == 0:
+        half[-1] = 1.0
+    g2 = gain * gain * half
+    kept = np.array([float(np.sum(g2 * kk * kk)) for kk in k]) / big.size
+    return level, grad, noise, noise * kept
 
 
 def _curvature(ref, valid, grad):
@@ -254,7 +268,8 @@ class Refiner:
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
         self.centre = np.asarray(centre, dtype=float)
-        _, grad, self.noise = wiener_estimate(ref, ref_valid)
+        _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=True,
+                                                               grad_noise=True)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
         use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
@@ -455,7 +470,14 @@ class Refiner:
                 step = -np.linalg.solve(normal, jw.T @ e)
             except np.linalg.LinAlgError:
                 break
-            cov = _covariance(normal, k, None if weighted else e[ok], jw * e[:, None] if weighted else None)
+            bread = normal
+            if self.fourier and weighted:
+                # the Jacobian is the reference's filtered gradient: its noise adds
+                # sum w * var(noise gradient) to J^T W J but not to how the residual
+                # responds to the shift (J^T W g): the error bar's bread without it
+                bread = normal.copy()
+                bread[np.arange(k), np.arange(k)] -= float(np.sum(w)) * self.grad_noise
+            cov = _covariance(bread, k, None if weighted else e[ok], jw * e[:, None] if weighted else None)
             if not np.all(np.isfinite(step)):
                 break
             params += step[:k]
