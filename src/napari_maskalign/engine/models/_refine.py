@@ -13,7 +13,8 @@ least-squares sense. What makes it reach the bound (measured with
   image's gradient over the noise variance. The gradient of a noisy
   reference adds its noise to every pixel's weight (at 20 counts per pixel
   this alone cost a factor 2-3 over the bound); a Wiener filter (radially
-  averaged spectrum of the reference, noise power from its highest
+  averaged spectrum of the reference, or its power over 3x3 frequencies where
+  that is higher: a lattice's Bragg peaks; noise power from its highest
   frequencies) estimates the true gradient instead.
 * **weights from a noise model, not from noisy pixels.** The residual's
   variance is fitted per frame as ``alpha * level + beta`` over bins of the
@@ -91,6 +92,10 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     smoothly and the frame mirrored at its edges first, so neither the block
     nor the wrap-around rings into the estimate. Returns ``(level, gradient)``
     with ``gradient`` of shape ``(ndim, *shape)``, and the noise variance.
+    ``local``: the signal's power at a frequency is also read over its 3x3
+    neighbours (sharp periodic content: the radial average drowns its peaks in
+    their ring's noise and blurs the spots). ``grad_noise``: also return, per axis,
+    the variance the filtered gradient keeps of the white noise.
     """
     image = np.asarray(image, dtype=np.float64)
     if valid is not None:
@@ -287,7 +292,9 @@ class Refiner:
         # over a fixed _LEVEL_SIGMA, not its Wiener estimate, which at high dose keeps
         # most of each pixel's own noise (little to filter): weights that follow a
         # pixel's own noise bias the shift (sharp spots, 2000 counts: 3.6x the bound
-        # against 1.1x)
+        # against 1.1x); over 8 px, not 2: at 20 counts a 2 px level still follows the
+        # spots' noise (sharp spots: 1.72x the bound with 2 px, 1.25x with 8, 1.00x
+        # against 1.28x at 2000 counts)
         self.level = ndi.gaussian_filter(smooth_filler(ref_valid)(ref), _LEVEL_SIGMA,
                                          mode="mirror")[q]
         self.n_points = self.r.size
@@ -506,9 +513,10 @@ def _covariance(normal, k: int, residuals=None, scores=None):
     """The ``(k, k)`` covariance of the warp parameters; gain and offset are
     marginalised. Weighted (``scores``: each point's weighted Jacobian row times its
     residual), the sandwich ``N^-1 (sum s s^T) N^-1``: it holds when the noise model
-    misses where the noise is (the level, smoothed over 2 px, underestimates the
+    misses where the noise is (the smoothed level underestimates the
     counts on a sharp spot's flanks, where the information is: the inverse normal
     matrix alone claimed 1.7-2.2x too small an error there; on rings both agree).
+    The caller takes the Jacobian's own noise out of ``normal`` first (translations).
     With unit weights, the inverse normal matrix times the residuals' variance."""
     try:
         inv = np.linalg.inv(normal)
