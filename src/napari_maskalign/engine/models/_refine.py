@@ -293,8 +293,9 @@ class Refiner:
         # most of each pixel's own noise (little to filter): weights that follow a
         # pixel's own noise bias the shift (sharp spots, 2000 counts: 3.6x the bound
         # against 1.1x); over 8 px, not 2: at 20 counts a 2 px level still follows the
-        # spots' noise (sharp spots: 1.72x the bound with 2 px, 1.25x with 8, 1.00x
-        # against 1.28x at 2000 counts)
+        # spots' noise (sharp spots, 20 counts: 1.72x the bound before this and the
+        # local Wiener gain, 1.35x after; at 200 / 2000 counts 1.24x / 1.28x -> 1.40x /
+        # 1.37x in the same run, within the run-to-run scatter but not better)
         self.level = ndi.gaussian_filter(smooth_filler(ref_valid)(ref), _LEVEL_SIGMA,
                                          mode="mirror")[q]
         self.n_points = self.r.size
