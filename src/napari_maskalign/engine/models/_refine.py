@@ -76,6 +76,8 @@ __all__ = ["Refiner", "noise_spread", "peak_curvature", "pearson", "unmasked_ter
 _BINS = 16
 #: px: the smoothing of the reference level that the noise model is fitted against
 _LEVEL_SIGMA = 8.0
+#: contrast (std over the noise's sigma) under which the reference is low-dose
+_LOW_DOSE = 2.5
 #: pixels the translation model mirrors each frame out by before its transform
 _MIRROR = 8
 
@@ -275,6 +277,13 @@ class Refiner:
         self.centre = np.asarray(centre, dtype=float)
         _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=True,
                                                                grad_noise=True)
+        vals = ref[ref_valid]
+        # low dose (contrast under _LOW_DOSE noise sigmas): the local gain keeps the
+        # lattice's peaks and the level is smoothed over 8 px; above it the radial gain
+        # and a 2 px level measured closer to the bound (sharp spots, 200 / 2000 counts)
+        self.low_dose = vals.size > 1 and float(vals.std()) < _LOW_DOSE * np.sqrt(max(self.noise, 0.0))
+        if not self.low_dose:
+            _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, grad_noise=True)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
         use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
@@ -294,9 +303,10 @@ class Refiner:
         # pixel's own noise bias the shift (sharp spots, 2000 counts: 3.6x the bound
         # against 1.1x); over 8 px, not 2: at 20 counts a 2 px level still follows the
         # spots' noise (sharp spots, 20 counts: 1.72x the bound before this and the
-        # local Wiener gain, 1.35x after; at 200 / 2000 counts 1.24x / 1.28x -> 1.40x /
-        # 1.37x in the same run, within the run-to-run scatter but not better)
-        self.level = ndi.gaussian_filter(smooth_filler(ref_valid)(ref), _LEVEL_SIGMA,
+        # local Wiener gain, 1.35x after); at 200 / 2000 counts both cost (1.24x / 1.28x
+        # -> 1.40x / 1.37x), hence only at low dose
+        self.level = ndi.gaussian_filter(smooth_filler(ref_valid)(ref),
+                                         _LEVEL_SIGMA if self.low_dose else 2.0,
                                          mode="mirror")[q]
         self.n_points = self.r.size
         self.rmax = float(np.sqrt(np.max(np.sum(self.d**2, axis=0)))) if self.n_points else 0.0
