@@ -54,6 +54,8 @@ __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 CROP_FROM = 1024 * 1024
 #: the cropped window's size per axis, in whole pixels around the peak
 CROP_WINDOW = 64
+#: a runner-up peak counts when more than this many whole pixels from the best one
+RUNNER_UP_GAP = 2
 
 
 class MaskedCorrelator(FineGridRefinement):
@@ -402,9 +404,35 @@ class MaskedCorrelator(FineGridRefinement):
             if xcorr_radius is not None:
                 window = self._gather_rows(ncc[b, ...], [
                     np.arange(-xcorr_radius, xcorr_radius + 1) % n for n in self.pad])
+            second, second_d = self._runner_up(to_host(ncc[b, ...]), d)
             out.append(CorrelationPeak(shift=d + self.offset, quality=quality,
-                                       peak_value=float(best[b]), xcorr=window))
+                                       peak_value=float(best[b]), xcorr=window,
+                                       runner_up=second, runner_up_shift=second_d + self.offset))
         return out
+
+    def _runner_up(self, ncc, d) -> tuple[float, np.ndarray]:
+        """The highest separate peak of the whole-pixel ``ncc`` (one frame's, on the host)
+        more than ``RUNNER_UP_GAP`` pixels from the best one's displacement ``d``: its
+        value and displacement (-inf and NaN when there is none). A separate peak is a
+        local maximum (3 x 3), so the best peak's own shoulder never counts."""
+        nd = len(self.pad)
+        axes = []
+        for ax in range(nd):
+            da = self._d_axes[ax]
+            if self._rows is not None and ax == nd - 2:
+                da = da[self._rows]
+            with np.errstate(invalid="ignore"):
+                axes.append(np.abs(da - d[ax]) <= RUNNER_UP_GAP)
+        near = outer_and(axes)
+        surface = np.where(near | ~np.isfinite(ncc), -np.inf, ncc)
+        peaks = surface >= ndi.maximum_filter(surface, size=3, mode="wrap")
+        surface = np.where(peaks, surface, -np.inf)
+        at = int(np.argmax(surface))
+        value = float(surface.flat[at])
+        if not np.isfinite(value):
+            return -np.inf, np.full(nd, np.nan)
+        idx = self._full_index(np.unravel_index(at, surface.shape))
+        return value, np.array([self._d_axes[ax][i] for ax, i in enumerate(idx)], dtype=float)
 
     def _full_index(self, idx) -> tuple:
         """An index into the computed rows as an index into the padded correlation."""
