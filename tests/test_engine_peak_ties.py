@@ -49,3 +49,22 @@ def test_a_clean_rings_stack_is_unchanged():
     np.testing.assert_array_equal(r.outliers, flag_outliers(r.raw_shifts, r.quality))
     assert np.all(np.abs(r.raw_shifts - s.expected_shifts(0)) < 0.5)
     assert np.all(r.uncertainties < 0.5)
+
+
+def test_the_workflow_with_a_journal_says_it_too(tmp_path):
+    """The CLI and the dock rebuild the result over the journal's table: on main the same
+    stack then read 'outliers: none flagged' with a 10 px shift and a 0.003 px error bar."""
+    from napari_maskalign.engine import RegistrationOptions
+    from napari_maskalign.workflow import ShiftJournal, register
+
+    s = make_beam_block_stack(12, (160, 160), pattern="bragg", counts=200.0, seed=3,
+                              max_drift=3.0)
+    journal = ShiftJournal(tmp_path / "s.csv", 12, 2, {}, interval=0)
+    steps = register(s.stack, RegistrationOptions(), mask=s.valid, journal=journal)
+    for _ in steps:
+        pass
+    r = steps.result
+    wrong = np.flatnonzero(np.linalg.norm(r.raw_shifts - s.expected_shifts(0), axis=1) > 1.0)
+    assert wrong.size >= 1 and r.outliers[wrong].all()
+    assert any("two nearly equal correlation peaks" in w for w in r.warnings)
+    assert np.all(np.linalg.norm(r.uncertainties[wrong], axis=1) > 5.0)
