@@ -340,6 +340,8 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
     )
     if alternatives is not None and margins is not None:
         tied, reach = ambiguous_frames(raw, alternatives, margins)
+        # a frame of noise alone ties too, but its quality has said so already
+        tied &= ~flag_outliers(raw, quality, max_jump=np.inf, min_quality=options.min_quality)
         if tied.any():
             outliers = outliers | tied
             kept["warnings"] = [*(kept.get("warnings") or []),
