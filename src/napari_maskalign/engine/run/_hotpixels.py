@@ -100,22 +100,26 @@ def _sample(stack, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return picks, np.stack([read_frame(stack, int(i), np.float32) for i in picks])
 
 
-def _binned_spread(values: np.ndarray, levels: np.ndarray, bins: int = 12) -> tuple:
+def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
+                   bins: int = 12) -> tuple:
     """``(centres, sigmas)``: the robust spread (1.4826 MAD about the median) of
-    ``values`` in bins of ``levels``, for :func:`np.interp` (from at most ~30000 of them,
-    evenly strided: plenty for a spread, and cheap on large frames)."""
-    if values.size < 30:  # nothing to measure: nothing stands out
+    ``values[where]`` in bins of ``levels[where]``, for :func:`np.interp` (from at most
+    ~30000 of them, evenly strided: plenty for a spread, and cheap on large frames:
+    only the strided pixels are gathered, not every pixel of ``where``)."""
+    at = np.flatnonzero(where)
+    if at.size < 30:  # nothing to measure: nothing stands out
         return np.array([0.0]), np.array([np.inf])
-    step = max(1, values.size // 30000)
-    values, levels = values[::step], levels[::step]
+    at = at[:: max(1, at.size // 30000)]
+    values, levels = values.ravel()[at], levels.ravel()[at]
     edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, levels, side="right") - 1, 0, max(len(edges) - 2, 0))
     centres, sigmas = [], []
     for b in range(max(len(edges) - 1, 1)):
-        v = values[which == b]
+        inbin = which == b
+        v = values[inbin]
         if v.size < 30:
             continue
-        centres.append(float(np.median(levels[which == b])))
+        centres.append(float(np.median(levels[inbin])))
         sigmas.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
     if not centres:
         return np.array([0.0]), np.array([np.inf])
@@ -250,8 +254,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     bg_hi = _flat_filter(_flat_filter(_flat_filter(hi, HAT, mn), twice, mx), HAT, mn)
     hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
     # the noise by the level of the background around a pixel (not the pixel's own)
-    c_hot, s_hot = _binned_spread(hat_hot[use], bg_lo[use])
-    c_dead, s_dead = _binned_spread(hat_dead[use], bg_hi[use])
+    c_hot, s_hot = _binned_spread(hat_hot, bg_lo, use)
+    c_dead, s_dead = _binned_spread(hat_dead, bg_hi, use)
     # (only where a pixel can stand out by the smallest factor used below: elsewhere
     # it does not, whatever its level; inf there says so)
     least = min(5.0, threshold)
@@ -296,6 +300,17 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     threads = min(workers, k)
     one = 1 if threads > 1 else workers  # frames in threads, or the FFTs
 
+    # (the weights and normal equations of the fit depend only on the whole-pixel step, the
+    # basis being the reference's: made once per step, shared by every frame and iteration)
+    normals: dict = {}
+
+    def normal(step):
+        key = tuple(int(d) for d in step)
+        if key not in normals:  # (two threads may both make one: the same arrays)
+            w = inner & _moved(inner, step)
+            normals[key] = (w, _normal(basis, w))
+        return normals[key]
+
     def register(j):
         """(shift, misfit): the misfit is what the fit leaves of the reference's variance."""
         if j == r:
@@ -303,8 +318,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         shift = np.asarray(corr.register(binned[j]).shift, float) * bc
         for _ in range(5):
             back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
-            w = inner & _moved(inner, np.round(shift / b).astype(int))
-            coef = _solve(basis, back - ref, w)
+            w, equations = normal(np.round(shift / b).astype(int))
+            coef = _solve(basis, back - ref, normal=equations)
             shift += np.clip(coef[:ndim], -bc, bc)
             if np.abs(coef[:ndim]).max() < 0.02:
                 break
@@ -338,10 +353,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # ... moved onto every frame: residuals in detector coordinates (the middle frame's
     # model is the level of the content)
     resid = np.empty_like(frames)
+    total_f = k * mean_f
 
     def residual(j):
         # the content from the other frames (its own fill and noise are not its model)
-        loo = (k * mean_f * aligned[j].conj() - spectra[j]) / (k - 1)
+        loo = (total_f * aligned[j].conj() - spectra[j]) / (k - 1)
         m = sfft.irfftn(loo, s=frame_shape, workers=one)
         ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
         gain, offset = _solve(np.stack([m, np.ones_like(m)]), frames[j], ok & clean)
@@ -367,7 +383,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     top = np.take_along_axis(resid, np.maximum(votes - 1, 0)[None], 0)[0]
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
-    c, s = _binned_spread(med[judged & clean], level[judged & clean])
+    c, s = _binned_spread(med, level, judged & clean)
     least = min(3.0, threshold)
     sigma = _spread_where(level, c, s, judged & (np.abs(med) > least * s.min()), least)
     rel = RELATIVE * np.abs(level)
@@ -505,18 +521,22 @@ def _phase(grids, shift) -> np.ndarray:
     return out
 
 
-def _solve(basis: np.ndarray, target: np.ndarray, weight=None) -> np.ndarray:
-    """Least-squares coefficients of ``target ~ sum(c[i] * basis[i])`` over the pixels
-    where ``weight`` (all pixels when None)."""
-    p = len(basis)
-    flat = basis.reshape(p, -1)
-    t = target.reshape(-1)
+def _normal(basis: np.ndarray, weight=None) -> tuple:
+    """``(weighted basis, normal matrix)`` of the least squares of :func:`_solve`."""
+    flat = basis.reshape(len(basis), -1)
     wb = flat if weight is None else flat * weight.reshape(-1)
-    h = (wb @ flat.T).astype(np.float64)
+    return wb, (wb @ flat.T).astype(np.float64)
+
+
+def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> np.ndarray:
+    """Least-squares coefficients of ``target ~ sum(c[i] * basis[i])`` over the pixels
+    where ``weight`` (all pixels when None); ``normal``: :func:`_normal` of them, when
+    at hand (the same numbers)."""
+    wb, h = _normal(basis, weight) if normal is None else normal
     try:
-        return np.linalg.solve(h, (wb @ t).astype(np.float64))
+        return np.linalg.solve(h, (wb @ target.reshape(-1)).astype(np.float64))
     except np.linalg.LinAlgError:
-        return np.zeros(p)
+        return np.zeros(len(basis))
 
 
 def _moved(mask: np.ndarray, step: np.ndarray) -> np.ndarray:
