@@ -76,3 +76,33 @@ def drain():
                 return yielded, stop.value
 
     return run
+
+
+@pytest.fixture
+def kill_after_rows():
+    """``kill(cmd, table, rows)``: start ``cmd`` (saving after every frame), kill -9 it once
+    ``table`` has ``rows`` data rows (or let it end), and return its exit status."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def rows_in(path) -> int:
+        return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+    def kill(cmd, table, rows: int) -> int:
+        proc = subprocess.Popen([*cmd, "--save-interval", "0"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        hang = time.monotonic() + 600  # a guard against a hang, not a window for the kill
+        try:
+            while rows_in(table) < rows and proc.poll() is None:
+                assert time.monotonic() < hang, "the run neither wrote rows nor ended"
+                time.sleep(0.01)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+        assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+        return proc.returncode
+
+    return kill

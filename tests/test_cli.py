@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -292,7 +290,7 @@ def _cycled_frames(folder, n, shape, seed):
     return folder
 
 
-def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path, kill_after_rows):
     """Whatever moment the kill hits (before the output, during it, or after the run ended
     on its own), the table left is a whole prefix of the run's, and --resume then ends with
     the same bytes as a run that was never stopped."""
@@ -302,19 +300,7 @@ def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
             "--output", str(tmp_path / "aligned.zarr")]  # fmt: skip
     shifts_csv = tmp_path / "shifts.csv"
     cmd = [sys.executable, "-m", "napari_maskalign.cli", *args, "--shifts", str(shifts_csv)]
-    proc = subprocess.Popen(
-        [*cmd, "--save-interval", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    hang = time.monotonic() + 600  # a guard against a hang, not a window for the kill
-    try:
-        while csv_rows(shifts_csv) < 40 and proc.poll() is None:
-            assert time.monotonic() < hang, "the run neither wrote rows nor ended"
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+    kill_after_rows(cmd, shifts_csv, 40)
     done, _ = io.read_shifts_csv(shifts_csv)  # whatever moment the kill hit, the table is whole
 
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)

@@ -1,11 +1,8 @@
 """maskalign register --model nonrigid and apply: the fields travel beside the shifts file."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -125,26 +122,14 @@ def test_interrupted_nonrigid_run_resumes_to_the_same_result(tmp_path, monkeypat
     np.testing.assert_allclose(b.coefficients, res.coefficients, atol=1e-4)
 
 
-def test_kill_9_then_resume_a_nonrigid_run(tmp_path):
+def test_kill_9_then_resume_a_nonrigid_run(tmp_path, kill_after_rows):
     """A run killed at any moment resumes to the table and fields of a run never stopped."""
     synth = make_nonrigid_stack(8, (96, 96), amplitude=1.0, seed=2)
     np.save(tmp_path / "stack.npy", synth.stack)
     shifts = tmp_path / "s.csv"
     cmd = [sys.executable, "-m", "napari_maskalign.cli", "register", str(tmp_path / "stack.npy"),
            "--model", "nonrigid", "--hot-pixels", "off", "--shifts", str(shifts)]
-    proc = subprocess.Popen([*cmd, "--save-interval", "0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    hang = time.monotonic() + 300  # a guard against a hang, not a window for the kill
-    try:
-        while (not shifts.exists() or len(shifts.read_text().splitlines()) < 3) and \
-                proc.poll() is None:
-            assert time.monotonic() < hang, "the run neither wrote rows nor ended"
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.read().decode()
+    kill_after_rows(cmd, shifts, 2)  # at any moment after the second row
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert cli("register", tmp_path / "stack.npy", "--model", "nonrigid", "--hot-pixels", "off",

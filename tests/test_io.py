@@ -219,6 +219,19 @@ def test_as_dask_is_lazy_and_whole_frames(frames_dir, sample, monkeypatch):
     np.testing.assert_array_equal(lazy.compute(), sample.stack)
 
 
+def test_dask_source_is_the_stack_behind_as_dask(frames_dir, sample):
+    stack = io.open_stack(frames_dir)
+    lazy = io.as_dask(stack, frames_per_chunk=1)
+    assert io.dask_source(lazy) is stack
+    np.testing.assert_array_equal(io.dask_source(lazy)[3], lazy[3].compute())
+    # anything derived from the array reads other frames or values: kept as it is
+    for other in (lazy[::2], lazy + 1, lazy.astype(np.float64)):
+        assert io.dask_source(other) is other
+    plain = np.zeros((2, 3, 4))
+    assert io.dask_source(plain) is plain
+    assert io.dask_source(io.as_dask(plain)) is plain  # a numpy array behind dask, too
+
+
 def test_describe_folder(frames_dir):
     d = io.describe_stack(io.open_stack(frames_dir), frames_dir)
     assert d["frames"] == 12 and d["frame_shape"] == (48, 40) and d["dtype"] == "float32"

@@ -261,6 +261,39 @@ def test_dask_input_gives_a_lazy_aligned_stack_and_a_computed_mean(qtbot, viewer
     np.testing.assert_allclose(mean.data, truth.mean, rtol=1e-5, equal_nan=True)
 
 
+def test_a_folder_opened_by_the_reader_is_read_without_dask_by_the_worker(
+        qtbot, viewer_model, small_stack, drain, tmp_path):
+    import tifffile
+
+    from napari_maskalign._reader import read_frames
+    from napari_maskalign.io import FrameSequence
+
+    for i, frame in enumerate(small_stack.stack):
+        tifffile.imwrite(tmp_path / f"frame_{i:03d}.tif", frame)
+    data, kwargs, _ = read_frames(str(tmp_path))[0]
+    viewer_model.add_image(data, name="run")
+    viewer_model.add_labels(small_stack.beam_block.astype(np.uint8), name="run mask")
+    w = RegisterWidget(viewer_model)
+    qtbot.addWidget(w)
+    # the frames are read from the files as the command line reads them, not per dask compute
+    assert isinstance(w.prepare().stack, FrameSequence)
+    w.run()
+    with qtbot.waitSignal(w.run_finished, timeout=RUN_TIMEOUT_MS):
+        pass
+    aligned = viewer_model.layers["run aligned"]
+    assert isinstance(aligned.data, da.Array)  # still lazy
+    assert viewer_model.layers["run"].data is data  # the source layer untouched
+    meta = aligned.metadata["maskalign"]
+    np.testing.assert_allclose(meta["shifts"], small_stack.expected_shifts(0), atol=0.2)
+    _, frame3 = drain(iter_align(small_stack.stack[3:4], meta["shifts"][3:4],
+                                 valid=small_stack.valid))
+    np.testing.assert_allclose(np.asarray(aligned.data[3]), frame3[0], equal_nan=True)
+    _, truth = drain(iter_mean(small_stack.stack, meta["shifts"], valid=small_stack.valid,
+                               exclude=meta["outliers"]))
+    np.testing.assert_allclose(viewer_model.layers["run mean"].data, truth.mean, rtol=1e-5,
+                               equal_nan=True)
+
+
 def test_stacks_over_the_memory_threshold_stay_lazy(qtbot, widget, loaded_model, monkeypatch):
     monkeypatch.setattr(_layers, "LAZY_BYTES", 1000)
     widget.reference.value = "index"

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = [
     "ZarrStack",
     "as_dask",
     "check_pixel_dtype",
+    "dask_source",
     "is_glob",
     "is_tiff_name",
     "is_zarr_dir",
@@ -546,4 +548,27 @@ def as_dask(stack, frames_per_chunk: int = 1):
     if is_dask(stack):
         return stack.rechunk((k, *frame))
     meta = np.empty((0,) * len(stack.shape), dtype=stack.dtype)
-    return da.from_array(stack, chunks=(k, *frame), asarray=True, fancy=False, meta=meta)
+    lazy = da.from_array(stack, chunks=(k, *frame), asarray=True, fancy=False, meta=meta)
+    try:  # the array's graph holds the stack: the entry lives as long as the array
+        _DASK_SOURCES[lazy.name] = stack
+    except TypeError:  # not weakly referable: no way back, the dask array still works
+        pass
+    return lazy
+
+
+#: the stack behind each dask array :func:`as_dask` made, by the array's name
+_DASK_SOURCES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def dask_source(data):
+    """The stack a dask array from :func:`as_dask` reads (a :class:`FrameSequence`,
+    memmap, ...), or ``data`` itself for anything else (a dask array sliced or computed
+    on has another name). Reading frames from the stack itself skips a dask compute
+    (a graph and the threaded scheduler) per read: the same frames, as the command
+    line reads them."""
+    if is_dask(data):
+        found = _DASK_SOURCES.get(data.name)
+        if (found is not None and tuple(found.shape) == tuple(data.shape)
+                and np.dtype(found.dtype) == np.dtype(data.dtype)):
+            return found
+    return data

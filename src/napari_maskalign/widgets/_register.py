@@ -21,6 +21,7 @@ from napari_maskalign.engine import Progress, RegistrationResult, valid_from_ign
 from napari_maskalign.engine.models import model_named
 from napari_maskalign.workflow import AlignProgress, AlignSettings, Registration, register
 
+from ..io import dask_source
 from ..workflow.checks import inverted, mask_warning
 from ._common import (
     DockWidget,
@@ -248,11 +249,14 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         options, label = self.options(image)
         # the frame matched with itself (previous frame: shifts add up from frame 0)
         index = {"index": options.reference, "previous": 0}.get(options.mode)
+        # a layer the reader opened is a dask array over the file(s): the worker reads the
+        # stack behind it, as the command line does (no dask compute per frame read)
+        stack = dask_source(image.data)
         return RegisterJob(
             source=image.name,
-            stack=image.data,
+            stack=stack,
             # the same call as `maskalign register`: it checks the mask against the frames
-            run=register(image.data, options, mask=valid, mask_name=_mask_name(mask_layer)),
+            run=register(stack, options, mask=valid, mask_name=_mask_name(mask_layer)),
             lazy=wants_lazy(image.data),
             reference_label=label,
             align=self.align_settings(),

@@ -127,6 +127,11 @@ class Registration(Steps):
         refinement's shifts are final only after its last pass: recorded then."""
         journal, run, start, rows = self.journal, self._run, self.start, self._rows
         turns = not self.options.transform_model.shift_only
+        # each frame's second correlation peak and the first's lead over it: a tie on a
+        # periodic pattern is flagged over the whole table as the engine does (frames of
+        # an earlier, resumed run have none; "previous" runs' peaks are steps)
+        ties = (np.full((self.n_frames, len(self.frame_shape)), np.nan),
+                np.full(self.n_frames, np.inf))
         if run is None:  # nothing left to register; the outputs still need the mask it used
             used, hot = mask_with_outliers(self.stack, self.mask, self.options.hot_pixels)
         else:
@@ -142,6 +147,9 @@ class Registration(Steps):
                                            *_rotation_scale(p.record.transform, self.frame_shape),
                                            sigma=p.record.sigma)
                             journal.save()
+                        rec = p.record
+                        if rec.alternative is not None and self.options.mode != "previous":
+                            ties[0][p.frame], ties[1][p.frame] = rec.alternative, rec.margin
                         yield p
                 if template:
                     res = run.result
@@ -168,7 +176,8 @@ class Registration(Steps):
                              self.options, self.frame_shape, used=used, hot=hot,
                              masked=self.mask is not None, start=start,
                              uncertainties=journal.uncertainties,
-                             parameter_uncertainties=journal.parameter_uncertainties, **checks)
+                             parameter_uncertainties=journal.parameter_uncertainties,
+                             alternatives=ties[0], margins=ties[1], **checks)
         if rows is not None:  # the table holds the global shifts, the fields file the rest
             from ..io.fields import fields_path_for
 

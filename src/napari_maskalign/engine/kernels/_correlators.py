@@ -45,6 +45,11 @@ class CorrelationPeak:
     # one-sigma error per axis of ``shift`` when the correlator measured it (the
     # Newton step of an unmasked correlation), else None
     sigma: np.ndarray | None = None
+    # the highest separate whole-pixel peak away from this one (masked correlation):
+    # its normalized value (-inf: none) and shift; a periodic pattern (a crystal's
+    # lattice of Bragg spots) has one a lattice vector away, nearly as high
+    runner_up: float = -np.inf
+    runner_up_shift: np.ndarray | None = None
 
 
 def window_around(surface: np.ndarray, radius: int) -> np.ndarray:

@@ -54,6 +54,10 @@ __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 CROP_FROM = 1024 * 1024
 #: the cropped window's size per axis, in whole pixels around the peak
 CROP_WINDOW = 64
+#: a runner-up peak counts when more than this many whole pixels from the best one
+RUNNER_UP_GAP = 2
+#: ... and is looked for among this many highest whole-pixel values
+RUNNER_UP_TRIES = 64
 
 
 class MaskedCorrelator(FineGridRefinement):
@@ -402,9 +406,47 @@ class MaskedCorrelator(FineGridRefinement):
             if xcorr_radius is not None:
                 window = self._gather_rows(ncc[b, ...], [
                     np.arange(-xcorr_radius, xcorr_radius + 1) % n for n in self.pad])
+            second, second_d = self._runner_up(to_host(ncc[b, ...]), d)
             out.append(CorrelationPeak(shift=d + self.offset, quality=quality,
-                                       peak_value=float(best[b]), xcorr=window))
+                                       peak_value=float(best[b]), xcorr=window,
+                                       runner_up=second, runner_up_shift=second_d + self.offset))
         return out
+
+    def _runner_up(self, ncc, d) -> tuple[float, np.ndarray]:
+        """The highest separate peak of the whole-pixel ``ncc`` (one frame's, on the host)
+        more than ``RUNNER_UP_GAP`` pixels from the best one's displacement ``d``: its
+        value and displacement (-inf and NaN when there is none). A separate peak is a
+        local maximum (3 x 3), so the best peak's own shoulder never counts; only the
+        ``RUNNER_UP_TRIES`` highest values are looked at (one partition, no filter over
+        the surface: a filter cost a third of a 512 px frame's registration), so a
+        broad peak whose shoulder fills them has no runner-up."""
+        nd = len(self.pad)
+        d_axes = []
+        for ax in range(nd):
+            da = self._d_axes[ax]
+            if self._rows is not None and ax == nd - 2:
+                da = da[self._rows]
+            d_axes.append(da)
+        flat = ncc.reshape(-1)
+        near_count = (2 * RUNNER_UP_GAP + 1) ** nd
+        k = min(flat.size, RUNNER_UP_TRIES + near_count)
+        top = np.argpartition(flat, flat.size - k)[flat.size - k:]
+        top = top[np.argsort(flat[top])[::-1]]
+        shape = ncc.shape
+        for at in top:
+            idx = np.unravel_index(int(at), shape)
+            disp = np.array([d_axes[ax][i] for ax, i in enumerate(idx)], dtype=float)
+            if not np.all(np.isfinite(disp)) or np.all(np.abs(disp - d) <= RUNNER_UP_GAP):
+                continue
+            value = flat[at]
+            around = ncc[tuple(np.arange(i - 1, i + 2) % n for i, n in zip(idx, shape))
+                         if nd == 1 else np.ix_(*[np.arange(i - 1, i + 2) % n
+                                                  for i, n in zip(idx, shape)])]
+            if np.isfinite(value) and value >= np.max(around):
+                full = self._full_index(idx)
+                return float(value), np.array([self._d_axes[ax][i] for ax, i in enumerate(full)],
+                                              dtype=float)
+        return -np.inf, np.full(nd, np.nan)
 
     def _full_index(self, idx) -> tuple:
         """An index into the computed rows as an index into the padded correlation."""

@@ -257,7 +257,23 @@ class FrameRegistrar:
             shift, sigma = self._refined(to_host(frame), shift)
         if sigma is None:
             sigma = self._peak_sigma(float(peak.quality))
-        return FrameRecord(shift, float(peak.quality), shift, peak.xcorr, sigma=sigma)
+        alternative, margin = self._runner_up(peak)
+        return FrameRecord(shift, float(peak.quality), shift, peak.xcorr, sigma=sigma,
+                           alternative=alternative, margin=margin)
+
+    def _runner_up(self, peak) -> tuple:
+        """The correlation's second separate peak (its shift) and the best peak's lead
+        over it in the noise of a normalized correlation of ``n`` pixels, for two frames
+        each carrying noise: a difference of two peak values of correlation ``rho``
+        scatters by about ``sqrt(4 rho (1 - rho) / n)``. A periodic pattern (a lattice
+        of Bragg spots) has a second peak a lattice vector away, nearly as high."""
+        if peak.runner_up_shift is None or not np.isfinite(peak.runner_up):
+            return None, np.inf
+        rho = float(np.real(peak.peak_value))
+        n = self._curvature[1]
+        noise = np.sqrt(max(4.0 * rho * (1.0 - rho), 1e-12) / n)
+        alternative = np.round(np.asarray(peak.runner_up_shift, float), 10) + 0.0
+        return alternative, float((rho - peak.runner_up) / noise)
 
     def _peak_sigma(self, quality: float) -> np.ndarray:
         """One-sigma error of a correlation peak's shift per axis: for two frames of the

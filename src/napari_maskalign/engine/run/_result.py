@@ -10,7 +10,13 @@ import numpy as np
 
 from ..models import DEFAULT_MODEL, Model, model_named
 from ..models._transforms import similarity_transforms, transform_parameters
-from ._outliers import flag_outliers, interpolate_flagged, interpolate_turns
+from ._outliers import (
+    ambiguity_warning,
+    ambiguous_frames,
+    flag_outliers,
+    interpolate_flagged,
+    interpolate_turns,
+)
 
 __all__ = ["FrameRecord", "Progress", "RegistrationResult", "Steps", "build_result",
            "shift_transforms"]
@@ -46,6 +52,12 @@ class FrameRecord:
         One-sigma error of ``shift`` per axis in pixels, then (rigid and
         similarity) of the rotation in degrees and of the scale; NaN or None
         where unknown (see :attr:`RegistrationResult.uncertainties`).
+    alternative : ndarray or None
+        The shift of the correlation's highest separate peak away from the chosen
+        one (masked translation), or None.
+    margin : float
+        How far the chosen peak stands above that alternative, in the correlation's
+        noise (standard deviations); inf when there is none.
     """
 
     shift: np.ndarray
@@ -55,6 +67,8 @@ class FrameRecord:
     transform: np.ndarray | None = None
     nonrigid: Any = None
     sigma: np.ndarray | None = None
+    alternative: np.ndarray | None = None
+    margin: float = np.inf
 
 
 @dataclass(frozen=True)
@@ -298,7 +312,8 @@ def scale_warning(beyond) -> str | None:
 
 def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | None = None,
                  rotations=None, scales=None, frame_shape=None, uncertainties=None,
-                 parameter_uncertainties=None, **kept) -> RegistrationResult:
+                 parameter_uncertainties=None, alternatives=None, margins=None,
+                 **kept) -> RegistrationResult:
     """A result from a table of measured shifts: outliers flagged with the
     options' thresholds and, if asked for, interpolated.
 
@@ -309,7 +324,11 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
     (per frame and axis, px) and ``parameter_uncertainties`` (rotation in
     degrees, scale) are kept as measured (NaN where unknown). ``kept``: the
     result's other fields, as given (``xcorr``, ``hot_pixels``,
-    ``valid_mask``, ``warnings``, ``lock_suspected``).
+    ``valid_mask``, ``warnings``, ``lock_suspected``). ``alternatives`` and
+    ``margins`` (each frame's second correlation peak and the first's lead over it,
+    see :func:`ambiguous_frames`) flag frames whose peak was a tie the neighbours
+    break against it: outliers, named in a warning, their uncertainty widened to
+    reach the other peak.
 
     The engine ends every run here; the workflow ends a resumed run here
     too, over the whole table (earlier frames included).
@@ -319,6 +338,17 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
     outliers = flag_outliers(
         raw, quality, max_jump=options.max_jump, min_quality=options.min_quality
     )
+    if alternatives is not None and margins is not None:
+        tied, reach = ambiguous_frames(raw, alternatives, margins)
+        # a frame of noise alone ties too, but its quality has said so already
+        tied &= ~flag_outliers(raw, quality, max_jump=np.inf, min_quality=options.min_quality)
+        if tied.any():
+            outliers = outliers | tied
+            kept["warnings"] = [*(kept.get("warnings") or []),
+                                ambiguity_warning(tied, raw, alternatives)]
+            if uncertainties is not None:
+                uncertainties = np.array(uncertainties, dtype=float)
+                uncertainties[tied] = np.fmax(uncertainties[tied], reach[tied])
     shifts = interpolate_flagged(raw, outliers) if options.interpolate_outliers else raw.copy()
     transforms = raw_transforms = None
     moves = rotations is not None or scales is not None

@@ -32,6 +32,9 @@ class _Table:
         self.quality = np.zeros(count)
         # one-sigma errors: the shift per axis, then rotation (deg) and scale for models
         self.sigma = np.full((count, ndim if model.shift_only else ndim + 2), np.nan)
+        # the correlation's second peak per frame and the first's lead over it (noise units)
+        self.alternatives = np.full((count, ndim), np.nan)
+        self.margins = np.full(count, np.inf)
         self.xcorr = None if radius is None else np.zeros((count, *(2 * radius + 1,) * ndim), np.float32)
         self.transforms = None
         if not model.shift_only:
@@ -40,6 +43,8 @@ class _Table:
     def put(self, k: int, record: FrameRecord) -> None:
         self.shifts[k], self.peaks[k], self.quality[k] = record.shift, record.peak, record.quality
         self.sigma[k] = np.nan if record.sigma is None else record.sigma
+        if record.alternative is not None:
+            self.alternatives[k], self.margins[k] = record.alternative, record.margin
         if self.xcorr is not None:
             self.xcorr[k] = record.xcorr
         if self.transforms is not None:
@@ -192,6 +197,9 @@ class RegistrationRun(Steps):
             valid_mask=used,
             **self._parameters(table),
             **checks,
+            # a "previous" run's second peaks are steps from the frame before
+            **({} if opts.mode == "previous" else
+               {"alternatives": table.alternatives, "margins": table.margins}),
         )
 
     def _parameters(self, table) -> dict:
