@@ -85,6 +85,12 @@ _MIRROR = 8
 MIN_POINTS = 4000
 
 
+def _low_contrast(values, noise: float, below: float) -> bool:
+    """Whether ``values`` (an image's valid pixels) scatter by less than ``below`` times
+    the noise's standard deviation: a low-dose image, its content near the noise."""
+    return values.size > 1 and float(values.std()) < below * np.sqrt(max(noise, 0.0))
+
+
 def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
@@ -96,10 +102,13 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     with ``gradient`` of shape ``(ndim, *shape)``, and the noise variance.
     ``local``: the signal's power at a frequency is also read over its 3x3
     neighbours (sharp periodic content: the radial average drowns its peaks in
-    their ring's noise and blurs the spots). ``grad_noise``: also return, per axis,
+    their ring's noise and blurs the spots); a number ``c``: so only where the
+    image's contrast is under ``c`` noise sigmas (:func:`_low_contrast`, decided
+    once the noise is measured, on the same spectrum). ``grad_noise``: also return, per axis,
     the variance the filtered gradient keeps of the white noise.
     """
     image = np.asarray(image, dtype=np.float64)
+    values = image if valid is None else image[np.asarray(valid, bool)]
     if valid is not None:
         image = smooth_filler(valid)(image)
     shape, ndim = image.shape, image.ndim
@@ -121,6 +130,8 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     counts = np.bincount(bins.ravel())
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
     signal = radial[bins]
+    if local is not False and local is not True:
+        local = _low_contrast(values, noise, float(local))
     if local:  # a lattice's Bragg peaks stand far above their radial average
         signal = np.maximum(signal, ndi.uniform_filter(power, 3, mode="wrap"))
     gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
@@ -275,15 +286,12 @@ class Refiner:
         if centre is None:
             centre = (np.asarray(ref.shape, dtype=float) - 1.0) / 2.0
         self.centre = np.asarray(centre, dtype=float)
-        _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=True,
-                                                               grad_noise=True)
-        vals = ref[ref_valid]
         # low dose (contrast under _LOW_DOSE noise sigmas): the local gain keeps the
         # lattice's peaks and the level is smoothed over 8 px; above it the radial gain
         # and a 2 px level measured closer to the bound (sharp spots, 200 / 2000 counts)
-        self.low_dose = vals.size > 1 and float(vals.std()) < _LOW_DOSE * np.sqrt(max(self.noise, 0.0))
-        if not self.low_dose:
-            _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, grad_noise=True)
+        _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=_LOW_DOSE,
+                                                               grad_noise=True)
+        self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
         use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
