@@ -297,3 +297,49 @@ def test_ignored_pixels_do_not_reach_the_valid_ones(how):
     # without the mask the hot pixel rings into the valid pixels next to it
     ringing = move(np.stack([clean, np.nan_to_num(dirty)]))
     assert np.nanmax(np.abs(ringing[1] - want[1])[near & ~ndi.binary_dilation(~valid, iterations=1)]) > 0.5
+
+
+def test_fill_index_is_made_once_per_mask_and_follows_its_content(monkeypatch):
+    """The nearest-valid fill of a mask is computed once however many frames are aligned
+    with it (one call per frame, as the mean's pass makes them), and a mask changed in
+    place is filled as it is now, not as it was."""
+    from napari_maskalign.engine.models import _fill
+
+    _fill._FILL_CACHE.clear()
+    calls = []
+    edt = _fill.ndi.distance_transform_edt
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return edt(*args, **kwargs)
+
+    monkeypatch.setattr(_fill.ndi, "distance_transform_edt", counted)
+    rng = np.random.default_rng(9)
+    frame = ndi.gaussian_filter(rng.random((48, 48)), 2.0).astype(np.float32)
+    valid = np.ones(frame.shape, bool)
+    valid[10:20, 10:20] = False
+    frame_hot = frame.copy()
+    frame_hot[10:20, 10:20] = 100.0  # behind the mask: must not ring into valid pixels
+    shift = [[0.4, -1.3]]
+    first = apply_shifts(frame_hot[None], shift, valid_mask=valid)
+    for _ in range(4):
+        np.testing.assert_array_equal(apply_shifts(frame_hot[None], shift, valid_mask=valid),
+                                      first)
+    assert len(calls) == 1
+    index = _fill.nearest_fill_index(valid)
+    assert not index[0].flags.writeable and not index[1].flags.writeable
+    # the same mask changed in place: a new fill, and its new hot patch does not ring either
+    valid[30:40, 25:35] = False
+    frame_hot[30:40, 25:35] = -100.0
+    again, data = apply_shifts(frame_hot[None], shift, valid_mask=valid, return_valid=True)
+    assert len(calls) == 2
+    clean = apply_shifts(frame[None], shift)
+    near = data[0] & np.isfinite(clean[0])
+    assert np.abs(again[0][near] - clean[0][near]).max() < 0.05 * np.ptp(frame)
+    # an index too large to keep is still right, only not kept
+    monkeypatch.setattr(_fill, "FILL_CACHE_BYTES", 0)
+    _fill._FILL_CACHE.clear()
+    targets, sources = _fill.nearest_fill_index(valid)
+    assert not _fill._FILL_CACHE
+    np.testing.assert_array_equal(np.sort(targets), np.flatnonzero(~valid))
+    assert valid.ravel()[sources].all()
