@@ -381,9 +381,12 @@ def test_publishing_makes_one_layer_change_per_event_loop_turn(qtbot, widget, lo
     assert isinstance(loaded_model.layers["stack aligned"].data, da.Array)
     assert "stack mean" not in loaded_model.layers
     widget._worker_done = True
-    # the computed aligned frames in place, the mean, its count; then the view, the news
-    assert per_turn(lambda: widget._on_returned(value)) == [0, 1, 1, 0, 0]
+    # the computed aligned frames in place, the mean, its count with the view and the news
+    # (they change no layer: no turn, no repaint of their own)
+    assert per_turn(lambda: widget._on_returned(value)) == [0, 1, 1]
     assert changes == ["inserted"] * 5
+    assert widget.status.text().startswith("Done:")
+    assert loaded_model.layers.selection.active is loaded_model.layers["stack aligned"]
     assert isinstance(loaded_model.layers["stack aligned"].data, np.ndarray)
     np.testing.assert_array_equal(loaded_model.layers["stack aligned"].data, value[2].aligned)
 

@@ -474,6 +474,18 @@ def next_turn(fn: Callable[[], Any]) -> None:
     QTimer.singleShot(1, fn)
 
 
+def together(*steps: Callable[[], Any]) -> Callable[[], Any]:
+    """One publishing step that runs ``steps`` in order, in one event-loop turn: a layer
+    change and the cheap steps after it that change no layer (selecting a layer, fitting
+    the view, the status line). A turn of their own each cost a repaint of the window
+    with the canvas (about 0.1 s of CPU on the 2-core machine) for next to no work."""
+    def run() -> None:
+        for step in steps:
+            step()
+
+    return run
+
+
 def publish_in_turns(steps: list, done: Callable[[], Any],
                      failed: Callable[[BaseException], Any], owner=None) -> None:
     """Run the callables ``steps`` (each one layer update) one per event-loop turn, so the

@@ -37,6 +37,7 @@ from ._common import (
     publish_in_turns,
     scrolled,
     start_worker,
+    together,
     wrap_label,
 )
 from ._layers import (
@@ -431,7 +432,9 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
             return
         self._publishing = True
         self.cancel_button.setEnabled(False)  # the result is in: nothing left to cancel
-        self._publish([*steps, functools.partial(self._published, result)])
+        # the news in the last layer's turn (it changes no layer)
+        self._publish([*steps[:-1], together(steps[-1], functools.partial(self._published,
+                                                                          result))])
 
     def _published(self, result: RegistrationResult) -> None:
         self._publishing = False
@@ -561,7 +564,10 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         elif not job.lazy:  # the computed frames in place of the lazy graph
             steps += aligned_steps(self.viewer, res, out, job.props, self._box)
         steps += mean_steps(self.viewer, res, out.mean, job.props, out.mean_limits)
-        steps.append(functools.partial(self._show, job.source, self._box, self._fit))
+        # selecting the aligned stack and fitting the view change no layer: in the last
+        # layer's turn
+        steps[-1] = together(steps[-1], functools.partial(self._show, job.source, self._box,
+                                                          self._fit))
         return steps
 
     def _show_fields(self, source: str, result, props: dict) -> None:
