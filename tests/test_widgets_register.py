@@ -379,6 +379,11 @@ def test_publishing_makes_one_layer_change_per_event_loop_turn(qtbot, widget, lo
     # aligned (lazy), xcorr, marks: one insertion per turn
     assert per_turn(lambda: widget._on_yielded(early[0])) == [1, 1, 1]
     assert isinstance(loaded_model.layers["stack aligned"].data, da.Array)
+    # the new preview is in view at once (with the marks), not only when the mean is made
+    shown = visible_rect(loaded_model)
+    for name in ("stack", "stack xcorr"):
+        ext = np.asarray(loaded_model.layers[name].extent.world)[:, -2:]
+        assert np.all(ext[0] >= shown[0] - 1e-6) and np.all(ext[1] <= shown[1] + 1e-6)
     assert "stack mean" not in loaded_model.layers
     widget._worker_done = True
     # the computed aligned frames in place, the mean, its count with the view and the news

@@ -543,11 +543,12 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         steps = aligned_steps(self.viewer, res, p.ready, job.props, self._box)
         if result.xcorr is None:
             steps.append(functools.partial(drop_preview, self.viewer, job.source))
-            self._fit = False
         else:
-            self._fit = preview_is_new(self.viewer, job.source)
+            fit = preview_is_new(self.viewer, job.source)
             steps += preview_steps(self.viewer, job.source, result, job.props,
                                    job.run.frame_shape)
+            if fit:  # in view as soon as it appears, while the worker makes the mean
+                steps[-1] = together(steps[-1], functools.partial(self._fit_view, job.source))
         if model_named(result.model).fields:
             steps.append(functools.partial(self._show_fields, job.source, result, job.props))
         return steps
@@ -564,10 +565,8 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         elif not job.lazy:  # the computed frames in place of the lazy graph
             steps += aligned_steps(self.viewer, res, out, job.props, self._box)
         steps += mean_steps(self.viewer, res, out.mean, job.props, out.mean_limits)
-        # selecting the aligned stack and fitting the view change no layer: in the last
-        # layer's turn
-        steps[-1] = together(steps[-1], functools.partial(self._show, job.source, self._box,
-                                                          self._fit))
+        # selecting the aligned stack changes no layer: in the last layer's turn
+        steps[-1] = together(steps[-1], functools.partial(self._select_aligned, self._box))
         return steps
 
     def _show_fields(self, source: str, result, props: dict) -> None:
@@ -585,12 +584,15 @@ class RegisterWidget(PicksMask, RegisterForm, DockWidget):
         upsert_layer(self.viewer, deformation_name(source), deformation_stack(result),
                      metadata=meta, colormap="magma", **geo, first_time={"visible": False})
 
-    def _show(self, source: str, box: dict, fit: bool) -> None:
-        """Select the aligned stack; when the preview has just appeared, fit the view to
-        the stack and the preview (a re-run leaves the camera where the user put it)."""
+    def _select_aligned(self, box: dict) -> None:
+        """Select the aligned stack (the mean and its count, added after it, took the
+        selection)."""
         aligned = box.get("aligned")
         if aligned is not None and aligned in self.viewer.layers:  # unless removed meanwhile
             self.viewer.layers.selection.active = aligned
-        if fit:
-            shown = [layer_named(self.viewer, n) for n in (source, xcorr_name(source))]
-            self.viewer.fit_to_view(layers=[la for la in shown if la is not None])
+
+    def _fit_view(self, source: str) -> None:
+        """The preview has just appeared: fit the view to the stack and the preview (a
+        re-run leaves the camera where the user put it)."""
+        shown = [layer_named(self.viewer, n) for n in (source, xcorr_name(source))]
+        self.viewer.fit_to_view(layers=[la for la in shown if la is not None])
