@@ -764,6 +764,35 @@ def test_the_work_runs_below_the_main_threads_priority(qtbot, monkeypatch, widge
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # untouched
 
 
+def test_the_gil_is_handed_over_often_while_a_worker_runs(qtbot, monkeypatch, widget):
+    """While the worker registers and averages, the main thread's Python (publishing
+    layers) hands the GIL back at least every 0.5 ms, so the worker's GIL-free calls are
+    not held up 5 ms each; Python's own setting is back once the run is over, also when
+    it is cancelled."""
+    seen = []
+    real = _register.register_job
+
+    def probing(job):
+        seen.append(sys.getswitchinterval())
+        result = yield from real(job)
+        seen.append(sys.getswitchinterval())
+        return result
+
+    monkeypatch.setattr(_register, "register_job", probing)
+    before = sys.getswitchinterval()
+    assert before > _common.WORKER_SWITCH_INTERVAL_S  # Python's default, 5 ms
+    assert run_and_wait(qtbot, widget) == "done"
+    assert seen and all(s <= _common.WORKER_SWITCH_INTERVAL_S for s in seen)
+    assert sys.getswitchinterval() == before
+    # a cancelled run gives it back too
+    worker = widget.run()
+    assert sys.getswitchinterval() <= _common.WORKER_SWITCH_INTERVAL_S
+    with qtbot.waitSignal(widget.run_finished, timeout=RUN_TIMEOUT_MS):
+        widget.cancel()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: sys.getswitchinterval() == before, timeout=RUN_TIMEOUT_MS)
+
+
 def test_a_locked_run_is_a_warning_in_the_dock(qtbot, viewer_model, notes):
     from test_engine_lock import plant_clusters
 

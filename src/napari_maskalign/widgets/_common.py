@@ -618,8 +618,47 @@ def start_worker(
         gone = functools.partial(_owner_gone, alive, worker)
         owner.destroyed.connect(gone)
         worker.finished.connect(functools.partial(_forget_owner, owner, gone))
+    GIL_HANDOVER.worker_started()
+    worker.finished.connect(GIL_HANDOVER.worker_finished)
     worker.start()
     return worker
+
+
+#: while a dock's worker runs, the interpreter hands the GIL over at least this often
+#: (seconds; Python's default is 5 ms)
+WORKER_SWITCH_INTERVAL_S = 0.0005
+
+
+class _GilHandover:
+    """Python's switch interval lowered while any worker runs, restored after the last.
+
+    The worker's numpy and scipy calls (shifting a frame, its spline filter)
+    release the GIL; after each it must take the GIL back, and while the main
+    thread runs Python (napari adding a layer: a few hundred ms, pure Python)
+    it waits until the main thread hands it over, up to the switch interval.
+    In the mean's pass, 1.2 s of main-thread Python kept the worker blocked
+    0.86 s at 5 ms, 0.32 s at 0.5 ms (``/proc`` schedstat, its CPU time the
+    same): the worker's calls, GIL-free, then run beside the main thread's
+    publishing instead of in turn with it. Main thread only."""
+
+    def __init__(self):
+        self.running = 0
+        self.before: float | None = None
+
+    def worker_started(self) -> None:
+        if self.running == 0:
+            self.before = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.before, WORKER_SWITCH_INTERVAL_S))
+        self.running += 1
+
+    def worker_finished(self) -> None:
+        self.running = max(self.running - 1, 0)
+        if self.running == 0 and self.before is not None:
+            sys.setswitchinterval(self.before)
+            self.before = None
+
+
+GIL_HANDOVER = _GilHandover()
 
 
 #: how much nicer than napari's main thread our workers run (Linux). Enough for the main
