@@ -66,6 +66,8 @@ IJCAI 1981, 674-679.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
@@ -362,8 +364,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # Fourier space, from the spectra at hand: a static pixel lands on a different place
     # in each); data where at most one frame had ignored pixels or the frame's edge there
     # (a candidate's fill is its neighbour's value, good enough at one part in k)
-    aligned = np.stack([_phase(grids, -sh) for sh in shifts])
-    mean_f = np.mean(spectra * aligned, axis=0)
+    aligned = [_phase(grids, -sh) for sh in shifts]
+    total_f = spectra[0] * aligned[0]
+    for j in range(1, k):
+        total_f += spectra[j] * aligned[j]
+    total_f /= k - 1  # (each frame's model: the others' mean, below)
     trusted = _box_eroded(use, 5)
     steps = np.round(shifts).astype(int)
     cover = sum(_moved(trusted, st).astype(np.int16) for st in steps)
@@ -371,23 +376,37 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # ... moved onto every frame: residuals in detector coordinates (the middle frame's
     # model is the level of the content)
     resid = np.empty_like(frames)
-    total_f = k * mean_f
+    ok_counts = np.zeros(frame_shape, np.int16)
+    lock = threading.Lock()
 
     def residual(j):
         # the content from the other frames (its own fill and noise are not its model)
-        loo = (total_f * aligned[j].conj() - spectra[j]) / (k - 1)
+        loo = total_f * aligned[j].conj()
+        loo -= spectra[j] * np.float32(1 / (k - 1))
         m = sfft.irfftn(loo, s=frame_shape, workers=one)
         ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
-        gain, offset = _solve(np.stack([m, np.ones_like(m)]), frames[j], ok & clean)
-        resid[j] = np.where(ok, frames[j] - (gain * m + offset), np.inf)  # inf: no vote
+        gain, offset = _fit_gain(m, frames[j], ok & clean)
+        out = resid[j]
+        np.multiply(m, np.float32(gain), out=out)
+        out += np.float32(offset)
+        np.subtract(frames[j], out, out=out)
+        out[~ok] = np.inf  # no vote
+        with lock:
+            ok_counts[ok] += 1
         return m if j == r else None
 
     level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
-    votes = k - np.isinf(resid).sum(axis=0)
-    _sort_frames(resid)  # the votes first; their median:
-    half = np.maximum(votes - 1, 0)
-    med = 0.5 * (np.take_along_axis(resid, (half // 2)[None], 0)[0]
-                 + np.take_along_axis(resid, ((half + 1) // 2)[None], 0)[0])
+    votes = ok_counts
+    _sort_frames(resid)  # the votes first; their median (every frame votes at most pixels):
+    med = 0.5 * (resid[(k - 1) // 2] + resid[k // 2])
+    top = resid[k - 1].copy()
+    fewer = np.flatnonzero(votes < k)
+    if fewer.size:
+        some = resid.reshape(k, -1)[:, fewer]
+        half = np.maximum(votes.flat[fewer] - 1, 0)
+        med.flat[fewer] = 0.5 * (np.take_along_axis(some, (half // 2)[None], 0)[0]
+                                 + np.take_along_axis(some, ((half + 1) // 2)[None], 0)[0])
+        top.flat[fewer] = np.take_along_axis(some, half[None], 0)[0]
     # the frame's edge is static too: moved frames ring there (they wrap around)
     edge = int(np.ceil(np.abs(shifts).max())) + 6
     inside = np.zeros(frame_shape, bool)
@@ -398,7 +417,6 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # frame, content misplaced by a local (non-rigid) motion or a lattice's coincidences in
     # only some of them
     low = resid[0]
-    top = np.take_along_axis(resid, np.maximum(votes - 1, 0)[None], 0)[0]
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
     c, s = _binned_spread(med, level, judged & clean)
@@ -577,6 +595,20 @@ def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> n
         return np.linalg.solve(h, (wb @ target.reshape(-1)).astype(np.float64))
     except np.linalg.LinAlgError:
         return np.zeros(len(basis))
+
+
+def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple:
+    """``(gain, offset)``: least squares of ``target ~ gain * model + offset`` over the
+    pixels ``where`` (the normal equations from five sums, in float64)."""
+    m = model[where].astype(np.float64)
+    t = target[where].astype(np.float64)
+    n, sm, st = m.size, m.sum(), t.sum()
+    h = np.array([[np.dot(m, m), sm], [sm, n]])
+    try:
+        gain, offset = np.linalg.solve(h, [np.dot(m, t), st])
+    except np.linalg.LinAlgError:
+        return 0.0, 0.0
+    return float(gain), float(offset)
 
 
 def _moved(mask: np.ndarray, step: np.ndarray) -> np.ndarray:
