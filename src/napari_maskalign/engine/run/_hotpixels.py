@@ -90,6 +90,11 @@ SAMPLE_BYTES = 64 * 2**20
 STEADY = 0.35
 #: the width of the top hat that finds candidates (clusters narrower than it)
 HAT = 7
+#: frames at least this large (every axis) are searched 4x binned for whole pixels
+COARSE_FROM = 512
+#: ... and searched again 2x binned where that fit fails and its peak had a runner-up
+#: at least this fraction of its height (a lattice's neighbouring match)
+AMBIGUOUS = 0.7
 
 
 
@@ -177,18 +182,74 @@ def _spread_where(levels, centres, sigmas, where, least: float) -> np.ndarray:
     return out
 
 
-def _filler(valid: np.ndarray):
-    """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
-    if valid.all():
+def _filler(valid: np.ndarray, spots=None, nearest=None):
+    """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid
+    value. With ``spots`` (small groups of invalid pixels scattered among the valid
+    ones: the candidates) invalid too, those first take the mean of their nearest
+    valid pixels (every one at the nearest distance: no arbitrary pick among them;
+    looked up around each, :func:`_nearest_among`, instead of a distance transform of
+    the whole frame), then the other invalid pixels (the block) their nearest pixel
+    outside the block's (filled) value. ``nearest``: :func:`_nearest_fill` of ``valid``,
+    when at hand."""
+    spotted = None
+    if spots is not None and spots.any():
+        holes = np.flatnonzero(spots)
+        which, src = _nearest_among(valid & ~spots, holes)
+        if which is None:  # (a group wider than the look-around: rare)
+            return _filler(valid & ~spots)
+        order = np.argsort(which, kind="stable")
+        src = src[order]
+        counts = np.bincount(which, minlength=holes.size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        spotted = holes, src, starts, counts
+    block = None if valid.all() else (_nearest_fill(valid) if nearest is None else nearest)
+    if spotted is None and block is None:
         return lambda frames: frames
-    holes, src = _nearest_fill(valid)
 
     def fill(frames):
         out = frames.reshape(*frames.shape[: frames.ndim - valid.ndim], -1).copy()
-        out[..., holes] = out[..., src]
+        if spotted is not None:
+            holes, src, starts, counts = spotted
+            out[..., holes] = np.add.reduceat(out[..., src], starts, axis=-1) / counts.astype(out.dtype)
+        if block is not None:
+            out[..., block[0]] = out[..., block[1]]
         return out.reshape(frames.shape)
 
     return fill
+
+
+#: :func:`_nearest_among` looks this far (px) around a pixel
+LOOK_AROUND = 4
+
+
+def _nearest_among(valid: np.ndarray, at: np.ndarray) -> tuple:
+    """``(which, sources)``: for the flat indices ``at``, the flat indices of the pixels
+    where ``valid`` nearest to each (Euclidean, every one at that distance), within
+    ``LOOK_AROUND`` px, as pairs (``which``: the position in ``at``); ``(None, None)``
+    when a pixel has none there. The offsets shell by shell, each shell tried on the
+    pixels not yet matched."""
+    shape = valid.shape
+    span = np.arange(-LOOK_AROUND, LOOK_AROUND + 1)
+    offsets = np.stack(np.meshgrid(*[span] * valid.ndim, indexing="ij"), -1).reshape(-1, valid.ndim)
+    d2 = (offsets**2).sum(axis=1)
+    coords = np.stack(np.unravel_index(at, shape), -1)
+    todo = np.arange(at.size)
+    flat = valid.reshape(-1)
+    which, sources = [], []
+    for shell in np.unique(d2[(d2 > 0) & (d2 <= LOOK_AROUND**2)]):
+        matched = np.zeros(todo.size, bool)
+        for off in offsets[d2 == shell]:
+            c = coords[todo] + off
+            inside = ((c >= 0) & (c < shape)).all(axis=1)
+            idx = np.ravel_multi_index(tuple(np.clip(c, 0, np.array(shape) - 1).T), shape)
+            hit = inside & flat[idx]
+            which.append(todo[hit])
+            sources.append(idx[hit])
+            matched |= hit
+        todo = todo[~matched]
+        if todo.size == 0:
+            return np.concatenate(which), np.concatenate(sources)
+    return None, None
 
 
 def _small_groups(core: np.ndarray, loose: np.ndarray, max_cluster: int) -> np.ndarray:
@@ -264,7 +325,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     frames[:, ~use] = 0  # (the sample is this search's own copy)
 
     # 1. candidates: bright in every frame (minimum) or dark in every frame (maximum)
-    lo, hi = _filler(use)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
+    block = None if use.all() else _nearest_fill(use)
+    lo, hi = _filler(use, nearest=block)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
     # (each against its neighbourhood with the opposite kind taken out first: a hot
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
     # (a closing then an opening: the two erosions in the middle are one erosion twice
@@ -292,19 +354,29 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     clean = use & ~candidates
 
     # 2. coarse registration of the sampled frames onto the middle one: masked correlation
-    # of 2x binned frames with the candidates (and the block) ignored, so nothing static
-    # pulls it to zero; then Gauss-Newton steps on the smoothed frames, at half resolution
-    # (smoothed, they carry nothing finer)
+    # of binned frames (4x from 512 px, else 2x) with the candidates (and the block) ignored,
+    # so nothing static pulls it to zero; then Gauss-Newton steps on the smoothed frames, at
+    # half resolution (smoothed, they carry nothing finer)
     r = k // 2
     b = 2 if min(frame_shape) >= 64 else 1
-    bc = 4 if min(frame_shape) >= 1024 else b  # the whole-pixel search: 4x binned when large
-    clean_b, clean_c = (_binned(clean[None].astype(np.float32), f)[0] > 0.999 for f in (b, bc))
-    binned = _binned(frames, bc)
-    # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
-    reach = [max(8, n // 4) for n in binned.shape[1:]]
-    corr = MaskedCorrelator(binned[r], clean_c, clean_c, shrink=True, workers=workers,
-                            dtype=np.float32, max_shift=reach)
-    fill = _filler(clean)
+    bc = 4 if min(frame_shape) >= COARSE_FROM else b
+    clean_b = _binned(clean[None].astype(np.float32), b)[0] > 0.999
+    searches: dict = {}
+
+    def search(f):
+        """(frames binned ``f`` times, their whole-pixel correlator), made when first asked."""
+        if f not in searches:
+            clean_f = clean_b if f == b else _binned(clean[None].astype(np.float32), f)[0] > 0.999
+            binned = _binned(frames, f)
+            # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
+            reach = [max(8, n // 4) for n in binned.shape[1:]]
+            searches[f] = binned, MaskedCorrelator(binned[r], clean_f, clean_f, shrink=True,
+                                                   workers=workers, dtype=np.float32,
+                                                   max_shift=reach)
+        return searches[f]
+
+    search(bc)
+    fill = _filler(use, candidates, block)
     axes = tuple(range(1, ndim + 1))
     spectra = sfft.rfftn(fill(frames), axes=axes, workers=workers)
     grids = _grids(frame_shape)
@@ -331,34 +403,52 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
             normals[key] = (w, _normal(basis, w))
         return normals[key]
 
-    def register(j):
-        """(shift, misfit): the misfit is what the fit leaves of the reference's variance."""
+    def register(j, f=bc):
+        """(shift, misfit, ambiguous): the misfit is what the fit leaves of the reference's
+        variance; ambiguous, whether the whole-pixel peak had a runner-up nearly as high."""
         if j == r:
-            return np.zeros(ndim), 0.0
-        shift = np.asarray(corr.register(binned[j]).shift, float) * bc
+            return np.zeros(ndim), 0.0, False
+        binned, corr = search(f)
+        peak = corr.register(binned[j])
+        shift = np.asarray(peak.shift, float) * f
         for _ in range(5):
             back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
             w, equations = normal(np.round(shift / b).astype(int))
             coef = _solve(basis, back - ref, normal=equations)
-            shift += np.clip(coef[:ndim], -bc, bc)
+            shift += np.clip(coef[:ndim], -f, f)
             if np.abs(coef[:ndim]).max() < 0.02:
                 break
-        left = (back - ref - np.tensordot(coef, basis, 1))[w]
-        spread = (ref - ref[w].mean())[w]
-        return shift, float(np.dot(left, left)) / max(float(np.dot(spread, spread)), 1e-30)
+        left = back - ref
+        for c, part in zip(coef, basis):
+            left -= np.float32(c) * part
+        left = left[w]
+        spread = ref[w]
+        spread = spread - spread.mean()
+        misfit = _dot(left, left) / max(_dot(spread, spread), 1e-30)
+        return shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)
 
     fits = list(in_threads(register, range(k), threads))
     # a frame the search could not register (a periodic pattern can match a lattice
     # vector away at low resolution) fits far worse than the others: it takes no part
-    misfit = np.array([m for _, m in fits])
-    others = np.delete(misfit, r)
-    keep = misfit <= 2 * np.median(others) + 1e-3
+    shifts = np.array([sh for sh, _, _ in fits])
+    misfit = np.array([m for _, m, _ in fits])
+
+    def failed():
+        return ~(misfit <= 2 * np.median(np.delete(misfit, r)) + 1e-3)  # (NaN: failed)
+
+    if bc > b:  # (4x binned, a finer lattice than 8 px aliases: such a frame is searched 2x)
+        for j in np.flatnonzero(failed() & np.array([a for _, _, a in fits])):
+            sh, m, _ = register(j, b)
+            if m < misfit[j]:
+                shifts[j], misfit[j] = sh, m
+    keep = ~failed()
     if keep.sum() < 3:
         return outliers
-    shifts = np.array([sh for sh, _ in fits])[keep]
-    frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
-    r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
-    picks = picks[keep]
+    if not keep.all():
+        shifts = shifts[keep]
+        frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
+        r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
+        picks = picks[keep]
 
     # 3. the content: the sampled frames aligned onto the middle one and averaged (in
     # Fourier space, from the spectra at hand: a static pixel lands on a different place
@@ -392,7 +482,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         np.subtract(frames[j], out, out=out)
         out[~ok] = np.inf  # no vote
         with lock:
-            ok_counts[ok] += 1
+            np.add(ok_counts, ok, out=ok_counts)
         return m if j == r else None
 
     level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
@@ -592,20 +682,27 @@ def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> n
     at hand (the same numbers)."""
     wb, h = _normal(basis, weight) if normal is None else normal
     try:
-        return np.linalg.solve(h, (wb @ target.reshape(-1)).astype(np.float64))
+        return np.linalg.solve(h, np.einsum("ij,j->i", wb, target.reshape(-1), dtype=np.float64))
     except np.linalg.LinAlgError:
         return np.zeros(len(basis))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` over every element, accumulated in float64, without BLAS (a
+    threaded BLAS call from the search's threads waits for its own threads to be
+    scheduled: milliseconds on a busy machine)."""
+    return float(np.einsum("i,i->", a.reshape(-1), b.reshape(-1), dtype=np.float64))
 
 
 def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple:
     """``(gain, offset)``: least squares of ``target ~ gain * model + offset`` over the
     pixels ``where`` (the normal equations from five sums, in float64)."""
-    m = model[where].astype(np.float64)
-    t = target[where].astype(np.float64)
-    n, sm, st = m.size, m.sum(), t.sum()
-    h = np.array([[np.dot(m, m), sm], [sm, n]])
+    w = where.astype(model.dtype)
+    mw = model * w
+    n, sm, st = float(np.count_nonzero(where)), _dot(mw, w), _dot(target, w)
+    h = np.array([[_dot(mw, model), sm], [sm, n]])
     try:
-        gain, offset = np.linalg.solve(h, [np.dot(m, t), st])
+        gain, offset = np.linalg.solve(h, [_dot(mw, target), st])
     except np.linalg.LinAlgError:
         return 0.0, 0.0
     return float(gain), float(offset)
