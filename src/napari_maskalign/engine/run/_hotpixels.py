@@ -169,17 +169,12 @@ def _nearest_fill(valid: np.ndarray):
     return full(holes), full(src)
 
 
-def _spread_where(levels, centres, sigmas, where, least: float) -> np.ndarray:
-    """``np.interp(levels, centres, sigmas)`` where ``where``, inf elsewhere: for
-    comparisons ``x > k * sigma`` with ``k >= least``, which ``where`` (``x > least *
-    min(sigmas)``) alone can pass. The interpolation of every pixel when ``least``
-    is not positive."""
-    if least <= 0:
-        return np.interp(levels, centres, sigmas)
-    out = np.full(levels.shape, np.inf)
-    at = np.flatnonzero(where)
-    out.flat[at] = np.interp(levels.flat[at], centres, sigmas)
-    return out
+def _above(x, levels, centres, sigmas, factor: float, where) -> np.ndarray:
+    """The flat indices of the pixels of ``where`` whose ``x`` exceeds ``factor`` times
+    the spread at their level, ``np.interp(levels, centres, sigmas)``: interpolated only
+    where ``x`` exceeds ``factor`` times the smallest spread (nowhere else can it)."""
+    at = np.flatnonzero(where & (x > factor * sigmas.min()) if factor > 0 else where)
+    return at[x.flat[at] > factor * np.interp(levels.flat[at], centres, sigmas)]
 
 
 def _filler(valid: np.ndarray, spots=None, nearest=None):
@@ -338,19 +333,19 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot, bg_lo, use)
     c_dead, s_dead = _binned_spread(hat_dead, bg_hi, use)
-    # (only where a pixel can stand out by the smallest factor used below: elsewhere
-    # it does not, whatever its level; inf there says so)
-    least = min(5.0, threshold)
-    sig_hot = _spread_where(bg_lo, c_hot, s_hot, hat_hot > least * s_hot.min(), least)
-    sig_dead = _spread_where(bg_hi, c_dead, s_dead, hat_dead > least * s_dead.min(), least)
     # ... and steady: a static pixel keeps its value from frame to frame (its own noise
     # aside), a spot of the pattern that moves less than its width does not
     # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
     ok = c_hot > 0
     gain = float(np.median(s_hot[ok] ** 2 / c_hot[ok])) if ok.any() else 0.0
-    wobble = 3 * np.sqrt(gain * np.abs(lo)) if np.isfinite(gain) else 0.0
-    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead) + wobble
-    candidates = use & steady & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
+    # (looked at only where a pixel stands out: a few thousand)
+    at = np.union1d(_above(hat_hot, bg_lo, c_hot, s_hot, 5.0, use),
+                    _above(hat_dead, bg_hi, c_dead, s_dead, 5.0, use))
+    lo_at = lo.flat[at]
+    wobble = 3 * np.sqrt(gain * np.abs(lo_at)) if np.isfinite(gain) else 0.0
+    steady = (hi.flat[at] - lo_at) < STEADY * np.maximum(hat_hot.flat[at], hat_dead.flat[at]) + wobble
+    candidates = np.zeros(frame_shape, bool)
+    candidates.flat[at[steady]] = True
     clean = use & ~candidates
 
     # 2. coarse registration of the sampled frames onto the middle one: masked correlation
@@ -487,12 +482,12 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
 
     level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
     votes = ok_counts
-    _sort_frames(resid)  # the votes first; their median (every frame votes at most pixels):
-    med = 0.5 * (resid[(k - 1) // 2] + resid[k // 2])
-    top = resid[k - 1].copy()
+    ranked = _sorted_frames(resid)  # the votes first; their median (every frame votes at most pixels):
+    med = 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2])
+    low, top = ranked[0], ranked[k - 1]
     fewer = np.flatnonzero(votes < k)
     if fewer.size:
-        some = resid.reshape(k, -1)[:, fewer]
+        some = np.stack([row.reshape(-1)[fewer] for row in ranked])
         half = np.maximum(votes.flat[fewer] - 1, 0)
         med.flat[fewer] = 0.5 * (np.take_along_axis(some, (half // 2)[None], 0)[0]
                                  + np.take_along_axis(some, ((half + 1) // 2)[None], 0)[0])
@@ -506,50 +501,64 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # every voting frame on the median's side: a static pixel's excess is there in each
     # frame, content misplaced by a local (non-rigid) motion or a lattice's coincidences in
     # only some of them
-    low = resid[0]
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
     c, s = _binned_spread(med, level, judged & clean)
     least = min(3.0, threshold)
-    sigma = _spread_where(level, c, s, judged & (np.abs(med) > least * s.min()), least)
-    rel = RELATIVE * np.abs(level)
+    # (only where a residual can pass the smallest factor used, ``least`` times the quietest
+    # level's spread: elsewhere nothing stands out, whatever its level)
+    lit = np.flatnonzero(judged & (np.abs(med) > least * s.min()) if least > 0 else judged)
+    med_at, level_at = med.flat[lit], level.flat[lit]
+    sigma_at = np.interp(level_at, c, s)
+    rel_at = RELATIVE * np.abs(level_at)
     found = np.zeros(frame_shape, bool)
     strides = np.cumprod((1,) + frame_shape[:0:-1])[::-1]  # (flat index steps per axis)
     neighbours = [int(np.dot(np.subtract(step, 1), strides)) for step in np.ndindex(*(3,) * ndim)]
     for sign in (1.0, -1.0):
-        e = sign * med
+        e_at = sign * med_at
         # a static outlier stands alone; a residual beside an opposite one is the content
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
-        steady = (low > 0) if sign > 0 else (top < 0)
-        core = judged & (e > threshold * sigma) & (e > rel) & steady
-        at = np.flatnonzero(core)
+        steady = (low.flat[lit] > 0) if sign > 0 else (top.flat[lit] < 0)
+        pick = (e_at > threshold * sigma_at) & (e_at > rel_at) & steady
+        at = lit[pick]
         if at.size == 0:
             continue
         # (the neighbours' largest opposite residual: judged pixels are inside the frame)
         echo = np.zeros(at.size, med.dtype)
         for off in neighbours:
-            np.maximum(echo, -e.flat[at + off], out=echo)
-        alone = (e.flat[at] > 2 * echo) | ((hi - lo).flat[at] < STEADY * e.flat[at])
-        core.flat[at[~alone]] = False
-        found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
+            np.maximum(echo, -(sign * med.flat[at + off]), out=echo)
+        e = e_at[pick]
+        alone = (e > 2 * echo) | (hi.flat[at] - lo.flat[at] < STEADY * e)
+        core = np.zeros(frame_shape, bool)
+        core.flat[at[alone]] = True
+        loose = core.copy()
+        loose.flat[lit[e_at > 3 * sigma_at]] = True
+        found |= _small_groups(core, loose, max_cluster)
     # nor is anything beside a large static object (an unpainted block: its edge, of
     # either sign, breaks up into small groups along it)
     large = np.zeros(frame_shape, bool)
     if found.any():
-        loud = judged & (np.abs(med) > 3 * sigma)
+        loud = np.zeros(frame_shape, bool)
+        loud.flat[lit[np.abs(med_at) > 3 * sigma_at]] = True
         large = loud & ~_small_groups(np.ones(frame_shape, bool), loud, max_cluster)
     if large.any():  # (an outlier far above the level there is no edge: it stays)
         weak = np.abs(med) < 3 * np.abs(level)
         found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
     # pixels too few frames could judge (the frame's edge under a large drift, beside the
     # block): the top hat alone, far beyond the noise and the level
-    blind = use & ~judged
-    if blind.any():
-        strong = blind & candidates & (((hat_hot > threshold * sig_hot) & (hat_hot > 3 * np.abs(bg_lo)))
-                          | ((hat_dead > threshold * sig_dead) & (hi < 0.2 * bg_hi)))
-        found |= _small_groups(strong, candidates & blind | strong, max_cluster)
+    blind = use & ~judged & candidates
+    at = np.flatnonzero(blind)
+    if at.size:  # (looked at on those candidates only)
+        hot, dead = hat_hot.flat[at], hat_dead.flat[at]
+        sig_hot = np.interp(bg_lo.flat[at], c_hot, s_hot)
+        sig_dead = np.interp(bg_hi.flat[at], c_dead, s_dead)
+        far = (((hot > threshold * sig_hot) & (hot > 3 * np.abs(bg_lo.flat[at])))
+               | ((dead > threshold * sig_dead) & (hi.flat[at] < 0.2 * bg_hi.flat[at])))
+        strong = np.zeros(frame_shape, bool)
+        strong.flat[at[far]] = True
+        found |= _small_groups(strong, blind, max_cluster)
     if details is not None and "debug" in details:
         details["debug"] = dict(locals())
     if details is not None:
@@ -609,21 +618,24 @@ def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _sort_frames(a: np.ndarray) -> None:
-    """Sort ``a`` (k, *shape) along its first axis in place: for the few frames of the
-    search an odd-even transposition network of elementwise minima and maxima (each a
-    contiguous pass; ``np.sort`` along the first axis strides through memory, 5x
-    slower), the same values in the same order (no NaN here)."""
+def _sorted_frames(a: np.ndarray) -> list:
+    """The frames of ``a`` (k, *shape) sorted pixel by pixel, as a list of k arrays (``a``
+    is used up): for the few frames of the search an odd-even transposition network of
+    elementwise minima and maxima (each a contiguous pass, the outputs swapped by
+    reference: two passes a comparison; ``np.sort`` along the first axis strides
+    through memory, 5x slower), the same values in the same order (no NaN here)."""
     k = a.shape[0]
     if k > 8:
         a.sort(axis=0)
-        return
-    low = np.empty_like(a[0])
+        return list(a)
+    rows, spare = list(a), np.empty_like(a[0])
     for p in range(k):
         for i in range(p % 2, k - 1, 2):
-            np.minimum(a[i], a[i + 1], out=low)
-            np.maximum(a[i], a[i + 1], out=a[i + 1])
-            a[i] = low
+            lo, hi = rows[i], rows[i + 1]
+            np.minimum(lo, hi, out=spare)
+            np.maximum(lo, hi, out=hi)
+            rows[i], spare = spare, lo
+    return rows
 
 
 def _binned(frames: np.ndarray, b: int) -> np.ndarray:
