@@ -484,7 +484,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     votes = ok_counts
     ranked = _sorted_frames(resid)  # the votes first; their median (every frame votes at most pixels):
     med = 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2])
-    low, top = ranked[0], ranked[k - 1]
+    lowest, top = ranked[0], ranked[k - 1]
     fewer = np.flatnonzero(votes < k)
     if fewer.size:
         some = np.stack([row.reshape(-1)[fewer] for row in ranked])
@@ -520,7 +520,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
-        steady = (low.flat[lit] > 0) if sign > 0 else (top.flat[lit] < 0)
+        steady = (lowest.flat[lit] > 0) if sign > 0 else (top.flat[lit] < 0)
         pick = (e_at > threshold * sigma_at) & (e_at > rel_at) & steady
         at = lit[pick]
         if at.size == 0:
@@ -694,7 +694,8 @@ def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> n
     at hand (the same numbers)."""
     wb, h = _normal(basis, weight) if normal is None else normal
     try:
-        return np.linalg.solve(h, np.einsum("ij,j->i", wb, target.reshape(-1), dtype=np.float64))
+        # (float32 sums, as BLAS makes them, but without BLAS: see :func:`_dot`)
+        return np.linalg.solve(h, np.einsum("ij,j->i", wb, target.reshape(-1)).astype(np.float64))
     except np.linalg.LinAlgError:
         return np.zeros(len(basis))
 
