@@ -467,10 +467,11 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # Fourier space, from the spectra at hand: a static pixel lands on a different place
     # in each); data where at most one frame had ignored pixels or the frame's edge there
     # (a candidate's fill is its neighbour's value, good enough at one part in k)
-    aligned = [_phase(grids, -sh) for sh in shifts]
-    total_f = spectra[0] * aligned[0]
+    # (the middle frame stays where it is: no factor of ones)
+    aligned = [None if j == r else _phase(grids, -sh) for j, sh in enumerate(shifts)]
+    total_f = spectra[0].copy() if aligned[0] is None else spectra[0] * aligned[0]
     for j in range(1, k):
-        total_f += spectra[j] * aligned[j]
+        total_f += spectra[j] if aligned[j] is None else spectra[j] * aligned[j]
     total_f /= k - 1  # (each frame's model: the others' mean, below)
     trusted = _box_eroded(use, 5)
     steps = np.round(shifts).astype(int)
@@ -484,7 +485,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
 
     def residual(j):
         # the content from the other frames (its own fill and noise are not its model)
-        loo = total_f * aligned[j].conj()
+        loo = total_f.copy() if aligned[j] is None else total_f * aligned[j].conj()
         loo -= spectra[j] * np.float32(1 / (k - 1))
         m = sfft.irfftn(loo, s=frame_shape, workers=one)
         ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
