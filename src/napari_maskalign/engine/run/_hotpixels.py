@@ -564,7 +564,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
         large = loud & ~_small_groups(np.ones(frame_shape, bool), loud, max_cluster)
     if large.any():  # (an outlier far above the level there is no edge: it stays)
         weak = np.abs(med) < 3 * np.abs(level)
-        found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
+        found &= ~(_box_dilated(large, 7) & weak)
     # pixels too few frames could judge (the frame's edge under a large drift, beside the
     # block): the top hat alone, far beyond the noise and the level
     blind = use & ~judged & candidates
@@ -617,9 +617,16 @@ def _flat_filter(image: np.ndarray, width: int, op) -> np.ndarray:
     return out
 
 
-def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
-    """``mask`` eroded by a ``width``-wide box (odd), outside the frame False: the same
-    as ``binary_erosion`` with a full box, one axis at a time (a box is separable),
+def _box_dilated(mask: np.ndarray, width: int) -> np.ndarray:
+    """``mask`` dilated by a ``width``-wide box (odd), nothing outside the frame: the same
+    as ``binary_dilation`` with a full box, one axis at a time (ORs of shifted views;
+    scipy's took 10 ms a frame with a 7 px box)."""
+    return ~_box_eroded(~mask, width, outside=True)
+
+
+def _box_eroded(mask: np.ndarray, width: int, outside: bool = False) -> np.ndarray:
+    """``mask`` eroded by a ``width``-wide box (odd), outside the frame ``outside``
+    (False: the same as ``binary_erosion`` with a full box), one axis at a time (a box is separable),
     each axis the AND of ``width`` shifted views (scipy's minimum filter took 30x
     longer on a frame)."""
     half = width // 2
@@ -628,7 +635,7 @@ def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
         n = out.shape[ax]
         pad = [(0, 0)] * mask.ndim
         pad[ax] = (half, half)
-        run = np.pad(out, pad)  # (False outside)
+        run = np.pad(out, pad, constant_values=outside)
         acc = None
         for o in range(width):
             part = run[(slice(None),) * ax + (slice(o, o + n),)]
