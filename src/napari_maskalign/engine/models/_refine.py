@@ -352,7 +352,10 @@ class Refiner:
         #: (measured, 16x32x32 noiseless: 0.08 px off in Fourier space, 0.01 with it)
         self.fourier = model.shift_only and self.ndim == 2
         self._usable_cache = {}
-        self._jac = None
+        #: a shift's Jacobian (the reference's gradient, its smoothed level for the gain,
+        #: ones for the offset) is the same wherever the frame is sampled: built once
+        self._fixed_jac = _FixedJacobian(np.vstack([self.g, -self.level, -np.ones(self.n_points)])
+                                         ) if self.fourier else None
         # the translation model's frame, mirrored out by _pad, on a fast FFT size
         self._pad = [min(_MIRROR, n - 1) for n in self.shape]
         self._pshape = tuple(sfft.next_fast_len(n + 2 * p, real=True)
@@ -493,7 +496,7 @@ class Refiner:
         # column is an instrument whose equation is unbiased. A shift's Jacobian is the
         # reference's gradient wherever the frame is sampled: its products are formed
         # once, for every frame and step (_FixedJacobian)
-        jac = self._fixed() if self.fourier else self._general_jac()
+        jac = self._fixed_jac if self.fourier else self._general_jac()
         for it in range(1, self.max_iter + 1):
             if self.fourier:  # a shift: which points are usable depends on its whole pixels
                 pos, (ok, count) = None, self._usable_shift(params)
@@ -535,13 +538,6 @@ class Refiner:
         cov = None if last is None else self._step_covariance(*last)
         return RefineResult(params, (m, self.r, used), gain, offset, it, converged,
                             int(self.n_points), noise, cov)
-
-    def _fixed(self) -> _FixedJacobian:
-        """The translation's Jacobian: the reference's gradient, its smoothed level (the
-        gain) and a column of ones (the offset), built once."""
-        if self._jac is None:
-            self._jac = _FixedJacobian(np.vstack([self.g, -self.level, -np.ones(self.n_points)]))
-        return self._jac
 
     def _general_jac(self) -> np.ndarray:
         """A fresh Jacobian ``(K, n_params + 2)`` whose gain and offset columns are
