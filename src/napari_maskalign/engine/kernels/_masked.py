@@ -410,11 +410,11 @@ class MaskedCorrelator(FineGridRefinement):
                 else:
                     frame_terms = (sum_m[b, ...], sum_mm[b, ...], sum_mf[b, ...])
                 vertex = None if fine else self._vertex(ncc[b, ...], peak_idx, float(best[b]))
-                later = self._later(peak_idx, d, frame_terms, float(den_max[b]))
                 if vertex is None:
-                    d, quality = later[0]()
-                    d, later = d - self.offset, (None, None)
+                    sample = self._frame_sampler(peak_idx, d, frame_terms)
+                    d, quality = self._refine(d, sample, float(den_max[b]))
                 else:
+                    later = self._later(peak_idx, d, frame_terms, float(den_max[b]))
                     d, quality = d + vertex[0], vertex[1]
             window = None
             if xcorr_radius is not None:
@@ -436,8 +436,7 @@ class MaskedCorrelator(FineGridRefinement):
 
         def sampler():
             if not made:
-                made.append(self._padded_sampler(frame_terms) if self.refine_window is None
-                            else self._cropped_sampler(peak_idx, d, frame_terms))
+                made.append(self._frame_sampler(peak_idx, d, frame_terms))
             return made[0]
 
         def fine():
@@ -449,6 +448,13 @@ class MaskedCorrelator(FineGridRefinement):
             return self._fine_peak(at, 1, 1.0, sampler(), den_max)[1]
 
         return fine, quality_at
+
+    def _frame_sampler(self, peak_idx, d, frame_terms):
+        """Every NCC term on fine grids around the whole-pixel displacement ``d``, from
+        the frame's kept spectra (or its whole-pixel sums cropped around the peak)."""
+        if self.refine_window is None:
+            return self._padded_sampler(frame_terms)
+        return self._cropped_sampler(peak_idx, d, frame_terms)
 
     def _vertex(self, ncc, peak_idx, best):
         """The offset from the whole-pixel peak (``peak_idx``, value ``best``) of the
