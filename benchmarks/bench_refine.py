@@ -40,21 +40,25 @@ def main(argv=None):
         "default (refined)": dict(base, upsample_factor=20, refine=True),
     }
     times = {name: [] for name in calls}
+    cpus = {name: [] for name in calls}
     register_stack(s.stack[:3], **calls["default (refined)"])  # imports, first-call costs
     for _ in range(args.repeats):
         for name, kw in calls.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             register_stack(s.stack, **kw)
             times[name].append((time.perf_counter() - t0) / args.frames * 1e3)
-    ms = {name: statistics.median(v) for name, v in times.items()}
-    for name, t in ms.items():
-        print(f"{name:20s} {t:7.2f} ms/frame")
-    whole, kernel, default = (ms[k] for k in calls)
-    print(f"refine on - off: {default - kernel:.2f} ms/frame = {(default - kernel) / kernel:.2f}x "
-          f"the kernel; default = {default / kernel:.2f}x the kernel row")
-    print(f"default - whole pixel (the refinement with its start and its quality, in place of "
-          f"the 1/20 grid): {default - whole:.2f} ms/frame = {(default - whole) / kernel:.2f}x the "
-          f"kernel ({args.frames} frames of {args.size}x{args.size}, medians of {args.repeats})")
+            cpus[name].append((time.process_time() - c0) / args.frames * 1e3)
+    print(f"# {args.frames} frames of {args.size}x{args.size}, medians of {args.repeats}; wall "
+          "clock, and the process's CPU time (all threads: other jobs disturb it less)")
+    for clock, table in (("wall", times), ("CPU", cpus)):
+        ms = {name: statistics.median(v) for name, v in table.items()}
+        whole, kernel, default = (ms[k] for k in calls)
+        print(f"{clock}: whole pixel {whole:.2f}, kernel (1/20 peak) {kernel:.2f}, default "
+              f"(refined) {default:.2f} ms/frame")
+        print(f"{clock}: refine on - off {default - kernel:.2f} ms/frame = "
+              f"{(default - kernel) / kernel:.2f}x the kernel; default = {default / kernel:.2f}x the "
+              f"kernel row; default - whole pixel (the refinement with its start and quality, in "
+              f"place of the 1/20 grid) = {(default - whole) / kernel:.2f}x the kernel")
 
 
 if __name__ == "__main__":
