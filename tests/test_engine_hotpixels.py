@@ -121,6 +121,43 @@ def test_3d_frames():
     assert sorted(map(tuple, np.argwhere(found))) == [(5, 30, 10), (10, 20, 20)]
 
 
+def fine_texture_stack(seed, n=9, size=512, counts=100.0):
+    """A texture with every feature 4-7 px wide (a band of spatial frequencies that 4x
+    binning averages away and 2x keeps), drifting by known shifts of up to 6 px, with
+    200 static hot pixels. Returns (stack, shifts, truth)."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(size)[:, None], np.fft.rfftfreq(size)[None, :]
+    f = np.hypot(fy, fx)
+    spec = np.fft.rfft2(rng.normal(size=(size, size))) * ((f > 0.15) & (f < 0.23))
+    shifts = rng.uniform(-6, 6, (n, 2))
+    frames = []
+    for s in shifts:
+        t = np.fft.irfft2(spec * np.exp(-2j * np.pi * (fy * s[0] + fx * s[1])), s=(size, size))
+        frames.append(counts * (1.0 + 0.27 * t / t.std()))
+    stack = rng.poisson(np.clip(np.stack(frames), 0, None)).astype(np.float32)
+    truth = np.zeros((size, size), bool)
+    truth.flat[rng.choice(size * size, 200, replace=False)] = True
+    stack[:, truth] += 10 * counts
+    return stack, shifts, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_pattern_too_fine_for_the_4x_binned_search_is_searched_2x_binned(seed):
+    """From 512 px the whole-pixel search runs on 4x binned frames; a pattern with
+    nothing wider than 7 px is gone there, so it lands anywhere (one frame of the sample
+    with seed 0, two with seed 1). Those frames fit far worse than the best one and are
+    searched again on 2x binned frames: every sampled frame is registered to its true
+    shift and kept, and the hot pixels are found, nothing else."""
+    stack, shifts, truth = fine_texture_stack(seed)
+    details = {}
+    found = find_static_outliers(stack, details=details)
+    picks = details["frames"]
+    assert len(picks) == 5
+    middle = shifts[picks[2]]
+    np.testing.assert_allclose(details["shifts"], middle - shifts[picks], atol=0.05)
+    assert np.array_equal(found, truth)
+
+
 def test_a_lazy_stack_is_sampled_not_read(ued):
     """Only a bounded sample of frames is read, so a 100 GB stack costs 5 frames."""
     synth, stack, truth = ued

@@ -18,12 +18,16 @@ moves**. :func:`find_static_outliers` uses that on a small sample of frames
    35 % of its excess: a spot that moves less than its width does not), is a
    candidate.
 2. *Coarse registration*: the sampled frames are registered onto the
-   middle one by masked correlation of 4x (2x for small frames) binned
-   frames with the candidates and ignored pixels masked, so nothing static
+   middle one by masked correlation of binned frames (4x from 512 px, 2x
+   below) with the candidates and ignored pixels masked, so nothing static
    pulls them to zero, then by Gauss-Newton steps (shift, gain, offset) on
-   smoothed frames at half resolution: a few hundredths of a pixel.
-3. *Residuals in detector coordinates*: the frames, candidates filled from
-   their nearest clean neighbour, are moved onto the middle one and averaged
+   smoothed frames at half resolution: a few hundredths of a pixel. A frame
+   that then fits far worse than the best one, and either leaves more than a
+   tenth of the reference's variance (a match in the wrong place: a pattern
+   with nothing wider than 8 px is averaged away at 4x) or had a runner-up
+   peak nearly as high (a lattice), is searched again 2x binned.
+3. *Residuals in detector coordinates*: the frames, candidates filled with the
+   mean of their nearest clean neighbours, are moved onto the middle one and averaged
    in Fourier space (a static pixel lands on a different place in each);
    that content, without the frame's own share, is moved back onto each
    frame (with a fitted gain and offset) and subtracted from the frame as it
@@ -46,6 +50,13 @@ moves**. :func:`find_static_outliers` uses that on a small sample of frames
    which moved frames wrap around; beside the block), a candidate far above
    its background (three times it; dead: below a fifth of it) is taken.
 
+The cost, for 5 frames of 512 x 512: about 10 Fourier transforms of a frame
+(each frame forward once, the content moved back onto each) and the binned
+search; everything else is a few passes over the sampled frames, the tests
+beyond a noise level made only at the pixels that can pass them, and no
+distance transform of the whole frame (the candidates' neighbours are looked
+up around each).
+
 Pixels that are NaN or inf in (nearly) every sampled frame are static
 outliers too (a NaN in one frame is not static: registration refuses it).
 Pixels the mask already ignores take no part and are never reported.
@@ -65,6 +76,8 @@ IJCAI 1981, 674-679.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from scipy import fft as sfft
@@ -88,6 +101,16 @@ SAMPLE_BYTES = 64 * 2**20
 STEADY = 0.35
 #: the width of the top hat that finds candidates (clusters narrower than it)
 HAT = 7
+#: frames at least this large (every axis) are searched 4x binned for whole pixels ...
+COARSE_FROM = 512
+#: ... and a frame that fits far worse than the best one is searched again 2x binned when
+#: the fit leaves more than this fraction of the reference's variance (a match in the
+#: wrong place: a fine pattern's features blur together at 4x) ...
+WRONG_PLACE = 0.1
+#: ... or its peak had a runner-up at least this fraction of its height (a lattice's
+#: neighbouring match). A frame pulled by an unpainted static object fails by less, and
+#: whatever the binning: not searched again.
+AMBIGUOUS = 0.7
 
 
 
@@ -105,28 +128,41 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
     """``(centres, sigmas)``: the robust spread (1.4826 MAD about the median) of
     ``values[where]`` in bins of ``levels[where]``, for :func:`np.interp` (from at most
     ~30000 of them, evenly strided: plenty for a spread, and cheap on large frames:
-    only the strided pixels are gathered, not every pixel of ``where``)."""
+    only the strided pixels are gathered, not every pixel of ``where``). The bins are
+    runs of the pixels sorted by level (one sort instead of a comparison per bin)."""
     at = np.flatnonzero(where)
     if at.size < 30:  # nothing to measure: nothing stands out
         return np.array([0.0]), np.array([np.inf])
     at = at[:: max(1, at.size // 30000)]
-    values, levels = values.ravel()[at], levels.ravel()[at]
+    levels, values = levels.ravel()[at], values.ravel()[at]
+    order = np.argsort(levels)  # (ties are in one bin, whatever their order)
+    levels, values = levels[order], values[order]
     edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, levels, side="right") - 1, 0, max(len(edges) - 2, 0))
+    # bin b holds edges[b] <= level < edges[b + 1], the last one its right edge too
+    starts = np.searchsorted(levels, edges[:-1], side="left")
+    ends = np.append(starts[1:], levels.size)
     centres, sigmas = [], []
-    for b in range(max(len(edges) - 1, 1)):
-        inbin = which == b
-        v = values[inbin]
-        if v.size < 30:
+    for a, e in zip(starts, ends):
+        if e - a < 30:
             continue
-        centres.append(float(np.median(levels[inbin])))
-        sigmas.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+        v = values[a:e]
+        centres.append(float(_median(levels[a:e])))
+        sigmas.append(1.4826 * float(_median(np.abs(v - _median(v)))))
     if not centres:
         return np.array([0.0]), np.array([np.inf])
     sigmas = np.asarray(sigmas)
     positive = sigmas[sigmas > 0]
     # discrete low counts can give a spread of 0: no level is quieter than the quietest measured
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
+
+
+def _median(x: np.ndarray):
+    """``np.median(x)`` of a flat array (no NaN), the same value, from one partition
+    (np.median's checks cost 10x the partition on the few thousand values here)."""
+    k = x.size
+    lo, hi = (k - 1) // 2, k // 2
+    part = np.partition(x, (lo, hi))
+    return (part[lo] + part[hi]) / 2
 
 
 def _nearest_fill(valid: np.ndarray):
@@ -149,36 +185,89 @@ def _nearest_fill(valid: np.ndarray):
     return full(holes), full(src)
 
 
-def _spread_where(levels, centres, sigmas, where, least: float) -> np.ndarray:
-    """``np.interp(levels, centres, sigmas)`` where ``where``, inf elsewhere: for
-    comparisons ``x > k * sigma`` with ``k >= least``, which ``where`` (``x > least *
-    min(sigmas)``) alone can pass. The interpolation of every pixel when ``least``
-    is not positive."""
-    if least <= 0:
-        return np.interp(levels, centres, sigmas)
-    out = np.full(levels.shape, np.inf)
-    at = np.flatnonzero(where)
-    out.flat[at] = np.interp(levels.flat[at], centres, sigmas)
-    return out
+def _above(x, levels, centres, sigmas, factor: float, where) -> np.ndarray:
+    """The flat indices of the pixels of ``where`` whose ``x`` exceeds ``factor`` times
+    the spread at their level, ``np.interp(levels, centres, sigmas)``: interpolated only
+    where ``x`` exceeds ``factor`` times the smallest spread (nowhere else can it)."""
+    at = np.flatnonzero(where & (x > factor * sigmas.min()) if factor > 0 else where)
+    return at[x.flat[at] > factor * np.interp(levels.flat[at], centres, sigmas)]
 
 
-def _filler(valid: np.ndarray):
-    """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid value."""
-    if valid.all():
+def _filler(valid: np.ndarray, spots=None, nearest=None):
+    """``fill(frames)``: frames (..., *shape) whose invalid pixels hold their nearest valid
+    value. With ``spots`` (small groups of invalid pixels scattered among the valid
+    ones: the candidates) invalid too, those first take the mean of their nearest
+    valid pixels (every one at the nearest distance: no arbitrary pick among them;
+    looked up around each, :func:`_nearest_among`, instead of a distance transform of
+    the whole frame), then the other invalid pixels (the block) their nearest pixel
+    outside the block's (filled) value. ``nearest``: :func:`_nearest_fill` of ``valid``,
+    when at hand."""
+    spotted = None
+    if spots is not None and spots.any():
+        holes = np.flatnonzero(spots)
+        which, src = _nearest_among(valid & ~spots, holes)
+        if which is None:  # (a group wider than the look-around: rare)
+            return _filler(valid & ~spots)
+        order = np.argsort(which, kind="stable")
+        src = src[order]
+        counts = np.bincount(which, minlength=holes.size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        spotted = holes, src, starts, counts
+    block = None if valid.all() else (_nearest_fill(valid) if nearest is None else nearest)
+    if spotted is None and block is None:
         return lambda frames: frames
-    holes, src = _nearest_fill(valid)
 
     def fill(frames):
         out = frames.reshape(*frames.shape[: frames.ndim - valid.ndim], -1).copy()
-        out[..., holes] = out[..., src]
+        if spotted is not None:
+            holes, src, starts, counts = spotted
+            out[..., holes] = np.add.reduceat(out[..., src], starts, axis=-1) / counts.astype(out.dtype)
+        if block is not None:
+            out[..., block[0]] = out[..., block[1]]
         return out.reshape(frames.shape)
 
     return fill
 
 
+#: :func:`_nearest_among` looks this far (px) around a pixel
+LOOK_AROUND = 4
+
+
+def _nearest_among(valid: np.ndarray, at: np.ndarray) -> tuple:
+    """``(which, sources)``: for the flat indices ``at``, the flat indices of the pixels
+    where ``valid`` nearest to each (Euclidean, every one at that distance), within
+    ``LOOK_AROUND`` px, as pairs (``which``: the position in ``at``); ``(None, None)``
+    when a pixel has none there. The offsets shell by shell, each shell tried on the
+    pixels not yet matched."""
+    shape = valid.shape
+    span = np.arange(-LOOK_AROUND, LOOK_AROUND + 1)
+    offsets = np.stack(np.meshgrid(*[span] * valid.ndim, indexing="ij"), -1).reshape(-1, valid.ndim)
+    d2 = (offsets**2).sum(axis=1)
+    coords = np.stack(np.unravel_index(at, shape), -1)
+    todo = np.arange(at.size)
+    flat = valid.reshape(-1)
+    which, sources = [], []
+    for shell in np.unique(d2[(d2 > 0) & (d2 <= LOOK_AROUND**2)]):
+        matched = np.zeros(todo.size, bool)
+        for off in offsets[d2 == shell]:
+            c = coords[todo] + off
+            inside = ((c >= 0) & (c < shape)).all(axis=1)
+            idx = np.ravel_multi_index(tuple(np.clip(c, 0, np.array(shape) - 1).T), shape)
+            hit = inside & flat[idx]
+            which.append(todo[hit])
+            sources.append(idx[hit])
+            matched |= hit
+        todo = todo[~matched]
+        if todo.size == 0:
+            return np.concatenate(which), np.concatenate(sources)
+    return None, None
+
+
 def _small_groups(core: np.ndarray, loose: np.ndarray, max_cluster: int) -> np.ndarray:
     """The pixels of ``core`` whose connected group in ``loose`` (which holds
     ``core``) has at most ``max_cluster`` pixels."""
+    if not core.any():
+        return core
     labels, n = ndi.label(loose, np.ones((3,) * core.ndim, bool))
     if n == 0:
         return core
@@ -233,18 +322,22 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     picks, frames = _sample(stack, n_frames)
     k = len(picks)
     finite = np.isfinite(frames)
-    nonfinite = (~finite).mean(axis=0) >= CONSISTENCY  # NaN or inf in (nearly) every frame
     base = np.ones(frame_shape, bool) if valid is None else np.asarray(valid, bool)
-    use = base & finite.all(axis=0)
+    if finite.all():  # (the usual case: one pass over the flags)
+        nonfinite, use = np.zeros(frame_shape, bool), base.copy()
+    else:
+        nonfinite = (~finite).mean(axis=0) >= CONSISTENCY  # NaN or inf in (nearly) every frame
+        use = base & finite.all(axis=0)
     outliers = nonfinite & base
     if details is not None:
         details.update(frames=picks, shifts=np.zeros((k, ndim)), candidates=0, judged=0)
     if use.sum() < 50 or k < 3:
         return outliers
-    frames = np.where(use, frames, 0).astype(np.float32, copy=False)
+    frames[:, ~use] = 0  # (the sample is this search's own copy)
 
     # 1. candidates: bright in every frame (minimum) or dark in every frame (maximum)
-    lo, hi = _filler(use)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
+    block = None if use.all() else _nearest_fill(use)
+    lo, hi = _filler(use, nearest=block)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
     # (each against its neighbourhood with the opposite kind taken out first: a hot
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
     # (a closing then an opening: the two erosions in the middle are one erosion twice
@@ -256,35 +349,45 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # the noise by the level of the background around a pixel (not the pixel's own)
     c_hot, s_hot = _binned_spread(hat_hot, bg_lo, use)
     c_dead, s_dead = _binned_spread(hat_dead, bg_hi, use)
-    # (only where a pixel can stand out by the smallest factor used below: elsewhere
-    # it does not, whatever its level; inf there says so)
-    least = min(5.0, threshold)
-    sig_hot = _spread_where(bg_lo, c_hot, s_hot, hat_hot > least * s_hot.min(), least)
-    sig_dead = _spread_where(bg_hi, c_dead, s_dead, hat_dead > least * s_dead.min(), least)
     # ... and steady: a static pixel keeps its value from frame to frame (its own noise
     # aside), a spot of the pattern that moves less than its width does not
     # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
     ok = c_hot > 0
     gain = float(np.median(s_hot[ok] ** 2 / c_hot[ok])) if ok.any() else 0.0
-    wobble = 3 * np.sqrt(gain * np.abs(lo)) if np.isfinite(gain) else 0.0
-    steady = (hi - lo) < STEADY * np.maximum(hat_hot, hat_dead) + wobble
-    candidates = use & steady & ((hat_hot > 5 * sig_hot) | (hat_dead > 5 * sig_dead))
+    # (looked at only where a pixel stands out: a few thousand)
+    at = np.union1d(_above(hat_hot, bg_lo, c_hot, s_hot, 5.0, use),
+                    _above(hat_dead, bg_hi, c_dead, s_dead, 5.0, use))
+    lo_at = lo.flat[at]
+    wobble = 3 * np.sqrt(gain * np.abs(lo_at)) if np.isfinite(gain) else 0.0
+    steady = (hi.flat[at] - lo_at) < STEADY * np.maximum(hat_hot.flat[at], hat_dead.flat[at]) + wobble
+    candidates = np.zeros(frame_shape, bool)
+    candidates.flat[at[steady]] = True
     clean = use & ~candidates
 
     # 2. coarse registration of the sampled frames onto the middle one: masked correlation
-    # of 2x binned frames with the candidates (and the block) ignored, so nothing static
-    # pulls it to zero; then Gauss-Newton steps on the smoothed frames, at half resolution
-    # (smoothed, they carry nothing finer)
+    # of binned frames (4x from 512 px, else 2x) with the candidates (and the block) ignored,
+    # so nothing static pulls it to zero; then Gauss-Newton steps on the smoothed frames, at
+    # half resolution (smoothed, they carry nothing finer)
     r = k // 2
     b = 2 if min(frame_shape) >= 64 else 1
-    bc = 4 if min(frame_shape) >= 1024 else b  # the whole-pixel search: 4x binned when large
-    clean_b, clean_c = (_binned(clean[None].astype(np.float32), f)[0] > 0.999 for f in (b, bc))
-    binned = _binned(frames, bc)
-    # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
-    reach = [max(8, n // 4) for n in binned.shape[1:]]
-    corr = MaskedCorrelator(binned[r], clean_c, clean_c, shrink=True, workers=workers,
-                            dtype=np.float32, max_shift=reach)
-    fill = _filler(clean)
+    bc = 4 if min(frame_shape) >= COARSE_FROM else b
+    clean_b = _binned(clean[None].astype(np.float32), b)[0] > 0.999
+    searches: dict = {}
+
+    def search(f):
+        """(frames binned ``f`` times, their whole-pixel correlator), made when first asked."""
+        if f not in searches:
+            clean_f = clean_b if f == b else _binned(clean[None].astype(np.float32), f)[0] > 0.999
+            binned = _binned(frames, f)
+            # (drifts up to a quarter of the frame between sampled frames: smaller transforms)
+            reach = [max(8, n // 4) for n in binned.shape[1:]]
+            searches[f] = binned, MaskedCorrelator(binned[r], clean_f, clean_f, shrink=True,
+                                                   workers=workers, dtype=np.float32,
+                                                   max_shift=reach)
+        return searches[f]
+
+    search(bc)
+    fill = _filler(use, candidates, block)
     axes = tuple(range(1, ndim + 1))
     spectra = sfft.rfftn(fill(frames), axes=axes, workers=workers)
     grids = _grids(frame_shape)
@@ -311,41 +414,65 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
             normals[key] = (w, _normal(basis, w))
         return normals[key]
 
-    def register(j):
-        """(shift, misfit): the misfit is what the fit leaves of the reference's variance."""
+    def register(j, f=bc):
+        """(shift, misfit, ambiguous): the misfit is what the fit leaves of the reference's
+        variance; ambiguous, whether the whole-pixel peak had a runner-up nearly as high."""
         if j == r:
-            return np.zeros(ndim), 0.0
-        shift = np.asarray(corr.register(binned[j]).shift, float) * bc
+            return np.zeros(ndim), 0.0, False
+        binned, corr = search(f)
+        peak = corr.register(binned[j])
+        shift = np.asarray(peak.shift, float) * f
         for _ in range(5):
             back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
             w, equations = normal(np.round(shift / b).astype(int))
             coef = _solve(basis, back - ref, normal=equations)
-            shift += np.clip(coef[:ndim], -bc, bc)
+            shift += np.clip(coef[:ndim], -f, f)
             if np.abs(coef[:ndim]).max() < 0.02:
                 break
-        left = (back - ref - np.tensordot(coef, basis, 1))[w]
-        spread = (ref - ref[w].mean())[w]
-        return shift, float(np.dot(left, left)) / max(float(np.dot(spread, spread)), 1e-30)
+        left = back - ref
+        for c, part in zip(coef, basis):
+            left -= np.float32(c) * part
+        left = left[w]
+        spread = ref[w]
+        spread = spread - spread.mean()
+        misfit = _dot(left, left) / max(_dot(spread, spread), 1e-30)
+        return shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)
 
     fits = list(in_threads(register, range(k), threads))
     # a frame the search could not register (a periodic pattern can match a lattice
     # vector away at low resolution) fits far worse than the others: it takes no part
-    misfit = np.array([m for _, m in fits])
-    others = np.delete(misfit, r)
-    keep = misfit <= 2 * np.median(others) + 1e-3
+    shifts = np.array([sh for sh, _, _ in fits])
+    misfit = np.array([m for _, m, _ in fits])
+
+    def failed():
+        return ~(misfit <= 2 * np.median(np.delete(misfit, r)) + 1e-3)  # (NaN: failed)
+
+    if bc > b:  # (against the best frame: several may have gone wrong)
+        worse = ~(misfit <= 2 * np.delete(misfit, r).min() + 1e-3)
+        again = worse & ((misfit > WRONG_PLACE) | np.array([a for _, _, a in fits]))
+        for j in np.flatnonzero(again):
+            sh, m, _ = register(j, b)
+            if m < misfit[j]:
+                shifts[j], misfit[j] = sh, m
+    keep = ~failed()
     if keep.sum() < 3:
         return outliers
-    shifts = np.array([sh for sh, _ in fits])[keep]
-    frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
-    r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
-    picks = picks[keep]
+    if not keep.all():
+        shifts = shifts[keep]
+        frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
+        r = int(np.flatnonzero(np.flatnonzero(keep) == r)[0])
+        picks = picks[keep]
 
     # 3. the content: the sampled frames aligned onto the middle one and averaged (in
     # Fourier space, from the spectra at hand: a static pixel lands on a different place
     # in each); data where at most one frame had ignored pixels or the frame's edge there
     # (a candidate's fill is its neighbour's value, good enough at one part in k)
-    aligned = np.stack([_phase(grids, -sh) for sh in shifts])
-    mean_f = np.mean(spectra * aligned, axis=0)
+    # (the middle frame stays where it is: no factor of ones)
+    aligned = [None if j == r else _phase(grids, -sh) for j, sh in enumerate(shifts)]
+    total_f = spectra[0].copy() if aligned[0] is None else spectra[0] * aligned[0]
+    for j in range(1, k):
+        total_f += spectra[j] if aligned[j] is None else spectra[j] * aligned[j]
+    total_f /= k - 1  # (each frame's model: the others' mean, below)
     trusted = _box_eroded(use, 5)
     steps = np.round(shifts).astype(int)
     cover = sum(_moved(trusted, st).astype(np.int16) for st in steps)
@@ -353,23 +480,37 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # ... moved onto every frame: residuals in detector coordinates (the middle frame's
     # model is the level of the content)
     resid = np.empty_like(frames)
-    total_f = k * mean_f
+    ok_counts = np.zeros(frame_shape, np.int16)
+    lock = threading.Lock()
 
     def residual(j):
         # the content from the other frames (its own fill and noise are not its model)
-        loo = (total_f * aligned[j].conj() - spectra[j]) / (k - 1)
+        loo = total_f.copy() if aligned[j] is None else total_f * aligned[j].conj()
+        loo -= spectra[j] * np.float32(1 / (k - 1))
         m = sfft.irfftn(loo, s=frame_shape, workers=one)
         ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
-        gain, offset = _solve(np.stack([m, np.ones_like(m)]), frames[j], ok & clean)
-        resid[j] = np.where(ok, frames[j] - (gain * m + offset), np.inf)  # inf: no vote
+        gain, offset = _fit_gain(m, frames[j], ok & clean)
+        out = resid[j]
+        np.multiply(m, np.float32(gain), out=out)
+        out += np.float32(offset)
+        np.subtract(frames[j], out, out=out)
+        out[~ok] = np.inf  # no vote
+        with lock:
+            np.add(ok_counts, ok, out=ok_counts)
         return m if j == r else None
 
     level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
-    votes = k - np.isinf(resid).sum(axis=0)
-    _sort_frames(resid)  # the votes first; their median:
-    half = np.maximum(votes - 1, 0)
-    med = 0.5 * (np.take_along_axis(resid, (half // 2)[None], 0)[0]
-                 + np.take_along_axis(resid, ((half + 1) // 2)[None], 0)[0])
+    votes = ok_counts
+    ranked = _sorted_frames(resid)  # the votes first; their median (every frame votes at most pixels):
+    med = 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2])
+    lowest, top = ranked[0], ranked[k - 1]
+    fewer = np.flatnonzero(votes < k)
+    if fewer.size:
+        some = np.stack([row.reshape(-1)[fewer] for row in ranked])
+        half = np.maximum(votes.flat[fewer] - 1, 0)
+        med.flat[fewer] = 0.5 * (np.take_along_axis(some, (half // 2)[None], 0)[0]
+                                 + np.take_along_axis(some, ((half + 1) // 2)[None], 0)[0])
+        top.flat[fewer] = np.take_along_axis(some, half[None], 0)[0]
     # the frame's edge is static too: moved frames ring there (they wrap around)
     edge = int(np.ceil(np.abs(shifts).max())) + 6
     inside = np.zeros(frame_shape, bool)
@@ -379,42 +520,64 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     # every voting frame on the median's side: a static pixel's excess is there in each
     # frame, content misplaced by a local (non-rigid) motion or a lattice's coincidences in
     # only some of them
-    low = resid[0]
-    top = np.take_along_axis(resid, np.maximum(votes - 1, 0)[None], 0)[0]
 
     # 4. the final pass: beyond the noise of the median residual, in small groups
     c, s = _binned_spread(med, level, judged & clean)
     least = min(3.0, threshold)
-    sigma = _spread_where(level, c, s, judged & (np.abs(med) > least * s.min()), least)
-    rel = RELATIVE * np.abs(level)
+    # (only where a residual can pass the smallest factor used, ``least`` times the quietest
+    # level's spread: elsewhere nothing stands out, whatever its level)
+    lit = np.flatnonzero(judged & (np.abs(med) > least * s.min()) if least > 0 else judged)
+    med_at, level_at = med.flat[lit], level.flat[lit]
+    sigma_at = np.interp(level_at, c, s)
+    rel_at = RELATIVE * np.abs(level_at)
     found = np.zeros(frame_shape, bool)
+    strides = np.cumprod((1,) + frame_shape[:0:-1])[::-1]  # (flat index steps per axis)
+    neighbours = [int(np.dot(np.subtract(step, 1), strides)) for step in np.ndindex(*(3,) * ndim)]
     for sign in (1.0, -1.0):
-        e = sign * med
+        e_at = sign * med_at
         # a static outlier stands alone; a residual beside an opposite one is the content
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
-        echo = _flat_filter(np.maximum(-e, 0), 3, np.maximum)
-        alone = (e > 2 * echo) | (hi - lo < STEADY * e)
-        steady = (low > 0) if sign > 0 else (top < 0)
-        core = judged & (e > threshold * sigma) & (e > rel) & alone & steady
-        found |= _small_groups(core, judged & (e > 3 * sigma) | core, max_cluster)
+        steady = (lowest.flat[lit] > 0) if sign > 0 else (top.flat[lit] < 0)
+        pick = (e_at > threshold * sigma_at) & (e_at > rel_at) & steady
+        at = lit[pick]
+        if at.size == 0:
+            continue
+        # (the neighbours' largest opposite residual: judged pixels are inside the frame)
+        echo = np.zeros(at.size, med.dtype)
+        for off in neighbours:
+            np.maximum(echo, -(sign * med.flat[at + off]), out=echo)
+        e = e_at[pick]
+        alone = (e > 2 * echo) | (hi.flat[at] - lo.flat[at] < STEADY * e)
+        core = np.zeros(frame_shape, bool)
+        core.flat[at[alone]] = True
+        loose = core.copy()
+        loose.flat[lit[e_at > 3 * sigma_at]] = True
+        found |= _small_groups(core, loose, max_cluster)
     # nor is anything beside a large static object (an unpainted block: its edge, of
     # either sign, breaks up into small groups along it)
     large = np.zeros(frame_shape, bool)
     if found.any():
-        loud = judged & (np.abs(med) > 3 * sigma)
+        loud = np.zeros(frame_shape, bool)
+        loud.flat[lit[np.abs(med_at) > 3 * sigma_at]] = True
         large = loud & ~_small_groups(np.ones(frame_shape, bool), loud, max_cluster)
     if large.any():  # (an outlier far above the level there is no edge: it stays)
         weak = np.abs(med) < 3 * np.abs(level)
-        found &= ~(ndi.binary_dilation(large, np.ones((7,) * ndim, bool)) & weak)
+        found &= ~(_box_dilated(large, 7) & weak)
     # pixels too few frames could judge (the frame's edge under a large drift, beside the
     # block): the top hat alone, far beyond the noise and the level
-    blind = use & ~judged
-    if blind.any():
-        strong = blind & candidates & (((hat_hot > threshold * sig_hot) & (hat_hot > 3 * np.abs(bg_lo)))
-                          | ((hat_dead > threshold * sig_dead) & (hi < 0.2 * bg_hi)))
-        found |= _small_groups(strong, candidates & blind | strong, max_cluster)
+    blind = use & ~judged & candidates
+    at = np.flatnonzero(blind)
+    if at.size:  # (looked at on those candidates only)
+        hot, dead = hat_hot.flat[at], hat_dead.flat[at]
+        sig_hot = np.interp(bg_lo.flat[at], c_hot, s_hot)
+        sig_dead = np.interp(bg_hi.flat[at], c_dead, s_dead)
+        far = (((hot > threshold * sig_hot) & (hot > 3 * np.abs(bg_lo.flat[at])))
+               | ((dead > threshold * sig_dead) & (hi.flat[at] < 0.2 * bg_hi.flat[at])))
+        strong = np.zeros(frame_shape, bool)
+        strong.flat[at[far]] = True
+        found |= _small_groups(strong, blind, max_cluster)
     if details is not None and "debug" in details:
         details["debug"] = dict(locals())
     if details is not None:
@@ -454,28 +617,51 @@ def _flat_filter(image: np.ndarray, width: int, op) -> np.ndarray:
     return out
 
 
-def _box_eroded(mask: np.ndarray, width: int) -> np.ndarray:
-    """``mask`` eroded by a ``width``-wide box, outside the frame False: the same as
-    ``binary_erosion`` with a full box, one axis at a time (a box is separable; the
-    full structure looked at width**ndim pixels for each)."""
-    return ndi.minimum_filter(mask.view(np.uint8), size=width, mode="constant", cval=0) > 0
+def _box_dilated(mask: np.ndarray, width: int) -> np.ndarray:
+    """``mask`` dilated by a ``width``-wide box (odd), nothing outside the frame: the same
+    as ``binary_dilation`` with a full box, one axis at a time (ORs of shifted views;
+    scipy's took 10 ms a frame with a 7 px box)."""
+    return ~_box_eroded(~mask, width, outside=True)
 
 
-def _sort_frames(a: np.ndarray) -> None:
-    """Sort ``a`` (k, *shape) along its first axis in place: for the few frames of the
-    search an odd-even transposition network of elementwise minima and maxima (each a
-    contiguous pass; ``np.sort`` along the first axis strides through memory, 5x
-    slower), the same values in the same order (no NaN here)."""
+def _box_eroded(mask: np.ndarray, width: int, outside: bool = False) -> np.ndarray:
+    """``mask`` eroded by a ``width``-wide box (odd), outside the frame ``outside``
+    (False: the same as ``binary_erosion`` with a full box), one axis at a time (a box is separable),
+    each axis the AND of ``width`` shifted views (scipy's minimum filter took 30x
+    longer on a frame)."""
+    half = width // 2
+    out = mask.astype(bool)
+    for ax in range(mask.ndim):
+        n = out.shape[ax]
+        pad = [(0, 0)] * mask.ndim
+        pad[ax] = (half, half)
+        run = np.pad(out, pad, constant_values=outside)
+        acc = None
+        for o in range(width):
+            part = run[(slice(None),) * ax + (slice(o, o + n),)]
+            acc = part.copy() if acc is None else np.logical_and(acc, part, out=acc)
+        out = acc
+    return out
+
+
+def _sorted_frames(a: np.ndarray) -> list:
+    """The frames of ``a`` (k, *shape) sorted pixel by pixel, as a list of k arrays (``a``
+    is used up): for the few frames of the search an odd-even transposition network of
+    elementwise minima and maxima (each a contiguous pass, the outputs swapped by
+    reference: two passes a comparison; ``np.sort`` along the first axis strides
+    through memory, 5x slower), the same values in the same order (no NaN here)."""
     k = a.shape[0]
     if k > 8:
         a.sort(axis=0)
-        return
-    low = np.empty_like(a[0])
+        return list(a)
+    rows, spare = list(a), np.empty_like(a[0])
     for p in range(k):
         for i in range(p % 2, k - 1, 2):
-            np.minimum(a[i], a[i + 1], out=low)
-            np.maximum(a[i], a[i + 1], out=a[i + 1])
-            a[i] = low
+            lo, hi = rows[i], rows[i + 1]
+            np.minimum(lo, hi, out=spare)
+            np.maximum(lo, hi, out=hi)
+            rows[i], spare = spare, lo
+    return rows
 
 
 def _binned(frames: np.ndarray, b: int) -> np.ndarray:
@@ -534,9 +720,31 @@ def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> n
     at hand (the same numbers)."""
     wb, h = _normal(basis, weight) if normal is None else normal
     try:
-        return np.linalg.solve(h, (wb @ target.reshape(-1)).astype(np.float64))
+        # (float32 sums, as BLAS makes them, but without BLAS: see :func:`_dot`)
+        return np.linalg.solve(h, np.einsum("ij,j->i", wb, target.reshape(-1)).astype(np.float64))
     except np.linalg.LinAlgError:
         return np.zeros(len(basis))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` over every element, accumulated in float64, without BLAS (a
+    threaded BLAS call from the search's threads waits for its own threads to be
+    scheduled: milliseconds on a busy machine)."""
+    return float(np.einsum("i,i->", a.reshape(-1), b.reshape(-1), dtype=np.float64))
+
+
+def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple:
+    """``(gain, offset)``: least squares of ``target ~ gain * model + offset`` over the
+    pixels ``where`` (the normal equations from five sums, in float64)."""
+    w = where.astype(model.dtype)
+    mw = model * w
+    n, sm, st = float(np.count_nonzero(where)), _dot(mw, w), _dot(target, w)
+    h = np.array([[_dot(mw, model), sm], [sm, n]])
+    try:
+        gain, offset = np.linalg.solve(h, [_dot(mw, target), st])
+    except np.linalg.LinAlgError:
+        return 0.0, 0.0
+    return float(gain), float(offset)
 
 
 def _moved(mask: np.ndarray, step: np.ndarray) -> np.ndarray:
