@@ -114,6 +114,66 @@ def test_a_refined_shift_that_leaves_its_peaks_pixel_falls_back_to_the_peak(fram
         np.testing.assert_array_equal(refined.register(s.stack[i]).shift, expected)
 
 
+def test_the_fine_grid_is_computed_only_for_a_frame_whose_refinement_fails(frames, monkeypatch):
+    """With the refinement on, the correlator's 1/20 px grid (the upsampled DFT) is spent
+    work: the refinement starts from the whole-pixel peak's parabola instead. A frame
+    whose refinement runs away gets the grid's peak after all, and its record is then
+    that of the same call without the refinement: the same shift and quality."""
+    s, ref, _ = frames
+    options = RegistrationOptions(upsample_factor=20, refine=True)
+    peak = FrameRegistrar(ref, s.valid, options.replace(refine=False))
+    refined = FrameRegistrar(ref, s.valid, options)
+    grids = []
+    on_grid = refined._corr._refine
+    monkeypatch.setattr(refined._corr, "_refine", lambda *a: grids.append(1) or on_grid(*a))
+    for i in (1, 3, 5):
+        refined.register(s.stack[i])
+    assert grids == []
+    refined._refiner = RunsAway(refined._refiner)
+    for i in (1, 3, 5):
+        expected, got = peak.register(s.stack[i]), refined.register(s.stack[i])
+        np.testing.assert_array_equal(got.shift, expected.shift)
+        assert got.quality == expected.quality
+        assert np.all(np.isfinite(got.sigma))  # the grid peak's own error bar
+    assert len(grids) == 3
+
+
+def test_the_cheap_peak_is_the_fine_grids_within_its_cell_and_its_quality_exact(frames):
+    """``fine=False``: the whole-pixel peak's parabola vertex lies within half a pixel of
+    the 1/20 px grid's peak (measured: 0.03 px at most here), on that grid; the
+    correlation it reports at a shift (``quality_at``) is the grid's own value there,
+    and ``fine`` gives the grid's peak itself."""
+    s, ref, _ = frames
+    corr = FrameRegistrar(ref, s.valid, RegistrationOptions(upsample_factor=20,
+                                                            refine=False))._corr
+    for i in range(1, len(s.stack)):
+        frame = s.stack[i].astype(np.float32)
+        fine, cheap = corr.register(frame), corr.register(frame, fine=False)
+        assert np.abs(cheap.shift - fine.shift).max() <= 0.5
+        np.testing.assert_allclose(cheap.shift * 20, np.round(cheap.shift * 20), atol=1e-6)
+        assert cheap.quality_at(fine.shift) == pytest.approx(fine.quality, abs=1e-6)
+        shift, quality = cheap.fine()
+        np.testing.assert_allclose(shift, fine.shift, atol=1e-9)
+        assert quality == fine.quality
+
+
+def test_a_peak_on_the_edge_of_the_max_shift_box_is_found_on_the_fine_grid_at_once():
+    """A parabola needs the peak's neighbours; beyond the ``max_shift`` box they are not
+    accepted, so a peak on its edge (the content drifted 2 px, the box is 1 px) comes
+    from the fine grid at once, exactly as with ``fine=True``, and stays in the box."""
+    s = make_beam_block_stack(3, (96, 96), seed=5, counts=400, drift=[[0, 0], [2.0, -2.3],
+                                                                      [0.2, 0.1]])
+    corr = FrameRegistrar(s.stack[0], s.valid, RegistrationOptions(
+        upsample_factor=20, refine=False, max_shift=1))._corr
+    edge = s.stack[1].astype(np.float32)
+    fine, cheap = corr.register(edge), corr.register(edge, fine=False)
+    assert cheap.fine is None and cheap.quality_at is None
+    np.testing.assert_array_equal(cheap.shift, fine.shift)
+    assert cheap.quality == fine.quality and np.abs(cheap.shift).max() <= 1.0
+    inside = corr.register(s.stack[2].astype(np.float32), fine=False)
+    assert inside.fine is not None
+
+
 # ---------------------------------------------------------------------------
 # accuracy at 20 counts
 

@@ -13,6 +13,7 @@ their input: the public entry points check it first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,11 @@ class CorrelationPeak:
     # lattice of Bragg spots) has one a lattice vector away, nearly as high
     runner_up: float = -np.inf
     runner_up_shift: np.ndarray | None = None
+    # a peak taken off the whole-pixel grid cheaply (masked correlation, ``fine=False``):
+    # called, the ``(shift, quality)`` of the ``1/upsample_factor`` grid's peak, and the
+    # normalized correlation at a given shift
+    fine: Callable[[], tuple[np.ndarray, float]] | None = None
+    quality_at: Callable[[np.ndarray], float] | None = None
 
 
 def window_around(surface: np.ndarray, radius: int) -> np.ndarray:

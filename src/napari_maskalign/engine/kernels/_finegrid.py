@@ -54,6 +54,8 @@ class FineGridRefinement:
         hit = self._fine_cache.get(key)
         if hit is None:
             hit = upsampled_real(self._const_products, self.pad, starts, region, u).astype(np.float64)
+            if region == 1:  # one point, at a refined shift: not met again
+                return hit
             if len(self._fine_cache) > 256:
                 self._fine_cache.clear()
             self._fine_cache[key] = hit

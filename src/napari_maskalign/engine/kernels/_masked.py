@@ -360,18 +360,27 @@ class MaskedCorrelator(FineGridRefinement):
         ncc = ops.clip(ops.divide_where(num, den, ok), -1.0, 1.0)
         return ncc, den_max
 
-    def register(self, moving, *, xcorr_radius=None) -> CorrelationPeak:
+    def register(self, moving, *, xcorr_radius=None, fine=True) -> CorrelationPeak:
         """Register ``moving`` (finite: callers zero or refuse NaN first, see
         :func:`~napari_maskalign.engine.run._masks.finite_where_valid`)."""
         mov = self._ops.own(moving)
         if tuple(mov.shape) != self.mov_shape:
             raise ValueError(f"moving image has shape {tuple(mov.shape)}, expected {self.mov_shape}")
-        return self.register_batch(mov[None, ...], xcorr_radius=xcorr_radius)[0]
+        return self.register_batch(mov[None, ...], xcorr_radius=xcorr_radius, fine=fine)[0]
 
-    def register_batch(self, frames, *, xcorr_radius=None) -> list[CorrelationPeak]:
+    def register_batch(self, frames, *, xcorr_radius=None, fine=True) -> list[CorrelationPeak]:
         """Register a batch of frames (leading axis; in the working dtype, in this
         correlator's namespace): the transforms and the whole-pixel search run on
-        all of them at once, the refinement frame by frame."""
+        all of them at once, the refinement frame by frame.
+
+        ``fine=False`` (with ``upsample_factor > 1``), for a caller that refines the
+        shift on its own (the Gauss-Newton refinement): the peak is the vertex of the
+        parabola through the whole-pixel peak and its neighbours on each axis, which
+        costs nothing (its quality the parabola's height, too low on a narrow peak),
+        its ``quality_at`` gives the correlation at the refined shift and its ``fine``
+        the ``1/upsample_factor`` grid's peak (the caller's fallback), each computed
+        when called. A peak whose neighbours are not all accepted displacements (the
+        edge of the ``max_shift`` box or of the overlap) is on the fine grid at once."""
         xp = self.xp
         frames = self._ops.astype(frames, self._mov_w_x.dtype)
         prods, (sum_m, sum_mm, sum_mf) = self._terms(frames)
@@ -394,14 +403,19 @@ class MaskedCorrelator(FineGridRefinement):
                     axis=0,
                 )
             quality = float(max(best[b], 0.0))
+            later = (None, None)
             if self.upsample_factor > 1 and n_ties[b] == 1:
                 if self.refine_window is None:
-                    terms = tuple(p[b, ...] for p in prods)
-                    sample = self._padded_sampler(terms)
+                    frame_terms = tuple(p[b, ...] for p in prods)
                 else:
-                    sample = self._cropped_sampler(peak_idx, d, (sum_m[b, ...], sum_mm[b, ...],
-                                                                 sum_mf[b, ...]))
-                d, quality = self._refine(d, sample, float(den_max[b]))
+                    frame_terms = (sum_m[b, ...], sum_mm[b, ...], sum_mf[b, ...])
+                vertex = None if fine else self._vertex(ncc[b, ...], peak_idx, float(best[b]))
+                if vertex is None:
+                    sample = self._frame_sampler(peak_idx, d, frame_terms)
+                    d, quality = self._refine(d, sample, float(den_max[b]))
+                else:
+                    later = self._later(peak_idx, d, frame_terms, float(den_max[b]))
+                    d, quality = d + vertex[0], vertex[1]
             window = None
             if xcorr_radius is not None:
                 window = self._gather_rows(ncc[b, ...], [
@@ -409,8 +423,60 @@ class MaskedCorrelator(FineGridRefinement):
             second, second_d = self._runner_up(to_host(ncc[b, ...]), d)
             out.append(CorrelationPeak(shift=d + self.offset, quality=quality,
                                        peak_value=float(best[b]), xcorr=window,
-                                       runner_up=second, runner_up_shift=second_d + self.offset))
+                                       runner_up=second, runner_up_shift=second_d + self.offset,
+                                       fine=later[0], quality_at=later[1]))
         return out
+
+    def _later(self, peak_idx, d, frame_terms, den_max):
+        """Two calls on one frame's terms (its kept spectra, or for megapixel frames its
+        whole-pixel sums cropped around the peak), computed only when made: the
+        ``1/upsample_factor`` grid's peak ``(shift, quality)`` around the whole-pixel
+        displacement ``d``, and the normalized correlation at a given shift."""
+        made = []
+
+        def sampler():
+            if not made:
+                made.append(self._frame_sampler(peak_idx, d, frame_terms))
+            return made[0]
+
+        def fine():
+            found, quality = self._refine(d, sampler(), den_max)
+            return found + self.offset, quality
+
+        def quality_at(shift):
+            at = np.asarray(shift, dtype=float) - self.offset
+            return self._fine_peak(at, 1, 1.0, sampler(), den_max)[1]
+
+        return fine, quality_at
+
+    def _frame_sampler(self, peak_idx, d, frame_terms):
+        """Every NCC term on fine grids around the whole-pixel displacement ``d``, from
+        the frame's kept spectra (or its whole-pixel sums cropped around the peak)."""
+        if self.refine_window is None:
+            return self._padded_sampler(frame_terms)
+        return self._cropped_sampler(peak_idx, d, frame_terms)
+
+    def _vertex(self, ncc, peak_idx, best):
+        """The offset from the whole-pixel peak (``peak_idx``, value ``best``) of the
+        vertex of the parabola through it and its two neighbours on each axis, within
+        half a pixel and on the ``1/upsample_factor`` grid (at least 1/10 px: a start,
+        free of float dust, so that a frame equal to the reference stays at 0), and the
+        vertex's height (the peak's value interpolated, in [best, 1]); None when a
+        neighbour is not an accepted displacement."""
+        nd = len(self.pad)
+        offset, rise = np.zeros(nd), 0.0
+        for ax in range(nd):
+            index = [np.array([i]) for i in peak_idx]
+            index[ax] = (peak_idx[ax] + np.array([-1, 1])) % self.pad[ax]
+            if not self.allowed[tuple(np.ix_(*index))].all():
+                return None
+            lo, hi = self._gather_rows(ncc, index, np.float64).reshape(2)
+            curve = lo - 2.0 * best + hi
+            if curve < 0:
+                offset[ax] = float(np.clip(0.5 * (lo - hi) / curve, -0.5, 0.5))
+                rise += 0.25 * (lo - hi) * offset[ax]
+        grid = max(self.upsample_factor, 10.0)
+        return np.round(offset * grid) / grid, float(min(max(best + rise, 0.0), 1.0))
 
     def _runner_up(self, ncc, d) -> tuple[float, np.ndarray]:
         """The highest separate peak of the whole-pixel ``ncc`` (one frame's, on the host)

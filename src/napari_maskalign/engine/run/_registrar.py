@@ -245,20 +245,33 @@ class FrameRegistrar:
             return self._empty()
         if self._models is not None:
             return self._register_model(frame)
-        return self._record(self._corr.register(frame, xcorr_radius=self.xcorr_radius), frame)
+        return self._record(self._corr.register(frame, xcorr_radius=self.xcorr_radius,
+                                                **self._peak_kw), frame)
+
+    @property
+    def _peak_kw(self) -> dict:
+        """What the masked correlator is asked for: with the refinement, the whole-pixel
+        peak's parabola vertex to start from, the fine grid only where it fails."""
+        return {"fine": False} if self._refiner is not None else {}
 
     def _record(self, peak, frame) -> FrameRecord:
         """The record of a correlation peak (refined from ``frame`` when asked for)."""
         # grid positions are sums of 1/upsample_factor steps: round away the
         # float dust (0.09999999999999998) so shift tables read as measured
         shift = np.round(np.asarray(peak.shift, dtype=np.float64), 10) + 0.0
-        sigma = peak.sigma
-        if self._refiner is not None and peak.quality > 0:
+        sigma, quality = peak.sigma, float(peak.quality)
+        if self._refiner is not None and quality > 0:
             shift, sigma = self._refined(to_host(frame), shift)
+        if sigma is None and peak.fine is not None:
+            # the refinement failed from the cheap peak: the 1/u grid's peak, as without it
+            fine_shift, quality = peak.fine()
+            shift = np.round(np.asarray(fine_shift, dtype=np.float64), 10) + 0.0
+        elif peak.quality_at is not None:  # the correlation where the frame was put
+            quality = peak.quality_at(shift)
         if sigma is None:
-            sigma = self._peak_sigma(float(peak.quality))
+            sigma = self._peak_sigma(quality)
         alternative, margin = self._runner_up(peak)
-        return FrameRecord(shift, float(peak.quality), shift, peak.xcorr, sigma=sigma,
+        return FrameRecord(shift, quality, shift, peak.xcorr, sigma=sigma,
                            alternative=alternative, margin=margin)
 
     def _runner_up(self, peak) -> tuple:
@@ -291,7 +304,9 @@ class FrameRegistrar:
     def _refined(self, frame, shift):
         """The peak's shift refined continuously and its one-sigma error; the peak
         itself (and None) when the refinement fails (too few pixels, no convergence),
-        leaves the peak's pixel or the ``max_shift`` box."""
+        leaves the peak's pixel or the ``max_shift`` box. The peak is the vertex of the
+        whole-pixel peak's parabola (the fine grid would be spent work: the refinement
+        moves on from either to the same fixed point, within its tolerance)."""
         res = self._refiner.run(frame, -shift)
         refined = -res.params
         inside = self._max_shift is None or np.all(np.abs(refined) <= np.asarray(self._max_shift))
@@ -342,7 +357,8 @@ class FrameRegistrar:
         if usable.size:
             if usable.size < len(records):
                 batch = xp.take(batch, xp.asarray(usable), axis=0)
-            peaks = self._corr.register_batch(batch, xcorr_radius=self.xcorr_radius)
+            peaks = self._corr.register_batch(batch, xcorr_radius=self.xcorr_radius,
+                                              **self._peak_kw)
             for k, (i, peak) in enumerate(zip(usable, peaks)):
                 frame = batch[k, ...] if self._refiner is not None else None
                 records[int(i)] = self._record(peak, frame)

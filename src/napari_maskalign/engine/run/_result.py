@@ -124,9 +124,9 @@ class RegistrationResult:
         that was asked for, and smoothed over time with ``smoothing="auto"``.
     quality : ndarray, shape (n_frames,)
         Match quality in [0, 1]: the normalized correlation at the peak
-        (masked normalized cross-correlation with a mask; zero-mean
-        normalized correlation without). 0 for frames that cannot be
-        registered (constant frames).
+        (masked normalized cross-correlation with a mask, taken at the refined
+        shift when the refinement ran; zero-mean normalized correlation
+        without). 0 for frames that cannot be registered (constant frames).
     outliers : ndarray of bool, shape (n_frames,)
         Frames whose quality or shift jump is implausible.
     raw_shifts : ndarray, shape (n_frames, ndim)
