@@ -497,19 +497,24 @@ class MaskedCorrelator(FineGridRefinement):
         near_count = (2 * RUNNER_UP_GAP + 1) ** nd
         top = _highest(flat, min(flat.size, RUNNER_UP_TRIES + near_count))
         shape = ncc.shape
-        for at in top:
-            idx = np.unravel_index(int(at), shape)
-            disp = np.array([d_axes[ax][i] for ax, i in enumerate(idx)], dtype=float)
-            if not np.all(np.isfinite(disp)) or np.all(np.abs(disp - d) <= RUNNER_UP_GAP):
-                continue
-            value = flat[at]
-            around = ncc[tuple(np.arange(i - 1, i + 2) % n for i, n in zip(idx, shape))
-                         if nd == 1 else np.ix_(*[np.arange(i - 1, i + 2) % n
-                                                  for i, n in zip(idx, shape)])]
-            if np.isfinite(value) and value >= np.max(around):
-                full = self._full_index(idx)
-                return float(value), np.array([self._d_axes[ax][i] for ax, i in enumerate(full)],
-                                              dtype=float)
+        # every candidate at once, highest first (a loop over ~90 of them, each with its
+        # own 3x3 look-up, cost 8 ms of Python per 512 px frame, holding the GIL)
+        idx = np.unravel_index(top, shape)
+        disp = np.stack([d_axes[ax][idx[ax]] for ax in range(nd)], axis=-1).astype(float)
+        values = flat[top]
+        apart = ~np.all(np.abs(disp - np.asarray(d, dtype=float)) <= RUNNER_UP_GAP, axis=-1)
+        which = np.flatnonzero(np.all(np.isfinite(disp), axis=-1) & apart & np.isfinite(values))
+        if which.size:
+            steps = np.array(list(np.ndindex(*(3,) * nd))) - 1  # the 3**nd neighbourhood
+            around = ncc[tuple((idx[ax][which][:, None] + steps[None, :, ax]) % shape[ax]
+                               for ax in range(nd))]
+            # (a NaN neighbour makes the maximum NaN: no local maximum, as before)
+            peaks = which[values[which] >= np.max(around, axis=1)]
+            if peaks.size:
+                at = int(peaks[0])
+                full = self._full_index(tuple(int(i[at]) for i in idx))
+                return float(values[at]), np.array([self._d_axes[ax][i] for ax, i in enumerate(full)],
+                                                   dtype=float)
         return -np.inf, np.full(nd, np.nan)
 
     def _full_index(self, idx) -> tuple:
