@@ -1,10 +1,10 @@
-"""Index grids shared by the kernels and the warps."""
+"""Index grids and peak geometry shared by the kernels and the warps."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["outer_and"]
+__all__ = ["outer_and", "parabola_vertex"]
 
 
 def outer_and(flags):
@@ -14,3 +14,14 @@ def outer_and(flags):
     for ax, f in enumerate(flags):
         out &= np.asarray(f, dtype=bool).reshape([-1 if i == ax else 1 for i in range(nd)])
     return out
+
+
+def parabola_vertex(a, b, c):
+    """The offset from the middle sample ``b`` (within half a sample) of the vertex of
+    the parabola through three equally spaced samples ``a, b, c``; 0 where they lie on
+    a line. Elementwise on arrays. For a peak (``b`` the highest) the vertex is its
+    subpixel position: the whole-pixel peaks of the masked correlation, of the
+    nonrigid patches and of the log-polar surface."""
+    den = a - 2 * b + c
+    flat = den == 0
+    return np.where(flat, 0.0, np.clip(0.5 * (a - c) / np.where(flat, -1.0, den), -0.5, 0.5))

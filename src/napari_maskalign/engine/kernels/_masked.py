@@ -46,7 +46,7 @@ from ._fft import (
     rfftn_padded,
 )
 from ._finegrid import FineGridRefinement
-from ._grid import outer_and
+from ._grid import outer_and, parabola_vertex
 
 __all__ = ["CROP_FROM", "CROP_WINDOW", "MaskedCorrelator", "soft_weights"]
 
@@ -471,10 +471,8 @@ class MaskedCorrelator(FineGridRefinement):
             if not self.allowed[tuple(np.ix_(*index))].all():
                 return None
             lo, hi = self._gather_rows(ncc, index, np.float64).reshape(2)
-            curve = lo - 2.0 * best + hi
-            if curve < 0:
-                offset[ax] = float(np.clip(0.5 * (lo - hi) / curve, -0.5, 0.5))
-                rise += 0.25 * (lo - hi) * offset[ax]
+            offset[ax] = float(parabola_vertex(lo, best, hi))
+            rise += 0.25 * (lo - hi) * offset[ax]
         grid = max(self.upsample_factor, 10.0)
         return np.round(offset * grid) / grid, float(min(max(best + rise, 0.0), 1.0))
 

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ..kernels._grid import parabola_vertex
 from ..kernels._masked import MaskedCorrelator, soft_weights
 from ._fill import filled, nearest_fill_index
 from ._refine import Refiner
@@ -186,9 +187,10 @@ class LogPolar:
         turn = np.abs(np.where(near > n_a / 2, near - n_a, near))
         ia = int(near[np.argmin(turn)])
         ic = int(np.argmax(sub[ia]))
-        da = _vertex(sub[(ia - 1) % n_a, ic], sub[ia, ic], sub[(ia + 1) % n_a, ic])
+        da = float(parabola_vertex(sub[(ia - 1) % n_a, ic], sub[ia, ic], sub[(ia + 1) % n_a, ic]))
         jr = int(cols[ic])
-        dr = _vertex(cc[ia, (jr - 1) % size[1]], cc[ia, jr], cc[ia, (jr + 1) % size[1]]) if reach else 0.0
+        dr = (float(parabola_vertex(cc[ia, (jr - 1) % size[1]], cc[ia, jr], cc[ia, (jr + 1) % size[1]]))
+              if reach else 0.0)
         k_a = ia + da
         k_a = k_a - n_a if k_a > n_a / 2 else k_a
         k_r = (jr if jr <= n_r else jr - size[1]) + dr
@@ -199,12 +201,6 @@ class LogPolar:
         # a peak within a sample (about 3 %) of the edge may be the edge, not the scale
         beyond = beyond or (reach > 0 and abs(k_r) >= reach - 1)
         return float(-k_a * self.d_angle), float(-k_r * self.d_log), beyond
-
-
-def _vertex(a, b, c) -> float:
-    """Offset of a parabola's vertex through three equally spaced samples."""
-    den = a - 2 * b + c
-    return 0.0 if den == 0 else float(np.clip(0.5 * (a - c) / den, -0.5, 0.5))
 
 
 class ModelRegistrar:

@@ -43,6 +43,7 @@ from scipy import ndimage as ndi
 from scipy.linalg import cho_factor, cho_solve
 
 from ..kernels._bspline import SplineGrid
+from ..kernels._grid import parabola_vertex
 
 __all__ = ["NonrigidRecord", "NonrigidRegistrar", "NonrigidSettings", "anscombe"]
 
@@ -235,8 +236,7 @@ class _Patches:
             c0 = ncc[idx, py[idx], px[idx]]
             cm = ncc[idx, py[idx] - dy, px[idx] - dx]
             cp = ncc[idx, py[idx] + dy, px[idx] + dx]
-            d = cm - 2 * c0 + cp
-            sub[idx, ax] = np.where(d < 0, np.clip(0.5 * (cm - cp) / np.where(d < 0, d, -1), -0.5, 0.5), 0)
+            sub[idx, ax] = parabola_vertex(cm, c0, cp)  # (c0, the highest: a peak's vertex)
         shifts = np.stack([py, px], axis=1) - r + sub + base
         good = self.usable & inner & (q > _MIN_QUALITY)
         return shifts, np.where(self.usable, q, 0.0), good
