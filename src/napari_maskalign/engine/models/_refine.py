@@ -100,7 +100,8 @@ def _low_contrast(values, noise: float, below: float) -> bool:
     return values.size > 1 and float(values.std()) < below * np.sqrt(max(noise, 0.0))
 
 
-def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
+def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=None,
+                    want_level=True):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -114,11 +115,15 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     their ring's noise and blurs the spots); a number ``c``: so only where the
     image's contrast is under ``c`` noise sigmas (:func:`_low_contrast`, decided
     once the noise is measured, on the same spectrum). ``grad_noise``: also return, per axis,
-    the variance the filtered gradient keeps of the white noise.
+    the variance the filtered gradient keeps of the white noise. ``filled``: the image
+    already filled by ``smooth_filler(valid)`` (a caller that needs it too fills once);
+    ``want_level=False``: the level is not transformed back (None in its place).
     """
     image = np.asarray(image, dtype=np.float64)
     values = image if valid is None else image[np.asarray(valid, bool)]
-    if valid is not None:
+    if filled is not None:
+        image = filled
+    elif valid is not None:
         image = smooth_filler(valid)(image)
     shape, ndim = image.shape, image.ndim
     pad = [min(16, n // 4) for n in shape]
@@ -146,7 +151,7 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
     spec *= gain
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
-    level = sfft.irfftn(spec, big.shape, workers=-1)[inner]
+    level = sfft.irfftn(spec, big.shape, workers=-1)[inner] if want_level else None
     grad = np.stack([sfft.irfftn(1j * kk * spec, big.shape, workers=-1)[inner] for kk in k])
     if not grad_noise:
         return level, grad, noise
@@ -322,8 +327,9 @@ class Refiner:
         # low dose (contrast under _LOW_DOSE noise sigmas): the local gain keeps the
         # lattice's peaks and the level is smoothed over 8 px; above it the radial gain
         # and a 2 px level measured closer to the bound (sharp spots, 200 / 2000 counts)
-        _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=_LOW_DOSE,
-                                                               grad_noise=True)
+        smooth_ref = smooth_filler(ref_valid)(ref)  # filled once: the estimate and the level
+        _, grad, self.noise, self.grad_noise = wiener_estimate(
+            ref, ref_valid, local=_LOW_DOSE, grad_noise=True, filled=smooth_ref, want_level=False)
         self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
@@ -346,7 +352,7 @@ class Refiner:
         # spots' noise (sharp spots, 20 counts: 1.72x the bound before this and the
         # local Wiener gain, 1.35x after); at 200 / 2000 counts both cost (1.24x / 1.28x
         # -> 1.40x / 1.37x), hence only at low dose
-        self.level = ndi.gaussian_filter(smooth_filler(ref_valid)(ref),
+        self.level = ndi.gaussian_filter(smooth_ref,
                                          _LEVEL_SIGMA if self.low_dose else 2.0,
                                          mode="mirror")[q]
         self.n_points = self.r.size
