@@ -215,3 +215,19 @@ def test_the_refinement_converges_on_sharp_bragg_spots():
         ratios.append(np.abs(r.shifts[1:] - s.expected_shifts(0)[1:]) / bound)
     ratio = float(np.median(np.concatenate(ratios)))
     assert ratio <= 4.0, ratio
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 16, 17, 1000, 4099])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "constant"])
+def test_the_noise_bins_split_the_stable_sort_in_equal_chunks(n, kind):
+    """The refinement's noise bins without a sort: as ``np.array_split`` splits the
+    stable argsort, ties in their order (the sort they replace)."""
+    from napari_maskalign.engine.models._refine import _rank_bins
+
+    rng = np.random.default_rng(n)
+    values = {"continuous": rng.normal(size=n), "ties": rng.integers(0, 5, n).astype(float),
+              "constant": np.full(n, 3.0)}[kind]
+    expected = np.empty(n, np.intp)
+    for b, chunk in enumerate(np.array_split(np.argsort(values, kind="stable"), 16)):
+        expected[chunk] = b
+    np.testing.assert_array_equal(_rank_bins(values, 16), expected)

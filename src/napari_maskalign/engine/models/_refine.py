@@ -241,6 +241,29 @@ def _binned_variance(lv, e, bins: int = _BINS, sample: int = 40000):
     return x, var
 
 
+def _rank_bins(values, bins: int) -> np.ndarray:
+    """Each value's bin when the values, in a stable sort, are split into ``bins``
+    chunks as ``np.array_split`` splits (ties in the order they come), without the
+    argsort (30 ms of a 512 px reference's setup): a value sort gives the values at
+    the chunks' first ranks, a value is past each one it is not below, and only
+    values repeated at a cut need their rank."""
+    n = values.size
+    starts = np.cumsum([n // bins + (b < n % bins) for b in range(bins - 1)], dtype=np.intp)
+    ordered = np.sort(values)
+    cuts = ordered[np.minimum(starts, max(n - 1, 0))] if n else ordered[:0]
+    out = np.zeros(n, np.intp if bins > 127 else np.int8)
+    for c, first in zip(cuts, starts):
+        if first < n:
+            out += values >= c
+    out = out.astype(np.intp)
+    for v in np.unique(cuts):
+        lo, hi = np.searchsorted(ordered, v, "left"), np.searchsorted(ordered, v, "right")
+        if hi - lo > 1:  # ties: in the order they come
+            tied = np.flatnonzero(values == v)
+            out[tied] = np.searchsorted(starts, lo + np.arange(tied.size), side="right")
+    return out
+
+
 class RefineResult:
     """The outcome of one refinement: warp ``params``, ``gain``, ``offset``, the
     correlation ``quality`` over the pixels used, ``iterations``, ``converged``, the
@@ -358,10 +381,7 @@ class Refiner:
         self.n_points = self.r.size
         self.rmax = float(np.sqrt(np.max(np.sum(self.d**2, axis=0)))) if self.n_points else 0.0
         # noise-model bins: quantiles of the smoothed reference level
-        order = np.argsort(self.level, kind="stable")
-        self.bins = np.empty(self.n_points, np.intp)
-        for b, chunk in enumerate(np.array_split(order, _BINS)):
-            self.bins[chunk] = b
+        self.bins = _rank_bins(self.level, _BINS)
         self.bin_level = np.bincount(self.bins, self.level, _BINS) / np.maximum(
             np.bincount(self.bins, minlength=_BINS), 1)
         inside = np.pad(mov_valid, 1, constant_values=False)
