@@ -231,3 +231,20 @@ def test_the_noise_bins_split_the_stable_sort_in_equal_chunks(n, kind):
     for b, chunk in enumerate(np.array_split(np.argsort(values, kind="stable"), 16)):
         expected[chunk] = b
     np.testing.assert_array_equal(_rank_bins(values, 16), expected)
+
+
+@pytest.mark.parametrize("shape", [(40, 37), (9, 12, 11), (1, 30)])
+@pytest.mark.parametrize("margin", [0, 1, 3])
+def test_the_usable_pixels_are_the_erosion_and_the_distance_transforms(shape, margin):
+    """The refinement's margins as ANDs of shifted masks: the cross iterated ``margin``
+    times (the reference's usable pixels) and the Euclidean distance to an invalid pixel
+    or the outside above ``margin`` (the moving frame's)."""
+    from napari_maskalign.engine.models._refine import _eroded
+
+    rng = np.random.default_rng(margin)
+    for invalid in (0.0, 0.05, 0.4):
+        valid = rng.random(shape) >= invalid
+        cross = ndi.binary_erosion(valid, iterations=margin, border_value=0) if margin else valid
+        np.testing.assert_array_equal(_eroded(valid, margin, 1), cross)
+        dist = ndi.distance_transform_edt(np.pad(valid, 1))[(slice(1, -1),) * valid.ndim]
+        np.testing.assert_array_equal(_eroded(valid, margin, 2), dist > margin)

@@ -241,6 +241,24 @@ def _binned_variance(lv, e, bins: int = _BINS, sample: int = 40000):
     return x, var
 
 
+def _eroded(valid, radius: int, norm: int) -> np.ndarray:
+    """``valid`` without its pixels within ``radius`` (an L1 distance for ``norm=1``,
+    Euclidean for 2) of an invalid pixel or of the outside: ``radius`` iterations of
+    the cross's binary erosion, or a Euclidean distance transform's ``> radius``, as
+    an AND of the shifted mask (a few ms where the distance transform cost 18 ms of a
+    512 px reference's setup and the erosion 7)."""
+    valid = np.asarray(valid, bool)
+    if radius <= 0:
+        return valid.copy()
+    offsets = np.indices((2 * radius + 1,) * valid.ndim).reshape(valid.ndim, -1).T - radius
+    near = (np.abs(offsets).sum(axis=1) if norm == 1 else (offsets**2).sum(axis=1)) <= radius**norm
+    padded = np.pad(valid, radius, constant_values=False)
+    out = valid.copy()
+    for o in offsets[near]:
+        out &= padded[tuple(slice(radius + k, radius + k + n) for k, n in zip(o, valid.shape))]
+    return out
+
+
 def _rank_bins(values, bins: int) -> np.ndarray:
     """Each value's bin when the values, in a stable sort, are split into ``bins``
     chunks as ``np.array_split`` splits (ties in the order they come), without the
@@ -356,7 +374,7 @@ class Refiner:
         self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
-        use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
+        use = _eroded(ref_valid, margin, 1)
         q = np.nonzero(use)
         g = np.stack([gr[q] for gr in grad])
         if select is not None and 0 < select < 1 and q[0].size > MIN_POINTS:
@@ -384,8 +402,8 @@ class Refiner:
         self.bins = _rank_bins(self.level, _BINS)
         self.bin_level = np.bincount(self.bins, self.level, _BINS) / np.maximum(
             np.bincount(self.bins, minlength=_BINS), 1)
-        inside = np.pad(mov_valid, 1, constant_values=False)
-        self.dist = ndi.distance_transform_edt(inside)[(slice(1, -1),) * self.ndim].astype(np.float32)
+        #: the moving frame's pixels more than ``margin`` from an invalid one or the edge
+        self.far = _eroded(mov_valid, margin, 2)
         self.fill = nearest_fill_index(mov_valid)
         #: 2D translation moves the frame in Fourier space (no interpolation bias: the
         #: spline reached 3.1x the bound at 200 counts on real content); 3D volumes keep
@@ -491,7 +509,7 @@ class Refiner:
             ok &= (pos[ax] >= m) & (pos[ax] <= n - 1 - m)
         idx = tuple(np.clip(np.rint(p).astype(np.intp), 0, n - 1)
                     for p, n in zip(pos, self.shape))
-        ok &= self.dist[idx] > m
+        ok &= self.far[idx]
         return ok
 
     def _fit_noise(self, e, count):
@@ -644,7 +662,11 @@ class _FixedJacobian:
         self.rows = np.ascontiguousarray(rows, dtype=np.float64)
         p = self.rows.shape[0]
         self.upper = np.triu_indices(p)
-        self.products = (self.rows[self.upper[0]] * self.rows[self.upper[1]]).astype(np.float32)
+        # row by row through one buffer (the fancy-indexed whole took 23 ms at 512 px)
+        self.products = np.empty((self.upper[0].size, self.rows.shape[1]), np.float32)
+        buf = np.empty(self.rows.shape[1])
+        for out, i, j in zip(self.products, *self.upper):
+            out[...] = np.multiply(self.rows[i], self.rows[j], out=buf)
 
     def gram(self, w) -> np.ndarray:
         """``sum_i w_i J_i J_i^T``, ``(p, p)`` in float64."""
