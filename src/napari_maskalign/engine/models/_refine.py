@@ -427,6 +427,9 @@ class Refiner:
                              for n, p in zip(self.shape, self._pad))
         self._flat = np.ravel_multi_index(tuple(a + p for a, p in zip(q, self._pad)),
                                           self._pshape)
+        if self.fourier:  # the reference as a frame is sampled (the same single-precision
+            # round trip): a frame equal to it has no residual at 0 and stays there
+            self.r = self._sample(self.prepare(ref), None, np.zeros(self.ndim))
 
     @property
     def n_params(self) -> int:
@@ -536,6 +539,8 @@ class Refiner:
             w = count[has]
             alpha, beta = float(np.sum(w * x * var) / max(np.sum(w * x * x), 1e-300)), 0.0
         floor = max(float(var.min()) * 0.1, 1e-12 * float(var.max()), 1e-300)
+        if not var.max() > 0:  # no residual at all (a frame equal to the reference): uniform
+            floor = 1.0
         return float(alpha), float(beta), floor
 
     def _weights(self, noise, okf):
@@ -677,7 +682,9 @@ class _FixedJacobian:
 
     def gram(self, w) -> np.ndarray:
         """``sum_i w_i J_i J_i^T``, ``(p, p)`` in float64."""
-        v = (self.products @ w.astype(np.float32)).astype(np.float64)
+        top = float(w.max()) if w.size else 0.0
+        top = top if top > 0 else 1.0  # weights scaled to 1 at most: no overflow in float32
+        v = (self.products @ (w * (1.0 / top)).astype(np.float32)).astype(np.float64) * top
         out = np.empty((self.rows.shape[0],) * 2)
         out[self.upper] = v
         out[self.upper[::-1]] = v
