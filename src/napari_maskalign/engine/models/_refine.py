@@ -688,7 +688,8 @@ class _FixedJacobian:
         """``sum_i w_i J_i J_i^T``, ``(p, p)`` in float64."""
         top = float(w.max()) if w.size else 0.0
         top = top if top > 0 else 1.0  # weights scaled to 1 at most: no overflow in float32
-        v = (self.products @ (w * (1.0 / top)).astype(np.float32)).astype(np.float64) * top
+        w32 = np.multiply(w, 1.0 / top, out=np.empty(w.shape, np.float32), casting="same_kind")
+        v = (self.products @ w32).astype(np.float64) * top
         out = np.empty((self.rows.shape[0],) * 2)
         out[self.upper] = v
         out[self.upper[::-1]] = v
