@@ -248,3 +248,30 @@ def test_the_usable_pixels_are_the_erosion_and_the_distance_transforms(shape, ma
         np.testing.assert_array_equal(_eroded(valid, margin, 1), cross)
         dist = ndi.distance_transform_edt(np.pad(valid, 1))[(slice(1, -1),) * valid.ndim]
         np.testing.assert_array_equal(_eroded(valid, margin, 2), dist > margin)
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (20, 30, 25)])
+@pytest.mark.parametrize("kind", ["block", "scattered", "corner", "one"])
+def test_the_smooth_fill_on_the_invalid_pixels_box_is_the_whole_frames(shape, kind):
+    """The smooth fill (the Wiener estimate's, the template's) smooths only the invalid
+    pixels' bounding box grown by the Gaussian's reach: the same image as smoothing the
+    whole frame, to the bit."""
+    from napari_maskalign.engine.models._fill import smooth_filler
+
+    rng = np.random.default_rng(len(shape))
+    valid = np.ones(shape, bool)
+    if kind == "block":
+        valid[tuple(slice(n // 3, n // 2) for n in shape)] = False
+    elif kind == "scattered":
+        valid = rng.random(shape) > 0.02
+    elif kind == "corner":
+        valid[tuple(slice(0, 3) for _ in shape)] = False
+    else:
+        valid.flat[rng.integers(valid.size)] = False
+    image = rng.normal(size=shape) * 5 + 10
+    for sigma in (2.0, 4.0):
+        weight = ndi.gaussian_filter(valid.astype(np.float64), sigma)
+        smooth = ndi.gaussian_filter(np.where(valid, image, 0.0), sigma) / np.maximum(weight, 1e-3)
+        smooth[weight <= 1e-3] = image[valid].mean()
+        np.testing.assert_array_equal(smooth_filler(valid, sigma)(image),
+                                      np.where(valid, image, smooth))
