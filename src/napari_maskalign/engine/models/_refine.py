@@ -449,7 +449,7 @@ class Refiner:
             image = filled(frame, self.fill)
             pads = [(p, q - n - p) for p, q, n in zip(self._pad, self._pshape, self.shape)]
             real = np.float32 if self._complex == np.complex64 else np.float64
-            return sfft.rfftn(np.pad(image, pads, mode="symmetric").astype(real, copy=False))
+            return sfft.rfftn(np.pad(image.astype(real, copy=False), pads, mode="symmetric"))
         return ndi.spline_filter(filled(frame, self.fill), order=3, mode="mirror")
 
     def _phase(self, shift) -> np.ndarray:
