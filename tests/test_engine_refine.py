@@ -275,3 +275,17 @@ def test_the_smooth_fill_on_the_invalid_pixels_box_is_the_whole_frames(shape, ki
         smooth[weight <= 1e-3] = image[valid].mean()
         np.testing.assert_array_equal(smooth_filler(valid, sigma)(image),
                                       np.where(valid, image, smooth))
+
+
+@pytest.mark.parametrize("margin", [0, 1, 3])
+@pytest.mark.parametrize("select", [None, 0.3])
+def test_the_usable_points_at_a_whole_pixel_shift_are_those_of_their_positions(margin, select):
+    """A shift's usable points from the shifted mask image: the same as from the points'
+    positions, also for shifts that move points off the frame or past its margin."""
+    s = make_beam_block_stack(2, (96, 80), counts=400.0, max_drift=4.0, seed=2)
+    ref = np.where(s.valid, s.stack[0].astype(float), 0)
+    moving = np.random.default_rng(margin).random(s.valid.shape) > 0.05
+    refiner = Refiner(ref, s.valid, moving, MODELS["translation"], margin=margin, select=select)
+    for whole in [(0, 0), (3, -2), (-5, 7), (40, 0), (0, -79), (95, 79), (-200, 3)]:
+        pos = refiner.d + (refiner.centre + np.asarray(whole, float))[:, None]
+        np.testing.assert_array_equal(refiner._usable_whole(whole), refiner._usable(pos))
