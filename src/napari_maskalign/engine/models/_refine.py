@@ -240,7 +240,10 @@ def _binned_variance(lv, e, bins: int = _BINS, sample: int = 40000):
         return np.zeros(0), np.zeros(0)
     picked = np.sort(lv[:: max(1, lv.size // sample)])
     cuts = picked[(np.arange(1, bins) * picked.size) // bins]
-    which = np.searchsorted(cuts, lv, side="right")
+    which = np.zeros(lv.size, np.int8 if bins <= 127 else np.intp)
+    for c in cuts:  # the cuts at or below each level (searchsorted's "right"), 3x faster
+        which += lv >= c
+    which = which.astype(np.intp)
     counts = np.bincount(which, minlength=bins)
     full = counts > 0
     x = np.bincount(which, lv, minlength=bins)[full] / counts[full]
