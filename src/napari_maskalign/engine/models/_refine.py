@@ -35,7 +35,8 @@ least-squares sense. What makes it reach the bound (measured with
   included since the residual is their difference (``RefineResult.sigma``).
 
 What a frame costs (translation, measured on 512 px frames): two steps, each
-one inverse transform of the frame's padded spectrum and a few passes over the
+one inverse transform of the frame's padded spectrum (single precision: its
+rounding moves the fixed point by 1e-7 px) and a few passes over the
 points; the Jacobian is the same for every step and frame, so the normal
 matrix comes from its column products, formed once per reference; the
 sandwich is formed once, at the last step. About half the masked
