@@ -387,7 +387,7 @@ class Refiner:
         self.curvature = _curvature(ref, ref_valid, grad)
         use = _eroded(ref_valid, margin, 1)
         q = np.nonzero(use)
-        g = np.stack([gr[q] for gr in grad])
+        g = np.stack([gr[use] for gr in grad])  # a mask's gather: q's order, 3x faster
         if select is not None and 0 < select < 1 and q[0].size > MIN_POINTS:
             keep = max(MIN_POINTS, int(select * q[0].size))
             best = np.argpartition(-np.sum(g * g, axis=0), keep - 1)[:keep]
@@ -395,10 +395,12 @@ class Refiner:
             q, g = tuple(a[best] for a in q), g[:, best]
         self.g = g
         #: the points as an image (their order is its C order)
-        self._points = np.zeros(ref.shape, bool)
-        self._points[q] = True
+        self._points = use
+        if q[0].size < np.count_nonzero(use):
+            self._points = np.zeros(ref.shape, bool)
+            self._points[q] = True
         self.d = np.stack(q).astype(np.float64) - self.centre[:, None]
-        self.r = ref[q]
+        self.r = ref[self._points]
         # the level the noise model and the gain's column read: the reference smoothed
         # over a fixed _LEVEL_SIGMA, not its Wiener estimate, which at high dose keeps
         # most of each pixel's own noise (little to filter): weights that follow a
@@ -409,7 +411,7 @@ class Refiner:
         # -> 1.40x / 1.37x), hence only at low dose
         self.level = ndi.gaussian_filter(smooth_ref,
                                          _LEVEL_SIGMA if self.low_dose else 2.0,
-                                         mode="mirror")[q]
+                                         mode="mirror")[self._points]
         self.n_points = self.r.size
         self.rmax = float(np.sqrt(np.max(np.sum(self.d**2, axis=0)))) if self.n_points else 0.0
         # noise-model bins: quantiles of the smoothed reference level
