@@ -75,6 +75,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ._alias import alias_band
 from ._fill import filled, nearest_fill_index, smooth_filler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,7 +101,7 @@ def _low_contrast(values, noise: float, below: float) -> bool:
     return values.size > 1 and float(values.std()) < below * np.sqrt(max(noise, 0.0))
 
 
-def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
+def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, alias=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -114,7 +115,10 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     their ring's noise and blurs the spots); a number ``c``: so only where the
     image's contrast is under ``c`` noise sigmas (:func:`_low_contrast`, decided
     once the noise is measured, on the same spectrum). ``grad_noise``: also return, per axis,
-    the variance the filtered gradient keeps of the white noise.
+    the variance the filtered gradient keeps of the white noise. ``alias``: also return
+    the gradient along each axis without the frequencies whose folded power is not
+    negligible (:func:`~._alias.alias_band`: what a Fourier shift moves wrongly), last;
+    ``grad_noise`` is then that gradient's.
     """
     image = np.asarray(image, dtype=np.float64)
     values = image if valid is None else image[np.asarray(valid, bool)]
@@ -148,8 +152,11 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
     level = sfft.irfftn(spec, big.shape, workers=-1)[inner]
     grad = np.stack([sfft.irfftn(1j * kk * spec, big.shape, workers=-1)[inner] for kk in k])
+    band, inst = _band_gradient(spec, k, freqs, power, noise, big.shape, inner, grad) if alias else (
+        [1.0] * ndim, grad)
+    extra = (inst,) if alias else ()
     if not grad_noise:
-        return level, grad, noise
+        return (level, grad, noise, *extra)
     # the share of white noise (variance ``noise`` per pixel) the filtered gradient
     # keeps, per axis: noise * mean |gain k|^2 over the full spectrum (the rfft's
     # inner columns stand for two)
@@ -158,8 +165,26 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False):
     if big.shape[-1] % 2 == 0:
         half[-1] = 1.0
     g2 = gain * gain * half
-    kept = np.array([float(np.sum(g2 * kk * kk)) for kk in k]) / big.size
-    return level, grad, noise, noise * kept
+    kept = np.array([float(np.sum(g2 * kk * kk * h)) for kk, h in zip(k, band)]) / big.size
+    return (level, grad, noise, noise * kept, *extra)
+
+
+def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
+    """``(band, gradient)``: per axis the 0/1 band of :func:`~._alias.alias_band`
+    (broadcastable; 1.0 where nothing is cut) and the filtered spectrum's gradient
+    along that axis on it (``grad``'s own where nothing is cut)."""
+    band, out = [], []
+    for ax, (kk, f, cut) in enumerate(zip(k, freqs, alias_band(power, freqs, noise))):
+        if cut is None:
+            band.append(1.0)
+            out.append(grad[ax])
+            continue
+        view = [1] * len(k)
+        view[ax] = -1
+        h = (np.abs(f) <= cut).astype(np.float64).reshape(view)
+        band.append(h)
+        out.append(sfft.irfftn(1j * kk * h * spec, shape, workers=-1)[inner])
+    return band, np.stack(out)
 
 
 def _curvature(ref, valid, grad):
@@ -322,11 +347,15 @@ class Refiner:
         # low dose (contrast under _LOW_DOSE noise sigmas): the local gain keeps the
         # lattice's peaks and the level is smoothed over 8 px; above it the radial gain
         # and a 2 px level measured closer to the bound (sharp spots, 200 / 2000 counts)
-        _, grad, self.noise, self.grad_noise = wiener_estimate(ref, ref_valid, local=_LOW_DOSE,
-                                                               grad_noise=True)
+        # a 2D shift moves the frame in Fourier space: its Jacobian (the instrument of
+        # the fit) leaves out, per axis, the frequencies the sampling folds (_alias)
+        fourier = model.shift_only and ref.ndim == 2
+        _, grad, self.noise, self.grad_noise, *band = wiener_estimate(
+            ref, ref_valid, local=_LOW_DOSE, grad_noise=True, alias=fourier)
         self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
+        grad = band[0] if band else grad
         use = ndi.binary_erosion(ref_valid, iterations=margin, border_value=0) if margin else ref_valid
         q = np.nonzero(use)
         g = np.stack([gr[q] for gr in grad])
