@@ -7,7 +7,9 @@ Two contents. For every noise case, ``--seeds`` independent beam-block stacks
 of ``--frames`` frames of the sample generator (rings, Bragg spots, a static
 rod + disk block, drift up to 3 px); and at 20, 200 and 2000 counts the same
 drift and block over sharp spots alone (0.8 px wide, nothing smooth: the
-content that exposes an interpolation model's bias). Each is registered
+content that exposes an interpolation model's bias), and at 2000 counts the
+same spots integrated over each pixel as a detector's pixels do (``sharp
+px-integ``: less of the spectrum folds, but still some). Each is registered
 against its frame 0 with the mask, three ways: the masked correlation peak on a
 1/20 px grid, on a 1/100 px grid, and ``register_stack(upsample_factor=20)``
 with every default on (the hot-pixel search, the refinement). The bound is
@@ -60,8 +62,10 @@ CASES = [
 ]
 
 #: the contents: the sample generator (rings, Bragg spots 1.5 px wide at 256 px), and
-#: sharp spots alone (Bragg-like spots 0.8 px wide on a faint background: nothing smooth)
-CONTENTS = ("rings + spots", "sharp spots")
+#: sharp spots alone (Bragg-like spots 0.8 px wide on a faint background: nothing smooth),
+#: point-sampled, and the same spots integrated over each pixel (as a detector's pixels
+#: do: 0.64x the spectrum at Nyquist, still not band-limited), at 2000 counts only
+CONTENTS = ("rings + spots", "sharp spots", "sharp px-integ")
 
 #: the sharp-spot rows: Poisson doses (counts at the brightest spot's peak)
 SHARP_DOSES = (20.0, 200.0, 2000.0)
@@ -79,7 +83,7 @@ class SharpSpots:
     counts: the content that punishes an interpolation model (no smooth rings).
     The same interface as the generator's stack for :func:`bound_per_frame`."""
 
-    def __init__(self, n_frames, size, counts, seed, max_drift=3.0, width=0.8):
+    def __init__(self, n_frames, size, counts, seed, max_drift=3.0, width=0.8, integrate=False):
         from napari_maskalign._sample_data import make_beam_block_stack
 
         base = make_beam_block_stack(n_frames, (size, size), max_drift=max_drift, seed=seed,
@@ -94,6 +98,7 @@ class SharpSpots:
         self.points = pts + rng.normal(scale=0.3, size=pts.shape)
         self.amps = rng.uniform(0.3, 1.0, len(pts))
         self.counts, self.width, self.size = float(counts), float(width), size
+        self.integrate = bool(integrate)
         self.centre = np.array([half + 0.37, half - 0.21])
         self.stack = np.stack([rng.poisson(self.noiseless(i)).astype(np.float32)
                                for i in range(n_frames)])
@@ -102,10 +107,26 @@ class SharpSpots:
         yy, xx = np.indices((self.size, self.size), dtype=np.float64)
         img = np.full((self.size, self.size), 0.02)
         c = self.centre + self.drift[i] + np.asarray(offset)
+        if self.integrate:
+            return (img + self._integrated(c)) * self.counts
         for p, a in zip(self.points, self.amps):
             dy, dx = yy - (c[0] + p[0]), xx - (c[1] + p[1])
             img += a * np.exp(-0.5 * (dy * dy + dx * dx) / self.width**2)
         return img * self.counts
+
+    def _integrated(self, c):
+        """The spots integrated over each pixel (per axis a difference of error
+        functions), scaled to the point-sampled spots' peak."""
+        from scipy.special import erf
+
+        edges = np.arange(self.size + 1, dtype=np.float64) - 0.5
+        k = np.sqrt(2.0) * self.width
+        scale = 0.5 * np.sqrt(2 * np.pi) * self.width
+        img = np.zeros((self.size, self.size))
+        for p, a in zip(self.points, self.amps):
+            py, px = (scale * np.diff(erf((edges - (cc + pp)) / k)) for cc, pp in zip(c, p))
+            img += a * np.outer(py, px)
+        return img
 
     def noiseless(self, i):
         return self._render(i)
@@ -262,6 +283,8 @@ def main(argv=None):
             for label, case in CASES]
     rows += [("sharp spots", f"Poisson, {c:g} counts", partial(SharpSpots, args.frames, args.size, c))
              for c in SHARP_DOSES]
+    rows += [(CONTENTS[2], "Poisson, 2000 counts",
+              partial(SharpSpots, args.frames, args.size, 2000.0, integrate=True))]
     rows = [row for row in rows if args.content in ("all", row[0])]
     for content, label, factory in rows:
         def make(seed, factory=factory):

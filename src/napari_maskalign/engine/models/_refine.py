@@ -76,6 +76,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ._alias import alias_band
 from ._fill import filled, nearest_fill_index, smooth_filler
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,7 +106,7 @@ def _low_contrast(values, noise: float, below: float) -> bool:
 
 
 def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=None,
-                    want_level=True):
+                    want_level=True, alias=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -122,6 +123,9 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     the variance the filtered gradient keeps of the white noise. ``filled``: the image
     already filled by ``smooth_filler(valid)`` (a caller that needs it too fills once);
     ``want_level=False``: the level is not transformed back (None in its place).
+    ``alias``: also return the gradient along each axis without the frequencies whose
+    folded power is not negligible (:func:`~._alias.alias_band`: what a Fourier shift
+    moves wrongly), last; ``grad_noise`` is then that gradient's.
     """
     image = np.asarray(image, dtype=np.float64)
     values = image if valid is None else image[np.asarray(valid, bool)]
@@ -161,8 +165,11 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
              else None)
     grad = np.stack([sfft.irfftn((1j * kk).astype(np.complex64) * spec, big.shape,
                                  workers=-1)[inner] for kk in k]).astype(np.float64)
+    band, inst = _band_gradient(spec, k, freqs, power, noise, big.shape, inner, grad) if alias else (
+        [1.0] * ndim, grad)
+    extra = (inst,) if alias else ()
     if not grad_noise:
-        return level, grad, noise
+        return (level, grad, noise, *extra)
     # the share of white noise (variance ``noise`` per pixel) the filtered gradient
     # keeps, per axis: noise * mean |gain k|^2 over the full spectrum (the rfft's
     # inner columns stand for two)
@@ -171,8 +178,27 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     if big.shape[-1] % 2 == 0:
         half[-1] = 1.0
     g2 = gain * gain * half
-    kept = np.array([float(np.sum(g2 * kk * kk)) for kk in k]) / big.size
-    return level, grad, noise, noise * kept
+    kept = np.array([float(np.sum(g2 * kk * kk * h)) for kk, h in zip(k, band)]) / big.size
+    return (level, grad, noise, noise * kept, *extra)
+
+
+def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
+    """``(band, gradient)``: per axis the 0/1 band of :func:`~._alias.alias_band`
+    (broadcastable; 1.0 where nothing is cut) and the filtered spectrum's gradient
+    along that axis on it (``grad``'s own where nothing is cut)."""
+    band, out = [], []
+    for ax, (kk, f, cut) in enumerate(zip(k, freqs, alias_band(power, freqs, noise))):
+        if cut is None:
+            band.append(1.0)
+            out.append(grad[ax])
+            continue
+        view = [1] * len(k)
+        view[ax] = -1
+        h = (np.abs(f) <= cut).astype(np.float64).reshape(view)
+        band.append(h)
+        out.append(sfft.irfftn((1j * kk * h).astype(spec.dtype) * spec, shape,
+                               workers=-1)[inner].astype(np.float64))
+    return band, np.stack(out)
 
 
 def _curvature(ref, valid, grad):
@@ -380,11 +406,16 @@ class Refiner:
         # lattice's peaks and the level is smoothed over 8 px; above it the radial gain
         # and a 2 px level measured closer to the bound (sharp spots, 200 / 2000 counts)
         smooth_ref = smooth_filler(ref_valid)(ref)  # filled once: the estimate and the level
-        _, grad, self.noise, self.grad_noise = wiener_estimate(
-            ref, ref_valid, local=_LOW_DOSE, grad_noise=True, filled=smooth_ref, want_level=False)
+        # a 2D shift moves the frame in Fourier space: its Jacobian (the instrument of
+        # the fit) leaves out, per axis, the frequencies the sampling folds (_alias)
+        fourier = model.shift_only and ref.ndim == 2
+        _, grad, self.noise, self.grad_noise, *band = wiener_estimate(
+            ref, ref_valid, local=_LOW_DOSE, grad_noise=True, filled=smooth_ref, want_level=False,
+            alias=fourier)
         self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad)
+        grad = band[0] if band else grad
         use = _eroded(ref_valid, margin, 1)
         q = np.nonzero(use)
         g = np.stack([gr[use] for gr in grad])  # a mask's gather: q's order, 3x faster
