@@ -135,7 +135,7 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
         return np.array([0.0]), np.array([np.inf])
     at = at[:: max(1, at.size // 30000)]
     levels, values = levels.ravel()[at], values.ravel()[at]
-    order = np.argsort(levels)  # (ties are in one bin, whatever their order)
+    order = _argsort(levels)  # (ties are in one bin, whatever their order)
     levels, values = levels[order], values[order]
     edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
     # bin b holds edges[b] <= level < edges[b + 1], the last one its right edge too
@@ -154,6 +154,19 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
     positive = sigmas[sigmas > 0]
     # discrete low counts can give a spread of 0: no level is quieter than the quietest measured
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
+
+
+def _argsort(x: np.ndarray) -> np.ndarray:
+    """An order that sorts the flat array ``x`` (no NaN; ties in any order). For float32,
+    one sort of 64-bit keys, the level's bits made to sort as unsigned integers above the
+    position: numpy's vectorised sort of plain numbers, 3x faster than ``argsort`` here."""
+    if x.dtype != np.float32 or x.size >= 2**32:
+        return np.argsort(x)
+    bits = x.view(np.uint32)
+    key = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64) << np.uint64(32)
+    key |= np.arange(x.size, dtype=np.uint64)
+    key.sort()
+    return (key & np.uint64(2**32 - 1)).astype(np.intp)
 
 
 def _median(x: np.ndarray):
@@ -479,27 +492,35 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     content_ok = cover >= k - 1
     # ... moved onto every frame: residuals in detector coordinates (the middle frame's
     # model is the level of the content)
-    resid = np.empty_like(frames)
+    # (every frame's model transformed back at once: one call that runs on ``workers``
+    # threads, where frame by frame in threads the calls queued on each other)
+    loo = np.empty_like(spectra)
+    for j in range(k):
+        # the content from the other frames (its own fill and noise are not its model)
+        if aligned[j] is None:
+            loo[j] = total_f
+        else:
+            np.multiply(total_f, aligned[j].conj(), out=loo[j])
+        loo[j] -= spectra[j] * np.float32(1 / (k - 1))
+    resid = sfft.irfftn(loo, s=frame_shape, axes=axes, workers=workers)
+    del loo
+    level = resid[r].copy()
     ok_counts = np.zeros(frame_shape, np.int16)
     lock = threading.Lock()
 
     def residual(j):
-        # the content from the other frames (its own fill and noise are not its model)
-        loo = total_f.copy() if aligned[j] is None else total_f * aligned[j].conj()
-        loo -= spectra[j] * np.float32(1 / (k - 1))
-        m = sfft.irfftn(loo, s=frame_shape, workers=one)
         ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
-        gain, offset = _fit_gain(m, frames[j], ok & clean)
-        out = resid[j]
-        np.multiply(m, np.float32(gain), out=out)
+        out = resid[j]  # (the model, made the residual in place)
+        gain, offset = _fit_gain(out, frames[j], ok & clean)
+        np.multiply(out, np.float32(gain), out=out)
         out += np.float32(offset)
         np.subtract(frames[j], out, out=out)
         out[~ok] = np.inf  # no vote
         with lock:
             np.add(ok_counts, ok, out=ok_counts)
-        return m if j == r else None
 
-    level = [m for m in in_threads(residual, range(k), threads) if m is not None][0]
+    for _ in in_threads(residual, range(k), threads):
+        pass
     votes = ok_counts
     ranked = _sorted_frames(resid)  # the votes first; their median (every frame votes at most pixels):
     med = 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2])
@@ -724,13 +745,22 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple:
     """``(gain, offset)``: least squares of ``target ~ gain * model + offset`` over the
-    pixels ``where`` (the normal equations from five sums, in float64)."""
+    pixels ``where`` (the normal equations from five sums: each row's in float32, the
+    rows' in float64; float64 sums of every product took 3x as long, for a gain the same
+    to a few parts in 10**8 on the sample's stacks (at worst, a nearly flat model far
+    above zero, 10**-5): a residual changed by far less than its noise)."""
     w = where.astype(model.dtype)
     mw = model * w
-    n, sm, st = float(np.count_nonzero(where)), _dot(mw, w), _dot(target, w)
-    h = np.array([[_dot(mw, model), sm], [sm, n]])
+    rows = (model.shape[0], -1)
+    mw, w, model, target = (a.reshape(rows) for a in (mw, w, model, target))
+
+    def total(a, b):
+        return float(np.einsum("ij,ij->i", a, b).sum(dtype=np.float64))
+
+    n, sm, st = float(np.count_nonzero(where)), float(mw.sum(axis=1).sum(dtype=np.float64)), total(target, w)
+    h = np.array([[total(mw, model), sm], [sm, n]])
     try:
-        gain, offset = np.linalg.solve(h, [_dot(mw, target), st])
+        gain, offset = np.linalg.solve(h, [total(mw, target), st])
     except np.linalg.LinAlgError:
         return 0.0, 0.0
     return float(gain), float(offset)
