@@ -84,6 +84,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from ..backends._frames import check_pixel_dtype, read_frame, spread_indices
+from ..backends._memory import warm_heap
 from ..kernels._fft import default_workers
 from ..kernels._masked import MaskedCorrelator
 from ..models._fill import nearest_fill_index
@@ -324,6 +325,9 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     outliers : ndarray of bool, one frame's shape
         True on static outlier pixels: pixels to ignore, like the block.
     """
+    # (the search's few dozen frame-sized arrays, freed and allocated again, reuse the
+    # process's memory instead of faulting in fresh pages: 5,500 faults a call before)
+    warm_heap()
     n = int(stack.shape[0])
     frame_shape = tuple(int(s) for s in stack.shape[1:])
     if n < 1:
@@ -414,7 +418,6 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     basis = np.stack([*grad, ref, np.ones_like(ref)])  # shift, gain, offset
     inner = _box_eroded(clean_b, 5)
     threads = min(workers, k)
-    one = 1 if threads > 1 else workers  # frames in threads, or the FFTs
 
     # (the weights and normal equations of the fit depend only on the whole-pixel step, the
     # basis being the reference's: made once per step, shared by every frame and iteration)
@@ -427,31 +430,45 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
             normals[key] = (w, _normal(basis, w))
         return normals[key]
 
-    def register(j, f=bc):
-        """(shift, misfit, ambiguous): the misfit is what the fit leaves of the reference's
-        variance; ambiguous, whether the whole-pixel peak had a runner-up nearly as high."""
-        if j == r:
-            return np.zeros(ndim), 0.0, False
+    def register(js, f=bc):
+        """[(shift, misfit, ambiguous)] of the frames ``js`` (not the middle one): the
+        misfit is what the fit leaves of the reference's variance; ambiguous, whether the
+        whole-pixel peak had a runner-up nearly as high. (The frames at once: one batched
+        search, and each step's transforms in one call on the workers.)"""
         binned, corr = search(f)
-        peak = corr.register(binned[j])
-        shift = np.asarray(peak.shift, float) * f
+        peaks = corr.register_batch(binned[list(js)])
+        shifts = [np.asarray(peak.shift, float) * f for peak in peaks]
+        last = [None] * len(js)
+        todo = list(range(len(js)))
         for _ in range(5):
-            back = sfft.irfftn(lows[j] * _phase(low, -shift), s=small, workers=one)
-            w, equations = normal(np.round(shift / b).astype(int))
-            coef = _solve(basis, back - ref, normal=equations)
-            shift += np.clip(coef[:ndim], -f, f)
-            if np.abs(coef[:ndim]).max() < 0.02:
+            backs = sfft.irfftn(np.stack([lows[js[i]] * _phase(low, -shifts[i]) for i in todo]),
+                                s=small, axes=axes, workers=workers)
+            going = []
+            for i, back in zip(todo, backs):
+                w, equations = normal(np.round(shifts[i] / b).astype(int))
+                coef = _solve(basis, back - ref, normal=equations)
+                shifts[i] += np.clip(coef[:ndim], -f, f)
+                last[i] = back, coef, w
+                if not np.abs(coef[:ndim]).max() < 0.02:
+                    going.append(i)
+            todo = going
+            if not todo:
                 break
-        left = back - ref
-        for c, part in zip(coef, basis):
-            left -= np.float32(c) * part
-        left = left[w]
-        spread = ref[w]
-        spread = spread - spread.mean()
-        misfit = _dot(left, left) / max(_dot(spread, spread), 1e-30)
-        return shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)
+        out = []
+        for shift, (back, coef, w), peak in zip(shifts, last, peaks):
+            left = back - ref
+            for c, part in zip(coef, basis):
+                left -= np.float32(c) * part
+            left = left[w]
+            spread = ref[w]
+            spread = spread - spread.mean()
+            misfit = _dot(left, left) / max(_dot(spread, spread), 1e-30)
+            out.append((shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)))
+        return out
 
-    fits = list(in_threads(register, range(k), threads))
+    others = [j for j in range(k) if j != r]
+    fits = register(others)
+    fits.insert(r, (np.zeros(ndim), 0.0, False))
     # a frame the search could not register (a periodic pattern can match a lattice
     # vector away at low resolution) fits far worse than the others: it takes no part
     shifts = np.array([sh for sh, _, _ in fits])
@@ -463,8 +480,8 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     if bc > b:  # (against the best frame: several may have gone wrong)
         worse = ~(misfit <= 2 * np.delete(misfit, r).min() + 1e-3)
         again = worse & ((misfit > WRONG_PLACE) | np.array([a for _, _, a in fits]))
-        for j in np.flatnonzero(again):
-            sh, m, _ = register(j, b)
+        again = np.flatnonzero(again)
+        for j, (sh, m, _) in zip(again, register(again, b) if again.size else []):
             if m < misfit[j]:
                 shifts[j], misfit[j] = sh, m
     keep = ~failed()
