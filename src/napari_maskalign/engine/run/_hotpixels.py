@@ -77,7 +77,9 @@ IJCAI 1981, 674-679.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import fft as sfft
@@ -113,6 +115,15 @@ WRONG_PLACE = 0.1
 #: whatever the binning: not searched again.
 AMBIGUOUS = 0.7
 
+
+
+def _together(pool, *calls) -> list:
+    """The results of ``calls`` (functions of nothing), all but the first on ``pool``'s
+    threads while the first runs here; one after another when ``pool`` is None."""
+    if pool is None:
+        return [call() for call in calls]
+    later = [pool.submit(call) for call in calls[1:]]
+    return [calls[0](), *(f.result() for f in later)]
 
 
 def _sample(stack, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -351,29 +362,50 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     if use.sum() < 50 or k < 3:
         return outliers
     frames[:, ~use] = 0  # (the sample is this search's own copy)
+    # (a second thread for the independent halves of the work: see _together)
+    with ThreadPoolExecutor(1, "maskalign") if workers > 1 else contextlib.nullcontext() as pool:
+        found = _static(frames, use, threshold, max_cluster, workers, pool, picks, details)
+    return outliers | (found & base)
+
+
+def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) -> np.ndarray:
+    """The static outliers among the pixels ``use`` of the sampled ``frames`` (their
+    ``picks``) that are not NaN or inf: :func:`find_static_outliers` from its first step
+    on; ``pool``, an executor for a second thread (or None)."""
+    k, frame_shape = len(frames), frames.shape[1:]
+    ndim = len(frame_shape)
+    nothing = np.zeros(frame_shape, bool)
 
     # 1. candidates: bright in every frame (minimum) or dark in every frame (maximum)
     block = None if use.all() else _nearest_fill(use)
-    lo, hi = _filler(use, nearest=block)(np.stack([frames.min(axis=0), frames.max(axis=0)]))
+    fill_use = _filler(use, nearest=block)
     # (each against its neighbourhood with the opposite kind taken out first: a hot
     # cluster's neighbours are not dead, nor a dead pixel's neighbours hot)
     # (a closing then an opening: the two erosions in the middle are one erosion twice
     # as wide, exactly, for flat symmetric windows: three filters instead of four)
     mx, mn, twice = np.maximum, np.minimum, 2 * HAT - 1
-    bg_lo = _flat_filter(_flat_filter(_flat_filter(lo, HAT, mx), twice, mn), HAT, mx)
-    bg_hi = _flat_filter(_flat_filter(_flat_filter(hi, HAT, mn), twice, mx), HAT, mn)
-    hat_hot, hat_dead = lo - bg_lo, bg_hi - hi
-    # the noise by the level of the background around a pixel (not the pixel's own)
-    c_hot, s_hot = _binned_spread(hat_hot, bg_lo, use)
-    c_dead, s_dead = _binned_spread(hat_dead, bg_hi, use)
+
+    def top_hat(hot):
+        """(extreme, background, top hat, its noise by level, the pixels beyond 5 of it)
+        of the hot (minimum) or the dead (maximum) kind."""
+        ext = fill_use(frames.min(axis=0) if hot else frames.max(axis=0))
+        a, z = (mx, mn) if hot else (mn, mx)
+        bg = _flat_filter(_flat_filter(_flat_filter(ext, HAT, a), twice, z), HAT, a)
+        hat = ext - bg if hot else bg - ext
+        # the noise by the level of the background around a pixel (not the pixel's own)
+        c_, s_ = _binned_spread(hat, bg, use)
+        return ext, bg, hat, c_, s_, _above(hat, bg, c_, s_, 5.0, use)
+
+    # (the two kinds side by side: whole-frame passes, which let go of the interpreter)
+    (lo, bg_lo, hat_hot, c_hot, s_hot, at_hot), (hi, bg_hi, hat_dead, c_dead, s_dead, at_dead) = \
+        _together(pool, lambda: top_hat(True), lambda: top_hat(False))
     # ... and steady: a static pixel keeps its value from frame to frame (its own noise
     # aside), a spot of the pattern that moves less than its width does not
     # (its own counting noise allowed: the noise's growth with the level, from the top hat's)
     ok = c_hot > 0
     gain = float(np.median(s_hot[ok] ** 2 / c_hot[ok])) if ok.any() else 0.0
     # (looked at only where a pixel stands out: a few thousand)
-    at = np.union1d(_above(hat_hot, bg_lo, c_hot, s_hot, 5.0, use),
-                    _above(hat_dead, bg_hi, c_dead, s_dead, 5.0, use))
+    at = np.union1d(at_hot, at_dead)
     lo_at = lo.flat[at]
     wobble = 3 * np.sqrt(gain * np.abs(lo_at)) if np.isfinite(gain) else 0.0
     steady = (hi.flat[at] - lo_at) < STEADY * np.maximum(hat_hot.flat[at], hat_dead.flat[at]) + wobble
@@ -403,10 +435,14 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
                                                    max_shift=reach)
         return searches[f]
 
-    search(bc)
-    fill = _filler(use, candidates, block)
     axes = tuple(range(1, ndim + 1))
-    spectra = sfft.rfftn(fill(frames), axes=axes, workers=workers)
+
+    def transform():
+        fill = _filler(use, candidates, block)
+        return sfft.rfftn(fill(frames), axes=axes, workers=1 if pool is not None else workers)
+
+    # (the frames' transforms beside the binned search's set-up: neither waits on the other)
+    spectra, _ = _together(pool, transform, lambda: search(bc))
     grids = _grids(frame_shape)
     small, keep, low = _low_band(frame_shape, b)
     # the gradient of a noisy frame is mostly noise: the steps are taken on smoothed frames
@@ -486,7 +522,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
                 shifts[j], misfit[j] = sh, m
     keep = ~failed()
     if keep.sum() < 3:
-        return outliers
+        return nothing
     if not keep.all():
         shifts = shifts[keep]
         frames, spectra, k = frames[keep], spectra[keep], int(keep.sum())
@@ -621,7 +657,7 @@ def find_static_outliers(stack, *, valid=None, n_frames: int = 5, threshold: flo
     if details is not None:
         details.update(frames=picks, shifts=shifts, candidates=int(candidates.sum()),
                        judged=int(judged.sum()))
-    return outliers | (found & base)
+    return found
 
 
 def _flat_filter(image: np.ndarray, width: int, op, outside=None) -> np.ndarray:
