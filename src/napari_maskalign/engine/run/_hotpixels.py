@@ -671,10 +671,7 @@ def _flat_filter(image: np.ndarray, width: int, op, outside=None) -> np.ndarray:
     half = width // 2
     out = image
     for ax in range(image.ndim):
-        pad = [(0, 0)] * image.ndim
-        pad[ax] = (half, half)
-        run = (np.pad(out, pad, mode="symmetric") if outside is None
-               else np.pad(out, pad, constant_values=outside))
+        run = _padded(out, ax, half, outside)
         n = run.shape[ax]
         span = 1
         while 2 * span <= width:
@@ -690,6 +687,36 @@ def _flat_filter(image: np.ndarray, width: int, op, outside=None) -> np.ndarray:
         tail = [slice(None)] * image.ndim
         lead[ax], tail[ax] = slice(0, keep), slice(rest, rest + keep)
         out = op(run[tuple(lead)], run[tuple(tail)]) if rest else run[tuple(lead)]
+    return out
+
+
+def _padded(image: np.ndarray, ax: int, half: int, outside=None) -> np.ndarray:
+    """``image`` with ``half`` more pixels at both ends of axis ``ax``: mirrored (numpy's
+    ``"symmetric"`` mode: the edge pixel repeated first) or ``outside``; the same as
+    ``np.pad``, which took 3x a whole-array pass for its bookkeeping."""
+    n = image.shape[ax]
+    if half > n:  # (a mirror of a mirror: left to numpy)
+        pad = [(0, 0)] * image.ndim
+        pad[ax] = (half, half)
+        return (np.pad(image, pad, mode="symmetric") if outside is None
+                else np.pad(image, pad, constant_values=outside))
+    shape = list(image.shape)
+    shape[ax] += 2 * half
+    out = np.empty(shape, image.dtype)
+
+    def at(part):
+        index = [slice(None)] * image.ndim
+        index[ax] = part
+        return tuple(index)
+
+    out[at(slice(half, half + n))] = image
+    if outside is None:
+        if half:
+            out[at(slice(0, half))] = image[at(slice(half - 1, None, -1))]
+            out[at(slice(half + n, None))] = image[at(slice(n - 1, n - 1 - half if half < n else None, -1))]
+    else:
+        out[at(slice(0, half))] = outside
+        out[at(slice(half + n, None))] = outside
     return out
 
 
