@@ -291,14 +291,6 @@ def test_search_helpers_match_independent_implementations():
                     pad[ax] = (half, half)
                     assert np.array_equal(hp._padded(a, ax, half), np.pad(a, pad, mode="symmetric"))
                     assert np.array_equal(hp._padded(b, ax, half, True), np.pad(b, pad, constant_values=True))
-    # the banded chain of filters (the top hat's) equals the filters one after another
-    for shape in [(129, 40), (300, 301), (513, 60), (260, 20, 5)]:
-        a = rng.random(shape).astype(np.float32)
-        steps = [(7, np.maximum), (13, np.minimum), (7, np.maximum)]
-        expect = a
-        for w, op in steps:
-            expect = ndi.maximum_filter(expect, w) if op is np.maximum else ndi.minimum_filter(expect, w)
-        assert np.array_equal(hp._flat_filters(a, steps), expect)
     x = np.round(rng.normal(size=5000) * 20).astype(np.float32)
     x[::9] = -0.0
     assert np.array_equal(x[hp._argsort(x)], np.sort(x))

@@ -427,7 +427,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
         of the hot (minimum) or the dead (maximum) kind."""
         ext = fill_use(frames.min(axis=0) if hot else frames.max(axis=0))
         a, z = (mx, mn) if hot else (mn, mx)
-        bg = _flat_filters(ext, [(HAT, a), (twice, z), (HAT, a)])
+        bg = _flat_filter(_flat_filter(_flat_filter(ext, HAT, a), twice, z), HAT, a)
         hat = ext - bg if hot else bg - ext
         # the noise by the level of the background around a pixel (not the pixel's own)
         c_, s_ = _binned_spread(hat, bg, use)
@@ -732,37 +732,6 @@ def _along(run: np.ndarray, ax: int, width: int, op) -> np.ndarray:
     tail = [slice(None)] * run.ndim
     lead[ax], tail[ax] = slice(0, keep), slice(rest, rest + keep)
     return op(run[tuple(lead)], run[tuple(tail)]) if rest else run[tuple(lead)]
-
-
-#: :func:`_flat_filters` works in bands of this many rows (with their neighbours, about
-#: 300 kB for a 512-pixel row: the chain of passes over a band stays in the core's cache)
-BAND = 128
-
-
-def _flat_filters(image: np.ndarray, steps) -> np.ndarray:
-    """:func:`_flat_filter` (mirrored edges) with each ``(width, op)`` of ``steps`` in
-    turn, the same values, computed band by band along the first axis: each band read
-    with as many neighbouring rows as the steps reach, the image mirrored once for them
-    (a filter of a mirrored image is mirrored itself: mirroring once at the start or
-    at every step gives the same band). A whole 512 x 512 frame a pass at a time fell
-    out of the cache between passes: 3x slower."""
-    halo = sum(width // 2 for width, _ in steps)
-    n = image.shape[0]
-    if image.ndim < 2 or n <= BAND or halo > n:
-        for width, op in steps:
-            image = _flat_filter(image, width, op)
-        return image
-    padded = _padded(image, 0, halo)
-    out = np.empty_like(image)
-    for r0 in range(0, n, BAND):
-        r1 = min(n, r0 + BAND)
-        run = padded[r0:r1 + 2 * halo]
-        for width, op in steps:
-            run = _along(run, 0, width, op)
-            for ax in range(1, image.ndim):
-                run = _along(_padded(run, ax, width // 2), ax, width, op)
-        out[r0:r1] = run
-    return out
 
 
 def _padded(image: np.ndarray, ax: int, half: int, outside=None) -> np.ndarray:
