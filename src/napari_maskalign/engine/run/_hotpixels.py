@@ -149,7 +149,7 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
     levels, values = levels.ravel()[at], values.ravel()[at]
     order = _argsort(levels)  # (ties are in one bin, whatever their order)
     levels, values = levels[order], values[order]
-    edges = np.unique(np.quantile(levels, np.linspace(0, 1, bins + 1)))
+    edges = np.unique(_quantiles(levels, np.linspace(0, 1, bins + 1)))
     # bin b holds edges[b] <= level < edges[b + 1], the last one its right edge too
     starts = np.searchsorted(levels, edges[:-1], side="left")
     ends = np.append(starts[1:], levels.size)
@@ -182,6 +182,24 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
     positive = sigmas[sigmas > 0]
     # discrete low counts can give a spread of 0: no level is quieter than the quietest measured
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
+
+
+def _quantiles(ordered: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(ordered, q)`` (its default "linear" method, the same numbers) of
+    a sorted flat array without NaN, read off at the neighbours of each quantile's
+    position: np.quantile partitions the data first, 15x the time on sorted data."""
+    n = ordered.size
+    position = (n - 1) * q
+    before = np.floor(position)
+    after = before + 1
+    last = position >= n - 1
+    before[last] = after[last] = -1
+    t = position - before
+    a, b = ordered[before.astype(np.intp)], ordered[after.astype(np.intp)]
+    rise = b - a
+    out = a + rise * t
+    np.subtract(b, rise * (1 - t), out=out, where=t >= 0.5, casting="unsafe", dtype=out.dtype)
+    return out
 
 
 def _spread_back(part: np.ndarray, good: np.ndarray) -> np.ndarray:
