@@ -630,15 +630,17 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
         pass
     votes = ok_counts
     # the votes first (no vote is inf); their median (every frame votes at most pixels),
-    # and where fewer vote, the median of those (sorted there only)
+    # the lowest and the highest vote; where fewer vote, those of the votes (the
+    # residuals sorted there only)
     med = _middle(resid)
-    flat = resid.reshape(k, -1)
+    lowest, top = resid.min(axis=0), resid.max(axis=0)
     fewer = np.flatnonzero(votes < k)
     if fewer.size:
-        some = np.sort(flat[:, fewer], axis=0)
+        some = np.stack(_sorted_frames(resid.reshape(k, -1)[:, fewer]))
         half = np.maximum(votes.flat[fewer] - 1, 0)
         med.flat[fewer] = 0.5 * (np.take_along_axis(some, (half // 2)[None], 0)[0]
                                  + np.take_along_axis(some, ((half + 1) // 2)[None], 0)[0])
+        top.flat[fewer] = np.take_along_axis(some, half[None], 0)[0]
     # the frame's edge is static too: moved frames ring there (they wrap around)
     edge = int(np.ceil(np.abs(shifts).max())) + 6
     inside = np.zeros(frame_shape, bool)
@@ -656,10 +658,6 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     # level's spread: elsewhere nothing stands out, whatever its level)
     lit = np.flatnonzero(judged & (np.abs(med) > least * s.min()) if least > 0 else judged)
     med_at, level_at = med.flat[lit], level.flat[lit]
-    # (the lowest and the highest vote there: the sorted residuals, the votes first)
-    ranked_at = np.sort(flat[:, lit], axis=0)
-    lowest_at = ranked_at[0]
-    top_at = np.take_along_axis(ranked_at, np.maximum(votes.flat[lit] - 1, 0)[None].astype(np.intp), 0)[0]
     sigma_at = np.interp(level_at, c, s)
     rel_at = RELATIVE * np.abs(level_at)
     found = np.zeros(frame_shape, bool)
@@ -671,7 +669,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
         # misplaced (a dipole at a sharp feature) or the echo of a strong outlier the first
         # pass missed, ringing when the frames were moved
         # (a pixel whose value itself stays put, a dead one beside a hot one, is no echo)
-        steady = (lowest_at > 0) if sign > 0 else (top_at < 0)
+        steady = (lowest.flat[lit] > 0) if sign > 0 else (top.flat[lit] < 0)
         pick = (e_at > threshold * sigma_at) & (e_at > rel_at) & steady
         at = lit[pick]
         if at.size == 0:
