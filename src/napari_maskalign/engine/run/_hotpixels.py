@@ -544,15 +544,17 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
             todo = going
             if not todo:
                 break
-        out = []
+        out, variance = [], {}  # (the reference's variance by weights: frames share them)
         for shift, (back, coef, w), peak in zip(shifts, last, peaks):
             left = back - ref
             for c, part in zip(coef, basis):
                 left -= np.float32(c) * part
             left = left[w]
-            spread = ref[w]
-            spread = spread - spread.mean()
-            misfit = _dot(left, left) / max(_dot(spread, spread), 1e-30)
+            if id(w) not in variance:
+                spread = ref[w]
+                spread = spread - spread.mean()
+                variance[id(w)] = max(_dot(spread, spread), 1e-30)
+            misfit = _dot(left, left) / variance[id(w)]
             out.append((shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)))
         return out
 
