@@ -525,7 +525,7 @@ def test_register_similarity_writes_rotation_and_scale_and_apply_uses_them(tmp_p
     assert "rotation: median" in text and "scale: max change" in text
     assert shifts_csv.read_text().splitlines()[0] == (
         "frame,shift_y,shift_x,rotation_deg,scale,quality,sigma_y,sigma_x,sigma_rotation_deg,"
-        "sigma_scale")
+        "sigma_scale,second_peak_y,second_peak_x,peak_lead")
     table = io.read_shift_table(shifts_csv, n_frames=6, ndim=2)
     np.testing.assert_allclose(table.rotations, -turning.rotation, atol=0.2)  # 64 px: noisy
     np.testing.assert_allclose(table.scales, 1 / turning.scale, atol=3e-3)
@@ -629,11 +629,11 @@ def test_register_smoothing_writes_smoothed_and_raw_shifts_and_says_what_it_did(
     assert "smoothing: kept 1 jump(s) (at frame 20); uncertainty lowered" in text
     lines = shifts_csv.read_text().splitlines()
     assert lines[0] == ("frame,shift_y,shift_x,quality,sigma_y,sigma_x,raw_shift_y,raw_shift_x,"
-                        "raw_sigma_y,raw_sigma_x")
+                        "raw_sigma_y,raw_sigma_x,second_peak_y,second_peak_x,peak_lead")
     rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     measured = register_stack(s.stack, mask=s.valid, upsample_factor=20, hot_pixels="off")
     np.testing.assert_allclose(rows[:, 6:8], measured.raw_shifts)
-    np.testing.assert_array_equal(rows[1:, 8:], measured.uncertainties[1:])  # as measured
+    np.testing.assert_array_equal(rows[1:, 8:10], measured.uncertainties[1:])  # as measured
     table = io.read_shift_table(shifts_csv, n_frames=40, ndim=2)  # readers take the smoothed
     np.testing.assert_allclose(table.shifts, rows[:, 1:3])
     truth = s.expected_shifts(0)

@@ -43,7 +43,8 @@ def test_register_nonrigid_writes_fields_and_apply_reads_them(tmp_path, capsys):
     # the shifts CSV: the global translation, then the per-frame summary
     lines = shifts.read_text().splitlines()
     assert lines[0] == ("frame,shift_y,shift_x,quality,sigma_y,sigma_x,deformation_rms,"
-                        "deformation_max,valid_patches,fallback")
+                        "deformation_max,valid_patches,fallback,second_peak_y,second_peak_x,"
+                        "peak_lead")
     rows = np.array([[float(c) for c in line.split(",")] for line in lines[1:]])
     np.testing.assert_allclose(rows[:, 1:3], res.shifts, atol=1e-9)
     np.testing.assert_allclose(rows[:, 6], res.deformation_rms)

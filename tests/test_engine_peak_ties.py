@@ -68,3 +68,55 @@ def test_the_workflow_with_a_journal_says_it_too(tmp_path):
     assert wrong.size >= 1 and r.outliers[wrong].all()
     assert any("two nearly equal correlation peaks" in w for w in r.warnings)
     assert np.all(np.linalg.norm(r.uncertainties[wrong], axis=1) > 5.0)
+
+
+def test_a_run_resumed_after_a_tie_flags_it_as_one_run_does(tmp_path):
+    """The journal's table keeps each frame's second peak and lead (columns
+    second_peak_y/x, peak_lead), so a run resumed after a tied frame flags, names and
+    widens it as one uninterrupted run does. On main the resumed run had no peaks for
+    the frames before the interruption: the locked frame was not flagged, its shift was
+    not interpolated, and the summary read 'outliers: none'."""
+    from napari_maskalign.engine import RegistrationOptions
+    from napari_maskalign.io import read_shift_table
+    from napari_maskalign.workflow import ShiftJournal, register, resume_rows, run_settings
+
+    s = make_beam_block_stack(12, (160, 160), pattern="bragg", counts=200.0, seed=3,
+                              max_drift=3.0)
+    options = RegistrationOptions()
+    settings = run_settings(tmp_path / "in.npy", s.stack, s.valid, options)
+
+    def finish(journal):
+        steps = register(s.stack, options, mask=s.valid, journal=journal)
+        for _ in steps:
+            pass
+        return steps.result
+
+    one = finish(ShiftJournal(tmp_path / "one.csv", 12, 2, settings, interval=0))
+    wrong = np.flatnonzero(np.linalg.norm(one.raw_shifts - s.expected_shifts(0), axis=1) > 1.0)
+    assert wrong.size >= 1 and one.outliers[wrong].all()
+
+    path = tmp_path / "s.csv"
+    steps = register(s.stack, options, mask=s.valid,
+                     journal=ShiftJournal(path, 12, 2, settings, interval=0))
+    stop = int(wrong.max()) + 1  # interrupted after the last locked frame
+    for p in steps:
+        if p.frame + 1 >= stop:
+            break
+    steps.close()
+    done = resume_rows(path, settings, 12, 2)
+    assert len(done.shifts) >= stop
+    assert np.isfinite(done.peak_leads[wrong]).all()  # the tied frames' peaks were saved
+    resumed = ShiftJournal(path, 12, 2, settings, interval=0)
+    resumed.preload(*done)
+    again = finish(resumed)
+    assert again.params["start"] == len(done.shifts) < 12
+    np.testing.assert_array_equal(again.outliers, one.outliers)
+    np.testing.assert_allclose(again.shifts, one.shifts, atol=1e-9)
+    np.testing.assert_allclose(again.uncertainties, one.uncertainties, atol=1e-9)
+    assert [w for w in again.warnings if "nearly equal" in w] == \
+        [w for w in one.warnings if "nearly equal" in w]
+    # the tables on disk are the same, peaks included
+    a, b = read_shift_table(tmp_path / "one.csv"), read_shift_table(path)
+    np.testing.assert_array_equal(a.second_peaks, b.second_peaks)
+    np.testing.assert_array_equal(a.peak_leads, b.peak_leads)
+    assert (tmp_path / "one.csv").read_text() == path.read_text()

@@ -373,7 +373,8 @@ def test_resume_of_a_rigid_run_equals_one_run(tmp_path, turning, reference, drai
     steps.close()
     header = path.read_text().splitlines()[0]
     assert header == ("frame,shift_y,shift_x,rotation_deg,scale,quality,"
-                      "sigma_y,sigma_x,sigma_rotation_deg,sigma_scale")
+                      "sigma_y,sigma_x,sigma_rotation_deg,sigma_scale,second_peak_y,"
+                      "second_peak_x,peak_lead")
     done = resume_rows(path, settings, n, 2)
     assert len(done.shifts) == 5 and done.rotations is not None
     # the one-sigma errors come back with the rows they belong to
@@ -416,7 +417,7 @@ def test_a_smoothed_rigid_run_resumed_gives_the_table_of_one_run(tmp_path, turni
     header = expected.splitlines()[0].split(",")
     assert header[10:] == ["raw_shift_y", "raw_shift_x", "raw_rotation_deg", "raw_scale",
                            "raw_sigma_y", "raw_sigma_x", "raw_sigma_rotation_deg",
-                           "raw_sigma_scale"]
+                           "raw_sigma_scale", "second_peak_y", "second_peak_x", "peak_lead"]
     measured = io.read_shift_table(tmp_path / "one.csv", measured=True)
     np.testing.assert_array_equal(measured.shifts, one.raw_shifts)
     np.testing.assert_allclose(measured.transforms(turning.stack.shape[1:]), one.raw_transforms,

@@ -16,6 +16,13 @@ pixels, and for rigid and similarity runs ``sigma_rotation_deg`` and
 ``sigma_scale``; ``nan`` where unknown. They are optional when reading (older
 tables have none).
 
+A run of ``maskalign register`` also writes, last, each frame's second correlation
+peak and the first's lead over it: ``second_peak_y``, ``second_peak_x``
+(``second_peak_z`` first for 3D frames; ``nan``: none) and ``peak_lead`` (noise
+standard deviations; ``inf``: no second peak). A lattice of Bragg spots can make the
+two nearly equal; ``--resume`` reads them back, so that a tie before the
+interruption is judged as in one uninterrupted run.
+
 A smoothed run's table (``smoothing="auto"``) holds the smoothed values in
 those columns and every one of them again as measured, ``raw_`` in front
 (``raw_shift_y``, ..., ``raw_sigma_scale``): what ``--resume`` continues from.
@@ -39,6 +46,8 @@ __all__ = [
     "TRANSFORM_COLUMNS",
     "ShiftTable",
     "format_shifts_csv",
+    "peak_columns",
+    "peak_values",
     "read_shift_table",
     "read_shifts_csv",
     "shift_columns",
@@ -66,6 +75,10 @@ class ShiftTable(NamedTuple):
     uncertainties: np.ndarray | None = None
     #: one-sigma error of the rotation (degrees) and the scale, None when absent
     parameter_uncertainties: np.ndarray | None = None
+    #: each frame's second correlation peak (px per axis, NaN: none), None when absent
+    second_peaks: np.ndarray | None = None
+    #: how far the first peak led it (noise standard deviations, inf: none), None when absent
+    peak_leads: np.ndarray | None = None
 
     def transforms(self, frame_shape) -> np.ndarray:
         """The rows as ``(n, ndim + 1, ndim + 1)`` matrices for frames of ``frame_shape``."""
@@ -85,6 +98,21 @@ def sigma_columns(ndim: int) -> list[str]:
     """``["sigma_y", "sigma_x"]`` for 2D frames (``sigma_z`` first for 3D): the
     one-sigma error of each shift, in pixels."""
     return [c.replace("shift_", "sigma_") for c in shift_columns(ndim)]
+
+
+def peak_columns(ndim: int) -> list[str]:
+    """``["second_peak_y", "second_peak_x", "peak_lead"]`` for 2D frames
+    (``second_peak_z`` first for 3D): each frame's second correlation peak and the
+    first's lead over it, in noise standard deviations."""
+    return [c.replace("shift_", "second_peak_") for c in shift_columns(ndim)] + ["peak_lead"]
+
+
+def peak_values(second_peaks, peak_leads) -> dict:
+    """The :func:`peak_columns` of a table, name -> one value per row, for
+    :func:`write_shifts_csv`'s ``columns``."""
+    second_peaks = np.asarray(second_peaks, dtype=float)
+    names = peak_columns(second_peaks.shape[1])
+    return {**dict(zip(names, second_peaks.T)), names[-1]: np.asarray(peak_leads, dtype=float)}
 
 
 def _per_row(values, n, width, what) -> np.ndarray | None:
@@ -296,9 +324,12 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None,
 
     idx_sig = errors(sigma_columns(ndim))
     idx_psig = errors(TRANSFORM_SIGMA_COLUMNS) if idx_t else []
+    peak_names = peak_columns(ndim)  # (measured, never smoothed: no raw_ twins)
+    idx_peak = [header.index(c) for c in peak_names] if all(c in header for c in peak_names) else []
     body = rows[1:]
     sig = np.full((len(body), ndim), np.nan)
     psig = np.full((len(body), 2), np.nan)
+    peaks = np.full((len(body), ndim + 1), np.nan)
     shifts = np.empty((len(body), ndim))
     quality = np.full(len(body), np.nan)
     extra = {"rotation_deg": np.zeros(len(body)), "scale": np.ones(len(body))}
@@ -325,7 +356,7 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None,
                 raise ValueError(f"line {line} of {name}: scale must be positive, got {row[i]}")
         if idx_q is not None and row[idx_q].strip():
             quality[r] = _number(row[idx_q], line, "quality", name, allow_nan=True)
-        for out, idx in ((sig, idx_sig), (psig, idx_psig)):
+        for out, idx in ((sig, idx_sig), (psig, idx_psig), (peaks, idx_peak)):
             for k, c in enumerate(idx):
                 if row[c].strip():
                     out[r, k] = _number(row[c], line, header[c], name, allow_nan=True)
@@ -338,10 +369,13 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None,
             "it must have one row per frame"
         )
     sig = sig if idx_sig else None
+    ties = (peaks[:, :ndim], np.where(np.isnan(peaks[:, ndim]), np.inf, peaks[:, ndim])) \
+        if idx_peak else (None, None)
     if not idx_t:
-        return ShiftTable(shifts, quality, uncertainties=sig)
+        return ShiftTable(shifts, quality, uncertainties=sig, second_peaks=ties[0],
+                          peak_leads=ties[1])
     return ShiftTable(shifts, quality, extra["rotation_deg"], extra["scale"], sig,
-                      psig if idx_psig else None)
+                      psig if idx_psig else None, *ties)
 
 
 def _number(text: str, line: int, column: str, name: str, allow_nan: bool = False) -> float:

@@ -36,6 +36,7 @@ from ..io import (
     write_json_atomic,
     write_shifts_csv,
 )
+from ..io.tables import peak_values
 
 __all__ = ["ShiftJournal", "continue_run", "pending_path", "resume_rows", "run_settings",
            "sidecar_path"]
@@ -134,7 +135,8 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
         )
     if moves:
         return table
-    return ShiftTable(table.shifts, table.quality, uncertainties=table.uncertainties)
+    return ShiftTable(table.shifts, table.quality, uncertainties=table.uncertainties,
+                      second_peaks=table.second_peaks, peak_leads=table.peak_leads)
 
 
 def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,
@@ -226,6 +228,11 @@ class ShiftJournal:
             self.rotations, self.scales = np.zeros(n_frames), np.ones(n_frames)
         #: one-sigma errors: the shifts (px per axis), then rotation and scale for models
         self.sigma = np.full((n_frames, ndim + (2 if self.rotations is not None else 0)), np.nan)
+        #: each frame's second correlation peak (NaN: none) and the first's lead over it
+        #: (noise sigmas, inf: none): kept in the table, so that a resumed run judges a
+        #: lattice's ties over every frame as one uninterrupted run does
+        self.second_peaks = np.full((n_frames, ndim), np.nan)
+        self.peak_leads = np.full(n_frames, np.inf)
         self.interval = float(interval)
         #: a non-rigid run's per-frame field data (:class:`~napari_maskalign.io.fields.FieldRows`):
         #: saved beside the table before each rewrite, its summary columns in the table
@@ -241,7 +248,7 @@ class ShiftJournal:
         return len(self.done)
 
     def preload(self, shifts, quality, rotations=None, scales=None, uncertainties=None,
-                parameter_uncertainties=None) -> None:
+                parameter_uncertainties=None, second_peaks=None, peak_leads=None) -> None:
         """Rows already on disk from an earlier run (frames ``0..k-1``; the fields of a
         :class:`~napari_maskalign.io.ShiftTable`, in its order)."""
         k = len(shifts)
@@ -254,6 +261,8 @@ class ShiftJournal:
             self.sigma[:k, :ndim] = uncertainties
         if parameter_uncertainties is not None and self.rotations is not None:
             self.sigma[:k, ndim:] = parameter_uncertainties
+        if second_peaks is not None and peak_leads is not None:
+            self.second_peaks[:k], self.peak_leads[:k] = second_peaks, peak_leads
         self.saved = k
 
     def record(self, frames, shifts, quality, rotations=None, scales=None, sigma=None) -> None:
@@ -261,6 +270,10 @@ class ShiftJournal:
         per axis, then rotation and scale for models), when known."""
         self.shifts[frames], self.quality[frames], self.done[frames] = shifts, quality, True
         self._put(frames, rotations, scales, sigma)
+
+    def record_peak(self, frame: int, second_peak, lead: float) -> None:
+        """A frame's second correlation peak and the first's lead over it."""
+        self.second_peaks[frame], self.peak_leads[frame] = second_peak, lead
 
     def _put(self, where, rotations, scales, sigma=None) -> None:
         if self.rotations is not None and rotations is not None:
@@ -279,6 +292,12 @@ class ShiftJournal:
     def parameter_uncertainties(self) -> np.ndarray | None:
         """Rotation and scale one-sigma errors ``(n_frames, 2)``; None for translation."""
         return None if self.rotations is None else self.sigma[:, self.shifts.shape[1]:]
+
+    def columns(self, k: int) -> dict:
+        """The table's columns after the errors, for its first ``k`` rows: a non-rigid
+        run's summary, then the second peaks and leads."""
+        return {**({} if self.fields is None else self.fields.columns(k)),
+                **peak_values(self.second_peaks[:k], self.peak_leads[:k])}
 
     def prefix(self) -> int:
         """How many leading frames are finished: what may be written."""
@@ -314,7 +333,7 @@ class ShiftJournal:
                              uncertainties=self.uncertainties[:k],
                              parameter_uncertainties=(self.parameter_uncertainties[:k]
                                                       if moves else None),
-                             columns=None if self.fields is None else self.fields.columns(k))
+                             columns=self.columns(k))
         except OSError as exc:  # a full disk: the last table written is whole, and says how far
             raise WriteFailed(
                 exc.errno,

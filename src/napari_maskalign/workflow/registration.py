@@ -127,11 +127,9 @@ class Registration(Steps):
         refinement's shifts are final only after its last pass: recorded then."""
         journal, run, start, rows = self.journal, self._run, self.start, self._rows
         turns = not self.options.transform_model.shift_only
-        # each frame's second correlation peak and the first's lead over it: a tie on a
-        # periodic pattern is flagged over the whole table as the engine does (frames of
-        # an earlier, resumed run have none; "previous" runs' peaks are steps)
-        ties = (np.full((self.n_frames, len(self.frame_shape)), np.nan),
-                np.full(self.n_frames, np.inf))
+        # each frame's second correlation peak and the first's lead over it (kept in the
+        # journal's table, read back on resume): a tie on a periodic pattern is flagged
+        # over the whole table as the engine does ("previous" runs' peaks are steps)
         if run is None:  # nothing left to register; the outputs still need the mask it used
             used, hot = mask_with_outliers(self.stack, self.mask, self.options.hot_pixels)
         else:
@@ -142,14 +140,14 @@ class Registration(Steps):
                         if rows is not None and not template:
                             rows.patch_centres = run.patch_centres
                             rows.record(p.frame, p.record.nonrigid)
-                        if not template:
-                            journal.record([p.frame], p.shift[None], [p.quality],
-                                           *_rotation_scale(p.record.transform, self.frame_shape),
-                                           sigma=p.record.sigma)
-                            journal.save()
                         rec = p.record
                         if rec.alternative is not None and self.options.mode != "previous":
-                            ties[0][p.frame], ties[1][p.frame] = rec.alternative, rec.margin
+                            journal.record_peak(p.frame, rec.alternative, rec.margin)
+                        if not template:  # (the row and its peaks saved together)
+                            journal.record([p.frame], p.shift[None], [p.quality],
+                                           *_rotation_scale(rec.transform, self.frame_shape),
+                                           sigma=rec.sigma)
+                            journal.save()
                         yield p
                 if template:
                     res = run.result
@@ -177,7 +175,8 @@ class Registration(Steps):
                              masked=self.mask is not None, start=start,
                              uncertainties=journal.uncertainties,
                              parameter_uncertainties=journal.parameter_uncertainties,
-                             alternatives=ties[0], margins=ties[1], **checks)
+                             alternatives=journal.second_peaks, margins=journal.peak_leads,
+                             **checks)
         if rows is not None:  # the table holds the global shifts, the fields file the rest
             from ..io.fields import fields_path_for
 
@@ -195,7 +194,7 @@ class Registration(Steps):
                                             journal.rotations, journal.scales,
                                             journal.uncertainties,
                                             journal.parameter_uncertainties),
-                             columns=None if rows is None else rows.columns(len(result.shifts)))
+                             columns=journal.columns(len(result.shifts)))
         return result
 
 
