@@ -291,6 +291,15 @@ def test_search_helpers_match_independent_implementations():
                     pad[ax] = (half, half)
                     assert np.array_equal(hp._padded(a, ax, half), np.pad(a, pad, mode="symmetric"))
                     assert np.array_equal(hp._padded(b, ax, half, True), np.pad(b, pad, constant_values=True))
+    # the median, lowest and highest of 3-9 frames' residuals (no vote: inf)
+    for k in (3, 4, 5, 6, 9):
+        r = np.round(rng.normal(size=(k, 30, 20)) * 3).astype(np.float32)
+        r[rng.random(r.shape) < 0.2] = np.inf
+        before = r.copy()
+        med, low, high = hp._middle(r)
+        assert np.array_equal(r, before)
+        assert np.array_equal(med, np.median(r, axis=0).astype(np.float32))
+        assert np.array_equal(low, r.min(axis=0)) and np.array_equal(high, r.max(axis=0))
     x = np.round(rng.normal(size=5000) * 20).astype(np.float32)
     x[::9] = -0.0
     assert np.array_equal(x[hp._argsort(x)], np.sort(x))

@@ -634,8 +634,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     # the votes first (no vote is inf); their median (every frame votes at most pixels),
     # the lowest and the highest vote; where fewer vote, those of the votes (the
     # residuals sorted there only)
-    med = _middle(resid)
-    lowest, top = resid.min(axis=0), resid.max(axis=0)
+    med, lowest, top = _middle(resid)
     fewer = np.flatnonzero(votes < k)
     if fewer.size:
         some = np.stack(_sorted_frames(resid.reshape(k, -1)[:, fewer]))
@@ -796,23 +795,25 @@ def _box_eroded(mask: np.ndarray, width: int, outside: bool = False) -> np.ndarr
     return _flat_filter(np.asarray(mask, bool), width, np.minimum, outside=bool(outside))
 
 
-def _middle(a: np.ndarray) -> np.ndarray:
-    """The median over the first axis of ``a`` (k, *shape), pixel by pixel (no NaN), as
-    ``0.5 * (sorted[(k - 1) // 2] + sorted[k // 2])``; ``a`` is left as it was. Five frames
-    (the search's usual sample): the two middle values of four (the larger of the pairs'
-    minima, the smaller of their maxima) and the fifth, their middle one: 10 elementwise
-    passes instead of the 20 of a full sort, the same value (a minimum or a maximum picks
-    one of its inputs)."""
+def _middle(a: np.ndarray) -> tuple:
+    """``(median, lowest, highest)`` over the first axis of ``a`` (k, *shape), pixel by
+    pixel (no NaN), the median as ``0.5 * (sorted[(k - 1) // 2] + sorted[k // 2])``; ``a``
+    is left as it was. Five frames (the search's usual sample): the two middle values of
+    four (the larger of the pairs' minima, the smaller of their maxima) and the fifth,
+    their middle one, and the extremes from the pairs': 14 elementwise passes instead of
+    the 20 of a full sort, the same values (a minimum or a maximum picks an input)."""
     k = a.shape[0]
     if k != 5:
         ranked = _sorted_frames(a.copy())
-        return 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2])
+        return 0.5 * (ranked[(k - 1) // 2] + ranked[k // 2]), ranked[0], ranked[k - 1]
     lo, hi = np.minimum(a[0], a[1]), np.maximum(a[0], a[1])
     lo2, hi2 = np.minimum(a[2], a[3]), np.maximum(a[2], a[3])
+    lowest = np.minimum(np.minimum(lo, lo2), a[4])
+    highest = np.maximum(np.maximum(hi, hi2), a[4])
     f, g = np.maximum(lo, lo2, out=lo), np.minimum(hi, hi2, out=hi)
     x, y = np.minimum(f, g, out=lo2), np.maximum(f, g, out=hi2)
     m = np.maximum(x, np.minimum(y, a[4], out=y), out=x)
-    return 0.5 * (m + m)
+    return 0.5 * (m + m), lowest, highest
 
 
 def _sorted_frames(a: np.ndarray) -> list:
