@@ -262,3 +262,61 @@ def test_the_setting_is_checked_and_fingerprinted():
     fp = {v: RegistrationOptions(hot_pixels=v).fingerprint()["hot_pixels"] for v in ("auto", "off")}
     assert fp == {"auto": "auto", "off": "off"}
     assert RegistrationOptions(hot_pixels=mask).fingerprint()["hot_pixels"].startswith("mask sha256:")
+
+
+def test_search_helpers_match_independent_implementations():
+    """The search's hand-made whole-array helpers equal numpy's and scipy's own: the box
+    filters (scipy's, mirrored edges; binary erosion and dilation), the padding (np.pad),
+    the sort order of float32 levels (np.sort, negative zero and ties included) and the
+    per-bin robust spread (np.median over the pixels of each bin, found by comparison)."""
+    from scipy import ndimage as ndi
+
+    from napari_maskalign.engine.run import _hotpixels as hp
+
+    rng = np.random.default_rng(5)
+    for nd in (1, 2, 3):
+        for _ in range(6):
+            shape = tuple(int(x) for x in rng.integers(1, 16, nd))
+            a = rng.random(shape).astype(np.float32)
+            b = a > 0.3
+            for w in (1, 3, 7, 13):
+                assert np.array_equal(hp._flat_filter(a, w, np.maximum), ndi.maximum_filter(a, w))
+                assert np.array_equal(hp._flat_filter(a, w, np.minimum), ndi.minimum_filter(a, w))
+                box = np.ones((w,) * nd, bool)
+                assert np.array_equal(hp._box_eroded(b, w), ndi.binary_erosion(b, box))
+                assert np.array_equal(hp._box_dilated(b, w), ndi.binary_dilation(b, box))
+            for ax in range(nd):
+                for half in (0, 1, 3, 20):
+                    pad = [(0, 0)] * nd
+                    pad[ax] = (half, half)
+                    assert np.array_equal(hp._padded(a, ax, half), np.pad(a, pad, mode="symmetric"))
+                    assert np.array_equal(hp._padded(b, ax, half, True), np.pad(b, pad, constant_values=True))
+    # the median, lowest and highest of 3-9 frames' residuals (no vote: inf)
+    for k in (3, 4, 5, 6, 9):
+        r = np.round(rng.normal(size=(k, 30, 20)) * 3).astype(np.float32)
+        r[rng.random(r.shape) < 0.2] = np.inf
+        before = r.copy()
+        med, low, high = hp._middle(r)
+        assert np.array_equal(r, before)
+        assert np.array_equal(med, np.median(r, axis=0).astype(np.float32))
+        assert np.array_equal(low, r.min(axis=0)) and np.array_equal(high, r.max(axis=0))
+    x = np.round(rng.normal(size=5000) * 20).astype(np.float32)
+    x[::9] = -0.0
+    assert np.array_equal(x[hp._argsort(x)], np.sort(x))
+    levels = np.round(rng.random((300, 300)) * 50).astype(np.float32)
+    values = rng.normal(size=(300, 300)).astype(np.float32) * (1 + levels / 10)
+    where = rng.random((300, 300)) > 0.2
+    centres, sigmas = hp._binned_spread(values, levels, where)
+    at = np.flatnonzero(where)
+    at = at[:: max(1, at.size // 30000)]
+    lv, vv = levels.ravel()[at], values.ravel()[at]
+    edges = np.unique(np.quantile(lv, np.linspace(0, 1, 13)))
+    expect_c, expect_s = [], []
+    for i in range(edges.size - 1):
+        inside = (lv >= edges[i]) & ((lv < edges[i + 1]) if i < edges.size - 2 else True)
+        if inside.sum() >= 30:
+            v = vv[inside]
+            expect_c.append(np.median(lv[inside]))
+            expect_s.append(1.4826 * np.median(np.abs(v - np.median(v))))
+    np.testing.assert_allclose(centres, expect_c, rtol=0, atol=0)
+    np.testing.assert_allclose(sigmas, expect_s, rtol=1e-6)
