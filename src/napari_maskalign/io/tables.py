@@ -75,10 +75,9 @@ class ShiftTable(NamedTuple):
     uncertainties: np.ndarray | None = None
     #: one-sigma error of the rotation (degrees) and the scale, None when absent
     parameter_uncertainties: np.ndarray | None = None
-    #: each frame's second correlation peak (px per axis, NaN: none), None when absent
-    second_peaks: np.ndarray | None = None
-    #: how far the first peak led it (noise standard deviations, inf: none), None when absent
-    peak_leads: np.ndarray | None = None
+    #: ``(second_peaks, leads)``: each frame's second correlation peak (px per axis, NaN:
+    #: none) and how far the first led it (noise sigmas, inf: none); None when absent
+    peaks: tuple | None = None
 
     def transforms(self, frame_shape) -> np.ndarray:
         """The rows as ``(n, ndim + 1, ndim + 1)`` matrices for frames of ``frame_shape``."""
@@ -370,12 +369,11 @@ def read_shift_table(path, n_frames: int | None = None, ndim: int | None = None,
         )
     sig = sig if idx_sig else None
     ties = (peaks[:, :ndim], np.where(np.isnan(peaks[:, ndim]), np.inf, peaks[:, ndim])) \
-        if idx_peak else (None, None)
+        if idx_peak else None
     if not idx_t:
-        return ShiftTable(shifts, quality, uncertainties=sig, second_peaks=ties[0],
-                          peak_leads=ties[1])
+        return ShiftTable(shifts, quality, uncertainties=sig, peaks=ties)
     return ShiftTable(shifts, quality, extra["rotation_deg"], extra["scale"], sig,
-                      psig if idx_psig else None, *ties)
+                      psig if idx_psig else None, ties)
 
 
 def _number(text: str, line: int, column: str, name: str, allow_nan: bool = False) -> float:

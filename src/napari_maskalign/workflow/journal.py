@@ -136,7 +136,7 @@ def resume_rows(shifts_path, settings: dict, n_frames: int, ndim: int) -> ShiftT
     if moves:
         return table
     return ShiftTable(table.shifts, table.quality, uncertainties=table.uncertainties,
-                      second_peaks=table.second_peaks, peak_leads=table.peak_leads)
+                      peaks=table.peaks)
 
 
 def continue_run(shifts_path, settings: dict, n_frames: int, ndim: int, *, outputs: dict,
@@ -248,7 +248,7 @@ class ShiftJournal:
         return len(self.done)
 
     def preload(self, shifts, quality, rotations=None, scales=None, uncertainties=None,
-                parameter_uncertainties=None, second_peaks=None, peak_leads=None) -> None:
+                parameter_uncertainties=None, peaks=None) -> None:
         """Rows already on disk from an earlier run (frames ``0..k-1``; the fields of a
         :class:`~napari_maskalign.io.ShiftTable`, in its order)."""
         k = len(shifts)
@@ -261,8 +261,8 @@ class ShiftJournal:
             self.sigma[:k, :ndim] = uncertainties
         if parameter_uncertainties is not None and self.rotations is not None:
             self.sigma[:k, ndim:] = parameter_uncertainties
-        if second_peaks is not None and peak_leads is not None:
-            self.second_peaks[:k], self.peak_leads[:k] = second_peaks, peak_leads
+        if peaks is not None:  # (second peaks, leads)
+            self.second_peaks[:k], self.peak_leads[:k] = peaks
         self.saved = k
 
     def record(self, frames, shifts, quality, rotations=None, scales=None, sigma=None) -> None:
