@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["outer_and", "parabola_vertex"]
+__all__ = ["moved_mask", "outer_and", "parabola_vertex"]
 
 
 def outer_and(flags):
@@ -13,6 +13,21 @@ def outer_and(flags):
     out = np.ones(tuple(len(f) for f in flags), dtype=bool)
     for ax, f in enumerate(flags):
         out &= np.asarray(f, dtype=bool).reshape([-1 if i == ax else 1 for i in range(nd)])
+    return out
+
+
+def moved_mask(mask: np.ndarray, step) -> np.ndarray:
+    """``mask`` moved by whole pixels ``step``: ``out[x] = mask[x - step]``, False where
+    it moved in from outside (all False once a step reaches across the frame)."""
+    out = np.zeros_like(mask)
+    src, dst = [], []
+    for d, m in zip(step, mask.shape):
+        d = int(d)
+        if abs(d) >= m:
+            return out
+        src.append(slice(max(0, -d), m - max(0, d)))
+        dst.append(slice(max(0, d), m - max(0, -d)))
+    out[tuple(dst)] = mask[tuple(src)]
     return out
 
 

@@ -76,6 +76,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ..kernels._grid import moved_mask
 from ._alias import alias_band
 from ._fill import filled, nearest_fill_index, smooth_filler
 
@@ -267,15 +268,22 @@ def _binned_variance(lv, e, bins: int = _BINS, sample: int = 40000):
         return np.zeros(0), np.zeros(0)
     picked = np.sort(lv[:: max(1, lv.size // sample)])
     cuts = picked[(np.arange(1, bins) * picked.size) // bins]
-    which = np.zeros(lv.size, np.int8 if bins <= 127 else np.intp)
-    for c in cuts:  # the cuts at or below each level (searchsorted's "right"), 3x faster
-        which += lv >= c
-    which = which.astype(np.intp)
+    which = _cuts_reached(lv, cuts)
     counts = np.bincount(which, minlength=bins)
     full = counts > 0
     x = np.bincount(which, lv, minlength=bins)[full] / counts[full]
     var = np.bincount(which, e * e, minlength=bins)[full] / counts[full]
     return x, var
+
+
+def _cuts_reached(values, cuts) -> np.ndarray:
+    """How many of the ascending ``cuts`` each value is at or above (``searchsorted``'s
+    "right" side), as bin numbers: one comparison per cut, 3x faster than the search
+    for the few bins here."""
+    out = np.zeros(np.shape(values), np.int8 if len(cuts) <= 127 else np.intp)
+    for c in cuts:
+        out += values >= c
+    return out.astype(np.intp)
 
 
 def _eroded(valid, radius: int, norm: int) -> np.ndarray:
@@ -303,14 +311,12 @@ def _rank_bins(values, bins: int) -> np.ndarray:
     the chunks' first ranks, a value is past each one it is not below, and only
     values repeated at a cut need their rank."""
     n = values.size
+    if n == 0:
+        return np.zeros(0, np.intp)
     starts = np.cumsum([n // bins + (b < n % bins) for b in range(bins - 1)], dtype=np.intp)
     ordered = np.sort(values)
-    cuts = ordered[np.minimum(starts, max(n - 1, 0))] if n else ordered[:0]
-    out = np.zeros(n, np.intp if bins > 127 else np.int8)
-    for c, first in zip(cuts, starts):
-        if first < n:
-            out += values >= c
-    out = out.astype(np.intp)
+    cuts = ordered[np.minimum(starts, n - 1)]
+    out = _cuts_reached(values, cuts[starts < n])
     for v in np.unique(cuts):
         lo, hi = np.searchsorted(ordered, v, "left"), np.searchsorted(ordered, v, "right")
         if hi - lo > 1:  # ties: in the order they come
@@ -555,15 +561,12 @@ class Refiner:
         return hit
 
     def _usable_whole(self, whole) -> np.ndarray:
-        """:meth:`_usable` at the points moved by whole pixels, as a shifted image: the
-        mask of points far from an invalid pixel is False near the frame's edge too,
-        and outside the frame the shifted image is (a gather of the points' float
-        positions cost 4 ms per new whole-pixel shift at 512 px)."""
-        moved = np.zeros(self.shape, bool)
-        src = tuple(slice(max(k, 0), n + min(k, 0)) for k, n in zip(whole, self.shape))
-        dst = tuple(slice(max(-k, 0), n + min(-k, 0)) for k, n in zip(whole, self.shape))
-        moved[dst] = self.far[src]
-        return moved[self._points]
+        """:meth:`_usable` at the points moved by whole pixels, as a shifted image (point
+        ``q`` reads ``far[q + whole]``): the mask of points far from an invalid pixel is
+        False near the frame's edge too, and outside the frame the shifted image is (a
+        gather of the points' float positions cost 4 ms per new whole-pixel shift at
+        512 px)."""
+        return moved_mask(self.far, [-k for k in whole])[self._points]
 
     def _usable(self, pos) -> np.ndarray:
         """Points whose sample is at least ``margin`` from the frame's edge and from the

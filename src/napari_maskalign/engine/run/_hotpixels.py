@@ -88,6 +88,7 @@ from scipy import ndimage as ndi
 from ..backends._frames import check_pixel_dtype, read_frame, spread_indices
 from ..backends._memory import warm_heap
 from ..kernels._fft import default_workers
+from ..kernels._grid import moved_mask
 from ..kernels._masked import MaskedCorrelator
 from ..models._fill import nearest_fill_index
 from ._parallel import in_threads
@@ -146,39 +147,28 @@ def _binned_spread(values: np.ndarray, levels: np.ndarray, where: np.ndarray,
     if at.size < 30:  # nothing to measure: nothing stands out
         return np.array([0.0]), np.array([np.inf])
     at = at[:: max(1, at.size // 30000)]
-    levels, values = levels.ravel()[at], values.ravel()[at]
+    # (the search's maps are float32; the medians below sort float32 keys)
+    levels = levels.ravel()[at].astype(np.float32, copy=False)
+    values = values.ravel()[at].astype(np.float32, copy=False)
     order = _argsort(levels)  # (ties are in one bin, whatever their order)
     levels, values = levels[order], values[order]
     edges = np.unique(_quantiles(levels, np.linspace(0, 1, bins + 1)))
     # bin b holds edges[b] <= level < edges[b + 1], the last one its right edge too
     starts = np.searchsorted(levels, edges[:-1], side="left")
-    ends = np.append(starts[1:], levels.size)
-    counts = ends - starts
-    if values.dtype == np.float32 and levels.dtype == np.float32:
-        # every bin's medians at once: the values sorted within their bins (one sort of
-        # keys), the middle ones picked; the same numbers as a median per bin
-        good = counts >= 30
-        if not good.any():
-            return np.array([0.0]), np.array([np.inf])
-        number = np.repeat(np.arange(counts.size, dtype=np.uint64), counts)
-        lo, hi = (starts + (counts - 1) // 2)[good], (starts + counts // 2)[good]
-        centres = ((levels[lo] + levels[hi]) / 2).astype(np.float64)
-        ranked = _sorted_within(values, number)
-        middle = (ranked[lo] + ranked[hi]) / 2
-        deviation = np.abs(ranked - np.repeat(_spread_back(middle, good), counts))
-        ranked = _sorted_within(deviation, number)
-        sigmas = 1.4826 * ((ranked[lo] + ranked[hi]) / 2).astype(np.float64)
-    else:
-        centres, sigmas = [], []
-        for a, e in zip(starts, ends):
-            if e - a < 30:
-                continue
-            v = values[a:e]
-            centres.append(float(_median(levels[a:e])))
-            sigmas.append(1.4826 * float(_median(np.abs(v - _median(v)))))
-        if not centres:
-            return np.array([0.0]), np.array([np.inf])
-        centres, sigmas = np.asarray(centres), np.asarray(sigmas)
+    counts = np.append(starts[1:], levels.size) - starts
+    # every bin's medians at once: the values sorted within their bins (one sort of keys),
+    # the middle ones picked; the same numbers as a median per bin
+    good = counts >= 30
+    if not good.any():
+        return np.array([0.0]), np.array([np.inf])
+    number = np.repeat(np.arange(counts.size, dtype=np.uint64), counts)
+    lo, hi = (starts + (counts - 1) // 2)[good], (starts + counts // 2)[good]
+    centres = ((levels[lo] + levels[hi]) / 2).astype(np.float64)
+    ranked = _sorted_within(values, number)
+    middle = (ranked[lo] + ranked[hi]) / 2
+    deviation = np.abs(ranked - np.repeat(_spread_back(middle, good), counts))
+    ranked = _sorted_within(deviation, number)
+    sigmas = 1.4826 * ((ranked[lo] + ranked[hi]) / 2).astype(np.float64)
     positive = sigmas[sigmas > 0]
     # discrete low counts can give a spread of 0: no level is quieter than the quietest measured
     return np.asarray(centres), np.maximum(sigmas, positive.min() if positive.size else np.inf)
@@ -234,15 +224,6 @@ def _argsort(x: np.ndarray) -> np.ndarray:
     key |= np.arange(x.size, dtype=np.uint64)
     key.sort()
     return (key & np.uint64(2**32 - 1)).astype(np.intp)
-
-
-def _median(x: np.ndarray):
-    """``np.median(x)`` of a flat array (no NaN), the same value, from one partition
-    (np.median's checks cost 10x the partition on the few thousand values here)."""
-    k = x.size
-    lo, hi = (k - 1) // 2, k // 2
-    part = np.partition(x, (lo, hi))
-    return (part[lo] + part[hi]) / 2
 
 
 def _nearest_fill(valid: np.ndarray):
@@ -516,7 +497,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     def normal(step):
         key = tuple(int(d) for d in step)
         if key not in normals:  # (two threads may both make one: the same arrays)
-            w = inner & _moved(inner, step)
+            w = inner & moved_mask(inner, step)
             normals[key] = (w, _normal(basis, w))
         return normals[key]
 
@@ -597,7 +578,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     total_f /= k - 1  # (each frame's model: the others' mean, below)
     trusted = _box_eroded(use, 5)
     steps = np.round(shifts).astype(int)
-    cover = sum(_moved(trusted, st).astype(np.int16) for st in steps)
+    cover = sum(moved_mask(trusted, st).astype(np.int16) for st in steps)
     content_ok = cover >= k - 1
     # ... moved onto every frame: residuals in detector coordinates (the middle frame's
     # model is the level of the content)
@@ -618,7 +599,7 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     lock = threading.Lock()
 
     def residual(j):
-        ok = _moved(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
+        ok = moved_mask(content_ok, -steps[j]) & use  # model(p) = content(p + shift)
         out = resid[j]  # (the model, made the residual in place)
         gain, offset = _fit_gain(out, frames[j], ok & clean)
         np.multiply(out, np.float32(gain), out=out)
@@ -926,20 +907,6 @@ def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple
     except np.linalg.LinAlgError:
         return 0.0, 0.0
     return float(gain), float(offset)
-
-
-def _moved(mask: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """``mask`` moved by whole pixels ``step`` (False where it moved in from outside)."""
-    out = np.zeros_like(mask)
-    src, dst = [], []
-    for d, m in zip(step, mask.shape):
-        d = int(d)
-        if abs(d) >= m:
-            return out
-        src.append(slice(max(0, -d), m - max(0, d)))
-        dst.append(slice(max(0, d), m - max(0, -d)))
-    out[tuple(dst)] = mask[tuple(src)]
-    return out
 
 
 def mask_with_outliers(stack, valid, hot_pixels) -> tuple[np.ndarray | None, np.ndarray | None]:
