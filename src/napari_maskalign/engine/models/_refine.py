@@ -107,7 +107,7 @@ def _low_contrast(values, noise: float, below: float) -> bool:
 
 
 def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=None,
-                    want_level=True, alias=False):
+                    want_level=True, alias=False, single=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -127,45 +127,55 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     ``alias``: also return the gradient along each axis without the frequencies whose
     folded power is not negligible (:func:`~._alias.alias_band`: what a Fourier shift
     moves wrongly), last; ``grad_noise`` is then that gradient's.
+    ``single``: the level and the gradient as the transforms give them, single
+    precision views (``grad`` a list), not float64 copies, and the gain applied in
+    single precision: the same values to 1e-7 of each.
     """
-    image = np.asarray(image, dtype=np.float64)
-    values = image if valid is None else image[np.asarray(valid, bool)]
+    image = original = np.asarray(image)
     if filled is not None:
         image = filled
     elif valid is not None:
         image = smooth_filler(valid)(image)
     shape, ndim = image.shape, image.ndim
     pad = [min(16, n // 4) for n in shape]
-    big = np.pad(image, [(p, p) for p in pad], mode="reflect")
     # single precision (its rounding, 1e-7, is far below any image's noise): a third
-    # of the float64 transforms' time
-    spec = sfft.rfftn(big.astype(np.float32), workers=-1)
-    freqs = [sfft.fftfreq(n) for n in big.shape[:-1]] + [sfft.rfftfreq(big.shape[-1])]
-    k = np.meshgrid(*[2 * np.pi * f for f in freqs], indexing="ij", sparse=True)
-    kr = np.sqrt(sum(kk * kk for kk in k)) / np.pi  # 0..sqrt(ndim)
-    power = (spec.real**2 + spec.imag**2) / big.size
-    corner = np.ones(spec.shape, bool)
-    for kk in k:
-        corner &= np.abs(kk) > 0.7 * np.pi
+    # of the float64 transforms' time; cast before the mirroring, the same values
+    big = np.pad(image.astype(np.float32, copy=False), [(p, p) for p in pad], mode="reflect")
+    spec = sfft.rfftn(big, workers=-1)
+    freqs, k, bins, counts, corner = _spectrum_geometry(big.shape)
+    power = np.square(spec.real)  # in place where possible: a fresh array's pages cost
+    power += np.square(spec.imag)  # as much as the arithmetic on this machine
+    power /= big.size
     # the median, not the mean: a noise periodogram is exponentially distributed
     # (median = ln 2 times its mean), while sharp periodic content (a lattice of
     # spots) puts a few strong peaks even there, which the median ignores
     noise = float(np.median(power[corner])) / np.log(2.0) if corner.any() else 0.0
-    bins = np.minimum((kr * 64).astype(int), int(64 * np.sqrt(ndim)) + 1)
-    counts = np.bincount(bins.ravel())
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
-    signal = radial[bins]
     if local is not False and local is not True:
-        local = _low_contrast(values, noise, float(local))
+        values = np.asarray(original, dtype=np.float64)
+        local = _low_contrast(values if valid is None else values[np.asarray(valid, bool)],
+                              noise, float(local))
     if local:  # a lattice's Bragg peaks stand far above their radial average
-        signal = np.maximum(signal, ndi.uniform_filter(power, 3, mode="wrap"))
-    gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
+        signal = np.maximum(radial[bins], ndi.uniform_filter(power, 3, mode="wrap"))
+        gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
+    else:  # the gain of the radial average, per ring, then spread to the spectrum
+        gain = np.clip(1.0 - noise / np.maximum(radial, 1e-300), 0.0, 1.0)
+        gain = (gain.astype(np.float32) if single else gain)[bins]
     spec *= gain
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
-    level = (sfft.irfftn(spec, big.shape, workers=-1)[inner].astype(np.float64) if want_level
-             else None)
-    grad = np.stack([sfft.irfftn((1j * kk).astype(np.complex64) * spec, big.shape,
-                                 workers=-1)[inner] for kk in k]).astype(np.float64)
+    real = np.float32 if single else np.float64
+    level = None
+    if want_level:
+        level = sfft.irfftn(spec, big.shape, workers=-1)[inner].astype(real, copy=False)
+    grad = [] if single else np.empty((ndim, *shape))
+    buf = np.empty_like(spec)  # each axis's derivative spectrum, in turn
+    for ax, kk in enumerate(k):
+        g = sfft.irfftn(np.multiply((1j * kk).astype(np.complex64), spec, out=buf), big.shape,
+                        workers=-1)[inner]
+        if single:
+            grad.append(g)
+        else:
+            grad[ax] = g
     band, inst = _band_gradient(spec, k, freqs, power, noise, big.shape, inner, grad) if alias else (
         [1.0] * ndim, grad)
     extra = (inst,) if alias else ()
@@ -181,6 +191,43 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     g2 = gain * gain * half
     kept = np.array([float(np.sum(g2 * kk * kk * h)) for kk, h in zip(k, band)]) / big.size
     return (level, grad, noise, noise * kept, *extra)
+
+
+#: padded shapes whose spectrum geometry is kept (:func:`_spectrum_geometry`)
+_GEOMETRY_CACHE: dict = {}
+_GEOMETRY_CACHE_SIZE = 8
+#: a geometry larger than this (points of the half spectrum) is not kept
+_GEOMETRY_CACHE_POINTS = 1 << 21
+
+
+def _spectrum_geometry(shape):
+    """``(freqs, k, bins, counts, corner)`` of a real transform of ``shape``: the
+    frequencies per axis, the angular ones as a sparse grid, every frequency's
+    radial bin (64 per unit of ``|k| / pi``) and the bins' sizes, and the corner
+    where the noise is measured. Kept for the last few shapes, read-only (they
+    cost as much as the forward transform: a stack, or a "previous" run's every
+    reference, asks again for the same shape)."""
+    shape = tuple(int(n) for n in shape)
+    hit = _GEOMETRY_CACHE.get(shape)
+    if hit is not None:
+        return hit
+    freqs = [sfft.fftfreq(n) for n in shape[:-1]] + [sfft.rfftfreq(shape[-1])]
+    k = np.meshgrid(*[2 * np.pi * f for f in freqs], indexing="ij", sparse=True)
+    kr = np.sqrt(sum(kk * kk for kk in k)) / np.pi  # 0..sqrt(ndim)
+    ndim = len(shape)
+    bins = np.minimum((kr * 64).astype(int), int(64 * np.sqrt(ndim)) + 1)
+    counts = np.bincount(bins.ravel())
+    corner = np.ones(bins.shape, bool)
+    for kk in k:
+        corner &= np.abs(kk) > 0.7 * np.pi
+    found = (freqs, k, bins, counts, corner)
+    for a in [*freqs, *k, bins, counts, corner]:
+        a.setflags(write=False)
+    if bins.size <= _GEOMETRY_CACHE_POINTS:
+        if len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:  # threads may race: both compute
+            _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)), None)
+        _GEOMETRY_CACHE[shape] = found
+    return found
 
 
 def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
@@ -217,20 +264,72 @@ def peak_curvature(reference, valid=None):
     noise's own gradient, sharp detail) matters little beside the grid's quantization,
     which dominates an unrefined peak's error."""
     ref = np.asarray(reference, dtype=np.float64)
-    valid = np.ones(ref.shape, bool) if valid is None else np.asarray(valid, bool)
-    smooth = ndi.uniform_filter(ref, 3, mode="nearest")
-    grad = [np.gradient(smooth, axis=ax) for ax in range(ref.ndim)]
-    inner = ndi.binary_erosion(valid, iterations=2, border_value=0)
-    return _curvature(ref, inner if inner.any() else valid, grad)
+    valid = None if valid is None or np.all(valid) else np.asarray(valid, bool)
+    # the pixels at least 3 (L1) from an invalid one and from the outside: where the
+    # smoothed gradient reads none of the frame's edge (a cross's erosion, 2 iterations)
+    inner = None if valid is None else _eroded(valid, 2, 1)
+    if min(ref.shape) < 5 or (inner is not None and not inner.any()):
+        full = np.ones(ref.shape, bool) if valid is None else valid
+        smooth = ndi.uniform_filter(ref, 3, mode="nearest")
+        return _curvature(ref, full, [np.gradient(smooth, axis=ax) for ax in range(ref.ndim)])
+    core = tuple(slice(2, n - 2) for n in ref.shape)
+    vals = ref[core] if inner is None else ref[inner]
+    vals = vals - vals.mean()
+    spread = _dot(vals.ravel(), vals.ravel())
+    inner = None if inner is None else inner[core]
+    energy, scale = [], float(2 * 3**ref.ndim) ** 2  # the gradient is d / (2 * 3**ndim)
+    for ax in range(ref.ndim):
+        d = _box_difference(ref, ax)
+        d = d.ravel() if inner is None else d[inner]
+        energy.append(_dot(d, d) / scale)
+    return np.array(energy) / max(spread, 1e-300), int(vals.size)
+
+
+def _box_difference(ref, ax: int) -> np.ndarray:
+    """``2 * 3**ndim`` times the central difference along ``ax`` of ``ref``'s 3-pixel box mean
+    (``np.gradient`` of ``uniform_filter(ref, 3)``), on the pixels at least 2 from every
+    edge (where no boundary mode reaches): the box summed across the other axes, then
+    ``t[i+2] + t[i+1] - t[i-1] - t[i-2]`` along ``ax`` (a few passes over the frame where
+    the filter, the gradient of every pixel and their boolean gathers took 20 ms at
+    512 px)."""
+    t = ref
+    for b in range(ref.ndim):
+        if b != ax:  # the 3-sum across axis b, kept on indices 2..n-3
+            n = t.shape[b]
+            t = _part(t, b, 1, n - 3) + _part(t, b, 2, n - 2) + _part(t, b, 3, n - 1)
+    n = t.shape[ax]
+    d = _part(t, ax, 3, n - 1) + _part(t, ax, 4, n)
+    d -= _part(t, ax, 1, n - 3)
+    d -= _part(t, ax, 0, n - 4)
+    return d
+
+
+def _part(a, ax: int, start: int, stop: int) -> np.ndarray:
+    """``a[start:stop]`` along axis ``ax`` (a view)."""
+    index = [slice(None)] * a.ndim
+    index[ax] = slice(start, stop)
+    return a[tuple(index)]
 
 
 def unmasked_terms(reference):
     """``(peak_curvature, noise_spread)`` of an unmasked reference from one Wiener
-    estimate (the Newton step's error bar, and the peak's when the step fails)."""
-    ref = np.asarray(reference, dtype=np.float64)
-    valid = np.ones(ref.shape, bool)
-    level, grad, _ = wiener_estimate(ref, valid)
-    return _curvature(ref, valid, grad), _spread(ref, valid, level, grad)
+    estimate (the Newton step's error bar, and the peak's when the step fails).
+
+    In single precision, as the transforms give the estimate, with every sum
+    accumulated in float64: the terms are those of float64 passes to 1e-6 (the
+    gain, the residual ``ref - level`` and the noise model rounded once each; an
+    error bar's calibration is measured to a few %), at half their cost (the
+    float64 copies, their boolean gathers and BLAS products cost 6-7 frames'
+    correlations per stack)."""
+    ref = np.asarray(reference)
+    level, grad, _ = wiener_estimate(ref, single=True)
+    mean = float(np.mean(ref, dtype=np.float64))
+    spread = 0.0
+    for block in _blocks(ref):
+        centred = np.subtract(ref[block], mean, dtype=np.float64)
+        spread += _dot(centred, centred)
+    kappa = np.array([_dot(g, g) for g in grad]) / max(spread, 1e-300)
+    return (kappa, int(ref.size)), _spread_terms(level, ref.astype(np.float32, copy=False), grad)
 
 
 def noise_spread(reference, valid=None):
@@ -243,36 +342,79 @@ def noise_spread(reference, valid=None):
     ref = np.asarray(reference, dtype=np.float64)
     valid = np.ones(ref.shape, bool) if valid is None else np.asarray(valid, bool)
     level, grad, _ = wiener_estimate(ref, valid)
-    return _spread(ref, valid, level, grad)
+    return _spread_terms(level[valid], ref[valid], [gr[valid] for gr in grad])
 
 
-def _spread(ref, valid, level, grad):
-    lv, e = level[valid], (ref - level)[valid]
-    x, var = _binned_variance(lv, e)
+def _spread_terms(lv, values, g):
+    """``(K, P)`` of :func:`noise_spread` from the valid pixels' level ``lv``, their
+    values and the gradient ``g`` (one array per axis, all of one shape); block by
+    block (:func:`_blocks`)."""
+    x, var = _binned_variance(lv, values)
     alpha, beta = (np.polyfit(x, var, 1) if x.size >= 2 and np.ptp(x) > 0
                    else (0.0, float(np.mean(var))))
     if alpha < 0:
         alpha, beta = 0.0, float(np.mean(var))
-    v = np.maximum(alpha * lv + beta, 1e-12 * max(float(var.max()), 1e-300))
-    g = np.stack([gr[valid] for gr in grad])
-    return (g * v) @ g.T, float(np.sum(v))
+    # in the level's precision (a float64 scalar would promote a float32 level)
+    floor = 1e-12 * max(float(var.max()), 1e-300)
+    spread, total = np.zeros((len(g), len(g))), 0.0
+    for block in _blocks(lv):
+        v = np.multiply(lv[block], float(alpha))
+        v += float(beta)
+        np.maximum(v, floor, out=v)
+        total += float(np.sum(v, dtype=np.float64))
+        for a in range(len(g)):
+            for b in range(a, len(g)):
+                spread[a, b] += _dot(g[a][block], g[b][block], v)
+    spread[np.tril_indices(len(g), -1)] = spread[np.triu_indices(len(g), 1)]
+    return spread, total
 
 
-def _binned_variance(lv, e, bins: int = _BINS, sample: int = 40000):
-    """``(x, var)``: the mean level and the mean of ``e**2`` in ``bins`` bins of ``lv``
-    holding about as many pixels each; the bins' edges are quantiles of an evenly
-    strided sample of at most ``sample`` levels (a sort of every pixel of a 512 px
-    frame cost 40 ms, a third of the reference's noise model), every pixel then
-    counted in its bin."""
+#: elements per block of the noise model's passes (:func:`_blocks`)
+_BLOCK = 1 << 15
+
+
+def _blocks(a) -> list:
+    """Slices of ``a``'s first axis of about ``_BLOCK`` elements: a block's temporaries
+    stay in the cache, and in memory already mapped (the pages of a fresh 512 px
+    temporary cost as much as the arithmetic on it, on this machine)."""
+    if a.ndim == 0:
+        return [()]
+    step = max(1, _BLOCK // max(1, a.size // max(a.shape[0], 1)))
+    return [slice(i, i + step) for i in range(0, a.shape[0], step)] or [slice(None)]
+
+
+def _dot(*arrays) -> float:
+    """The sum of the arrays' elementwise product (all of one shape), accumulated in float64 (single
+    precision inputs cast in buffers, no copies) and without BLAS (whose threads, woken
+    on a busy machine, cost 6 ms for one 512 px frame's dot product where this takes
+    0.2-0.5)."""
+    index = "ijk"[: arrays[0].ndim]
+    subscripts = ",".join([index] * len(arrays)) + "->"
+    return float(np.einsum(subscripts, *arrays, dtype=np.float64))
+
+
+def _binned_variance(lv, values, bins: int = _BINS, sample: int = 40000):
+    """``(x, var)``: the mean level and the mean squared residual ``values - lv`` in
+    ``bins`` bins of ``lv`` (both of one shape) holding about as many pixels each; the
+    bins' edges are quantiles of an evenly strided sample (in flat order) of at most
+    ``sample`` levels (a sort of every pixel of a 512 px frame cost 40 ms, a third of
+    the reference's noise model), every pixel then counted in its bin, block by block
+    (:func:`_blocks`)."""
     if lv.size == 0:
         return np.zeros(0), np.zeros(0)
-    picked = np.sort(lv[:: max(1, lv.size // sample)])
+    picked = np.sort(lv.flat[:: max(1, lv.size // sample)])
     cuts = picked[(np.arange(1, bins) * picked.size) // bins]
-    which = _cuts_reached(lv, cuts)
-    counts = np.bincount(which, minlength=bins)
+    counts, sums = np.zeros(bins, np.intp), np.zeros((2, bins))
+    for block in _blocks(lv):
+        level = lv[block]
+        which = _cuts_reached(level, cuts).ravel()
+        e2 = np.subtract(values[block], level)
+        e2 *= e2
+        counts += np.bincount(which, minlength=bins)
+        sums[0] += np.bincount(which, level.ravel(), minlength=bins)
+        sums[1] += np.bincount(which, e2.ravel(), minlength=bins)
     full = counts > 0
-    x = np.bincount(which, lv, minlength=bins)[full] / counts[full]
-    var = np.bincount(which, e * e, minlength=bins)[full] / counts[full]
+    x, var = sums[:, full] / counts[full]
     return x, var
 
 
@@ -281,8 +423,9 @@ def _cuts_reached(values, cuts) -> np.ndarray:
     "right" side), as bin numbers: one comparison per cut, 3x faster than the search
     for the few bins here."""
     out = np.zeros(np.shape(values), np.int8 if len(cuts) <= 127 else np.intp)
+    above = np.empty(out.shape, bool)  # one buffer: a fresh one per cut faulted its pages in
     for c in cuts:
-        out += values >= c
+        out += np.greater_equal(values, c, out=above)
     return out.astype(np.intp)
 
 
