@@ -263,26 +263,37 @@ def peak_curvature(reference, valid=None):
     3 pixels: cheap enough for every frame of a "previous" run, and what it misses (the
     noise's own gradient, sharp detail) matters little beside the grid's quantization,
     which dominates an unrefined peak's error."""
-    ref = np.asarray(reference, dtype=np.float64)
+    ref = np.asarray(reference)
     valid = None if valid is None or np.all(valid) else np.asarray(valid, bool)
     # the pixels at least 3 (L1) from an invalid one and from the outside: where the
     # smoothed gradient reads none of the frame's edge (a cross's erosion, 2 iterations)
     inner = None if valid is None else _eroded(valid, 2, 1)
     if min(ref.shape) < 5 or (inner is not None and not inner.any()):
+        ref = ref.astype(np.float64)
         full = np.ones(ref.shape, bool) if valid is None else valid
         smooth = ndi.uniform_filter(ref, 3, mode="nearest")
         return _curvature(ref, full, [np.gradient(smooth, axis=ax) for ax in range(ref.ndim)])
     core = tuple(slice(2, n - 2) for n in ref.shape)
-    vals = ref[core] if inner is None else ref[inner]
-    vals = vals - vals.mean()
-    spread = _dot(vals.ravel(), vals.ravel())
     inner = None if inner is None else inner[core]
-    energy, scale = [], float(2 * 3**ref.ndim) ** 2  # the gradient is d / (2 * 3**ndim)
-    for ax in range(ref.ndim):
-        d = _box_difference(ref, ax)
-        d = d.ravel() if inner is None else d[inner]
-        energy.append(_dot(d, d) / scale)
-    return np.array(energy) / max(spread, 1e-300), int(vals.size)
+    count = ref[core].size if inner is None else int(np.count_nonzero(inner))
+    mean = float(np.sum(ref[core], where=True if inner is None else inner,
+                        dtype=np.float64)) / count
+    # block by block along the first axis, in float64, with 2 pixels of the frame
+    # around each (a block's temporaries stay in the cache, and in memory mapped already)
+    spread, energy = 0.0, np.zeros(ref.ndim)
+    rows = max(1, _BLOCK // max(1, ref[0].size))
+    for start in range(2, ref.shape[0] - 2, rows):
+        stop = min(start + rows, ref.shape[0] - 2)
+        slab = ref[start - 2:stop + 2].astype(np.float64)
+        keep = None if inner is None else inner[start - 2:stop - 2].ravel()
+        terms = [np.subtract(slab[(slice(2, -2), *core[1:])], mean).ravel()]
+        terms += [_box_difference(slab, ax).ravel() for ax in range(ref.ndim)]
+        if keep is not None:
+            terms = [t[keep] for t in terms]
+        spread += _dot(terms[0], terms[0])
+        energy += [_dot(d, d) for d in terms[1:]]
+    energy /= float(2 * 3**ref.ndim) ** 2  # the gradient is d / (2 * 3**ndim)
+    return energy / max(spread, 1e-300), count
 
 
 def _box_difference(ref, ax: int) -> np.ndarray:
