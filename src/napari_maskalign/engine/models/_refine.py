@@ -70,6 +70,7 @@ refinement is measured against).
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -199,6 +200,7 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
 
 #: padded shapes whose spectrum geometry is kept (:func:`_spectrum_geometry`)
 _GEOMETRY_CACHE: dict = {}
+_GEOMETRY_LOCK = threading.Lock()
 _GEOMETRY_CACHE_SIZE = 8
 #: a geometry larger than this (points of the half spectrum) is not kept
 _GEOMETRY_CACHE_POINTS = 1 << 21
@@ -212,7 +214,8 @@ def _spectrum_geometry(shape):
     cost as much as the forward transform: a stack, or a "previous" run's every
     reference, asks again for the same shape)."""
     shape = tuple(int(n) for n in shape)
-    hit = _GEOMETRY_CACHE.get(shape)
+    with _GEOMETRY_LOCK:
+        hit = _GEOMETRY_CACHE.get(shape)
     if hit is not None:
         return hit
     freqs = [sfft.fftfreq(n) for n in shape[:-1]] + [sfft.rfftfreq(shape[-1])]
@@ -228,9 +231,10 @@ def _spectrum_geometry(shape):
     for a in [*freqs, *k, bins, counts, corner]:
         a.setflags(write=False)
     if bins.size <= _GEOMETRY_CACHE_POINTS:
-        if len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:  # threads may race: both compute
-            _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)), None)
-        _GEOMETRY_CACHE[shape] = found
+        with _GEOMETRY_LOCK:  # two threads may both compute it: the same values
+            while len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:
+                _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
+            _GEOMETRY_CACHE[shape] = found
     return found
 
 
