@@ -432,9 +432,10 @@ def _binned_variance(lv, values, bins: int = _BINS, sample: int = 40000):
     (:func:`_blocks`)."""
     if lv.size == 0:
         return np.zeros(0), np.zeros(0)
-    picked = lv.flat[:: max(1, lv.size // sample)]
-    ranks = (np.arange(1, bins) * picked.size) // bins
-    cuts = np.partition(picked, ranks)[ranks]  # the sorted sample's values there
+    # gathered by index: a strided view's flat iterator took 1.3 ms for 40000 levels
+    picked = lv[np.unravel_index(np.arange(0, lv.size, max(1, lv.size // sample)), lv.shape)]
+    picked.sort()  # (a partition at the 15 ranks took twice as long)
+    cuts = picked[(np.arange(1, bins) * picked.size) // bins]
     counts, sums = np.zeros(bins, np.intp), np.zeros((2, bins))
     for block in _blocks(lv):
         level = lv[block]
