@@ -384,10 +384,10 @@ def _spread_terms(lv, values, g):
                    else (0.0, float(np.mean(var))))
     if alpha < 0:
         alpha, beta = 0.0, float(np.mean(var))
-    # in the level's precision (a float64 scalar would promote a float32 level)
     floor = 1e-12 * max(float(var.max()), 1e-300)
     spread, total = np.zeros((len(g), len(g))), 0.0
     for block in _blocks(lv):
+        # in the level's precision (a float64 scalar would promote a float32 level)
         v = np.multiply(lv[block], float(alpha))
         v += float(beta)
         np.maximum(v, floor, out=v)
@@ -414,11 +414,11 @@ def _blocks(a) -> list:
 
 
 def _dot(*arrays) -> float:
-    """The sum of the arrays' elementwise product (all of one shape), accumulated in float64 (single
-    precision inputs cast in buffers, no copies) and without BLAS (whose threads, woken
-    on a busy machine, cost 6 ms for one 512 px frame's dot product where this takes
-    0.2-0.5)."""
-    index = "ijk"[: arrays[0].ndim]
+    """The sum of the arrays' elementwise product (all of one shape), accumulated in
+    float64 (single precision inputs cast in buffers, no copies) and without BLAS (whose
+    threads, woken on a busy machine, cost 6 ms for one 512 px frame's dot product where
+    this takes 0.2-0.5)."""
+    index = "ijklmnop"[: arrays[0].ndim]
     subscripts = ",".join([index] * len(arrays)) + "->"
     return float(np.einsum(subscripts, *arrays, dtype=np.float64))
 
