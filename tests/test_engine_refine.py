@@ -289,3 +289,49 @@ def test_the_usable_points_at_a_whole_pixel_shift_are_those_of_their_positions(m
     for whole in [(0, 0), (3, -2), (-5, 7), (40, 0), (0, -79), (95, 79), (-200, 3)]:
         pos = refiner.d + (refiner.centre + np.asarray(whole, float))[:, None]
         np.testing.assert_array_equal(refiner._usable_whole(whole), refiner._usable(pos))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(544, 544), (530, 532), (17, 33), (12, 14, 16)])
+def test_inverse_rows_is_irfftn_bit_for_bit(shape, dtype):
+    """The in-place inverse on the inner rows (the Wiener gradient's, the translation
+    model's sampling) gives irfftn's own values, not merely close ones."""
+    import scipy.fft as sfft
+
+    from napari_maskalign.engine.models._refine import inverse_rows
+
+    image = np.random.default_rng(3).standard_normal(shape).astype(dtype) * 100
+    spec = sfft.rfftn(image)
+    inner = tuple(slice(3, n - 4) for n in shape)
+    expected = sfft.irfftn(spec, shape)[inner]
+    got = inverse_rows(spec.copy(), shape, inner)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_refiner_setup_shortcuts_match_their_definitions():
+    """The translation refiner's set-up made without position arrays (its ``rmax`` from
+    the points' image, ``d`` on demand, the frame filled in single precision) gives what
+    the positions and a float64 fill gave."""
+    from napari_maskalign.engine.models._fill import filled, nearest_fill_index
+    from napari_maskalign.engine.models._refine import _max_radius
+
+    s = make_beam_block_stack(2, (96, 80), counts=200.0, seed=4)
+    refiner = Refiner(s.stack[0], s.valid, s.valid, MODELS["translation"], tol=2e-3)
+    q = np.nonzero(refiner._points)
+    d = np.stack(q).astype(np.float64) - refiner.centre[:, None]
+    np.testing.assert_array_equal(refiner.d, d)
+    assert refiner.rmax == float(np.sqrt(np.max(np.sum(d**2, axis=0))))
+    points3 = np.random.default_rng(0).random((9, 10, 11)) > 0.7
+    d3 = np.stack(np.nonzero(points3)).astype(np.float64) - np.array([4.0, 4.5, 5.0])[:, None]
+    assert _max_radius(points3, [4.0, 4.5, 5.0]) == float(np.sqrt(np.max(np.sum(d3**2, axis=0))))
+    index = nearest_fill_index(s.valid)
+    np.testing.assert_array_equal(filled(s.stack[1], index, dtype=np.float32),
+                                  filled(s.stack[1], index).astype(np.float32))
+    # the sampled reference (the same single-precision round trip as any frame) at zero
+    import scipy.fft as sfft
+
+    spec = refiner.prepare(s.stack[0])
+    moved = sfft.irfftn(spec, refiner._pshape)
+    inner = moved[refiner._inner[0]]
+    np.testing.assert_array_equal(refiner.r, inner.reshape(-1)[refiner._flat].astype(np.float64))

@@ -56,9 +56,10 @@ def nearest_fill_index(valid):
     return found
 
 
-def filled(frame, index) -> np.ndarray:
-    """A float64 copy of ``frame`` whose invalid pixels hold their nearest valid value."""
-    out = np.array(frame, dtype=np.float64)
+def filled(frame, index, dtype=np.float64) -> np.ndarray:
+    """A copy of ``frame`` (float64, or ``dtype``) whose invalid pixels hold their
+    nearest valid value."""
+    out = np.array(frame, dtype=dtype)
     if index is not None:
         flat = out.reshape(-1)
         flat[index[0]] = flat[index[1]]

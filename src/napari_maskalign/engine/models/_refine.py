@@ -179,8 +179,8 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
         grad = np.empty((ndim, *shape))
         buf = np.empty_like(spec)  # each axis's derivative spectrum, in turn
         for out, kk in zip(grad, k):
-            out[...] = sfft.irfftn(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
-                                   big.shape, workers=-1)[inner]
+            out[...] = inverse_rows(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
+                                    big.shape, inner)
     band, inst = _band_gradient(spec, k, freqs, power, noise, big.shape, inner, grad) if alias else (
         [1.0] * ndim, grad)
     extra = (inst,) if alias else ()
@@ -249,6 +249,22 @@ def _inner_inverse(spectrum, shape, inner) -> np.ndarray:
     return sfft.irfft(rows, shape[-1], axis=-1, workers=-1)[..., inner[-1]]
 
 
+def inverse_rows(spectrum, shape, inner) -> np.ndarray:
+    """``irfftn(spectrum, shape)[inner]``, bit for bit, overwriting ``spectrum``: the
+    leading axes' inverse in place and unscaled, the last axis's on the rows of
+    ``inner[:-1]`` only, then scaled by ``1 / prod(shape)`` (pocketfft's multi-axis
+    inverse scales once, at its last pass: the same rounding). The plain transform's
+    temporaries faulted their pages in on every call (a fresh page cost 3.5 us
+    here)."""
+    lead = tuple(range(spectrum.ndim - 1))
+    if lead:
+        sfft.ifftn(spectrum, axes=lead, overwrite_x=True, norm="forward", workers=-1)
+    rows = spectrum[tuple(inner[:-1])]
+    out = sfft.irfft(rows, shape[-1], axis=-1, norm="forward", workers=-1)
+    out *= 1.0 / float(np.prod(shape))
+    return out[..., inner[-1]]
+
+
 def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
     """``(band, gradient)``: per axis the 0/1 band of :func:`~._alias.alias_band`
     (broadcastable; 1.0 where nothing is cut) and the filtered spectrum's gradient
@@ -265,6 +281,8 @@ def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
         band.append(h)
         out.append(sfft.irfftn((1j * kk * h).astype(spec.dtype) * spec, shape,
                                workers=-1)[inner].astype(np.float64))
+    if all(isinstance(h, float) for h in band):  # nothing cut: the gradient itself, no copy
+        return band, grad
     return band, np.stack(out)
 
 
@@ -313,6 +331,23 @@ def peak_curvature(reference, valid=None):
         energy += [_dot(d, d) for d in terms[1:]]
     energy /= float(2 * 3**ref.ndim) ** 2  # the gradient is d / (2 * 3**ndim)
     return energy / max(spread, 1e-300), count
+
+
+def _max_radius(points, centre) -> float:
+    """The largest distance from ``centre`` of a True pixel of ``points``, as
+    ``sqrt(max(sum((q - centre)**2)))`` over their positions ``q`` gives it (the same
+    sums), row block by row block: no positions made."""
+    top = 0.0
+    axes = [np.arange(n, dtype=np.float64) - c for n, c in zip(points.shape, centre)]
+    for block in _blocks(points):
+        if not points[block].any():
+            continue
+        grid = np.meshgrid(axes[0][block], *axes[1:], indexing="ij", sparse=True)
+        r2 = grid[0] ** 2
+        for a in grid[1:]:
+            r2 = r2 + a**2
+        top = max(top, float(np.max(r2, where=points[block], initial=0.0)))
+    return float(np.sqrt(top))
 
 
 def _box_difference(ref, ax: int) -> np.ndarray:
@@ -598,21 +633,29 @@ class Refiner:
         self.curvature = _curvature(ref, ref_valid, grad)
         grad = band[0] if band else grad
         use = _eroded(ref_valid, margin, 1)
-        q = np.nonzero(use)
-        g = np.stack([gr[use] for gr in grad])  # a mask's gather: q's order, 3x faster
-        if select is not None and 0 < select < 1 and q[0].size > MIN_POINTS:
-            keep = max(MIN_POINTS, int(select * q[0].size))
-            best = np.argpartition(-np.sum(g * g, axis=0), keep - 1)[:keep]
-            best.sort()
-            q, g = tuple(a[best] for a in q), g[:, best]
-        self.g = g
+        count = int(np.count_nonzero(use))
+        selects = select is not None and 0 < select < 1 and count > MIN_POINTS
+        # a shift's fixed Jacobian rows (the gradient, the level, ones: _FixedJacobian),
+        # the gradient gathered straight into them (a mask's gather: the points' order)
+        rows = np.empty((ref.ndim + 2, count)) if fourier and not selects else None
+        g = np.empty((ref.ndim, count)) if rows is None else rows[:ref.ndim]
+        for out, gr in zip(g, grad):
+            np.compress(use.ravel(), np.ascontiguousarray(gr).ravel(), out=out)
         #: the points as an image (their order is its C order)
         self._points = use
-        if q[0].size < np.count_nonzero(use):
+        if selects:
+            keep = max(MIN_POINTS, int(select * count))
+            best = np.argpartition(-np.sum(g * g, axis=0), keep - 1)[:keep]
+            best.sort()
+            g = g[:, best]
             self._points = np.zeros(ref.shape, bool)
-            self._points[q] = True
-        self.d = np.stack(q).astype(np.float64) - self.centre[:, None]
-        self.r = ref[self._points]
+            self._points[tuple(a[best] for a in np.nonzero(use))] = True
+        self.g = g
+        self._d = None
+        if not fourier:  # (a 2D shift reads no position: its ``d`` only when asked for)
+            self._d = self.d
+        if not fourier:  # (a 2D shift samples the reference's own round trip, below)
+            self.r = ref[self._points]
         # the level the noise model and the gain's column read: the reference smoothed
         # over a fixed _LEVEL_SIGMA, not its Wiener estimate, which at high dose keeps
         # most of each pixel's own noise (little to filter): weights that follow a
@@ -621,11 +664,13 @@ class Refiner:
         # spots' noise (sharp spots, 20 counts: 1.72x the bound before this and the
         # local Wiener gain, 1.35x after); at 200 / 2000 counts both cost (1.24x / 1.28x
         # -> 1.40x / 1.37x), hence only at low dose
-        self.level = ndi.gaussian_filter(smooth_ref,
-                                         _LEVEL_SIGMA if self.low_dose else 2.0,
-                                         mode="mirror")[self._points]
-        self.n_points = self.r.size
-        self.rmax = float(np.sqrt(np.max(np.sum(self.d**2, axis=0)))) if self.n_points else 0.0
+        # in place where the filled reference is a copy (it is not read again)
+        own = not np.shares_memory(smooth_ref, ref) and not np.shares_memory(smooth_ref, reference)
+        self.level = ndi.gaussian_filter(smooth_ref, _LEVEL_SIGMA if self.low_dose else 2.0,
+                                         mode="mirror", output=smooth_ref if own else None
+                                         )[self._points]
+        self.n_points = g.shape[1]
+        self.rmax = _max_radius(self._points, self.centre) if self.n_points else 0.0
         # noise-model bins: quantiles of the smoothed reference level
         self.bins = _rank_bins(self.level, _BINS)
         self.bin_level = np.bincount(self.bins, self.level, _BINS) / np.maximum(
@@ -644,17 +689,39 @@ class Refiner:
         self._complex = np.complex64 if tol >= _SINGLE_TOL else np.complex128
         #: a shift's Jacobian (the reference's gradient, its smoothed level for the gain,
         #: ones for the offset) is the same wherever the frame is sampled: built once
-        self._fixed_jac = _FixedJacobian(np.vstack([self.g, -self.level, -np.ones(self.n_points)])
-                                         ) if self.fourier else None
+        self._fixed_jac = None
+        if self.fourier:
+            if rows is None:  # (points selected: the gradient's rows were cut)
+                rows = np.empty((self.ndim + 2, self.n_points))
+                rows[:self.ndim] = self.g
+            np.negative(self.level, out=rows[self.ndim])
+            rows[self.ndim + 1] = -1.0
+            self._fixed_jac = _FixedJacobian(rows)
         # the translation model's frame, mirrored out by _pad, on a fast FFT size
         self._pad = [min(_MIRROR, n - 1) for n in self.shape]
         self._pshape = tuple(sfft.next_fast_len(n + 2 * p, real=True)
                              for n, p in zip(self.shape, self._pad))
-        self._flat = np.ravel_multi_index(tuple(a + p for a, p in zip(q, self._pad)),
-                                          self._pshape)
+        # the points' flat indices in the frame's rows of the padded frame (what
+        # _sample transforms back): where the points' image, padded along the last axis,
+        # is True (its C order is theirs; no index arithmetic on the points)
+        self._inner = tuple(slice(p, p + n) for p, n in zip(self._pad, self.shape))
+        rows_image = np.zeros((*self.shape[:-1], self._pshape[-1]), bool)
+        rows_image[..., self._inner[-1]] = self._points
+        self._flat = np.flatnonzero(rows_image)
         if self.fourier:  # the reference as a frame is sampled (the same single-precision
             # round trip): a frame equal to it has no residual at 0 and stays there
             self.r = self._sample(self.prepare(ref), None, np.zeros(self.ndim))
+
+    @property
+    def d(self) -> np.ndarray:
+        """``(ndim, K)``: the points' positions from the centre (made when first asked
+        for: a 2D shift reads none)."""
+        if self._d is None:
+            q = np.nonzero(self._points)
+            self._d = np.empty((self.ndim, q[0].size))
+            for out, qa, c in zip(self._d, q, self.centre):  # cast and centred in one pass
+                np.subtract(qa, c, out=out)
+        return self._d
 
     @property
     def n_params(self) -> int:
@@ -667,10 +734,12 @@ class Refiner:
         if self.fourier:
             # mirrored a few pixels out: the periodic extension's jump between opposite
             # edges rings (as 1/distance) well away from the pixels used
-            image = filled(frame, self.fill)
-            pads = [(p, q - n - p) for p, q, n in zip(self._pad, self._pshape, self.shape)]
+            # filled in the transform's precision (the same values as a float64 fill
+            # then cast: the fill copies pixels), no float64 copy of the frame
             real = np.float32 if self._complex == np.complex64 else np.float64
-            return sfft.rfftn(np.pad(image.astype(real, copy=False), pads, mode="symmetric"))
+            image = filled(frame, self.fill, dtype=real)
+            pads = [(p, q - n - p) for p, q, n in zip(self._pad, self._pshape, self.shape)]
+            return sfft.rfftn(np.pad(image, pads, mode="symmetric"))
         return ndi.spline_filter(filled(frame, self.fill), order=3, mode="mirror")
 
     def _phase(self, shift) -> np.ndarray:
@@ -712,7 +781,9 @@ class Refiner:
         if not self.model.shift_only:
             return ndi.map_coordinates(coeffs, pos, order=3, mode="mirror", prefilter=False)
         if self.fourier:
-            moved = sfft.irfftn(coeffs * self._phase(params), self._pshape)
+            # the frame's rows only, transformed in place (inverse_rows: the same values)
+            moved = inverse_rows(coeffs * self._phase(params), self._pshape, self._inner[:-1]
+                                 + (slice(None),))
             return moved.reshape(-1)[self._flat].astype(np.float64, copy=False)
         whole = np.floor(params)
         out = coeffs
@@ -907,11 +978,11 @@ class _FixedJacobian:
         self.rows = np.ascontiguousarray(rows, dtype=np.float64)
         p = self.rows.shape[0]
         self.upper = np.triu_indices(p)
-        # row by row through one buffer (the fancy-indexed whole took 23 ms at 512 px)
+        # row by row, each float64 product rounded once into its float32 row (the
+        # fancy-indexed whole took 23 ms at 512 px; a float64 buffer, another pass)
         self.products = np.empty((self.upper[0].size, self.rows.shape[1]), np.float32)
-        buf = np.empty(self.rows.shape[1])
         for out, i, j in zip(self.products, *self.upper):
-            out[...] = np.multiply(self.rows[i], self.rows[j], out=buf)
+            np.multiply(self.rows[i], self.rows[j], out=out, casting="same_kind")
 
     def gram(self, w) -> np.ndarray:
         """``sum_i w_i J_i J_i^T``, ``(p, p)`` in float64."""
