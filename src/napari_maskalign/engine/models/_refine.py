@@ -108,7 +108,7 @@ def _low_contrast(values, noise: float, below: float) -> bool:
 
 
 def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=None,
-                    want_level=True, alias=False, single=False):
+                    want_level=True, alias=False, single=False, values=None):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -130,7 +130,8 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     moves wrongly), last; ``grad_noise`` is then that gradient's.
     ``single``: the level and the gradient as the transforms give them, single
     precision views (``grad`` a list), not float64 copies, and the gain applied in
-    single precision: the same values to 1e-7 of each.
+    single precision: the same values to 1e-7 of each. ``values``: the image's valid
+    pixels in float64 where the caller has them (the contrast is read from them).
     """
     image = original = np.asarray(image)
     if filled is not None:
@@ -153,9 +154,10 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     noise = float(np.median(power[corner])) / np.log(2.0) if corner.any() else 0.0
     radial = np.bincount(bins.ravel(), power.ravel()) / np.maximum(counts, 1)
     if local is not False and local is not True:
-        values = np.asarray(original, dtype=np.float64)
-        local = _low_contrast(values if valid is None else values[np.asarray(valid, bool)],
-                              noise, float(local))
+        if values is None:
+            values = np.asarray(original, dtype=np.float64)
+            values = values if valid is None else values[np.asarray(valid, bool)]
+        local = _low_contrast(values, noise, float(local))
     if local:  # a lattice's Bragg peaks stand far above their radial average
         signal = np.maximum(radial[bins], ndi.uniform_filter(power, 3, mode="wrap"))
         gain = np.clip(1.0 - noise / np.maximum(signal, 1e-300), 0.0, 1.0)
@@ -193,8 +195,19 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     half[0] = 1.0
     if big.shape[-1] % 2 == 0:
         half[-1] = 1.0
-    g2 = gain * gain * half
-    kept = np.array([float(np.sum(g2 * kk * kk * h)) for kk, h in zip(k, band)]) / big.size
+    # in place where the gain is float64 (it is not read again); a float32 gain's
+    # square is promoted by ``half``, as before
+    wide = gain.dtype == np.float64
+    g2 = np.multiply(gain, gain, out=gain if wide else None)
+    g2 = np.multiply(g2, half, out=g2 if wide else None)
+    buf = np.empty(g2.shape)  # each axis's g2 * k^2 * band in turn, in one buffer
+    kept = []
+    for kk, h in zip(k, band):
+        np.multiply(g2, kk, out=buf)
+        buf *= kk
+        buf *= h
+        kept.append(float(np.sum(buf)))
+    kept = np.array(kept) / big.size
     return (level, grad, noise, noise * kept, *extra)
 
 
@@ -286,11 +299,17 @@ def _band_gradient(spec, k, freqs, power, noise, shape, inner, grad):
     return band, np.stack(out)
 
 
-def _curvature(ref, valid, grad):
-    vals = ref[valid]
-    spread = float(np.sum((vals - vals.mean()) ** 2))
-    kappa = np.array([float(np.sum(g[valid] ** 2)) for g in grad]) / max(spread, 1e-300)
-    return kappa, int(vals.size)
+def _curvature(ref, valid, grad, vals=None):
+    """``(kappa, n)`` of :func:`peak_curvature` from a gradient (``vals``: ``ref[valid]``
+    where the caller has it); squares taken in place (the same sums)."""
+    vals = ref[valid] if vals is None else vals
+    centred = vals - vals.mean()
+    spread = float(np.sum(np.multiply(centred, centred, out=centred)))
+    energy = []
+    for g in grad:
+        t = g[valid]
+        energy.append(float(np.sum(np.multiply(t, t, out=t))))
+    return np.array(energy) / max(spread, 1e-300), int(vals.size)
 
 
 def peak_curvature(reference, valid=None):
@@ -625,12 +644,13 @@ class Refiner:
         # a 2D shift moves the frame in Fourier space: its Jacobian (the instrument of
         # the fit) leaves out, per axis, the frequencies the sampling folds (_alias)
         fourier = model.shift_only and ref.ndim == 2
+        vals = ref[ref_valid]  # gathered once: the contrast (twice) and the curvature
         _, grad, self.noise, self.grad_noise, *band = wiener_estimate(
             ref, ref_valid, local=_LOW_DOSE, grad_noise=True, filled=smooth_ref, want_level=False,
-            alias=fourier)
-        self.low_dose = _low_contrast(ref[ref_valid], self.noise, _LOW_DOSE)
+            alias=fourier, values=vals)
+        self.low_dose = _low_contrast(vals, self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
-        self.curvature = _curvature(ref, ref_valid, grad)
+        self.curvature = _curvature(ref, ref_valid, grad, vals)
         grad = band[0] if band else grad
         use = _eroded(ref_valid, margin, 1)
         count = int(np.count_nonzero(use))
