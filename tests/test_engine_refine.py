@@ -335,3 +335,36 @@ def test_refiner_setup_shortcuts_match_their_definitions():
     moved = sfft.irfftn(spec, refiner._pshape)
     inner = moved[refiner._inner[0]]
     np.testing.assert_array_equal(refiner.r, inner.reshape(-1)[refiner._flat].astype(np.float64))
+
+
+def test_smooth_filler_is_the_normalized_convolution_and_follows_the_mask():
+    """The smooth fill (the Wiener estimate's, the template's), its mask weights kept per
+    mask content: the normalized convolution of the whole frame at the invalid pixels, the
+    valid pixels' mean where none is near, the image itself elsewhere; a mask changed in
+    place gets its own weights, and the image is not modified."""
+    from napari_maskalign.engine.models._fill import smooth_filler
+
+    rng = np.random.default_rng(5)
+    image = (rng.random((60, 70)) * 100).astype(np.float32)
+    before = image.copy()
+    valid = np.ones(image.shape, bool)
+    valid[20:50, 10:30] = False
+    valid[5:8, 60:64] = False
+
+    def expected(v):
+        img = image.astype(np.float64)
+        w = ndi.gaussian_filter(v.astype(np.float64), 4.0)
+        smooth = ndi.gaussian_filter(np.where(v, img, 0.0), 4.0) / np.maximum(w, 1e-3)
+        smooth[w <= 1e-3] = img[v].mean()
+        return np.where(v, img, smooth)
+
+    for _ in range(2):  # the second call finds the weights kept
+        np.testing.assert_allclose(smooth_filler(valid)(image), expected(valid), rtol=1e-12)
+    valid[30:40, 40:45] = False  # the same array, another mask
+    np.testing.assert_allclose(smooth_filler(valid)(image), expected(valid), rtol=1e-12)
+    big = np.ones((80, 80), bool)
+    big[2:78, 2:78] = False  # pixels with no valid one near: the mean
+    img80 = (rng.random((80, 80)) * 100).astype(np.float32)
+    got = smooth_filler(big)(img80)
+    assert got[40, 40] == pytest.approx(float(img80[big].astype(np.float64).mean()))
+    np.testing.assert_array_equal(image, before)

@@ -66,15 +66,21 @@ def filled(frame, index, dtype=np.float64) -> np.ndarray:
     return out
 
 
-def smooth_filler(valid, sigma: float = 4.0):
-    """A function giving a float64 copy of an image whose invalid pixels (False in
-    ``valid``) hold the Gaussian-weighted mean of the valid pixels nearby (normalized
-    convolution of width ``sigma``; the mean of all valid pixels where none is near):
-    smooth, so a Fourier transform does not ring on them. The mask's weights are
-    computed once, here."""
-    valid = np.asarray(valid, bool)
-    if valid.all():
-        return lambda image: np.asarray(image, dtype=np.float64)
+#: the smooth fill's mask weights of the last few masks (:func:`smooth_filler`), by content
+_SMOOTH_CACHE: OrderedDict = OrderedDict()
+_SMOOTH_CACHE_SIZE = 8
+
+
+def _smooth_weights(valid, sigma: float):
+    """``(box, inside, weight, far)`` of :func:`smooth_filler` for ``valid``; kept for the
+    last few masks, read-only (a refiner's set-up per reference of a stack, or per frame
+    in "previous" mode, smoothed the same mask again: a sixth of its set-up)."""
+    key = (valid.shape, np.packbits(valid).tobytes(), float(sigma))
+    with _FILL_CACHE_LOCK:
+        hit = _SMOOTH_CACHE.get(key)
+        if hit is not None:
+            _SMOOTH_CACHE.move_to_end(key)
+            return hit
     # only the invalid pixels read the smoothing: it runs on their bounding box grown by
     # the Gaussian's reach (scipy's truncate of 4 sigmas), the same values there (a
     # beam block's box is a third of a frame)
@@ -87,14 +93,39 @@ def smooth_filler(valid, sigma: float = 4.0):
     inside = valid[box]
     w = ndi.gaussian_filter(inside.astype(np.float64), sigma)
     weight, far = np.maximum(w, 1e-3), w <= 1e-3
+    found = (box, inside, weight, far if far.any() else None)
+    for a in found[1:]:
+        if a is not None:
+            a.setflags(write=False)
+    if weight.nbytes <= FILL_CACHE_BYTES // _SMOOTH_CACHE_SIZE:
+        with _FILL_CACHE_LOCK:
+            _SMOOTH_CACHE[key] = found
+            while len(_SMOOTH_CACHE) > _SMOOTH_CACHE_SIZE:
+                _SMOOTH_CACHE.popitem(last=False)
+    return found
+
+
+def smooth_filler(valid, sigma: float = 4.0):
+    """A function giving a float64 copy of an image whose invalid pixels (False in
+    ``valid``) hold the Gaussian-weighted mean of the valid pixels nearby (normalized
+    convolution of width ``sigma``; the mean of all valid pixels where none is near):
+    smooth, so a Fourier transform does not ring on them. The mask's weights are
+    computed once, here (or found for a mask seen lately)."""
+    valid = np.asarray(valid, bool)
+    if valid.all():
+        return lambda image: np.asarray(image, dtype=np.float64)
+    box, inside, weight, far = _smooth_weights(valid, sigma)
+    outside = ~inside
 
     def fill(image):
-        image = np.asarray(image, dtype=np.float64)
-        part = image[box]
-        smooth = ndi.gaussian_filter(np.where(inside, part, 0.0), sigma) / weight
-        smooth[far] = float(image[valid].mean())
-        out = image.copy()
-        out[box] = np.where(inside, part, smooth)
+        out = np.array(image, dtype=np.float64)  # the one copy: filled in place
+        part = out[box]
+        smooth = np.where(inside, part, 0.0)
+        ndi.gaussian_filter(smooth, sigma, output=smooth)  # (a line filter: in place)
+        smooth /= weight
+        if far is not None:  # (the valid pixels' mean only where a pixel has no near one)
+            smooth[far] = float(out[valid].mean())
+        np.copyto(part, smooth, where=outside)
         return out
 
     return fill
