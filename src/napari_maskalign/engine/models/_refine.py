@@ -108,7 +108,7 @@ def _low_contrast(values, noise: float, below: float) -> bool:
 
 
 def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=None,
-                    want_level=True, alias=False, single=False, values=None):
+                    want_level=True, alias=False, single=False, values=None, grad32=False):
     """The noiseless image and its gradient, estimated from one noisy image.
 
     A Wiener filter: the radially averaged power spectrum against the noise
@@ -132,6 +132,9 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     precision views (``grad`` a list), not float64 copies, and the gain applied in
     single precision: the same values to 1e-7 of each. ``values``: the image's valid
     pixels in float64 where the caller has them (the contrast is read from them).
+    ``grad32``: the gradient (not ``single``) as a list of the transforms' float32
+    views, whose float64 copies it otherwise returns (a caller that gathers it casts
+    its few pixels; the copies were 4 MB of fresh pages at 512 px).
     """
     image = original = np.asarray(image)
     if filled is not None:
@@ -178,11 +181,15 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
         level = None
         if want_level:
             level = sfft.irfftn(spec, big.shape, workers=-1)[inner].astype(np.float64)
-        grad = np.empty((ndim, *shape))
+        grad = [] if grad32 else np.empty((ndim, *shape))
         buf = np.empty_like(spec)  # each axis's derivative spectrum, in turn
-        for out, kk in zip(grad, k):
-            out[...] = inverse_rows(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
-                                    big.shape, inner)
+        for ax, kk in enumerate(k):
+            g = inverse_rows(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
+                             big.shape, inner)  # (a new array: buf is free again)
+            if grad32:
+                grad.append(g)
+            else:
+                grad[ax][...] = g
     band, inst = _band_gradient(spec, k, freqs, power, noise, big.shape, inner, grad) if alias else (
         [1.0] * ndim, grad)
     extra = (inst,) if alias else ()
@@ -307,7 +314,7 @@ def _curvature(ref, valid, grad, vals=None):
     spread = float(np.sum(np.multiply(centred, centred, out=centred)))
     energy = []
     for g in grad:
-        t = g[valid]
+        t = g[valid].astype(np.float64, copy=False)  # (a float32 gradient: squared in float64)
         energy.append(float(np.sum(np.multiply(t, t, out=t))))
     return np.array(energy) / max(spread, 1e-300), int(vals.size)
 
@@ -647,7 +654,7 @@ class Refiner:
         vals = ref[ref_valid]  # gathered once: the contrast (twice) and the curvature
         _, grad, self.noise, self.grad_noise, *band = wiener_estimate(
             ref, ref_valid, local=_LOW_DOSE, grad_noise=True, filled=smooth_ref, want_level=False,
-            alias=fourier, values=vals)
+            alias=fourier, values=vals, grad32=True)
         self.low_dose = _low_contrast(vals, self.noise, _LOW_DOSE)
         #: ``(kappa, n)`` of :func:`peak_curvature`, from the same estimate
         self.curvature = _curvature(ref, ref_valid, grad, vals)
@@ -659,8 +666,8 @@ class Refiner:
         # the gradient gathered straight into them (a mask's gather: the points' order)
         rows = np.empty((ref.ndim + 2, count)) if fourier and not selects else None
         g = np.empty((ref.ndim, count)) if rows is None else rows[:ref.ndim]
-        for out, gr in zip(g, grad):
-            np.compress(use.ravel(), np.ascontiguousarray(gr).ravel(), out=out)
+        for out, gr in zip(g, grad):  # (float32 views: gathered, then cast)
+            out[...] = gr[use]
         #: the points as an image (their order is its C order)
         self._points = use
         if selects:
