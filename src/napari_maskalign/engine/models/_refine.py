@@ -737,7 +737,9 @@ class Refiner:
         self._flat = np.flatnonzero(rows_image)
         if self.fourier:  # the reference as a frame is sampled (the same single-precision
             # round trip): a frame equal to it has no residual at 0 and stays there
-            self.r = self._sample(self.prepare(ref), None, np.zeros(self.ndim))
+            # (at a zero shift the phase is 1: its product, a fresh spectrum, left out)
+            rows = inverse_rows(self.prepare(ref), self._pshape, self._inner[:-1] + (slice(None),))
+            self.r = rows.reshape(-1)[self._flat].astype(np.float64, copy=False)
 
     @property
     def d(self) -> np.ndarray:
@@ -820,15 +822,18 @@ class Refiner:
         return out[tuple(np.clip(i, 0, n - 1) for i, n in zip(idx, self.shape))]
 
     def _usable_shift(self, shift) -> tuple:
-        """:meth:`_usable` for a shift, by its nearest whole pixels, and the usable
-        points per noise bin (cached: the frames of a drifting stack keep landing on
-        the same ones)."""
+        """:meth:`_usable` for a shift, by its nearest whole pixels, the usable points
+        per noise bin and the usable points as float64 weights (cached: the frames of a
+        drifting stack keep landing on the same ones; read-only)."""
         key = tuple(int(v) for v in np.rint(shift))
         hit = self._usable_cache.get(key)
         if hit is None:
             ok = self._usable_whole(key)
-            hit = (ok, np.bincount(self.bins, ok, _BINS))
-            if len(self._usable_cache) > 64:
+            okf = ok.astype(np.float64)
+            okf.setflags(write=False)
+            hit = (ok, np.bincount(self.bins, ok, _BINS), okf)
+            # at most 64 shifts, and 32 MB of weights (16 shifts of a 512 px frame)
+            if len(self._usable_cache) >= max(4, min(64, (32 << 20) // max(okf.nbytes, 1))):
                 self._usable_cache.clear()
             self._usable_cache[key] = hit
         return hit
@@ -901,7 +906,7 @@ class Refiner:
         jac = self._fixed_jac if self.fourier else self._general_jac()
         for it in range(1, self.max_iter + 1):
             if self.fourier:  # a shift: which points are usable depends on its whole pixels
-                pos, (ok, count) = None, self._usable_shift(params)
+                pos, (ok, count, okf) = None, self._usable_shift(params)
             else:
                 pos, jgeo = self._warp(params)
                 jac[:, :k] = jgeo
@@ -909,7 +914,8 @@ class Refiner:
                 count = np.bincount(self.bins, ok, _BINS)
             if count.sum() < need:
                 break
-            okf = ok.astype(np.float64)
+            if pos is not None:  # (a shift's comes with its usable points, cached)
+                okf = ok.astype(np.float64)
             m, used = self._sample(coeffs, pos, params), ok
             first = self.noise_first and it == 1 and noise is None
             # unusable points take part with weight 0 (cheaper than cutting them out)
