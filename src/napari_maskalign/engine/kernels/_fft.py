@@ -13,6 +13,7 @@ https://doi.org/10.1364/OL.33.000156
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -142,6 +143,32 @@ def _signed_freqs(n: int) -> np.ndarray:
     return np.fft.fftfreq(n) * n  # integer frequencies in fft order
 
 
+@functools.lru_cache(maxsize=32)
+def _grid_steps(n_full: int, half: bool, region: int, upsample_factor: float) -> np.ndarray:
+    """The part of a matrix-multiply DFT kernel that only the grid's spacing fixes:
+    ``exp(2 pi i f j / (u n))`` for the axis's frequencies ``f`` (the half axis
+    weighted for the Hermitian partners) and the grid's steps ``j``. Read-only."""
+    freqs = np.arange(n_full // 2 + 1, dtype=np.float64) if half else _signed_freqs(n_full)
+    steps = np.arange(region, dtype=np.float64) / upsample_factor
+    kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, steps))
+    if half:
+        kernel *= half_spectrum_weights(n_full)[:, None]
+    kernel.flags.writeable = False
+    return kernel
+
+
+def _grid_kernel(n_full: int, half: bool, start: float, region: int, upsample_factor: float,
+                 dtype) -> np.ndarray:
+    """``exp(2 pi i f (start + j / u) / n)`` (times the half axis's weights), shape
+    (frequencies, region): the cached steps times the start's phase per frequency
+    (the phase is separable, so a new grid position costs one exponential per
+    frequency, not one per frequency and grid point)."""
+    steps = _grid_steps(n_full, half, region, upsample_factor)
+    freqs = np.arange(n_full // 2 + 1, dtype=np.float64) if half else _signed_freqs(n_full)
+    phase = np.exp((2j * np.pi / n_full * start) * freqs)
+    return np.multiply(steps, phase[:, None]).astype(dtype, copy=False)
+
+
 def upsampled_real(
     spectra: np.ndarray,
     full_shape: tuple[int, ...],
@@ -186,26 +213,22 @@ def upsampled_real(
     single = spectra[0].dtype == xp.complex64
     cdtype = np.complex64 if single else np.complex128
     ndim = len(full_shape)
-    steps = np.arange(region, dtype=np.float64) / float(upsample_factor)
     kernels = []
     for ax in range(ndim - 1, -1, -1):
-        n_full = full_shape[ax]
-        if ax == ndim - 1:
-            freqs = np.arange(n_full // 2 + 1, dtype=np.float64)
-        else:
-            freqs = _signed_freqs(n_full)
-        pos = starts[ax] + steps
-        kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, pos))
-        if ax == ndim - 1:
-            kernel *= half_spectrum_weights(n_full)[:, None]
-        kernel = kernel.astype(cdtype, copy=False)
+        kernel = _grid_kernel(int(full_shape[ax]), ax == ndim - 1, float(starts[ax]), int(region),
+                              float(upsample_factor), cdtype)
         kernels.append((ax, kernel if numpy_input else xp.asarray(kernel)))
     scale = 1.0 / float(np.prod(full_shape))
     out = []
     for data in spectra:
-        # contract the last (half) axis first (the largest saving), then the others
-        for ax, kernel in kernels:
-            data = xp.moveaxis(xp.tensordot(data, kernel, axes=([ax], [0])), -1, ax)
+        if numpy_input and ndim == 2:
+            # two matrix products, no axis juggling: (rows x half) @ (half x region)
+            # first (the largest saving), then (region x rows) @ that
+            data = kernels[1][1].T @ (data @ kernels[0][1])
+        else:
+            # contract the last (half) axis first (the largest saving), then the others
+            for ax, kernel in kernels:
+                data = xp.moveaxis(xp.tensordot(data, kernel, axes=([ax], [0])), -1, ax)
         out.append(xp.real(data) * scale)
     if numpy_input:
         return np.stack(out)
