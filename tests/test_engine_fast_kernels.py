@@ -115,3 +115,4 @@ def test_the_newton_step_equals_the_direct_sums_over_the_spectrum(shape, dtype):
     np.testing.assert_allclose(sigma, want_sigma, rtol=1e-7)
     # and the step found the shift the frames were made with
     np.testing.assert_allclose(got, -true, atol=1e-2)
+

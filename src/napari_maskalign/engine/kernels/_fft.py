@@ -14,6 +14,7 @@ https://doi.org/10.1364/OL.33.000156
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import numpy as np
@@ -144,17 +145,17 @@ def _signed_freqs(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _grid_steps(n_full: int, half: bool, region: int, upsample_factor: float) -> np.ndarray:
+def _grid_steps(n_full: int, half: bool, region: int, upsample_factor: float):
     """The part of a matrix-multiply DFT kernel that only the grid's spacing fixes:
-    ``exp(2 pi i f j / (u n))`` for the axis's frequencies ``f`` (the half axis
-    weighted for the Hermitian partners) and the grid's steps ``j``. Read-only."""
+    the axis's frequencies ``f`` and ``exp(2 pi i f j / (u n))`` for the grid's steps
+    ``j`` (the half axis weighted for the Hermitian partners). Read-only."""
     freqs = np.arange(n_full // 2 + 1, dtype=np.float64) if half else _signed_freqs(n_full)
     steps = np.arange(region, dtype=np.float64) / upsample_factor
     kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, steps))
     if half:
         kernel *= half_spectrum_weights(n_full)[:, None]
-    kernel.flags.writeable = False
-    return kernel
+    freqs.flags.writeable = kernel.flags.writeable = False
+    return freqs, kernel
 
 
 def _grid_kernel(n_full: int, half: bool, start: float, region: int, upsample_factor: float,
@@ -163,8 +164,7 @@ def _grid_kernel(n_full: int, half: bool, start: float, region: int, upsample_fa
     (frequencies, region): the cached steps times the start's phase per frequency
     (the phase is separable, so a new grid position costs one exponential per
     frequency, not one per frequency and grid point)."""
-    steps = _grid_steps(n_full, half, region, upsample_factor)
-    freqs = np.arange(n_full // 2 + 1, dtype=np.float64) if half else _signed_freqs(n_full)
+    freqs, steps = _grid_steps(n_full, half, region, upsample_factor)
     phase = np.exp((2j * np.pi / n_full * start) * freqs)
     return np.multiply(steps, phase[:, None]).astype(dtype, copy=False)
 
@@ -218,7 +218,7 @@ def upsampled_real(
         kernel = _grid_kernel(int(full_shape[ax]), ax == ndim - 1, float(starts[ax]), int(region),
                               float(upsample_factor), cdtype)
         kernels.append((ax, kernel if numpy_input else xp.asarray(kernel)))
-    scale = 1.0 / float(np.prod(full_shape))
+    scale = 1.0 / float(math.prod(full_shape))
     out = []
     for data in spectra:
         if numpy_input and ndim == 2:
