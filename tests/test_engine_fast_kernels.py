@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_maskalign.engine.kernels._correlators import PhaseCorrelator
+from napari_maskalign.engine.kernels._correlators import PhaseCorrelator, argmax_abs
 from napari_maskalign.engine.kernels._fft import half_spectrum_weights, upsampled_real
 
 
@@ -116,3 +116,27 @@ def test_the_newton_step_equals_the_direct_sums_over_the_spectrum(shape, dtype):
     # and the step found the shift the frames were made with
     np.testing.assert_allclose(got, -true, atol=1e-2)
 
+
+@pytest.mark.parametrize("case", ["random", "negative peak", "tie", "tie reversed", "repeats",
+                                  "zeros", "nan", "float64"])
+def test_argmax_abs_is_the_first_index_of_the_largest_magnitude(case):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(31, 17)).astype(np.float32)
+    if case == "negative peak":
+        x.flat[200] = -50.0
+    elif case == "tie":  # +v before -v: abs picks the first
+        x.flat[40], x.flat[300] = 50.0, -50.0
+    elif case == "tie reversed":
+        x.flat[40], x.flat[300] = -50.0, 50.0
+    elif case == "repeats":
+        x.flat[[90, 10, 400]] = -50.0
+        x.flat[[30, 500]] = 49.0
+    elif case == "zeros":
+        x[:] = 0.0
+        x.flat[3] = -0.0
+    elif case == "nan":
+        x.flat[[77, 20]] = np.nan
+    elif case == "float64":
+        x = x.astype(np.float64)
+        x.flat[5] = -np.inf
+    assert argmax_abs(x) == int(np.argmax(np.abs(x)))

@@ -29,7 +29,7 @@ from ._fft import (
 )
 from ._grid import outer_and
 
-__all__ = ["CorrelationPeak", "PhaseCorrelator", "inside_box", "refine_two_stage"]
+__all__ = ["CorrelationPeak", "PhaseCorrelator", "argmax_abs", "inside_box", "refine_two_stage"]
 
 
 @dataclass
@@ -63,6 +63,20 @@ def window_around(surface: np.ndarray, radius: int) -> np.ndarray:
     """Window of a circular correlation surface, zero shift at its centre."""
     idx = np.ix_(*[np.arange(-radius, radius + 1) % n for n in surface.shape])
     return np.ascontiguousarray(surface[idx], dtype=np.float32)
+
+
+def argmax_abs(x: np.ndarray) -> int:
+    """``np.argmax(np.abs(x))`` of a real array, without its ``|x|`` temporary (a
+    pass and a fresh array the size of the correlation): the first index of the
+    largest or of the smallest value, whichever is larger in magnitude, the first of
+    both when they tie (or are NaN, where both are the first NaN)."""
+    hi, lo = int(np.argmax(x)), int(np.argmin(x))
+    top, bottom = x.flat[hi], -x.flat[lo]
+    if top > bottom:
+        return hi
+    if bottom > top:
+        return lo
+    return min(hi, lo)
 
 
 def refine_two_stage(on_grid, d0, upsample_factor):
@@ -194,10 +208,11 @@ class PhaseCorrelator:
         else:
             product = raw
         cc = irfftn(product, shape, self.workers)
-        search = np.abs(cc)
         if self._allowed is not None:
-            search = np.where(self._allowed, search, -1.0)
-        maxima = np.unravel_index(int(np.argmax(search)), shape)
+            at = int(np.argmax(np.where(self._allowed, np.abs(cc), -1.0)))
+        else:
+            at = argmax_abs(cc)
+        maxima = np.unravel_index(at, shape)
         shift = np.array(maxima, dtype=np.float64)
         midpoints = np.array([np.fix(n / 2) for n in shape])
         shift[shift > midpoints] -= np.array(shape)[shift > midpoints]
