@@ -39,34 +39,38 @@ def _smooth_pair(rng, shape, shift):
     return ref, mov
 
 
+@pytest.mark.parametrize("separable", [True, False])
 @pytest.mark.parametrize("shape", [(48, 40), (33, 27), (12, 10, 14), (64,)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("region", "u", "offset"), [(6, 4.0, 0.0), (11, 20.0, 0.35), (7, 3.0, -0.6),
                                                      (1, 1.0, 0.123)])
-def test_the_upsampled_dft_equals_the_direct_sum_at_every_grid_point(shape, dtype, region, u, offset):
+def test_the_upsampled_dft_equals_the_direct_sum_at_every_grid_point(shape, dtype, region, u, offset,
+                                                                      separable):
     rng = np.random.default_rng(len(shape) + region)
     a = rng.normal(size=shape).astype(dtype)
     b = np.roll(a, 2, axis=0) + 0.1 * rng.normal(size=shape).astype(dtype)
     spectrum = np.fft.rfftn(a) * np.conj(np.fft.rfftn(b))
     spectrum = spectrum.astype(np.complex64 if dtype == np.float32 else np.complex128)
     starts = np.array([2.0 + offset - 0.25 * ax for ax in range(len(shape))])
-    got = upsampled_real((spectrum,), shape, starts, region, u)[0]
+    got = upsampled_real((spectrum,), shape, starts, region, u, separable=separable)[0]
     want = _direct_upsampled(spectrum, shape, starts, region, u)
     tol = 2e-5 if dtype == np.float32 else 1e-12
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
     # the kernels are cached per grid spacing: asking again (another start) stays exact
-    again = upsampled_real((spectrum,), shape, starts + 1.5, region, u)[0]
+    again = upsampled_real((spectrum,), shape, starts + 1.5, region, u, separable=separable)[0]
     np.testing.assert_allclose(again, _direct_upsampled(spectrum, shape, starts + 1.5, region, u),
                                rtol=0, atol=tol * np.abs(want).max())
 
 
-def test_the_upsampled_dft_at_whole_pixels_is_the_inverse_transform():
+@pytest.mark.parametrize("separable", [True, False])
+def test_the_upsampled_dft_at_whole_pixels_is_the_inverse_transform(separable):
     rng = np.random.default_rng(5)
     shape = (40, 36)
     spectrum = np.fft.rfftn(rng.normal(size=shape))
     full = np.fft.irfftn(spectrum, shape, (0, 1))
-    got = upsampled_real(np.stack([spectrum, 2 * spectrum]), shape, np.array([-3.0, 5.0]), 4, 1.0)
+    got = upsampled_real(np.stack([spectrum, 2 * spectrum]), shape, np.array([-3.0, 5.0]), 4, 1.0,
+                         separable=separable)
     idx = np.ix_(np.arange(-3, 1) % 40, np.arange(5, 9) % 36)
     np.testing.assert_allclose(got[0], full[idx], atol=1e-12)
     np.testing.assert_allclose(got[1], 2 * full[idx], atol=1e-12)
@@ -140,3 +144,23 @@ def test_argmax_abs_is_the_first_index_of_the_largest_magnitude(case):
         x = x.astype(np.float64)
         x.flat[5] = -np.inf
     assert argmax_abs(x) == int(np.argmax(np.abs(x)))
+
+
+def test_the_masked_fine_grids_kernels_stay_the_exponentials_of_every_grid_point():
+    """``separable=False`` (the masked correlator's fine grid) keeps the arithmetic its
+    shifts were pinned with: kernels exp(2 pi i f x / n) of every frequency and grid
+    point, contracted with tensordot, to the last bit."""
+    rng = np.random.default_rng(11)
+    shape, starts, region, u = (40, 34), np.array([1.35, -2.6]), 11, 20.0
+    spectrum = np.fft.rfftn(rng.normal(size=shape)).astype(np.complex64)
+    data = spectrum
+    for ax in (1, 0):
+        n = shape[ax]
+        freqs = np.arange(n // 2 + 1.0) if ax == 1 else np.fft.fftfreq(n) * n
+        kernel = np.exp((2j * np.pi / n) * np.outer(freqs, starts[ax] + np.arange(region) / u))
+        if ax == 1:
+            kernel *= half_spectrum_weights(n)[:, None]
+        data = np.moveaxis(np.tensordot(data, kernel.astype(np.complex64), axes=([ax], [0])), -1, ax)
+    want = np.real(data) * (1.0 / (40 * 34))
+    got = upsampled_real((spectrum,), shape, starts, region, u)[0]
+    assert np.array_equal(got, want)

@@ -221,7 +221,7 @@ class PhaseCorrelator:
         if self.upsample_factor > 1:
 
             def on_grid(starts, region, u):
-                fine = upsampled_real((product,), shape, starts, region, u)[0]
+                fine = upsampled_real((product,), shape, starts, region, u, separable=True)[0]
                 search = np.abs(fine)
                 box = inside_box(starts, region, u, self.max_shift)
                 if box is not None:  # the refinement must not leave the max_shift box
