@@ -144,6 +144,10 @@ def _signed_freqs(n: int) -> np.ndarray:
     return np.fft.fftfreq(n) * n  # integer frequencies in fft order
 
 
+#: grid steps kept between calls at most this large each (32 of them at most)
+_CACHED_STEP_BYTES = 1 << 20
+
+
 @functools.lru_cache(maxsize=32)
 def _grid_steps(n_full: int, half: bool, region: int, upsample_factor: float):
     """The part of a matrix-multiply DFT kernel that only the grid's spacing fixes:
@@ -164,7 +168,10 @@ def _grid_kernel(n_full: int, half: bool, start: float, region: int, upsample_fa
     (frequencies, region): the cached steps times the start's phase per frequency
     (the phase is separable, so a new grid position costs one exponential per
     frequency, not one per frequency and grid point)."""
-    freqs, steps = _grid_steps(n_full, half, region, upsample_factor)
+    size = (n_full // 2 + 1 if half else n_full) * region * 16
+    # a large grid (upsample 1000 on a big frame: tens of MB) is not kept after the call
+    grid_steps = _grid_steps if size <= _CACHED_STEP_BYTES else _grid_steps.__wrapped__
+    freqs, steps = grid_steps(n_full, half, region, upsample_factor)
     phase = np.exp((2j * np.pi / n_full * start) * freqs)
     return np.multiply(steps, phase[:, None]).astype(dtype, copy=False)
 
