@@ -152,6 +152,7 @@ class PhaseCorrelator:
         #: where the noise is, for the Newton step's error (None: white noise)
         self.noise_terms = None
         self._w = half_spectrum_weights(self.shape[-1], self.dtype)
+        self._ks = None  # the Newton step's angular frequencies, made on first use
         self.set_reference(ref)
         self._allowed = None
         if max_shift is not None:
