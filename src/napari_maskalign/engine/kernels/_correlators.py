@@ -13,6 +13,7 @@ their input: the public entry points check it first.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from ._fft import (
 )
 from ._grid import outer_and
 
-__all__ = ["CorrelationPeak", "PhaseCorrelator", "inside_box", "refine_two_stage"]
+__all__ = ["CorrelationPeak", "PhaseCorrelator", "argmax_abs", "inside_box", "refine_two_stage"]
 
 
 @dataclass
@@ -62,6 +63,20 @@ def window_around(surface: np.ndarray, radius: int) -> np.ndarray:
     """Window of a circular correlation surface, zero shift at its centre."""
     idx = np.ix_(*[np.arange(-radius, radius + 1) % n for n in surface.shape])
     return np.ascontiguousarray(surface[idx], dtype=np.float32)
+
+
+def argmax_abs(x: np.ndarray) -> int:
+    """``np.argmax(np.abs(x))`` of a real array, without its ``|x|`` temporary (a
+    pass and a fresh array the size of the correlation): the first index of the
+    largest or of the smallest value, whichever is larger in magnitude, the first of
+    both when they tie (or are NaN, where both are the first NaN)."""
+    hi, lo = int(np.argmax(x)), int(np.argmin(x))
+    top, bottom = x.flat[hi], -x.flat[lo]
+    if top > bottom:
+        return hi
+    if bottom > top:
+        return lo
+    return min(hi, lo)
 
 
 def refine_two_stage(on_grid, d0, upsample_factor):
@@ -137,6 +152,7 @@ class PhaseCorrelator:
         #: where the noise is, for the Newton step's error (None: white noise)
         self.noise_terms = None
         self._w = half_spectrum_weights(self.shape[-1], self.dtype)
+        self._ks = None  # the Newton step's angular frequencies, made on first use
         self.set_reference(ref)
         self._allowed = None
         if max_shift is not None:
@@ -193,10 +209,11 @@ class PhaseCorrelator:
         else:
             product = raw
         cc = irfftn(product, shape, self.workers)
-        search = np.abs(cc)
         if self._allowed is not None:
-            search = np.where(self._allowed, search, -1.0)
-        maxima = np.unravel_index(int(np.argmax(search)), shape)
+            at = int(np.argmax(np.where(self._allowed, np.abs(cc), -1.0)))
+        else:
+            at = argmax_abs(cc)
+        maxima = np.unravel_index(at, shape)
         shift = np.array(maxima, dtype=np.float64)
         midpoints = np.array([np.fix(n / 2) for n in shape])
         shift[shift > midpoints] -= np.array(shape)[shift > midpoints]
@@ -205,7 +222,7 @@ class PhaseCorrelator:
         if self.upsample_factor > 1:
 
             def on_grid(starts, region, u):
-                fine = upsampled_real((product,), shape, starts, region, u)[0]
+                fine = upsampled_real((product,), shape, starts, region, u, separable=True)[0]
                 search = np.abs(fine)
                 box = inside_box(starts, region, u, self.max_shift)
                 if box is not None:  # the refinement must not leave the max_shift box
@@ -256,39 +273,33 @@ class PhaseCorrelator:
         curve down there.
         """
         shape, ndim = self.shape, len(self.shape)
-        freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
-        ks = [2 * np.pi * f for f in freqs]
-        # the phase is separable: the last (half) axis is contracted first, by one
-        # matrix product with its phase times 1, k and k^2 (and the half-spectrum
-        # weights); what is left has a frame's rows only (one pass over the spectrum,
-        # not a dozen over product arrays)
-        k_last = ks[-1]
-        e_last = np.exp(1j * k_last * shift[-1]) * self._w
-        rows = raw.reshape(-1, raw.shape[-1]) @ np.stack([e_last, e_last * k_last,
-                                                          e_last * k_last * k_last], axis=1)
-        rows = rows.reshape(*raw.shape[:-1], 3)
-        phase = np.ones((), complex)
-        for ax in range(ndim - 1):
-            view = [1] * (ndim - 1)
-            view[ax] = ks[ax].size
-            phase = phase * np.exp(1j * ks[ax] * shift[ax]).reshape(view)
-        lead = tuple(range(ndim - 1))
-
-        def total(j, *axes):
-            """sum over the spectrum of raw * phase * w * (product of k over ``axes``)."""
-            t = rows[..., j] * phase
-            for ax in axes:
-                view = [1] * (ndim - 1)
-                view[ax] = ks[ax].size
-                t = t * ks[ax].reshape(view)
-            return complex(np.sum(t, axis=lead)) if lead else complex(t)
-
-        last = ndim - 1
+        ks = self._angular_freqs()
+        # the phase is separable: each axis is contracted in turn with its phase times
+        # 1, k and k^2, the last (half) axis first, by one matrix product that also
+        # carries the half-spectrum weights; what is left is ``moments[a_last, ..., a_0]``,
+        # the sum of raw * phase * w * k_last^a_last * ... * k_0^a_0 (powers up to 2).
+        # The sums stay in double precision: complex64 products (no 2 MB cast of the
+        # spectrum) moved 512 x 512 steps by up to 8e-7 px and the error bars at 2000
+        # counts by 7e-4 (the gradient is a sum that cancels nearly to zero)
+        k = ks[-1]
+        e = np.exp(1j * k * shift[-1]) * self._w
+        kernel = np.stack([e, e * k, e * k * k], axis=1)
+        moments = (raw.reshape(-1, raw.shape[-1]) @ kernel).reshape(*raw.shape[:-1], 3)
+        for ax in range(ndim - 2, -1, -1):
+            k = ks[ax]
+            p = np.exp(1j * k * shift[ax])
+            powers = np.stack([p, p * k, p * k * k], axis=1)
+            if moments.ndim == 2:  # a 2D spectrum's rows: one small product
+                moments = moments.T @ powers
+            else:  # contracting axis ``ax`` appends its three powers as the last axis
+                moments = np.tensordot(moments, powers, axes=([ax], [0]))
 
         def term(*axes):
-            """``total`` with the last axis's factors taken from the contraction."""
-            j = sum(1 for a in axes if a == last)
-            return total(j, *(a for a in axes if a != last))
+            """The sum of raw * phase * w times the product of k over ``axes``."""
+            powers = [0] * ndim
+            for ax in axes:
+                powers[ax] += 1
+            return complex(moments[tuple(reversed(powers))])
 
         value = term().real
         grad = np.array([-term(ax).imag for ax in range(ndim)])
@@ -297,15 +308,15 @@ class PhaseCorrelator:
             for b in range(a, ndim):
                 hess[a, b] = hess[b, a] = -term(a, b).real
         try:
-            step = -np.linalg.solve(hess, grad)
             curv = np.linalg.inv(-hess)
         except np.linalg.LinAlgError:
             return shift, None
+        step = curv @ grad  # -hess^-1 grad
         cell = 1.0 / max(self.upsample_factor, 1.0)
         if not (np.all(np.isfinite(step)) and np.all(np.abs(step) <= cell)
                 and np.all(np.linalg.eigvalsh(-hess) > 0) and value > 0 and self.ref_energy > 0):
             return shift, None
-        n = float(np.prod(shape))
+        n = float(math.prod(shape))
         gain = value / self.ref_energy
         residual = max(mov_energy - value * value / self.ref_energy, 0.0) / n  # sum of e^2
         if self.noise_terms is None:  # white noise: the residual's mean power everywhere
@@ -318,6 +329,14 @@ class PhaseCorrelator:
             inv = curv * n / gain  # (gain * -C'' / N)^-1
             cov = residual / power * inv @ spread @ inv
         return shift + step, np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+    def _angular_freqs(self) -> list[np.ndarray]:
+        """``2 pi`` times the frequencies of each axis of the half spectrum (cached)."""
+        if getattr(self, "_ks", None) is None:
+            shape = self.shape
+            freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+            self._ks = [2 * np.pi * f for f in freqs]
+        return self._ks
 
     def _evaluate(self, spectrum: np.ndarray, shift: np.ndarray) -> float:
         """The real inverse transform of ``spectrum`` at one (fractional) position."""
