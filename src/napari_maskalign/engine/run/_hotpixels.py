@@ -99,6 +99,8 @@ __all__ = ["find_static_outliers", "mask_with_outliers"]
 CONSISTENCY = 0.75
 #: a static outlier's median residual is at least this fraction of the local level
 RELATIVE = 0.5
+#: ... unless it is this many noise levels from zero
+FAR = 30.0
 #: the sampled frames take at most this much memory (float32)
 SAMPLE_BYTES = 64 * 2**20
 #: a candidate's value over the sampled frames spans less than this fraction of its excess
@@ -641,7 +643,15 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
     lit = np.flatnonzero(judged & (np.abs(med) > least * s.min()) if least > 0 else judged)
     med_at, level_at = med.flat[lit], level.flat[lit]
     sigma_at = np.interp(level_at, c, s)
-    rel_at = RELATIVE * np.abs(level_at)
+    # above the brightest bin (a few pixels: the direct beam of a pattern without a block)
+    # the counting noise grows as the square root of the level, not flat: read flat, a bright
+    # moving spot's own residual stood out as a large static object hiding the hot pixels on it
+    above = level_at > c[-1]
+    if above.any() and c[-1] > 0:
+        sigma_at[above] *= np.sqrt(level_at[above] / c[-1])
+    # (and far beyond that noise the level does not hold a pixel back: a hot pixel on the
+    # direct beam is less than half the beam's level)
+    rel_at = np.where(np.abs(med_at) > FAR * sigma_at, 0.0, RELATIVE * np.abs(level_at))
     found = np.zeros(frame_shape, bool)
     strides = np.cumprod((1,) + frame_shape[:0:-1])[::-1]  # (flat index steps per axis)
     neighbours = [int(np.dot(np.subtract(step, 1), strides)) for step in np.ndindex(*(3,) * ndim)]
