@@ -37,7 +37,9 @@ moves**. :func:`find_static_outliers` uses that on a small sample of frames
    pixel whose content came from outside the frame or beside ignored pixels.
 4. *Final pass*: pixels whose median residual is ``threshold`` noise levels
    (measured on the residual map itself, by brightness, so Poisson and
-   Gaussian noise both work) and half the local level from zero, on that
+   Gaussian noise both work; above the brightest level measured, growing as
+   its square root) and half the local level from zero (unless 30 noise
+   levels: a hot pixel on a bright direct beam), on that
    side of zero in every frame that votes (content misplaced by a local,
    non-rigid motion, or a lattice spot that lands there in most frames by
    coincidence, is not there in all of them), and more
