@@ -171,10 +171,10 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     inner = tuple(slice(p, p + n) for p, n in zip(pad, shape))
     if single:  # each spectrum transformed in place, the last axis on the inner rows only
         buf = np.empty_like(spec)
-        grad = [_inner_inverse(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
-                               big.shape, inner) for kk in k]
+        grad = [inverse_rows(np.multiply((1j * kk).astype(np.complex64), spec, out=buf),
+                             big.shape, inner) for kk in k]
         if want_level:  # the spectrum itself is transformed last, unless the alias needs it
-            level = _inner_inverse(spec.copy() if alias else spec, big.shape, inner)
+            level = inverse_rows(spec.copy() if alias else spec, big.shape, inner)
         else:
             level = None
     else:
@@ -256,17 +256,6 @@ def _spectrum_geometry(shape):
                 _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
             _GEOMETRY_CACHE[shape] = found
     return found
-
-
-def _inner_inverse(spectrum, shape, inner) -> np.ndarray:
-    """``irfftn(spectrum, shape)[inner]``, overwriting ``spectrum``: the leading axes'
-    inverse in place, then the last axis's on the inner rows only (the plain transform's
-    two fresh arrays faulted their pages in: a third of its cost in a run)."""
-    lead = tuple(range(spectrum.ndim - 1))
-    if lead:
-        sfft.ifftn(spectrum, axes=lead, overwrite_x=True, workers=-1)
-    rows = spectrum[inner[:-1]]
-    return sfft.irfft(rows, shape[-1], axis=-1, workers=-1)[..., inner[-1]]
 
 
 def inverse_rows(spectrum, shape, inner) -> np.ndarray:
