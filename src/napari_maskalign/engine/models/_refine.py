@@ -77,7 +77,7 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
-from ..kernels._grid import moved_mask
+from ..kernels._grid import dot64, moved_mask
 from ._alias import alias_band
 from ._fill import filled, nearest_fill_index, smooth_filler
 
@@ -342,8 +342,8 @@ def peak_curvature(reference, valid=None):
         terms += [_box_difference(slab, ax).ravel() for ax in range(ref.ndim)]
         if keep is not None:
             terms = [t[keep] for t in terms]
-        spread += _dot(terms[0], terms[0])
-        energy += [_dot(d, d) for d in terms[1:]]
+        spread += dot64(terms[0], terms[0])
+        energy += [dot64(d, d) for d in terms[1:]]
     energy /= float(2 * 3**ref.ndim) ** 2  # the gradient is d / (2 * 3**ndim)
     return energy / max(spread, 1e-300), count
 
@@ -407,8 +407,8 @@ def unmasked_terms(reference):
     spread = 0.0
     for block in _blocks(ref):
         centred = np.subtract(ref[block], mean, dtype=np.float64)
-        spread += _dot(centred, centred)
-    kappa = np.array([_dot(g, g) for g in grad]) / max(spread, 1e-300)
+        spread += dot64(centred, centred)
+    kappa = np.array([dot64(g, g) for g in grad]) / max(spread, 1e-300)
     return (kappa, int(ref.size)), _spread_terms(level, ref.astype(np.float32, copy=False), grad)
 
 
@@ -444,7 +444,7 @@ def _spread_terms(lv, values, g):
         total += float(np.sum(v, dtype=np.float64))
         for a in range(len(g)):
             for b in range(a, len(g)):
-                spread[a, b] += _dot(g[a][block], g[b][block], v)
+                spread[a, b] += dot64(g[a][block], g[b][block], v)
     spread[np.tril_indices(len(g), -1)] = spread[np.triu_indices(len(g), 1)]
     return spread, total
 
@@ -461,16 +461,6 @@ def _blocks(a) -> list:
         return [()]
     step = max(1, _BLOCK // max(1, a.size // max(a.shape[0], 1)))
     return [slice(i, i + step) for i in range(0, a.shape[0], step)] or [slice(None)]
-
-
-def _dot(*arrays) -> float:
-    """The sum of the arrays' elementwise product (all of one shape), accumulated in
-    float64 (single precision inputs cast in buffers, no copies) and without BLAS (whose
-    threads, woken on a busy machine, cost 6 ms for one 512 px frame's dot product where
-    this takes 0.2-0.5)."""
-    index = "ijklmnop"[: arrays[0].ndim]
-    subscripts = ",".join([index] * len(arrays)) + "->"
-    return float(np.einsum(subscripts, *arrays, dtype=np.float64))
 
 
 def _binned_variance(lv, values, bins: int = _BINS, sample: int = 40000):

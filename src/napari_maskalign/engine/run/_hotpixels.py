@@ -90,7 +90,7 @@ from scipy import ndimage as ndi
 from ..backends._frames import check_pixel_dtype, read_frame, spread_indices
 from ..backends._memory import warm_heap
 from ..kernels._fft import default_workers
-from ..kernels._grid import moved_mask
+from ..kernels._grid import dot64, moved_mask
 from ..kernels._masked import MaskedCorrelator
 from ..models._fill import nearest_fill_index
 from ._parallel import in_threads
@@ -538,8 +538,8 @@ def _static(frames, use, threshold, max_cluster, workers, pool, picks, details) 
             if id(w) not in variance:
                 spread = ref[w]
                 spread = spread - spread.mean()
-                variance[id(w)] = max(_dot(spread, spread), 1e-30)
-            misfit = _dot(left, left) / variance[id(w)]
+                variance[id(w)] = max(dot64(spread, spread), 1e-30)
+            misfit = dot64(left, left) / variance[id(w)]
             out.append((shift, misfit, bool(peak.runner_up >= AMBIGUOUS * peak.peak_value)))
         return out
 
@@ -885,17 +885,10 @@ def _solve(basis: np.ndarray, target: np.ndarray, weight=None, normal=None) -> n
     at hand (the same numbers)."""
     wb, h = _normal(basis, weight) if normal is None else normal
     try:
-        # (float32 sums, as BLAS makes them, but without BLAS: see :func:`_dot`)
+        # (float32 sums, as BLAS makes them, but without BLAS: see kernels._grid.dot64)
         return np.linalg.solve(h, np.einsum("ij,j->i", wb, target.reshape(-1)).astype(np.float64))
     except np.linalg.LinAlgError:
         return np.zeros(len(basis))
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """``sum(a * b)`` over every element, accumulated in float64, without BLAS (a
-    threaded BLAS call from the search's threads waits for its own threads to be
-    scheduled: milliseconds on a busy machine)."""
-    return float(np.einsum("i,i->", a.reshape(-1), b.reshape(-1), dtype=np.float64))
 
 
 def _fit_gain(model: np.ndarray, target: np.ndarray, where: np.ndarray) -> tuple:
