@@ -657,9 +657,7 @@ class Refiner:
             self._points = np.zeros(ref.shape, bool)
             self._points[tuple(a[best] for a in np.nonzero(use))] = True
         self.g = g
-        self._d = None
-        if not fourier:  # (a 2D shift reads no position: its ``d`` only when asked for)
-            self._d = self.d
+        self._d = None  # the points' positions (:attr:`d`), made when first asked for
         if not fourier:  # (a 2D shift samples the reference's own round trip, below)
             self.r = ref[self._points]
         # the level the noise model and the gain's column read: the reference smoothed
