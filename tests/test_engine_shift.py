@@ -337,7 +337,7 @@ def test_fill_index_is_made_once_per_mask_and_follows_its_content(monkeypatch):
     near = data[0] & np.isfinite(clean[0])
     assert np.abs(again[0][near] - clean[0][near]).max() < 0.05 * np.ptp(frame)
     # an index too large to keep is still right, only not kept
-    monkeypatch.setattr(_fill, "FILL_CACHE_BYTES", 0)
+    monkeypatch.setattr(_fill._FILL_CACHE, "max_item_bytes", 0)
     _fill._FILL_CACHE.clear()
     targets, sources = _fill.nearest_fill_index(valid)
     assert not _fill._FILL_CACHE

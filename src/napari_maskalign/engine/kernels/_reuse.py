@@ -18,11 +18,10 @@ kept) and the cache is safe to use from many threads.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
 
+from ..backends._cache import BoundedCache
 from ..backends._memory import warm_heap
 from ._masked import MaskedCorrelator
 
@@ -77,40 +76,29 @@ class CorrelatorCache:
     """
 
     def __init__(self, max_entries: int = 4, max_bytes: int = 512 * 2**20):
-        self.max_entries = int(max_entries)
-        self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._entries = BoundedCache(max_entries=int(max_entries), max_bytes=int(max_bytes))
+
+    max_entries = property(lambda self: self._entries.max_entries)
+    max_bytes = property(lambda self: self._entries.max_bytes)
+    hits = property(lambda self: self._entries.hits, doc="calls served a kept correlator")
+    misses = property(lambda self: self._entries.misses, doc="calls that built one")
 
     def get(self, arrays: tuple[np.ndarray, ...], settings: tuple, build):
         """The cached result of ``build(*copies)`` for arrays of this content and
         these (hashable) settings; built (outside the lock) and kept on a miss."""
         arrays = tuple(np.asarray(a) for a in arrays)
         key = (tuple(fingerprint(a) for a in arrays), settings)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and all(same_content(a, b) for a, b in zip(arrays, entry[0])):
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[1]
-            self.misses += 1
+        entry = self._entries.get(key, accept=lambda kept: all(
+            same_content(a, b) for a, b in zip(arrays, kept[0])))
+        if entry is not None:
+            return entry[1]
         copies = tuple(np.array(a, copy=True, order="C") for a in arrays)
         value = build(*copies)
-        size = _nbytes(value) + sum(c.nbytes for c in copies)
-        with self._lock:
-            self._entries[key] = (copies, value, size)
-            self._entries.move_to_end(key)
-            while len(self._entries) > 1 and (
-                len(self._entries) > self.max_entries
-                or sum(e[2] for e in self._entries.values()) > self.max_bytes
-            ):
-                self._entries.popitem(last=False)
+        self._entries.put(key, (copies, value), _nbytes(value) + sum(c.nbytes for c in copies))
         return value
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -6,21 +6,19 @@ estimate and the stack's template)."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numpy as np
 from scipy import ndimage as ndi
+
+from ..backends._cache import BoundedCache
 
 __all__ = ["filled", "nearest_fill_index", "smooth_filler"]
 
 #: the fill indices of the last few masks, by their content: a mask is filled for every
 #: frame aligned (one ``apply_shifts`` call per frame or block, the mean's pass too), and
 #: its distance transform cost about a third of shifting a 512 px frame
-_FILL_CACHE: OrderedDict = OrderedDict()
-_FILL_CACHE_LOCK = threading.Lock()
-#: what the cache may hold (index bytes); an index larger than this is not kept
+#: (``FILL_CACHE_BYTES``: what the cache may hold, index bytes; a larger index is not kept)
 FILL_CACHE_BYTES = 64 << 20
+_FILL_CACHE = BoundedCache(max_bytes=FILL_CACHE_BYTES, max_item_bytes=FILL_CACHE_BYTES)
 
 
 def nearest_fill_index(valid):
@@ -34,25 +32,16 @@ def nearest_fill_index(valid):
     if valid.all():
         return None
     key = (valid.shape, np.packbits(valid).tobytes())
-    with _FILL_CACHE_LOCK:
-        hit = _FILL_CACHE.get(key)
-        if hit is not None:
-            _FILL_CACHE.move_to_end(key)
-            return hit
+    hit = _FILL_CACHE.get(key)
+    if hit is not None:
+        return hit
     idx = ndi.distance_transform_edt(~valid, return_distances=False, return_indices=True)
     targets = np.flatnonzero(~valid)
     sources = np.ravel_multi_index(tuple(i.ravel()[targets] for i in idx), valid.shape)
     targets.setflags(write=False)
     sources.setflags(write=False)
     found = (targets, sources)
-    size = targets.nbytes + sources.nbytes + len(key[1])
-    if size <= FILL_CACHE_BYTES:
-        with _FILL_CACHE_LOCK:
-            _FILL_CACHE[key] = found
-            held = sum(t.nbytes + s.nbytes + len(k[1]) for k, (t, s) in _FILL_CACHE.items())
-            while held > FILL_CACHE_BYTES:
-                k, (t, s) = _FILL_CACHE.popitem(last=False)
-                held -= t.nbytes + s.nbytes + len(k[1])
+    _FILL_CACHE.put(key, found, targets.nbytes + sources.nbytes + len(key[1]))
     return found
 
 
@@ -67,8 +56,8 @@ def filled(frame, index, dtype=np.float64) -> np.ndarray:
 
 
 #: the smooth fill's mask weights of the last few masks (:func:`smooth_filler`), by content
-_SMOOTH_CACHE: OrderedDict = OrderedDict()
-_SMOOTH_CACHE_SIZE = 8
+#: (8 masks; weights over an eighth of the fill's budget are not kept)
+_SMOOTH_CACHE = BoundedCache(max_entries=8, max_item_bytes=FILL_CACHE_BYTES // 8)
 
 
 def _smooth_weights(valid, sigma: float):
@@ -76,11 +65,9 @@ def _smooth_weights(valid, sigma: float):
     last few masks, read-only (a refiner's set-up per reference of a stack, or per frame
     in "previous" mode, smoothed the same mask again: a sixth of its set-up)."""
     key = (valid.shape, np.packbits(valid).tobytes(), float(sigma))
-    with _FILL_CACHE_LOCK:
-        hit = _SMOOTH_CACHE.get(key)
-        if hit is not None:
-            _SMOOTH_CACHE.move_to_end(key)
-            return hit
+    hit = _SMOOTH_CACHE.get(key)
+    if hit is not None:
+        return hit
     # only the invalid pixels read the smoothing: it runs on their bounding box grown by
     # the Gaussian's reach (scipy's truncate of 4 sigmas), the same values there (a
     # beam block's box is a third of a frame)
@@ -97,11 +84,7 @@ def _smooth_weights(valid, sigma: float):
     for a in found[1:]:
         if a is not None:
             a.setflags(write=False)
-    if weight.nbytes <= FILL_CACHE_BYTES // _SMOOTH_CACHE_SIZE:
-        with _FILL_CACHE_LOCK:
-            _SMOOTH_CACHE[key] = found
-            while len(_SMOOTH_CACHE) > _SMOOTH_CACHE_SIZE:
-                _SMOOTH_CACHE.popitem(last=False)
+    _SMOOTH_CACHE.put(key, found, weight.nbytes)
     return found
 
 

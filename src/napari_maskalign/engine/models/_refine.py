@@ -70,13 +70,13 @@ refinement is measured against).
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage as ndi
 
+from ..backends._cache import BoundedCache
 from ..kernels._grid import dot64, moved_mask
 from ._alias import alias_band
 from ._fill import filled, nearest_fill_index, smooth_filler
@@ -218,12 +218,9 @@ def wiener_estimate(image, valid=None, *, local=False, grad_noise=False, filled=
     return (level, grad, noise, noise * kept, *extra)
 
 
-#: padded shapes whose spectrum geometry is kept (:func:`_spectrum_geometry`)
-_GEOMETRY_CACHE: dict = {}
-_GEOMETRY_LOCK = threading.Lock()
-_GEOMETRY_CACHE_SIZE = 8
-#: a geometry larger than this (points of the half spectrum) is not kept
-_GEOMETRY_CACHE_POINTS = 1 << 21
+#: padded shapes whose spectrum geometry is kept (:func:`_spectrum_geometry`); a geometry
+#: over 2**21 points of the half spectrum (its bins' bytes) is not kept
+_GEOMETRY_CACHE = BoundedCache(max_entries=8, max_item_bytes=(1 << 21) * np.dtype(int).itemsize)
 
 
 def _spectrum_geometry(shape):
@@ -234,8 +231,7 @@ def _spectrum_geometry(shape):
     cost as much as the forward transform: a stack, or a "previous" run's every
     reference, asks again for the same shape)."""
     shape = tuple(int(n) for n in shape)
-    with _GEOMETRY_LOCK:
-        hit = _GEOMETRY_CACHE.get(shape)
+    hit = _GEOMETRY_CACHE.get(shape)
     if hit is not None:
         return hit
     freqs = [sfft.fftfreq(n) for n in shape[:-1]] + [sfft.rfftfreq(shape[-1])]
@@ -250,11 +246,7 @@ def _spectrum_geometry(shape):
     found = (freqs, k, bins, counts, corner)
     for a in [*freqs, *k, bins, counts, corner]:
         a.setflags(write=False)
-    if bins.size <= _GEOMETRY_CACHE_POINTS:
-        with _GEOMETRY_LOCK:  # two threads may both compute it: the same values
-            while len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:
-                _GEOMETRY_CACHE.pop(next(iter(_GEOMETRY_CACHE)))
-            _GEOMETRY_CACHE[shape] = found
+    _GEOMETRY_CACHE.put(shape, found, bins.nbytes)  # (two threads may both compute it: the same)
     return found
 
 
