@@ -295,6 +295,31 @@ def scale_beyond_search(scales, scale_sigma=None) -> np.ndarray:
     return far
 
 
+#: a whitened peak this far (px) from the plain correlation's maximum ...
+PHASE_APART = 0.1
+#: ... on at least this share of the frames is said in the result's warnings
+PHASE_SHARE = 0.2
+
+
+def phase_warning(uncertainties, options) -> str | None:
+    """The result's warning when ``normalization="phase"`` put many frames' peaks away
+    from the plain correlation's maximum (their error bars reach that far, see
+    ``PhaseCorrelator.newton_step``): the whitened correlation is mostly noise on this
+    content, and a user reading the shifts alone would trust them."""
+    if getattr(options, "normalization", None) != "phase" or uncertainties is None:
+        return None
+    sig = np.asarray(uncertainties, dtype=float)
+    wide = np.flatnonzero(np.nanmax(np.where(np.isfinite(sig), sig, 0.0), axis=1) > PHASE_APART)
+    if wide.size == 0 or wide.size < PHASE_SHARE * len(sig):
+        return None
+    some = ", ".join(str(int(i)) for i in wide[:8]) + (", ..." if wide.size > 8 else "")
+    return (f"{wide.size} of {len(sig)} frames ({some}) are uncertain by more than "
+            f"{PHASE_APART:g} px (up to {np.nanmax(sig[wide]):.2f} px): with normalization='phase' "
+            "their peaks lie that far from the plain correlation's, because whitening weighs "
+            "the noise at every frequency as much as the pattern. normalization=None (the "
+            "plain correlation) suits smooth or noisy patterns such as diffraction")
+
+
 def scale_warning(beyond) -> str | None:
     """The result's warning for frames whose scale lies at or beyond the search bound."""
     from ..models._logpolar import MAX_LOG_SCALE
@@ -368,6 +393,9 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
+    said = phase_warning(uncertainties, options)
+    if said is not None:
+        kept["warnings"] = [*(kept.get("warnings") or []), said]
     smoothed_sigma = jumps = smoothed_psigma = None
     if getattr(options, "smoothing", "off") == "auto" and n >= 2:
         from ._smooth import smooth_series
