@@ -120,3 +120,23 @@ def test_a_run_resumed_after_a_tie_flags_it_as_one_run_does(tmp_path):
     np.testing.assert_array_equal(a.peaks[0], b.peaks[0])
     np.testing.assert_array_equal(a.peaks[1], b.peaks[1])
     assert (tmp_path / "one.csv").read_text() == path.read_text()
+
+
+def test_the_last_frame_locked_on_another_lattice_vector_is_flagged_too():
+    """A 4-frame Bragg stack at 20 counts (256 px, seed 2): the last frame locks a
+    lattice vector off (20 px) with a tie for a runner-up. Its window of neighbours,
+    padded at the stack's end with its own shift, held it in place: no flag, no
+    warning, an error bar of 0.01 px. The end frames are now compared with the line
+    through their two neighbours; a steady drift is not a departure from it."""
+    from napari_maskalign.engine.run._outliers import ambiguous_frames
+
+    s = make_beam_block_stack(4, (256, 256), pattern="bragg", counts=20.0, seed=2, max_drift=3.0)
+    r = register_stack(s.stack, mask=s.valid, upsample_factor=20)
+    err = np.linalg.norm(r.raw_shifts - s.expected_shifts(0), axis=1)
+    assert err[-1] > 10 and (err[:-1] < 0.5).all()  # the case this test is about happens
+    assert r.outliers[-1] and not r.outliers[:-1].any()
+    assert any("two nearly equal correlation peaks" in w for w in r.warnings)
+    assert (np.abs(r.raw_shifts[-1] - s.expected_shifts(0)[-1]) <= 2 * r.uncertainties[-1]).all()
+    steady = np.outer(np.arange(6), [1.2, -0.9])  # a tie everywhere, drifting steadily
+    flagged, _ = ambiguous_frames(steady, steady + 8.0, np.zeros(6))
+    assert not flagged.any()
