@@ -136,3 +136,9 @@ def test_a_whitened_peak_away_from_the_plain_correlation_says_so():
     rms = float(np.sqrt(np.mean(np.concatenate(z) ** 2)))
     assert 0.5 <= rms <= 2.0, rms
     assert all(warned)
+    # with a mask the option is unused (masked correlation ran): whole-pixel error bars of
+    # 0.2-0.3 px are no reason to blame it
+    m = make_beam_block_stack(6, (256, 256), counts=20.0, max_drift=3.0, seed=1)
+    masked = register_stack(m.stack, mask=m.valid, normalization="phase")
+    assert np.nanmax(masked.uncertainties) > 0.1  # wide enough that the option was the test
+    assert not any("normalization='phase'" in w for w in masked.warnings)

@@ -301,18 +301,24 @@ PHASE_APART = 0.1
 PHASE_SHARE = 0.2
 
 
-def phase_warning(uncertainties, options) -> str | None:
-    """The result's warning when ``normalization="phase"`` put many frames' peaks away
-    from the plain correlation's maximum (their error bars reach that far, see
-    ``PhaseCorrelator.newton_step``): the whitened correlation is mostly noise on this
-    content, and a user reading the shifts alone would trust them."""
-    if getattr(options, "normalization", None) != "phase" or uncertainties is None:
+def _named(idx) -> str:
+    """The first few frame indices of a warning: "3, 7, 12, ..." """
+    return ", ".join(str(int(i)) for i in idx[:8]) + (", ..." if len(idx) > 8 else "")
+
+
+def phase_warning(uncertainties, correlator) -> str | None:
+    """The result's warning when the phase correlation (``correlator``: the estimator
+    that ran, see ``outlier_params``; the option alone is ignored with a mask) put many
+    frames' peaks away from the plain correlation's maximum (their error bars reach
+    that far, see ``PhaseCorrelator.newton_step``): the whitened correlation is mostly
+    noise on this content, and a user reading the shifts alone would trust them."""
+    if correlator != "phase" or uncertainties is None:
         return None
     sig = np.asarray(uncertainties, dtype=float)
     wide = np.flatnonzero(np.nanmax(np.where(np.isfinite(sig), sig, 0.0), axis=1) > PHASE_APART)
     if wide.size == 0 or wide.size < PHASE_SHARE * len(sig):
         return None
-    some = ", ".join(str(int(i)) for i in wide[:8]) + (", ..." if wide.size > 8 else "")
+    some = _named(wide)
     return (f"{wide.size} of {len(sig)} frames ({some}) are uncertain by more than "
             f"{PHASE_APART:g} px (up to {np.nanmax(sig[wide]):.2f} px): with normalization='phase' "
             "their peaks lie that far from the plain correlation's, because whitening weighs "
@@ -328,7 +334,7 @@ def scale_warning(beyond) -> str | None:
     if not idx.size:
         return None
     bound = 100 * (np.exp(MAX_LOG_SCALE) - 1)
-    some = ", ".join(str(int(i)) for i in idx[:8]) + (", ..." if idx.size > 8 else "")
+    some = _named(idx)
     return (f"{idx.size} frame{'s' if idx.size != 1 else ''} ({some}) changed scale by about "
             f"+-{bound:.0f} % or more against the reference, at or beyond what the search "
             "looks for: their scale may be wrong and they are flagged as outliers (register "
@@ -393,7 +399,7 @@ def build_result(raw_shifts, quality, options, *, peaks=None, params: dict | Non
             shifts = interpolate_flagged(raw, outliers)
         if options.interpolate_outliers:
             rot, scale = interpolate_turns(rot, scale, outliers)
-    said = phase_warning(uncertainties, options)
+    said = phase_warning(uncertainties, (params or {}).get("correlator"))
     if said is not None:
         kept["warnings"] = [*(kept.get("warnings") or []), said]
     smoothed_sigma = jumps = smoothed_psigma = None
