@@ -13,7 +13,6 @@ https://doi.org/10.1364/OL.33.000156
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -21,6 +20,7 @@ import numpy as np
 import scipy.fft as sfft
 from array_api_compat import array_namespace
 
+from ..backends._cache import BoundedCache
 from ..backends._device import to_host
 
 __all__ = [
@@ -144,21 +144,26 @@ def _signed_freqs(n: int) -> np.ndarray:
     return np.fft.fftfreq(n) * n  # integer frequencies in fft order
 
 
-#: grid steps kept between calls at most this large each (32 of them at most)
-_CACHED_STEP_BYTES = 1 << 20
+#: grid steps kept between calls (32 grids; one over 1 MB, upsample 1000 on a big frame:
+#: tens of MB, is not kept after its call)
+_GRID_STEPS = BoundedCache(max_entries=32, max_item_bytes=1 << 20)
 
 
-@functools.lru_cache(maxsize=32)
 def _grid_steps(n_full: int, half: bool, region: int, upsample_factor: float):
     """The part of a matrix-multiply DFT kernel that only the grid's spacing fixes:
     the axis's frequencies ``f`` and ``exp(2 pi i f j / (u n))`` for the grid's steps
     ``j`` (the half axis weighted for the Hermitian partners). Read-only."""
+    key = (n_full, half, region, upsample_factor)
+    hit = _GRID_STEPS.get(key)
+    if hit is not None:
+        return hit
     freqs = np.arange(n_full // 2 + 1, dtype=np.float64) if half else _signed_freqs(n_full)
     steps = np.arange(region, dtype=np.float64) / upsample_factor
     kernel = np.exp((2j * np.pi / n_full) * np.outer(freqs, steps))
     if half:
         kernel *= half_spectrum_weights(n_full)[:, None]
     freqs.flags.writeable = kernel.flags.writeable = False
+    _GRID_STEPS.put(key, (freqs, kernel), kernel.nbytes)
     return freqs, kernel
 
 
@@ -168,10 +173,7 @@ def _grid_kernel(n_full: int, half: bool, start: float, region: int, upsample_fa
     (frequencies, region): the cached steps times the start's phase per frequency
     (the phase is separable, so a new grid position costs one exponential per
     frequency, not one per frequency and grid point)."""
-    size = (n_full // 2 + 1 if half else n_full) * region * 16
-    # a large grid (upsample 1000 on a big frame: tens of MB) is not kept after the call
-    grid_steps = _grid_steps if size <= _CACHED_STEP_BYTES else _grid_steps.__wrapped__
-    freqs, steps = grid_steps(n_full, half, region, upsample_factor)
+    freqs, steps = _grid_steps(n_full, half, region, upsample_factor)
     phase = np.exp((2j * np.pi / n_full * start) * freqs)
     return np.multiply(steps, phase[:, None]).astype(dtype, copy=False)
 
