@@ -712,13 +712,16 @@ class Refiner:
         # _sample transforms back): where the points' image, padded along the last axis,
         # is True (its C order is theirs; no index arithmetic on the points)
         self._inner = tuple(slice(p, p + n) for p, n in zip(self._pad, self.shape))
+        #: the frame's rows of the padded frame, whole along the last axis (what _sample
+        #: transforms back and gathers the points from)
+        self._rows = self._inner[:-1] + (slice(None),)
         rows_image = np.zeros((*self.shape[:-1], self._pshape[-1]), bool)
         rows_image[..., self._inner[-1]] = self._points
         self._flat = np.flatnonzero(rows_image)
         if self.fourier:  # the reference as a frame is sampled (the same single-precision
             # round trip): a frame equal to it has no residual at 0 and stays there
             # (at a zero shift the phase is 1: its product, a fresh spectrum, left out)
-            rows = inverse_rows(self.prepare(ref), self._pshape, self._inner[:-1] + (slice(None),))
+            rows = inverse_rows(self.prepare(ref), self._pshape, self._rows)
             self.r = rows.reshape(-1)[self._flat].astype(np.float64, copy=False)
 
     @property
@@ -791,8 +794,7 @@ class Refiner:
             return ndi.map_coordinates(coeffs, pos, order=3, mode="mirror", prefilter=False)
         if self.fourier:
             # the frame's rows only, transformed in place (inverse_rows: the same values)
-            moved = inverse_rows(coeffs * self._phase(params), self._pshape, self._inner[:-1]
-                                 + (slice(None),))
+            moved = inverse_rows(coeffs * self._phase(params), self._pshape, self._rows)
             return moved.reshape(-1)[self._flat].astype(np.float64, copy=False)
         whole = np.floor(params)
         out = coeffs
