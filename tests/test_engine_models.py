@@ -349,3 +349,42 @@ def test_a_scale_beyond_the_search_bound_is_flagged_even_when_it_looks_plausible
     np.testing.assert_allclose(scales * np.array([1.0, 1.1, 1 / 1.1]), 1, atol=0.01)
     assert not result.outliers.any() and np.isfinite(result.parameter_uncertainties).all()
     assert not any("scale" in w for w in result.warnings)
+
+
+def test_the_refiners_positions_are_never_read_half_made(monkeypatch):
+    """Frames refine on several threads with one refiner, and its points' positions
+    (``d``, made on first use: rigid, similarity and 3D warps read them) were published
+    before they were filled: a frame refined meanwhile warped by uninitialised memory
+    (a 3D refinement test failed now and then). One thread is held in the middle of
+    filling them while another reads them: it must get the real positions."""
+    import threading
+
+    from napari_maskalign.engine.models import MODELS
+    from napari_maskalign.engine.models._refine import Refiner
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((48, 48))
+    valid = np.ones(ref.shape, bool)
+    refiner = Refiner(ref, valid, valid, MODELS["rigid"])
+    want = refiner.d.copy()
+    refiner._d = None
+    filling, done = threading.Event(), threading.Event()
+    real = np.subtract
+    slow = threading.current_thread()
+
+    def held(*args, **kwargs):
+        if threading.current_thread() is not slow:  # the first thread: held while filling
+            filling.set()
+            done.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "subtract", held)
+    first = threading.Thread(target=lambda: refiner.d)
+    first.start()
+    assert filling.wait(10)
+    got = refiner.d.copy()  # meanwhile, on this thread
+    done.set()
+    first.join()
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(refiner.d, want)

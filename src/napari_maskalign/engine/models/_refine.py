@@ -729,10 +729,13 @@ class Refiner:
         """``(ndim, K)``: the points' positions from the centre (made when first asked
         for: a 2D shift reads none)."""
         if self._d is None:
+            # filled before it is published: frames refine on several threads at once,
+            # and one that found a half-filled array warped by garbage positions
             q = np.nonzero(self._points)
-            self._d = np.empty((self.ndim, q[0].size))
-            for out, qa, c in zip(self._d, q, self.centre):  # cast and centred in one pass
+            d = np.empty((self.ndim, q[0].size))
+            for out, qa, c in zip(d, q, self.centre):  # cast and centred in one pass
                 np.subtract(qa, c, out=out)
+            self._d = d  # (two threads may both make it: the same values)
         return self._d
 
     @property
