@@ -18,32 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from functools import partial
 
 import numpy as np
-from skimage.registration import phase_cross_correlation as sk_pcc
 
+# (run as a script from benchmarks/: the engine bench's kernel call, scikit-image loop and
+# interleaved timing, wall clock and medians)
+from bench_engine import KERNEL, _interleaved, _sk_loop
 from napari_maskalign import make_beam_block_stack, register_stack
 from napari_maskalign.engine import find_static_outliers
-
-KERNEL = dict(hot_pixels="off", refine=False)
-
-
-def _sk_loop(stack, n, **kw):
-    ref = stack[0]
-    return [sk_pcc(ref, stack[i], **kw)[0] for i in range(n)]
-
-
-def _interleaved(fns, repeats):
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def main(argv=None):
@@ -76,7 +59,7 @@ def main(argv=None):
             sk_kw = dict(reference_mask=valid) if sk_kw == "mask" else sk_kw
             m = min(args.sk_frames, n)
             t_sk, t_def, t_ker = _interleaved([
-                partial(_sk_loop, stack, m, **sk_kw),
+                partial(_sk_loop, stack[:m], **sk_kw),
                 partial(register_stack, stack, mask=valid, **kw),
                 partial(register_stack, stack, mask=valid, **KERNEL, **kw)], rep)
             t_sk, t_def, t_ker = t_sk / m, t_def / n, t_ker / n
