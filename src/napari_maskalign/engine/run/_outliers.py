@@ -31,15 +31,20 @@ def flag_outliers(shifts, quality, *, max_jump=None, min_quality=None) -> np.nda
     # a frame that could not be registered at all (quality 0) is always flagged
     flagged |= (quality < min_quality) | (quality <= 0)
     if n >= 3:
-        pad = np.pad(shifts, ((2, 2), (0, 0)), mode="edge")
-        windows = np.stack([pad[i : i + n] for i in range(5)])
-        local = np.median(windows, axis=0)
-        dev = np.linalg.norm(shifts - local, axis=1)
+        dev = np.linalg.norm(shifts - _window_median(shifts), axis=1)
         if max_jump is None:
             mad = 1.4826 * np.median(np.abs(dev - np.median(dev)))
             max_jump = max(1.0, np.median(dev) + 6 * mad)
         flagged |= dev > max_jump
     return flagged
+
+
+def _window_median(shifts) -> np.ndarray:
+    """Each frame's 5-frame neighbourhood median (itself in the middle), the stack's
+    ends padded with the end frame's shift."""
+    n = len(shifts)
+    pad = np.pad(shifts, ((2, 2), (0, 0)), mode="edge")
+    return np.median(np.stack([pad[i : i + n] for i in range(5)]), axis=0)
 
 
 def interpolate_flagged(shifts, flagged) -> np.ndarray:
@@ -90,8 +95,7 @@ def ambiguous_frames(shifts, alternatives, margins) -> tuple[np.ndarray, np.ndar
     flagged = np.zeros(n, bool)
     if n < 3:
         return flagged, np.zeros_like(shifts)
-    pad = np.pad(shifts, ((2, 2), (0, 0)), mode="edge")
-    local = np.median(np.stack([pad[i : i + n] for i in range(5)]), axis=0)
+    local = _window_median(shifts)
     # an end frame has neighbours on one side only: its padded window held its own shift
     # three times, so it was never flagged (the last frame of a 4-frame Bragg stack at 20
     # counts, a lattice vector off, 20 px, claimed 0.01 px and went unsaid). It is
